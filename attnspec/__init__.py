@@ -1,0 +1,18 @@
+"""attnspec: write an attention variant once, compile it to verified PyTorch / Triton code."""
+
+from __future__ import annotations
+
+from pathlib import Path as _Path
+
+__version__ = "0.1.0"
+
+# In a source checkout, grammar/, codegen/ and templates/ sit beside this package; an installed
+# wheel maps them inside it (attnspec.grammar, attnspec.codegen, attnspec.templates).
+_root = _Path(__file__).resolve().parent.parent
+if not (_Path(__file__).parent / "codegen").exists() and (_root / "codegen" / "__init__.py").exists():
+    __path__.append(str(_root))  # noqa: F821 - the package's own search path
+
+from .api import compile, compile_source, load_program  # noqa: E402
+from .diagnostics import AttnError  # noqa: E402
+
+__all__ = ["AttnError", "compile", "compile_source", "load_program", "__version__"]

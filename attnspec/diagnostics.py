@@ -1,0 +1,84 @@
+"""Source spans and user-facing diagnostics.
+
+Every IR node carries a `Span`; every user mistake becomes an `AttnError` that renders as
+
+    file.attn:LINE:COL: error: message
+        the source line
+            ^^^^^
+    hint: what to do instead
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Source:
+    """The text of one .attn file and the name used in messages."""
+
+    name: str
+    text: str
+
+    def line(self, number: int) -> str:
+        lines = self.text.splitlines()
+        return lines[number - 1] if 0 < number <= len(lines) else ""
+
+
+@dataclass(frozen=True)
+class Span:
+    """A 1-based [start, end) region of a source; end_col is exclusive."""
+
+    source: Source | None
+    line: int
+    col: int
+    end_line: int
+    end_col: int
+
+    def __repr__(self) -> str:  # keeps IR dumps short
+        return f"Span({self.line}:{self.col})"
+
+    def to(self, other: "Span | None") -> "Span":
+        """The span from the start of self to the end of other."""
+        if other is None or other.source is not self.source:
+            return self
+        return Span(self.source, self.line, self.col, other.end_line, other.end_col)
+
+
+NO_SPAN = Span(None, 0, 0, 0, 0)
+
+
+class AttnError(Exception):
+    """A mistake in the user's spec (or in how it is used): never an internal error."""
+
+    def __init__(self, message: str, span: Span | None = None, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.span = span
+        self.hint = hint
+
+    def render(self) -> str:
+        return render_diagnostic("error", self.message, self.span, self.hint)
+
+    def __str__(self) -> str:
+        return self.render()
+
+
+def render_diagnostic(kind: str, message: str, span: Span | None, hint: str | None) -> str:
+    if span is None or span.source is None:
+        head = f"{kind}: {message}"
+        return head + (f"\nhint: {hint}" if hint else "")
+    text = span.source.line(span.line)
+    lines = [f"{span.source.name}:{span.line}:{span.col}: {kind}: {message}", f"    {text}"]
+    lines.append("    " + _caret_line(text, span))
+    if hint:
+        lines.append(f"hint: {hint}")
+    return "\n".join(lines)
+
+
+def _caret_line(text: str, span: Span) -> str:
+    start = max(span.col - 1, 0)
+    end = span.end_col - 1 if span.end_line == span.line else len(text)
+    width = max(end - start, 1)
+    pad = "".join("\t" if ch == "\t" else " " for ch in text[:start])
+    return pad + "^" * width

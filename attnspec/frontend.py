@@ -1,0 +1,418 @@
+"""lark parse tree -> IR (`Program`), resolving names and inlining `let` bindings.
+
+Type and context rules live in verify.py; this module only reports what it must know to build
+the IR: undefined or duplicate names, malformed statements, arity, literals out of range.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+
+from lark import Token, Tree
+
+from . import builtins as bi
+from .diagnostics import AttnError, Source, Span
+from .ir import Expr, Input, Normalize, Param, Program, Selection, Spec, const, substitute, uses
+from .parser import parse_tree
+
+INT64_MAX = 2**63 - 1
+
+
+def parse_program(text: str, name: str = "<string>") -> Program:
+    """Parse .attn text into an (unverified) Program."""
+    source = Source(name, text)
+    tree = parse_tree(source)
+    specs: list[Spec] = []
+    for spec_tree in tree.children:
+        spec = _SpecBuilder(source).build(spec_tree)
+        if any(s.name == spec.name for s in specs):
+            raise AttnError(f"spec '{spec.name}' is defined twice in this file", spec.span)
+        specs.append(spec)
+    return Program(tuple(specs), name)
+
+
+def span_of(source: Source, node) -> Span:
+    if isinstance(node, Token):
+        return Span(source, node.line, node.column, node.end_line, node.end_column)
+    meta = node.meta
+    if getattr(meta, "empty", True):
+        return Span(source, 0, 0, 0, 0)
+    return Span(source, meta.line, meta.column, meta.end_line, meta.end_column)
+
+
+@dataclass
+class _Let:
+    value: Expr
+    uses_score: bool
+    span: Span
+
+
+@dataclass
+class _SpecBuilder:
+    source: Source
+    params: dict[str, Param] = field(default_factory=dict)
+    inputs: dict[str, Input] = field(default_factory=dict)
+    lets: dict[str, _Let] = field(default_factory=dict)
+    score: Expr = field(default_factory=lambda: Expr("score"))
+    masks: list[Expr] = field(default_factory=list)
+    singles: dict[str, object] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ statements
+
+    def build(self, tree: Tree) -> Spec:
+        name_tok, *stmts = tree.children
+        self._check_name(name_tok, "spec")
+        for stmt in stmts:  # declarations first: they may be used before they appear
+            if stmt.data in ("param_decl", "input_decl"):
+                getattr(self, stmt.data)(stmt)
+        for stmt in stmts:
+            if stmt.data not in ("param_decl", "input_decl"):
+                getattr(self, stmt.data)(stmt)
+        return Spec(
+            name=str(name_tok),
+            params=tuple(self.params.values()),
+            inputs=tuple(self.inputs.values()),
+            scale=self.singles.get("scale"),
+            score=self.score,
+            mask=_conjunction(self.masks),
+            normalize=self.singles.get("normalize", Normalize("softmax")),
+            selection=self.singles.get("select"),
+            gqa_group=self.singles.get("gqa"),
+            span=span_of(self.source, name_tok),
+        )
+
+    def param_decl(self, tree: Tree) -> None:
+        name_tok, type_tok, runtime, default = tree.children
+        self._declare(name_tok, "param")
+        ptype = str(type_tok)
+        if ptype not in bi.PARAM_TYPES:
+            raise self._unknown(type_tok, "param type", bi.PARAM_TYPES)
+        value = None if default is None else self._param_default(default, ptype)
+        span = span_of(self.source, tree)
+        self.params[str(name_tok)] = Param(str(name_tok), ptype, runtime is not None, value, span)
+
+    def input_decl(self, tree: Tree) -> None:
+        name_tok, dtype_tok, *dims, learnable = tree.children
+        self._declare(name_tok, "input")
+        if str(dtype_tok) not in bi.DTYPES:
+            raise self._unknown(dtype_tok, "dtype", tuple(bi.DTYPES))
+        shape = tuple(self.expr(d) for d in dims if d is not None)
+        decl = Input(str(name_tok), str(dtype_tok), shape, learnable is not None, span_of(self.source, tree))
+        if decl.learnable and bi.DTYPES[decl.dtype] != "float":
+            raise AttnError(f"learnable input '{decl.name}' must have a float dtype", span_of(self.source, dtype_tok))
+        self.inputs[decl.name] = decl
+
+    def let_stmt(self, tree: Tree) -> None:
+        target, value_tree = tree.children
+        names = target.children
+        if target.data == "let_name":
+            values = [value_tree]
+        elif value_tree.data == "tuple" and len(value_tree.children) == len(names):
+            values = value_tree.children
+        else:
+            raise AttnError(
+                f"'let' with {len(names)} names needs a tuple of {len(names)} expressions on the right",
+                span_of(self.source, value_tree),
+                "write let (a, b) = (expr_a, expr_b)",
+            )
+        for name_tok, val in zip(names, values):
+            self._declare(name_tok, "let")
+            expr = self._with_current_score(self.expr(val))
+            self.lets[str(name_tok)] = _Let(expr, uses(expr, "score"), span_of(self.source, name_tok))
+
+    def score_stmt(self, tree: Tree) -> None:
+        self.score = self._with_current_score(self.expr(tree.children[0]))
+
+    def mask_stmt(self, tree: Tree) -> None:
+        self.masks.append(self.expr(tree.children[0]))
+
+    def scale_stmt(self, tree: Tree) -> None:
+        self._single("scale", tree, self.expr(tree.children[0]))
+
+    def gqa_stmt(self, tree: Tree) -> None:
+        self._single("gqa", tree, self.expr(tree.children[0]))
+
+    def norm_stmt(self, tree: Tree) -> None:
+        kind_tok, *args = tree.children
+        kind = str(kind_tok)
+        args = [a for a in args if a is not None]
+        span = span_of(self.source, tree)
+        if kind in bi.UNSUPPORTED_NORMALIZATIONS:
+            raise AttnError(
+                f"'{kind}' normalization (feature maps on q and k) is not supported yet",
+                span_of(self.source, kind_tok),
+                "use softmax, elementwise(f(score)) or rownorm(f(score))",
+            )
+        if kind not in bi.NORMALIZATIONS:
+            raise self._unknown(kind_tok, "normalization", bi.NORMALIZATIONS)
+        if kind == "softmax":
+            self._single("normalize", tree, Normalize("softmax", sink=self._softmax_sink(args), span=span))
+            return
+        if len(args) != 1 or args[0].data != "posarg":
+            raise AttnError(
+                f"'{kind}' takes exactly one expression of score",
+                span,
+                f"for example: normalize {kind}(sigmoid(score))",
+            )
+        weight = self.expr(args[0].children[0], normalize=True)
+        self._single("normalize", tree, Normalize(kind, weight=weight, span=span))
+
+    def select_stmt(self, tree: Tree) -> None:
+        kwargs_tree, rule = tree.children
+        sizes = self._block_sizes(kwargs_tree)
+        span = span_of(self.source, tree)
+        if rule.data == "static_rule":
+            sel = Selection(sizes["q"], sizes["kv"], "keep", keep=self.expr(rule.children[0]), span=span)
+        else:
+            sel = self._dynamic_selection(sizes, rule, span)
+        self._single("select", tree, sel)
+
+    # ------------------------------------------------------------------ statement helpers
+
+    def _softmax_sink(self, args) -> Expr | None:
+        sink = None
+        for arg in args:
+            if arg.data != "kwarg" or str(arg.children[0]) != "sink":
+                raise AttnError(
+                    "softmax takes only the keyword argument 'sink'",
+                    span_of(self.source, arg),
+                    "normalize softmax(sink = sink_logit[h])",
+                )
+            if sink is not None:
+                raise AttnError("'sink' given twice", span_of(self.source, arg))
+            sink = self.expr(arg.children[1])
+        return sink
+
+    def _block_sizes(self, tree: Tree) -> dict[str, Expr]:
+        sizes: dict[str, Expr] = {}
+        for kw in tree.children:
+            key_tok, value = kw.children
+            key = str(key_tok)
+            if key not in ("q", "kv"):
+                raise AttnError(f"unknown block size '{key}'", span_of(self.source, key_tok), "use blocks(q = 64, kv = 64)")
+            if key in sizes:
+                raise AttnError(f"block size '{key}' given twice", span_of(self.source, key_tok))
+            sizes[key] = self.expr(value)
+        missing = [k for k in ("q", "kv") if k not in sizes]
+        if missing:
+            raise AttnError(f"missing block size '{missing[0]}'", span_of(self.source, tree), "use blocks(q = 64, kv = 64)")
+        return sizes
+
+    def _dynamic_selection(self, sizes, rule: Tree, span: Span) -> Selection:
+        crit_tok, amount, score, *opts = rule.children
+        if str(crit_tok) not in bi.SELECTION_CRITERIA:
+            raise self._unknown(crit_tok, "selection criterion", bi.SELECTION_CRITERIA)
+        fields: dict[str, object] = {}
+        for opt in opts:
+            key = {"opt_causal": "causal", "opt_scope": "scope", "opt_always": "always"}[opt.data]
+            if key in fields:
+                raise AttnError(f"'{key}' given twice", span_of(self.source, opt))
+            if key == "causal":
+                fields[key] = True
+            elif key == "scope":
+                scope = str(opt.children[0])
+                if scope not in bi.SELECTION_SCOPES:
+                    raise self._unknown(opt.children[0], "selection scope", bi.SELECTION_SCOPES)
+                fields[key] = scope
+            else:
+                fields[key] = self.expr(opt.children[0])
+        return Selection(
+            sizes["q"], sizes["kv"], str(crit_tok), amount=self.expr(amount),
+            score=self.expr(score, pool=True), span=span, **fields,
+        )
+
+    def _param_default(self, tree: Tree, ptype: str) -> Expr:
+        from .passes.fold import fold_expr
+
+        value = fold_expr(self.expr(tree))
+        if value.op != "const":
+            raise AttnError("a param default must be a constant", span_of(self.source, tree))
+        lit = value.literal
+        kind = type(lit).__name__
+        if ptype == "float" and kind == "int":
+            return const(float(lit), value.span)
+        if kind != ptype:
+            raise AttnError(f"default of a {ptype} param cannot be a {kind}", value.span)
+        return value
+
+    def _single(self, key: str, tree: Tree, value) -> None:
+        if key in self.singles:
+            raise AttnError(f"'{key}' is declared twice in this spec", span_of(self.source, tree))
+        self.singles[key] = value
+
+    def _with_current_score(self, expr: Expr) -> Expr:
+        current = self.score
+        return substitute(expr, lambda n: current if n.op == "score" else None)
+
+    # ------------------------------------------------------------------ names
+
+    def _check_name(self, tok: Token, what: str) -> None:
+        reason = bi.reserved_reason(str(tok))
+        if reason:
+            raise AttnError(f"cannot name a {what} '{tok}': {reason}", span_of(self.source, tok), "choose another name")
+
+    def _declare(self, tok: Token, what: str) -> None:
+        self._check_name(tok, what)
+        name = str(tok)
+        previous = self.params.get(name) or self.inputs.get(name) or self.lets.get(name)
+        if previous is not None:
+            where = previous.span
+            raise AttnError(
+                f"'{name}' is already defined (line {where.line})",
+                span_of(self.source, tok),
+                "names cannot be redefined or shadowed; choose another name",
+            )
+
+    def _unknown(self, tok: Token, what: str, choices) -> AttnError:
+        close = difflib.get_close_matches(str(tok), choices, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else "expected one of: " + ", ".join(choices)
+        return AttnError(f"unknown {what} '{tok}'", span_of(self.source, tok), hint)
+
+    # ------------------------------------------------------------------ expressions
+
+    def expr(self, tree, *, pool: bool = False, normalize: bool = False) -> Expr:
+        return _ExprBuilder(self, pool, normalize).build(tree)
+
+
+@dataclass
+class _ExprBuilder:
+    spec: _SpecBuilder
+    pool: bool
+    normalize: bool
+
+    def build(self, tree) -> Expr:
+        span = span_of(self.spec.source, tree)
+        method = getattr(self, "_" + tree.data.rstrip("_"))
+        return method(tree, span)
+
+    def _int_lit(self, tree, span):
+        value = int(str(tree.children[0]))
+        if value > INT64_MAX:
+            raise AttnError("integer literal does not fit in 64 bits", span)
+        return const(value, span)
+
+    def _float_lit(self, tree, span):
+        text = str(tree.children[0])
+        value = float(text)
+        if value == float("inf"):
+            raise AttnError(f"number {text} is too large for a float", span)
+        return const(value, span)
+
+    def _true_lit(self, tree, span):
+        return const(True, span)
+
+    def _false_lit(self, tree, span):
+        return const(False, span)
+
+    def _score_ref(self, tree, span):
+        return Expr("score", span=span)
+
+    def _tuple(self, tree, span):
+        raise AttnError("a tuple is only allowed on the right of 'let (a, b) = ...'", span)
+
+    def _name(self, tree, span):
+        name = str(tree.children[0])
+        if name in bi.INDEX_VARS or name in bi.BLOCK_VARS:
+            return Expr("index_var", value=name, span=span)
+        if name in bi.SHAPE_SYMBOLS:
+            return Expr("shape", value=name, span=span)
+        let = self.spec.lets.get(name)
+        if let is not None:
+            if self.normalize and let.uses_score:
+                raise AttnError(
+                    f"let '{name}' uses score, which inside normalize(...) means the modified score",
+                    span,
+                    "write the expression of score directly inside normalize(...)",
+                )
+            return let.value
+        if name in self.spec.params:
+            return Expr("param", value=name, span=span)
+        decl = self.spec.inputs.get(name)
+        if decl is not None:
+            if decl.shape:
+                raise AttnError(f"input '{name}' has {len(decl.shape)} dimension(s); index it", span, f"write {name}[...]")
+            return Expr("load", value=name, span=span)
+        raise self._undefined(name, span)
+
+    def _undefined(self, name: str, span: Span) -> AttnError:
+        known = list(self.spec.params) + list(self.spec.inputs) + list(self.spec.lets)
+        known += list(bi.INDEX_VARS + bi.BLOCK_VARS + bi.SHAPE_SYMBOLS)
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else "declare it with 'param', 'input' or 'let'"
+        if name == "k" or name == "v":
+            hint = "q, k and v tensors are only visible through pooling in a select score: mean(k)"
+        return AttnError(f"undefined name '{name}'", span, hint)
+
+    def _index(self, tree, span):
+        name_tok, *index_trees = tree.children
+        name = str(name_tok)
+        decl = self.spec.inputs.get(name)
+        if decl is None:
+            if name in self.spec.params or name in self.spec.lets or name in bi.SHAPE_SYMBOLS + bi.INDEX_VARS:
+                raise AttnError(f"'{name}' is not an input tensor and cannot be indexed", span)
+            raise self._undefined(name, span_of(self.spec.source, name_tok))
+        if len(index_trees) != len(decl.shape):
+            raise AttnError(
+                f"input '{name}' has {len(decl.shape)} dimension(s) but is indexed with {len(index_trees)}",
+                span,
+                f"declared at line {decl.span.line}",
+            )
+        return Expr("load", tuple(self.build(t) for t in index_trees), name, span)
+
+    def _call(self, tree, span):
+        name_tok, *arg_trees = tree.children
+        name = str(name_tok)
+        arg_trees = [a for a in arg_trees if a is not None]
+        if name in bi.POOL_REDUCTIONS and len(arg_trees) == 1 and _pool_operand(arg_trees[0]):
+            return self._pool(name, arg_trees[0], span)
+        fn = bi.FUNCTIONS.get(name)
+        if fn is None:
+            close = difflib.get_close_matches(name, list(bi.FUNCTIONS), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else "built-ins: " + ", ".join(sorted(bi.FUNCTIONS))
+            raise AttnError(f"unknown function '{name}'", span_of(self.spec.source, name_tok), hint)
+        if len(arg_trees) != fn.arity:
+            hint = "pooled min(q) / max(k) exist only in a select score" if name in ("min", "max") else None
+            raise AttnError(f"'{name}' takes {fn.arity} argument(s), got {len(arg_trees)}", span, hint)
+        return Expr(name, tuple(self.build(a) for a in arg_trees), span=span)
+
+    def _pool(self, reduction: str, operand_tree, span):
+        if not self.pool:
+            raise AttnError(
+                f"{reduction}({operand_tree.children[0]}) pools a whole block; it is only allowed in a select score",
+                span,
+                "use it after 'by' in: select blocks(q = 64, kv = 64) top(k) by dot(mean(q), mean(k))",
+            )
+        return Expr("pool", value=(reduction, str(operand_tree.children[0])), span=span)
+
+    def _binop(self, tree, span):
+        left, op_tok, right = tree.children
+        return Expr(bi.BINARY_OPS[str(op_tok)], (self.build(left), self.build(right)), span=span)
+
+    _compare = _binop
+    _pow = _binop
+
+    def _neg(self, tree, span):
+        return Expr("neg", (self.build(tree.children[0]),), span=span)
+
+    def _not(self, tree, span):
+        return Expr("not", (self.build(tree.children[0]),), span=span)
+
+    def _and(self, tree, span):
+        return Expr("and", tuple(self.build(c) for c in tree.children), span=span)
+
+    def _or(self, tree, span):
+        return Expr("or", tuple(self.build(c) for c in tree.children), span=span)
+
+
+def _pool_operand(tree) -> bool:
+    return isinstance(tree, Tree) and tree.data == "name" and str(tree.children[0]) in bi.POOL_OPERANDS
+
+
+def _conjunction(masks: list[Expr]) -> Expr | None:
+    if not masks:
+        return None
+    result = masks[0]
+    for m in masks[1:]:
+        result = Expr("and", (result, m), span=result.span.to(m.span))
+    return result

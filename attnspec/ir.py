@@ -1,0 +1,192 @@
+"""The attnspec IR: frozen dataclasses, one uniform expression node, a few spec nodes.
+
+Spans are carried by every node but ignored by equality and hashing, so structurally equal
+expressions compare equal wherever they came from (round-trip tests, CSE).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from .diagnostics import NO_SPAN, Span
+
+_span = field(default=NO_SPAN, compare=False, hash=False, repr=False)
+
+# Leaf ops and the meaning of `value` for each:
+#   const      int | float | bool literal
+#   index_var  one of INDEX_VARS          shape   one of SHAPE_SYMBOLS
+#   param      param name                 score   (no value) the current score
+#   load       input name; args are the indices
+#   pool       (reduction, "q" | "k"): per-block pooled q or k vector (select scores only)
+# Every other op is a built-in operator or function named in builtins.py.
+
+
+@dataclass(frozen=True)
+class Expr:
+    op: str
+    args: tuple["Expr", ...] = ()
+    value: object = None
+    span: Span = _span
+
+    def __post_init__(self) -> None:
+        # Keep bool/int/float distinct in equality (True == 1 in Python).
+        if self.op == "const":
+            object.__setattr__(self, "value", _tagged(self.value))
+
+    @property
+    def literal(self):
+        """The Python value of a const node."""
+        return self.value[1] if self.op == "const" else None
+
+
+def _tagged(value):
+    if isinstance(value, tuple):
+        return value
+    return (type(value).__name__, value)
+
+
+def const(value, span: Span = NO_SPAN) -> Expr:
+    return Expr("const", (), value, span)
+
+
+def is_const(expr: Expr) -> bool:
+    return expr.op == "const"
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: str  # "int" | "float" | "bool"
+    runtime: bool
+    default: Expr | None
+    span: Span = _span
+
+
+@dataclass(frozen=True)
+class Input:
+    name: str
+    dtype: str
+    shape: tuple[Expr, ...]
+    learnable: bool
+    span: Span = _span
+
+
+@dataclass(frozen=True)
+class Normalize:
+    kind: str  # "softmax" | "elementwise" | "rownorm"
+    sink: Expr | None = None  # softmax only
+    weight: Expr | None = None  # f(score) for elementwise / rownorm; `score` is the modified score
+    span: Span = _span
+
+
+@dataclass(frozen=True)
+class Selection:
+    q_block: Expr
+    kv_block: Expr
+    rule: str  # "keep" (static) | "top" | "threshold" | "share"
+    keep: Expr | None = None  # static predicate over (b, h, q_block, kv_block)
+    amount: Expr | None = None  # k, threshold or share
+    score: Expr | None = None  # block score
+    causal: bool = False
+    scope: str = "head"  # "head" | "kv_head"
+    always: Expr | None = None
+    span: Span = _span
+
+    @property
+    def dynamic(self) -> bool:
+        return self.rule != "keep"
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    params: tuple[Param, ...] = ()
+    inputs: tuple[Input, ...] = ()
+    scale: Expr | None = None
+    score: Expr = Expr("score")
+    mask: Expr | None = None
+    normalize: Normalize = Normalize("softmax")
+    selection: Selection | None = None
+    gqa_group: Expr | None = None
+    span: Span = _span
+
+    def param(self, name: str) -> Param | None:
+        return next((p for p in self.params if p.name == name), None)
+
+    def input(self, name: str) -> Input | None:
+        return next((i for i in self.inputs if i.name == name), None)
+
+    @property
+    def runtime_params(self) -> tuple[Param, ...]:
+        return tuple(p for p in self.params if p.runtime)
+
+
+@dataclass(frozen=True)
+class Program:
+    """Everything one .attn file declares."""
+
+    specs: tuple[Spec, ...]
+    source_name: str = "<string>"
+
+    def spec(self, name: str) -> Spec | None:
+        return next((s for s in self.specs if s.name == name), None)
+
+
+# ---------------------------------------------------------------- traversal helpers
+
+
+def walk(expr: Expr) -> Iterator[Expr]:
+    """Every node of an expression tree, parents before children."""
+    yield expr
+    for arg in expr.args:
+        yield from walk(arg)
+
+
+def rewrite(expr: Expr, fn: Callable[[Expr], Expr]) -> Expr:
+    """Rebuild bottom-up: fn sees each node after its children were rewritten."""
+    if expr.args:
+        args = tuple(rewrite(a, fn) for a in expr.args)
+        if args != expr.args or any(a is not b for a, b in zip(args, expr.args)):
+            expr = dataclasses.replace(expr, args=args)
+    return fn(expr)
+
+
+def substitute(expr: Expr, match: Callable[[Expr], Expr | None]) -> Expr:
+    """Replace every node for which match returns a replacement (top-down, no re-visit)."""
+    replacement = match(expr)
+    if replacement is not None:
+        return replacement
+    if not expr.args:
+        return expr
+    return dataclasses.replace(expr, args=tuple(substitute(a, match) for a in expr.args))
+
+
+def map_exprs(node, fn: Callable[[Expr], Expr]):
+    """Apply fn to every top-level expression held by an IR node (recursing into spec nodes)."""
+    if isinstance(node, Expr):
+        return fn(node)
+    if isinstance(node, tuple):
+        return tuple(map_exprs(n, fn) for n in node)
+    if not dataclasses.is_dataclass(node):
+        return node
+    changes = {}
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        if isinstance(value, (Expr, tuple)) or dataclasses.is_dataclass(value):
+            changes[f.name] = map_exprs(value, fn)
+    return dataclasses.replace(node, **changes)
+
+
+def spec_exprs(node) -> Iterator[Expr]:
+    """Every top-level expression held by an IR node."""
+    found: list[Expr] = []
+    map_exprs(node, lambda e: found.append(e) or e)
+    return iter(found)
+
+
+def uses(expr: Expr | None, op: str, value=None) -> bool:
+    if expr is None:
+        return False
+    return any(n.op == op and (value is None or n.value == value) for n in walk(expr))

@@ -1,0 +1,117 @@
+"""IR -> .attn text. parse(print(ir)) == ir for every program (round-trip tests)."""
+
+from __future__ import annotations
+
+from . import builtins as bi
+from .ir import Expr, Normalize, Program, Selection, Spec
+
+# Binding strength, loosest first; mirrors grammar/attn.lark.
+_PREC = {"or": 1, "and": 2, "not": 3, **{c: 4 for c in bi.COMPARISONS}, "add": 5, "sub": 5}
+_PREC.update({"mul": 6, "truediv": 6, "floordiv": 6, "mod": 6, "neg": 7, "pow": 8})
+_ATOM = 9
+
+
+def print_program(program: Program) -> str:
+    return "\n".join(print_spec(s) for s in program.specs)
+
+
+def print_spec(spec: Spec) -> str:
+    lines = [f"attention {spec.name} {{"]
+    lines += [f"    {_param(p)}" for p in spec.params]
+    lines += [f"    {_input(i)}" for i in spec.inputs]
+    if spec.gqa_group is not None:
+        lines.append(f"    gqa group = {expr_text(spec.gqa_group)}")
+    if spec.scale is not None:
+        lines.append(f"    scale = {expr_text(spec.scale)}")
+    if spec.score != Expr("score"):
+        lines.append(f"    score = {expr_text(spec.score)}")
+    if spec.mask is not None:
+        lines.append(f"    mask {expr_text(spec.mask)}")
+    if spec.normalize != Normalize("softmax"):
+        lines.append(f"    normalize {_normalize(spec.normalize)}")
+    if spec.selection is not None:
+        lines.append(f"    select {_selection(spec.selection)}")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _param(p) -> str:
+    text = f"param {p.name}: {p.type}" + (" runtime" if p.runtime else "")
+    return text + (f" = {expr_text(p.default)}" if p.default is not None else "")
+
+
+def _input(i) -> str:
+    dims = ", ".join(expr_text(d) for d in i.shape)
+    return f"input {i.name}: {i.dtype}[{dims}]" + (" learnable" if i.learnable else "")
+
+
+def _normalize(n: Normalize) -> str:
+    if n.kind == "softmax":
+        return "softmax" + (f"(sink = {expr_text(n.sink)})" if n.sink is not None else "")
+    return f"{n.kind}({expr_text(n.weight)})"
+
+
+def _selection(s: Selection) -> str:
+    head = f"blocks(q = {expr_text(s.q_block)}, kv = {expr_text(s.kv_block)})"
+    if s.rule == "keep":
+        return f"{head} keep {expr_text(s.keep)}"
+    text = f"{head} {s.rule}({expr_text(s.amount)}) by {expr_text(s.score)}"
+    text += " causal" if s.causal else ""
+    text += f" per {s.scope}"
+    return text + (f" always {expr_text(s.always)}" if s.always is not None else "")
+
+
+def expr_text(e: Expr) -> str:
+    return _expr(e)
+
+
+def _expr(e: Expr) -> str:
+    op = e.op
+    if op == "const":
+        return _literal(e.literal)
+    if op in ("index_var", "shape", "param"):
+        return e.value
+    if op == "score":
+        return "score"
+    if op == "load":
+        return e.value + (f"[{', '.join(_expr(a) for a in e.args)}]" if e.args else "")
+    if op == "pool":
+        return f"{e.value[0]}({e.value[1]})"
+    if op in bi.OP_SYMBOLS:
+        return _binary(e)
+    if op in ("and", "or"):
+        return f"{_wrap(e.args[0], _PREC[op])} {op} {_wrap(e.args[1], _PREC[op] + 1)}"
+    if op == "not":
+        return f"not {_wrap(e.args[0], _PREC['not'])}"
+    if op == "neg":
+        return f"-{_wrap(e.args[0], _PREC['neg'])}"
+    return f"{op}({', '.join(_expr(a) for a in e.args)})"
+
+
+def _binary(e: Expr) -> str:
+    prec = _PREC[e.op]
+    left, right = e.args
+    if e.op == "pow":  # right-associative; a negative base must be parenthesized
+        return f"{_wrap(left, _ATOM)} ** {_wrap(right, _PREC['neg'])}"
+    if e.op in bi.COMPARISONS:
+        return f"{_wrap(left, prec + 1)} {bi.OP_SYMBOLS[e.op]} {_wrap(right, prec + 1)}"
+    return f"{_wrap(left, prec)} {bi.OP_SYMBOLS[e.op]} {_wrap(right, prec + 1)}"
+
+
+def _wrap(e: Expr, min_prec: int) -> str:
+    text = _expr(e)
+    prec = _PREC.get(e.op, _ATOM)
+    if e.op == "const" and isinstance(e.literal, (int, float)) and not isinstance(e.literal, bool) and e.literal < 0:
+        prec = _PREC["neg"]
+    return f"({text})" if prec < min_prec else text
+
+
+def _literal(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value) if value >= 0 else f"-{-value}"
+    text = repr(float(value))
+    if text in ("inf", "-inf", "nan"):
+        return {"inf": "(1.0 / 0.0)", "-inf": "(-1.0 / 0.0)", "nan": "(0.0 / 0.0)"}[text]
+    return text

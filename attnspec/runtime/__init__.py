@@ -1,0 +1,1 @@
+"""Run-time support: loading and caching generated modules."""

@@ -1,0 +1,140 @@
+"""The verifier: the invariants every Spec satisfies, before and after every pass.
+
+Types (types.py), where each variable may appear, boolean masks and rules, integer indices,
+compile-time constants where the compiler needs them, and value ranges of constants.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .diagnostics import AttnError
+from .ir import Expr, Program, Spec, walk
+from .types import NUMERIC, infer
+
+
+@dataclass(frozen=True)
+class Context:
+    what: str  # used in messages: "a mask", "a sink", ...
+    index_vars: frozenset[str]
+    score: bool = False
+    loads: bool = True
+    pools: bool = False
+    runtime_params: bool = True
+
+
+_TOKEN = frozenset({"b", "h", "q", "kv"})
+_BLOCK = frozenset({"b", "h", "q_block", "kv_block"})
+NONE = frozenset()
+
+SCALE = Context("the scale", NONE, loads=False)
+SCORE = Context("a score mod", _TOKEN, score=True)
+MASK = Context("a mask", _TOKEN)
+SINK = Context("a sink logit", frozenset({"b", "h", "q"}))
+WEIGHT = Context("a normalization", _TOKEN, score=True)
+BLOCK_RULE = Context("a block rule", _BLOCK)
+BLOCK_SCORE = Context("a block score", _BLOCK, pools=True)
+AMOUNT = Context("a selection amount", NONE, loads=False)
+CONSTANT = Context("a compile-time constant", NONE, loads=False, runtime_params=False)
+SHAPE = Context("an input shape", NONE, loads=False, runtime_params=False)
+
+
+def verify_program(program: Program) -> Program:
+    for spec in program.specs:
+        verify(spec)
+    return program
+
+
+def verify(spec: Spec) -> Spec:
+    """Raise AttnError on the first broken invariant; return spec unchanged otherwise."""
+    for inp in spec.inputs:
+        for dim in inp.shape:
+            _check(spec, dim, SHAPE, "int")
+    if spec.scale is not None:
+        _check(spec, spec.scale, SCALE, "number")
+    _check(spec, spec.score, SCORE, "number")
+    if spec.mask is not None:
+        _check(spec, spec.mask, MASK, "bool")
+    if spec.gqa_group is not None:
+        _check(spec, spec.gqa_group, CONSTANT, "int")
+        _positive(spec.gqa_group, "the GQA group")
+    _verify_normalize(spec)
+    if spec.selection is not None:
+        _verify_selection(spec)
+    return spec
+
+
+def _verify_normalize(spec: Spec) -> None:
+    norm = spec.normalize
+    if norm.sink is not None:
+        _check(spec, norm.sink, SINK, "number")
+    if norm.weight is not None:
+        _check(spec, norm.weight, WEIGHT, "number")
+
+
+def _verify_selection(spec: Spec) -> None:
+    sel = spec.selection
+    for size in (sel.q_block, sel.kv_block):
+        _check(spec, size, CONSTANT, "int")
+        _positive(size, "a block size")
+    if sel.keep is not None:
+        _check(spec, sel.keep, BLOCK_RULE, "bool")
+    if sel.always is not None:
+        _check(spec, sel.always, BLOCK_RULE, "bool")
+    if sel.score is not None:
+        _check(spec, sel.score, BLOCK_SCORE, "number")
+    if sel.amount is not None:
+        _check(spec, sel.amount, AMOUNT, "int" if sel.rule == "top" else "number")
+        _amount_range(sel.rule, sel.amount)
+
+
+def _check(spec: Spec, expr: Expr, ctx: Context, want: str) -> None:
+    for node in walk(expr):
+        _check_leaf(spec, node, ctx)
+    got = infer(expr, spec)
+    if want == "number" and got not in NUMERIC:
+        raise AttnError(f"{ctx.what} must be a number, got {got}", expr.span)
+    if want in ("int", "bool") and got != want:
+        article = "an integer" if want == "int" else "a boolean condition"
+        hint = "compare values, e.g. kv <= q" if want == "bool" else None
+        raise AttnError(f"{ctx.what} must be {article}, got {got}", expr.span, hint)
+
+
+def _check_leaf(spec: Spec, node: Expr, ctx: Context) -> None:
+    op = node.op
+    if op == "index_var" and node.value not in ctx.index_vars:
+        allowed = ", ".join(sorted(ctx.index_vars)) or "no index variables"
+        raise AttnError(f"'{node.value}' is not available in {ctx.what}", node.span, f"{ctx.what} may use {allowed}")
+    if op == "score" and not ctx.score:
+        raise AttnError(f"'score' is not available in {ctx.what}", node.span, "only score mods and normalize(...) read the score")
+    if op == "load" and not ctx.loads:
+        raise AttnError(f"input '{node.value}' cannot be read in {ctx.what}", node.span)
+    if op == "pool" and not ctx.pools:
+        raise AttnError(f"pooled {node.value[0]}({node.value[1]}) is only allowed in a block score", node.span)
+    if op == "param":
+        param = spec.param(node.value)
+        if param is None:
+            raise AttnError(f"undefined param '{node.value}'", node.span)
+        if param.runtime and not ctx.runtime_params:
+            raise AttnError(
+                f"'{node.value}' is a runtime param, but {ctx.what} must be known at compile time",
+                node.span,
+                f"drop 'runtime' from the declaration of '{node.value}' (line {param.span.line})",
+            )
+    if op == "load" and spec.input(node.value) is None:
+        raise AttnError(f"undefined input '{node.value}'", node.span)
+
+
+def _positive(expr: Expr, what: str) -> None:
+    if expr.op == "const" and expr.literal <= 0:
+        raise AttnError(f"{what} must be positive, got {expr.literal}", expr.span)
+
+
+def _amount_range(rule: str, amount: Expr) -> None:
+    if amount.op != "const":
+        return
+    value = amount.literal
+    if rule == "top" and value < 1:
+        raise AttnError(f"top(k) needs k >= 1, got {value}", amount.span)
+    if rule == "share" and not 0 < value <= 1:
+        raise AttnError(f"share(p) needs 0 < p <= 1, got {value}", amount.span)

@@ -1,0 +1,80 @@
+"""The expression renderer base shared by every target.
+
+A renderer turns one IR expression into a code string. Subclasses say how leaves are named and
+how each operator or built-in is spelled in their target; templates receive the strings as hooks.
+Only validated identifiers and re-rendered numbers from the spec reach the output.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import jinja2
+
+from attnspec import builtins as bi
+from attnspec.ir import Expr
+
+_INFIX = {
+    "add": "+", "sub": "-", "mul": "*", "truediv": "/", "floordiv": "//", "mod": "%",
+    "lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!=",
+}
+
+
+class ExprRenderer:
+    """Render expressions as Python source; override the hooks a target spells differently."""
+
+    infix = _INFIX
+
+    def render(self, e: Expr) -> str:
+        method = getattr(self, f"render_{e.op}", None)
+        if method is not None:
+            return method(e)
+        if e.op in self.infix:
+            return self.render_infix(e, self.infix[e.op])
+        if e.op in bi.FUNCTIONS:
+            return self.render_call(e)
+        raise NotImplementedError(f"{type(self).__name__} cannot render op {e.op!r}")
+
+    def render_const(self, e: Expr) -> str:
+        return python_literal(e.literal)
+
+    def render_infix(self, e: Expr, symbol: str) -> str:
+        left, right = (self.render(a) for a in e.args)
+        return f"({left} {symbol} {right})"
+
+    def render_neg(self, e: Expr) -> str:
+        return f"(-{self.render(e.args[0])})"
+
+    def render_call(self, e: Expr) -> str:
+        return f"{self.function_name(e.op)}({', '.join(self.render(a) for a in e.args)})"
+
+    def function_name(self, op: str) -> str:
+        raise NotImplementedError
+
+
+def python_literal(value) -> str:
+    """A Python literal re-rendered from a parsed number (never the user's text)."""
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, int):
+        return str(int(value))
+    value = float(value)
+    if math.isnan(value):
+        return "math.nan"
+    if math.isinf(value):
+        return "math.inf" if value > 0 else "(-math.inf)"
+    return repr(value)
+
+
+def template_environment() -> jinja2.Environment:
+    from attnspec.templates import TEMPLATE_DIR
+
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(Path(TEMPLATE_DIR))),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
