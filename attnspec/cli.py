@@ -1,0 +1,178 @@
+"""The `attnspec` command line: check, compile, show, demo.
+
+Exit status: 0 success, 2 a mistake in the input (reported as file:line:col diagnostics),
+1 a check that ran and failed (demo). Set ATTNSPEC_TRACEBACK=1 to see Python tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+from pathlib import Path
+
+from .diagnostics import AttnError
+
+EXIT_INPUT = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except AttnError as err:
+        if os.environ.get("ATTNSPEC_TRACEBACK"):
+            raise
+        print(err.render(), file=sys.stderr)
+        return EXIT_INPUT
+    except BrokenPipeError:
+        return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="attnspec", description="Compile and verify attention variants written in .attn files.")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    check = sub.add_parser("check", help="parse and verify .attn files")
+    check.add_argument("files", nargs="+", metavar="FILE")
+    _const_option(check)
+    check.set_defaults(run=cmd_check)
+
+    comp = sub.add_parser("compile", help="print or write the generated module of a spec")
+    comp.add_argument("file", metavar="FILE")
+    comp.add_argument("--target", "-t", default="reference")
+    comp.add_argument("--spec", help="which spec of the file (needed when it has several)")
+    comp.add_argument("-o", "--output", metavar="OUT.py", help="write here instead of printing")
+    _const_option(comp)
+    comp.set_defaults(run=cmd_compile)
+
+    show = sub.add_parser("show", help="print the IR after passes and draw the mask")
+    show.add_argument("file", metavar="FILE")
+    show.add_argument("--spec")
+    show.add_argument("--sq", type=int, default=32, help="query length for the drawing (default 32)")
+    show.add_argument("--skv", type=int, default=None, help="key length for the drawing (default: --sq)")
+    show.add_argument("--png", metavar="PATH", help="also write the mask as a PNG")
+    show.add_argument("--passes", action="store_true", help="print the IR after every pass")
+    _const_option(show)
+    show.set_defaults(run=cmd_show)
+
+    demo = sub.add_parser("demo", help="compile specs to every target, run them, check against the float64 reference")
+    demo.add_argument("files", nargs="*", metavar="FILE", help="default: examples/*.attn")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(run=cmd_demo)
+    return parser
+
+
+def _const_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-D", "--const", action="append", default=[], metavar="NAME=VALUE", help="value of a compile-time param")
+
+
+def parse_consts(items: list[str]) -> dict[str, object]:
+    consts: dict[str, object] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name.isidentifier():
+            raise AttnError(f"bad -D option '{item}'", hint="write -D NAME=VALUE, e.g. -D window=256")
+        consts[name] = _literal(text.strip(), item)
+    return consts
+
+
+def _literal(text: str, item: str):
+    if text in ("true", "false"):
+        return text == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    raise AttnError(f"bad value in -D {item}", hint="values are integers, floats, true or false")
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_check(args) -> int:
+    from .api import load_program, lower
+
+    consts = parse_consts(args.const)
+    failed = 0
+    for name in args.files:
+        try:
+            program = load_program(Path(name))
+            for spec in program.specs:
+                if _has_all_values(spec, consts):
+                    lower(spec, {k: v for k, v in consts.items() if spec.param(k)})
+            print(f"{name}: ok ({', '.join(s.name for s in program.specs) or 'no specs'})")
+        except AttnError as err:
+            print(err.render(), file=sys.stderr)
+            failed += 1
+    return EXIT_INPUT if failed else 0
+
+
+def _has_all_values(spec, consts) -> bool:
+    return all(p.runtime or p.default is not None or p.name in consts for p in spec.params)
+
+
+def cmd_compile(args) -> int:
+    from .api import compile_source
+
+    source = compile_source(Path(args.file), args.target, args.spec, **parse_consts(args.const))
+    if args.output:
+        _write_atomic(Path(args.output), source)
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(source)
+    return 0
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise AttnError(f"cannot write {path}: {err.strerror}") from None
+
+
+def cmd_show(args) -> int:
+    from .api import load_program, lower, pick_spec
+    from .codegen import generator
+    from .printer import print_spec
+    from .runtime.loader import load_module
+    from .runtime.sample import Sizes
+    from .show import ascii_mask, dense_mask, write_png
+
+    program = load_program(Path(args.file))
+    spec = pick_spec(program, args.spec)
+    trace = (lambda name, s: print(f"# after {name}\n{print_spec(s)}")) if args.passes else None
+    lowered = lower(spec, parse_consts(args.const), trace=trace)
+    if not args.passes:
+        print(print_spec(lowered))
+    skv = args.skv or args.sq
+    if args.sq < 1 or skv < 1:
+        raise AttnError("--sq and --skv must be positive")
+    module = load_module(generator("reference")(lowered, Path(program.source_name).name))
+    mask = dense_mask(module, lowered, Sizes(B=1, H=1, HKV=1, SQ=args.sq, SKV=skv))
+    kept = int(mask.sum())
+    print(f"# mask for b=0, h=0, SQ={args.sq}, SKV={skv}: {kept} of {mask.numel()} pairs kept")
+    if args.sq <= 128 and skv <= 160:
+        sel = lowered.selection
+        block = (sel.q_block.literal, sel.kv_block.literal) if sel is not None else None
+        print(ascii_mask(mask, block))
+    else:
+        print("# (too large to draw in the terminal; use --png)")
+    if args.png:
+        write_png(mask, args.png)
+        print(f"# wrote {args.png}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .runtime.demo import run_demo
+
+    files = args.files or sorted(glob.glob("examples/*.attn"))
+    if not files:
+        raise AttnError("no .attn files given and none found in examples/")
+    return 0 if run_demo(files, seed=args.seed) else 1

@@ -1,0 +1,38 @@
+"""The accuracy rule every target is held to (design.md section 6).
+
+err(target vs float64 reference) <= fudge * err(reference in the test dtype vs float64) + atol;
+NaN anywhere the reference has none always fails; -inf must match -inf exactly (masked rows).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    error: float
+    allowed: float
+    what: str
+
+    def __str__(self) -> str:
+        status = "ok" if self.ok else "FAIL"
+        return f"{self.what}: {status} (max error {self.error:.3g}, allowed {self.allowed:.3g})"
+
+
+def max_error(x: torch.Tensor, ref: torch.Tensor) -> float:
+    x, ref = x.double(), ref.double()
+    same_inf = torch.isinf(x) & torch.isinf(ref) & (torch.sign(x) == torch.sign(ref))
+    diff = torch.where(same_inf, 0.0, (x - ref).abs())
+    if diff.numel() == 0:
+        return 0.0
+    return float("inf") if bool(torch.isnan(diff).any()) else float(diff.max())
+
+
+def check(target: torch.Tensor, low_ref: torch.Tensor, ref64: torch.Tensor, what: str, fudge: float = 2.0, atol: float = 1e-5) -> Verdict:
+    error = max_error(target, ref64)
+    allowed = fudge * max_error(low_ref, ref64) + atol
+    return Verdict(error <= allowed, error, allowed, what)

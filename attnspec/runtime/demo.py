@@ -1,0 +1,51 @@
+"""`attnspec demo`: compile every spec to every target, run it, and check it against the reference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..api import load_program, lower
+from ..codegen import TARGETS, generator
+from .accuracy import check
+from .loader import load_module
+from .sample import Sizes, sample_arguments
+
+DTYPES = (torch.float32, torch.bfloat16)
+SIZES = Sizes(B=2, H=4, HKV=2, SQ=100, SKV=130, D=32, DV=24)
+
+
+def run_demo(files: list[str], seed: int = 0) -> bool:
+    all_ok = True
+    print(f"{'spec':<28} {'target':<10} {'dtype':<9} {'out err':>9} {'allowed':>9}  verdict")
+    for name in files:
+        program = load_program(Path(name))
+        for spec in program.specs:
+            all_ok &= _demo_spec(lower(spec), Path(name).name, seed)
+    print("all targets agree with the float64 reference" if all_ok else "SOME TARGETS DISAGREE")
+    return all_ok
+
+
+def _demo_spec(spec, source_name: str, seed: int) -> bool:
+    reference = load_module(generator("reference")(spec, source_name))
+    args64 = sample_arguments(spec, SIZES, torch.float64, seed=seed)
+    ref64 = reference.attention(**args64)
+    ok = True
+    for target in TARGETS:
+        module = reference if target == "reference" else load_module(generator(target)(spec, source_name))
+        for dtype in DTYPES:
+            low = {k: _cast(v, dtype) for k, v in args64.items()}
+            verdict = check(module.attention(**low), reference.attention(**low), ref64, "out")
+            ok &= verdict.ok
+            print(
+                f"{spec.name:<28} {target:<10} {str(dtype).replace('torch.', ''):<9} "
+                f"{verdict.error:>9.2e} {verdict.allowed:>9.2e}  {'ok' if verdict.ok else 'FAIL'}"
+            )
+    return ok
+
+
+def _cast(value, dtype):
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return value.to(dtype) if value.dtype == torch.float64 or value.dim() == 4 else value
+    return value

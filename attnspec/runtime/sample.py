@@ -1,0 +1,90 @@
+"""Random but meaningful arguments for a spec: q, k, v, its inputs and its runtime params.
+
+Used by `attnspec demo`, `attnspec show` and tests. Integer inputs get small sorted ids (so a
+document table looks like documents), float inputs small normals, bools coin flips.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..builtins import DTYPES
+from ..diagnostics import AttnError
+from ..ir import Expr, Spec, const, substitute
+from ..passes.fold import fold_expr
+
+_TORCH_DTYPES = {
+    "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
+    "float64": torch.float64, "int32": torch.int32, "int64": torch.int64, "bool": torch.bool,
+}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    B: int = 2
+    H: int = 4
+    HKV: int = 2
+    SQ: int = 100
+    SKV: int = 130
+    D: int = 32
+    DV: int = 24
+
+    def symbols(self) -> dict[str, int]:
+        return {"B": self.B, "H": self.H, "HKV": self.HKV, "SQ": self.SQ, "SKV": self.SKV, "D": self.D}
+
+
+def evaluate_static(expr: Expr, sizes: Sizes, runtime: dict | None = None):
+    """Value of an expression over shape symbols (and runtime params) only."""
+    values = sizes.symbols()
+    runtime = runtime or {}
+
+    def bind(node: Expr):
+        if node.op == "shape":
+            return const(values[node.value], node.span)
+        if node.op == "param" and node.value in runtime:
+            return const(runtime[node.value], node.span)
+        return None
+
+    folded = fold_expr(substitute(expr, bind))
+    if folded.op != "const":
+        raise AttnError("expression is not a constant for these sizes", expr.span)
+    return folded.literal
+
+
+def sample_arguments(spec: Spec, sizes: Sizes = Sizes(), dtype=torch.float64, device="cpu", seed: int = 0) -> dict:
+    """q, k, v and every input / runtime param of a lowered spec, as keyword arguments."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    args = {
+        "q": _normal(gen, (sizes.B, sizes.H, sizes.SQ, sizes.D), dtype, device),
+        "k": _normal(gen, (sizes.B, sizes.HKV, sizes.SKV, sizes.D), dtype, device),
+        "v": _normal(gen, (sizes.B, sizes.HKV, sizes.SKV, sizes.DV), dtype, device),
+    }
+    for p in spec.runtime_params:
+        args[p.name] = p.default.literal if p.default is not None else _scalar(p.type, gen)
+    for decl in spec.inputs:
+        shape = tuple(int(evaluate_static(d, sizes)) for d in decl.shape)
+        args[decl.name] = _tensor(decl.dtype, shape, gen, device)
+    return args
+
+
+def _normal(gen, shape, dtype, device):
+    return torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device)
+
+
+def _scalar(kind: str, gen):
+    value = torch.rand((), generator=gen, dtype=torch.float64).item()
+    return {"int": int(value * 8) + 1, "float": value, "bool": value > 0.5}[kind]
+
+
+def _tensor(dtype: str, shape, gen, device):
+    kind = DTYPES[dtype]
+    if kind == "float":
+        t = torch.randn(shape, generator=gen, dtype=torch.float64) * 0.5
+    elif kind == "int":
+        t = torch.randint(0, 4, shape, generator=gen)
+        t = t.sort(dim=-1).values if t.dim() else t
+    else:
+        t = torch.rand(shape, generator=gen) > 0.5
+    return t.to(dtype=_TORCH_DTYPES[dtype], device=device)
