@@ -544,6 +544,11 @@ def svg_inputs(case, gen):
     return {"kind": (torch.arange(case.H) % 2).to(torch.int32)}
 
 
+def identical_key_blocks(q, k, v):
+    """Every 16-key block equal, so all block scores tie and the lower block index must win."""
+    k.copy_(k[:, :, torch.arange(k.shape[2]) % 16])
+
+
 def first_row_sees_only_negative_scores(q, k, v):
     """Row 0 of a causal mask sees key 0 only; make that score negative so relu(score) = 0."""
     q[:, :, 0] = -per_query_head(k, q.shape[1])[:, :, 0]
@@ -662,6 +667,7 @@ REGISTRY: dict[str, Example] = {
         Case("self", SQ=100, SKV=100, D=8, DV=8), Case("63", SQ=63, SKV=63),
         Case("sq<skv", SQ=37, SKV=80), Case("sq>skv", SQ=80, SKV=37), MQA,
         Case("top1", SQ=63, SKV=63, consts={"topk": 1}),
+        Case("ties", SQ=64, SKV=64, tweak=identical_key_blocks),
     ]),
     "K05": Example("k05_seer_threshold.attn", f_seer_threshold, [
         Case("self", SQ=100, SKV=100, D=8, DV=8), Case("t", SQ=63, SKV=63, runtime={"t": 0.1}),
@@ -675,6 +681,7 @@ REGISTRY: dict[str, Example] = {
         Case("self", SQ=100, SKV=100, D=8, DV=8), Case("sq<skv", SQ=37, SKV=80), Case("sq>skv", SQ=100, SKV=70),
         Case("mqa-top1", B=1, H=3, HKV=1, SQ=17, SKV=40, D=8, DV=8, consts={"topk": 1}),
         Case("top1", SQ=63, SKV=63, consts={"topk": 1}),
+        Case("ties", SQ=40, SKV=96, tweak=identical_key_blocks),
     ]),
 }
 
