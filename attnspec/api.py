@@ -43,27 +43,42 @@ def lower(spec: Spec, consts: dict[str, object] | None = None, trace=None) -> Sp
 
 def compile_source(path_or_source, target: str = "reference", spec: str | None = None, **consts) -> str:
     """The generated module source for one spec of a file."""
-    from .codegen import TARGETS, generator
-
-    if target not in TARGETS:
-        raise AttnError(f"unknown target '{target}'", hint="targets: " + ", ".join(TARGETS))
-    program = load_program(path_or_source)
-    lowered = lower(pick_spec(program, spec), consts)
-    return generator(target)(lowered, Path(program.source_name).name)
+    lowered, source_name = _lowered(path_or_source, target, spec, consts)
+    return _generate(lowered, target, source_name)
 
 
 def compile(path_or_source, target: str = "reference", spec: str | None = None, *, cache: bool = True, **consts) -> ModuleType:
     """Compile one spec to `target` and return the loaded module (cached on disk)."""
-    from .runtime.loader import load_module
+    lowered, source_name = _lowered(path_or_source, target, spec, consts)
+    return build_module(lowered, target, source_name, cache=cache)
 
-    source = compile_source(path_or_source, target, spec, **consts)
-    return load_module(source, cache=cache)
+
+def build_module(lowered: Spec, target: str, source_name: str, *, cache: bool = True) -> ModuleType:
+    """The loaded module of a lowered spec, generated only on a cache miss."""
+    from .printer import print_spec
+    from .runtime.loader import cache_key, load_module
+
+    key = cache_key(print_spec(lowered), target, source_name)
+    return load_module(key, lambda: _generate(lowered, target, source_name), cache=cache)
+
+
+def _lowered(path_or_source, target: str, spec: str | None, consts: dict) -> tuple[Spec, str]:
+    from .codegen import TARGETS
+
+    if target not in TARGETS:
+        raise AttnError(f"unknown target '{target}'", hint="targets: " + ", ".join(TARGETS))
+    program = load_program(path_or_source)
+    return lower(pick_spec(program, spec), consts), Path(program.source_name).name
+
+
+def _generate(lowered: Spec, target: str, source_name: str) -> str:
+    from .codegen import generator
+
+    return generator(target)(lowered, source_name)
 
 
 def _read(path_or_source) -> tuple[str, str]:
-    if isinstance(path_or_source, os.PathLike) or (
-        isinstance(path_or_source, str) and "{" not in path_or_source and path_or_source.strip().endswith(".attn")
-    ):
+    if isinstance(path_or_source, os.PathLike) or _looks_like_path(path_or_source):
         path = Path(path_or_source)
         try:
             return path.read_text(encoding="utf-8"), str(path)
@@ -74,3 +89,9 @@ def _read(path_or_source) -> tuple[str, str]:
     if not isinstance(path_or_source, str):
         raise TypeError("attnspec.compile takes a path or the text of a .attn file")
     return path_or_source, "<string>"
+
+
+def _looks_like_path(text) -> bool:
+    if not isinstance(text, str) or "{" in text or "\n" in text:
+        return False
+    return text.strip().endswith(".attn") or os.path.exists(text)

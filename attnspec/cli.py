@@ -137,10 +137,8 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def cmd_show(args) -> int:
-    from .api import load_program, lower, pick_spec
-    from .codegen import generator
+    from .api import build_module, load_program, lower, pick_spec
     from .printer import print_spec
-    from .runtime.loader import load_module
     from .runtime.sample import Sizes
     from .show import ascii_mask, dense_mask, write_png
 
@@ -153,7 +151,7 @@ def cmd_show(args) -> int:
     skv = args.skv or args.sq
     if args.sq < 1 or skv < 1:
         raise AttnError("--sq and --skv must be positive")
-    module = load_module(generator("reference")(lowered, Path(program.source_name).name))
+    module = build_module(lowered, "reference", Path(program.source_name).name)
     mask = dense_mask(module, lowered, Sizes(B=1, H=1, HKV=1, SQ=args.sq, SKV=skv))
     kept = int(mask.sum())
     print(f"# mask for b=0, h=0, SQ={args.sq}, SKV={skv}: {kept} of {mask.numel()} pairs kept")

@@ -19,7 +19,6 @@ def dense_mask(module, spec: Spec, sizes: Sizes, seed: int = 0) -> torch.Tensor:
     keep = module._token_mask(args["q"], args["k"], **kwargs)
     if spec.selection is not None:
         selection = module.select(args["q"], args["k"], **kwargs)
-        sel = spec.selection
         keep = keep & module._expand_blocks(
             selection.block_mask, selection.q_block, selection.kv_block, sizes.SQ, sizes.SKV
         )

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import torch
 
-from ..api import load_program, lower
-from ..codegen import TARGETS, generator
+from ..api import build_module, load_program, lower
+from ..codegen import TARGETS
 from .accuracy import check
-from .loader import load_module
 from .sample import Sizes, sample_arguments
 
 DTYPES = (torch.float32, torch.bfloat16)
@@ -28,14 +27,18 @@ def run_demo(files: list[str], seed: int = 0) -> bool:
 
 
 def _demo_spec(spec, source_name: str, seed: int) -> bool:
-    reference = load_module(generator("reference")(spec, source_name))
+    reference = build_module(spec, "reference", source_name)
     args64 = sample_arguments(spec, SIZES, torch.float64, seed=seed)
     ref64 = reference.attention(**args64)
     ok = True
     for target in TARGETS:
-        module = reference if target == "reference" else load_module(generator(target)(spec, source_name))
+        module = build_module(spec, target, source_name)
         for dtype in DTYPES:
             low = {k: _cast(v, dtype) for k, v in args64.items()}
+            if spec.selection is not None:  # one selection, shared by every run (design.md section 2)
+                selection = reference.select(**{k: v for k, v in low.items() if k != "v"})
+                low["selection"] = selection
+                ref64 = reference.attention(**args64, selection=selection)
             verdict = check(module.attention(**low), reference.attention(**low), ref64, "out")
             ok &= verdict.ok
             print(

@@ -1,8 +1,9 @@
-"""Load generated module source, through an on-disk cache safe for concurrent compiles.
+"""Load generated modules through an on-disk cache that is safe for concurrent compiles.
 
-The cache key hashes the generated source, which is itself a deterministic function of the
-normalized IR, the target and the compiler version; the torch version is added because a
-module compiled against one torch may not suit another.
+The key hashes the normalized IR (its canonical printed form), the target, the source name
+that the module header cites, and the versions of attnspec and torch. A cached file ends with
+a digest line of its own content, so a truncated or corrupted file is regenerated, never
+imported. Files are published atomically (write to a temp file, then rename).
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import sys
 import tempfile
 from pathlib import Path
 from types import ModuleType
+from typing import Callable
 
 from attnspec import __version__
 
+_DIGEST_PREFIX = "# attnspec-digest: "
 _loaded: dict[str, ModuleType] = {}
 
 
@@ -28,49 +31,59 @@ def cache_dir() -> Path:
     return Path(base) / "attnspec"
 
 
-def cache_key(source: str) -> str:
+def cache_key(normalized_ir: str, target: str, source_name: str) -> str:
     import torch
 
     digest = hashlib.sha256()
-    for part in (source, __version__, torch.__version__):
+    for part in (normalized_ir, target, source_name, __version__, torch.__version__):
         digest.update(part.encode())
         digest.update(b"\0")
-    return digest.hexdigest()[:24]
+    return f"{target}_{digest.hexdigest()[:24]}"
 
 
-def load_module(source: str, *, cache: bool = True) -> ModuleType:
-    key = cache_key(source)
+def load_module(key: str, generate: Callable[[], str], *, cache: bool = True) -> ModuleType:
+    """The module for key: from memory, from a valid cache file, or freshly generated."""
     if key in _loaded:
         return _loaded[key]
-    path = _write(key, source) if cache else _write_temp(key, source)
+    if cache:
+        path = cache_dir() / f"{key}.py"
+        if not _valid(path):
+            _publish(path, _with_digest(generate()))
+    else:
+        path = Path(tempfile.mkdtemp(prefix="attnspec-")) / f"{key}.py"
+        path.write_text(generate(), encoding="utf-8")
     module = _import(f"attnspec_generated_{key}", path)
     _loaded[key] = module
     return module
 
 
-def _write(key: str, source: str) -> Path:
-    directory = cache_dir()
-    path = directory / f"{key}.py"
-    if path.exists() and path.read_text(encoding="utf-8") == source:
-        return path
-    directory.mkdir(parents=True, exist_ok=True)
-    # Atomic publish: a reader sees the old file or the whole new one, never half of it.
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{key}.", suffix=".tmp")
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _with_digest(source: str) -> str:
+    return f"{source}{_DIGEST_PREFIX}{_digest(source)}\n"
+
+
+def _valid(path: Path) -> bool:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    body, sep, tail = text.rpartition(_DIGEST_PREFIX)
+    return bool(sep) and tail.strip() == _digest(body)
+
+
+def _publish(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(source)
-        os.replace(tmp, path)
+            f.write(text)
+        os.replace(tmp, path)  # a reader sees the old file or the whole new one
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
-
-
-def _write_temp(key: str, source: str) -> Path:
-    directory = Path(tempfile.mkdtemp(prefix="attnspec-"))
-    path = directory / f"{key}.py"
-    path.write_text(source, encoding="utf-8")
-    return path
 
 
 def _import(name: str, path: Path) -> ModuleType:
