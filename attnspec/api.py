@@ -41,15 +41,22 @@ def lower(spec: Spec, consts: dict[str, object] | None = None, trace=None) -> Sp
     return run_passes(spec, pipeline(consts), trace=trace)
 
 
-def compile_source(path_or_source, target: str = "reference", spec: str | None = None, **consts) -> str:
-    """The generated module source for one spec of a file."""
-    lowered, source_name = _lowered(path_or_source, target, spec, consts)
+def compile_source(path_or_source, target: str = "reference", spec: str | None = None, *, consts: dict | None = None, **more_consts) -> str:
+    """The generated module source for one spec of a file.
+
+    Compile-time params are given as keyword arguments, or in `consts` for names that clash
+    with this function's own arguments (a param called `target`, say).
+    """
+    lowered, source_name = _lowered(path_or_source, target, spec, {**(consts or {}), **more_consts})
     return _generate(lowered, target, source_name)
 
 
-def compile(path_or_source, target: str = "reference", spec: str | None = None, *, cache: bool = True, **consts) -> ModuleType:
-    """Compile one spec to `target` and return the loaded module (cached on disk)."""
-    lowered, source_name = _lowered(path_or_source, target, spec, consts)
+def compile(path_or_source, target: str = "reference", spec: str | None = None, *, cache: bool = True, consts: dict | None = None, **more_consts) -> ModuleType:
+    """Compile one spec to `target` and return the loaded module (cached on disk).
+
+    Compile-time params are keyword arguments (`window=256`), or `consts={...}`.
+    """
+    lowered, source_name = _lowered(path_or_source, target, spec, {**(consts or {}), **more_consts})
     return build_module(lowered, target, source_name, cache=cache)
 
 

@@ -83,7 +83,10 @@ FUNCTIONS = {
 
 # Names a user may not take for a spec, param, input or let: they would be ambiguous in the
 # language or shadow a name the generated Python relies on.
-GENERATED_NAMES = {"q", "k", "v", "selection", "return_lse", "torch", "math", "attention", "select"}
+GENERATED_NAMES = {
+    "q", "k", "v", "selection", "return_lse", "torch", "math", "attention", "select",
+    "BLOCK_Q", "BLOCK_KV", "SPEC_NAME", "BlockSelection", "NamedTuple", "Module",
+}
 RESERVED_NAMES = (
     set(INDEX_VARS)
     | set(BLOCK_VARS)

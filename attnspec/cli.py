@@ -93,21 +93,31 @@ def _literal(text: str, item: str):
 
 
 def cmd_check(args) -> int:
-    from .api import load_program, lower
-
     consts = parse_consts(args.const)
     failed = 0
     for name in args.files:
         try:
-            program = load_program(Path(name))
-            for spec in program.specs:
-                if _has_all_values(spec, consts):
-                    lower(spec, {k: v for k, v in consts.items() if spec.param(k)})
-            print(f"{name}: ok ({', '.join(s.name for s in program.specs) or 'no specs'})")
+            _check_file(name, consts)
         except AttnError as err:
+            if os.environ.get("ATTNSPEC_TRACEBACK"):
+                raise
             print(err.render(), file=sys.stderr)
             failed += 1
     return EXIT_INPUT if failed else 0
+
+
+def _check_file(name: str, consts: dict) -> None:
+    from .api import load_program, lower
+
+    program = load_program(Path(name))
+    declared = {p.name for s in program.specs for p in s.params}
+    unknown = sorted(set(consts) - declared)
+    if unknown:
+        raise AttnError(f"{name}: no spec declares a param '{unknown[0]}' (given with -D)")
+    for spec in program.specs:
+        if _has_all_values(spec, consts):
+            lower(spec, {k: v for k, v in consts.items() if spec.param(k)})
+    print(f"{name}: ok ({', '.join(s.name for s in program.specs) or 'no specs'})")
 
 
 def _has_all_values(spec, consts) -> bool:
@@ -142,15 +152,15 @@ def cmd_show(args) -> int:
     from .runtime.sample import Sizes
     from .show import ascii_mask, dense_mask, write_png
 
+    skv = args.sq if args.skv is None else args.skv
+    if args.sq < 1 or skv < 1:
+        raise AttnError("--sq and --skv must be positive")
     program = load_program(Path(args.file))
     spec = pick_spec(program, args.spec)
     trace = (lambda name, s: print(f"# after {name}\n{print_spec(s)}")) if args.passes else None
     lowered = lower(spec, parse_consts(args.const), trace=trace)
     if not args.passes:
         print(print_spec(lowered))
-    skv = args.skv or args.sq
-    if args.sq < 1 or skv < 1:
-        raise AttnError("--sq and --skv must be positive")
     module = build_module(lowered, "reference", Path(program.source_name).name)
     mask = dense_mask(module, lowered, Sizes(B=1, H=1, HKV=1, SQ=args.sq, SKV=skv))
     kept = int(mask.sum())
@@ -162,7 +172,10 @@ def cmd_show(args) -> int:
     else:
         print("# (too large to draw in the terminal; use --png)")
     if args.png:
-        write_png(mask, args.png)
+        try:
+            write_png(mask, args.png)
+        except OSError as err:
+            raise AttnError(f"cannot write {args.png}: {err.strerror}") from None
         print(f"# wrote {args.png}")
     return 0
 

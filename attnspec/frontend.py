@@ -13,8 +13,9 @@ from lark import Token, Tree
 
 from . import builtins as bi
 from .diagnostics import AttnError, Source, Span
-from .ir import Expr, Input, Normalize, Param, Program, Selection, Spec, const, substitute, uses
+from .ir import Expr, Input, Normalize, Param, Program, Selection, Spec, const, uses
 from .parser import parse_tree
+from .types import infer
 
 INT64_MAX = 2**63 - 1
 
@@ -69,7 +70,7 @@ class _SpecBuilder:
         for stmt in stmts:
             if stmt.data not in ("param_decl", "input_decl"):
                 getattr(self, stmt.data)(stmt)
-        return Spec(
+        spec = Spec(
             name=str(name_tok),
             params=tuple(self.params.values()),
             inputs=tuple(self.inputs.values()),
@@ -81,6 +82,9 @@ class _SpecBuilder:
             gqa_group=self.singles.get("gqa"),
             span=span_of(self.source, name_tok),
         )
+        for let in self.lets.values():  # unused lets are type-checked too
+            infer(let.value, spec)
+        return spec
 
     def param_decl(self, tree: Tree) -> None:
         name_tok, type_tok, runtime, default = tree.children
@@ -118,11 +122,11 @@ class _SpecBuilder:
             )
         for name_tok, val in zip(names, values):
             self._declare(name_tok, "let")
-            expr = self._with_current_score(self.expr(val))
+            expr = self.expr(val)
             self.lets[str(name_tok)] = _Let(expr, uses(expr, "score"), span_of(self.source, name_tok))
 
     def score_stmt(self, tree: Tree) -> None:
-        self.score = self._with_current_score(self.expr(tree.children[0]))
+        self.score = self.expr(tree.children[0])
 
     def mask_stmt(self, tree: Tree) -> None:
         self.masks.append(self.expr(tree.children[0]))
@@ -233,17 +237,13 @@ class _SpecBuilder:
         if ptype == "float" and kind == "int":
             return const(float(lit), value.span)
         if kind != ptype:
-            raise AttnError(f"default of a {ptype} param cannot be a {kind}", value.span)
+            raise AttnError(f"the default of {_article(ptype)} param cannot be {_article(kind)}", value.span)
         return value
 
     def _single(self, key: str, tree: Tree, value) -> None:
         if key in self.singles:
             raise AttnError(f"'{key}' is declared twice in this spec", span_of(self.source, tree))
         self.singles[key] = value
-
-    def _with_current_score(self, expr: Expr) -> Expr:
-        current = self.score
-        return substitute(expr, lambda n: current if n.op == "score" else None)
 
     # ------------------------------------------------------------------ names
 
@@ -306,7 +306,12 @@ class _ExprBuilder:
         return const(False, span)
 
     def _score_ref(self, tree, span):
-        return Expr("score", span=span)
+        # In normalize(...), `score` is the final modified score; elsewhere it is the score
+        # composed so far, so lets and later score statements see the value at this point.
+        current = self.spec.score
+        if self.normalize or current.op == "score":
+            return Expr("score", span=span)
+        return current
 
     def _tuple(self, tree, span):
         raise AttnError("a tuple is only allowed on the right of 'let (a, b) = ...'", span)
@@ -416,3 +421,7 @@ def _conjunction(masks: list[Expr]) -> Expr | None:
     for m in masks[1:]:
         result = Expr("and", (result, m), span=result.span.to(m.span))
     return result
+
+
+def _article(word: str) -> str:
+    return ("an " if word[0] in "aeiou" else "a ") + word

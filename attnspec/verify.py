@@ -21,6 +21,7 @@ class Context:
     loads: bool = True
     pools: bool = False
     runtime_params: bool = True
+    shapes: bool = True
 
 
 _TOKEN = frozenset({"b", "h", "q", "kv"})
@@ -35,7 +36,7 @@ WEIGHT = Context("a normalization", _TOKEN, score=True)
 BLOCK_RULE = Context("a block rule", _BLOCK)
 BLOCK_SCORE = Context("a block score", _BLOCK, pools=True)
 AMOUNT = Context("a selection amount", NONE, loads=False)
-CONSTANT = Context("a compile-time constant", NONE, loads=False, runtime_params=False)
+CONSTANT = Context("a compile-time constant", NONE, loads=False, runtime_params=False, shapes=False)
 SHAPE = Context("an input shape", NONE, loads=False, runtime_params=False)
 
 
@@ -105,6 +106,12 @@ def _check_leaf(spec: Spec, node: Expr, ctx: Context) -> None:
     if op == "index_var" and node.value not in ctx.index_vars:
         allowed = ", ".join(sorted(ctx.index_vars)) or "no index variables"
         raise AttnError(f"'{node.value}' is not available in {ctx.what}", node.span, f"{ctx.what} may use {allowed}")
+    if op == "shape" and not ctx.shapes:
+        raise AttnError(
+            f"'{node.value}' is only known at run time, but {ctx.what} must be known at compile time",
+            node.span,
+            "use a literal or a compile-time param",
+        )
     if op == "score" and not ctx.score:
         raise AttnError(f"'score' is not available in {ctx.what}", node.span, "only score mods and normalize(...) read the score")
     if op == "load" and not ctx.loads:

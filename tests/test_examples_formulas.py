@@ -176,7 +176,7 @@ def select_blocks(q, k, keep, *, bq, bk, score, criterion, value, causal=False, 
                 candidates = []
                 for J in range(nk):
                     has_pair = keep[b, h, I * bq : (I + 1) * bq, J * bk : (J + 1) * bk].any().item()
-                    causal_ok = J * bk <= min((I + 1) * bq, SQ) - 1
+                    causal_ok = J * bk <= min((I + 1) * bq, SQ) - 1 + (SKV - SQ)
                     if has_pair and (causal_ok or not causal):
                         candidates.append(J)
                 scores = block_score[b, h, I].tolist()
@@ -405,7 +405,7 @@ def f_relu_length(q, k, v):
 def f_nsa_select(q, k, v, n=2):
     _, _, i, j = grid(q, k)
     keep = select_blocks(
-        q, k, j <= i, bq=16, bk=16,
+        q, k, j <= i + (k.shape[2] - q.shape[2]), bq=16, bk=16,
         score=lambda qp, kp, D: dot(qp["mean"], kp["mean"]),
         criterion="top", value=n, causal=True, per_kv_head=True,
         always=lambda b, h, I, J: (J == 0) | (J == I),
@@ -416,7 +416,7 @@ def f_nsa_select(q, k, v, n=2):
 def f_moba(q, k, v, topk=2):
     _, _, i, j = grid(q, k)
     keep = select_blocks(
-        q, k, j <= i, bq=16, bk=16,
+        q, k, j <= i + (k.shape[2] - q.shape[2]), bq=16, bk=16,
         score=lambda qp, kp, D: dot(qp["mean"], kp["mean"]),
         criterion="top", value=topk, causal=True,
         always=lambda b, h, I, J: J == I,
@@ -427,7 +427,7 @@ def f_moba(q, k, v, topk=2):
 def f_seer_threshold(q, k, v, t=0.0):
     _, _, i, j = grid(q, k)
     keep = select_blocks(
-        q, k, j <= i, bq=16, bk=16,
+        q, k, j <= i + (k.shape[2] - q.shape[2]), bq=16, bk=16,
         score=lambda qp, kp, D: (dot(qp["mean"], kp["max"]) + dot(qp["mean"], kp["min"])) / math.sqrt(D),
         criterion="threshold", value=t, causal=True,
         always=lambda b, h, I, J: J == I,

@@ -62,12 +62,14 @@ def _float_div(a, b):
 
 
 def _pow(a, b):
+    a, b = float(a), float(b)
     try:
-        result = float(a) ** float(b)
-    except ZeroDivisionError:
-        return math.inf
+        result = a**b
+    except ZeroDivisionError:  # 0 ** negative
+        return math.copysign(math.inf, a) if b.is_integer() and int(b) % 2 else math.inf
     except OverflowError:
-        return math.inf
+        odd = b.is_integer() and int(b) % 2 == 1
+        return -math.inf if a < 0 and odd else math.inf
     return math.nan if isinstance(result, complex) else result
 
 
@@ -78,9 +80,11 @@ def _exp(x):
         return math.inf
 
 
-def _log(x, base=math.e):
+def _log(x, log=math.log):
+    if math.isnan(x):
+        return math.nan
     if x > 0:
-        return math.log(x) / math.log(base) if base != math.e else math.log(x)
+        return log(x)
     return -math.inf if x == 0 else math.nan
 
 
@@ -98,7 +102,7 @@ def _softplus(x):
 
 
 def _relu(x):
-    return x if x > 0 else type(x)(0)
+    return x if x > 0 or _nan(x) else type(x)(0)
 
 
 def _join(*xs):
@@ -107,17 +111,20 @@ def _join(*xs):
 
 def _min(a, b):
     a, b = _join(a, b)
-    return min(a, b)
+    return math.nan if _nan(a) or _nan(b) else min(a, b)
 
 
 def _max(a, b):
     a, b = _join(a, b)
-    return max(a, b)
+    return math.nan if _nan(a) or _nan(b) else max(a, b)
+
+
+def _nan(x) -> bool:
+    return isinstance(x, float) and math.isnan(x)
 
 
 def _clamp(x, lo, hi):
-    x, lo, hi = _join(x, lo, hi)
-    return min(max(x, lo), hi)
+    return _min(_max(x, lo), hi)
 
 
 def _where(c, a, b):
@@ -159,8 +166,8 @@ SCALAR_OPS = {
     "exp": _exp,
     "exp2": lambda x: _pow(2.0, x),
     "log": _log,
-    "log2": lambda x: _log(x, 2.0),
-    "sqrt": lambda x: math.sqrt(x) if x >= 0 else math.nan,
+    "log2": lambda x: _log(x, math.log2),
+    "sqrt": lambda x: math.sqrt(x) if x >= 0 else math.nan,  # nan >= 0 is False: nan
     "tanh": lambda x: math.tanh(x),
     "sigmoid": _sigmoid,
     "softplus": _softplus,

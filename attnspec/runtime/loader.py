@@ -8,6 +8,7 @@ imported. Files are published atomically (write to a temp file, then rename).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -35,15 +36,34 @@ def cache_key(normalized_ir: str, target: str, source_name: str) -> str:
     import torch
 
     digest = hashlib.sha256()
-    for part in (normalized_ir, target, source_name, __version__, torch.__version__):
+    for part in (normalized_ir, target, source_name, __version__, torch.__version__, _generator_digest()):
         digest.update(part.encode())
         digest.update(b"\0")
     return f"{target}_{digest.hexdigest()[:24]}"
 
 
+@functools.lru_cache(maxsize=1)
+def _generator_digest() -> str:
+    """A hash of the code generators and templates, so editing them invalidates the cache."""
+    from attnspec import codegen, templates
+
+    digest = hashlib.sha256()
+    for package in (codegen, templates):
+        root = Path(package.__file__).parent
+        for path in sorted(root.rglob("*")):
+            if path.suffix in (".py", ".jinja"):
+                digest.update(path.relative_to(root).as_posix().encode())
+                digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def load_module(key: str, generate: Callable[[], str], *, cache: bool = True) -> ModuleType:
-    """The module for key: from memory, from a valid cache file, or freshly generated."""
-    if key in _loaded:
+    """The module for key: from memory, from a valid cache file, or freshly generated.
+
+    With cache=False nothing is read from or written to the cache: the module is generated
+    into a private temporary directory and imported fresh.
+    """
+    if cache and key in _loaded:
         return _loaded[key]
     if cache:
         path = cache_dir() / f"{key}.py"
@@ -53,7 +73,8 @@ def load_module(key: str, generate: Callable[[], str], *, cache: bool = True) ->
         path = Path(tempfile.mkdtemp(prefix="attnspec-")) / f"{key}.py"
         path.write_text(generate(), encoding="utf-8")
     module = _import(f"attnspec_generated_{key}", path)
-    _loaded[key] = module
+    if cache:
+        _loaded[key] = module
     return module
 
 
