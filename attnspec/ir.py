@@ -41,9 +41,14 @@ class Expr:
         return self.value[1] if self.op == "const" else None
 
 
+_NAN = float("nan")
+
+
 def _tagged(value):
     if isinstance(value, tuple):
         return value
+    if isinstance(value, float) and value != value:
+        value = _NAN  # tuples compare items by identity first, so one shared NaN makes equal consts equal
     return (type(value).__name__, value)
 
 

@@ -110,6 +110,8 @@ def _literal(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
+        if value == -(2**63):  # 2**63 does not fit in a literal
+            return "(-9223372036854775807 - 1)"
         return str(value) if value >= 0 else f"-{-value}"
     text = repr(float(value))
     if text in ("inf", "-inf", "nan"):

@@ -15,7 +15,8 @@ Pass = Callable[[Spec], Spec]
 
 def pipeline(consts: dict[str, object] | None = None) -> tuple[Pass, ...]:
     """The standard lowering pipeline, in order."""
-    return (bind_params(consts or {}), fold_constants, insert_casts, fold_constants)
+    # casts first: folding where(c, int, float) on a constant c must keep the float type
+    return (bind_params(consts or {}), insert_casts, fold_constants)
 
 
 def run_passes(spec: Spec, passes: Sequence[Pass], *, check: bool = True, trace=None) -> Spec:

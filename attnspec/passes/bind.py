@@ -66,4 +66,6 @@ def _coerce(param, value):
     }[param.type]
     if not ok:
         raise AttnError(f"param '{param.name}' is {param.type}, got {value!r}", param.span)
+    if param.type == "int" and not -(2**63) <= value < 2**63:
+        raise AttnError(f"param '{param.name}' = {value} does not fit in 64 bits", param.span)
     return float(value) if param.type == "float" else value

@@ -1,0 +1,33 @@
+"""Shared fixtures for the attnspec test suite."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES_DIR = REPO / "examples"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _attnspec_cache_dir(tmp_path_factory):
+    """Compiled modules go to a temp dir of this test session, never to the user's cache."""
+    previous = os.environ.get("ATTNSPEC_CACHE_DIR")
+    os.environ["ATTNSPEC_CACHE_DIR"] = str(tmp_path_factory.mktemp("attnspec-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("ATTNSPEC_CACHE_DIR", None)
+    else:
+        os.environ["ATTNSPEC_CACHE_DIR"] = previous
+
+
+def example_files() -> list[Path]:
+    """Every examples/*.attn file (possibly none while the examples are being written)."""
+    return sorted(EXAMPLES_DIR.glob("*.attn"))
+
+
+@pytest.fixture(scope="session")
+def examples_dir() -> Path:
+    return EXAMPLES_DIR
