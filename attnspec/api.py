@@ -88,7 +88,7 @@ def _read(path_or_source) -> tuple[str, str]:
     if isinstance(path_or_source, os.PathLike) or _looks_like_path(path_or_source):
         path = Path(path_or_source)
         try:
-            return path.read_text(encoding="utf-8"), str(path)
+            return path.read_text(encoding="utf-8-sig"), str(path)
         except FileNotFoundError:
             raise AttnError(f"no such file: {path}") from None
         except (OSError, UnicodeDecodeError) as err:

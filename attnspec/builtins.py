@@ -85,7 +85,7 @@ FUNCTIONS = {
 # language or shadow a name the generated Python relies on.
 GENERATED_NAMES = {
     "q", "k", "v", "selection", "return_lse", "torch", "math", "attention", "select",
-    "BLOCK_Q", "BLOCK_KV", "SPEC_NAME", "BlockSelection", "NamedTuple", "Module",
+    "BLOCK_Q", "BLOCK_KV", "SPEC_NAME", "BlockSelection", "NamedTuple", "Module", "self",
 }
 RESERVED_NAMES = (
     set(INDEX_VARS)

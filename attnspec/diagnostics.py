@@ -20,8 +20,12 @@ class Source:
     name: str
     text: str
 
+    def lines(self) -> list[str]:
+        """The lines as the parser counts them: only '\\n' ends a line (not \\x0c, \\u2028, ...)."""
+        return [line.removesuffix("\r") for line in self.text.split("\n")]
+
     def line(self, number: int) -> str:
-        lines = self.text.splitlines()
+        lines = self.lines()
         return lines[number - 1] if 0 < number <= len(lines) else ""
 
 

@@ -6,6 +6,7 @@ the IR: undefined or duplicate names, malformed statements, arity, literals out 
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from dataclasses import dataclass, field
 
@@ -18,6 +19,10 @@ from .parser import parse_tree
 from .types import infer
 
 INT64_MAX = 2**63 - 1
+# Limits that keep hostile specs cheap: lets and earlier scores are inlined, so a chain of lets that
+# each use the previous one twice doubles the tree; Python refuses code nested 200 levels deep.
+MAX_EXPR_NODES = 10_000
+MAX_EXPR_DEPTH = 64
 
 
 def parse_program(text: str, name: str = "<string>") -> Program:
@@ -27,8 +32,13 @@ def parse_program(text: str, name: str = "<string>") -> Program:
     specs: list[Spec] = []
     for spec_tree in tree.children:
         spec = _SpecBuilder(source).build(spec_tree)
-        if any(s.name == spec.name for s in specs):
-            raise AttnError(f"spec '{spec.name}' is defined twice in this file", spec.span)
+        first = next((s for s in specs if s.name == spec.name), None)
+        if first is not None:
+            raise AttnError(
+                f"spec '{spec.name}' is defined twice in this file",
+                spec.span,
+                f"the first '{spec.name}' is at line {first.span.line}; rename one of them",
+            )
         specs.append(spec)
     return Program(tuple(specs), name)
 
@@ -58,6 +68,7 @@ class _SpecBuilder:
     score: Expr = field(default_factory=lambda: Expr("score"))
     masks: list[Expr] = field(default_factory=list)
     singles: dict[str, object] = field(default_factory=dict)
+    single_lines: dict[str, int] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ statements
 
@@ -237,20 +248,27 @@ class _SpecBuilder:
         if ptype == "float" and kind == "int":
             return const(float(lit), value.span)
         if kind != ptype:
-            raise AttnError(f"the default of {_article(ptype)} param cannot be {_article(kind)}", value.span)
+            raise AttnError(
+                f"the default of {_article(ptype)} param cannot be {_article(kind)}",
+                value.span,
+                f"write {_article(ptype)} value, or declare the param as {kind}",
+            )
         return value
 
     def _single(self, key: str, tree: Tree, value) -> None:
+        span = span_of(self.source, tree)
         if key in self.singles:
-            raise AttnError(f"'{key}' is declared twice in this spec", span_of(self.source, tree))
+            hint = f"the first '{key}' is at line {self.single_lines[key]}; keep one"
+            raise AttnError(f"'{key}' is declared twice in this spec", span, hint)
         self.singles[key] = value
+        self.single_lines[key] = span.line
 
     # ------------------------------------------------------------------ names
 
     def _check_name(self, tok: Token, what: str) -> None:
         reason = bi.reserved_reason(str(tok))
         if reason:
-            raise AttnError(f"cannot name a {what} '{tok}': {reason}", span_of(self.source, tok), "choose another name")
+            raise AttnError(f"cannot name {_article(what)} '{tok}': {reason}", span_of(self.source, tok), "choose another name")
 
     def _declare(self, tok: Token, what: str) -> None:
         self._check_name(tok, what)
@@ -272,7 +290,12 @@ class _SpecBuilder:
     # ------------------------------------------------------------------ expressions
 
     def expr(self, tree, *, pool: bool = False, normalize: bool = False) -> Expr:
-        return _ExprBuilder(self, pool, normalize).build(tree)
+        span = span_of(self.source, tree)
+        try:
+            expr = _ExprBuilder(self, pool, normalize).build(tree)
+        except RecursionError:
+            raise AttnError(f"expression nested more than {MAX_EXPR_DEPTH} levels deep", span) from None
+        return _within_limits(expr, span)
 
 
 @dataclass
@@ -287,7 +310,8 @@ class _ExprBuilder:
         return method(tree, span)
 
     def _int_lit(self, tree, span):
-        value = int(str(tree.children[0]))
+        text = str(tree.children[0])
+        value = int(text) if len(text.lstrip("0")) <= 19 else INT64_MAX + 1  # int() refuses > 4300 digits
         if value > INT64_MAX:
             raise AttnError("integer literal does not fit in 64 bits", span)
         return const(value, span)
@@ -311,7 +335,7 @@ class _ExprBuilder:
         current = self.spec.score
         if self.normalize or current.op == "score":
             return Expr("score", span=span)
-        return current
+        return dataclasses.replace(current, span=span)  # errors about this value point here
 
     def _tuple(self, tree, span):
         raise AttnError("a tuple is only allowed on the right of 'let (a, b) = ...'", span)
@@ -330,7 +354,7 @@ class _ExprBuilder:
                     span,
                     "write the expression of score directly inside normalize(...)",
                 )
-            return let.value
+            return dataclasses.replace(let.value, span=span)  # errors about this value point at the use
         if name in self.spec.params:
             return Expr("param", value=name, span=span)
         decl = self.spec.inputs.get(name)
@@ -408,6 +432,38 @@ class _ExprBuilder:
 
     def _or(self, tree, span):
         return Expr("or", tuple(self.build(c) for c in tree.children), span=span)
+
+
+def _within_limits(expr: Expr, span: Span) -> Expr:
+    """Reject expressions too big or too deep to compile, counting inlined lets in full."""
+    size: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    for node in _postorder_unique(expr):
+        size[id(node)] = 1 + sum(size[id(a)] for a in node.args)
+        depth[id(node)] = 1 + max((depth[id(a)] for a in node.args), default=0)
+    if size[id(expr)] > MAX_EXPR_NODES:
+        raise AttnError(
+            f"expression too large: {size[id(expr)]} nodes once lets are inlined (at most {MAX_EXPR_NODES})",
+            span,
+            "each use of a let (or of score) copies its whole expression",
+        )
+    if depth[id(expr)] > MAX_EXPR_DEPTH:
+        raise AttnError(f"expression nested more than {MAX_EXPR_DEPTH} levels deep", span)
+    return expr
+
+
+def _postorder_unique(expr: Expr):
+    """Each distinct node object once, children first, without recursion."""
+    seen: set[int] = set()
+    stack = [(expr, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if expanded:
+            yield node
+        elif id(node) not in seen:
+            seen.add(id(node))
+            stack.append((node, True))
+            stack.extend((a, False) for a in node.args)
 
 
 def _pool_operand(tree) -> bool:

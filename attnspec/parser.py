@@ -66,8 +66,10 @@ def _translate(err: UnexpectedInput, source: Source) -> AttnError:
         return AttnError(f"unexpected character {char!r}", span, _char_hint(char))
     if isinstance(err, UnexpectedToken) and err.token.type != "$END":
         return _unexpected_token(err, source)
-    lines = source.text.splitlines() or [""]
-    end = Span(source, len(lines), len(lines[-1]) + 1, len(lines), len(lines[-1]) + 2)
+    lines = source.lines()
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=0)
+    end_col = len(lines[last]) + 1
+    end = Span(source, last + 1, end_col, last + 1, end_col + 1)
     expected = _expected(getattr(err, "expected", ()) or ())
     message = "unexpected end of file" + (f", expected {expected}" if expected else "")
     return AttnError(message, end, "every 'attention NAME {' needs a closing '}'")
@@ -93,6 +95,8 @@ def _char_hint(char: str) -> str | None:
 def _token_hint(text: str, kind: str, expected: set[str]) -> str | None:
     if text == "=" and "COMP_OP" in expected:
         return "use '==' to compare"
+    if kind == "COMP_OP" and "AND" in expected:
+        return "comparisons do not chain; write a <= b and b < c"
     if kind == "NAME" and "PARAM" in expected:
         close = difflib.get_close_matches(text, STATEMENT_KEYWORDS, n=1)
         if close:

@@ -60,7 +60,8 @@ def _rule(expr: Expr, types: list[str], spec: Spec) -> str:
 def _load(expr: Expr, types: list[str], spec: Spec) -> str:
     for arg, t in zip(expr.args, types):
         if t != "int":
-            raise AttnError(f"index into '{expr.value}' must be an integer, got {t}", arg.span)
+            hint = "'/' always gives a float; use '//' for integer division" if arg.op == "truediv" else None
+            raise AttnError(f"index into '{expr.value}' must be an integer, got {t}", arg.span, hint)
     return bi.DTYPES[spec.input(expr.value).dtype]
 
 

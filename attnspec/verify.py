@@ -6,6 +6,7 @@ compile-time constants where the compiler needs them, and value ranges of consta
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from .diagnostics import AttnError
@@ -37,6 +38,8 @@ BLOCK_RULE = Context("a block rule", _BLOCK)
 BLOCK_SCORE = Context("a block score", _BLOCK, pools=True)
 AMOUNT = Context("a selection amount", NONE, loads=False)
 CONSTANT = Context("a compile-time constant", NONE, loads=False, runtime_params=False, shapes=False)
+BLOCK_SIZE = dataclasses.replace(CONSTANT, what="a block size")
+GQA_GROUP = dataclasses.replace(CONSTANT, what="the GQA group")
 SHAPE = Context("an input shape", NONE, loads=False, runtime_params=False)
 
 
@@ -57,7 +60,7 @@ def verify(spec: Spec) -> Spec:
     if spec.mask is not None:
         _check(spec, spec.mask, MASK, "bool")
     if spec.gqa_group is not None:
-        _check(spec, spec.gqa_group, CONSTANT, "int")
+        _check(spec, spec.gqa_group, GQA_GROUP, "int")
         _positive(spec.gqa_group, "the GQA group")
     _verify_normalize(spec)
     if spec.selection is not None:
@@ -76,7 +79,7 @@ def _verify_normalize(spec: Spec) -> None:
 def _verify_selection(spec: Spec) -> None:
     sel = spec.selection
     for size in (sel.q_block, sel.kv_block):
-        _check(spec, size, CONSTANT, "int")
+        _check(spec, size, BLOCK_SIZE, "int")
         _positive(size, "a block size")
     if sel.keep is not None:
         _check(spec, sel.keep, BLOCK_RULE, "bool")
@@ -97,7 +100,8 @@ def _check(spec: Spec, expr: Expr, ctx: Context, want: str) -> None:
         raise AttnError(f"{ctx.what} must be a number, got {got}", expr.span)
     if want in ("int", "bool") and got != want:
         article = "an integer" if want == "int" else "a boolean condition"
-        hint = "compare values, e.g. kv <= q" if want == "bool" else None
+        example = "kv_block <= q_block" if ctx is BLOCK_RULE else "kv <= q"
+        hint = f"compare values, e.g. {example}" if want == "bool" else None
         raise AttnError(f"{ctx.what} must be {article}, got {got}", expr.span, hint)
 
 
@@ -105,7 +109,10 @@ def _check_leaf(spec: Spec, node: Expr, ctx: Context) -> None:
     op = node.op
     if op == "index_var" and node.value not in ctx.index_vars:
         allowed = ", ".join(sorted(ctx.index_vars)) or "no index variables"
-        raise AttnError(f"'{node.value}' is not available in {ctx.what}", node.span, f"{ctx.what} may use {allowed}")
+        hint = f"{ctx.what} may use {allowed}"
+        if node.value in ("q_block", "kv_block"):
+            hint = f"q_block and kv_block exist only in select blocks(...) rules; {hint}"
+        raise AttnError(f"'{node.value}' is not available in {ctx.what}", node.span, hint)
     if op == "shape" and not ctx.shapes:
         raise AttnError(
             f"'{node.value}' is only known at run time, but {ctx.what} must be known at compile time",

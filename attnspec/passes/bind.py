@@ -53,7 +53,8 @@ def _value(spec: Spec, param, consts: dict[str, object]):
         raise AttnError(
             f"param '{param.name}' has no value",
             param.span,
-            f"give it a default ('= ...') or pass {param.name}=... when compiling",
+            f"give it a default ('= ...') or a value when compiling: -D {param.name}=VALUE on the command line,"
+            f" {param.name}=... in Python",
         )
     return param.default.literal
 
