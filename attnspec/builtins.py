@@ -53,31 +53,39 @@ COMPARISONS = ("lt", "le", "gt", "ge", "eq", "ne")
 @dataclass(frozen=True)
 class Function:
     name: str
-    arity: int
+    params: tuple[str, ...]
     rule: str  # typing rule, see types.py
+
+    @property
+    def arity(self) -> int:
+        return len(self.params)
+
+    @property
+    def signature(self) -> str:
+        return f"{self.name}({', '.join(self.params)})"
 
 
 FUNCTIONS = {
     f.name: f
     for f in (
-        Function("abs", 1, "same"),
-        Function("min", 2, "join"),
-        Function("max", 2, "join"),
-        Function("clamp", 3, "join"),
-        Function("where", 3, "where"),
-        Function("exp", 1, "float"),
-        Function("exp2", 1, "float"),
-        Function("log", 1, "float"),
-        Function("log2", 1, "float"),
-        Function("sqrt", 1, "float"),
-        Function("pow", 2, "float"),
-        Function("tanh", 1, "float"),
-        Function("sigmoid", 1, "float"),
-        Function("softplus", 1, "float"),
-        Function("relu", 1, "same"),
-        Function("float", 1, "float"),
-        Function("bitand", 2, "int"),
-        Function("dot", 2, "dot"),
+        Function("abs", ('x',), "same"),
+        Function("min", ('a', 'b'), "join"),
+        Function("max", ('a', 'b'), "join"),
+        Function("clamp", ('x', 'lo', 'hi'), "join"),
+        Function("where", ('cond', 'a', 'b'), "where"),
+        Function("exp", ('x',), "float"),
+        Function("exp2", ('x',), "float"),
+        Function("log", ('x',), "float"),
+        Function("log2", ('x',), "float"),
+        Function("sqrt", ('x',), "float"),
+        Function("pow", ('x', 'y'), "float"),
+        Function("tanh", ('x',), "float"),
+        Function("sigmoid", ('x',), "float"),
+        Function("softplus", ('x',), "float"),
+        Function("relu", ('x',), "same"),
+        Function("float", ('x',), "float"),
+        Function("bitand", ('a', 'b'), "int"),
+        Function("dot", ('u', 'v'), "dot"),
     )
 }
 
@@ -87,15 +95,15 @@ GENERATED_NAMES = {
     "q", "k", "v", "selection", "return_lse", "torch", "math", "attention", "select",
     "BLOCK_Q", "BLOCK_KV", "SPEC_NAME", "BlockSelection", "NamedTuple", "Module", "self",
 }
-RESERVED_NAMES = (
+LANGUAGE_NAMES = (
     set(INDEX_VARS)
     | set(BLOCK_VARS)
     | set(SHAPE_SYMBOLS)
     | set(FUNCTIONS)
     | set(POOL_REDUCTIONS)
-    | GENERATED_NAMES
     | {"score", "DV", "G", "true", "false"}
 )
+RESERVED_NAMES = LANGUAGE_NAMES | GENERATED_NAMES
 
 
 def reserved_reason(name: str) -> str | None:
@@ -104,8 +112,10 @@ def reserved_reason(name: str) -> str | None:
         return "names starting with '_' are reserved for generated code"
     if keyword.iskeyword(name) or keyword.issoftkeyword(name):
         return f"'{name}' is a Python keyword and cannot name anything in generated code"
-    if name in RESERVED_NAMES:
+    if name in LANGUAGE_NAMES:
         return f"'{name}' is a built-in name of the language"
+    if name in GENERATED_NAMES:
+        return f"'{name}' is a name the generated code uses"
     if hasattr(_py_builtins, name):
         return f"'{name}' would shadow a Python built-in in generated code"
     return None

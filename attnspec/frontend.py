@@ -401,7 +401,9 @@ class _ExprBuilder:
             hint = f"did you mean '{close[0]}'?" if close else "built-ins: " + ", ".join(sorted(bi.FUNCTIONS))
             raise AttnError(f"unknown function '{name}'", span_of(self.spec.source, name_tok), hint)
         if len(arg_trees) != fn.arity:
-            hint = "pooled min(q) / max(k) exist only in a select score" if name in ("min", "max") else None
+            hint = f"write {fn.signature}"
+            if name in ("min", "max"):
+                hint += f"; pooled {name}(q) / {name}(k) exist only in a select score"
             raise AttnError(f"'{name}' takes {fn.arity} argument(s), got {len(arg_trees)}", span, hint)
         return Expr(name, tuple(self.build(a) for a in arg_trees), span=span)
 

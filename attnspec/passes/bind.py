@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import numbers
+import operator
 
 from ..diagnostics import AttnError
 from ..ir import Expr, Spec, const, map_exprs, substitute
@@ -60,13 +62,20 @@ def _value(spec: Spec, param, consts: dict[str, object]):
 
 
 def _coerce(param, value):
-    ok = {
-        "bool": isinstance(value, bool),
-        "int": isinstance(value, int) and not isinstance(value, bool),
-        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-    }[param.type]
-    if not ok:
-        raise AttnError(f"param '{param.name}' is {param.type}, got {value!r}", param.span)
+    """The value as a plain Python bool, int or float (numpy scalars and int subclasses included)."""
+    try:
+        if isinstance(value, bool) or type(value).__name__ == "bool_":
+            if param.type != "bool":
+                raise TypeError
+            return bool(value)
+        if param.type == "int":
+            value = int(operator.index(value))
+        elif param.type == "float" and isinstance(value, numbers.Real):
+            value = float(value)
+        else:
+            raise TypeError
+    except TypeError:
+        raise AttnError(f"param '{param.name}' is {param.type}, got {value!r}", param.span) from None
     if param.type == "int" and not -(2**63) <= value < 2**63:
         raise AttnError(f"param '{param.name}' = {value} does not fit in 64 bits", param.span)
-    return float(value) if param.type == "float" else value
+    return value

@@ -19,6 +19,7 @@ from types import ModuleType
 from typing import Callable
 
 from attnspec import __version__
+from attnspec.diagnostics import AttnError
 
 _DIGEST_PREFIX = "# attnspec-digest: "
 _loaded: dict[str, ModuleType] = {}
@@ -68,7 +69,13 @@ def load_module(key: str, generate: Callable[[], str], *, cache: bool = True) ->
     if cache:
         path = cache_dir() / f"{key}.py"
         if not _valid(path):
-            _publish(path, _with_digest(generate()))
+            try:
+                _publish(path, _with_digest(generate()))
+            except OSError as err:
+                raise AttnError(
+                    f"cannot write the module cache in {path.parent}: {err.strerror}",
+                    hint="point ATTNSPEC_CACHE_DIR at a writable directory, or compile with cache=False",
+                ) from None
     else:
         path = Path(tempfile.mkdtemp(prefix="attnspec-")) / f"{key}.py"
         path.write_text(generate(), encoding="utf-8")
