@@ -644,7 +644,7 @@ def test_a_failed_cache_write_leaves_no_temporary_file(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "replace", refuse)
     try:  # raising or falling back to an uncached module are both fine; litter is not
         attnspec.compile(_unique_spec("failed"))
-    except OSError:
+    except (OSError, attnspec.AttnError):
         pass
     assert not cache.exists() or _leftovers(cache) == []
     assert not cache.exists() or list(cache.iterdir()) == []
