@@ -6,7 +6,6 @@ the IR: undefined or duplicate names, malformed statements, arity, literals out 
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 from dataclasses import dataclass, field
 
@@ -14,15 +13,10 @@ from lark import Token, Tree
 
 from . import builtins as bi
 from .diagnostics import AttnError, Source, Span
+from .expressions import build_expr
 from .ir import Expr, Input, Normalize, Param, Program, Selection, Spec, const, uses
 from .parser import parse_tree
 from .types import infer
-
-INT64_MAX = 2**63 - 1
-# Limits that keep hostile specs cheap: lets and earlier scores are inlined, so a chain of lets that
-# each use the previous one twice doubles the tree; Python refuses code nested 200 levels deep.
-MAX_EXPR_NODES = 10_000
-MAX_EXPR_DEPTH = 64
 
 
 def parse_program(text: str, name: str = "<string>") -> Program:
@@ -290,186 +284,10 @@ class _SpecBuilder:
     # ------------------------------------------------------------------ expressions
 
     def expr(self, tree, *, pool: bool = False, normalize: bool = False) -> Expr:
-        span = span_of(self.source, tree)
-        try:
-            expr = _ExprBuilder(self, pool, normalize).build(tree)
-        except RecursionError:
-            raise AttnError(f"expression nested more than {MAX_EXPR_DEPTH} levels deep", span) from None
-        return _within_limits(expr, span)
+        return build_expr(self, tree, pool=pool, normalize=normalize)
 
-
-@dataclass
-class _ExprBuilder:
-    spec: _SpecBuilder
-    pool: bool
-    normalize: bool
-
-    def build(self, tree) -> Expr:
-        span = span_of(self.spec.source, tree)
-        method = getattr(self, "_" + tree.data.rstrip("_"))
-        return method(tree, span)
-
-    def _int_lit(self, tree, span):
-        text = str(tree.children[0])
-        value = int(text) if len(text.lstrip("0")) <= 19 else INT64_MAX + 1  # int() refuses > 4300 digits
-        if value > INT64_MAX:
-            raise AttnError("integer literal does not fit in 64 bits", span)
-        return const(value, span)
-
-    def _float_lit(self, tree, span):
-        text = str(tree.children[0])
-        value = float(text)
-        if value == float("inf"):
-            raise AttnError(f"number {text} is too large for a float", span)
-        return const(value, span)
-
-    def _true_lit(self, tree, span):
-        return const(True, span)
-
-    def _false_lit(self, tree, span):
-        return const(False, span)
-
-    def _score_ref(self, tree, span):
-        # In normalize(...), `score` is the final modified score; elsewhere it is the score
-        # composed so far, so lets and later score statements see the value at this point.
-        current = self.spec.score
-        if self.normalize or current.op == "score":
-            return Expr("score", span=span)
-        return dataclasses.replace(current, span=span)  # errors about this value point here
-
-    def _tuple(self, tree, span):
-        raise AttnError("a tuple is only allowed on the right of 'let (a, b) = ...'", span)
-
-    def _name(self, tree, span):
-        name = str(tree.children[0])
-        if name in bi.INDEX_VARS or name in bi.BLOCK_VARS:
-            return Expr("index_var", value=name, span=span)
-        if name in bi.SHAPE_SYMBOLS:
-            return Expr("shape", value=name, span=span)
-        let = self.spec.lets.get(name)
-        if let is not None:
-            if self.normalize and let.uses_score:
-                raise AttnError(
-                    f"let '{name}' uses score, which inside normalize(...) means the modified score",
-                    span,
-                    "write the expression of score directly inside normalize(...)",
-                )
-            return dataclasses.replace(let.value, span=span)  # errors about this value point at the use
-        if name in self.spec.params:
-            return Expr("param", value=name, span=span)
-        decl = self.spec.inputs.get(name)
-        if decl is not None:
-            if decl.shape:
-                raise AttnError(f"input '{name}' has {len(decl.shape)} dimension(s); index it", span, f"write {name}[...]")
-            return Expr("load", value=name, span=span)
-        raise self._undefined(name, span)
-
-    def _undefined(self, name: str, span: Span) -> AttnError:
-        known = list(self.spec.params) + list(self.spec.inputs) + list(self.spec.lets)
-        known += list(bi.INDEX_VARS + bi.BLOCK_VARS + bi.SHAPE_SYMBOLS)
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = f"did you mean '{close[0]}'?" if close else "declare it with 'param', 'input' or 'let'"
-        if name == "k" or name == "v":
-            hint = "q, k and v tensors are only visible through pooling in a select score: mean(k)"
-        return AttnError(f"undefined name '{name}'", span, hint)
-
-    def _index(self, tree, span):
-        name_tok, *index_trees = tree.children
-        name = str(name_tok)
-        decl = self.spec.inputs.get(name)
-        if decl is None:
-            if name in self.spec.params or name in self.spec.lets or name in bi.SHAPE_SYMBOLS + bi.INDEX_VARS:
-                raise AttnError(f"'{name}' is not an input tensor and cannot be indexed", span)
-            raise self._undefined(name, span_of(self.spec.source, name_tok))
-        if len(index_trees) != len(decl.shape):
-            raise AttnError(
-                f"input '{name}' has {len(decl.shape)} dimension(s) but is indexed with {len(index_trees)}",
-                span,
-                f"declared at line {decl.span.line}",
-            )
-        return Expr("load", tuple(self.build(t) for t in index_trees), name, span)
-
-    def _call(self, tree, span):
-        name_tok, *arg_trees = tree.children
-        name = str(name_tok)
-        arg_trees = [a for a in arg_trees if a is not None]
-        if name in bi.POOL_REDUCTIONS and len(arg_trees) == 1 and _pool_operand(arg_trees[0]):
-            return self._pool(name, arg_trees[0], span)
-        fn = bi.FUNCTIONS.get(name)
-        if fn is None:
-            close = difflib.get_close_matches(name, list(bi.FUNCTIONS), n=1)
-            hint = f"did you mean '{close[0]}'?" if close else "built-ins: " + ", ".join(sorted(bi.FUNCTIONS))
-            raise AttnError(f"unknown function '{name}'", span_of(self.spec.source, name_tok), hint)
-        if len(arg_trees) != fn.arity:
-            hint = f"write {fn.signature}"
-            if name in ("min", "max"):
-                hint += f"; pooled {name}(q) / {name}(k) exist only in a select score"
-            raise AttnError(f"'{name}' takes {fn.arity} argument(s), got {len(arg_trees)}", span, hint)
-        return Expr(name, tuple(self.build(a) for a in arg_trees), span=span)
-
-    def _pool(self, reduction: str, operand_tree, span):
-        if not self.pool:
-            raise AttnError(
-                f"{reduction}({operand_tree.children[0]}) pools a whole block; it is only allowed in a select score",
-                span,
-                "use it after 'by' in: select blocks(q = 64, kv = 64) top(k) by dot(mean(q), mean(k))",
-            )
-        return Expr("pool", value=(reduction, str(operand_tree.children[0])), span=span)
-
-    def _binop(self, tree, span):
-        left, op_tok, right = tree.children
-        return Expr(bi.BINARY_OPS[str(op_tok)], (self.build(left), self.build(right)), span=span)
-
-    _compare = _binop
-    _pow = _binop
-
-    def _neg(self, tree, span):
-        return Expr("neg", (self.build(tree.children[0]),), span=span)
-
-    def _not(self, tree, span):
-        return Expr("not", (self.build(tree.children[0]),), span=span)
-
-    def _and(self, tree, span):
-        return Expr("and", tuple(self.build(c) for c in tree.children), span=span)
-
-    def _or(self, tree, span):
-        return Expr("or", tuple(self.build(c) for c in tree.children), span=span)
-
-
-def _within_limits(expr: Expr, span: Span) -> Expr:
-    """Reject expressions too big or too deep to compile, counting inlined lets in full."""
-    size: dict[int, int] = {}
-    depth: dict[int, int] = {}
-    for node in _postorder_unique(expr):
-        size[id(node)] = 1 + sum(size[id(a)] for a in node.args)
-        depth[id(node)] = 1 + max((depth[id(a)] for a in node.args), default=0)
-    if size[id(expr)] > MAX_EXPR_NODES:
-        raise AttnError(
-            f"expression too large: {size[id(expr)]} nodes once lets are inlined (at most {MAX_EXPR_NODES})",
-            span,
-            "each use of a let (or of score) copies its whole expression",
-        )
-    if depth[id(expr)] > MAX_EXPR_DEPTH:
-        raise AttnError(f"expression nested more than {MAX_EXPR_DEPTH} levels deep", span)
-    return expr
-
-
-def _postorder_unique(expr: Expr):
-    """Each distinct node object once, children first, without recursion."""
-    seen: set[int] = set()
-    stack = [(expr, False)]
-    while stack:
-        node, expanded = stack.pop()
-        if expanded:
-            yield node
-        elif id(node) not in seen:
-            seen.add(id(node))
-            stack.append((node, True))
-            stack.extend((a, False) for a in node.args)
-
-
-def _pool_operand(tree) -> bool:
-    return isinstance(tree, Tree) and tree.data == "name" and str(tree.children[0]) in bi.POOL_OPERANDS
+    def span_of(self, node) -> Span:
+        return span_of(self.source, node)
 
 
 def _conjunction(masks: list[Expr]) -> Expr | None:

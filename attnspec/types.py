@@ -66,7 +66,6 @@ def _load(expr: Expr, types: list[str], spec: Spec) -> str:
 
 
 def _arith(expr: Expr, types: list[str]) -> str:
-    sym = bi.OP_SYMBOLS[expr.op]
     if "vec" in types:
         return _vec_arith(expr, types)
     _expect(expr, types, NUMERIC, "numbers", "booleans do not take part in arithmetic; use where(cond, a, b)")
