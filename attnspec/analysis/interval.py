@@ -1,0 +1,260 @@
+"""Interval arithmetic over IR expressions, evaluated for every tile at once.
+
+A numeric value is an interval [lo, hi] of float64 tensors (integers up to 2**53 are exact); a
+boolean is the pair (may_be_true, may_be_false). Each leaf is a tensor broadcast over the tile grid
+([B|1, H|1, NQB, NKB]), so one pass over the expression classifies every tile: the cost is
+O(tiles x nodes), never O(pairs). Results are conservative: an interval always contains every
+value the expression takes on the tile; NaN widens to the whole line.
+
+Input loads use per-dimension range-min/max summaries (sparse tables) built at run time from the
+input tensor, so `doc[b, q] == doc[b, kv]` is decided per tile exactly when the documents align.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..ir import Expr
+
+INF = float("inf")
+
+
+@dataclass(frozen=True)
+class Num:
+    lo: torch.Tensor
+    hi: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Bool:
+    may_true: torch.Tensor
+    may_false: torch.Tensor
+
+
+def num(lo, hi=None) -> Num:
+    lo = torch.as_tensor(lo, dtype=torch.float64)
+    hi = lo if hi is None else torch.as_tensor(hi, dtype=torch.float64)
+    return _sane(lo, hi)
+
+
+def _sane(lo: torch.Tensor, hi: torch.Tensor) -> Num:
+    """NaN bounds widen to the whole line: an unknown value may be anything."""
+    return Num(torch.nan_to_num(lo, nan=-INF), torch.nan_to_num(hi, nan=INF))
+
+
+def boolean(value) -> Bool:
+    value = torch.as_tensor(value, dtype=torch.bool)
+    return Bool(value, ~value)
+
+
+UNKNOWN = Num(torch.tensor(-INF, dtype=torch.float64), torch.tensor(INF, dtype=torch.float64))
+
+
+class Evaluator:
+    """Evaluate expressions over intervals; `leaf(expr)` gives the value of index vars, params, ..."""
+
+    def __init__(self, leaf: Callable[[Expr], Num | Bool], load: Callable[[Expr, list[Num]], Num | Bool]):
+        self.leaf = leaf
+        self.load = load
+        self.memo: dict[int, tuple[Expr, Num | Bool]] = {}
+
+    def __call__(self, expr: Expr) -> Num | Bool:
+        key = id(expr)
+        if key not in self.memo:
+            self.memo[key] = (expr, self._eval(expr))
+        return self.memo[key][1]
+
+    def _eval(self, e: Expr):
+        if e.op == "const":
+            return boolean(e.literal) if isinstance(e.literal, bool) else num(float(e.literal))
+        if e.op in ("index_var", "shape", "param", "score", "pool"):
+            return self.leaf(e)
+        args = [self(a) for a in e.args]
+        if e.op == "load":
+            return self.load(e, args)
+        return RULES[e.op](*args)
+
+
+# ---------------------------------------------------------------- numeric rules
+
+
+def _add(a: Num, b: Num) -> Num:
+    return _sane(a.lo + b.lo, a.hi + b.hi)
+
+
+def _sub(a: Num, b: Num) -> Num:
+    return _sane(a.lo - b.hi, a.hi - b.lo)
+
+
+def _neg(a: Num) -> Num:
+    return Num(-a.hi, -a.lo)
+
+
+def _hull_of(values: list[torch.Tensor]) -> Num:
+    stacked = torch.broadcast_tensors(*values)
+    cleaned = [torch.nan_to_num(v, nan=0.0) for v in stacked]  # 0 * inf: the factor 0 wins
+    return Num(torch.stack(cleaned).amin(0), torch.stack(cleaned).amax(0))
+
+
+def _mul(a: Num, b: Num) -> Num:
+    return _hull_of([a.lo * b.lo, a.lo * b.hi, a.hi * b.lo, a.hi * b.hi])
+
+
+def _nonzero(b: Num) -> torch.Tensor:
+    return (b.lo > 0) | (b.hi < 0)
+
+
+def _quotients(a: Num, b: Num) -> Num:
+    q = _hull_of([a.lo / b.lo, a.lo / b.hi, a.hi / b.lo, a.hi / b.hi])
+    ok = _nonzero(b)
+    return _sane(torch.where(ok, q.lo, -INF), torch.where(ok, q.hi, INF))
+
+
+def _truediv(a: Num, b: Num) -> Num:
+    return _quotients(a, b)
+
+
+def _floordiv(a: Num, b: Num) -> Num:
+    q = _quotients(a, b)
+    return Num(torch.floor(q.lo), torch.floor(q.hi))
+
+
+def _mod(a: Num, b: Num) -> Num:
+    """Python modulo: the result has the sign of the divisor."""
+    point = b.lo == b.hi
+    c = b.lo
+    same_period = torch.floor(a.lo / c) == torch.floor(a.hi / c)
+    exact = point & (c != 0) & same_period
+    exact_lo = a.lo - torch.floor(a.lo / c) * c
+    exact_hi = a.hi - torch.floor(a.hi / c) * c
+    wide_lo = torch.where(b.lo > 0, 0.0, torch.minimum(b.lo + 1, torch.zeros_like(b.lo)))
+    wide_hi = torch.where(b.hi < 0, 0.0, torch.maximum(b.hi - 1, torch.zeros_like(b.hi)))
+    return _sane(torch.where(exact, torch.minimum(exact_lo, exact_hi), wide_lo),
+                 torch.where(exact, torch.maximum(exact_lo, exact_hi), wide_hi))
+
+
+def _pow(a: Num, b: Num) -> Num:
+    both_points = (a.lo == a.hi) & (b.lo == b.hi)
+    exact = torch.pow(a.lo, b.lo)
+    monotone = (a.lo >= 0) & (b.lo == b.hi) & (b.lo >= 0)  # x ** e rises on x >= 0 for e >= 0
+    lo = torch.where(both_points, exact, torch.where(monotone, torch.pow(a.lo, b.lo), -INF))
+    hi = torch.where(both_points, exact, torch.where(monotone, torch.pow(a.hi, b.lo), INF))
+    return _sane(lo, hi)
+
+
+def _abs(a: Num) -> Num:
+    lo = torch.where(a.lo >= 0, a.lo, torch.where(a.hi <= 0, -a.hi, 0.0))
+    hi = torch.maximum(a.hi.abs(), a.lo.abs())
+    return Num(lo, hi)
+
+
+def _min(a: Num, b: Num) -> Num:
+    return Num(torch.minimum(a.lo, b.lo), torch.minimum(a.hi, b.hi))
+
+
+def _max(a: Num, b: Num) -> Num:
+    return Num(torch.maximum(a.lo, b.lo), torch.maximum(a.hi, b.hi))
+
+
+def _clamp(x: Num, lo: Num, hi: Num) -> Num:
+    return _min(_max(x, lo), hi)
+
+
+def _monotone(fn) -> Callable[[Num], Num]:
+    return lambda a: _sane(fn(a.lo), fn(a.hi))
+
+
+def _domain(fn, low_ok: float) -> Callable[[Num], Num]:
+    """A rising function defined on [low_ok, inf): outside it the value may be NaN."""
+
+    def apply(a: Num) -> Num:
+        inside = a.lo >= low_ok
+        return _sane(torch.where(inside, fn(a.lo), -INF), torch.where(inside, fn(a.hi), INF))
+
+    return apply
+
+
+def _bitand(a: Num, b: Num) -> Num:
+    points = (a.lo == a.hi) & (b.lo == b.hi)
+    exact = torch.bitwise_and(_int(a.lo), _int(b.lo)).to(torch.float64)
+    nonneg = (a.lo >= 0) & (b.lo >= 0)
+    lo = torch.where(points, exact, torch.where(nonneg, 0.0, -INF))
+    hi = torch.where(points, exact, torch.where(nonneg, torch.minimum(a.hi, b.hi), INF))
+    return Num(lo, hi)
+
+
+def _int(x: torch.Tensor) -> torch.Tensor:
+    return torch.nan_to_num(x, nan=0.0, posinf=2.0**62, neginf=-(2.0**62)).to(torch.int64)
+
+
+# ---------------------------------------------------------------- boolean rules
+
+
+def _lt(a: Num, b: Num) -> Bool:
+    return Bool(a.lo < b.hi, a.hi >= b.lo)
+
+
+def _le(a: Num, b: Num) -> Bool:
+    return Bool(a.lo <= b.hi, a.hi > b.lo)
+
+
+def _gt(a: Num, b: Num) -> Bool:
+    return _lt(b, a)
+
+
+def _ge(a: Num, b: Num) -> Bool:
+    return _le(b, a)
+
+
+def _eq(a, b) -> Bool:
+    if isinstance(a, Bool):
+        return Bool((a.may_true & b.may_true) | (a.may_false & b.may_false),
+                    (a.may_true & b.may_false) | (a.may_false & b.may_true))
+    overlap = (a.lo <= b.hi) & (b.lo <= a.hi)
+    same_point = (a.lo == a.hi) & (b.lo == b.hi) & (a.lo == b.lo)
+    return Bool(overlap, ~same_point)
+
+
+def _ne(a, b) -> Bool:
+    eq = _eq(a, b)
+    return Bool(eq.may_false, eq.may_true)
+
+
+def _and(a: Bool, b: Bool) -> Bool:
+    return Bool(a.may_true & b.may_true, a.may_false | b.may_false)
+
+
+def _or(a: Bool, b: Bool) -> Bool:
+    return Bool(a.may_true | b.may_true, a.may_false & b.may_false)
+
+
+def _not(a: Bool) -> Bool:
+    return Bool(a.may_false, a.may_true)
+
+
+def _where(c: Bool, a, b):
+    surely_true = c.may_true & ~c.may_false
+    surely_false = c.may_false & ~c.may_true
+    if isinstance(a, Bool):
+        pick = lambda x, y, hull: torch.where(surely_true, x, torch.where(surely_false, y, hull))  # noqa: E731
+        return Bool(pick(a.may_true, b.may_true, a.may_true | b.may_true),
+                    pick(a.may_false, b.may_false, a.may_false | b.may_false))
+    lo = torch.where(surely_true, a.lo, torch.where(surely_false, b.lo, torch.minimum(a.lo, b.lo)))
+    hi = torch.where(surely_true, a.hi, torch.where(surely_false, b.hi, torch.maximum(a.hi, b.hi)))
+    return Num(lo, hi)
+
+
+RULES = {
+    "add": _add, "sub": _sub, "mul": _mul, "truediv": _truediv, "floordiv": _floordiv, "mod": _mod,
+    "pow": _pow, "neg": _neg, "abs": _abs, "min": _min, "max": _max, "clamp": _clamp,
+    "exp": _monotone(torch.exp), "exp2": _monotone(torch.exp2), "tanh": _monotone(torch.tanh),
+    "sigmoid": _monotone(torch.sigmoid), "relu": _monotone(torch.relu), "float": _monotone(lambda x: x),
+    "softplus": _monotone(lambda x: torch.logaddexp(x, torch.zeros_like(x))),
+    "log": _domain(torch.log, 0.0), "log2": _domain(torch.log2, 0.0), "sqrt": _domain(torch.sqrt, 0.0),
+    "bitand": _bitand,
+    "lt": _lt, "le": _le, "gt": _gt, "ge": _ge, "eq": _eq, "ne": _ne,
+    "and": _and, "or": _or, "not": _not, "where": _where,
+}

@@ -1,0 +1,175 @@
+"""Tile classification: for each (query block, key block), is the mask empty, full or partial?
+
+Decided by interval arithmetic over the index expressions (interval.py), for all tiles at once,
+never by evaluating every element. EMPTY and FULL are proofs; PARTIAL is always allowed. A static
+block rule is applied exactly (its block indices are points). Data-dependent selection is not
+part of the classification: it is decided at run time and intersected by the kernels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..diagnostics import AttnError
+from ..ir import Expr, Spec, uses
+from .interval import Bool, Evaluator, Num, num
+from .summaries import RangeSummary
+
+EMPTY, PARTIAL, FULL = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Tiles:
+    """Tile classes [Bm, Hm, NQB, NKB] (Bm = B if the mask depends on the batch, else 1; Hm likewise)."""
+
+    classes: torch.Tensor  # int8
+    q_block: int
+    kv_block: int
+    sq: int
+    skv: int
+
+    @property
+    def total(self) -> int:
+        return self.classes.numel()
+
+    def count(self, kind: int) -> int:
+        return int((self.classes == kind).sum())
+
+    def density(self) -> dict[str, float]:
+        """Fractions of tiles visited (full + partial), full and partial."""
+        full, partial = self.count(FULL), self.count(PARTIAL)
+        total = max(self.total, 1)
+        return {"visited": (full + partial) / total, "full": full / total, "partial": partial / total}
+
+    def rows_never_empty(self) -> bool:
+        """Proof that no query row is fully masked: every query block has a FULL tile."""
+        return bool((self.classes == FULL).any(-1).all())
+
+    def contiguous(self) -> bool:
+        """Whether each query block's visited tiles form one contiguous range of key blocks."""
+        visited = self.classes != EMPTY
+        count = visited.sum(-1)
+        idx = torch.arange(visited.shape[-1])
+        first = torch.where(visited, idx, visited.shape[-1]).amin(-1)
+        last = torch.where(visited, idx, -1).amax(-1)
+        return bool(((count == 0) | (last - first + 1 == count)).all())
+
+    def block_lists(self):
+        """FlexAttention-style lists: (partial_num, partial_idx, full_num, full_idx), lower blocks first."""
+        return _lists(self.classes == PARTIAL) + _lists(self.classes == FULL)
+
+
+def _lists(chosen: torch.Tensor):
+    order = torch.sort((~chosen).to(torch.int8), dim=-1, stable=True).indices
+    return chosen.sum(-1).to(torch.int32), order.to(torch.int32)
+
+
+def classify_tiles(
+    spec: Spec, q_block: int, kv_block: int, sizes: dict[str, int], runtime: dict | None = None,
+    inputs: dict[str, torch.Tensor] | None = None,
+) -> Tiles:
+    """Classify every tile of a lowered spec at the given sizes, runtime params and input values."""
+    if q_block < 1 or kv_block < 1:
+        raise AttnError("block sizes must be positive")
+    sq, skv = sizes["SQ"], sizes["SKV"]
+    nq, nk = -(-sq // q_block), -(-skv // kv_block)
+    env = _TileEnv(spec, q_block, kv_block, sizes, runtime or {}, inputs or {})
+    classes = torch.full((1, 1, nq, nk), FULL, dtype=torch.int8)
+    if spec.mask is not None:
+        classes = _combine(classes, env.classes(spec.mask))
+    sel = spec.selection
+    if sel is not None and not sel.dynamic:
+        if (sel.q_block.literal, sel.kv_block.literal) != (q_block, kv_block):
+            raise AttnError(
+                f"the spec selects blocks of ({sel.q_block.literal}, {sel.kv_block.literal}); "
+                f"tiles of ({q_block}, {kv_block}) cannot apply its rule exactly"
+            )
+        keep = env.classes(sel.keep, blocks=True)
+        classes = torch.where(keep == EMPTY, torch.tensor(EMPTY, dtype=torch.int8), _broadcast(classes, keep))
+    return Tiles(classes.contiguous(), q_block, kv_block, sq, skv)
+
+
+def _combine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    a, b = torch.broadcast_tensors(a, b)
+    return torch.minimum(a, b)  # EMPTY < PARTIAL < FULL: the tighter class wins for AND
+
+
+def _broadcast(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.broadcast_tensors(a, b)[0]
+
+
+class _TileEnv:
+    def __init__(self, spec: Spec, bq: int, bk: int, sizes: dict[str, int], runtime: dict, inputs: dict):
+        self.spec, self.bq, self.bk = spec, bq, bk
+        self.sizes, self.runtime, self.inputs = sizes, runtime, inputs
+        self.summaries: dict[str, RangeSummary] = {}
+
+    def classes(self, predicate: Expr, blocks: bool = False) -> torch.Tensor:
+        """EMPTY / PARTIAL / FULL per tile for a boolean expression."""
+        self.blocks = blocks
+        result = Evaluator(self.leaf, self.load)(predicate)
+        may_true, may_false = torch.broadcast_tensors(result.may_true, result.may_false)
+        classes = torch.where(may_false, PARTIAL, FULL)
+        classes = torch.where(may_true, classes, EMPTY).to(torch.int8)
+        while classes.dim() < 4:
+            classes = classes.unsqueeze(0)
+        return classes
+
+    def leaf(self, e: Expr):
+        if e.op == "shape":
+            return num(self.sizes[e.value])
+        if e.op == "param":
+            return self._param(e)
+        if e.op == "index_var":
+            return self._index(e.value)
+        raise AttnError(f"cannot analyse '{e.op}' in a mask", e.span)
+
+    def _param(self, e: Expr):
+        param = self.spec.param(e.value)
+        value = self.runtime.get(e.value, None if param.default is None else param.default.literal)
+        if value is None:
+            raise AttnError(f"runtime param '{e.value}' needs a value to build the tile schedule", e.span)
+        return Bool(torch.tensor(bool(value)), torch.tensor(not value)) if isinstance(value, bool) else num(float(value))
+
+    def _index(self, name: str) -> Num:
+        nq, nk = -(-self.sizes["SQ"] // self.bq), -(-self.sizes["SKV"] // self.bk)
+        if name == "b":
+            return _axis(self.sizes["B"], 0)
+        if name == "h":
+            return _axis(self.sizes["H"], 1)
+        if name in ("q_block", "kv_block"):
+            return _axis(nq, 2) if name == "q_block" else _axis(nk, 3)
+        size, length, axis = (self.bq, self.sizes["SQ"], 2) if name == "q" else (self.bk, self.sizes["SKV"], 3)
+        count = nq if name == "q" else nk
+        start = torch.arange(count, dtype=torch.float64) * size
+        end = torch.clamp(start + size, max=length) - 1
+        shape = [1, 1, 1, 1]
+        shape[axis] = count
+        return Num(start.view(shape), end.view(shape))
+
+    def load(self, e: Expr, indices: list[Num]):
+        table = self.inputs.get(e.value)
+        if table is None:
+            raise AttnError(f"input '{e.value}' needs a value to build the tile schedule", e.span)
+        summary = self.summaries.setdefault(e.value, RangeSummary(table.detach().cpu()))
+        lows, highs = [], []
+        for index, size in zip(indices, table.shape):
+            lows.append(index.lo.clamp(0, size - 1))
+            highs.append(index.hi.clamp(0, size - 1))
+        lo, hi = summary.bounds(lows, highs)
+        if table.dtype == torch.bool:
+            return Bool(hi > 0, lo < 1)
+        return Num(lo, hi)
+
+
+def _axis(count: int, axis: int) -> Num:
+    shape = [1, 1, 1, 1]
+    shape[axis] = count
+    values = torch.arange(count, dtype=torch.float64).view(shape)
+    return Num(values, values)
+
+
+def mask_depends_on(spec: Spec, name: str) -> bool:
+    return uses(spec.mask, "index_var", name)
