@@ -1,0 +1,1 @@
+"""Analyses of a lowered spec: tile classification by interval arithmetic, closed-form key bands."""
