@@ -36,9 +36,9 @@ def pick_spec(program: Program, spec: str | None) -> Spec:
     return found
 
 
-def lower(spec: Spec, consts: dict[str, object] | None = None, trace=None) -> Spec:
-    """Run the standard pass pipeline (specialization, folding, casts) with verification."""
-    return run_passes(spec, pipeline(consts), trace=trace)
+def lower(spec: Spec, consts: dict[str, object] | None = None, trace=None, passes=None) -> Spec:
+    """Run the pass pipeline (default: the standard one) with verification after each pass."""
+    return run_passes(spec, pipeline(consts, passes), trace=trace)
 
 
 def compile_source(path_or_source, target: str = "reference", spec: str | None = None, *, consts: dict | None = None, **more_consts) -> str:

@@ -53,7 +53,11 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--sq", type=int, default=32, help="query length for the drawing (default 32)")
     show.add_argument("--skv", type=int, default=None, help="key length for the drawing (default: --sq)")
     show.add_argument("--png", metavar="PATH", help="also write the mask as a PNG")
-    show.add_argument("--passes", action="store_true", help="print the IR after every pass")
+    show.add_argument(
+        "--passes", nargs="?", const="", metavar="P1,P2",
+        help="print the IR after every pass (or after the passes named, in that order)",
+    )
+    show.add_argument("--block", type=int, default=16, help="tile size for the drawing's tile analysis (default 16)")
     _const_option(show)
     show.set_defaults(run=cmd_show)
 
@@ -150,16 +154,19 @@ def cmd_show(args) -> int:
     from .api import build_module, load_program, lower, pick_spec
     from .printer import print_spec
     from .runtime.sample import Sizes
-    from .show import ascii_mask, dense_mask, write_png
+    from .show import ascii_mask, dense_mask, tile_report, write_png
 
     skv = args.sq if args.skv is None else args.skv
     if args.sq < 1 or skv < 1:
         raise AttnError("--sq and --skv must be positive")
     program = load_program(Path(args.file))
     spec = pick_spec(program, args.spec)
-    trace = (lambda name, s: print(f"# after {name}\n{print_spec(s)}")) if args.passes else None
-    lowered = lower(spec, parse_consts(args.const), trace=trace)
-    if not args.passes:
+    consts = parse_consts(args.const)
+    if args.passes is not None:
+        names = [n.strip() for n in args.passes.split(",") if n.strip()] or None
+        lower(spec, consts, trace=lambda name, s: print(f"# after {name}\n{print_spec(s)}"), passes=names)
+    lowered = lower(spec, consts)
+    if args.passes is None:
         print(print_spec(lowered))
     module = build_module(lowered, "reference", Path(program.source_name).name)
     mask = dense_mask(module, lowered, Sizes(B=1, H=1, HKV=1, SQ=args.sq, SKV=skv))
@@ -171,6 +178,8 @@ def cmd_show(args) -> int:
         print(ascii_mask(mask, block))
     else:
         print("# (too large to draw in the terminal; use --png)")
+    for line in tile_report(lowered, Sizes(B=1, H=1, HKV=1, SQ=args.sq, SKV=skv), args.block):
+        print(line)
     if args.png:
         try:
             write_png(mask, args.png)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -55,3 +56,32 @@ def write_png(mask: torch.Tensor, path: str | Path, scale: int = 4) -> None:
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def tile_report(spec: Spec, sizes: Sizes, block: int, large: int = 4096, large_block: int = 128) -> list[str]:
+    """What the tile analysis proves at the drawing's size and at a realistic one, on sample inputs."""
+    from .analysis.tiles import classify_tiles
+
+    sel = spec.selection
+    if sel is not None and not sel.dynamic:  # a static block rule fixes the tile size
+        block = large_block = None
+    lines = []
+    for size, tile in ((sizes, block), (replace(sizes, B=1, H=4, HKV=1, SQ=large, SKV=large), large_block)):
+        bq, bk = (tile, tile) if tile is not None else (sel.q_block.literal, sel.kv_block.literal)
+        args = sample_arguments(spec, size, torch.float64)
+        tiles = classify_tiles(
+            spec, bq, bk, size.symbols(),
+            {p.name: args[p.name] for p in spec.runtime_params}, {i.name: args[i.name] for i in spec.inputs},
+        )
+        d = tiles.density()
+        lines.append(
+            f"# tiles {bq}x{bk} at SQ={size.SQ}, SKV={size.SKV}: visited {d['visited']:.1%} "
+            f"(full {d['full']:.1%}, partial {d['partial']:.1%}); rows never fully masked: "
+            f"{'proved' if tiles.rows_never_empty() else 'not proved'}; visited tiles contiguous: "
+            f"{'yes' if tiles.contiguous() else 'no'}"
+        )
+    if spec.inputs:
+        lines.append("# (inputs drawn at random: " + ", ".join(i.name for i in spec.inputs) + ")")
+    if sel is not None and sel.dynamic:
+        lines.append("# (data-dependent block selection is decided at run time, on top of these tiles)")
+    return lines

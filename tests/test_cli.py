@@ -393,3 +393,30 @@ def test_demo_without_files_outside_a_checkout(tmp_path, capsys, monkeypatch):
     code, out, err = run(capsys, "demo")
     assert code == 2
     assert "no .attn files" in err
+
+
+def test_show_passes_named_in_order(tmp_path, capsys):
+    path = write(tmp_path, "causal.attn", CAUSAL)
+    code, out, _ = run(capsys, "show", path, "--sq", 4, "--passes", "fold_constants,insert_casts")
+    assert code == 0
+    headings = [line for line in out.splitlines() if line.startswith("# after ")]
+    assert headings == ["# after bind_params", "# after fold_constants", "# after insert_casts"]
+
+
+def test_show_unknown_pass_is_a_diagnostic(tmp_path, capsys):
+    path = write(tmp_path, "causal.attn", CAUSAL)
+    code, _, err = run(capsys, "show", path, "--passes", "inline_everything")
+    assert code == 2 and "unknown pass 'inline_everything'" in err and "fold_constants" in err
+
+
+def test_show_reports_tile_density(tmp_path, capsys):
+    path = write(tmp_path, "causal.attn", CAUSAL)
+    code, out, _ = run(capsys, "show", path, "--sq", 32, "--block", 16)
+    assert code == 0
+    small = next(line for line in out.splitlines() if line.startswith("# tiles 16x16 at SQ=32"))
+    # 2 x 2 tiles, causal: the one above the diagonal is empty, the one below full, the diagonal partial
+    assert "visited 75.0% (full 25.0%, partial 50.0%)" in small
+    assert "rows never fully masked: not proved" in small  # query block 0 has no full tile
+    assert "visited tiles contiguous: yes" in small
+    large = next(line for line in out.splitlines() if line.startswith("# tiles 128x128 at SQ=4096"))
+    assert "visited 51.6% (full 48.4%, partial 3.1%)" in large  # 32 x 32 tiles: 496 full, 32 diagonal

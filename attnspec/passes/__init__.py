@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+from ..diagnostics import AttnError
 from ..ir import Spec
 from ..verify import verify
 from .bind import bind_params
@@ -13,10 +14,19 @@ from .fold import fold_constants
 Pass = Callable[[Spec], Spec]
 
 
-def pipeline(consts: dict[str, object] | None = None) -> tuple[Pass, ...]:
-    """The standard lowering pipeline, in order."""
-    # casts first: folding where(c, int, float) on a constant c must keep the float type
-    return (bind_params(consts or {}), insert_casts, fold_constants)
+# The standard lowering pipeline, in order. Casts come before folding: folding where(c, int, float)
+# on a constant c must keep the float type. bind_params always runs first (it needs the consts).
+STANDARD = ("bind_params", "insert_casts", "fold_constants")
+_PASSES: dict[str, Pass] = {"insert_casts": insert_casts, "fold_constants": fold_constants}
+
+
+def pipeline(consts: dict[str, object] | None = None, names: Sequence[str] | None = None) -> tuple[Pass, ...]:
+    """The passes named (default: the standard pipeline), after bind_params."""
+    names = [n for n in (STANDARD if names is None else names) if n != "bind_params"]
+    unknown = [n for n in names if n not in _PASSES]
+    if unknown:
+        raise AttnError(f"unknown pass '{unknown[0]}'", hint="passes: " + ", ".join(STANDARD))
+    return (bind_params(consts or {}),) + tuple(_PASSES[n] for n in names)
 
 
 def run_passes(spec: Spec, passes: Sequence[Pass], *, check: bool = True, trace=None) -> Spec:
