@@ -152,6 +152,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def cmd_show(args) -> int:
     from .api import build_module, load_program, lower, pick_spec
+    from .passes import OPTIMIZE
     from .printer import print_spec
     from .runtime.sample import Sizes
     from .show import ascii_mask, dense_mask, tile_report, write_png
@@ -163,9 +164,9 @@ def cmd_show(args) -> int:
     spec = pick_spec(program, args.spec)
     consts = parse_consts(args.const)
     if args.passes is not None:
-        names = [n.strip() for n in args.passes.split(",") if n.strip()] or None
+        names = [n.strip() for n in args.passes.split(",") if n.strip()] or OPTIMIZE
         lower(spec, consts, trace=lambda name, s: print(f"# after {name}\n{print_spec(s)}"), passes=names)
-    lowered = lower(spec, consts)
+    lowered = lower(spec, consts, passes=OPTIMIZE)
     if args.passes is None:
         print(print_spec(lowered))
     module = build_module(lowered, "reference", Path(program.source_name).name)

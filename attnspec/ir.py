@@ -20,6 +20,7 @@ _span = field(default=NO_SPAN, compare=False, hash=False, repr=False)
 #   param      param name                 score   (no value) the current score
 #   load       input name; args are the indices
 #   pool       (reduction, "q" | "k"): per-block pooled q or k vector (select scores only)
+#   temp       name of a Binding of the spec (made by passes)
 # Every other op is a built-in operator or function named in builtins.py.
 
 
@@ -104,6 +105,23 @@ class Selection:
         return self.rule != "keep"
 
 
+LEVELS = ("program", "row", "col", "element")  # per (b, h); per query row; per key column; per pair
+
+
+@dataclass(frozen=True)
+class Binding:
+    """A named temporary computed once per `level` (made by passes, never by the user).
+
+    Expressions read it as Expr("temp", value=name). Bindings are ordered: a value reads only
+    earlier bindings.
+    """
+
+    name: str
+    value: Expr
+    level: str
+    span: Span = _span
+
+
 @dataclass(frozen=True)
 class Spec:
     name: str
@@ -115,7 +133,11 @@ class Spec:
     normalize: Normalize = Normalize("softmax")
     selection: Selection | None = None
     gqa_group: Expr | None = None
+    bindings: tuple[Binding, ...] = ()
     span: Span = _span
+
+    def binding(self, name: str) -> Binding | None:
+        return next((b for b in self.bindings if b.name == name), None)
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
@@ -195,3 +217,26 @@ def uses(expr: Expr | None, op: str, value=None) -> bool:
     if expr is None:
         return False
     return any(n.op == op and (value is None or n.value == value) for n in walk(expr))
+
+
+def inline_bindings(expr: Expr, spec: "Spec") -> Expr:
+    """expr with every temp replaced by its binding's value, recursively."""
+    if not spec.bindings:
+        return expr
+
+    def expand(node: Expr):
+        if node.op == "temp":
+            return inline_bindings(spec.binding(node.value).value, spec)
+        return None
+
+    return substitute(expr, expand)
+
+
+def level_of(expr: Expr, spec: "Spec") -> str:
+    """Where a token-level expression varies: program (b, h only), row (q), col (kv) or element."""
+    names = {n.value for n in walk(inline_bindings(expr, spec)) if n.op == "index_var"}
+    if uses(inline_bindings(expr, spec), "score"):
+        return "element"
+    if "q" in names and "kv" in names:
+        return "element"
+    return "row" if "q" in names else "col" if "kv" in names else "program"

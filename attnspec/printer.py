@@ -19,6 +19,7 @@ def print_spec(spec: Spec) -> str:
     lines = [f"attention {spec.name} {{"]
     lines += [f"    {_param(p)}" for p in spec.params]
     lines += [f"    {_input(i)}" for i in spec.inputs]
+    lines += [f"    let {b.name} = {expr_text(b.value)}  # per {b.level}" for b in spec.bindings]
     if spec.gqa_group is not None:
         lines.append(f"    gqa group = {expr_text(spec.gqa_group)}")
     if spec.scale is not None:
@@ -77,6 +78,8 @@ def _expr(e: Expr) -> str:
         return e.value + (f"[{', '.join(_expr(a) for a in e.args)}]" if e.args else "")
     if op == "pool":
         return f"{e.value[0]}({e.value[1]})"
+    if op == "temp":
+        return e.value
     if op in bi.OP_SYMBOLS:
         return _binary(e)
     if op in ("and", "or"):

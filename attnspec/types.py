@@ -35,6 +35,8 @@ def _rule(expr: Expr, types: list[str], spec: Spec) -> str:
         return spec.param(expr.value).type
     if op == "pool":
         return "vec"
+    if op == "temp":
+        return infer(spec.binding(expr.value).value, spec)
     if op == "load":
         return _load(expr, types, spec)
     if op in ("add", "sub", "mul", "truediv"):

@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from .diagnostics import AttnError
-from .ir import Expr, Program, Spec, walk
+from .ir import Expr, Program, Spec, inline_bindings, level_of, spec_exprs, uses, walk
 from .types import NUMERIC, infer
 
 
@@ -65,7 +65,23 @@ def verify(spec: Spec) -> Spec:
     _verify_normalize(spec)
     if spec.selection is not None:
         _verify_selection(spec)
+    _verify_bindings(spec)
     return spec
+
+
+
+def _verify_bindings(spec: Spec) -> None:
+    """Temps are unique, read only earlier temps, never the score, and sit at their own level."""
+    seen: set[str] = set()
+    for binding in spec.bindings:
+        reads = {n.value for n in walk(binding.value) if n.op == "temp"}
+        if binding.name in seen or not reads <= seen:
+            raise AttnError(f"internal: binding '{binding.name}' is duplicated or reads a later binding")
+        if uses(binding.value, "score") or binding.level != level_of(binding.value, spec):
+            raise AttnError(f"internal: binding '{binding.name}' is not at level {binding.level}")
+        seen.add(binding.name)
+    if spec.selection is not None and any(uses(e, "temp") for e in spec_exprs(spec.selection)):
+        raise AttnError("internal: temps are only for token-level expressions, not block selection")
 
 
 def _verify_normalize(spec: Spec) -> None:
@@ -93,7 +109,7 @@ def _verify_selection(spec: Spec) -> None:
 
 
 def _check(spec: Spec, expr: Expr, ctx: Context, want: str) -> None:
-    for node in walk(expr):
+    for node in walk(inline_bindings(expr, spec)):
         _check_leaf(spec, node, ctx)
     got = infer(expr, spec)
     if want == "number" and got not in NUMERIC:

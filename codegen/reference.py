@@ -36,6 +36,9 @@ class ReferenceRenderer(ExprRenderer):
     def render_load(self, e: Expr) -> str:
         return f"_load({', '.join([e.value] + [self.render(a) for a in e.args])})"
 
+    def render_temp(self, e: Expr) -> str:
+        return f"_{e.value}"
+
     def render_pool(self, e: Expr) -> str:
         reduction, operand = e.value
         return f"_pool_{reduction}_{operand}"
@@ -88,12 +91,26 @@ def _hooks(spec: Spec, r: ReferenceRenderer, source_name: str) -> dict:
         "scale": None if spec.scale is None else r.render(spec.scale),
         "gqa_group": None if spec.gqa_group is None else r.render(spec.gqa_group),
         "score": r.render(spec.score),
+        "mask_bindings": _bindings_for(spec, [spec.mask], r),
+        "attention_bindings": _bindings_for(spec, [spec.score, norm.sink, norm.weight], r),
         "mask": None if spec.mask is None else r.render(spec.mask),
         "norm": norm.kind,
         "sink": None if norm.sink is None else r.render(norm.sink),
         "weight": None if norm.weight is None else r.render(norm.weight),
         "sel": _selection_hook(sel, r) if sel is not None else None,
     }
+
+
+def _bindings_for(spec: Spec, exprs, r: ReferenceRenderer) -> list[tuple[str, str]]:
+    """(name, code) of the bindings the expressions read, directly or not, in binding order."""
+    needed: set[str] = set()
+    pending = [e for e in exprs if e is not None]
+    while pending:
+        for node in walk(pending.pop()):
+            if node.op == "temp" and node.value not in needed:
+                needed.add(node.value)
+                pending.append(spec.binding(node.value).value)
+    return [(f"_{b.name}", r.render(b.value)) for b in spec.bindings if b.name in needed]
 
 
 def _input_hook(decl, r: ReferenceRenderer) -> dict:

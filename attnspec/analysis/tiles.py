@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..diagnostics import AttnError
-from ..ir import Expr, Spec, uses
+from ..ir import Expr, Spec, inline_bindings, uses
 from .interval import Bool, Evaluator, Num, num
 from .summaries import RangeSummary
 
@@ -78,7 +78,7 @@ def classify_tiles(
     env = _TileEnv(spec, q_block, kv_block, sizes, runtime or {}, inputs or {})
     classes = torch.full((1, 1, nq, nk), FULL, dtype=torch.int8)
     if spec.mask is not None:
-        classes = _combine(classes, env.classes(spec.mask))
+        classes = _combine(classes, env.classes(inline_bindings(spec.mask, spec)))
     sel = spec.selection
     if sel is not None and not sel.dynamic:
         if (sel.q_block.literal, sel.kv_block.literal) != (q_block, kv_block):

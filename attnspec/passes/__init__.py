@@ -10,14 +10,23 @@ from ..verify import verify
 from .bind import bind_params
 from .casts import insert_casts
 from .fold import fold_constants
+from .share import eliminate_dead_bindings, hoist_and_share
 
 Pass = Callable[[Spec], Spec]
 
 
-# The standard lowering pipeline, in order. Casts come before folding: folding where(c, int, float)
-# on a constant c must keep the float type. bind_params always runs first (it needs the consts).
+# The lowering pipeline, in order. Casts come before folding: folding where(c, int, float) on a
+# constant c must keep the float type. bind_params always runs first (it needs the consts).
+# STANDARD is what the reference (the oracle) is generated from; OPTIMIZE adds the passes that
+# fast targets and `attnspec show` use.
 STANDARD = ("bind_params", "insert_casts", "fold_constants")
-_PASSES: dict[str, Pass] = {"insert_casts": insert_casts, "fold_constants": fold_constants}
+OPTIMIZE = STANDARD + ("hoist_and_share", "eliminate_dead_bindings")
+_PASSES: dict[str, Pass] = {
+    "insert_casts": insert_casts,
+    "fold_constants": fold_constants,
+    "hoist_and_share": hoist_and_share,
+    "eliminate_dead_bindings": eliminate_dead_bindings,
+}
 
 
 def pipeline(consts: dict[str, object] | None = None, names: Sequence[str] | None = None) -> tuple[Pass, ...]:
@@ -25,7 +34,7 @@ def pipeline(consts: dict[str, object] | None = None, names: Sequence[str] | Non
     names = [n for n in (STANDARD if names is None else names) if n != "bind_params"]
     unknown = [n for n in names if n not in _PASSES]
     if unknown:
-        raise AttnError(f"unknown pass '{unknown[0]}'", hint="passes: " + ", ".join(STANDARD))
+        raise AttnError(f"unknown pass '{unknown[0]}'", hint="passes: " + ", ".join(OPTIMIZE))
     return (bind_params(consts or {}),) + tuple(_PASSES[n] for n in names)
 
 
