@@ -350,12 +350,12 @@ def test_show_png(tmp_path, capsys):
 
 
 def test_show_passes_prints_each_pass(tmp_path, capsys):
-    from attnspec.passes import pipeline
+    from attnspec.passes import OPTIMIZE, pipeline
 
     path = write(tmp_path, "w.attn", WINDOW)
     code, out, err = run(capsys, "show", path, "--sq", 4, "--passes", "-D", "window=1")
     assert code == 0, err
-    names = [p.__name__ for p in pipeline({})]
+    names = [p.__name__ for p in pipeline({}, OPTIMIZE)]
     headers = [line for line in out.splitlines() if line.startswith("# after ")]
     assert headers == [f"# after {name}" for name in names]
     assert out.count("attention sw {") == len(names)
