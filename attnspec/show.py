@@ -85,3 +85,26 @@ def tile_report(spec: Spec, sizes: Sizes, block: int, large: int = 4096, large_b
     if sel is not None and sel.dynamic:
         lines.append("# (data-dependent block selection is decided at run time, on top of these tiles)")
     return lines
+
+
+def band_report(spec: Spec, sizes: Sizes) -> list[str]:
+    """The mask's closed-form key range per query, and what it proves at these sizes."""
+    from .analysis.bands import evaluate_bands, key_bands
+    from .printer import expr_text
+
+    bands = key_bands(spec.mask, spec)
+    if bands is None:
+        return ["# key range per query: no closed form (the tile analysis decides per tile)"]
+    text = " or ".join(
+        f"[{'0' if b.lo is None else expr_text(b.lo)}, {'SKV - 1' if b.hi is None else expr_text(b.hi)}]" for b in bands
+    )
+    args = sample_arguments(spec, sizes, torch.float64)
+    ranges = evaluate_bands(
+        bands, spec, torch.arange(sizes.SQ), sizes,
+        {p.name: args[p.name] for p in spec.runtime_params}, {i.name: args[i.name] for i in spec.inputs},
+    )
+    nonempty = torch.zeros((sizes.B, sizes.H, sizes.SQ), dtype=torch.bool)
+    for lo, hi in ranges:
+        nonempty |= lo <= hi
+    verdict = "proved" if bool(nonempty.all()) else "no: some rows keep no key"
+    return [f"# keys kept per query (closed form): {text}", f"# every row keeps a key at these sizes: {verdict}"]

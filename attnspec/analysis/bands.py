@@ -26,7 +26,7 @@ import torch
 
 from .. import builtins as bi
 from ..diagnostics import NO_SPAN, Span
-from ..ir import Expr, Spec, const, substitute, uses
+from ..ir import Expr, Spec, const, inline_bindings, uses
 from ..types import infer
 
 MAX_BANDS = 16  # more than this is no band structure a kernel wants
@@ -50,23 +50,9 @@ def key_bands(mask: Expr | None, spec: Spec) -> tuple[Band, ...] | None:
     if mask is None:
         return (Band(None, None),)
     try:
-        return _Analyzer(spec, mask.span).bands(_inline_temps(mask, spec))
+        return _Analyzer(spec, mask.span).bands(inline_bindings(mask, spec))
     except _NotBand:
         return None
-
-
-def _inline_temps(expr: Expr, spec: Spec) -> Expr:
-    """expr with the temporaries of passes (op "temp") replaced by their values, so kv cannot hide."""
-    values = {b.name: b.value for b in getattr(spec, "bindings", ())}
-
-    def expand(node: Expr) -> Expr | None:
-        if node.op != "temp":
-            return None
-        if node.value not in values:
-            raise _NotBand
-        return _inline_temps(values[node.value], spec)
-
-    return substitute(expr, expand)
 
 
 # ------------------------------------------------------------------ internal pieces
