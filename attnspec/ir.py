@@ -7,6 +7,7 @@ expressions compare equal wherever they came from (round-trip tests, CSE).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -50,6 +51,8 @@ def _tagged(value):
         return value
     if isinstance(value, float) and value != value:
         value = _NAN  # tuples compare items by identity first, so one shared NaN makes equal consts equal
+    if isinstance(value, float):  # the sign tells -0.0 from 0.0, which == does not
+        return ("float", value, math.copysign(1.0, value))
     return (type(value).__name__, value)
 
 

@@ -10,6 +10,7 @@ from ..verify import verify
 from .bind import bind_params
 from .casts import insert_casts
 from .fold import fold_constants
+from .simplify import simplify_algebra
 from .share import eliminate_dead_bindings, hoist_and_share
 
 Pass = Callable[[Spec], Spec]
@@ -20,10 +21,11 @@ Pass = Callable[[Spec], Spec]
 # STANDARD is what the reference (the oracle) is generated from; OPTIMIZE adds the passes that
 # fast targets and `attnspec show` use.
 STANDARD = ("bind_params", "insert_casts", "fold_constants")
-OPTIMIZE = STANDARD + ("hoist_and_share", "eliminate_dead_bindings")
+OPTIMIZE = STANDARD + ("simplify_algebra", "hoist_and_share", "eliminate_dead_bindings")
 _PASSES: dict[str, Pass] = {
     "insert_casts": insert_casts,
     "fold_constants": fold_constants,
+    "simplify_algebra": simplify_algebra,
     "hoist_and_share": hoist_and_share,
     "eliminate_dead_bindings": eliminate_dead_bindings,
 }
