@@ -37,10 +37,10 @@ class Bool:
 def num(lo, hi=None) -> Num:
     lo = torch.as_tensor(lo, dtype=torch.float64)
     hi = lo if hi is None else torch.as_tensor(hi, dtype=torch.float64)
-    return _sane(lo, hi)
+    return bounded(lo, hi)
 
 
-def _sane(lo: torch.Tensor, hi: torch.Tensor) -> Num:
+def bounded(lo: torch.Tensor, hi: torch.Tensor) -> Num:
     """NaN bounds widen to the whole line: an unknown value may be anything."""
     return Num(torch.nan_to_num(lo, nan=-INF), torch.nan_to_num(hi, nan=INF))
 
@@ -56,9 +56,13 @@ UNKNOWN = Num(torch.tensor(-INF, dtype=torch.float64), torch.tensor(INF, dtype=t
 class Evaluator:
     """Evaluate expressions over intervals; `leaf(expr)` gives the value of index vars, params, ..."""
 
-    def __init__(self, leaf: Callable[[Expr], Num | Bool], load: Callable[[Expr, list[Num]], Num | Bool]):
+    def __init__(
+        self, leaf: Callable[[Expr], Num | Bool], load: Callable[[Expr, list[Num]], Num | Bool],
+        is_float: Callable[[Expr], bool] = lambda e: False,
+    ):
         self.leaf = leaf
         self.load = load
+        self.is_float = is_float
         self.memo: dict[int, tuple[Expr, Num | Bool]] = {}
 
     def __call__(self, expr: Expr) -> Num | Bool:
@@ -75,18 +79,31 @@ class Evaluator:
         args = [self(a) for a in e.args]
         if e.op == "load":
             return self.load(e, args)
+        if e.op in _COMPARISONS and any(self.is_float(a) for a in e.args):
+            args = [_widen(a) for a in args]  # the target may compute in float32: round outward
         return RULES[e.op](*args)
+
+
+_COMPARISONS = ("lt", "le", "gt", "ge", "eq", "ne")
+FLOAT_SLACK = 2.0**-20  # relative: float32 rounding of a few operations, with a wide margin
+
+
+def _widen(a: Num) -> Num:
+    """Bounds moved outward by a relative slack, so a float computed in lower precision stays inside."""
+    slack = torch.maximum(a.lo.abs(), a.hi.abs()) * FLOAT_SLACK + 1e-30
+    slack = torch.nan_to_num(slack, posinf=0.0)
+    return Num(a.lo - slack, a.hi + slack)
 
 
 # ---------------------------------------------------------------- numeric rules
 
 
 def _add(a: Num, b: Num) -> Num:
-    return _sane(a.lo + b.lo, a.hi + b.hi)
+    return bounded(a.lo + b.lo, a.hi + b.hi)
 
 
 def _sub(a: Num, b: Num) -> Num:
-    return _sane(a.lo - b.hi, a.hi - b.lo)
+    return bounded(a.lo - b.hi, a.hi - b.lo)
 
 
 def _neg(a: Num) -> Num:
@@ -110,7 +127,7 @@ def _nonzero(b: Num) -> torch.Tensor:
 def _quotients(a: Num, b: Num) -> Num:
     q = _hull_of([a.lo / b.lo, a.lo / b.hi, a.hi / b.lo, a.hi / b.hi])
     ok = _nonzero(b)
-    return _sane(torch.where(ok, q.lo, -INF), torch.where(ok, q.hi, INF))
+    return bounded(torch.where(ok, q.lo, -INF), torch.where(ok, q.hi, INF))
 
 
 def _truediv(a: Num, b: Num) -> Num:
@@ -132,7 +149,7 @@ def _mod(a: Num, b: Num) -> Num:
     exact_hi = a.hi - torch.floor(a.hi / c) * c
     wide_lo = torch.where(b.lo > 0, 0.0, torch.minimum(b.lo + 1, torch.zeros_like(b.lo)))
     wide_hi = torch.where(b.hi < 0, 0.0, torch.maximum(b.hi - 1, torch.zeros_like(b.hi)))
-    return _sane(torch.where(exact, torch.minimum(exact_lo, exact_hi), wide_lo),
+    return bounded(torch.where(exact, torch.minimum(exact_lo, exact_hi), wide_lo),
                  torch.where(exact, torch.maximum(exact_lo, exact_hi), wide_hi))
 
 
@@ -142,7 +159,7 @@ def _pow(a: Num, b: Num) -> Num:
     monotone = (a.lo >= 0) & (b.lo == b.hi) & (b.lo >= 0)  # x ** e rises on x >= 0 for e >= 0
     lo = torch.where(both_points, exact, torch.where(monotone, torch.pow(a.lo, b.lo), -INF))
     hi = torch.where(both_points, exact, torch.where(monotone, torch.pow(a.hi, b.lo), INF))
-    return _sane(lo, hi)
+    return bounded(lo, hi)
 
 
 def _abs(a: Num) -> Num:
@@ -164,7 +181,7 @@ def _clamp(x: Num, lo: Num, hi: Num) -> Num:
 
 
 def _monotone(fn) -> Callable[[Num], Num]:
-    return lambda a: _sane(fn(a.lo), fn(a.hi))
+    return lambda a: bounded(fn(a.lo), fn(a.hi))
 
 
 def _domain(fn, low_ok: float) -> Callable[[Num], Num]:
@@ -172,7 +189,7 @@ def _domain(fn, low_ok: float) -> Callable[[Num], Num]:
 
     def apply(a: Num) -> Num:
         inside = a.lo >= low_ok
-        return _sane(torch.where(inside, fn(a.lo), -INF), torch.where(inside, fn(a.hi), INF))
+        return bounded(torch.where(inside, fn(a.lo), -INF), torch.where(inside, fn(a.hi), INF))
 
     return apply
 

@@ -14,7 +14,8 @@ import torch
 
 from ..diagnostics import AttnError
 from ..ir import Expr, Spec, inline_bindings, uses
-from .interval import Bool, Evaluator, Num, num
+from ..types import infer
+from .interval import Bool, Evaluator, Num, bounded, num
 from .summaries import RangeSummary
 
 EMPTY, PARTIAL, FULL = 0, 1, 2
@@ -86,18 +87,13 @@ def classify_tiles(
                 f"the spec selects blocks of ({sel.q_block.literal}, {sel.kv_block.literal}); "
                 f"tiles of ({q_block}, {kv_block}) cannot apply its rule exactly"
             )
-        keep = env.classes(sel.keep, blocks=True)
-        classes = torch.where(keep == EMPTY, torch.tensor(EMPTY, dtype=torch.int8), _broadcast(classes, keep))
+        classes = _combine(classes, env.classes(sel.keep, blocks=True))
     return Tiles(classes.contiguous(), q_block, kv_block, sq, skv)
 
 
 def _combine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     a, b = torch.broadcast_tensors(a, b)
     return torch.minimum(a, b)  # EMPTY < PARTIAL < FULL: the tighter class wins for AND
-
-
-def _broadcast(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.broadcast_tensors(a, b)[0]
 
 
 class _TileEnv:
@@ -109,7 +105,7 @@ class _TileEnv:
     def classes(self, predicate: Expr, blocks: bool = False) -> torch.Tensor:
         """EMPTY / PARTIAL / FULL per tile for a boolean expression."""
         self.blocks = blocks
-        result = Evaluator(self.leaf, self.load)(predicate)
+        result = Evaluator(self.leaf, self.load, lambda e: infer(e, self.spec) == "float")(predicate)
         may_true, may_false = torch.broadcast_tensors(result.may_true, result.may_false)
         classes = torch.where(may_false, PARTIAL, FULL)
         classes = torch.where(may_true, classes, EMPTY).to(torch.int8)
@@ -161,7 +157,7 @@ class _TileEnv:
         lo, hi = summary.bounds(lows, highs)
         if table.dtype == torch.bool:
             return Bool(hi > 0, lo < 1)
-        return Num(lo, hi)
+        return bounded(lo, hi)  # a NaN in the table may be anything
 
 
 def _axis(count: int, axis: int) -> Num:

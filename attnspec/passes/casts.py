@@ -8,7 +8,9 @@ from .. import builtins as bi
 from ..ir import Expr, Spec, map_exprs, rewrite
 from ..types import infer
 
-_FLOAT_RESULT_OPS = ("add", "sub", "mul", "truediv", "pow", "min", "max", "clamp")
+# Operators whose int operands become floats when a float operand is present (comparisons too:
+# an int tensor compared with a float must compare in the compute dtype, not torch's default).
+_FLOAT_RESULT_OPS = ("add", "sub", "mul", "truediv", "pow", "min", "max", "clamp") + bi.COMPARISONS
 
 
 def insert_casts(spec: Spec) -> Spec:
