@@ -81,18 +81,29 @@ class Evaluator:
             return self.load(e, args)
         if e.op in _COMPARISONS and any(self.is_float(a) for a in e.args):
             args = [_widen(a) for a in args]  # the target may compute in float32: round outward
-        return RULES[e.op](*args)
+        result = RULES[e.op](*args)
+        if isinstance(result, Num) and self.is_float(e):
+            result = _widen(result, _magnitude(args))  # rounding error scales with the operands
+        return result
 
 
 _COMPARISONS = ("lt", "le", "gt", "ge", "eq", "ne")
 FLOAT_SLACK = 2.0**-20  # relative: float32 rounding of a few operations, with a wide margin
 
 
-def _widen(a: Num) -> Num:
-    """Bounds moved outward by a relative slack, so a float computed in lower precision stays inside."""
-    slack = torch.maximum(a.lo.abs(), a.hi.abs()) * FLOAT_SLACK + 1e-30
-    slack = torch.nan_to_num(slack, posinf=0.0)
+def _widen(a: Num, magnitude: torch.Tensor | None = None) -> Num:
+    """Bounds moved outward by a slack relative to the values (and operands) involved, so a float
+    computed in lower precision, cancellation included, stays inside."""
+    size = torch.maximum(a.lo.abs(), a.hi.abs())
+    if magnitude is not None:
+        size = torch.maximum(size, magnitude)
+    slack = torch.nan_to_num(size * FLOAT_SLACK + 1e-30, posinf=0.0)
     return Num(a.lo - slack, a.hi + slack)
+
+
+def _magnitude(args) -> torch.Tensor:
+    sizes = [torch.maximum(a.lo.abs(), a.hi.abs()) for a in args if isinstance(a, Num)]
+    return torch.stack(torch.broadcast_tensors(*sizes)).amax(0) if sizes else torch.tensor(0.0, dtype=torch.float64)
 
 
 # ---------------------------------------------------------------- numeric rules
