@@ -25,6 +25,9 @@ _span = field(default=NO_SPAN, compare=False, hash=False, repr=False)
 # Every other op is a built-in operator or function named in builtins.py.
 
 
+LEAF_OPS = ("const", "index_var", "shape", "param", "score", "temp", "pool")  # ops that compute nothing
+
+
 @dataclass(frozen=True)
 class Expr:
     op: str

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..ir import Expr, Spec, walk
+from ..ir import LEAF_OPS, Expr, Spec, walk
 from .tiles import EMPTY, FULL, PARTIAL, Tiles
-
-_LEAVES = ("const", "index_var", "shape", "param", "score", "temp", "pool")
 
 
 @dataclass(frozen=True)
@@ -40,7 +38,7 @@ def ops_by_level(spec: Spec, roots: list[Expr | None]) -> dict[str, int]:
 
 
 def _ops(expr: Expr) -> int:
-    return sum(1 for n in walk(expr) if n.op not in _LEAVES)
+    return sum(1 for n in walk(expr) if n.op not in LEAF_OPS)
 
 
 def per_tile(counts: dict[str, int], bq: int, bk: int) -> int:

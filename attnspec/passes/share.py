@@ -15,9 +15,7 @@ from collections import Counter
 
 import networkx as nx
 
-from ..ir import Binding, Expr, Spec, level_of, substitute, uses, walk
-
-_LEAVES = ("const", "index_var", "shape", "param", "score", "temp", "pool")
+from ..ir import LEAF_OPS, Binding, Expr, Spec, level_of, substitute, uses, walk
 
 
 def _roots(spec: Spec) -> dict[str, Expr]:
@@ -50,7 +48,7 @@ def hoist_and_share(spec: Spec) -> Spec:
 
 
 def _choose(node: Expr, parent: Expr | None, counts: Counter, spec: Spec, chosen: dict[Expr, int]) -> None:
-    if node.op in _LEAVES or uses(node, "score"):
+    if node.op in LEAF_OPS or uses(node, "score"):
         for arg in node.args:
             _choose(arg, node, counts, spec, chosen)
         return
