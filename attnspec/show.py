@@ -107,4 +107,6 @@ def band_report(spec: Spec, sizes: Sizes) -> list[str]:
     for lo, hi in ranges:
         nonempty |= lo <= hi
     verdict = "proved" if bool(nonempty.all()) else "no: some rows keep no key"
+    if spec.selection is not None and spec.selection.dynamic:
+        verdict += " (before the data-dependent block selection, which may drop any block)"
     return [f"# keys kept per query (closed form): {text}", f"# every row keeps a key at these sizes: {verdict}"]

@@ -76,7 +76,7 @@ def _reset_peak() -> bool:
 
 @dataclass
 class Sample:
-    seconds: float | None = None  # median
+    seconds: float | None = None  # best of the runs
     peak_mib: float | None = None  # max over runs
     skipped: str | None = None
     result: object = None
@@ -95,7 +95,7 @@ def measure(fn: Callable[[], object], repeats: int) -> Sample:
         if times[-1] > 2.0:  # slow calls: one run is enough
             break
     peak = None if None in peaks else max(peaks)
-    return Sample(statistics.median(times), peak, None, result)
+    return Sample(min(times), peak, None, result)
 
 
 class Budget:
@@ -399,7 +399,8 @@ def render(sizes, ours_rows, flex_rows, compile_rows, elapsed, args) -> str:
         "`classify_tiles` + `block_lists()`. Anchor: `create_block_mask` with a hand-written mask_mod, eager and "
         "`torch.compile(create_block_mask, dynamic=True)` (steady state; its first call is the compile time below), "
         "H = None when the mask ignores the head (the H column), as attnspec's classes broadcast too. "
-        "Time: median of 3 (one run when a call takes over 2 s). Peak: rise of the process's peak resident set "
+        "Time: best of 3 (one run when a call takes over 2 s; the best, not the median, as other processes "
+        "share this machine). Peak: rise of the process's peak resident set "
         "(VmHWM, reset before each call) over its resident set before the call, so torch's C++ allocations count. "
         "Ratio: create_block_mask time / attnspec time (higher: attnspec faster). Agree: share of tiles both "
         "classify alike (attnspec may answer partial where flex knows full or empty; it never may the reverse). "

@@ -379,6 +379,26 @@ def test_float32_cancellation_never_wrong():
     check_sound(keep, tiles_for(spec, 1, 1, sizes, {}, inputs), 1, 1)
 
 
+def test_rows_never_empty_respects_data_dependent_selection():
+    """Every query block has a FULL tile (key block 0), but top(1) picks key block 2 here, which holds the
+    keys of only a quarter of the rows: the others are fully masked (lse = -inf) in the reference."""
+    text = """attention pick_one {
+    mask kv < 4 or kv // 4 == q % 4 + 1
+    select blocks(q = 4, kv = 4) top(1) by dot(mean(q), mean(k))
+}"""
+    spec = lowered(text)
+    mod = module(spec)
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 1, 8, 2, generator=gen, dtype=F64) + 1
+    k = torch.randn(1, 1, 20, 2, generator=gen, dtype=F64)
+    k[:, :, 8:12] += 5  # key block 2 scores highest for both query blocks
+    assert mod.select(q, k).block_mask[0, 0, :, 2].all()
+    _, lse = mod.attention(q, k, torch.zeros(1, 1, 20, 1, dtype=F64), return_lse=True)
+    tiles = tiles_for(spec, 4, 4, Sizes(B=1, H=1, HKV=1, SQ=8, SKV=20), {}, {})
+    if tiles.rows_never_empty():
+        assert torch.isfinite(lse).all(), f"rows_never_empty() claimed, but lse = {lse.flatten().tolist()}"
+
+
 # ------------------------------------------------------------------ interval rules, one at a time
 
 INT_RULES = {

@@ -30,6 +30,7 @@ class Tiles:
     kv_block: int
     sq: int
     skv: int
+    run_time_selection: bool = False  # a data-dependent selection may drop any tile at run time
 
     @property
     def total(self) -> int:
@@ -45,11 +46,13 @@ class Tiles:
         return {"visited": (full + partial) / total, "full": full / total, "partial": partial / total}
 
     def rows_never_empty(self) -> bool:
-        """Proof that no query row is fully masked: every query block has a FULL tile."""
-        return bool((self.classes == FULL).any(-1).all())
+        """Proof that no query row is fully masked: every query block has a FULL tile (and no
+        data-dependent selection can drop it)."""
+        return not self.run_time_selection and bool((self.classes == FULL).any(-1).all())
 
     def contiguous(self) -> bool:
-        """Whether each query block's visited tiles form one contiguous range of key blocks."""
+        """Whether each query block's visited tiles form one contiguous range of key blocks (of the
+        mask's schedule; a data-dependent selection is a list of its own on top)."""
         visited = self.classes != EMPTY
         count = visited.sum(-1)
         idx = torch.arange(visited.shape[-1])
@@ -88,7 +91,8 @@ def classify_tiles(
                 f"tiles of ({q_block}, {kv_block}) cannot apply its rule exactly"
             )
         classes = _combine(classes, env.classes(sel.keep, blocks=True))
-    return Tiles(classes.contiguous(), q_block, kv_block, sq, skv)
+    dynamic = sel is not None and sel.dynamic
+    return Tiles(classes.contiguous(), q_block, kv_block, sq, skv, run_time_selection=dynamic)
 
 
 def _combine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
