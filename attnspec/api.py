@@ -74,8 +74,10 @@ def _lowered(path_or_source, target: str, spec: str | None, consts: dict) -> tup
 
     if target not in TARGETS:
         raise AttnError(f"unknown target '{target}'", hint="targets: " + ", ".join(TARGETS))
+    from .codegen import passes_for
+
     program = load_program(path_or_source)
-    return lower(pick_spec(program, spec), consts), Path(program.source_name).name
+    return lower(pick_spec(program, spec), consts, passes=passes_for(target)), Path(program.source_name).name
 
 
 def _generate(lowered: Spec, target: str, source_name: str) -> str:

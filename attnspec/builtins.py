@@ -94,6 +94,9 @@ FUNCTIONS = {
 GENERATED_NAMES = {
     "q", "k", "v", "selection", "return_lse", "torch", "math", "attention", "select",
     "BLOCK_Q", "BLOCK_KV", "SPEC_NAME", "BlockSelection", "NamedTuple", "Module", "self",
+    # the flex target's mods, factories and attention() keywords
+    "score", "q_idx", "kv_idx", "dtype", "block_mask", "compiled", "build_block_mask",
+    "FLEX_BLOCK", "BLOCK_MASK_PATH", "NORMALIZATION_IDENTITY", "BlockMask",
 }
 LANGUAGE_NAMES = (
     set(INDEX_VARS)

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from importlib import import_module
 
-TARGETS = ("reference",)
+TARGETS = ("reference", "flex")
+
+
+def passes_for(target: str) -> tuple[str, ...]:
+    """The pass pipeline a target is generated from: the oracle from the standard one, fast
+    targets from the optimized one (shared terms hoisted out of the per-pair code)."""
+    from attnspec.passes import OPTIMIZE, STANDARD
+
+    return STANDARD if target == "reference" else OPTIMIZE
 
 
 def generator(target: str):

@@ -42,7 +42,7 @@ def num(lo, hi=None) -> Num:
 
 def bounded(lo: torch.Tensor, hi: torch.Tensor) -> Num:
     """NaN bounds widen to the whole line: an unknown value may be anything."""
-    return Num(torch.nan_to_num(lo, nan=-INF), torch.nan_to_num(hi, nan=INF))
+    return Num(torch.nan_to_num(lo, nan=-INF, posinf=INF, neginf=-INF), torch.nan_to_num(hi, nan=INF, posinf=INF, neginf=-INF))
 
 
 def boolean(value) -> Bool:
@@ -79,12 +79,20 @@ class Evaluator:
         args = [self(a) for a in e.args]
         if e.op == "load":
             return self.load(e, args)
-        if e.op in _COMPARISONS and any(self.is_float(a) for a in e.args):
-            args = [_widen(a) for a in args]  # the target may compute in float32: round outward
-        result = RULES[e.op](*args)
-        if isinstance(result, Num) and self.is_float(e):
-            result = _widen(result, _magnitude(args))  # rounding error scales with the operands
-        return result
+        floats = any(self.is_float(a) for a in e.args)
+        return apply(e.op, *args, float_operands=floats, float_result=self.is_float(e))
+
+
+def apply(op: str, *args, float_operands: bool = False, float_result: bool = False):
+    """One operator over intervals. Float arithmetic is rounded outward, as the target may compute
+    it in float32: comparisons of floats widen their operands, float results widen by a slack
+    that scales with the operands (cancellation included). Generated tile code calls this too."""
+    if op in _COMPARISONS and float_operands:
+        args = tuple(_widen(a) for a in args)
+    result = RULES[op](*args)
+    if isinstance(result, Num) and float_result:
+        result = _widen(result, _magnitude(args))
+    return result
 
 
 _COMPARISONS = ("lt", "le", "gt", "ge", "eq", "ne")
@@ -98,7 +106,10 @@ def _widen(a: Num, magnitude: torch.Tensor | None = None) -> Num:
     if magnitude is not None:
         size = torch.maximum(size, magnitude)
     slack = torch.nan_to_num(size * FLOAT_SLACK + 1e-30, posinf=0.0)
-    return Num(a.lo - slack, a.hi + slack)
+    # rounding is monotone and keeps zero, so a computed value never crosses zero
+    lo = torch.where(a.lo >= 0, torch.clamp(a.lo - slack, min=0.0), a.lo - slack)
+    hi = torch.where(a.hi <= 0, torch.clamp(a.hi + slack, max=0.0), a.hi + slack)
+    return Num(lo, hi)
 
 
 def _magnitude(args) -> torch.Tensor:

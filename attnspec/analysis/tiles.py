@@ -90,7 +90,7 @@ def classify_tiles(
                 f"the spec selects blocks of ({sel.q_block.literal}, {sel.kv_block.literal}); "
                 f"tiles of ({q_block}, {kv_block}) cannot apply its rule exactly"
             )
-        classes = _combine(classes, env.classes(sel.keep, blocks=True))
+        classes = _combine(classes, env.classes(sel.keep))
     dynamic = sel is not None and sel.dynamic
     return Tiles(classes.contiguous(), q_block, kv_block, sq, skv, run_time_selection=dynamic)
 
@@ -100,60 +100,35 @@ def _combine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.minimum(a, b)  # EMPTY < PARTIAL < FULL: the tighter class wins for AND
 
 
-class _TileEnv:
-    def __init__(self, spec: Spec, bq: int, bk: int, sizes: dict[str, int], runtime: dict, inputs: dict):
-        self.spec, self.bq, self.bk = spec, bq, bk
-        self.sizes, self.runtime, self.inputs = sizes, runtime, inputs
+class TileGrid:
+    """The tile grid of one problem size: interval values of the index variables per tile, input
+    loads through range summaries, and the class of a boolean interval per tile. Used by the
+    analysis below and by generated code that classifies tiles at run time."""
+
+    def __init__(self, sizes: dict[str, int], bq: int, bk: int):
+        self.sizes, self.bq, self.bk = sizes, bq, bk
+        self.nq, self.nk = -(-sizes["SQ"] // bq), -(-sizes["SKV"] // bk)
         self.summaries: dict[str, RangeSummary] = {}
 
-    def classes(self, predicate: Expr, blocks: bool = False) -> torch.Tensor:
-        """EMPTY / PARTIAL / FULL per tile for a boolean expression."""
-        self.blocks = blocks
-        result = Evaluator(self.leaf, self.load, lambda e: infer(e, self.spec) == "float")(predicate)
-        may_true, may_false = torch.broadcast_tensors(result.may_true, result.may_false)
-        classes = torch.where(may_false, PARTIAL, FULL)
-        classes = torch.where(may_true, classes, EMPTY).to(torch.int8)
-        while classes.dim() < 4:
-            classes = classes.unsqueeze(0)
-        return classes
-
-    def leaf(self, e: Expr):
-        if e.op == "shape":
-            return num(self.sizes[e.value])
-        if e.op == "param":
-            return self._param(e)
-        if e.op == "index_var":
-            return self._index(e.value)
-        raise AttnError(f"cannot analyse '{e.op}' in a mask", e.span)
-
-    def _param(self, e: Expr):
-        param = self.spec.param(e.value)
-        value = self.runtime.get(e.value, None if param.default is None else param.default.literal)
-        if value is None:
-            raise AttnError(f"runtime param '{e.value}' needs a value to build the tile schedule", e.span)
-        return Bool(torch.tensor(bool(value)), torch.tensor(not value)) if isinstance(value, bool) else num(float(value))
-
-    def _index(self, name: str) -> Num:
-        nq, nk = -(-self.sizes["SQ"] // self.bq), -(-self.sizes["SKV"] // self.bk)
+    def index(self, name: str) -> Num:
         if name == "b":
             return _axis(self.sizes["B"], 0)
         if name == "h":
             return _axis(self.sizes["H"], 1)
         if name in ("q_block", "kv_block"):
-            return _axis(nq, 2) if name == "q_block" else _axis(nk, 3)
+            return _axis(self.nq, 2) if name == "q_block" else _axis(self.nk, 3)
         size, length, axis = (self.bq, self.sizes["SQ"], 2) if name == "q" else (self.bk, self.sizes["SKV"], 3)
-        count = nq if name == "q" else nk
-        start = torch.arange(count, dtype=torch.float64) * size
+        start = torch.arange(self.nq if name == "q" else self.nk, dtype=torch.float64) * size
         end = torch.clamp(start + size, max=length) - 1
         shape = [1, 1, 1, 1]
-        shape[axis] = count
+        shape[axis] = start.numel()
         return Num(start.view(shape), end.view(shape))
 
-    def load(self, e: Expr, indices: list[Num]):
-        table = self.inputs.get(e.value)
-        if table is None:
-            raise AttnError(f"input '{e.value}' needs a value to build the tile schedule", e.span)
-        summary = self.summaries.setdefault(e.value, RangeSummary(table.detach().cpu()))
+    def load(self, name: str, table: torch.Tensor, indices: list[Num]) -> Num | Bool:
+        """Bounds of table[indices] per tile; indices are clamped into range as the targets do."""
+        summary = self.summaries.get(name)
+        if summary is None:
+            summary = self.summaries[name] = RangeSummary(table.detach().cpu())
         lows, highs = [], []
         for index, size in zip(indices, table.shape):
             lows.append(index.lo.clamp(0, size - 1))
@@ -162,6 +137,53 @@ class _TileEnv:
         if table.dtype == torch.bool:
             return Bool(hi > 0, lo < 1)
         return bounded(lo, hi)  # a NaN in the table may be anything
+
+    def classes(self, result: Bool) -> torch.Tensor:
+        """EMPTY / PARTIAL / FULL per tile, int8 [B|1, H|1, NQB, NKB]."""
+        may_true, may_false = torch.broadcast_tensors(result.may_true, result.may_false)
+        classes = torch.where(may_false, PARTIAL, FULL)
+        classes = torch.where(may_true, classes, EMPTY).to(torch.int8)
+        while classes.dim() < 4:
+            classes = classes.unsqueeze(0)
+        return classes.expand(*classes.shape[:2], self.nq, self.nk)
+
+
+def scalar(value) -> Num | Bool:
+    """A run-time scalar (shape symbol or runtime param) as a point interval."""
+    return Bool(torch.tensor(bool(value)), torch.tensor(not value)) if isinstance(value, bool) else num(float(value))
+
+
+class _TileEnv:
+    def __init__(self, spec: Spec, bq: int, bk: int, sizes: dict[str, int], runtime: dict, inputs: dict):
+        self.spec, self.runtime, self.inputs = spec, runtime, inputs
+        self.grid = TileGrid(sizes, bq, bk)
+
+    def classes(self, predicate: Expr) -> torch.Tensor:
+        """EMPTY / PARTIAL / FULL per tile for a boolean expression."""
+        result = Evaluator(self.leaf, self.load, lambda e: infer(e, self.spec) == "float")(predicate)
+        return self.grid.classes(result)
+
+    def leaf(self, e: Expr):
+        if e.op == "shape":
+            return num(self.grid.sizes[e.value])
+        if e.op == "param":
+            return self._param(e)
+        if e.op == "index_var":
+            return self.grid.index(e.value)
+        raise AttnError(f"cannot analyse '{e.op}' in a mask", e.span)
+
+    def _param(self, e: Expr):
+        param = self.spec.param(e.value)
+        value = self.runtime.get(e.value, None if param.default is None else param.default.literal)
+        if value is None:
+            raise AttnError(f"runtime param '{e.value}' needs a value to build the tile schedule", e.span)
+        return scalar(value)
+
+    def load(self, e: Expr, indices: list[Num]):
+        table = self.inputs.get(e.value)
+        if table is None:
+            raise AttnError(f"input '{e.value}' needs a value to build the tile schedule", e.span)
+        return self.grid.load(e.value, table, indices)
 
 
 def _axis(count: int, axis: int) -> Num:

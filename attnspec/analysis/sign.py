@@ -1,0 +1,45 @@
+"""Sign proofs: is an expression >= 0 (or > 0) for every score, index and input value?
+
+The interval evaluator (interval.py) runs with every leaf as wide as it can be: the score and
+float inputs anywhere on the line, index variables >= 0, shape symbols >= 1, runtime params
+unknown. A proof holds for all inputs; "not proved" says nothing.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..ir import Expr, Spec, inline_bindings
+from ..types import infer
+from .interval import UNKNOWN, Bool, Evaluator, Num, num
+
+
+def lower_bound(expr: Expr, spec: Spec) -> float:
+    """A lower bound of expr over all values of its leaves (-inf when nothing is known)."""
+    leaf = lambda e: _leaf(e, spec)  # noqa: E731
+    value = Evaluator(leaf, lambda e, idx: _unknown(e, spec), lambda e: infer(e, spec) == "float")(
+        inline_bindings(expr, spec)
+    )
+    return float(value.lo) if isinstance(value, Num) else float("-inf")
+
+
+def nonnegative(expr: Expr, spec: Spec) -> bool:
+    return lower_bound(expr, spec) >= 0
+
+
+def positive(expr: Expr, spec: Spec) -> bool:
+    return lower_bound(expr, spec) > 0
+
+
+def _leaf(e: Expr, spec: Spec) -> Num | Bool:
+    if e.op == "index_var":
+        return num(0.0, torch.inf)
+    if e.op == "shape":
+        return num(1.0, torch.inf)
+    return _unknown(e, spec)
+
+
+def _unknown(e: Expr, spec: Spec) -> Num | Bool:
+    if infer(e, spec) == "bool":
+        return Bool(torch.tensor(True), torch.tensor(True))
+    return UNKNOWN

@@ -1,0 +1,93 @@
+"""What generated flex modules call at run time: BlockMasks from tile classes, and flex_attention.
+
+Kept here rather than in every generated module: one implementation, tested once, working on
+every torch version the generated code supports (AuxRequest where it exists, return_lse before).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch.nn.attention import flex_attention as _fa
+
+from ..analysis.tiles import EMPTY, FULL, PARTIAL
+
+try:  # torch >= 2.9 asks for the lse through AuxRequest
+    from torch.nn.attention.flex_attention import AuxRequest
+except ImportError:  # pragma: no cover - older torch
+    AuxRequest = None
+
+_COMPILED: dict[str, object] = {}
+
+
+def block_lists(chosen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[.., NQB, NKB] bool -> (count [.., NQB] int32, indices [.., NQB, NKB] int32, chosen blocks first, ascending)."""
+    order = torch.sort((~chosen).to(torch.int8), dim=-1, stable=True).indices
+    return chosen.sum(-1).to(torch.int32), order.to(torch.int32)
+
+
+def block_mask_from_classes(classes, block, lengths, mask_mod, device, selected=None):
+    """A BlockMask straight from tile classes [B|1, H|1, NQB, NKB]: FULL tiles skip the mask_mod,
+    PARTIAL tiles evaluate it, EMPTY tiles are never visited. `selected` (bool, [B, H, NQB, NKB],
+    a block selection at the same block size) drops every tile it does not keep, and joins the
+    mask_mod as a block lookup (eager flex_attention evaluates only the mask_mod)."""
+    if selected is not None:
+        classes = torch.where(selected.to(classes.device), classes, EMPTY)
+        # kernels skip unlisted blocks, but eager flex_attention reads only the mask_mod
+        mask_mod = _and_selected(mask_mod or _fa.noop_mask, selected.to(device), block)
+    partial_num, partial_idx = block_lists(classes == PARTIAL)
+    full_num, full_idx = block_lists(classes == FULL)
+    to = lambda t: t.to(device)  # noqa: E731
+    return _fa.BlockMask.from_kv_blocks(
+        to(partial_num), to(partial_idx), to(full_num), to(full_idx),
+        BLOCK_SIZE=tuple(block), mask_mod=mask_mod, seq_lengths=tuple(lengths),
+    )
+
+
+def dense_block_mask(mask_mod, batch, heads, lengths, block, device, selected=None, compiled=False):
+    """The fallback: create_block_mask evaluates mask_mod on every pair. `batch` / `heads` are None
+    when the mask ignores that axis. A selection joins the mask_mod as a block lookup."""
+    if selected is not None:
+        mask_mod = _and_selected(mask_mod, selected.to(device), block)
+        batch, heads = selected.shape[0], selected.shape[1]
+    build = _compiled("create_block_mask", _fa.create_block_mask) if compiled else _fa.create_block_mask
+    return build(mask_mod, batch, heads, lengths[0], lengths[1], device=device, BLOCK_SIZE=tuple(block))
+
+
+def _and_selected(mask_mod, selected, block):
+    bq, bk = block
+
+    def keep(b, h, q_idx, kv_idx):
+        return mask_mod(b, h, q_idx, kv_idx) & selected[b, h, q_idx // bq, kv_idx // bk]
+
+    return keep
+
+
+def run(q, k, v, score_mod, block_mask, scale, need_lse, compiled, needs_grad=False, key=""):
+    """flex_attention, compiled or eager; returns (out, lse or None).
+
+    On the CPU, compiled flex_attention does inference only, without the lse, in float32 and half
+    types: where the lse, a gradient or float64 is needed there, the eager implementation runs
+    instead (same results, slower)."""
+    gqa = q.shape[1] != k.shape[1]
+    needs_grad = torch.is_grad_enabled() and (needs_grad or any(t.requires_grad for t in (q, k, v)))
+    cpu_limits = q.device.type == "cpu" and (need_lse or needs_grad or q.dtype == torch.float64)
+    use_compiled = compiled and not cpu_limits
+    fn = _compiled(f"flex_attention:{key}", _fa.flex_attention) if use_compiled else _fa.flex_attention
+    kwargs = dict(score_mod=score_mod, block_mask=block_mask, scale=scale, enable_gqa=gqa)
+    with warnings.catch_warnings():
+        if compiled:  # the eager fallback was chosen here, not by the caller: no advice to compile
+            warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+        if not need_lse:
+            return fn(q, k, v, **kwargs), None
+        if AuxRequest is not None:
+            out, aux = fn(q, k, v, **kwargs, return_aux=AuxRequest(lse=True))
+            return out, aux.lse
+        return fn(q, k, v, **kwargs, return_lse=True)  # pragma: no cover - older torch
+
+
+def _compiled(name, fn):
+    if name not in _COMPILED:
+        _COMPILED[name] = torch.compile(fn, dynamic=False)
+    return _COMPILED[name]
