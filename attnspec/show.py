@@ -110,3 +110,23 @@ def band_report(spec: Spec, sizes: Sizes) -> list[str]:
     if spec.selection is not None and spec.selection.dynamic:
         verdict += " (before the data-dependent block selection, which may drop any block)"
     return [f"# keys kept per query (closed form): {text}", f"# every row keeps a key at these sizes: {verdict}"]
+
+
+def flex_report(spec: Spec) -> list[str]:
+    """How the flex target lowers the spec: its BlockMask path and its normalization identity."""
+    from .codegen.flex import block_mask_path, flex_block
+    from .diagnostics import AttnError
+    from .passes.flex import IDENTITIES, flex_identity
+
+    try:
+        identity = flex_identity(spec)
+    except AttnError as err:
+        return [f"# flex target: rejected: {err.message}"]
+    path, agreement = block_mask_path(spec)
+    bq, bk = flex_block(spec)
+    how = {
+        "tile analysis": f"built from the tile analysis (block-level arithmetic; {agreement:.1%} of probe tiles exact)",
+        "create_block_mask": f"create_block_mask, per pair (the tile analysis classifies only {agreement:.1%} of probe tiles exactly)",
+        "no mask": "every block full (no mask)",
+    }[path]
+    return [f"# flex target: BlockMask {bq}x{bk} {how}", f"# flex target: normalization as {IDENTITIES[identity]}"]

@@ -32,9 +32,12 @@ REQUIRED = [
     "attnspec/runtime/loader.py",
     "attnspec/grammar/attn.lark",
     "attnspec/templates/reference/module.py.jinja",
-    "attnspec/templates/reference/helpers.py.jinja",
+    "attnspec/templates/common/helpers.py.jinja",
+    "attnspec/templates/flex/module.py.jinja",
     "attnspec/codegen/__init__.py",
     "attnspec/codegen/reference.py",
+    "attnspec/codegen/flex.py",
+    "attnspec/runtime/flex.py",
 ]
 
 SPEC = """\
@@ -180,6 +183,8 @@ def test_wheel_installs_and_runs(tmp_path):
         s = (q @ k.transpose(-1, -2)) / 2.0
         expected = torch.softmax(s.masked_fill(~keep, float('-inf')), dim=-1) @ v
         torch.testing.assert_close(module.attention(q, k, v), expected)
+        flex = attnspec.compile({str(spec_file)!r}, "flex", window=2)  # imports attnspec's runtime
+        torch.testing.assert_close(flex.attention(q, k, v, compiled=False), expected)
         print(attnspec.__file__)
         """
     )

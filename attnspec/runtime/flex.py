@@ -76,9 +76,8 @@ def run(q, k, v, score_mod, block_mask, scale, need_lse, compiled, needs_grad=Fa
     use_compiled = compiled and not cpu_limits
     fn = _compiled(f"flex_attention:{key}", _fa.flex_attention) if use_compiled else _fa.flex_attention
     kwargs = dict(score_mod=score_mod, block_mask=block_mask, scale=scale, enable_gqa=gqa)
-    with warnings.catch_warnings():
-        if compiled:  # the eager fallback was chosen here, not by the caller: no advice to compile
-            warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+    with warnings.catch_warnings():  # eager is a choice here (compiled=False or a CPU limit), not a slip
+        warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
         if not need_lse:
             return fn(q, k, v, **kwargs), None
         if AuxRequest is not None:

@@ -45,11 +45,12 @@ def cache_key(normalized_ir: str, target: str, source_name: str) -> str:
 
 @functools.lru_cache(maxsize=1)
 def _generator_digest() -> str:
-    """A hash of the code generators and templates, so editing them invalidates the cache."""
-    from attnspec import codegen, templates
+    """A hash of the code generators, templates and the passes and analyses they call, so editing
+    them invalidates the cache."""
+    from attnspec import analysis, codegen, passes, templates
 
     digest = hashlib.sha256()
-    for package in (codegen, templates):
+    for package in (codegen, templates, passes, analysis):
         root = Path(package.__file__).parent
         for path in sorted(root.rglob("*")):
             if path.suffix in (".py", ".jinja"):
