@@ -11,7 +11,6 @@ Three renderers fill the template's hooks:
 
 from __future__ import annotations
 
-from attnspec import __version__
 from attnspec.analysis.precision import PROBES, tile_agreement
 from attnspec.builtins import DTYPES
 from attnspec.ir import Expr, Spec, inline_bindings, walk

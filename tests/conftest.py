@@ -23,6 +23,18 @@ def _attnspec_cache_dir(tmp_path_factory):
         os.environ["ATTNSPEC_CACHE_DIR"] = previous
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small tensors: intra-op threads only add overhead, and spin badly when another process holds a
+    core. Modules of many tiny torch calls ask for it: pytestmark = pytest.mark.usefixtures(...)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def example_files() -> list[Path]:
     """Every examples/*.attn file (possibly none while the examples are being written)."""
     return sorted(EXAMPLES_DIR.glob("*.attn"))

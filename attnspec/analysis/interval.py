@@ -176,12 +176,23 @@ def _mod(a: Num, b: Num) -> Num:
 
 
 def _pow(a: Num, b: Num) -> Num:
-    both_points = (a.lo == a.hi) & (b.lo == b.hi)
-    exact = torch.pow(a.lo, b.lo)
-    monotone = (a.lo >= 0) & (b.lo == b.hi) & (b.lo >= 0)  # x ** e rises on x >= 0 for e >= 0
-    lo = torch.where(both_points, exact, torch.where(monotone, torch.pow(a.lo, b.lo), -INF))
-    hi = torch.where(both_points, exact, torch.where(monotone, torch.pow(a.hi, b.lo), INF))
-    return bounded(lo, hi)
+    """x ** e for a point exponent e: rising on x >= 0 (e >= 0), falling there (e < 0), |x| ** e for an
+    even integer e, rising everywhere for an odd one; anything else is unbounded."""
+    e = b.lo
+    point_e = b.lo == b.hi
+    integer = point_e & (torch.floor(e) == e) & torch.isfinite(e)
+    even = integer & (torch.remainder(e, 2) == 0) & (e >= 0)
+    odd = integer & (torch.remainder(e, 2) == 1) & (e > 0)
+    rising = (point_e & (a.lo >= 0) & (e >= 0)) | odd
+    falling = point_e & (a.lo > 0) & (e < 0)
+    m = _abs(a)
+    lo = torch.where(rising, torch.pow(a.lo, e), torch.where(falling, torch.pow(a.hi, e), -INF))
+    hi = torch.where(rising, torch.pow(a.hi, e), torch.where(falling, torch.pow(a.lo, e), INF))
+    lo = torch.where(even, torch.pow(m.lo, e), lo)
+    hi = torch.where(even, torch.pow(m.hi, e), hi)
+    both_points = (a.lo == a.hi) & point_e
+    exact = torch.pow(a.lo, e)
+    return bounded(torch.where(both_points, exact, lo), torch.where(both_points, exact, hi))
 
 
 def _abs(a: Num) -> Num:

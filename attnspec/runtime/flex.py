@@ -45,6 +45,32 @@ def block_mask_from_classes(classes, block, lengths, mask_mod, device, selected=
     )
 
 
+def eligible_tiles(classes, block, shape, mask_mod, device, pairs_per_chunk=1 << 22):
+    """Which tiles hold at least one kept pair, bool [B, H, NQB, NKB], without the dense mask.
+
+    `classes` (tile classes [B|1, H|1, NQB, NKB], or None where the analysis has none) decide EMPTY
+    and FULL tiles outright; `mask_mod` runs only on the pairs of PARTIAL tiles (every tile when
+    `classes` is None), a chunk of tiles at a time, so memory stays O(chunk) whatever the lengths.
+    A size-1 batch or head axis in `classes` means the mask does not read it: index 0 stands for all."""
+    batch, heads, sq, skv = shape
+    bq, bk = block
+    nq, nk = -(-sq // bq), -(-skv // bk)
+    if classes is None:
+        classes = torch.full((batch, heads, nq, nk), PARTIAL, dtype=torch.int8)
+    classes = classes.to(device)
+    eligible = classes == FULL
+    tiles = (classes == PARTIAL).nonzero()
+    rows = torch.arange(bq, device=device).view(1, bq, 1)
+    cols = torch.arange(bk, device=device).view(1, 1, bk)
+    for chunk in tiles.split(max(1, pairs_per_chunk // (bq * bk))):
+        b, h, i, j = (c.view(-1, 1, 1) for c in chunk.unbind(1))
+        q_idx, kv_idx = i * bq + rows, j * bk + cols
+        inside = (q_idx < sq) & (kv_idx < skv)
+        keep = mask_mod(b, h, q_idx.clamp(max=sq - 1), kv_idx.clamp(max=skv - 1)) & inside
+        eligible[tuple(chunk.t())] = keep.flatten(1).any(1)
+    return eligible.expand(batch, heads, nq, nk).clone()
+
+
 def dense_block_mask(mask_mod, batch, heads, lengths, block, device, selected=None, compiled=False):
     """The fallback: create_block_mask evaluates mask_mod on every pair. `batch` / `heads` are None
     when the mask ignores that axis. A selection joins the mask_mod as a block lookup."""
@@ -64,16 +90,22 @@ def _and_selected(mask_mod, selected, block):
     return keep
 
 
-def run(q, k, v, score_mod, block_mask, scale, need_lse, compiled, needs_grad=False, key=""):
+def run(q, k, v, score_mod, block_mask, scale, need_lse, compiled, needs_grad=False, key="", epilogue=False):
     """flex_attention, compiled or eager; returns (out, lse or None).
 
     On the CPU, compiled flex_attention does inference only, without the lse, in float32 and half
     types: where the lse, a gradient or float64 is needed there, the eager implementation runs
-    instead (same results, slower)."""
+    instead (same results, slower). The eager implementation computes in the inputs' dtype, rounding
+    scores and weights to bf16 / fp16 where a fused kernel keeps them in float32: half inputs go to
+    it in float32, and the output comes back rounded once, as the kernels round it (left in float32
+    when an `epilogue` still scales it, so that it is rounded once, after)."""
     gqa = q.shape[1] != k.shape[1]
     needs_grad = torch.is_grad_enabled() and (needs_grad or any(t.requires_grad for t in (q, k, v)))
     cpu_limits = q.device.type == "cpu" and (need_lse or needs_grad or q.dtype == torch.float64)
     use_compiled = compiled and not cpu_limits
+    if not use_compiled and q.dtype in (torch.bfloat16, torch.float16):
+        out, lse = run(q.float(), k.float(), v.float(), score_mod, block_mask, scale, need_lse, False, needs_grad, key)
+        return (out if epilogue else out.to(q.dtype)), lse
     fn = _compiled(f"flex_attention:{key}", _fa.flex_attention) if use_compiled else _fa.flex_attention
     kwargs = dict(score_mod=score_mod, block_mask=block_mask, scale=scale, enable_gqa=gqa)
     with warnings.catch_warnings():  # eager is a choice here (compiled=False or a CPU limit), not a slip
