@@ -97,6 +97,9 @@ GENERATED_NAMES = {
     # the flex target's mods, factories and attention() keywords
     "score", "q_idx", "kv_idx", "dtype", "block_mask", "compiled", "build_block_mask",
     "FLEX_BLOCK", "BLOCK_MASK_PATH", "NORMALIZATION_IDENTITY", "BlockMask",
+    # the triton target's modules, kernel arguments and constants
+    "triton", "tl", "BLOCK_M", "BLOCK_N", "BLOCK_D", "BLOCK_DV", "IEEE", "WRITE_LSE",
+    "NORMALIZATION", "KERNEL_TILES",
 }
 LANGUAGE_NAMES = (
     set(INDEX_VARS)

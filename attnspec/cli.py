@@ -155,7 +155,7 @@ def cmd_show(args) -> int:
     from .passes import OPTIMIZE
     from .printer import print_spec
     from .runtime.sample import Sizes
-    from .show import ascii_mask, band_report, dense_mask, flex_report, tile_report, write_png
+    from .show import ascii_mask, band_report, dense_mask, flex_report, tile_report, triton_report, write_png
 
     skv = args.sq if args.skv is None else args.skv
     if args.sq < 1 or skv < 1:
@@ -180,7 +180,8 @@ def cmd_show(args) -> int:
     else:
         print("# (too large to draw in the terminal; use --png)")
     drawn = Sizes(B=1, H=1, HKV=1, SQ=args.sq, SKV=skv)
-    for line in band_report(lowered, drawn) + tile_report(lowered, drawn, args.block) + flex_report(lowered):
+    reports = band_report(lowered, drawn) + tile_report(lowered, drawn, args.block)
+    for line in reports + flex_report(lowered) + triton_report(lowered):
         print(line)
     if args.png:
         try:

@@ -130,3 +130,20 @@ def flex_report(spec: Spec) -> list[str]:
         "no mask": "every block full (no mask)",
     }[path]
     return [f"# flex target: BlockMask {bq}x{bk} {how}", f"# flex target: normalization as {IDENTITIES[identity]}"]
+
+
+def triton_report(spec: Spec) -> list[str]:
+    """How the triton kernel finds its key tiles: closed-form bands, or a block table per call."""
+    from .codegen.triton import schedule_bands, selection_tiles
+    from .diagnostics import AttnError
+
+    try:
+        tiles = selection_tiles(spec)
+    except AttnError as err:
+        return [f"# triton target: rejected: {err.message}"]
+    bands = schedule_bands(spec)
+    if bands is not None:
+        what = "1 key band" if len(bands) == 1 else f"{len(bands)} key bands"
+        return [f"# triton target: key tiles in closed form in the kernel ({what} per row, no table)"]
+    source = f"the selection's {tiles[0]}x{tiles[1]} blocks" if tiles else "the tile analysis"
+    return [f"# triton target: key tiles from a block table built per call from {source}"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib import import_module
 
-TARGETS = ("reference", "flex")
+TARGETS = ("reference", "flex", "triton")
 
 
 def passes_for(target: str) -> tuple[str, ...]:

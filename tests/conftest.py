@@ -7,6 +7,16 @@ from pathlib import Path
 
 import pytest
 
+# Without CUDA, the triton target's kernels run in Triton's CPU interpreter: this must be set before
+# any generated triton module is executed (its @triton.jit decorators read it).
+try:
+    import torch as _torch
+
+    if not _torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+except ImportError:  # pragma: no cover - torch is a dependency
+    pass
+
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES_DIR = REPO / "examples"
 

@@ -34,10 +34,13 @@ REQUIRED = [
     "attnspec/templates/reference/module.py.jinja",
     "attnspec/templates/common/helpers.py.jinja",
     "attnspec/templates/flex/module.py.jinja",
+    "attnspec/templates/triton/module.py.jinja",
     "attnspec/codegen/__init__.py",
     "attnspec/codegen/reference.py",
     "attnspec/codegen/flex.py",
     "attnspec/runtime/flex.py",
+    "attnspec/runtime/triton.py",
+    "attnspec/codegen/triton.py",
 ]
 
 SPEC = """\

@@ -1,0 +1,191 @@
+"""The triton target: one fused, flash-style forward kernel per spec (templates/triton).
+
+The template holds the kernel's structure (Q tile resident, a loop over the listed full key tiles
+without mask evaluation, a loop over the partial ones with it, the online normalization of each
+form, the epilogue); TritonRenderer fills its hooks with the spec's expressions as Triton code:
+
+- index variables: `_b`, `_h` (program scalars), `_q` = offs_m[:, None], `_kv` = offs_n[None, :];
+- shapes are kernel arguments `_B _H _HKV _SQ _SKV _D`; runtime params keep their (validated) names;
+- an input `t` is a pointer with its sizes `_t_n0..` and strides `_t_s0..`; every index of a load is
+  clamped into its dimension (bounds-safe), float inputs compute in float32;
+- `//` and `%` keep the language's floor semantics (Triton's integer division truncates), except
+  where both operands are provably >= 0 and the plain operators agree;
+- bindings are placed by level: program ones once per kernel instance, row ones once per query
+  tile, column and element ones inside the key-tile loop.
+"""
+
+from __future__ import annotations
+
+from attnspec.analysis.bands import key_bands
+from attnspec.analysis.sign import nonnegative
+from attnspec.builtins import DTYPES
+from attnspec.diagnostics import AttnError
+from attnspec.ir import Expr, Spec, inline_bindings
+from attnspec.passes.flex import token_mask
+from attnspec.types import infer
+
+from .flex import TileRenderer
+from .reference import ReferenceRenderer, _bindings_for, _hooks
+from .render import ExprRenderer, python_literal, template_environment
+
+MIN_DOT = 16  # tl.dot needs tiles of at least 16 along each dimension
+MAX_BANDS = 4  # more bands than this walk the same tiles too often: a block table is used instead
+_FUNCTIONS = {
+    "abs": "tl.abs", "min": "tl.minimum", "max": "tl.maximum", "where": "tl.where", "exp": "tl.exp",
+    "exp2": "tl.exp2", "log": "tl.log", "log2": "tl.log2", "sqrt": "tl.sqrt", "sigmoid": "tl.sigmoid",
+    "tanh": "_k_tanh", "softplus": "_k_softplus", "clamp": "_k_clamp", "relu": "_k_relu",
+}
+
+
+class TritonRenderer(ExprRenderer):
+    """IR expressions as Triton code inside the kernel (see the module docstring for the names)."""
+
+    infix = {**ExprRenderer.infix, "and": "&", "or": "|", "bitand": "&"}
+
+    def __init__(self, spec: Spec):
+        self.spec = spec
+
+    def render_index_var(self, e: Expr) -> str:
+        return f"_{e.value}"
+
+    def render_shape(self, e: Expr) -> str:
+        return f"_{e.value}"
+
+    def render_param(self, e: Expr) -> str:
+        return e.value
+
+    def render_score(self, e: Expr) -> str:
+        return "_s"
+
+    def render_temp(self, e: Expr) -> str:
+        return f"_{e.value}"
+
+    def render_const(self, e: Expr) -> str:
+        value = e.literal
+        if isinstance(value, float) and value in (float("inf"), float("-inf")):
+            return 'float("inf")' if value > 0 else '(-float("inf"))'
+        return python_literal(value)
+
+    def render_load(self, e: Expr) -> str:
+        name = e.value
+        offset = " + ".join(
+            f"_k_clamp({self.render(a)}, 0, _{name}_n{i} - 1) * _{name}_s{i}" for i, a in enumerate(e.args)
+        ) or "0"
+        kind = DTYPES[self.spec.input(name).dtype]
+        loaded = f"tl.load({name} + {offset})"
+        if kind == "float":
+            return f"{loaded}.to(tl.float32)"
+        return f"({loaded} != 0)" if kind == "bool" else loaded
+
+    def render_not(self, e: Expr) -> str:
+        return f"({self.render(e.args[0])} == 0)"
+
+    def render_float(self, e: Expr) -> str:
+        return f"_k_as_float({self.render(e.args[0])})"
+
+    def render_floordiv(self, e: Expr) -> str:
+        return self._division(e, "//", "_k_floordiv")
+
+    def render_mod(self, e: Expr) -> str:
+        return self._division(e, "%", "_k_floormod")
+
+    def _division(self, e: Expr, symbol: str, helper: str) -> str:
+        a, b = e.args
+        if infer(e, self.spec) == "float":
+            return f"{helper}_float({self.render(a)}, {self.render(b)})"
+        if nonnegative(a, self.spec) and nonnegative(b, self.spec):
+            return f"({self.render(a)} {symbol} {self.render(b)})"
+        return f"{helper}({self.render(a)}, {self.render(b)})"
+
+    def render_truediv(self, e: Expr) -> str:
+        a, b = (self.render(x) for x in e.args)
+        return f"(_k_as_float({a}) / {b})"
+
+    def render_pow(self, e: Expr) -> str:
+        base, exponent = e.args
+        if exponent.op == "const" and float(exponent.literal).is_integer() and abs(exponent.literal) <= 16:
+            n = int(exponent.literal)
+            return f"_k_powi({self.render(base)}, {n})" if n >= 0 else f"(1.0 / _k_powi({self.render(base)}, {-n}))"
+        return f"_k_powf({self.render(base)}, {self.render(exponent)})"
+
+    def render_call(self, e: Expr) -> str:
+        if e.op not in _FUNCTIONS:
+            raise AttnError(f"the triton target cannot compute '{e.op}' in a kernel", e.span)
+        return f"{_FUNCTIONS[e.op]}({', '.join(self.render(a) for a in e.args)})"
+
+
+def generate(spec: Spec, source_name: str = "<string>") -> str:
+    """The triton module's source for a verified, optimized spec."""
+    env = template_environment()
+    return env.get_template("triton/module.py.jinja").render(**triton_hooks(spec, source_name))
+
+
+def selection_tiles(spec: Spec) -> tuple[int, int] | None:
+    """A data-dependent selection fixes the kernel's tiles to its blocks (powers of two, >= 16)."""
+    sel = spec.selection
+    if sel is None or not sel.dynamic:
+        return None
+    blocks = (sel.q_block.literal, sel.kv_block.literal)
+    if any(n < MIN_DOT or n & (n - 1) for n in blocks):
+        raise AttnError(
+            f"the triton target runs a selection's blocks as kernel tiles, which must be powers of two "
+            f">= {MIN_DOT}; this selection uses {blocks[0]} x {blocks[1]}",
+            sel.span,
+            hint="select blocks(q = 16, kv = 16) or larger powers of two, or compile with --target flex or reference",
+        )
+    return blocks
+
+
+def triton_hooks(spec: Spec, source_name: str) -> dict:
+    r = TritonRenderer(spec)
+    hooks = _hooks(spec, ReferenceRenderer(spec), source_name)
+    norm = spec.normalize
+    mask = token_mask(spec)
+    score_roots = [spec.score] + ([norm.weight] if norm.weight is not None else [])
+    plain_score = spec.score.op == "score" and norm.kind == "softmax"
+    hooks.update(
+        selection_tiles=selection_tiles(spec),
+        k_score=r.render(spec.score),
+        k_weight=None if norm.weight is None else r.render(norm.weight),
+        k_mask=None if mask is None else r.render(mask),
+        k_sink=None if norm.sink is None else r.render(norm.sink),
+        fold_log2e=plain_score,
+        program_bindings=_leveled(spec, score_roots + [mask, norm.sink], r, ("program",)),
+        row_bindings=_leveled(spec, score_roots + [mask, norm.sink], r, ("row",)),
+        score_bindings=_leveled(spec, score_roots, r, ("col", "element")),
+        mask_bindings_k=_leveled(spec, [mask], r, ("col", "element"), exclude=score_roots),
+        tile_mask=None if mask is None else TileRenderer(spec).statements(inline_bindings(mask, spec)),
+        bands=_bands_hook(spec, r),
+        kernel_inputs=[_kernel_input(i) for i in spec.inputs],
+        kernel_params=[p.name for p in spec.runtime_params],
+    )
+    return hooks
+
+
+def _leveled(spec: Spec, roots, r: TritonRenderer, levels, exclude=()) -> list[tuple[str, str]]:
+    """(name, code) of the bindings `roots` read at these levels, in binding order; bindings that
+    `exclude` also reads are left out (they are computed with those)."""
+    taken = {name for name, _ in _bindings_for(spec, [e for e in exclude if e is not None], r)}
+    wanted = _bindings_for(spec, [e for e in roots if e is not None], r)
+    level = {f"_{b.name}": b.level for b in spec.bindings}
+    return [(name, code) for name, code in wanted if level[name] in levels and name not in taken]
+
+
+def schedule_bands(spec: Spec):
+    """The mask's key bands when the kernel can compute its key tiles in closed form: no
+    data-dependent selection, and the mask a (provable) union of at most MAX_BANDS bands; else None."""
+    if spec.selection is not None and spec.selection.dynamic:
+        return None
+    bands = key_bands(token_mask(spec), spec)
+    return None if bands is None or len(bands) > MAX_BANDS else bands
+
+
+def _bands_hook(spec: Spec, r: TritonRenderer) -> list[dict] | None:
+    bands = schedule_bands(spec)
+    if bands is None:
+        return None
+    return [{"lo": "0" if b.lo is None else r.render(b.lo), "hi": "_SKV - 1" if b.hi is None else r.render(b.hi)} for b in bands]
+
+
+def _kernel_input(decl) -> dict:
+    return {"name": decl.name, "rank": len(decl.shape), "kind": DTYPES[decl.dtype]}

@@ -1,0 +1,246 @@
+"""The triton target (codegen/triton.py, templates/triton, runtime/triton.py) against the float64 reference.
+
+On a machine without CUDA the kernels run in Triton's CPU interpreter (TRITON_INTERPRET=1, set by
+conftest.py before any module is built), at small sizes. What is checked:
+- every spec of every example agrees with the float64 reference under the accuracy rule (design.md
+  section 6), out and lse, in float32 and bfloat16, on B = 2, GQA 2, SQ = 100, SKV = 130 (neither a
+  multiple of the 64-wide tiles nor of the selection blocks) and DV != D, plus one rotating edge
+  shape (a single query or key, MQA, SQ > SKV, several tiles);
+- fully masked rows give out 0 and lse -inf (the sink logit with a sink), never NaN;
+- the kernel helpers keep the language's semantics (floor division and modulo of negative numbers,
+  powers, tanh, softplus);
+- what the kernel refuses, with clear errors: float64, a gradient, CPU tensors outside the interpreter.
+Selections are computed once, by the reference, and handed to both targets.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+import attnspec
+from attnspec.api import build_module, load_program, lower
+from attnspec.codegen import passes_for
+from attnspec.diagnostics import AttnError
+from attnspec.runtime import triton as triton_runtime
+from attnspec.runtime.sample import Sizes, sample_arguments
+from test_flex import EXAMPLES, F64, assert_agrees, cast, find_spec, fits, is_elementwise, without_v
+
+pytest.importorskip("triton")
+pytestmark = [
+    pytest.mark.usefixtures("one_torch_thread"),
+    # masked lanes compute log(0) and 0 / 0 before tl.where drops them; numpy says so
+    pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:triton.runtime.interpreter"),
+]
+
+DTYPES = (torch.float32, torch.bfloat16)
+MAIN_SHAPE = Sizes(B=2, H=4, HKV=2, SQ=100, SKV=130, D=32, DV=24)
+EDGE_SHAPES = (
+    Sizes(B=1, H=1, HKV=1, SQ=1, SKV=37, D=16, DV=16),
+    Sizes(B=1, H=4, HKV=1, SQ=150, SKV=70, D=16, DV=8),
+    Sizes(B=1, H=2, HKV=2, SQ=70, SKV=200, D=64, DV=32),
+    Sizes(B=1, H=2, HKV=1, SQ=37, SKV=1, D=8, DV=8),
+)
+
+
+def spec_cases() -> list:
+    names = [(path.stem, spec.name) for path in sorted(EXAMPLES.glob("*.attn")) for spec in load_program(path).specs]
+    cases = []
+    for n, (stem, name) in enumerate(names):
+        runs = [(MAIN_SHAPE, dtype) for dtype in DTYPES] + [(EDGE_SHAPES[n % 4], DTYPES[n % 2])]
+        cases.append(pytest.param(stem, name, runs, id=f"{stem}:{name}"))
+    return cases
+
+
+def modules(stem: str, name: str, consts: dict | None = None):
+    spec = find_spec(stem, name)
+    ref_spec = lower(spec, consts, passes=passes_for("reference"))
+    reference = build_module(ref_spec, "reference", f"{stem}.attn")
+    kernel = build_module(lower(spec, consts, passes=passes_for("triton")), "triton", f"{stem}.attn")
+    return reference, kernel, ref_spec
+
+
+def run_both(reference, kernel, spec, args64: dict, dtype):
+    low = cast(args64, dtype)
+    shared = {}
+    if spec.selection is not None and spec.selection.dynamic:
+        shared["selection"] = reference.select(**without_v(low))
+    lse = {} if is_elementwise(spec) else {"return_lse": True}
+
+    def pair(result):
+        return result if lse else (result, None)
+
+    with torch.no_grad():
+        got = pair(kernel.attention(**low, **shared, **lse))
+        low_ref = pair(reference.attention(**low, **shared, **lse))
+        ref64 = pair(reference.attention(**args64, **shared, **lse))
+    return got, low_ref, ref64
+
+
+@pytest.mark.parametrize("stem, name, runs", spec_cases())
+def test_example_agrees_with_reference(stem, name, runs):
+    reference, kernel, spec = modules(stem, name)
+    for seed, (sizes, dtype) in enumerate(runs):
+        if not fits(spec, sizes):
+            sizes = replace(sizes, H=sizes.HKV * int(spec.gqa_group.literal))
+        args64 = sample_arguments(spec, sizes, F64, seed=seed)
+        got, low_ref, ref64 = run_both(reference, kernel, spec, args64, dtype)
+        assert got[0].dtype == dtype and got[0].shape == (sizes.B, sizes.H, sizes.SQ, sizes.DV)
+        assert_agrees(got, low_ref, ref64, f"{name} {dtype} {sizes}")
+
+
+# ------------------------------------------------------------------ fully masked rows
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_causal_rows_before_the_first_key_are_empty(dtype):
+    _, kernel, spec = modules("b01_causal", "causal")
+    args = cast(sample_arguments(spec, Sizes(B=1, H=2, HKV=1, SQ=150, SKV=20, D=16, DV=8), F64), dtype)
+    with torch.no_grad():
+        out, lse = kernel.attention(**args, return_lse=True)
+    assert not torch.isnan(out).any() and not torch.isnan(lse).any()
+    assert torch.equal(out[:, :, :130], torch.zeros_like(out[:, :, :130]))
+    assert torch.equal(lse[:, :, :130], torch.full_like(lse[:, :, :130], -math.inf))
+    assert torch.isfinite(lse[:, :, 130:]).all()
+
+
+def test_sink_rows_without_keys_give_the_sink_logit():
+    reference, kernel, spec = modules("b05_streaming_sink", "streaming_sink", {"sinks": 0})
+    sizes = Sizes(B=1, H=4, HKV=2, SQ=160, SKV=20, D=16, DV=8)
+    args = sample_arguments(spec, sizes, F64)
+    low = cast(args, torch.float32)
+    with torch.no_grad():
+        out, lse = kernel.attention(**low, return_lse=True)
+    first_empty = sizes.SKV + 16 - 1
+    assert torch.equal(out[:, :, first_empty:], torch.zeros_like(out[:, :, first_empty:]))
+    sink = low["sink_logit"].view(1, -1, 1).expand_as(lse[:, :, first_empty:])
+    torch.testing.assert_close(lse[:, :, first_empty:], sink)
+    assert_agrees(*run_both(reference, kernel, spec, args, torch.float32), "streaming_sink, sinks = 0")
+
+
+def test_rownorm_rows_without_weight_are_empty():
+    source = "attention rownorm_br {\n    mask kv <= q + (SKV - SQ)\n    normalize rownorm(relu(score) ** 2)\n}\n"
+    kernel, reference = attnspec.compile(source, "triton"), attnspec.compile(source, "reference")
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 2, 50, 16, generator=gen)
+    k = torch.randn(1, 2, 30, 16, generator=gen)
+    v = torch.randn(1, 2, 30, 8, generator=gen)
+    q[:, :, 20] = -k[:, :, 0]  # row 20 keeps key 0 only, with a negative score: sum f = 0
+    with torch.no_grad():
+        out, lse = kernel.attention(q, k, v, return_lse=True)
+        expected = reference.attention(q.double(), k.double(), v.double(), return_lse=True)
+    assert torch.equal(out[:, :, :21], torch.zeros_like(out[:, :, :21]))
+    assert torch.equal(lse[:, :, :21], torch.full_like(lse[:, :, :21], -math.inf))
+    torch.testing.assert_close(out, expected[0].float(), rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------ the language's semantics in the kernel
+
+SEMANTICS = """attention semantics {
+    param W: int = 7
+    score = score + float((q - kv) // W) * 0.01 + float((q - kv) % W) * 0.001 + tanh(score) * 0.1
+    score = score + softplus(score - 3.0) * 0.1 - (score * 0.1) ** 3 + abs(score) ** 0.5 * 0.01
+    mask (q - kv) % W != 3 or kv == q
+}
+"""
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_kernel_helpers_keep_the_language_semantics(dtype):
+    """Floor division and modulo of negative differences, integer and fractional powers, tanh near 0
+    and softplus, in the score mod and in the mask, against the reference."""
+    kernel, reference = attnspec.compile(SEMANTICS, "triton"), attnspec.compile(SEMANTICS, "reference")
+    spec = lower(load_program(SEMANTICS).specs[0])
+    args64 = sample_arguments(spec, Sizes(B=1, H=2, HKV=1, SQ=70, SKV=90, D=16, DV=8), F64)
+    assert_agrees(*run_both(reference, kernel, spec, args64, dtype), f"semantics {dtype}")
+
+
+# ------------------------------------------------------------------ what the kernel refuses
+
+
+def test_float64_is_refused():
+    _, kernel, spec = modules("b01_causal", "causal")
+    args = sample_arguments(spec, Sizes(B=1, H=1, HKV=1, SQ=8, SKV=8, D=8, DV=8), F64)
+    with pytest.raises(TypeError, match="float32, bfloat16 or float16"):
+        kernel.attention(**args)
+
+
+def test_gradients_are_refused_until_the_backward_kernel_exists():
+    _, kernel, spec = modules("b01_causal", "causal")
+    args = cast(sample_arguments(spec, Sizes(B=1, H=1, HKV=1, SQ=8, SKV=8, D=8, DV=8), F64), torch.float32)
+    args["q"].requires_grad_(True)
+    with pytest.raises(NotImplementedError, match="no backward kernel"):
+        kernel.attention(**args)
+
+
+def test_cpu_tensors_outside_the_interpreter_are_refused(monkeypatch):
+    _, kernel, spec = modules("b01_causal", "causal")
+    args = cast(sample_arguments(spec, Sizes(B=1, H=1, HKV=1, SQ=8, SKV=8, D=8, DV=8), F64), torch.float32)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        with torch.no_grad():
+            kernel.attention(**args)
+
+
+def test_selection_blocks_the_kernel_cannot_tile_are_refused():
+    source = (
+        "attention small_blocks {\n    mask kv <= q\n"
+        "    select blocks(q = 16, kv = 8) top(2) by dot(mean(q), mean(k))\n}\n"
+    )
+    with pytest.raises(AttnError) as info:
+        attnspec.compile(source, "triton")
+    text = info.value.render()
+    assert "powers of two >= 16" in text and "--target flex or reference" in text
+    assert text.startswith("<string>:3:5: error:")
+
+
+def test_kernel_config_follows_the_head_dims():
+    q = torch.empty(1, 1, 4, 40)
+    v = torch.empty(1, 1, 4, 100)
+    config = triton_runtime.kernel_config(q, v)
+    assert (config.block_d, config.block_dv) == (64, 128)
+    fixed = triton_runtime.kernel_config(q, v, (16, 32))
+    assert (fixed.block_m, fixed.block_n) == (16, 32)
+
+
+# ------------------------------------------------------------------ the schedule: closed-form bands or a table
+
+BANDS = {
+    "b01_causal", "b02_sliding_window", "b04_alibi", "b05_streaming_sink", "b06_temperature", "b07_softcap",
+    "b09_gqa", "m01_prefix_lm", "m14_ls_heads", "m16_sinklora", "m18_block_causal", "n01_sigmoid",
+    "n02_relu2_rownorm", "n02_relu_length", "s02_rel_bias_clipped", "s02_rel_table",
+}
+
+
+@pytest.mark.parametrize("stem", sorted(p.stem for p in EXAMPLES.glob("*.attn")))
+def test_schedule_kind(stem):
+    """Masks that are unions of key bands (and no mask) get their key tiles in closed form in the
+    kernel; the others, and every data-dependent selection, a block table."""
+    kernel = attnspec.compile(EXAMPLES / f"{stem}.attn", "triton")
+    assert kernel.SCHEDULE == ("bands" if stem in BANDS else "table")
+
+
+BAND_CASES = [
+    # the sink band [0, sinks) spans several key tiles and overlaps the window band's tiles
+    ("b05_streaming_sink", "streaming_sink", {"window": 100, "sinks": 70}, {}, Sizes(B=1, H=2, HKV=1, SQ=300, SKV=300, D=16, DV=8)),
+    # bottom-right alignment with SQ < SKV: the window starts in the middle of a key tile
+    ("b05_streaming_sink", "streaming_sink", {"window": 40, "sinks": 3}, {}, Sizes(B=1, H=2, HKV=2, SQ=90, SKV=333, D=16, DV=8)),
+    # the prefix band [0, prefix) is empty for rows past the prefix, full for those before it
+    ("m01_prefix_lm", "prefix_lm", None, {"prefix": 150}, Sizes(B=2, H=2, HKV=1, SQ=200, SKV=200, D=16, DV=8)),
+    ("m01_prefix_lm", "prefix_lm", None, {"prefix": 0}, Sizes(B=1, H=2, HKV=1, SQ=130, SKV=130, D=16, DV=8)),
+    ("m16_sinklora", "sinklora", None, {}, Sizes(B=1, H=4, HKV=2, SQ=257, SKV=257, D=16, DV=8)),
+]
+
+
+@pytest.mark.parametrize("stem, name, consts, runtime, sizes", BAND_CASES, ids=lambda x: str(x)[:40])
+def test_overlapping_and_partial_bands(stem, name, consts, runtime, sizes):
+    """Overlapping bands must count each key once; bands starting or ending inside a tile, or empty
+    for some rows, must keep exactly the mask's pairs."""
+    reference, kernel, spec = modules(stem, name, consts)
+    assert kernel.SCHEDULE == "bands"
+    args64 = {**sample_arguments(spec, sizes, F64, seed=3), **runtime}
+    assert_agrees(*run_both(reference, kernel, spec, args64, torch.float32), f"{name} {consts} {runtime}")
