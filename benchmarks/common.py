@@ -1,5 +1,6 @@
-"""What the benchmarks share: measuring time and peak memory, the skip-by-extrapolation budget, the
-examples at N tokens with hand-written FlexAttention mask_mods, BlockMask comparison, formatting.
+"""What the benchmarks share: measuring time and peak memory (CPU and GPU, single calls and interleaved
+rounds), the skip-by-extrapolation budget, the examples at N tokens with hand-written FlexAttention
+mask_mods / score_mods and their dense SDPA masks, BlockMask comparison, formatting.
 
 Importing it has no side effects beyond importing torch and attnspec; a script that wants the fixed
 glibc mmap threshold (so freed tensors go back to the OS and cannot hide a later call's peak) calls
@@ -16,13 +17,17 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Callable
 
 import torch
 
+import attnspec
 from attnspec.analysis.tiles import EMPTY, FULL, PARTIAL
+from attnspec.api import load_program, lower, pick_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.attn"))
@@ -121,6 +126,60 @@ class Budget:
         return self.record(key, n, sample)
 
 
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure_cuda(fn: Callable[[], object], repeats: int) -> Sample:
+    """`measure` for the GPU: wall time around a synchronized call, peak of the caching allocator."""
+    times, peaks, result = [], [], None
+    for _ in range(repeats):
+        result = None
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        start = time.perf_counter()
+        result = fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+        peaks.append((torch.cuda.max_memory_allocated() - before) / 2**20)
+        if times[-1] > 2.0:
+            break
+    return Sample(min(times), max(peaks), None, result, statistics.median(times))
+
+
+def timed_call(fn: Callable[[], object], device: str) -> float:
+    """Seconds of one call: CUDA events on the GPU, the wall clock on the CPU."""
+    if device == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def interleaved(fns: dict[str, Callable[[], object]], device: str, reps: int) -> dict[str, Sample]:
+    """One warm-up round, then `reps` rounds calling each function once; best and median per function."""
+    times: dict[str, list[float]] = {key: [] for key in fns}
+    for round_ in range(reps + 1):
+        for key, fn in fns.items():
+            seconds = timed_call(fn, device)
+            if round_:
+                times[key].append(seconds)
+    return {key: Sample(min(t), None, None, None, statistics.median(t)) for key, t in times.items()}
+
+
+def failed(err: BaseException) -> Sample:
+    traceback.print_exception(err, file=sys.stderr)
+    text = str(err).strip().splitlines()[0][:60] if str(err).strip() else ""
+    return Sample(skipped=f"failed: {type(err).__name__}" + (f": {text}" if text else ""))
+
+
 # ------------------------------------------------------------------ the examples at N tokens
 
 
@@ -213,6 +272,116 @@ def mask_mods(name: str, n: int, c: dict, inputs: dict, spec) -> tuple[Callable,
     return None
 
 
+# ------------------------------------------------------------------ the variants
+
+
+EXTRA_CONSTS = {"b02_sliding_window": {"window": 256}}  # the file's 8 is a 17-token band
+
+
+@dataclass
+class Variant:
+    name: str
+    n: int
+    module: ModuleType  # the generated flex module
+    kwargs: dict  # its inputs and runtime params
+    mask_mod: Callable | None  # hand-written
+    score_mod: Callable | None  # hand-written
+    scale: float | None = None
+    bias: bool = False  # the score mod adds a bias(b, h, q, kv): SDPA gets it as a float mask
+    sdpa_note: str = ""
+    compile_s: float = 0.0  # attnspec.compile, uncached
+    params: dict = field(default_factory=dict)
+
+
+def make_variant(name: str, n: int, device: str, heads: int, batch: int) -> Variant:
+    """An example at N tokens: its generated flex module, mask inputs, runtime params and the
+    hand-written mods (None where none was written)."""
+    path = ROOT / "examples" / f"{name}.attn"
+    consts = {**consts_for(name, n), **EXTRA_CONSTS.get(name, {})}
+    spec = lower(pick_spec(load_program(path), None), consts)
+    runtime = {"prefix": n // 4} if name == "m01_prefix_lm" else {}
+    p = {**{q.name: q.default.literal for q in spec.params if q.default is not None}, **consts, **runtime}
+    inputs = mask_inputs(name, n, torch.Generator().manual_seed(n))
+    gen = torch.Generator().manual_seed(0)
+    if name == "b04_alibi":  # the usual geometric slopes
+        inputs["slope"] = 2.0 ** (-8.0 * torch.arange(1, heads + 1, dtype=torch.float32) / heads)
+    if name == "m02_natten2d":
+        inputs["rpb"] = torch.randn(heads, 4 * p["r"] + 1, 4 * p["r"] + 1, generator=gen) * 0.5
+    inputs = {k: (v.expand(batch, -1) if k.startswith("doc_") else v).contiguous().to(device) for k, v in inputs.items()}
+
+    start = time.perf_counter()
+    module = attnspec.compile(path, "flex", cache=False, **consts)
+    compile_s = time.perf_counter() - start
+
+    hand = mask_mods(name, n, {**consts, **runtime}, inputs, spec)
+    mask_mod = hand[0] if hand is not None else None
+    if hand is not None and hand[1]:
+        raise NotImplementedError(f"{name}: a head-dependent mask (this script passes H=None)")
+    v = Variant(name, n, module, {**inputs, **runtime}, mask_mod, None, compile_s=compile_s, params=p)
+    if name == "b04_alibi":
+        slope = inputs["slope"]
+        v.score_mod = lambda s, b, h, q, kv: s - slope[h] * (q - kv).abs()
+        v.bias, v.sdpa_note = True, "float bias [1, H, N, N]"
+    elif name == "b07_softcap":
+        cap = float(p["cap"])
+        v.mask_mod = lambda b, h, q, kv: kv <= q
+        v.score_mod = lambda s, b, h, q, kv: cap * torch.tanh(s / cap)
+        v.scale, v.sdpa_note = 0.5, "bool mask only: no soft-cap (time reference)"
+    elif name == "m02_natten2d":
+        rpb, w, r = inputs["rpb"], p["W"], p["r"]
+
+        def natten_bias(s, b, h, q, kv):  # indices clamped: partial tiles evaluate it on masked pairs too
+            dy = (kv // w - q // w + 2 * r).clamp(0, 4 * r)
+            dx = (kv % w - q % w + 2 * r).clamp(0, 4 * r)
+            return s + rpb[h, dy, dx]
+
+        v.score_mod = natten_bias
+        v.bias, v.sdpa_note = True, "float bias [1, H, N, N], -inf outside the window"
+    if not v.sdpa_note:
+        v.sdpa_note = "bool mask [1, 1, N, N]"
+    return v
+
+
+DENSE_CHUNK = 1 << 24  # elements of one row chunk of a dense mask: its int64 temporaries stay ~128 MiB
+
+
+def _sdpa_mask_rows(v: Variant, heads: int, batch: int, device: str, dtype: torch.dtype, start: int, stop: int):
+    """Rows [start, stop) of the dense mask (see sdpa_mask), or None where there is nothing to pass."""
+    b = torch.arange(batch, device=device).view(-1, 1, 1, 1)
+    h = torch.arange(heads, device=device).view(1, -1, 1, 1)
+    q = torch.arange(start, stop, device=device).view(1, 1, -1, 1)
+    kv = torch.arange(v.n, device=device).view(1, 1, 1, -1)
+    keep = v.mask_mod(b, h, q, kv) if v.mask_mod is not None else None
+    if not v.bias:
+        return keep
+    bias = v.score_mod(torch.zeros((1, 1, 1, 1), device=device), b, h, q, kv)
+    if keep is not None:
+        bias = bias.masked_fill(~keep, -math.inf)
+    return bias.to(dtype)
+
+
+def sdpa_mask_shape(v: Variant, heads: int, device: str, batch: int = 1) -> tuple[int, ...] | None:
+    """The dense mask's shape: [B or 1, H or 1, N, N] as its mods read the batch and head (probed on
+    one row), or None where SDPA gets no mask."""
+    probe = _sdpa_mask_rows(v, heads, batch, device, torch.float32, 0, 1)
+    return None if probe is None else (*probe.shape[:2], v.n, v.n)
+
+
+def sdpa_mask(v: Variant, heads: int, device: str, dtype: torch.dtype, batch: int = 1) -> torch.Tensor | None:
+    """The dense mask SDPA takes: the mods evaluated on the whole [N, N] grid, filled in row chunks.
+    Boolean where the mods only mask; where the score mod is a bias, that bias in `dtype` with -inf
+    at masked pairs."""
+    shape = sdpa_mask_shape(v, heads, device, batch)
+    if shape is None:
+        return None
+    out = torch.empty(shape, dtype=dtype if v.bias else torch.bool, device=device)
+    rows = max(1, DENSE_CHUNK // (v.n * shape[0] * shape[1]))
+    for start in range(0, v.n, rows):
+        stop = min(start + rows, v.n)
+        out[:, :, start:stop] = _sdpa_mask_rows(v, heads, batch, device, dtype, start, stop)
+    return out
+
+
 # ------------------------------------------------------------------ comparing BlockMasks
 
 
@@ -266,3 +435,11 @@ def cpu_model() -> str:
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
     return platform.processor() or "unknown CPU"
+
+
+def versions(device: str) -> str:
+    where = f"{cpu_model()} ({os.cpu_count()} cores visible)"
+    if device == "cuda":
+        where = f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda}), host {where}"
+    return (f"Device: {where}. torch {torch.__version__}, Python {platform.python_version()}, "
+            f"attnspec {attnspec.__version__}")

@@ -41,47 +41,41 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import math
-import os
-import platform
-import statistics
 import sys
 import time
-import traceback
 import warnings
-from dataclasses import dataclass, field
-from types import ModuleType
-from typing import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-import attnspec
 from attnspec.analysis.tiles import EMPTY
-from attnspec.api import load_program, lower, pick_spec
 from common import (
     HEADS,
     ROOT,
     Budget,
     Sample,
     agreement_classes,
-    consts_for,
     cpu_model,
+    failed,
     flex_classes,
     fmt_peak,
     fmt_time,
-    mask_inputs,
-    mask_mods,
+    interleaved,
+    make_variant,
     measure,
+    measure_cuda,
     ratio,
     reexec_with_fixed_malloc,
+    sdpa_mask,
+    synchronize,
+    versions,
 )
 
 VARIANTS = (
     "b01_causal", "b02_sliding_window", "b03_document", "b04_alibi", "b07_softcap", "m01_prefix_lm", "m02_natten2d",
 )
-EXTRA_CONSTS = {"b02_sliding_window": {"window": 256}}
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 BEGIN, END = "<!-- flex_attention.py: begin -->", "<!-- flex_attention.py: end -->"
 DEVICE_BEGIN, DEVICE_END = "<!-- flex_attention.py {}: begin -->", "<!-- flex_attention.py {}: end -->"
@@ -101,143 +95,6 @@ class Config:
     reps: int
     max_seconds: float
     max_mib: int
-
-
-# ------------------------------------------------------------------ the variants
-
-
-@dataclass
-class Variant:
-    name: str
-    n: int
-    module: ModuleType  # the generated flex module
-    kwargs: dict  # its inputs and runtime params
-    mask_mod: Callable | None  # hand-written
-    score_mod: Callable | None  # hand-written
-    scale: float | None = None
-    bias: bool = False  # the score mod adds a bias(b, h, q, kv): SDPA gets it as a float mask
-    sdpa_note: str = ""
-    compile_s: float = 0.0  # attnspec.compile, uncached
-    params: dict = field(default_factory=dict)
-
-
-def make_variant(name: str, n: int, device: str, heads: int, batch: int) -> Variant:
-    path = ROOT / "examples" / f"{name}.attn"
-    consts = {**consts_for(name, n), **EXTRA_CONSTS.get(name, {})}
-    spec = lower(pick_spec(load_program(path), None), consts)
-    runtime = {"prefix": n // 4} if name == "m01_prefix_lm" else {}
-    p = {**{q.name: q.default.literal for q in spec.params if q.default is not None}, **consts, **runtime}
-    inputs = mask_inputs(name, n, torch.Generator().manual_seed(n))
-    gen = torch.Generator().manual_seed(0)
-    if name == "b04_alibi":  # the usual geometric slopes
-        inputs["slope"] = 2.0 ** (-8.0 * torch.arange(1, heads + 1, dtype=torch.float32) / heads)
-    if name == "m02_natten2d":
-        inputs["rpb"] = torch.randn(heads, 4 * p["r"] + 1, 4 * p["r"] + 1, generator=gen) * 0.5
-    inputs = {k: (v.expand(batch, -1) if k.startswith("doc_") else v).contiguous().to(device) for k, v in inputs.items()}
-
-    start = time.perf_counter()
-    module = attnspec.compile(path, "flex", cache=False, **consts)
-    compile_s = time.perf_counter() - start
-
-    hand = mask_mods(name, n, {**consts, **runtime}, inputs, spec)
-    mask_mod = hand[0] if hand is not None else None
-    if hand is not None and hand[1]:
-        raise NotImplementedError(f"{name}: a head-dependent mask (this script passes H=None)")
-    v = Variant(name, n, module, {**inputs, **runtime}, mask_mod, None, compile_s=compile_s, params=p)
-    if name == "b04_alibi":
-        slope = inputs["slope"]
-        v.score_mod = lambda s, b, h, q, kv: s - slope[h] * (q - kv).abs()
-        v.bias, v.sdpa_note = True, "float bias [1, H, N, N]"
-    elif name == "b07_softcap":
-        cap = float(p["cap"])
-        v.mask_mod = lambda b, h, q, kv: kv <= q
-        v.score_mod = lambda s, b, h, q, kv: cap * torch.tanh(s / cap)
-        v.scale, v.sdpa_note = 0.5, "bool mask only: no soft-cap (time reference)"
-    elif name == "m02_natten2d":
-        rpb, w, r = inputs["rpb"], p["W"], p["r"]
-
-        def natten_bias(s, b, h, q, kv):  # indices clamped: partial tiles evaluate it on masked pairs too
-            dy = (kv // w - q // w + 2 * r).clamp(0, 4 * r)
-            dx = (kv % w - q % w + 2 * r).clamp(0, 4 * r)
-            return s + rpb[h, dy, dx]
-
-        v.score_mod = natten_bias
-        v.bias, v.sdpa_note = True, "float bias [1, H, N, N], -inf outside the window"
-    if not v.sdpa_note:
-        v.sdpa_note = "bool mask [1, 1, N, N]"
-    return v
-
-
-def sdpa_mask(v: Variant, heads: int, device: str, dtype: torch.dtype) -> torch.Tensor | None:
-    """The dense mask SDPA takes: the hand-written mods evaluated on the whole [N, N] grid."""
-    idx = torch.arange(v.n, device=device)
-    b = torch.zeros((1, 1, 1, 1), dtype=torch.long, device=device)
-    q, kv = idx.view(1, 1, -1, 1), idx.view(1, 1, 1, -1)
-    keep = v.mask_mod(b, b, q, kv) if v.mask_mod is not None else None
-    if not v.bias:
-        return keep
-    h = torch.arange(heads, device=device).view(1, -1, 1, 1)
-    bias = v.score_mod(torch.zeros((1, 1, 1, 1), device=device), b, h, q, kv)
-    if keep is not None:
-        bias = bias.masked_fill(~keep, -math.inf)
-    return bias.to(dtype)
-
-
-# ------------------------------------------------------------------ measuring on either device
-
-
-def synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def measure_cuda(fn: Callable[[], object], repeats: int) -> Sample:
-    """`measure` for the GPU: wall time around a synchronized call, peak of the caching allocator."""
-    times, peaks, result = [], [], None
-    for _ in range(repeats):
-        result = None
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        start = time.perf_counter()
-        result = fn()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-        peaks.append((torch.cuda.max_memory_allocated() - before) / 2**20)
-        if times[-1] > 2.0:
-            break
-    return Sample(min(times), max(peaks), None, result, statistics.median(times))
-
-
-def timed_call(fn: Callable[[], object], device: str) -> float:
-    """Seconds of one call: CUDA events on the GPU, the wall clock on the CPU."""
-    if device == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1e3
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def interleaved(fns: dict[str, Callable[[], object]], device: str, reps: int) -> dict[str, Sample]:
-    """One warm-up round, then `reps` rounds calling each function once; best and median per function."""
-    times: dict[str, list[float]] = {key: [] for key in fns}
-    for round_ in range(reps + 1):
-        for key, fn in fns.items():
-            seconds = timed_call(fn, device)
-            if round_:
-                times[key].append(seconds)
-    return {key: Sample(min(t), None, None, None, statistics.median(t)) for key, t in times.items()}
-
-
-def failed(err: BaseException) -> Sample:
-    traceback.print_exception(err, file=sys.stderr)
-    text = str(err).strip().splitlines()[0][:60] if str(err).strip() else ""
-    return Sample(skipped=f"failed: {type(err).__name__}" + (f": {text}" if text else ""))
 
 
 # ------------------------------------------------------------------ (a) BlockMask build
@@ -378,14 +235,6 @@ def attention_rows(cfg: Config, names: list[str], budget: Budget):
 
 
 # ------------------------------------------------------------------ report
-
-
-def versions(device: str) -> str:
-    where = f"{cpu_model()} ({os.cpu_count()} cores visible)"
-    if device == "cuda":
-        where = f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda}), host {where}"
-    return (f"Device: {where}. torch {torch.__version__}, Python {platform.python_version()}, "
-            f"attnspec {attnspec.__version__}")
 
 
 def render_device(cfg: Config, mask, attn, args, elapsed: float) -> str:

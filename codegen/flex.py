@@ -127,6 +127,7 @@ def flex_hooks(spec: Spec, identity: str, source_name: str) -> dict:
         identity_text=IDENTITIES[identity],
         block=flex_block(spec),
         path=path,
+        eligible_classes=path == "tile analysis",
         agreement=f"{agreement:.1%}",
         score_mod=_mod_hook(spec, [spec.score] if weight is None else [spec.score, weight], weight is not None),
         mask_mod=None if mask is None else _mod_hook(spec, [mask], False),

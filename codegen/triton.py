@@ -24,7 +24,7 @@ from attnspec.ir import Expr, Spec, inline_bindings
 from attnspec.passes.flex import token_mask
 from attnspec.types import infer
 
-from .flex import TileRenderer
+from .flex import TileRenderer, _mod_hook
 from .reference import ReferenceRenderer, _bindings_for, _hooks
 from .render import ExprRenderer, python_literal, template_environment
 
@@ -156,6 +156,8 @@ def triton_hooks(spec: Spec, source_name: str) -> dict:
         mask_bindings_k=_leveled(spec, [mask], r, ("col", "element"), exclude=score_roots),
         tile_mask=None if mask is None else TileRenderer(spec).statements(inline_bindings(mask, spec)),
         bands=_bands_hook(spec, r),
+        mask_mod=None if mask is None else _mod_hook(spec, [mask], False),
+        eligible_classes=True,
         kernel_inputs=[_kernel_input(i) for i in spec.inputs],
         kernel_params=[p.name for p in spec.runtime_params],
     )

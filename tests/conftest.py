@@ -45,6 +45,18 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` are skipped, with the reason, where there is no CUDA GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 def example_files() -> list[Path]:
     """Every examples/*.attn file (possibly none while the examples are being written)."""
     return sorted(EXAMPLES_DIR.glob("*.attn"))

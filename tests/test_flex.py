@@ -515,3 +515,13 @@ def test_elementwise_has_no_lse():
     args = sample_arguments(spec, Sizes(B=1, H=2, HKV=2, SQ=16, SKV=16, D=8, DV=8), F64)
     with pytest.raises(ValueError, match="no lse"):
         flex.attention(**args, return_lse=True, compiled=False)
+
+
+def test_small_blocks_ask_the_gpu_kernel_for_small_tiles():
+    """A selection's 16 x 16 BlockMask: FlexAttention's GPU kernel needs tiles that divide the blocks."""
+    _, moba, spec = modules("k02_moba", "moba")
+    args = sample_arguments(spec, Sizes(B=1, H=2, HKV=2, SQ=64, SKV=64, D=8, DV=8), F64)
+    small = moba.build_block_mask(args["q"], args["k"], selection=moba.select(args["q"], args["k"]))
+    assert flex_runtime.kernel_tiles(small) == {"BLOCK_M": 16, "BLOCK_N": 16}
+    _, causal, spec = modules("b01_causal", "causal")
+    assert flex_runtime.kernel_tiles(causal.build_block_mask(args["q"], args["k"])) is None

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from attnspec.analysis.tiles import EMPTY, FULL, PARTIAL
 from attnspec.api import build_module, load_program, lower
 from attnspec.codegen import passes_for
-from attnspec.runtime import flex as flex_runtime
+from attnspec.runtime import blocks as block_runtime
 from attnspec.runtime.sample import Sizes, sample_arguments
 from test_flex import EXAMPLES, without_v
 
@@ -212,7 +212,7 @@ def test_selection_matches_the_reference(stem, name, case):
 @given(sq=LENGTHS, skv=LENGTHS, block=st.sampled_from([(16, 16), (32, 16), (128, 128)]), chunk=st.sampled_from([1, 300, 1 << 22]),
        with_classes=st.booleans())
 def test_eligible_tiles_in_chunks(sq, skv, block, chunk, with_classes):
-    """runtime.flex.eligible_tiles: any chunk size, with the classes or without (every tile evaluated)."""
+    """runtime.blocks.eligible_tiles: any chunk size, with the classes or without (every tile evaluated)."""
 
     def band(b, h, q_idx, kv_idx):  # a sliding window of 20 keys, bottom-right aligned, odd per head
         d = q_idx + (skv - sq) - kv_idx
@@ -224,6 +224,6 @@ def test_eligible_tiles_in_chunks(sq, skv, block, chunk, with_classes):
     if with_classes:  # exact classes, as the tile analysis gives for a band
         any_, all_ = tile_reduce(keep, block, "any"), tile_reduce(keep, block, "all")
         classes = torch.where(all_, FULL, torch.where(any_, PARTIAL, EMPTY)).to(torch.int8)
-    got = flex_runtime.eligible_tiles(classes, block, (3, 2, sq, skv), band, "cpu", pairs_per_chunk=chunk)
+    got = block_runtime.eligible_tiles(classes, block, (3, 2, sq, skv), band, "cpu", pairs_per_chunk=chunk)
     assert got.shape == (3, 2, -(-sq // block[0]), -(-skv // block[1]))
     assert torch.equal(got, tile_reduce(keep, block, "any").expand_as(got))

@@ -244,3 +244,96 @@ def test_overlapping_and_partial_bands(stem, name, consts, runtime, sizes):
     assert kernel.SCHEDULE == "bands"
     args64 = {**sample_arguments(spec, sizes, F64, seed=3), **runtime}
     assert_agrees(*run_both(reference, kernel, spec, args64, torch.float32), f"{name} {consts} {runtime}")
+
+
+# ------------------------------------------------------------------ autotuning (the logic; timings are the GPU's)
+
+
+def test_launch_keeps_the_fastest_configuration_per_problem(monkeypatch):
+    """On CUDA every candidate is timed once per (spec, dtype, head dims, length bucket); configurations
+    that fail to launch are skipped, and the fastest is reused without timing again."""
+    import triton.testing
+
+    configs = [triton_runtime.Config(m, 64, 64, 64, 4, 3, False, False) for m in (128, 64, 32)]
+    costs = {128: 3.0, 64: 1.0}  # milliseconds per configuration; 32 fails to launch
+    launched, timed = [], []
+
+    def run(config):
+        launched.append(config)
+        if config.block_m == 32:
+            raise RuntimeError("out of resources")
+
+    def fake_bench(fn, warmup, rep):
+        timed.append(1)
+        fn()
+        return costs[launched[-1].block_m]
+
+    monkeypatch.setattr(triton_runtime, "candidate_configs", lambda q, v, tiles: configs)
+    monkeypatch.setattr(triton.testing, "do_bench", fake_bench)
+    monkeypatch.setattr(triton_runtime, "_TUNED", {})
+    q = torch.empty(1, 1, 100, 64)
+    triton_runtime.launch(run, "spec", q, q, None, (100, 130))
+    assert launched[-1].block_m == 64 and len(timed) == 3
+    triton_runtime.launch(run, "spec", q, q, None, (120, 150))  # the same length bucket: no timing
+    assert launched[-1].block_m == 64 and len(timed) == 3
+    monkeypatch.setenv("ATTNSPEC_AUTOTUNE", "0")
+    triton_runtime.launch(run, "spec", q, q, None, (1000, 1000))
+    assert launched[-1].block_m == 128 and len(timed) == 3
+
+
+# ------------------------------------------------------------------ a schedule built once, reused
+
+
+def test_a_schedule_is_reused_across_calls():
+    reference, kernel, spec = modules("k02_moba", "moba")
+    args = cast(sample_arguments(spec, Sizes(B=1, H=2, HKV=1, SQ=100, SKV=130, D=16, DV=8), F64, seed=5), torch.float32)
+    selection = reference.select(**without_v(args))
+    schedule = kernel.build_schedule(**without_v(args), selection=selection)
+    assert not schedule.closed_form
+    with torch.no_grad():
+        first = kernel.attention(**args, schedule=schedule)
+        built = dict(schedule._tables)
+        second = kernel.attention(**args, schedule=schedule)
+        fresh = kernel.attention(**args, selection=selection)
+    assert schedule._tables == built and len(built) == 1  # no table was rebuilt
+    assert torch.equal(first, second) and torch.equal(first, fresh)
+
+
+def test_a_schedule_for_other_shapes_or_with_a_selection_is_refused():
+    _, kernel, spec = modules("m02_natten2d", "natten2d")
+    small = cast(sample_arguments(spec, Sizes(B=1, H=2, HKV=1, SQ=64, SKV=64, D=16, DV=8), F64), torch.float32)
+    large = cast(sample_arguments(spec, Sizes(B=1, H=2, HKV=1, SQ=64, SKV=64, D=16, DV=8), F64), torch.float32)
+    large = {**large, "q": large["q"][:, :, :32]}
+    schedule = kernel.build_schedule(**without_v(small))
+    with torch.no_grad(), pytest.raises(ValueError, match="was built for"):
+        kernel.attention(**large, schedule=schedule)
+    with torch.no_grad(), pytest.raises(TypeError, match="build_schedule"):
+        kernel.attention(**small, schedule=object())
+    _, moba, moba_spec = modules("k02_moba", "moba")
+    args = cast(sample_arguments(moba_spec, Sizes(B=1, H=2, HKV=1, SQ=32, SKV=32, D=16, DV=8), F64), torch.float32)
+    sched = moba.build_schedule(**without_v(args))
+    with torch.no_grad(), pytest.raises(ValueError, match="pass a selection to build_schedule"):
+        moba.attention(**args, schedule=sched, selection=moba.select(**without_v(args)))
+
+
+def test_a_band_schedule_has_nothing_to_build():
+    _, kernel, spec = modules("b01_causal", "causal")
+    args = cast(sample_arguments(spec, Sizes(B=1, H=2, HKV=1, SQ=40, SKV=40, D=16, DV=8), F64), torch.float32)
+    schedule = kernel.build_schedule(**without_v(args))
+    assert schedule.closed_form
+    with torch.no_grad():
+        assert torch.equal(kernel.attention(**args, schedule=schedule), kernel.attention(**args))
+
+
+@pytest.mark.parametrize("stem, name", [("k02_moba", "moba"), ("k05_seer_threshold", "seer_threshold"), ("k10_biformer", "biformer")])
+def test_the_module_selects_as_the_reference_does(stem, name):
+    """Without a selection passed in, the triton module runs its own select() (eligible tiles from the
+    tile classes, the mask on partial tiles only) and attends over the reference's blocks."""
+    reference, kernel, spec = modules(stem, name)
+    args64 = sample_arguments(spec, Sizes(B=2, H=4, HKV=2, SQ=100, SKV=130, D=16, DV=8), F64, seed=7)
+    low = cast(args64, torch.float32)
+    assert torch.equal(kernel.select(**without_v(low)).block_mask, reference.select(**without_v(low)).block_mask)
+    with torch.no_grad():
+        got = kernel.attention(**low, return_lse=True)
+        expected = reference.attention(**low, return_lse=True)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

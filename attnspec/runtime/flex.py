@@ -12,6 +12,7 @@ import torch
 from torch.nn.attention import flex_attention as _fa
 
 from ..analysis.tiles import EMPTY, FULL, PARTIAL
+from .blocks import block_lists
 
 try:  # torch >= 2.9 asks for the lse through AuxRequest
     from torch.nn.attention.flex_attention import AuxRequest
@@ -19,12 +20,7 @@ except ImportError:  # pragma: no cover - older torch
     AuxRequest = None
 
 _COMPILED: dict[str, object] = {}
-
-
-def block_lists(chosen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """[.., NQB, NKB] bool -> (count [.., NQB] int32, indices [.., NQB, NKB] int32, chosen blocks first, ascending)."""
-    order = torch.sort((~chosen).to(torch.int8), dim=-1, stable=True).indices
-    return chosen.sum(-1).to(torch.int32), order.to(torch.int32)
+DEFAULT_KERNEL_TILE = 128  # FlexAttention's GPU kernels tile queries and keys by at most this
 
 
 def block_mask_from_classes(classes, block, lengths, mask_mod, device, selected=None):
@@ -43,32 +39,6 @@ def block_mask_from_classes(classes, block, lengths, mask_mod, device, selected=
         to(partial_num), to(partial_idx), to(full_num), to(full_idx),
         BLOCK_SIZE=tuple(block), mask_mod=mask_mod, seq_lengths=tuple(lengths),
     )
-
-
-def eligible_tiles(classes, block, shape, mask_mod, device, pairs_per_chunk=1 << 22):
-    """Which tiles hold at least one kept pair, bool [B, H, NQB, NKB], without the dense mask.
-
-    `classes` (tile classes [B|1, H|1, NQB, NKB], or None where the analysis has none) decide EMPTY
-    and FULL tiles outright; `mask_mod` runs only on the pairs of PARTIAL tiles (every tile when
-    `classes` is None), a chunk of tiles at a time, so memory stays O(chunk) whatever the lengths.
-    A size-1 batch or head axis in `classes` means the mask does not read it: index 0 stands for all."""
-    batch, heads, sq, skv = shape
-    bq, bk = block
-    nq, nk = -(-sq // bq), -(-skv // bk)
-    if classes is None:
-        classes = torch.full((batch, heads, nq, nk), PARTIAL, dtype=torch.int8)
-    classes = classes.to(device)
-    eligible = classes == FULL
-    tiles = (classes == PARTIAL).nonzero()
-    rows = torch.arange(bq, device=device).view(1, bq, 1)
-    cols = torch.arange(bk, device=device).view(1, 1, bk)
-    for chunk in tiles.split(max(1, pairs_per_chunk // (bq * bk))):
-        b, h, i, j = (c.view(-1, 1, 1) for c in chunk.unbind(1))
-        q_idx, kv_idx = i * bq + rows, j * bk + cols
-        inside = (q_idx < sq) & (kv_idx < skv)
-        keep = mask_mod(b, h, q_idx.clamp(max=sq - 1), kv_idx.clamp(max=skv - 1)) & inside
-        eligible[tuple(chunk.t())] = keep.flatten(1).any(1)
-    return eligible.expand(batch, heads, nq, nk).clone()
 
 
 def dense_block_mask(mask_mod, batch, heads, lengths, block, device, selected=None, compiled=False):
@@ -108,6 +78,8 @@ def run(q, k, v, score_mod, block_mask, scale, need_lse, compiled, needs_grad=Fa
         return (out if epilogue else out.to(q.dtype)), lse
     fn = _compiled(f"flex_attention:{key}", _fa.flex_attention) if use_compiled else _fa.flex_attention
     kwargs = dict(score_mod=score_mod, block_mask=block_mask, scale=scale, enable_gqa=gqa)
+    if use_compiled and q.is_cuda:
+        kwargs["kernel_options"] = kernel_tiles(block_mask)
     with warnings.catch_warnings():  # eager is a choice here (compiled=False or a CPU limit), not a slip
         warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
         if not need_lse:
@@ -116,6 +88,15 @@ def run(q, k, v, score_mod, block_mask, scale, need_lse, compiled, needs_grad=Fa
             out, aux = fn(q, k, v, **kwargs, return_aux=AuxRequest(lse=True))
             return out, aux.lse
         return fn(q, k, v, **kwargs, return_lse=True)  # pragma: no cover - older torch
+
+
+def kernel_tiles(block_mask) -> dict | None:
+    """The GPU kernel's tiles must divide the BlockMask's blocks: small blocks (a selection's 16 x 16)
+    need tiles no larger than themselves, which FlexAttention does not pick on its own."""
+    bq, bk = block_mask.BLOCK_SIZE
+    if bq >= DEFAULT_KERNEL_TILE and bk >= DEFAULT_KERNEL_TILE:
+        return None
+    return {"BLOCK_M": min(bq, DEFAULT_KERNEL_TILE), "BLOCK_N": min(bk, DEFAULT_KERNEL_TILE)}
 
 
 def _compiled(name, fn):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from ..analysis.tiles import EMPTY, FULL, PARTIAL
-from .flex import block_lists
+from .blocks import block_lists
 
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -54,17 +54,69 @@ class Config:
 
 
 def kernel_config(q, v, tiles=None) -> Config:
-    """Tile sizes and launch options for these head dims: the selection's blocks when it fixes them."""
+    """The default tile sizes and launch options for these head dims (the first candidate)."""
+    return candidate_configs(q, v, tiles)[0]
+
+
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) tried on a GPU, per padded head dim; the first is the default
+_GPU_CANDIDATES = {
+    64: ((128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 4), (64, 128, 4, 3)),
+    128: ((128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3), (128, 128, 8, 2), (64, 128, 4, 2)),
+    256: ((64, 64, 4, 2), (64, 32, 4, 2), (128, 64, 8, 2), (32, 64, 4, 2)),
+}
+
+
+def candidate_configs(q, v, tiles=None) -> list[Config]:
+    """The configurations worth trying: on a GPU a small space per head dim (or, where a selection
+    fixes the tiles, its warps and stages), elsewhere the one configuration the interpreter runs."""
     d, dv = q.shape[-1], v.shape[-1]
     block_d, block_dv = max(16, _next_power_of_two(d)), max(16, _next_power_of_two(dv))
-    if tiles is not None:
-        block_m, block_n = tiles
-    else:
-        block_m, block_n = (128, 64) if q.device.type == "cuda" and max(block_d, block_dv) <= 128 else (64, 64)
-    warps = 8 if block_m * max(block_d, block_dv) >= 128 * 128 else 4
+    ieee = q.dtype == torch.float32 or (interpreting() and q.dtype != torch.float32)
     upcast = interpreting() and q.dtype != torch.float32
-    stages = 2 if max(block_d, block_dv) > 128 else 3
-    return Config(block_m, block_n, block_d, block_dv, warps, stages, q.dtype == torch.float32 or upcast, upcast)
+    if q.device.type != "cuda" or interpreting():
+        block_m, block_n = tiles if tiles is not None else (64, 64)
+        return [Config(block_m, block_n, block_d, block_dv, 4, 1, ieee, upcast)]
+    width = max(64, block_d, block_dv)
+    shapes = _GPU_CANDIDATES[min(width, 256)]
+    if tiles is not None:
+        shapes = tuple((tiles[0], tiles[1], warps, stages) for warps in (4, 8) for stages in (2, 3))
+    return [Config(m, n, block_d, block_dv, warps, stages, ieee, upcast) for m, n, warps, stages in shapes]
+
+
+_TUNED: dict[tuple, Config] = {}
+
+
+def autotuning() -> bool:
+    """Autotuning runs on CUDA unless ATTNSPEC_AUTOTUNE=0."""
+    return os.environ.get("ATTNSPEC_AUTOTUNE", "1") != "0"
+
+
+def launch(run, name: str, q, v, tiles, lengths) -> None:
+    """Call run(config) once with the best configuration for this problem: on CUDA the candidates are
+    timed on the first call of each (spec, dtype, head dims, length bucket) and the fastest is kept
+    for the process; configurations the GPU cannot run are skipped."""
+    configs = candidate_configs(q, v, tiles)
+    if len(configs) == 1 or not autotuning():
+        run(configs[0])
+        return
+    key = (name, q.dtype, q.shape[-1], v.shape[-1], tiles, *(_next_power_of_two(n) for n in lengths))
+    if key not in _TUNED:
+        _TUNED[key] = _fastest(run, configs)
+    run(_TUNED[key])
+
+
+def _fastest(run, configs: list[Config]) -> Config:
+    from triton.testing import do_bench
+
+    timed = []
+    for config in configs:
+        try:
+            timed.append((do_bench(lambda: run(config), warmup=3, rep=10), config.block_m, config.block_n, config))
+        except Exception:  # noqa: BLE001 - out of shared memory or registers: not a candidate here
+            continue
+    if not timed:
+        raise RuntimeError("no kernel configuration runs on this GPU for these head dims")
+    return min(timed, key=lambda t: t[:3])[-1]
 
 
 def _next_power_of_two(n: int) -> int:
@@ -94,6 +146,34 @@ def schedule(classes: torch.Tensor, selected=None, device=None) -> Tables:
     part_num, part_idx = block_lists(classes == PARTIAL)
     full_num, full_idx = block_lists(classes == FULL)
     return Tables(*(t.contiguous().to(device) for t in (full_num, full_idx, part_num, part_idx)))
+
+
+class Schedule:
+    """The key-tile schedule of one problem (shapes, inputs, params, selection): block tables per tile
+    size, built on first use and kept, or nothing at all for a closed-form (band) schedule."""
+
+    def __init__(self, classify, selected, problem, device):
+        self.classify, self.selected, self.problem, self.device = classify, selected, tuple(problem), device
+        self._tables: dict[tuple[int, int], Tables] = {}
+
+    @property
+    def closed_form(self) -> bool:
+        return self.classify is None
+
+    def tables(self, block_m: int, block_n: int) -> Tables:
+        if (block_m, block_n) not in self._tables:
+            self._tables[block_m, block_n] = schedule(self.classify(block_m, block_n), self.selected, self.device)
+        return self._tables[block_m, block_n]
+
+
+def check_schedule(name: str, sched, problem, device) -> None:
+    if not isinstance(sched, Schedule):
+        raise TypeError(f"{name}: schedule must come from build_schedule, got {type(sched).__name__}")
+    if sched.problem != tuple(problem) or sched.device != device:
+        raise ValueError(
+            f"{name}: this schedule was built for (B, H, SQ, SKV) = {sched.problem} on {sched.device}, "
+            f"the call has {tuple(problem)} on {device}"
+        )
 
 
 def _broadcast_strides(t: torch.Tensor) -> tuple[int, int, int]:

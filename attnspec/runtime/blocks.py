@@ -1,0 +1,40 @@
+"""Block-level helpers every fast target's module uses: lists of chosen key blocks per query block,
+and the tiles that hold a kept pair found without a dense mask."""
+
+from __future__ import annotations
+
+import torch
+
+from ..analysis.tiles import FULL, PARTIAL
+
+
+def block_lists(chosen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[.., NQB, NKB] bool -> (count [.., NQB] int32, indices [.., NQB, NKB] int32, chosen blocks first, ascending)."""
+    order = torch.sort((~chosen).to(torch.int8), dim=-1, stable=True).indices
+    return chosen.sum(-1).to(torch.int32), order.to(torch.int32)
+
+
+def eligible_tiles(classes, block, shape, mask_mod, device, pairs_per_chunk=1 << 22):
+    """Which tiles hold at least one kept pair, bool [B, H, NQB, NKB], without the dense mask.
+
+    `classes` (tile classes [B|1, H|1, NQB, NKB], or None where the analysis has none) decide EMPTY
+    and FULL tiles outright; `mask_mod` runs only on the pairs of PARTIAL tiles (every tile when
+    `classes` is None), a chunk of tiles at a time, so memory stays O(chunk) whatever the lengths.
+    A size-1 batch or head axis in `classes` means the mask does not read it: index 0 stands for all."""
+    batch, heads, sq, skv = shape
+    bq, bk = block
+    nq, nk = -(-sq // bq), -(-skv // bk)
+    if classes is None:
+        classes = torch.full((batch, heads, nq, nk), PARTIAL, dtype=torch.int8)
+    classes = classes.to(device)
+    eligible = classes == FULL
+    tiles = (classes == PARTIAL).nonzero()
+    rows = torch.arange(bq, device=device).view(1, bq, 1)
+    cols = torch.arange(bk, device=device).view(1, 1, bk)
+    for chunk in tiles.split(max(1, pairs_per_chunk // (bq * bk))):
+        b, h, i, j = (c.view(-1, 1, 1) for c in chunk.unbind(1))
+        q_idx, kv_idx = i * bq + rows, j * bk + cols
+        inside = (q_idx < sq) & (kv_idx < skv)
+        keep = mask_mod(b, h, q_idx.clamp(max=sq - 1), kv_idx.clamp(max=skv - 1)) & inside
+        eligible[tuple(chunk.t())] = keep.flatten(1).any(1)
+    return eligible.expand(batch, heads, nq, nk).clone()
