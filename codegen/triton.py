@@ -20,7 +20,7 @@ from attnspec.analysis.bands import key_bands
 from attnspec.analysis.sign import nonnegative
 from attnspec.builtins import DTYPES
 from attnspec.diagnostics import AttnError
-from attnspec.ir import Expr, Spec, inline_bindings
+from attnspec.ir import Expr, Spec, inline_bindings, uses
 from attnspec.passes.flex import token_mask
 from attnspec.types import infer
 
@@ -150,6 +150,9 @@ def triton_hooks(spec: Spec, source_name: str) -> dict:
         k_mask=None if mask is None else r.render(mask),
         k_sink=None if norm.sink is None else r.render(norm.sink),
         fold_log2e=plain_score,
+        # an expression that reads the score already has the tile's shape; others are broadcast to it
+        score_full=uses(spec.score, "score"),
+        weight_full=norm.weight is not None and uses(norm.weight, "score"),
         program_bindings=_leveled(spec, score_roots + [mask, norm.sink], r, ("program",)),
         row_bindings=_leveled(spec, score_roots + [mask, norm.sink], r, ("row",)),
         score_bindings=_leveled(spec, score_roots, r, ("col", "element")),
