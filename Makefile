@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 #   make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 
-.PHONY: install demo test clean
+.PHONY: install demo test gpu-check clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,13 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+# On a machine with a CUDA GPU and the dependencies installed (GPU_PYTHON, default python3): the GPU
+# tests of the flex and triton targets, then the triton benchmark, which updates benchmarks/RESULTS.md.
+GPU_PYTHON ?= python3
+gpu-check:
+	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) -m pytest -q -m cuda tests/test_triton_gpu.py tests/test_flex_gpu.py
+	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) benchmarks/triton_attention.py --write
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
