@@ -143,6 +143,8 @@ def triton_report(spec: Spec) -> list[str]:
         return [f"# triton target: rejected: {err.message}"]
     bands = schedule_bands(spec)
     if bands is not None:
+        if not bands:
+            return ["# triton target: the mask keeps no pair: the kernel visits no key tile"]
         what = "1 key band" if len(bands) == 1 else f"{len(bands)} key bands"
         return [f"# triton target: key tiles in closed form in the kernel ({what} per row, no table)"]
     source = f"the selection's {tiles[0]}x{tiles[1]} blocks" if tiles else "the tile analysis"
