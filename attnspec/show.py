@@ -148,4 +148,4 @@ def triton_report(spec: Spec) -> list[str]:
         what = "1 key band" if len(bands) == 1 else f"{len(bands)} key bands"
         return [f"# triton target: key tiles in closed form in the kernel ({what} per row, no table)"]
     source = f"the selection's {tiles[0]}x{tiles[1]} blocks" if tiles else "the tile analysis"
-    return [f"# triton target: key tiles from a block table built per call from {source}"]
+    return [f"# triton target: key tiles from a block table of {source} (built at the call, or once by build_schedule)"]
