@@ -376,3 +376,12 @@ def test_random_band_masks_keep_exactly_the_mask(pattern, a, w, s, c, p, sq, skv
         ref64 = reference.attention(q, k, v, return_lse=True)
     assert kernel.SCHEDULE == "bands", mask
     assert_agrees(got, low, ref64, mask)
+
+
+@pytest.mark.parametrize("d, dv", [(128, 128), (256, 96), (80, 200), (8, 256)])
+def test_head_dims_up_to_256(d, dv):
+    """Head dims are padded to powers of two >= 16 and masked: D and DV up to 256, DV != D."""
+    reference, kernel, spec = modules("b05_streaming_sink", "streaming_sink")
+    args64 = sample_arguments(spec, Sizes(B=1, H=2, HKV=1, SQ=70, SKV=90, D=d, DV=dv), F64, seed=d + dv)
+    for dtype in DTYPES:
+        assert_agrees(*run_both(reference, kernel, spec, args64, dtype), f"D={d} DV={dv} {dtype}")
