@@ -26,7 +26,7 @@ from attnspec.types import infer
 
 from .flex import TileRenderer, _mod_hook
 from .reference import ReferenceRenderer, _bindings_for, _hooks
-from .render import ExprRenderer, python_literal, template_environment
+from .render import python_literal, template_environment
 
 MIN_DOT = 16  # tl.dot needs tiles of at least 16 along each dimension
 MAX_BANDS = 4  # more bands than this walk the same tiles too often: a block table is used instead
@@ -37,28 +37,12 @@ _FUNCTIONS = {
 }
 
 
-class TritonRenderer(ExprRenderer):
-    """IR expressions as Triton code inside the kernel (see the module docstring for the names)."""
+class TritonRenderer(ReferenceRenderer):
+    """IR expressions as Triton code inside the kernel (see the module docstring for the names): the
+    reference's leaves (`_b`, `_q`, `_SQ`, `_t0`, params by name), Triton's loads, operators and
+    functions."""
 
-    infix = {**ExprRenderer.infix, "and": "&", "or": "|", "bitand": "&"}
-
-    def __init__(self, spec: Spec):
-        self.spec = spec
-
-    def render_index_var(self, e: Expr) -> str:
-        return f"_{e.value}"
-
-    def render_shape(self, e: Expr) -> str:
-        return f"_{e.value}"
-
-    def render_param(self, e: Expr) -> str:
-        return e.value
-
-    def render_score(self, e: Expr) -> str:
-        return "_s"
-
-    def render_temp(self, e: Expr) -> str:
-        return f"_{e.value}"
+    infix = {**ReferenceRenderer.infix, "bitand": "&"}
 
     def render_const(self, e: Expr) -> str:
         value = e.literal

@@ -54,13 +54,14 @@ EDGE_SHAPES = (
 )
 
 
-def spec_cases() -> list:
+def spec_cases(dtypes=DTYPES, edge_shapes=EDGE_SHAPES, main_shape=MAIN_SHAPE) -> list:
     """(file stem, spec name, runs) for every spec of every example (a file may hold several); runs
-    lists the (sizes, dtype) pairs of that spec: MAIN_SHAPE in every dtype, one rotating edge case."""
+    lists the (sizes, dtype) pairs of that spec: the main shape in every dtype, one rotating edge case."""
     names = [(path.stem, spec.name) for path in sorted(EXAMPLES.glob("*.attn")) for spec in load_program(path).specs]
     cases = []
     for n, (stem, name) in enumerate(names):
-        runs = [(MAIN_SHAPE, dtype) for dtype in DTYPES] + [(EDGE_SHAPES[n % 4], DTYPES[n % 3])]
+        runs = [(main_shape, dtype) for dtype in dtypes]
+        runs.append((edge_shapes[n % len(edge_shapes)], dtypes[n % len(dtypes)]))
         cases.append(pytest.param(stem, name, runs, id=f"{stem}:{name}"))
     return cases
 

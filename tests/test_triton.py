@@ -27,7 +27,7 @@ from attnspec.codegen import passes_for
 from attnspec.diagnostics import AttnError
 from attnspec.runtime import triton as triton_runtime
 from attnspec.runtime.sample import Sizes, sample_arguments
-from test_flex import EXAMPLES, F64, assert_agrees, cast, find_spec, fits, is_elementwise, without_v
+from test_flex import EXAMPLES, F64, assert_agrees, cast, find_spec, fits, is_elementwise, spec_cases, without_v
 
 pytest.importorskip("triton")
 pytestmark = [
@@ -45,15 +45,6 @@ EDGE_SHAPES = (
     Sizes(B=1, H=2, HKV=2, SQ=70, SKV=200, D=64, DV=32),
     Sizes(B=1, H=2, HKV=1, SQ=37, SKV=1, D=8, DV=8),
 )
-
-
-def spec_cases() -> list:
-    names = [(path.stem, spec.name) for path in sorted(EXAMPLES.glob("*.attn")) for spec in load_program(path).specs]
-    cases = []
-    for n, (stem, name) in enumerate(names):
-        runs = [(MAIN_SHAPE, dtype) for dtype in DTYPES] + [(EDGE_SHAPES[n % 4], DTYPES[n % 2])]
-        cases.append(pytest.param(stem, name, runs, id=f"{stem}:{name}"))
-    return cases
 
 
 def modules(stem: str, name: str, consts: dict | None = None):
@@ -81,7 +72,7 @@ def run_both(reference, kernel, spec, args64: dict, dtype):
     return got, low_ref, ref64
 
 
-@pytest.mark.parametrize("stem, name, runs", spec_cases())
+@pytest.mark.parametrize("stem, name, runs", spec_cases(DTYPES, EDGE_SHAPES, MAIN_SHAPE))
 def test_example_agrees_with_reference(stem, name, runs):
     reference, kernel, spec = modules(stem, name)
     for seed, (sizes, dtype) in enumerate(runs):

@@ -62,10 +62,11 @@ class Tiles:
 
     def block_lists(self):
         """FlexAttention-style lists: (partial_num, partial_idx, full_num, full_idx), lower blocks first."""
-        return _lists(self.classes == PARTIAL) + _lists(self.classes == FULL)
+        return block_lists(self.classes == PARTIAL) + block_lists(self.classes == FULL)
 
 
-def _lists(chosen: torch.Tensor):
+def block_lists(chosen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[.., NQB, NKB] bool -> (count [.., NQB] int32, indices [.., NQB, NKB] int32, chosen blocks first, ascending)."""
     order = torch.sort((~chosen).to(torch.int8), dim=-1, stable=True).indices
     return chosen.sum(-1).to(torch.int32), order.to(torch.int32)
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import torch
 
-from ..analysis.tiles import FULL, PARTIAL
+from ..analysis.tiles import EMPTY, FULL, PARTIAL, block_lists
 
 
-def block_lists(chosen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """[.., NQB, NKB] bool -> (count [.., NQB] int32, indices [.., NQB, NKB] int32, chosen blocks first, ascending)."""
-    order = torch.sort((~chosen).to(torch.int8), dim=-1, stable=True).indices
-    return chosen.sum(-1).to(torch.int32), order.to(torch.int32)
+def class_lists(classes: torch.Tensor, selected=None):
+    """(partial_num, partial_idx, full_num, full_idx) from tile classes [B|1, H|1, NQB, NKB]; a selection
+    (bool [B, H, NQB, NKB] at the same tiles) drops every tile it does not keep."""
+    if selected is not None:
+        classes = torch.where(selected.to(classes.device), classes, EMPTY)
+    return block_lists(classes == PARTIAL) + block_lists(classes == FULL)
 
 
 def eligible_tiles(classes, block, shape, mask_mod, device, pairs_per_chunk=1 << 22):

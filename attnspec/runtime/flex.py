@@ -11,8 +11,7 @@ import warnings
 import torch
 from torch.nn.attention import flex_attention as _fa
 
-from ..analysis.tiles import EMPTY, FULL, PARTIAL
-from .blocks import block_lists
+from .blocks import class_lists
 
 try:  # torch >= 2.9 asks for the lse through AuxRequest
     from torch.nn.attention.flex_attention import AuxRequest
@@ -28,12 +27,9 @@ def block_mask_from_classes(classes, block, lengths, mask_mod, device, selected=
     PARTIAL tiles evaluate it, EMPTY tiles are never visited. `selected` (bool, [B, H, NQB, NKB],
     a block selection at the same block size) drops every tile it does not keep, and joins the
     mask_mod as a block lookup (eager flex_attention evaluates only the mask_mod)."""
-    if selected is not None:
-        classes = torch.where(selected.to(classes.device), classes, EMPTY)
-        # kernels skip unlisted blocks, but eager flex_attention reads only the mask_mod
+    if selected is not None:  # kernels skip unlisted blocks, but eager flex_attention reads only the mask_mod
         mask_mod = _and_selected(mask_mod or _fa.noop_mask, selected.to(device), block)
-    partial_num, partial_idx = block_lists(classes == PARTIAL)
-    full_num, full_idx = block_lists(classes == FULL)
+    partial_num, partial_idx, full_num, full_idx = class_lists(classes, selected)
     to = lambda t: t.to(device)  # noqa: E731
     return _fa.BlockMask.from_kv_blocks(
         to(partial_num), to(partial_idx), to(full_num), to(full_idx),

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..analysis.tiles import EMPTY, FULL, PARTIAL
-from .blocks import block_lists
+from .blocks import class_lists
 
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -20,6 +19,11 @@ KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 def interpreting() -> bool:
     """Whether Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def upcasts(q) -> bool:
+    """Whether half tiles compute in float32: in the interpreter, which has no half-precision products."""
+    return interpreting() and q.dtype != torch.float32
 
 
 def check_launch(name: str, q, k, v, inputs=()) -> None:
@@ -71,8 +75,8 @@ def candidate_configs(q, v, tiles=None) -> list[Config]:
     fixes the tiles, its warps and stages), elsewhere the one configuration the interpreter runs."""
     d, dv = q.shape[-1], v.shape[-1]
     block_d, block_dv = max(16, _next_power_of_two(d)), max(16, _next_power_of_two(dv))
-    ieee = q.dtype == torch.float32 or (interpreting() and q.dtype != torch.float32)
-    upcast = interpreting() and q.dtype != torch.float32
+    upcast = upcasts(q)
+    ieee = q.dtype == torch.float32 or upcast
     if q.device.type != "cuda" or interpreting():
         block_m, block_n = tiles if tiles is not None else (64, 64)
         return [Config(block_m, block_n, block_d, block_dv, 4, 1, ieee, upcast)]
@@ -141,10 +145,7 @@ class Tables:
 def schedule(classes: torch.Tensor, selected=None, device=None) -> Tables:
     """Block tables from tile classes [B|1, H|1, NQB, NKB]; a selection (bool [B, H, NQB, NKB] at the
     kernel's tiles) drops every tile it does not keep."""
-    if selected is not None:
-        classes = torch.where(selected.to(classes.device), classes, EMPTY)
-    part_num, part_idx = block_lists(classes == PARTIAL)
-    full_num, full_idx = block_lists(classes == FULL)
+    part_num, part_idx, full_num, full_idx = class_lists(classes, selected)
     return Tables(*(t.contiguous().to(device) for t in (full_num, full_idx, part_num, part_idx)))
 
 
