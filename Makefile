@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 #   make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 
-.PHONY: install demo test gpu-check clean
+.PHONY: install demo test fuzz gpu-check clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+# A longer fuzz run than the test suite's (docs/fuzz.md): every example on every target, random specs and
+# corrupted text. About an hour and a half on two CPU cores; FUZZ_TRIALS=10 for a quicker pass.
+FUZZ_TRIALS ?= 50
+fuzz: install
+	$(VENV)/bin/attnspec fuzz examples/*.attn --trials $(FUZZ_TRIALS) --generate 200 --mutate 2000
 
 # On a machine with a CUDA GPU and the dependencies installed (GPU_PYTHON, default python3): the GPU
 # tests of the flex and triton targets, then the triton benchmark, which updates benchmarks/RESULTS.md.

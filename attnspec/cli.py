@@ -1,7 +1,7 @@
-"""The `attnspec` command line: check, compile, show, demo.
+"""The `attnspec` command line: check, compile, show, demo, fuzz.
 
 Exit status: 0 success, 2 a mistake in the input (reported as file:line:col diagnostics),
-1 a check that ran and failed (demo). Set ATTNSPEC_TRACEBACK=1 to see Python tracebacks.
+1 a check that ran and failed (demo, fuzz). Set ATTNSPEC_TRACEBACK=1 to see Python tracebacks.
 """
 
 from __future__ import annotations
@@ -65,7 +65,34 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("files", nargs="*", metavar="FILE", help="default: examples/*.attn")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=cmd_demo)
+    _fuzz_parser(sub)
     return parser
+
+
+def _fuzz_parser(sub) -> None:
+    fuzz = sub.add_parser(
+        "fuzz", help="check targets against the float64 reference on random cases, specs and corrupted text",
+        description="Property-based checks (hypothesis, with shrinking) of every target against the float64 "
+        "reference. Exit status 1 when a check fails; the report gives the smallest failing case and a "
+        "command that replays it.",
+    )
+    fuzz.add_argument("files", nargs="*", metavar="FILE", help="specs to fuzz (every spec of each file, or --spec)")
+    fuzz.add_argument("--spec", help="only this spec of the file")
+    fuzz.add_argument("--target", "-t", action="append", default=[], help="a target to check (repeatable; default: every fast target installed)")
+    fuzz.add_argument("--trials", type=int, default=25, help="cases per spec and target (default 25)")
+    fuzz.add_argument("--seed", type=int, default=0)
+    fuzz.add_argument("--dtype", action="append", default=[], help="float32, bfloat16, float16 (repeatable; default: all three)")
+    fuzz.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    fuzz.add_argument("--max-len", type=int, default=0, help="longest SQ / SKV drawn (default 300 on the CPU, 2048 on a GPU)")
+    fuzz.add_argument("--case", help="replay exactly this case (as a failure report printed it)")
+    fuzz.add_argument("--generate", type=int, default=0, metavar="N", help="also fuzz N random specs")
+    fuzz.add_argument("--mutate", type=int, default=0, metavar="N", help="also feed N corrupted versions of the files to the front end")
+    fuzz.add_argument("--front-end", action="store_true", help="only run the files through the front end and every code generator")
+    fuzz.add_argument("--shrink-seconds", type=float, default=60.0, help="time allowed to shrink a failure (default 60)")
+    fuzz.add_argument("--save", default="fuzz-failures", metavar="DIR", help="where failing generated specs are written")
+    fuzz.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _const_option(fuzz)
+    fuzz.set_defaults(run=cmd_fuzz)
 
 
 def _const_option(p: argparse.ArgumentParser) -> None:
@@ -199,3 +226,9 @@ def cmd_demo(args) -> int:
     if not files:
         raise AttnError("no .attn files given and none found in examples/")
     return 0 if run_demo(files, seed=args.seed) else 1
+
+
+def cmd_fuzz(args) -> int:
+    from .fuzz.command import run_fuzz
+
+    return run_fuzz(args, parse_consts(args.const))

@@ -17,7 +17,7 @@ form, the epilogue); TritonRenderer fills its hooks with the spec's expressions 
 from __future__ import annotations
 
 from attnspec.analysis.bands import key_bands
-from attnspec.analysis.sign import nonnegative
+from attnspec.analysis.sign import nonnegative, positive
 from attnspec.builtins import DTYPES
 from attnspec.diagnostics import AttnError
 from attnspec.ir import Expr, Spec, inline_bindings, uses
@@ -126,7 +126,10 @@ def triton_hooks(spec: Spec, source_name: str) -> dict:
     norm = spec.normalize
     mask = token_mask(spec)
     score_roots = [spec.score] + ([norm.weight] if norm.weight is not None else [])
-    plain_score = spec.score.op == "score" and norm.kind == "softmax"
+    # log2(e) folds into the scale only where the running max can be kept on the raw products q.k:
+    # a plain score, a scale > 0 (the max of scale * x is scale * max x) and no sink logit to compare
+    plain_score = spec.score.op == "score" and norm.kind == "softmax" and norm.sink is None
+    plain_score = plain_score and (spec.scale is None or positive(spec.scale, spec))
     hooks.update(
         selection_tiles=selection_tiles(spec),
         k_score=r.render(spec.score),

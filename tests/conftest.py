@@ -17,6 +17,9 @@ try:
 except ImportError:  # pragma: no cover - torch is a dependency
     pass
 
+# pytester runs a user's test suite in a subprocess (test_fuzz.py checks the attnspec_fuzz fixture)
+pytest_plugins = ["pytester"]
+
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES_DIR = REPO / "examples"
 

@@ -1,29 +1,26 @@
-"""`attnspec demo`: compile every spec to every target, run it, and check it against the reference."""
+"""`attnspec demo`: compile every spec to every target, run it, and check it against the reference.
+
+One fixed case per (spec, target, dtype), judged exactly as `attnspec fuzz` judges a trial (out and lse
+under the accuracy rule, outputs NaN-poisoned, selections computed once by the reference).
+"""
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import warnings
+from dataclasses import replace
 from pathlib import Path
 
-import torch
+from ..api import load_program
+from ..fuzz.cases import Case
+from ..fuzz.compare import OK, Subject, run_case
+from ..fuzz.runner import available_targets, prepare_device
+from .sample import Sizes
 
-from ..api import build_module, load_program, lower
-from ..codegen import TARGETS, passes_for
-from .accuracy import check
-from .sample import Sizes, sample_arguments
-
-DTYPES = (torch.float32, torch.bfloat16)
+DTYPES = ("float32", "bfloat16")
 SIZES = Sizes(B=2, H=4, HKV=2, SQ=100, SKV=130, D=32, DV=24)
 
 
 def run_demo(files: list[str], seed: int = 0) -> bool:
-    # the demo's tensors live on the CPU: triton kernels run in Triton's interpreter there
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-    # masked lanes compute log(0) and 0 / 0 before tl.where drops them; the interpreter's numpy says so
-    for category in (RuntimeWarning, DeprecationWarning):
-        warnings.filterwarnings("ignore", category=category, module="triton.runtime.interpreter")
+    prepare_device("cpu")  # the demo's tensors live on the CPU: triton kernels run in Triton's interpreter
     all_ok = True
     print(f"{'spec':<28} {'target':<10} {'dtype':<9} {'out err':>9} {'allowed':>9}  verdict")
     for name in files:
@@ -35,41 +32,17 @@ def run_demo(files: list[str], seed: int = 0) -> bool:
 
 
 def _demo_spec(spec, source_name: str, seed: int) -> bool:
-    lowered = lower(spec, passes=passes_for("reference"))
-    reference = build_module(lowered, "reference", source_name)
-    args64 = sample_arguments(lowered, SIZES, torch.float64, seed=seed)
-    ref64 = reference.attention(**args64)
+    subject = Subject.build(spec, available_targets(), source_name)
     ok = True
-    for target in _available(TARGETS):
-        module = build_module(lower(spec, passes=passes_for(target)), target, source_name)
+    for target, err in subject.refused.items():
+        print(f"{spec.name:<28} {target:<10} {'':<9} {'':>9} {'':>9}  not accepted: {err.message}")
+    sizes = SIZES if spec.gqa_group is None else replace(SIZES, H=SIZES.HKV * int(spec.gqa_group.literal))
+    for target in subject.modules:
         for dtype in DTYPES:
-            low = {k: _cast(v, dtype) for k, v in args64.items()}
-            if spec.selection is not None:  # one selection, shared by every run (design.md section 2)
-                selection = reference.select(**{k: v for k, v in low.items() if k != "v"})
-                low["selection"] = selection
-                ref64 = reference.attention(**args64, selection=selection)
-            with torch.no_grad():
-                out = module.attention(**low, **_target_options(target))
-            verdict = check(out, reference.attention(**low), ref64, "out")
-            ok &= verdict.ok
-            print(
-                f"{spec.name:<28} {target:<10} {str(dtype).replace('torch.', ''):<9} "
-                f"{verdict.error:>9.2e} {verdict.allowed:>9.2e}  {'ok' if verdict.ok else 'FAIL'}"
-            )
+            outcome = run_case(subject, Case(target, dtype, sizes, seed), "cpu")
+            ok &= outcome.status == OK
+            out = next((v for v in outcome.verdicts if v.what == "out"), None)
+            error, allowed = (f"{out.error:>9.2e}", f"{out.allowed:>9.2e}") if out else ("", "")
+            verdict = "ok" if outcome.status == OK else f"FAIL: {outcome.detail}"
+            print(f"{spec.name:<28} {target:<10} {dtype:<9} {error:>9} {allowed:>9}  {verdict}")
     return ok
-
-
-def _available(targets) -> list[str]:
-    """The targets whose runtime is installed (triton is optional)."""
-    return [t for t in targets if t != "triton" or importlib.util.find_spec("triton") is not None]
-
-
-def _target_options(target: str) -> dict:
-    """Eager flex_attention on the CPU: compiling every spec would take minutes (tests cover it)."""
-    return {"compiled": torch.cuda.is_available()} if target == "flex" else {}
-
-
-def _cast(value, dtype):
-    if isinstance(value, torch.Tensor) and value.is_floating_point():
-        return value.to(dtype) if value.dtype == torch.float64 or value.dim() == 4 else value
-    return value

@@ -6,7 +6,9 @@ Kept here rather than in every generated module: one implementation, tested once
 
 from __future__ import annotations
 
+import math
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +26,26 @@ def interpreting() -> bool:
 def upcasts(q) -> bool:
     """Whether half tiles compute in float32: in the interpreter, which has no half-precision products."""
     return interpreting() and q.dtype != torch.float32
+
+
+_POISONED = [False]
+
+
+@contextmanager
+def poisoned_outputs():
+    """Within this block, kernel outputs start as NaN, so an element the kernel never writes shows
+    (design.md section 6). Used by the tests and `attnspec fuzz`; torch.empty otherwise."""
+    before, _POISONED[0] = _POISONED[0], True
+    try:
+        yield
+    finally:
+        _POISONED[0] = before
+
+
+def output_buffer(shape, dtype, device) -> torch.Tensor:
+    if _POISONED[0]:
+        return torch.full(shape, math.nan, dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
 
 
 def check_launch(name: str, q, k, v, inputs=()) -> None:

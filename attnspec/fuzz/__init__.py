@@ -1,0 +1,1 @@
+"""attnspec fuzz: property-based fuzzing of the whole compiler (spec text, front end, targets)."""

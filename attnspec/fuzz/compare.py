@@ -1,0 +1,152 @@
+"""One trial: run a target on a case and hold it to the accuracy rule against the float64 reference.
+
+The oracle runs first. A case the reference itself refuses (a runtime param out of its range, a
+rownorm weight below 0, an integer division by zero) or whose exact result is not finite lies
+outside the spec's domain: it is discarded, not failed. Anything a target does differently on a case
+the reference accepts is a failure: an exception, NaN, an element never written (outputs start as
+NaN), a wrong shape or dtype, or an error beyond the rule, for out and for lse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..api import build_module, lower
+from ..codegen import passes_for
+from ..diagnostics import AttnError
+from ..ir import Spec
+from ..runtime.accuracy import Verdict, check
+from .cases import DTYPES, Case, case_arguments, low_precision
+
+OK, FAIL, DISCARD = "ok", "fail", "discard"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str
+    detail: str = ""
+    verdicts: tuple[Verdict, ...] = ()
+
+
+@dataclass
+class Subject:
+    """A spec with its reference module and the module of every target that accepts it."""
+
+    spec: Spec  # lowered for the reference
+    reference: object
+    modules: dict = field(default_factory=dict)
+    refused: dict = field(default_factory=dict)  # target -> AttnError
+
+    @classmethod
+    def build(cls, spec: Spec, targets, source_name: str, consts: dict | None = None) -> "Subject":
+        lowered = lower(spec, consts, passes=passes_for("reference"))
+        subject = cls(lowered, build_module(lowered, "reference", source_name))
+        for target in targets:
+            try:
+                subject.modules[target] = build_module(lower(spec, consts, passes=passes_for(target)), target, source_name)
+            except AttnError as err:
+                subject.refused[target] = err
+        return subject
+
+
+class _Discard(Exception):
+    pass
+
+
+def run_case(subject: Subject, case: Case, device="cpu") -> Outcome:
+    """The outcome of one case on one target (which must be among the subject's modules)."""
+    try:
+        return _run(subject, case, device)
+    except _Discard as why:
+        return Outcome(DISCARD, str(why))
+
+
+def _run(subject: Subject, case: Case, device) -> Outcome:
+    spec, reference = subject.spec, subject.reference
+    args64 = case_arguments(spec, case, device)
+    low = low_precision(args64, DTYPES[case.dtype])
+    options = {"return_lse": True} if spec.normalize.kind != "elementwise" else {}
+    if spec.selection is not None and spec.selection.dynamic:
+        options["selection"] = _oracle(spec, lambda: reference.select(**_without_v(low)))
+    ref64 = _pair(_oracle(spec, lambda: reference.attention(**args64, **options)))
+    if not _finite(*ref64):
+        raise _Discard("the float64 reference is not finite on this case")
+    low_ref = _pair(_oracle(spec, lambda: reference.attention(**low, **options)))
+    try:
+        got = _pair(_target_call(subject.modules[case.target], case, low, options))
+    except Exception as err:  # noqa: BLE001 - any exception on a case the reference accepts is a bug
+        return Outcome(FAIL, f"{case.target} raised {type(err).__name__}: {err}")
+    return _judge(got, low_ref, ref64, DTYPES[case.dtype])
+
+
+def _oracle(spec: Spec, call):
+    """A reference call; its documented refusals put the case outside the spec's domain."""
+    with torch.no_grad():
+        try:
+            return call()
+        except (ValueError, TypeError) as err:
+            if str(err).startswith(f"{spec.name}:"):
+                raise _Discard(str(err)) from None
+            raise
+        except RuntimeError as err:
+            if "ZeroDivisionError" in str(err):
+                raise _Discard("integer division by zero") from None
+            raise
+
+
+def _target_call(module, case: Case, low: dict, options: dict):
+    from ..runtime.triton import poisoned_outputs
+
+    extra = {"compiled": low["q"].is_cuda} if case.target == "flex" else {}
+    with torch.no_grad(), poisoned_outputs():
+        return module.attention(**low, **options, **extra)
+
+
+def _judge(got, low_ref, ref64, dtype) -> Outcome:
+    problems, verdicts = [], []
+    for label, index in (("out", 0), ("lse", 1)):
+        if ref64[index] is None:
+            continue
+        tensor, expected_dtype = got[index], dtype if index == 0 else torch.float32
+        if tensor is None or tuple(tensor.shape) != tuple(ref64[index].shape) or tensor.dtype != expected_dtype:
+            problems.append(f"{label}: expected {expected_dtype} {tuple(ref64[index].shape)}, got {_describe(tensor)}")
+            continue
+        if bool(torch.isnan(tensor).any()):
+            problems.append(f"{label}: NaN at {_first(torch.isnan(tensor))} (the reference has none)")
+            continue
+        verdict = check(tensor, low_ref[index], ref64[index], label)
+        verdicts.append(verdict)
+        if not verdict.ok:
+            problems.append(f"{verdict}, worst at {_worst(tensor, ref64[index])}")
+    detail = "; ".join(problems) or "; ".join(str(v) for v in verdicts)
+    return Outcome(FAIL if problems else OK, detail, tuple(verdicts))
+
+
+def _finite(out: torch.Tensor, lse) -> bool:
+    """out finite everywhere; lse may be -inf (an empty row), never NaN or +inf."""
+    lse_ok = lse is None or not bool((torch.isnan(lse) | (lse == float("inf"))).any())
+    return bool(torch.isfinite(out).all()) and lse_ok
+
+
+def _pair(result):
+    return result if isinstance(result, tuple) else (result, None)
+
+
+def _without_v(args: dict) -> dict:
+    return {name: value for name, value in args.items() if name != "v"}
+
+
+def _describe(t) -> str:
+    return "nothing" if t is None else f"{t.dtype} {tuple(t.shape)}"
+
+
+def _first(mask: torch.Tensor) -> tuple:
+    return tuple(int(i) for i in mask.nonzero()[0])
+
+
+def _worst(x: torch.Tensor, ref: torch.Tensor) -> tuple:
+    diff = (x.double() - ref.double()).abs()
+    diff = torch.where(torch.isinf(x) & torch.isinf(ref) & (x.sign() == ref.sign()), 0.0, diff)
+    return tuple(int(i) for i in torch.unravel_index(diff.nan_to_num(float("inf")).argmax(), diff.shape))
