@@ -150,6 +150,7 @@ def triton_hooks(spec: Spec, source_name: str) -> dict:
         eligible_classes=True,
         kernel_inputs=[_kernel_input(i) for i in spec.inputs],
         kernel_params=[p.name for p in spec.runtime_params],
+        kernel_bool_params=[p.name for p in spec.runtime_params if p.type == "bool"],
     )
     return hooks
 

@@ -285,6 +285,29 @@ def test_the_fixture_fuzzes_a_users_spec(pytester):
     result.assert_outcomes(passed=1)
 
 
+# ------------------------------------------------------------------ what the fuzzer found
+
+# (spec, case) pairs that failed before a fix, replayed on every target that accepts the spec.
+FOUND = [
+    # the triton launcher evaluated a float(...) in the scale before defining the compute dtype
+    ("attention s {\n    scale = 3.721 / sqrt(float(D))\n}\n",
+     "dtype=bfloat16,B=2,H=4,HKV=1,SQ=155,SKV=33,D=16,DV=8,seed=364,logits=normal,inputs=wild"),
+    # a runtime bool param reached the triton kernel as an int1 argument, which the interpreter refuses
+    ("attention f {\n    param flag: bool runtime = false\n    mask kv <= q or flag\n"
+     "    score = where(flag, score * 2.0, score)\n}\n",
+     "dtype=float32,B=1,H=1,HKV=1,SQ=70,SKV=70,D=16,DV=16,param.flag=true"),
+    # float32 lse of huge logits, one element: the reference's error is one lucky sample (accuracy rule)
+    ((EXAMPLES / "m01_prefix_lm.attn").read_text(),
+     "dtype=float32,B=1,H=1,HKV=1,SQ=1,SKV=1,D=32,DV=16,seed=0,logits=huge,inputs=typical,param.prefix=16"),
+]
+
+
+@pytest.mark.parametrize("text, case", FOUND, ids=[f"found{i}" for i in range(len(FOUND))])
+@pytest.mark.parametrize("target", available_targets())
+def test_what_the_fuzzer_found_stays_fixed(text, case, target):
+    assert replay(text, f"target={target},{case}").status == OK
+
+
 # ------------------------------------------------------------------ every example, a few cases each
 
 
