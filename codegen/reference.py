@@ -46,6 +46,17 @@ class ReferenceRenderer(ExprRenderer):
     def render_not(self, e: Expr) -> str:
         return f"_not({self.render(e.args[0])})"
 
+    def render_eq(self, e: Expr) -> str:
+        return f"_not({self._xor(e)})" if infer(e.args[0], self.spec) == "bool" else self.render_infix(e, "==")
+
+    def render_ne(self, e: Expr) -> str:
+        return self._xor(e) if infer(e.args[0], self.spec) == "bool" else self.render_infix(e, "!=")
+
+    def _xor(self, e: Expr) -> str:
+        """Booleans compare through _xor ((a | b) & not (a & b)): in FlexAttention's traced mods, shape
+        symbols become SymBools, which have & | and not but no == != ^ (found by attnspec fuzz)."""
+        return f"_xor({', '.join(self.render(a) for a in e.args)})"
+
     def render_pow(self, e: Expr) -> str:
         return f"_pow({self.render(e.args[0])}, {self.render(e.args[1])})"
 

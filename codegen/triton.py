@@ -61,6 +61,12 @@ class TritonRenderer(ReferenceRenderer):
             return f"{loaded}.to(tl.float32)"
         return f"({loaded} != 0)" if kind == "bool" else loaded
 
+    def render_eq(self, e: Expr) -> str:
+        return self.render_infix(e, "==")
+
+    def render_ne(self, e: Expr) -> str:
+        return self.render_infix(e, "!=")
+
     def render_not(self, e: Expr) -> str:
         return f"({self.render(e.args[0])} == 0)"
 

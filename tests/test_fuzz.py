@@ -296,6 +296,9 @@ FOUND = [
     ("attention f {\n    param flag: bool runtime = false\n    mask kv <= q or flag\n"
      "    score = where(flag, score * 2.0, score)\n}\n",
      "dtype=float32,B=1,H=1,HKV=1,SQ=70,SKV=70,D=16,DV=16,param.flag=true"),
+    # FlexAttention traces mods with symbolic shapes once lengths vary: SymBools have no == or !=
+    ("attention g {\n    select blocks(q = 16, kv = 16) keep (H >= SKV) != (float(B) > 1.0)\n}\n",
+     "dtype=float32,B=1,H=2,HKV=1,SQ=50,SKV=15,D=32,DV=64,trace=dynamic"),
     # float32 lse of huge logits, one element: the reference's error is one lucky sample (accuracy rule)
     ((EXAMPLES / "m01_prefix_lm.attn").read_text(),
      "dtype=float32,B=1,H=1,HKV=1,SQ=1,SKV=1,D=32,DV=16,seed=0,logits=huge,inputs=typical,param.prefix=16"),

@@ -22,6 +22,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 # logits: q and k scaled so that scores have a standard deviation of about 1, 16 and 144
 LOGIT_SCALES = {"normal": 1.0, "large": 4.0, "huge": 12.0}
 INPUT_STYLES = ("typical", "wild")
+# "dynamic": the target first runs once on other sizes, so that traced code (FlexAttention's mods under
+# torch.compile) is retraced with symbolic shapes, as in a training loop whose lengths vary
+TRACES = ("static", "dynamic")
 HEAD_DIMS = (16, 32, 64, 8, 128)
 VALUE_DIMS = (16, 8, 24, 32, 64, 128)
 EDGE_LENGTHS = (1, 2, 15, 17, 31, 33, 63, 65, 100, 127, 129, 255, 257, 511, 513)
@@ -38,12 +41,13 @@ class Case:
     seed: int = 0
     logits: str = "normal"
     inputs: str = "typical"
+    trace: str = "static"
     params: tuple[tuple[str, object], ...] = ()
 
     def __str__(self) -> str:
         fields = [f"target={self.target}", f"dtype={self.dtype}"]
         fields += [f"{name}={getattr(self.sizes, name)}" for name in SIZE_FIELDS]
-        fields += [f"seed={self.seed}", f"logits={self.logits}", f"inputs={self.inputs}"]
+        fields += [f"seed={self.seed}", f"logits={self.logits}", f"inputs={self.inputs}", f"trace={self.trace}"]
         fields += [f"param.{name}={_param_text(value)}" for name, value in self.params]
         return ",".join(fields)
 
@@ -76,15 +80,15 @@ def _case_from_fields(fields: dict[str, str]) -> Case:
     target, dtype = fields.pop("target"), fields.pop("dtype")
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype '{dtype}'")
-    logits, inputs = fields.pop("logits", "normal"), fields.pop("inputs", "typical")
-    if logits not in LOGIT_SCALES or inputs not in INPUT_STYLES:
-        raise ValueError(f"unknown value style '{logits}' / '{inputs}'")
+    logits, inputs, trace = fields.pop("logits", "normal"), fields.pop("inputs", "typical"), fields.pop("trace", "static")
+    if logits not in LOGIT_SCALES or inputs not in INPUT_STYLES or trace not in TRACES:
+        raise ValueError(f"unknown value style '{logits}' / '{inputs}' / '{trace}'")
     seed = int(fields.pop("seed", "0"))
     params = tuple((key[len("param."):], _parse_param(value)) for key, value in fields.items() if key.startswith("param."))
     unknown = [key for key in fields if not key.startswith("param.")]
     if unknown:
         raise ValueError(f"unknown field '{unknown[0]}'")
-    return Case(target, dtype, sizes, seed, logits, inputs, params)
+    return Case(target, dtype, sizes, seed, logits, inputs, trace, params)
 
 
 def _parse_param(text: str):
@@ -143,6 +147,7 @@ def cases(draw, spec: Spec, target: str, dtypes: tuple[str, ...], max_len: int =
         seed=draw(st.integers(0, 2**16)),
         logits=draw(st.sampled_from(tuple(LOGIT_SCALES))),
         inputs=draw(st.sampled_from(INPUT_STYLES)),
+        trace=draw(st.sampled_from(TRACES)),
         params=draw(param_values(spec, drawn_sizes)),
     )
 
@@ -174,6 +179,12 @@ def _wild(t: torch.Tensor, longest: int, gen) -> torch.Tensor:
         return t
     wild = torch.randint(-3, longest + 3, t.shape, generator=gen)
     return wild.to(dtype=t.dtype, device=t.device)
+
+
+def other_sizes(sizes: Sizes) -> Sizes:
+    """Sizes that differ from these in every dimension a traced mod can see (for trace=dynamic)."""
+    group = sizes.H // sizes.HKV
+    return Sizes(B=sizes.B + 1, H=(sizes.HKV + 1) * group, HKV=sizes.HKV + 1, SQ=sizes.SQ + 1, SKV=sizes.SKV + 1, D=sizes.D, DV=sizes.DV)
 
 
 def low_precision(args: dict, dtype: torch.dtype) -> dict:

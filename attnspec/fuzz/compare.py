@@ -9,7 +9,7 @@ NaN), a wrong shape or dtype, or an error beyond the rule, for out and for lse.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -18,7 +18,7 @@ from ..codegen import passes_for
 from ..diagnostics import AttnError
 from ..ir import Spec
 from ..runtime.accuracy import Verdict, check
-from .cases import DTYPES, Case, case_arguments, low_precision
+from .cases import DTYPES, Case, case_arguments, low_precision, other_sizes
 
 OK, FAIL, DISCARD = "ok", "fail", "discard"
 
@@ -65,7 +65,10 @@ def run_case(subject: Subject, case: Case, device="cpu") -> Outcome:
 
 def _run(subject: Subject, case: Case, device) -> Outcome:
     spec, reference = subject.spec, subject.reference
-    args64 = case_arguments(spec, case, device)
+    try:
+        args64 = case_arguments(spec, case, device)
+    except (AttnError, RuntimeError, ValueError) as err:
+        raise _Discard(f"no arguments of these sizes fit the spec's inputs ({err})") from None
     low = low_precision(args64, DTYPES[case.dtype])
     options = {"return_lse": True} if spec.normalize.kind != "elementwise" else {}
     if spec.selection is not None and spec.selection.dynamic:
@@ -75,7 +78,7 @@ def _run(subject: Subject, case: Case, device) -> Outcome:
         raise _Discard("the float64 reference is not finite on this case")
     low_ref = _pair(_oracle(spec, lambda: reference.attention(**low, **options)))
     try:
-        got = _pair(_target_call(subject.modules[case.target], case, low, options))
+        got = _pair(_target_call(subject, case, low, options))
     except Exception as err:  # noqa: BLE001 - any exception on a case the reference accepts is a bug
         return Outcome(FAIL, f"{case.target} raised {type(err).__name__}: {err}")
     return _judge(got, low_ref, ref64, DTYPES[case.dtype])
@@ -96,12 +99,35 @@ def _oracle(spec: Spec, call):
             raise
 
 
-def _target_call(module, case: Case, low: dict, options: dict):
+def _target_call(subject: Subject, case: Case, low: dict, options: dict):
+    """The target's result on the case, traced afresh (so that a replay sees what the search saw),
+    after a run on other sizes when the case asks for dynamic shapes."""
     from ..runtime.triton import poisoned_outputs
 
+    module = subject.modules[case.target]
     extra = {"compiled": low["q"].is_cuda} if case.target == "flex" else {}
+    if case.target == "flex":
+        torch._dynamo.reset()
     with torch.no_grad(), poisoned_outputs():
+        warm_up = _warm_up_arguments(subject, case, low["q"].device) if case.trace == "dynamic" else None
+        if warm_up is not None:
+            try:
+                module.attention(**warm_up, **extra)
+            except Exception as err:  # noqa: BLE001 - reported as the case's failure, with where it happened
+                raise RuntimeError(f"on the warm-up sizes {other_sizes(case.sizes)}: {type(err).__name__}: {err}") from err
         return module.attention(**low, **options, **extra)
+
+
+def _warm_up_arguments(subject: Subject, case: Case, device) -> dict | None:
+    """Arguments of other sizes (None where the reference refuses them: no warm-up then)."""
+    other = replace(case, sizes=other_sizes(case.sizes))
+    try:
+        args = low_precision(case_arguments(subject.spec, other, device), DTYPES[case.dtype])
+        if subject.spec.selection is not None and subject.spec.selection.dynamic:
+            args["selection"] = _oracle(subject.spec, lambda: subject.reference.select(**_without_v(args)))
+    except _Discard:
+        return None
+    return args
 
 
 def _judge(got, low_ref, ref64, dtype) -> Outcome:
