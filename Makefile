@@ -31,7 +31,8 @@ test: install
 # corrupted text. About an hour and a half on two CPU cores; FUZZ_TRIALS=10 for a quicker pass.
 FUZZ_TRIALS ?= 50
 fuzz: install
-	$(VENV)/bin/attnspec fuzz examples/*.attn --trials $(FUZZ_TRIALS) --generate 200 --mutate 2000
+	$(VENV)/bin/attnspec fuzz examples/*.attn --trials $(FUZZ_TRIALS) --generate 200
+	$(VENV)/bin/attnspec fuzz examples/*.attn --mutate 2000
 
 # On a machine with a CUDA GPU and the dependencies installed (GPU_PYTHON, default python3): the GPU
 # tests of the flex and triton targets, then the triton benchmark, which updates benchmarks/RESULTS.md.

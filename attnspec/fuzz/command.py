@@ -22,7 +22,8 @@ def run_fuzz(args, consts: dict) -> int:
         return _front_end_only(args.files)
     if not (args.files or args.generate or args.mutate):
         raise AttnError("nothing to fuzz", hint="name .attn files, or ask for --generate N random specs")
-    reports = [r for name in args.files for r in _print_each(fuzz_file(Path(name), options, args.spec))]
+    fuzzed = [] if args.mutate else args.files  # with --mutate, the files are what gets corrupted
+    reports = [r for name in fuzzed for r in _print_each(fuzz_file(Path(name), options, args.spec))]
     if args.generate:
         reports += _print_each([fuzz_generated(args.generate, options)])
     if args.mutate:
