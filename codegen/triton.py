@@ -46,6 +46,9 @@ class TritonRenderer(ReferenceRenderer):
 
     def render_const(self, e: Expr) -> str:
         value = e.literal
+        # inside @triton.jit, float("...") is a constant; a global such as math.nan is not
+        if isinstance(value, float) and value != value:
+            return 'float("nan")'
         if isinstance(value, float) and value in (float("inf"), float("-inf")):
             return 'float("inf")' if value > 0 else '(-float("inf"))'
         return python_literal(value)

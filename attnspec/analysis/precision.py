@@ -34,6 +34,7 @@ def tile_agreement(spec: Spec, mask: Expr, bq: int, bk: int, sizes: Sizes, seed:
 def _pool_classes(pairs: torch.Tensor, bq: int, bk: int) -> torch.Tensor:
     """Per-pair classes [.., SQ, SKV] -> per-tile classes [.., NQB, NKB]."""
     *lead, sq, skv = pairs.shape
+    bq, bk = min(bq, sq), min(bk, skv)  # a block longer than the axis is one tile, as the axis is
     nq, nk = -(-sq // bq), -(-skv // bk)
     kept = torch.nn.functional.pad((pairs != EMPTY).to(torch.int8), (0, nk * bk - skv, 0, nq * bq - sq))
     sure = torch.nn.functional.pad((pairs == FULL).to(torch.int8), (0, nk * bk - skv, 0, nq * bq - sq), value=1)

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import re
 import traceback
+from pathlib import Path
 
 from hypothesis import strategies as st
 
+from .. import codegen
 from ..api import lower
 from ..codegen import TARGETS, generator, passes_for
 from ..diagnostics import AttnError, Source
@@ -32,11 +34,17 @@ KEYWORDS = (
     "attention", "param", "input", "let", "score", "mask", "normalize", "scale", "gqa", "group", "select",
     "blocks", "keep", "by", "per", "always", "causal", "runtime", "learnable", "true", "false", "and", "or",
     "not", "softmax", "elementwise", "rownorm", "sink", "top", "threshold", "share", "head", "kv_head",
-    "linear", "int", "float", "bool", "float32", "int32", "bool", "mean", "dot",
+    "linear", "int", "float", "bool", "float32", "int32", "mean", "dot",
 )
-OPERATORS = ("+", "-", "*", "/", "//", "%", "**", "<", "<=", ">", ">=", "==", "!=", "=", ",", ":", "&&", "||", "!", "->", ".", "...")
+OPERATORS = (
+    "+", "-", "*", "/", "//", "%", "**", "<", "<=", ">", ">=", "==", "!=", "=", ",", ":", "&&", "||", "!", "->", ".",
+    "...",
+)
 BRACKETS = ("(", ")", "[", "]", "{", "}")
-NAMES = ("q", "kv", "b", "h", "SQ", "SKV", "H", "HKV", "B", "D", "DV", "G", "q_block", "kv_block", "k", "v", "x", "window", "abs", "clamp", "where", "bitand", "exp")
+NAMES = (
+    "q", "kv", "b", "h", "SQ", "SKV", "H", "HKV", "B", "D", "DV", "G", "q_block", "kv_block", "k", "v", "x", "window",
+    "abs", "clamp", "where", "bitand", "exp",
+)
 ODD_NUMBERS = (
     "99999999999999999999999", "9223372036854775807", "9223372036854775808", "18446744073709551616",
     "1e999", "1e308", "1.7976931348623157e308", "1e-999", "4.9e-324", "0", "0.0", "00", "007", "0x10", "1_000",
@@ -55,6 +63,8 @@ RESERVED = (
 NESTING_DEPTHS = (5, 63, 64, 65, 199, 200, 300, 1000)
 TOKEN_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?|\*\*|//|[<>=!]=|\S")
 NUMBER_RE = re.compile(r"(?<![A-Za-z0-9_.])[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?")
+# attnspec's own code: the package and the code generators (beside it in a checkout, inside it in a wheel)
+OWN_DIRS = tuple({f"{Path(__file__).resolve().parents[1]}/", f"{Path(codegen.__file__).resolve().parent}/"})
 DECLARED_RE = re.compile(r"\b(?:attention|param|input|let)\s+\(?\s*([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -254,8 +264,20 @@ def _diagnostic_problem(err: AttnError, rendered, text: str, stage: str) -> str 
 
 
 def _describe(err: BaseException, stage: str) -> str:
-    frames = traceback.extract_tb(err.__traceback__)
-    where = f" at {frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}" if frames else ""
     message = str(err) if not isinstance(err, AttnError) else err.message
     message = message if len(message) <= 300 else message[:300] + "..."
-    return f"internal error while {stage}: {type(err).__name__}: {message}{where}"
+    return f"internal error while {stage}: {type(err).__name__}: {message}{_where(err)}"
+
+
+def _where(err: BaseException) -> str:
+    """The last frame, and the last frame in attnspec when that one is in a library (torch, say)."""
+    frames = traceback.extract_tb(err.__traceback__)
+    if not frames:
+        return ""
+    ours = [f for f in frames if f.filename.startswith(OWN_DIRS)]
+    where = f" at {_frame(frames[-1])}"
+    return where + (f", called from {_frame(ours[-1])}" if ours and ours[-1] is not frames[-1] else "")
+
+
+def _frame(frame: traceback.FrameSummary) -> str:
+    return f"{frame.filename}:{frame.lineno} in {frame.name}"

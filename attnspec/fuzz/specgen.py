@@ -25,10 +25,12 @@ there only when its needs are allowed, so drawn specs type-check and pass the ve
 the specs are broken on purpose by one `FLAWS` line, to exercise the diagnostics; `specs(flaws=False)`
 never draws one.
 
-Shrinking: lists of statements shrink to empty, every choice is made by `_pick`, whose first option
-(drawn by the smallest integer, where hypothesis shrinks to) is the simplest, and expressions are
-depth-limited (at most `MAX_DEPTH` levels of operators), so a failing spec shrinks toward a few
-short lines.
+Shrinking: repeated declarations and statements are drawn by `_several`, one hypothesis draw each
+(as st.lists does), so the shrinker can drop any of them; every choice is made by `_pick`, whose
+first option (drawn by the smallest integer, where hypothesis shrinks to) is the simplest; and
+expressions are depth-limited (at most `MAX_DEPTH` levels of operators). A spec that needs a mask
+shrinks to `mask kv <= q` alone, one that needs a selection to `select blocks(q = 16, kv = 16)
+top(1) by dot(mean(q), mean(k))`.
 
 To extend it: a new statement shape is a template function `(draw, env) -> str` added to the tuple of
 its statement kind (`MASK_TEMPLATES`, `SCORE_TEMPLATES`, ...), after the simpler ones; a new input
@@ -73,7 +75,8 @@ GRID_NAMES = (("qy", "qx"), ("ky", "kx"))
 FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
 INT_DTYPES = ("int32", "int64")
 BLOCK_SIZES = (16, 32, 64)
-ODD_BLOCK_SIZES = (8, 24, 48)
+ODD_BLOCK_SIZES = (8, 24, 48, 12, 100)
+WILD_INTS = (2**31, 2**31 - 1, 2**32, 2**53 + 1, 2**62, 2**63 - 1)
 
 
 # ------------------------------------------------------------------ terms and scopes
@@ -169,6 +172,31 @@ def _chance(draw, percent: int) -> bool:
     return _pick(draw, (100 - percent, False), (percent, True))
 
 
+_STOP = object()
+
+
+@st.composite
+def _one_more(draw, make, percent: int):
+    """make(draw), or _STOP: one draw, so the shrinker can delete the whole of it."""
+    return make(draw) if _chance(draw, percent) else _STOP
+
+
+def _several(draw, make, most: int, percent: int) -> list:
+    """Up to `most` values of make(draw), each with its own "one more?" choice in one draw (as in
+    st.lists), so that shrinking drops any one of them without disturbing the others."""
+    values = []
+    while len(values) < most:
+        value = draw(_one_more(make, percent))
+        if value is _STOP:
+            break
+        values.append(value)
+    return values
+
+
+def _lines(groups: list) -> list[str]:
+    return [line for group in groups for line in group]
+
+
 # ------------------------------------------------------------------ literals
 
 
@@ -176,9 +204,19 @@ def _small_int(draw, lo: int = 0, hi: int = 16) -> int:
     return draw(st.integers(lo, hi))
 
 
+def _int_literal(draw) -> Term:
+    """Mostly 0..16; now and then a wild one near the limits of 32 and 64 bits."""
+    return literal(_pick(draw, (49, lambda: _small_int(draw)), (1, lambda: draw(st.sampled_from(WILD_INTS))))())
+
+
 def _tame_int(draw) -> Term:
     """A window, a chunk, a radius: what spec authors write (4..64), now and then 0..3 or 1 << k."""
-    value = _pick(draw, (6, lambda: draw(st.integers(4, 64))), (2, lambda: _small_int(draw, 0, 3)), (1, lambda: 1 << _small_int(draw, 0, 8)))
+    value = _pick(
+        draw,
+        (6, lambda: draw(st.integers(4, 64))),
+        (2, lambda: _small_int(draw, 0, 3)),
+        (1, lambda: 1 << _small_int(draw, 0, 8)),
+    )
     return literal(value())
 
 
@@ -212,7 +250,7 @@ def _leaf(draw, terms: list, fallback) -> Term:
 
 def int_expr(draw, view: View, depth: int = 2) -> Term:
     if depth <= 0 or not _chance(draw, 45):
-        return _leaf(draw, view.ints, lambda d: literal(_small_int(d)))
+        return _leaf(draw, view.ints, _int_literal)
     return _int_node(draw, view, depth - 1)
 
 
@@ -251,7 +289,8 @@ def bool_expr(draw, view: View, depth: int = 2) -> Term:
         return compound("not {}", bool_expr(draw, view, depth - 1))
     if kind == "where":
         return call("where", *(bool_expr(draw, view, depth - 1) for _ in range(3)))
-    return compound("{} %s {}" % draw(st.sampled_from(("==", "!="))), bool_expr(draw, view, depth - 1), bool_expr(draw, view, depth - 1))
+    a, b = bool_expr(draw, view, depth - 1), bool_expr(draw, view, depth - 1)
+    return compound("{} %s {}" % draw(st.sampled_from(("==", "!="))), a, b)
 
 
 def _bool_leaf(draw, view: View, depth: int) -> Term:
@@ -323,7 +362,7 @@ def _power(draw, base: Term) -> Term:
 def _param(draw, env: Env) -> str:
     ptype = draw(st.sampled_from(("int", "float", "bool")))
     name = env.fresh(draw(st.sampled_from(PARAM_NAMES[ptype])))
-    runtime = _chance(draw, 30)
+    runtime = _chance(draw, 35)
     default = None if runtime and _chance(draw, 40) else _param_default(draw, ptype)
     _offer_param(env, name, ptype, runtime, None if default is None else default[1])
     text = f"param {name}: {ptype}" + (" runtime" if runtime else "")
@@ -367,7 +406,8 @@ def _offer_param(env: Env, name: str, ptype: str, runtime: bool, default) -> Non
 
 def _int_knob(draw, env: Env, view: View, positive: bool = False) -> Term:
     """A window-like int: a tame literal or an int param in scope (a positive one if asked)."""
-    knobs = [t for t, default, runtime in env.int_knobs if t.needs <= view.allowed and (not positive or (not runtime and default > 0))]
+    knobs = [t for t, default, runtime in env.int_knobs if t.needs <= view.allowed]
+    knobs = [t for t in knobs if t in env.divisors] if positive else knobs  # divisors: compile-time, > 0
     if knobs and _chance(draw, 50):
         return draw(st.sampled_from(knobs))
     value = _tame_int(draw)
@@ -376,7 +416,7 @@ def _int_knob(draw, env: Env, view: View, positive: bool = False) -> Term:
 
 def _float_knob(draw, env: Env, view: View, lo: float, hi: float) -> Term:
     """A cap, a temperature, a slope: a literal in [lo, hi] or a float param whose default is there."""
-    knobs = [t for t, default, runtime in env.float_knobs if t.needs <= view.allowed and default is not None and lo <= default <= hi]
+    knobs = [t for t, default, _ in env.float_knobs if t.needs <= view.allowed and default is not None and lo <= default <= hi]
     if knobs and _chance(draw, 50):
         return draw(st.sampled_from(knobs))
     return _float_literal(draw, lo, hi)
@@ -623,7 +663,8 @@ def _softcap(draw, env: Env, view: View) -> str:
 
 def _temperature(draw, env: Env, view: View) -> str:
     t = _float_knob(draw, env, view, 0.25, 4.0).wrapped()
-    return _pick(draw, (2, f"score / {t}"), (1, f"score * {t}"), (1, f"score * log(SKV) / ({t} * log({draw(st.integers(2, 128))}))"))
+    n_train = draw(st.integers(2, 128))  # log(1) would divide by zero
+    return _pick(draw, (2, f"score / {t}"), (1, f"score * {t}"), (1, f"score * log(SKV) / ({t} * log({n_train}))"))
 
 
 def _gated(draw, env: Env, view: View) -> str:
@@ -669,8 +710,13 @@ def _gqa(draw, env: Env) -> str:
     return f"gqa group = {value}"
 
 
-ELEMENTWISE = ("sigmoid(score - log(SKV))", "relu(score)", "relu(score) / SKV", "sigmoid(score)", "exp(score - 8.0)", "tanh(score)")
-ROWNORM = ("relu(score) ** 2", "softplus(score)", "exp(score)", "sigmoid(score)", "relu(score) + 1.0", "exp(score / 2.0)", "relu(score)")
+ELEMENTWISE = (
+    "sigmoid(score - log(SKV))", "relu(score)", "relu(score) / SKV", "sigmoid(score)", "exp(score - 8.0)", "tanh(score)",
+)
+ROWNORM = (  # f >= 0
+    "relu(score) ** 2", "softplus(score)", "exp(score)", "sigmoid(score)", "relu(score) + 1.0", "exp(score / 2.0)",
+    "relu(score)",
+)
 NEGATIVE_ROWNORM = ("score", "tanh(score)", "score - 1.0")
 
 
@@ -695,8 +741,8 @@ def _weight(draw, env: Env, fixed: tuple) -> str:
 def _normalize(draw, env: Env) -> str | None:
     return _pick(
         draw,
-        (3, lambda: None),
-        (2, lambda: "normalize softmax"),
+        (1, lambda: None),
+        (1, lambda: "normalize softmax"),
         (1, lambda: "normalize softmax()"),
         (4, lambda: f"normalize softmax(sink = {_sink_value(draw, env)})"),
         (4, lambda: f"normalize elementwise({_weight(draw, env, ELEMENTWISE)})"),
@@ -767,15 +813,12 @@ def _block_score(draw, env: Env) -> str:
 
 
 def _amount(draw, env: Env, criterion: str) -> str:
-    view = env.view(AMOUNT)
+    """k of top(k), t of threshold(t), p of share(p): in range when known at compile time."""
     if criterion == "top":
-        knobs = [t for t, d, rt in env.int_knobs if t.needs <= view.allowed and (rt or (d is not None and d >= 1))]
+        knobs = [t for t, default, runtime in env.int_knobs if runtime or default >= 1]  # runtime: checked on each call
         return draw(st.sampled_from(knobs)).text if knobs and _chance(draw, 30) else str(draw(st.integers(1, 4)))
     lo, hi = (0.05, 1.0) if criterion == "share" else (-2.0, 2.0)
-    knobs = [t for t, d, rt in env.float_knobs if t.needs <= view.allowed and d is not None and lo <= d <= hi and (d > 0 or criterion != "share")]
-    if knobs and _chance(draw, 30):
-        return draw(st.sampled_from(knobs)).text
-    return _float_literal(draw, lo, hi).text
+    return _float_knob(draw, env, env.view(AMOUNT), lo, hi).text
 
 
 def _options(draw, env: Env) -> list[str]:
@@ -783,7 +826,7 @@ def _options(draw, env: Env) -> list[str]:
     if _chance(draw, 50):
         options.append("causal")
     if _chance(draw, 40):
-        options.append(f"per {draw(st.sampled_from(('head', 'kv_head')))}")
+        options.append(f"per {_pick(draw, (1, 'head'), (2, 'kv_head'))}")
     if _chance(draw, 40):
         options.append(f"always {_block_rule(draw, env)}")
     return list(draw(st.permutations(options)))
@@ -805,7 +848,7 @@ def _blocks(draw, env: Env) -> str:
 
 
 def _select(draw, env: Env) -> str | None:
-    return _pick(draw, (6, lambda: None), (3, lambda: _static_select(draw, env)), (4, lambda: _dynamic_select(draw, env)))()
+    return _pick(draw, (4, lambda: None), (3, lambda: _static_select(draw, env)), (4, lambda: _dynamic_select(draw, env)))()
 
 
 # ------------------------------------------------------------------ flaws (deliberately invalid specs)
@@ -841,7 +884,7 @@ def specs(draw, flaws: bool = True) -> str:
     """The text of one random `.attn` spec named `gen_spec` (see the module docstring)."""
     env = Env()
     declarations = _declarations(draw, env)
-    lets = [line for kind in draw(st.lists(st.sampled_from(LET_KINDS), max_size=3)) for line in kind(draw, env)]
+    lets = _lines(_several(draw, lambda d: d(st.sampled_from(LET_KINDS))(d, env), 3, 45))
     body = _body(draw, env)
     decls_first = not _chance(draw, 15)  # declarations may come below their use
     lines = declarations + lets + body if decls_first else lets + body + declarations
@@ -851,14 +894,14 @@ def specs(draw, flaws: bool = True) -> str:
 
 
 def _declarations(draw, env: Env) -> list[str]:
-    params = [_param(draw, env) for _ in range(draw(st.integers(0, 4)))]
-    inputs = [line for kind in draw(st.lists(st.sampled_from(INPUT_KINDS), max_size=3)) for line in kind(draw, env)]
+    params = _several(draw, lambda d: _param(d, env), 4, 65)
+    inputs = _lines(_several(draw, lambda d: d(st.sampled_from(INPUT_KINDS))(d, env), 3, 45))
     return params + inputs
 
 
 def _body(draw, env: Env) -> list[str]:
-    masks = [_mask(draw, env) for _ in range(_pick(draw, (1, 0), (6, 1), (3, 2), (2, 3)))]
-    mods = [_score_mod(draw, env) for _ in range(_pick(draw, (2, 0), (5, 1), (2, 2), (1, 3)))]
+    masks = _several(draw, lambda d: _mask(d, env), 3, 75)
+    mods = _several(draw, lambda d: _score_mod(d, env), 3, 60)
     singles = [
         _scale(draw, env) if _chance(draw, 12) else None,
         _gqa(draw, env) if _chance(draw, 10) else None,
