@@ -126,6 +126,18 @@ def test_a_wrong_target_fails_and_says_why(how, words):
     assert outcome.status == FAIL and words in outcome.detail
 
 
+def test_a_reference_that_crashes_is_a_failure_not_a_crash():
+    subject = subject_of(CAUSAL)
+
+    class Crashing:
+        def attention(self, *args, **kwargs):
+            raise IndexError("gather out of range")
+
+    subject.reference = Crashing()
+    outcome = run_case(subject, Case("flex", "float32", SMALL), "cpu")
+    assert outcome.status == FAIL and "the reference raised IndexError" in outcome.detail
+
+
 @pytest.mark.skipif("triton" not in available_targets(), reason="needs triton")
 def test_an_unwritten_kernel_output_shows_as_nan(monkeypatch):
     """Outputs start as NaN during a trial: a kernel that skips a row cannot pass on stale memory."""

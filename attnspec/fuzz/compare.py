@@ -61,6 +61,8 @@ def run_case(subject: Subject, case: Case, device="cpu") -> Outcome:
         return _run(subject, case, device)
     except _Discard as why:
         return Outcome(DISCARD, str(why))
+    except Exception as err:  # noqa: BLE001 - the oracle failed where it should refuse or answer: a bug
+        return Outcome(FAIL, f"the reference raised {type(err).__name__}: {err}")
 
 
 def _run(subject: Subject, case: Case, device) -> Outcome:
