@@ -173,3 +173,33 @@ def test_module_parameters_receive_gradients():
     assert layer.rel.grad.abs().sum() > 0
     # entries of the table no (query, key) pair reads get exactly zero gradient: index kv - q + SQ - 1 <= SQ
     assert torch.equal(layer.rel.grad[:, 5:], torch.zeros_like(layer.rel.grad[:, 5:]))
+
+
+# ------------------------------------------------------------------ every example with learnable inputs
+
+
+def _learnable_examples() -> list:
+    from conftest import example_files
+
+    return [p for p in example_files() if any(i.learnable for s in attnspec.load_program(p).specs for i in s.inputs)]
+
+
+@pytest.mark.parametrize("path", _learnable_examples(), ids=lambda p: p.stem)
+def test_gradcheck_every_example_with_learnable_inputs(path):
+    """q, k, v and every learnable input of every example that declares one, in float64 (issue: the
+    reference is what every target's gradients will be checked against)."""
+    from attnspec.api import lower
+    from attnspec.runtime.sample import Sizes, sample_arguments
+
+    spec = lower(attnspec.load_program(path).specs[0])
+    mod = attnspec.compile(path, "reference")
+    args = sample_arguments(spec, Sizes(B=1, H=2, HKV=1, SQ=11, SKV=13, D=4, DV=3), F64, seed=3)
+    learn = [i.name for i in spec.inputs if i.learnable]
+    names = ["q", "k", "v", *learn]
+    tensors = tuple(args[n].double().requires_grad_(True) for n in names)
+    fixed = {n: v for n, v in args.items() if n not in names}
+
+    def fn(*values):
+        return mod.attention(**dict(zip(names, values)), **fixed)
+
+    assert learn and gradcheck(fn, tensors, eps=1e-6, atol=1e-8, rtol=1e-6)

@@ -526,3 +526,15 @@ def test_small_blocks_ask_the_gpu_kernel_for_small_tiles():
     assert flex_runtime.kernel_tiles(small) == {"BLOCK_M": 16, "BLOCK_N": 16}
     _, causal, spec = modules("b01_causal", "causal")
     assert flex_runtime.kernel_tiles(causal.build_block_mask(args["q"], args["k"])) is None
+
+
+@pytest.mark.parametrize("learnable_only", [False, True])
+def test_gradients_on_the_cpu_are_refused_with_what_to_use(learnable_only):
+    """FlexAttention has no CPU backward: the module says so, naming the alternatives, before it runs."""
+    _, flex, spec = modules("b05_streaming_sink", "streaming_sink")
+    args = cast(sample_arguments(spec, Sizes(B=1, H=2, HKV=1, SQ=20, SKV=20, D=16, DV=8), F64), torch.float32)
+    (args["sink_logit"] if learnable_only else args["q"]).requires_grad_(True)
+    with pytest.raises(NotImplementedError, match="streaming_sink: FlexAttention has no backward pass on the CPU.*reference"):
+        flex.attention(**args)
+    with torch.no_grad():
+        assert flex.attention(**args).shape == (1, 2, 20, 8)
