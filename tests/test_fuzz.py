@@ -334,6 +334,10 @@ FOUND = [
     # FlexAttention traces mods with symbolic shapes once lengths vary: SymBools have no == or !=
     ("attention g {\n    select blocks(q = 16, kv = 16) keep (H >= SKV) != (float(B) > 1.0)\n}\n",
      "dtype=float32,B=1,H=2,HKV=1,SQ=50,SKV=15,D=32,DV=64,trace=dynamic"),
+    # a division of two scalars in the triton kernel (a runtime float param): x.to() on a plain float
+    ("attention sk {\n    param c: float runtime = 1.5\n    mask kv <= q or (q < 4 and kv < 4)\n"
+     "    normalize softmax(sink = c / c)\n}\n",
+     "dtype=float32,B=2,H=4,HKV=2,SQ=39,SKV=129,D=8,DV=16,logits=huge,inputs=wild,trace=dynamic,param.c=-2.45"),
     # float32 lse of huge logits, one element: the reference's error is one lucky sample (accuracy rule)
     ((EXAMPLES / "m01_prefix_lm.attn").read_text(),
      "dtype=float32,B=1,H=1,HKV=1,SQ=1,SKV=1,D=32,DV=16,seed=0,logits=huge,inputs=typical,param.prefix=16"),
