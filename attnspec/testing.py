@@ -67,16 +67,10 @@ def replay(spec_file, case: str, *, spec: str | None = None, device: str = "cpu"
 
 
 def _options(targets, trials, seed, dtypes, device, max_len, shrink_seconds, save_dir, consts):
-    import torch
+    from .fuzz.runner import make_options
 
-    from .fuzz.runner import Options, available_targets
-
-    unknown = [t for t in targets if t not in available_targets()]
-    if unknown:
-        raise ValueError(f"cannot fuzz target {unknown[0]!r}; targets: {', '.join(available_targets())}")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return Options(
-        targets=tuple(targets), trials=trials, seed=seed, dtypes=tuple(dtypes) or Options.dtypes, device=device, max_len=max_len,
+    return make_options(
+        targets=targets, dtypes=dtypes, device=device, trials=trials, seed=seed, max_len=max_len,
         shrink_seconds=shrink_seconds, consts=consts, save_dir=save_dir, progress=False,
     )
 

@@ -34,6 +34,7 @@ from attnspec.api import build_module, compile_source, load_program, lower
 from attnspec.codegen import passes_for
 from attnspec.diagnostics import AttnError
 from attnspec.runtime import flex as flex_runtime
+from attnspec.fuzz.cases import low_precision
 from attnspec.runtime.accuracy import check
 from attnspec.runtime.sample import Sizes, sample_arguments
 
@@ -94,15 +95,8 @@ def fits(spec, sizes: Sizes) -> bool:
     return sizes.H == sizes.HKV * int(spec.gqa_group.literal)
 
 
-def cast(args: dict, dtype) -> dict:
-    """q, k, v (and float64 values) in `dtype`; declared float32 inputs stay float32, as a user passes them."""
-
-    def one(value):
-        if isinstance(value, torch.Tensor) and value.is_floating_point():
-            return value.to(dtype) if value.dim() == 4 or value.dtype == F64 else value
-        return value
-
-    return {name: one(value) for name, value in args.items()}
+# q, k, v (and float64 values) in a dtype; declared float32 inputs stay float32, as a user passes them
+cast = low_precision
 
 
 def without_v(args: dict) -> dict:

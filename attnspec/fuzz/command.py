@@ -5,11 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import torch
-
 from ..diagnostics import AttnError
-from .cases import DTYPES
-from .runner import Options, Report, available_targets, fuzz_file, fuzz_generated, fuzz_mutations, replay
+from .runner import Options, Report, fuzz_file, fuzz_generated, fuzz_mutations, make_options, replay
 
 STATUS_WORDS = {"ok": "ok", "fail": "FAIL", "refused": "skip", "discard": "skip"}
 
@@ -34,21 +31,10 @@ def run_fuzz(args, consts: dict) -> int:
 
 
 def _options(args, consts: dict) -> Options:
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise AttnError(f"--device {device}: no CUDA GPU is available", hint="fuzz on the CPU with --device cpu")
-    targets = tuple(args.target)
-    unknown = [t for t in targets if t not in available_targets()]
-    if unknown:
-        raise AttnError(f"cannot fuzz target '{unknown[0]}'", hint="targets checked against the reference: " + ", ".join(available_targets()))
-    dtypes = tuple(args.dtype) or tuple(DTYPES)
-    bad = [d for d in dtypes if d not in DTYPES]
-    if bad:
-        raise AttnError(f"unknown --dtype '{bad[0]}'", hint="dtypes: " + ", ".join(DTYPES))
-    if args.trials < 1 or args.generate < 0 or args.mutate < 0 or args.max_len < 0:
-        raise AttnError("--trials must be positive; --generate, --mutate and --max-len cannot be negative")
-    return Options(
-        targets=targets, trials=args.trials, seed=args.seed, dtypes=dtypes, device=device,
+    if args.generate < 0 or args.mutate < 0:
+        raise AttnError("--generate and --mutate cannot be negative")
+    return make_options(
+        targets=args.target, dtypes=args.dtype, device=args.device, trials=args.trials, seed=args.seed,
         max_len=args.max_len, shrink_seconds=args.shrink_seconds, consts=consts, save_dir=args.save,
         progress=False if args.no_progress else None,
     )

@@ -17,7 +17,7 @@ from ..api import build_module, lower
 from ..codegen import passes_for
 from ..diagnostics import AttnError
 from ..ir import Spec
-from ..runtime.accuracy import Verdict, check
+from ..runtime.accuracy import Verdict, check, errors
 from .cases import DTYPES, Case, case_arguments, low_precision, other_sizes
 
 OK, FAIL, DISCARD = "ok", "fail", "discard"
@@ -73,8 +73,7 @@ def _run(subject: Subject, case: Case, device) -> Outcome:
         raise _Discard(f"no arguments of these sizes fit the spec's inputs ({err})") from None
     low = low_precision(args64, DTYPES[case.dtype])
     options = {"return_lse": True} if spec.normalize.kind != "elementwise" else {}
-    if spec.selection is not None and spec.selection.dynamic:
-        options["selection"] = _oracle(spec, lambda: reference.select(**_without_v(low)))
+    options.update(_shared_selection(subject, low))
     ref64 = _pair(_oracle(spec, lambda: reference.attention(**args64, **options)))
     if not _finite(*ref64):
         raise _Discard("the float64 reference is not finite on this case")
@@ -125,8 +124,7 @@ def _warm_up_arguments(subject: Subject, case: Case, device) -> dict | None:
     other = replace(case, sizes=other_sizes(case.sizes))
     try:
         args = low_precision(case_arguments(subject.spec, other, device), DTYPES[case.dtype])
-        if subject.spec.selection is not None and subject.spec.selection.dynamic:
-            args["selection"] = _oracle(subject.spec, lambda: subject.reference.select(**_without_v(args)))
+        args.update(_shared_selection(subject, args))
     except _Discard:
         return None
     return args
@@ -162,6 +160,14 @@ def _pair(result):
     return result if isinstance(result, tuple) else (result, None)
 
 
+def _shared_selection(subject: Subject, args: dict) -> dict:
+    """A data-dependent selection, computed once by the reference for every run (design.md section 2)."""
+    spec = subject.spec
+    if spec.selection is None or not spec.selection.dynamic:
+        return {}
+    return {"selection": _oracle(spec, lambda: subject.reference.select(**_without_v(args)))}
+
+
 def _without_v(args: dict) -> dict:
     return {name: value for name, value in args.items() if name != "v"}
 
@@ -175,6 +181,5 @@ def _first(mask: torch.Tensor) -> tuple:
 
 
 def _worst(x: torch.Tensor, ref: torch.Tensor) -> tuple:
-    diff = (x.double() - ref.double()).abs()
-    diff = torch.where(torch.isinf(x) & torch.isinf(ref) & (x.sign() == ref.sign()), 0.0, diff)
+    diff = errors(x, ref)
     return tuple(int(i) for i in torch.unravel_index(diff.nan_to_num(float("inf")).argmax(), diff.shape))

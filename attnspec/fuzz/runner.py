@@ -48,6 +48,25 @@ class Options:
         return self.max_len or (2048 if self.device.startswith("cuda") else 300)
 
 
+def make_options(*, targets=(), dtypes=(), device: str | None = None, **rest) -> Options:
+    """Options from a user's values (the command line's or attnspec.testing's), checked once, with
+    AttnErrors that say what is accepted; `device` defaults to cuda where there is one."""
+    import torch
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise AttnError(f"--device {device}: no CUDA GPU is available", hint="fuzz on the CPU with --device cpu")
+    unknown = [t for t in targets if t not in available_targets()]
+    if unknown:
+        raise AttnError(f"cannot fuzz target '{unknown[0]}'", hint="targets checked against the reference: " + ", ".join(available_targets()))
+    bad = [d for d in dtypes if d not in DTYPES]
+    if bad:
+        raise AttnError(f"unknown --dtype '{bad[0]}'", hint="dtypes: " + ", ".join(DTYPES))
+    if rest.get("trials", 1) < 1 or rest.get("max_len", 0) < 0:
+        raise AttnError("--trials must be positive and --max-len cannot be negative")
+    return Options(targets=tuple(targets), dtypes=tuple(dtypes) or Options.dtypes, device=device, **rest)
+
+
 @dataclass
 class Report:
     what: str

@@ -28,10 +28,15 @@ class Verdict:
         return f"{self.what}: {status} (max error {self.error:.3g}, allowed {self.allowed:.3g})"
 
 
-def max_error(x: torch.Tensor, ref: torch.Tensor) -> float:
+def errors(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """|x - ref| per element in float64, 0 where both are the same infinity (NaN stays NaN)."""
     x, ref = x.double(), ref.double()
     same_inf = torch.isinf(x) & torch.isinf(ref) & (torch.sign(x) == torch.sign(ref))
-    diff = torch.where(same_inf, 0.0, (x - ref).abs())
+    return torch.where(same_inf, 0.0, (x - ref).abs())
+
+
+def max_error(x: torch.Tensor, ref: torch.Tensor) -> float:
+    diff = errors(x, ref)
     if diff.numel() == 0:
         return 0.0
     return float("inf") if bool(torch.isnan(diff).any()) else float(diff.max())

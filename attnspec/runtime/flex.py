@@ -56,18 +56,7 @@ def _and_selected(mask_mod, selected, block):
     return keep
 
 
-def check_backward(name: str, q, k, v, needs_grad: bool) -> None:
-    """FlexAttention has no backward pass on the CPU: say so, and what to use, before anything runs."""
-    needs_grad = torch.is_grad_enabled() and (needs_grad or any(t.requires_grad for t in (q, k, v)))
-    if needs_grad and q.device.type == "cpu":
-        raise NotImplementedError(
-            f"{name}: FlexAttention has no backward pass on the CPU; train there with the reference "
-            "target (attnspec.compile(path, 'reference')), on a CUDA GPU with this one, or call it under "
-            "torch.no_grad()"
-        )
-
-
-def run(q, k, v, score_mod, block_mask, scale, need_lse, compiled, needs_grad=False, key="", epilogue=False):
+def run(q, k, v, score_mod, block_mask, scale, need_lse, compiled, needs_grad=False, key="", epilogue=False, name=""):
     """flex_attention, compiled or eager; returns (out, lse or None).
 
     On the CPU, compiled flex_attention does inference only, without the lse, in float32 and half
@@ -78,6 +67,12 @@ def run(q, k, v, score_mod, block_mask, scale, need_lse, compiled, needs_grad=Fa
     when an `epilogue` still scales it, so that it is rounded once, after)."""
     gqa = q.shape[1] != k.shape[1]
     needs_grad = torch.is_grad_enabled() and (needs_grad or any(t.requires_grad for t in (q, k, v)))
+    if needs_grad and q.device.type == "cpu":  # say so, and what to use, before FlexAttention does
+        raise NotImplementedError(
+            f"{name}: FlexAttention has no backward pass on the CPU; train there with the reference "
+            "target (attnspec.compile(path, 'reference')), on a CUDA GPU with this one, or call it under "
+            "torch.no_grad()"
+        )
     cpu_limits = q.device.type == "cpu" and (need_lse or needs_grad or q.dtype == torch.float64)
     if not needs_grad:  # FlexAttention refuses a CPU tensor that requires grad even under no_grad
         q, k, v = q.detach(), k.detach(), v.detach()

@@ -118,10 +118,15 @@ def _learnable(draw) -> str:
     return " learnable" if _chance(draw, 30) else ""
 
 
+def _indexed_input(env: Env, pool: list, base: str, index: str, needs: set, declared: str) -> list[str]:
+    """Declare `input NAME: DECLARED` and offer its read NAME[INDEX] (which needs `needs`) in `pool`."""
+    name = env.fresh(base)
+    pool.append(Term(f"{name}[{index}]", frozenset(needs | {"load"})))
+    return [f"input {name}: {declared}"]
+
+
 def _head_bias(draw, env: Env) -> list[str]:
-    name = env.fresh("bias")
-    env.floats.append(Term(f"{name}[h]", frozenset({"h", "load"})))
-    return [f"input {name}: {_float_dtype(draw)}[H]{_learnable(draw)}"]
+    return _indexed_input(env, env.floats, "bias", "h", {"h"}, f"{_float_dtype(draw)}[H]{_learnable(draw)}")
 
 
 def _scalar(draw, env: Env) -> list[str]:
@@ -137,9 +142,8 @@ def _scalar(draw, env: Env) -> list[str]:
 
 
 def _rel_table(draw, env: Env) -> list[str]:
-    name = env.fresh("table")
-    env.floats.append(Term(f"{name}[h, kv - q + SQ]", frozenset({"h", "q", "kv", "load"})))
-    return [f"input {name}: {_float_dtype(draw)}[H, SQ + SKV]{_learnable(draw)}"]
+    declared = f"{_float_dtype(draw)}[H, SQ + SKV]{_learnable(draw)}"
+    return _indexed_input(env, env.floats, "table", "h, kv - q + SQ", {"h", "q", "kv"}, declared)
 
 
 def _clipped_table(draw, env: Env) -> list[str]:
@@ -161,27 +165,20 @@ def _documents(draw, env: Env) -> list[str]:
 
 
 def _key_padding(draw, env: Env) -> list[str]:
-    name = env.fresh("keep_key")
-    env.bools.append(Term(f"{name}[b, kv]", frozenset({"b", "kv", "load"})))
-    return [f"input {name}: bool[B, SKV]"]
+    return _indexed_input(env, env.bools, "keep_key", "b, kv", {"b", "kv"}, "bool[B, SKV]")
 
 
 def _head_flag(draw, env: Env) -> list[str]:
-    name = env.fresh("gate")
-    env.bools.append(Term(f"{name}[h]", frozenset({"h", "load"})))
-    return [f"input {name}: bool[H]"]
+    return _indexed_input(env, env.bools, "gate", "h", {"h"}, "bool[H]")
 
 
 def _head_kind(draw, env: Env) -> list[str]:
-    name = env.fresh("kind")
-    env.ints.append(Term(f"{name}[h]", frozenset({"h", "load"})))
-    return [f"input {name}: {draw(st.sampled_from(INT_DTYPES))}[H]"]
+    return _indexed_input(env, env.ints, "kind", "h", {"h"}, f"{draw(st.sampled_from(INT_DTYPES))}[H]")
 
 
 def _query_gain(draw, env: Env) -> list[str]:
-    name = env.fresh("gains")
-    env.floats.append(Term(f"{name}[b, h, q]", frozenset({"b", "h", "q", "load"})))
-    return [f"input {name}: {_float_dtype(draw)}[B, H, SQ]{_learnable(draw)}"]
+    declared = f"{_float_dtype(draw)}[B, H, SQ]{_learnable(draw)}"
+    return _indexed_input(env, env.floats, "gains", "b, h, q", {"b", "h", "q"}, declared)
 
 
 INPUT_KINDS = (_head_bias, _scalar, _documents, _rel_table, _clipped_table, _key_padding, _head_flag, _head_kind, _query_gain)
