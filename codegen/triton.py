@@ -26,6 +26,7 @@ from attnspec.types import infer
 
 from .flex import TileRenderer, _mod_hook
 from .reference import ReferenceRenderer, _bindings_for, _hooks
+from .triton_backward import backward_hooks
 from .render import python_literal, template_environment
 
 MIN_DOT = 16  # tl.dot needs tiles of at least 16 along each dimension
@@ -53,13 +54,18 @@ class TritonRenderer(ReferenceRenderer):
             return 'float("inf")' if value > 0 else '(-float("inf"))'
         return python_literal(value)
 
+    def render_offset(self, e: Expr, strides: str) -> str:
+        """The element offset a load reads, every index clamped into its dimension (bounds-safe):
+        `strides` names the stride arguments (the input's, or its gradient buffer's)."""
+        name = e.value
+        return " + ".join(
+            f"_k_clamp({self.render(a)}, 0, _{name}_n{i} - 1) * {strides}{i}" for i, a in enumerate(e.args)
+        ) or "0"
+
     def render_load(self, e: Expr) -> str:
         name = e.value
-        offset = " + ".join(
-            f"_k_clamp({self.render(a)}, 0, _{name}_n{i} - 1) * _{name}_s{i}" for i, a in enumerate(e.args)
-        ) or "0"
         kind = DTYPES[self.spec.input(name).dtype]
-        loaded = f"tl.load({name} + {offset})"
+        loaded = f"tl.load({name} + {self.render_offset(e, f'_{name}_s')})"
         if kind == "float":
             return f"{loaded}.to(tl.float32)"
         return f"({loaded} != 0)" if kind == "bool" else loaded
@@ -160,6 +166,13 @@ def triton_hooks(spec: Spec, source_name: str) -> dict:
         kernel_inputs=[_kernel_input(i) for i in spec.inputs],
         kernel_params=[p.name for p in spec.runtime_params],
         kernel_bool_params=[p.name for p in spec.runtime_params if p.type == "bool"],
+    )
+    hooks.update(backward_hooks(spec, r))
+    summed = [s for s in hooks["sites"] if s["level"] != "element"]
+    hooks.update(
+        backward_error_literal=repr(hooks["backward_error"]),
+        site_inputs=repr(tuple(s["input"] for s in summed)),
+        site_kernels=repr(tuple((s["kernel"], s["level"]) for s in summed)),
     )
     return hooks
 

@@ -48,8 +48,9 @@ def output_buffer(shape, dtype, device) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def check_launch(name: str, q, k, v, inputs=()) -> None:
-    """Clear errors for what the kernel cannot do, before anything is launched."""
+def check_launch(name: str, q, k, v, inputs=(), backward_error: str | None = None) -> bool:
+    """Clear errors for what the kernel cannot do, before anything is launched; whether the call
+    needs gradients (grad mode on, and q, k, v or a float input requires grad)."""
     if q.dtype not in KERNEL_DTYPES:
         raise TypeError(
             f"{name}: the triton kernel computes on float32, bfloat16 or float16 inputs, got {q.dtype}; "
@@ -60,11 +61,13 @@ def check_launch(name: str, q, k, v, inputs=()) -> None:
             f"{name}: the triton target runs on CUDA tensors (q is on {q.device}); on the CPU, set "
             "TRITON_INTERPRET=1 before importing the module to run the kernel in Triton's interpreter"
         )
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, *inputs)):
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, *inputs))
+    if needs_grad and backward_error is not None:
         raise NotImplementedError(
-            f"{name}: the triton target has no backward kernel yet; use the reference or flex target to "
-            "train, or call it under torch.no_grad()"
+            f"{name}: the triton target has no backward for this spec ({backward_error}); train with the "
+            "reference or flex target, or call it under torch.no_grad()"
         )
+    return needs_grad
 
 
 @dataclass(frozen=True)
@@ -173,20 +176,30 @@ def schedule(classes: torch.Tensor, selected=None, device=None) -> Tables:
 
 class Schedule:
     """The key-tile schedule of one problem (shapes, inputs, params, selection): block tables per tile
-    size, built on first use and kept, or nothing at all for a closed-form (band) schedule."""
+    size, built on first use and kept; a closed-form (band) schedule needs none for the forward.
+    The backward's dK/dV kernel walks the transposed tables: per key tile, its query tiles."""
 
-    def __init__(self, classify, selected, problem, device):
+    def __init__(self, classify, selected, problem, device, closed_form: bool = False):
         self.classify, self.selected, self.problem, self.device = classify, selected, tuple(problem), device
-        self._tables: dict[tuple[int, int], Tables] = {}
-
-    @property
-    def closed_form(self) -> bool:
-        return self.classify is None
+        self.closed_form = closed_form
+        self._tables: dict[tuple[int, int, bool], Tables] = {}
 
     def tables(self, block_m: int, block_n: int) -> Tables:
-        if (block_m, block_n) not in self._tables:
-            self._tables[block_m, block_n] = schedule(self.classify(block_m, block_n), self.selected, self.device)
-        return self._tables[block_m, block_n]
+        return self._built(block_m, block_n, False)
+
+    def transposed(self, block_m: int, block_n: int) -> Tables:
+        """Per (b, h, key tile of block_n keys): the full and the partial query tiles of block_m rows."""
+        return self._built(block_m, block_n, True)
+
+    def _built(self, block_m: int, block_n: int, transposed: bool) -> Tables:
+        key = (block_m, block_n, transposed)
+        if key not in self._tables:
+            classes, selected = self.classify(block_m, block_n), self.selected
+            if transposed:
+                classes = classes.transpose(-1, -2)
+                selected = None if selected is None else selected.transpose(-1, -2)
+            self._tables[key] = schedule(classes, selected, self.device)
+        return self._tables[key]
 
 
 def check_schedule(name: str, sched, problem, device) -> None:
@@ -209,3 +222,26 @@ def input_arguments(t: torch.Tensor) -> tuple:
     if t.dtype == torch.bool:
         t = t.to(torch.int8)
     return (t, *t.shape, *t.stride())
+
+
+# ---------------------------------------------------------------- gradients of inputs
+
+
+def site_buffers(kernels, problem, block_m: int, block_n: int, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(partial sums float32, element offsets int64) per summed gradient site, (kernel, level) each:
+    one slot per dQ program ("program"), per row of each dQ program ("row"), or per key of each
+    (head, key tile) of the dK/dV kernel ("col")."""
+    batch, heads, sq, skv = problem
+    nq, nk = -(-sq // block_m), -(-skv // block_n)
+    slots = {"program": batch * heads * nq, "row": batch * heads * nq * block_m, "col": batch * heads * nk * block_n}
+    return [
+        (torch.zeros(slots[level], dtype=torch.float32, device=device), torch.zeros(slots[level], dtype=torch.int64, device=device))
+        for _kernel, level in kernels
+    ]
+
+
+def add_partials(grads, parts) -> None:
+    """Add each site's partial sums into its input's gradient at their offsets, in a fixed order
+    (index_put_ with accumulate sorts on CUDA: no atomics, the same result every run)."""
+    for grad, (partials, offsets) in zip(grads, parts):
+        grad.view(-1).index_put_((offsets,), partials, accumulate=True)

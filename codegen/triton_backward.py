@@ -1,0 +1,80 @@
+"""Hooks of the triton target's backward kernels (templates/triton/backward.py.jinja).
+
+The backward recomputes each tile's scores as the forward does and needs, besides, the derivatives
+of the spec's expressions, derived symbolically (passes/derivative.py) and rendered as Triton code:
+
+- d_score: d s' / d x, the score mod's derivative with respect to the scaled product x = scale * q.k;
+- d_weight: d f / d s', the weight's derivative (elementwise and rownorm forms);
+- sites: one per float input read by the score mod, the weight or the sink logit (loads with equal
+  indices are one site). A site's contribution to the input's gradient is the gradient of what reads
+  it times the derivative, summed into the slot its clamped indices name. Where the indices vary
+  decides how the sum is taken: per program (b, h only) and per row (also q) in the dQ kernel, per
+  column (kv, not q) in the dK/dV kernel, each as partial sums that the host adds in a fixed order
+  (deterministic); per pair (q and kv) by atomic adds into the gradient, in the dQ kernel.
+
+A spec whose expressions have no derivative (a built-in without one) still gets its forward
+kernel: `backward_error` says why its backward does not exist, and the module raises it when a
+gradient is asked for.
+"""
+
+from __future__ import annotations
+
+from attnspec.diagnostics import AttnError
+from attnspec.ir import Expr, Spec, inline_bindings, level_of, uses
+from attnspec.passes.derivative import derivative, float_loads
+
+_SCORE = Expr("score")
+
+
+def backward_hooks(spec: Spec, renderer) -> dict:
+    """The backward template's hooks, or backward_error where the spec cannot be differentiated."""
+    try:
+        hooks = _differentiated(spec, renderer)
+    except AttnError as error:
+        return {"backward_error": error.message, "d_score": None, "d_weight": None, "sites": [], "grad_inputs": []}
+    return {"backward_error": None, **hooks}
+
+
+def _differentiated(spec: Spec, r) -> dict:
+    norm = spec.normalize
+    d_score = _rendered(derivative(spec.score, _SCORE, spec), r)
+    d_weight = None if norm.weight is None else _rendered(derivative(norm.weight, _SCORE, spec), r)
+    roots = (("score", spec.score), ("weight", norm.weight), ("sink", norm.sink))
+    sites = [_site(spec, r, root, expr, load) for root, expr in roots for load in float_loads(expr, spec)]
+    for number, site in enumerate(sites):
+        site["id"] = number
+    names = [i.name for i in spec.inputs]
+    used = sorted({s["input"] for s in sites}, key=names.index)
+    return {"d_score": d_score, "d_weight": d_weight, "sites": sites, "grad_inputs": [_grad_input(spec, n) for n in used]}
+
+
+def _rendered(e: Expr, r) -> dict:
+    """A derivative as code, and whether it is the constant 1 (then nothing multiplies) or has
+    the tile's shape already (else it is broadcast)."""
+    one = e.op == "const" and e.literal == 1.0
+    return {"code": r.render(e), "one": one, "full": uses(inline_bindings(e, r.spec), "score")}
+
+
+def _site(spec: Spec, r, root: str, expr: Expr, load: Expr) -> dict:
+    index_level = _level(spec, load.args)
+    if root == "sink" and index_level not in ("program", "row"):
+        index_level = "row"  # a sink is per row: its reads never vary along kv
+    return {
+        "input": load.value,
+        "root": root,
+        "level": index_level,
+        "kernel": "dkdv" if index_level == "col" else "dq",
+        "derivative": _rendered(derivative(expr, load, spec), r),
+        "offset": r.render_offset(load, f"_d_{load.value}_s"),
+    }
+
+
+def _level(spec: Spec, indices) -> str:
+    levels = {level_of(i, spec) for i in indices}
+    if "element" in levels or {"row", "col"} <= levels:
+        return "element"
+    return "row" if "row" in levels else "col" if "col" in levels else "program"
+
+
+def _grad_input(spec: Spec, name: str) -> dict:
+    return {"name": name, "rank": len(spec.input(name).shape)}
