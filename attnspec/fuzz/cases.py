@@ -43,12 +43,14 @@ class Case:
     inputs: str = "typical"
     trace: str = "static"
     params: tuple[tuple[str, object], ...] = ()
+    grad: bool = False  # also hold the gradients of q, k, v and the float inputs to the rule
 
     def __str__(self) -> str:
         fields = [f"target={self.target}", f"dtype={self.dtype}"]
         fields += [f"{name}={getattr(self.sizes, name)}" for name in SIZE_FIELDS]
         fields += [f"seed={self.seed}", f"logits={self.logits}", f"inputs={self.inputs}", f"trace={self.trace}"]
         fields += [f"param.{name}={_param_text(value)}" for name, value in self.params]
+        fields += ["grad=1"] if self.grad else []
         return ",".join(fields)
 
 
@@ -84,11 +86,14 @@ def _case_from_fields(fields: dict[str, str]) -> Case:
     if logits not in LOGIT_SCALES or inputs not in INPUT_STYLES or trace not in TRACES:
         raise ValueError(f"unknown value style '{logits}' / '{inputs}' / '{trace}'")
     seed = int(fields.pop("seed", "0"))
+    grad = fields.pop("grad", "0")
+    if grad not in ("0", "1"):
+        raise ValueError(f"grad must be 0 or 1, got '{grad}'")
     params = tuple((key[len("param."):], _parse_param(value)) for key, value in fields.items() if key.startswith("param."))
     unknown = [key for key in fields if not key.startswith("param.")]
     if unknown:
         raise ValueError(f"unknown field '{unknown[0]}'")
-    return Case(target, dtype, sizes, seed, logits, inputs, trace, params)
+    return Case(target, dtype, sizes, seed, logits, inputs, trace, params, grad == "1")
 
 
 def _parse_param(text: str):

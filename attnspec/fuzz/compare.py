@@ -82,7 +82,85 @@ def _run(subject: Subject, case: Case, device) -> Outcome:
         got = _pair(_target_call(subject, case, low, options))
     except Exception as err:  # noqa: BLE001 - any exception on a case the reference accepts is a bug
         return Outcome(FAIL, f"{case.target} raised {type(err).__name__}: {err}")
-    return _judge(got, low_ref, ref64, DTYPES[case.dtype])
+    outcome = _judge(got, low_ref, ref64, DTYPES[case.dtype])
+    if not case.grad or outcome.status != OK:
+        return outcome
+    return _merge(outcome, _gradient_trial(subject, case, args64, low, options))
+
+
+# ------------------------------------------------------------------ gradients
+
+
+def _gradient_trial(subject: Subject, case: Case, args64: dict, low: dict, options: dict) -> Outcome:
+    """The gradients of <out, dO> + <lse, dlse> (random cotangents, lse's where it is finite) with
+    respect to q, k, v and every float input, held to the rule like out: float64 reference,
+    reference in the dtype, target."""
+    spec = subject.spec
+    names = ["q", "k", "v"] + [i.name for i in spec.inputs if args64[i.name].is_floating_point()]
+    ref64 = _oracle_gradients(spec, subject.reference, args64, names, options, case.seed)
+    if any(g is not None and not bool(torch.isfinite(g).all()) for g in ref64.values()):
+        raise _Discard("the float64 reference's gradient is not finite on this case")
+    low_ref = _oracle_gradients(spec, subject.reference, low, names, options, case.seed)
+    module = subject.modules[case.target]
+    try:
+        got = _gradients(lambda args: module.attention(**args, **options), low, names, case.seed)
+    except Exception as err:  # noqa: BLE001 - the forward passed: a backward that raises is a bug
+        return Outcome(FAIL, f"{case.target} backward raised {type(err).__name__}: {err}")
+    problems, verdicts = [], []
+    for name in names:
+        if ref64[name] is None:
+            if got[name] is not None and bool(got[name].any()):
+                problems.append(f"d{name}: the reference has no gradient (the input is not differentiated), the target has one")
+            continue
+        verdict = _judge_gradient(name, got[name], low_ref[name], ref64[name], low[name].dtype, problems)
+        verdicts += [verdict] if verdict is not None else []
+    detail = "; ".join(problems) or "; ".join(str(v) for v in verdicts)
+    return Outcome(FAIL if problems else OK, detail, tuple(verdicts))
+
+
+def _judge_gradient(name, got, low_ref, ref64, dtype, problems: list) -> Verdict | None:
+    label = f"d{name}"
+    if got is None or tuple(got.shape) != tuple(ref64.shape) or got.dtype != dtype:
+        problems.append(f"{label}: expected {dtype} {tuple(ref64.shape)}, got {_describe(got)}")
+        return None
+    if bool(torch.isnan(got).any()):
+        problems.append(f"{label}: NaN at {_first(torch.isnan(got))} (the reference has none)")
+        return None
+    verdict = check(got, low_ref, ref64, label)
+    if not verdict.ok:
+        problems.append(f"{verdict}, worst at {_worst(got, ref64)}")
+    return verdict
+
+
+def _oracle_gradients(spec: Spec, reference, args: dict, names, options: dict, seed: int) -> dict:
+    try:
+        return _gradients(lambda a: reference.attention(**a, **options), args, names, seed)
+    except (ValueError, TypeError) as err:
+        if str(err).startswith(f"{spec.name}:"):
+            raise _Discard(str(err)) from None
+        raise
+
+
+def _gradients(call, args: dict, names, seed: int) -> dict:
+    """{name: gradient or None} of <out, dO> + <finite lse, dlse> for one call; the cotangents are
+    drawn in float64 from the case's seed, so every run sees the same ones."""
+    leaves = {n: args[n].detach().clone().requires_grad_(True) for n in names}
+    with torch.enable_grad():
+        out, lse = _pair(call({**args, **leaves}))
+        gen = torch.Generator().manual_seed(seed + 1)
+        d_out = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(out.device)
+        loss = (out.double() * d_out).sum()
+        if lse is not None:
+            d_lse = torch.randn(lse.shape, generator=gen, dtype=torch.float64).to(lse.device)
+            loss = loss + (torch.where(torch.isfinite(lse), lse, 0.0).double() * d_lse).sum()
+        differentiable = [leaves[n] for n in names]
+        grads = torch.autograd.grad(loss, differentiable, allow_unused=True)
+    return dict(zip(names, grads))
+
+
+def _merge(forward: Outcome, backward: Outcome) -> Outcome:
+    detail = "; ".join(d for d in (forward.detail, backward.detail) if d)
+    return Outcome(backward.status, detail, forward.verdicts + backward.verdicts)
 
 
 def _oracle(spec: Spec, call):
