@@ -167,7 +167,7 @@ def triton_hooks(spec: Spec, source_name: str) -> dict:
         kernel_params=[p.name for p in spec.runtime_params],
         kernel_bool_params=[p.name for p in spec.runtime_params if p.type == "bool"],
     )
-    hooks.update(backward_hooks(spec, r))
+    hooks.update(backward_hooks(spec, TritonRenderer))
     summed = [s for s in hooks["sites"] if s["level"] != "element"]
     hooks.update(
         backward_error_literal=repr(hooks["backward_error"]),

@@ -26,21 +26,32 @@ from attnspec.passes.derivative import derivative, float_loads
 _SCORE = Expr("score")
 
 
-def backward_hooks(spec: Spec, renderer) -> dict:
+def backward_hooks(spec: Spec, renderer_class) -> dict:
     """The backward template's hooks, or backward_error where the spec cannot be differentiated."""
     try:
-        hooks = _differentiated(spec, renderer)
+        hooks = _differentiated(spec, renderer_class(spec), _raw_score(renderer_class)(spec))
     except AttnError as error:
         return {"backward_error": error.message, "d_score": None, "d_weight": None, "sites": [], "grad_inputs": []}
     return {"backward_error": None, **hooks}
 
 
-def _differentiated(spec: Spec, r) -> dict:
+def _raw_score(renderer_class):
+    """The renderer for the score mod's derivatives: there `score` is the score before the mod (_x);
+    in the weight's, it is the modified score (_s)."""
+
+    class RawScoreRenderer(renderer_class):
+        def render_score(self, e: Expr) -> str:
+            return "_x"
+
+    return RawScoreRenderer
+
+
+def _differentiated(spec: Spec, r, raw) -> dict:
     norm = spec.normalize
-    d_score = _rendered(derivative(spec.score, _SCORE, spec), r)
+    d_score = _rendered(derivative(spec.score, _SCORE, spec), raw)
     d_weight = None if norm.weight is None else _rendered(derivative(norm.weight, _SCORE, spec), r)
-    roots = (("score", spec.score), ("weight", norm.weight), ("sink", norm.sink))
-    sites = [_site(spec, r, root, expr, load) for root, expr in roots for load in float_loads(expr, spec)]
+    roots = (("score", spec.score, raw), ("weight", norm.weight, r), ("sink", norm.sink, r))
+    sites = [_site(spec, rr, root, expr, load) for root, expr, rr in roots for load in float_loads(expr, spec)]
     for number, site in enumerate(sites):
         site["id"] = number
     names = [i.name for i in spec.inputs]
