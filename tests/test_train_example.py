@@ -1,8 +1,9 @@
 """examples/train_rel_bias.py: a tiny model whose attention layer comes from an .attn file with a
 learnable relative-position table, trained for a few steps.
 
-On the CPU only the reference target can train (FlexAttention has no CPU backward, the triton target no
-backward kernel yet); on a GPU the flex target must give the reference's losses.
+On the CPU the reference target trains and the triton target (in Triton's interpreter, which
+conftest.py turns on) must give its losses; FlexAttention has no CPU backward. On a GPU the flex and
+triton targets must give the reference's losses.
 """
 
 from __future__ import annotations
@@ -38,13 +39,22 @@ def test_the_bias_table_is_a_parameter_that_learns(example):
     assert model.attn.table.grad is not None and model.attn.table.grad.abs().sum() > 0
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter")
+def test_the_triton_target_trains_like_the_reference(example):
+    reference = example.train("reference", steps=10, batch_size=4)
+    triton = example.train("triton", steps=10, batch_size=4)
+    assert triton[-1] < triton[0], triton
+    torch.testing.assert_close(torch.tensor(triton), torch.tensor(reference), rtol=1e-3, atol=1e-4)
+
+
 def test_the_flex_target_says_it_cannot_train_on_the_cpu(example):
     with pytest.raises(NotImplementedError, match="no backward pass on the CPU"):
         example.train("flex", steps=1)
 
 
 @pytest.mark.cuda
-def test_flex_on_a_gpu_trains_like_the_reference(example):
+@pytest.mark.parametrize("target", ["flex", "triton"])
+def test_fast_targets_on_a_gpu_train_like_the_reference(example, target):
     reference = example.train("reference", steps=20, device="cuda")
-    flex = example.train("flex", steps=20, device="cuda")
-    torch.testing.assert_close(torch.tensor(flex), torch.tensor(reference), rtol=2e-2, atol=2e-2)
+    fast = example.train(target, steps=20, device="cuda")
+    torch.testing.assert_close(torch.tensor(fast), torch.tensor(reference), rtol=2e-2, atol=2e-2)

@@ -7,9 +7,9 @@ function of the IR: sympy differentiates, the result is rebuilt as IR and handed
 How an expression becomes sympy:
 - every subtree that does not contain `wrt` is an *atom* (a Symbol standing for the subtree, kept
   by symbolic.SymbolTable), and so is every subtree that is piecewise constant in it (comparisons,
-  boolean logic, floor division): its derivative is 0 wherever it exists;
+  boolean logic): its derivative is 0 wherever it exists;
 - `+ - * /`, float(x), exp, log, sqrt, tanh, powers are sympy's own; exp2 and log2 are written with
-  base 2; float `%` is a - b * (a // b);
+  base 2 (`//` and `%` take integers, which never hold a float variable);
 - sigmoid, softplus, relu, abs, min, max, clamp (= min(max(x, lo), hi), as the reference computes
   it) and where are sympy functions defined here, whose derivatives follow torch's autograd at the
   kinks (relu' (0) = 0, abs' (0) = 0, max and min split a tie evenly), so kernel gradients match the
@@ -31,7 +31,7 @@ from ..ir import Expr, Spec, const, inline_bindings, walk
 from ..types import infer
 from .symbolic import NotRepresentable, SymbolTable, _Builder, exact_key
 
-_PIECEWISE_CONSTANT = ("lt", "le", "gt", "ge", "eq", "ne", "and", "or", "not", "floordiv", "bitand")
+_PIECEWISE_CONSTANT = ("lt", "le", "gt", "ge", "eq", "ne", "and", "or", "not")
 
 
 # ------------------------------------------------------------------ functions with torch's derivatives
@@ -178,9 +178,6 @@ class _Converter:
 
     def _log2(self, a):
         return sympy.log(self.convert(a)) / sympy.log(2)
-
-    def _mod(self, a, b):  # a float % b = a - b * (a // b); the floor is piecewise constant
-        return self.convert(a) - self.convert(b) * self.table.atom(Expr("floordiv", (a, b)), "float")
 
     def _clamp(self, x, lo, hi):
         return Min(Max(self.convert(x), self.convert(lo)), self.convert(hi))

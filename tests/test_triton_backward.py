@@ -1,0 +1,194 @@
+"""The triton target's backward (templates/triton/backward.py.jinja, codegen/triton_backward.py).
+
+In Triton's CPU interpreter, at small sizes, each case is a fuzz trial with grad=1 (attnspec.fuzz):
+out and lse, then dq, dk, dv and the gradient of every float input of <out, dO> + <lse, dlse>, each
+held to the accuracy rule against the float64 reference's autograd. What is covered:
+- every example spec the triton target accepts, in float32 and bfloat16, on shapes that break
+  kernels (lengths off the 64-wide tiles, SQ != SKV, GQA, MQA, DV != D, B = 2);
+- every normalization with fully masked rows, a sink, and each index structure of a learnable input
+  (per head, per row, per column, per pair; one input read at two places);
+- how input gradients are summed: per program, row and column sites in a fixed order, per pair
+  atomically; the same gradients on every run;
+- nn.Module parameters, torch.compile, and the refusal of a spec without a derivative.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import attnspec
+from attnspec.api import load_program
+from attnspec.fuzz.cases import Case
+from attnspec.fuzz.compare import OK, Subject, run_case
+from attnspec.runtime import triton as triton_runtime
+from attnspec.runtime.sample import Sizes
+from test_flex import EXAMPLES
+
+pytest.importorskip("triton")
+pytestmark = [
+    pytest.mark.usefixtures("one_torch_thread"),
+    pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:triton.runtime.interpreter"),
+]
+
+MAIN = Sizes(B=2, H=4, HKV=2, SQ=70, SKV=100, D=16, DV=24)
+EDGES = (
+    Sizes(B=1, H=2, HKV=1, SQ=33, SKV=130, D=32, DV=16),
+    Sizes(B=1, H=3, HKV=1, SQ=90, SKV=40, D=16, DV=8),
+    Sizes(B=1, H=1, HKV=1, SQ=1, SKV=65, D=8, DV=16),
+)
+
+
+def subject_of(source, name: str = "<test>") -> Subject:
+    """The reference and triton modules of a spec, or of the first spec of a .attn text."""
+    spec = load_program(source).specs[0] if isinstance(source, str) else source
+    return Subject.build(spec, ["triton"], name)
+
+
+def fitted(spec, sizes: Sizes) -> Sizes:
+    if spec.gqa_group is None:
+        return sizes
+    group = int(spec.gqa_group.literal)
+    return Sizes(sizes.B, sizes.HKV * group, sizes.HKV, sizes.SQ, sizes.SKV, sizes.D, sizes.DV)
+
+
+def assert_gradients_agree(subject: Subject, sizes: Sizes, dtype: str = "float32", seed: int = 3, **params):
+    case = Case("triton", dtype, fitted(subject.spec, sizes), seed=seed, params=tuple(params.items()), grad=True)
+    outcome = run_case(subject, case)
+    assert outcome.status == OK, f"{case}: {outcome.detail}"
+    return outcome
+
+
+def example_specs():
+    found = []
+    for n, path in enumerate(sorted(EXAMPLES.glob("*.attn"))):
+        for spec in load_program(path).specs:
+            found.append(pytest.param(path, spec.name, EDGES[n % len(EDGES)], id=f"{path.stem}:{spec.name}"))
+    return found
+
+
+@pytest.mark.parametrize("path, name, edge", example_specs())
+def test_example_gradients_agree_with_reference(path, name, edge):
+    spec = next(s for s in load_program(path).specs if s.name == name)
+    subject = subject_of(spec, path.name)
+    if "triton" in subject.refused:
+        pytest.skip(f"the triton target refuses this spec: {subject.refused['triton'].message}")
+    assert_gradients_agree(subject, MAIN, "float32")
+    assert_gradients_agree(subject, edge, "bfloat16", seed=5)
+
+
+# ------------------------------------------------------------------ normalizations, masked rows, input structures
+
+HOLES = "mask kv <= q - 2 and h != 1"  # rows 0 and 1 of every head, and all of head 1, hold no key
+
+NORMALIZATIONS = {
+    "softmax": "",
+    "sink": "input sink_logit: float32[H] learnable\n normalize softmax(sink = 2.0 * sink_logit[h] + float(q % 3))",
+    "sigmoid": "input gate: float32[H] learnable\n normalize elementwise(sigmoid(score + gate[h]) * 0.5)",
+    "rownorm_relu2": "normalize rownorm(relu(score + 0.3) ** 2)",
+    "rownorm_softplus": "input bias: float32[H] learnable\n normalize rownorm(softplus(score * bias[h]))",
+    "rownorm_exp": "normalize rownorm(exp(score))",
+}
+
+
+@pytest.mark.parametrize("norm", sorted(NORMALIZATIONS))
+def test_normalizations_with_fully_masked_rows(norm):
+    subject = subject_of(f"attention holes {{\n {HOLES}\n {NORMALIZATIONS[norm]}\n}}")
+    assert_gradients_agree(subject, Sizes(B=1, H=3, HKV=3, SQ=20, SKV=24, D=8, DV=8))
+    assert_gradients_agree(subject, Sizes(B=1, H=3, HKV=1, SQ=66, SKV=17, D=16, DV=8), "bfloat16")
+
+
+SCORE_MODS = {
+    "per_head_gain": ("input gain: float32[H] learnable", "score * gain[h] - 0.1 * float(abs(q - kv))"),
+    "per_row": ("input rowb: float32[B, SQ] learnable", "score + rowb[b, q]"),
+    "per_column": ("input colb: float32[H, SKV] learnable", "score + colb[h, kv]"),
+    "per_diagonal": ("input rel: float32[H, 2 * SQ - 1] learnable", "score + rel[h, kv - q + SQ - 1]"),
+    "read_twice": ("input pos: float32[SKV] learnable", "score + pos[q] - pos[kv]"),
+    "softcap_gated": ("input w: float32[H] learnable", "tanh(score * w[h] / 4.0) * 4.0"),
+    "clamped_max": ("input c: float32[H] learnable", "max(min(score, c[h]), -c[h]) + abs(score) * 0.1"),
+}
+
+
+@pytest.mark.parametrize("mod", sorted(SCORE_MODS))
+def test_learnable_inputs_of_every_index_structure(mod):
+    decl, score = SCORE_MODS[mod]
+    subject = subject_of(f"attention m {{\n {decl}\n mask kv <= q + 5\n score = {score}\n}}")
+    assert_gradients_agree(subject, Sizes(B=2, H=4, HKV=2, SQ=70, SKV=70, D=16, DV=16))
+    assert_gradients_agree(subject, Sizes(B=2, H=2, HKV=1, SQ=40, SKV=40, D=16, DV=8), "bfloat16", seed=1)
+
+
+@pytest.mark.parametrize(
+    "decl, score, sites",
+    [
+        ("input s: float32[H] learnable", "score * s[h]", (("dq", "program"),)),
+        ("input r: float32[B, SQ] learnable", "score + r[b, q]", (("dq", "row"),)),
+        ("input c: float32[H, SKV] learnable", "score + c[h, kv]", (("dkdv", "col"),)),
+        ("input t: float32[2 * SQ] learnable", "score + t[q - kv + SQ]", ()),
+        ("input p: float32[SKV] learnable", "score + p[q] - p[kv]", (("dq", "row"), ("dkdv", "col"))),
+    ],
+    ids=["program", "row", "col", "pair", "row_and_col"],
+)
+def test_input_gradients_are_summed_where_the_indices_allow(decl, score, sites):
+    """Per-program, per-row and per-column sites are summed in the kernels and added in a fixed order
+    (deterministic); only a site whose indices vary with q and kv adds atomically."""
+    module = attnspec.compile(f"attention m {{\n {decl}\n score = {score}\n}}", "triton")
+    assert module.SITE_KERNELS == sites
+
+
+def test_gradients_are_the_same_on_every_run():
+    module = attnspec.compile(f"attention m {{\n {SCORE_MODS['read_twice'][0]}\n mask kv <= q\n score = score * 2.0 + pos[q] - pos[kv]\n}}", "triton")
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 50, 16, generator=gen) for _ in range(3))
+    pos = torch.randn(50, generator=gen)
+
+    def grads():
+        leaves = [t.clone().requires_grad_(True) for t in (q, k, v, pos)]
+        module.attention(*leaves[:3], pos=leaves[3]).square().sum().backward()
+        return [t.grad for t in leaves]
+
+    for a, b in zip(grads(), grads()):
+        assert torch.equal(a, b)
+
+
+def test_runtime_params_and_selection_in_the_backward():
+    subject = subject_of(
+        "attention sel {\n param w: int runtime = 20\n param cap: float runtime = 3.0\n mask kv <= q and q - kv < w\n"
+        " score = cap * tanh(score / cap)\n select blocks(q = 16, kv = 16) top(2) by dot(mean(q), mean(k)) always kv_block == q_block\n}"
+    )
+    assert_gradients_agree(subject, Sizes(B=1, H=2, HKV=1, SQ=70, SKV=70, D=16, DV=16), w=33, cap=2.5)
+
+
+# ------------------------------------------------------------------ modules, torch.compile, refusals
+
+
+def test_module_parameters_receive_gradients():
+    source = EXAMPLES / "s02_rel_table.attn"
+    kernel, reference = attnspec.compile(source, "triton"), attnspec.compile(source, "reference")
+    gen = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(1, 2, 40, 16, generator=gen) for _ in range(3))
+    layers = [m.Module(H=2, SQ=40) for m in (kernel, reference)]
+    for layer in layers:
+        with torch.no_grad():
+            layer.table.copy_(torch.linspace(-1, 1, layer.table.numel()).view_as(layer.table))
+        layer(q, k, v).square().sum().backward()
+    torch.testing.assert_close(layers[0].table.grad, layers[1].table.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_torch_compile_runs_forward_and_backward():
+    module = attnspec.compile(EXAMPLES / "b07_softcap.attn", "triton")
+    gen = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(1, 2, 40, 16, generator=gen).requires_grad_(True) for _ in range(3))
+    eager = torch.autograd.grad(module.attention(q, k, v).sum(), (q, k, v))
+    compiled = torch.compile(lambda q, k, v: module.attention(q, k, v).sum(), backend="eager")
+    for got, want in zip(torch.autograd.grad(compiled(q, k, v), (q, k, v)), eager):
+        torch.testing.assert_close(got, want)
+
+
+def test_a_spec_without_a_backward_is_refused_only_when_a_gradient_is_asked_for():
+    q = torch.randn(1, 1, 4, 8, requires_grad=True)
+    with pytest.raises(NotImplementedError, match="no backward for this spec .because."):
+        triton_runtime.check_launch("m", q, q, q, (), "because")
+    with torch.no_grad():
+        assert triton_runtime.check_launch("m", q, q, q, (), "because") is False
+    assert triton_runtime.check_launch("m", q, q, q, (), None) is True
