@@ -88,6 +88,7 @@ def _fuzz_parser(sub) -> None:
     fuzz.add_argument("--generate", type=int, default=0, metavar="N", help="also fuzz N random specs")
     fuzz.add_argument("--mutate", type=int, default=0, metavar="N", help="instead, feed N corrupted versions of the files (default examples/*.attn) to the front end")
     fuzz.add_argument("--front-end", action="store_true", help="only run the files through the front end and every code generator")
+    fuzz.add_argument("--grad", action="store_true", help="also check the gradients of q, k, v and the float inputs (triton; flex on a GPU)")
     fuzz.add_argument("--shrink-seconds", type=float, default=60.0, help="time allowed to shrink a failure (default 60)")
     fuzz.add_argument("--save", default="fuzz-failures", metavar="DIR", help="where failing generated specs are written")
     fuzz.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -40,14 +40,15 @@ class FuzzFailure(AssertionError):
 def fuzz(
     spec_file, *, spec: str | None = None, targets=(), trials: int = 25, seed: int = 0, dtypes=(),
     device: str | None = None, max_len: int = 0, shrink_seconds: float = 60.0, save_dir: str = "fuzz-failures",
-    consts: dict | None = None, **more_consts,
+    consts: dict | None = None, grad: bool = False, **more_consts,
 ) -> list:
     """Fuzz every spec of `spec_file` (a path or .attn text), or `spec`, on `targets` (default: every
     fast target installed) in `dtypes` (default: float32, bfloat16, float16). Compile-time params as
-    keywords. Returns one Report per (spec, target); raises FuzzFailure on any failure."""
+    keywords. grad: also hold the gradients of q, k, v and the float inputs to the rule (triton;
+    flex on a GPU). Returns one Report per (spec, target); raises FuzzFailure on any failure."""
     from .fuzz.runner import fuzz_file
 
-    options = _options(targets, trials, seed, dtypes, device, max_len, shrink_seconds, save_dir, {**(consts or {}), **more_consts})
+    options = _options(targets, trials, seed, dtypes, device, max_len, shrink_seconds, save_dir, {**(consts or {}), **more_consts}, grad)
     reports = fuzz_file(_source(spec_file), options, spec)
     failed = [r for r in reports if r.status == "fail"]
     if failed:
@@ -66,12 +67,12 @@ def replay(spec_file, case: str, *, spec: str | None = None, device: str = "cpu"
     return report
 
 
-def _options(targets, trials, seed, dtypes, device, max_len, shrink_seconds, save_dir, consts):
+def _options(targets, trials, seed, dtypes, device, max_len, shrink_seconds, save_dir, consts, grad=False):
     from .fuzz.runner import make_options
 
     return make_options(
         targets=targets, dtypes=dtypes, device=device, trials=trials, seed=seed, max_len=max_len,
-        shrink_seconds=shrink_seconds, consts=consts, save_dir=save_dir, progress=False,
+        shrink_seconds=shrink_seconds, consts=consts, save_dir=save_dir, progress=False, grad=grad,
     )
 
 

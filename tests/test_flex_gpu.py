@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from attnspec.runtime.sample import Sizes, sample_arguments
-from test_flex import F64, assert_agrees, fits, modules, run_both
+from test_flex import EXAMPLES, F64, assert_agrees, fits, modules, run_both
 from test_triton_gpu import example_specs, on_gpu
 
 pytestmark = pytest.mark.cuda
@@ -40,3 +40,34 @@ def test_example_compiled_on_gpu(stem, name, _room_to_recompile):
         return
     for dtype in (torch.bfloat16, torch.float32):
         assert_agrees(*run_both(reference, flex, spec, args64, dtype, compiled=True), f"{name} {dtype} compiled on GPU")
+
+
+@pytest.mark.parametrize("stem, name", [
+    ("b04_alibi", "alibi"), ("b05_streaming_sink", "streaming_sink"), ("s02_rel_table", "rel_table"),
+    ("m02_natten2d", "natten2d"), ("n01_sigmoid", "sigmoid_attn"), ("n02_relu2_rownorm", "relu2_rownorm"),
+])
+def test_example_gradients_through_flex_on_gpu(stem, name):
+    """FlexAttention's own backward, through the module's mods, epilogues and learnable inputs."""
+    from attnspec.api import load_program
+    from attnspec.fuzz.cases import Case
+    from attnspec.fuzz.compare import OK, Subject, run_case
+    from attnspec.runtime.sample import Sizes
+
+    spec = next(s for s in load_program(EXAMPLES / f"{stem}.attn").specs if s.name == name)
+    subject = Subject.build(spec, ["flex"], f"{stem}.attn")
+    case = Case("flex", "bfloat16", Sizes(B=2, H=4, HKV=2, SQ=300, SKV=400, D=64, DV=64), seed=1, grad=True)
+    outcome = run_case(subject, case, device="cuda")
+    assert outcome.status == OK, f"{case}: {outcome.detail}"
+
+
+def test_an_input_read_twice_through_flex_on_gpu():
+    from attnspec.api import load_program
+    from attnspec.fuzz.cases import Case
+    from attnspec.fuzz.compare import OK, Subject, run_case
+    from attnspec.runtime.sample import Sizes
+
+    source = "attention g {\n input pos: float32[SKV] learnable\n mask kv <= q\n score = score + pos[q] - pos[kv]\n}"
+    subject = Subject.build(load_program(source).specs[0], ["flex"], "<test>")
+    case = Case("flex", "float32", Sizes(B=1, H=4, HKV=4, SQ=256, SKV=256, D=64, DV=64), seed=3, grad=True)
+    outcome = run_case(subject, case, device="cuda")
+    assert outcome.status == OK, f"{case}: {outcome.detail}"

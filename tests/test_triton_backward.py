@@ -53,9 +53,9 @@ def fitted(spec, sizes: Sizes) -> Sizes:
     return Sizes(sizes.B, sizes.HKV * group, sizes.HKV, sizes.SQ, sizes.SKV, sizes.D, sizes.DV)
 
 
-def assert_gradients_agree(subject: Subject, sizes: Sizes, dtype: str = "float32", seed: int = 3, **params):
+def assert_gradients_agree(subject: Subject, sizes: Sizes, dtype: str = "float32", seed: int = 3, device="cpu", **params):
     case = Case("triton", dtype, fitted(subject.spec, sizes), seed=seed, params=tuple(params.items()), grad=True)
-    outcome = run_case(subject, case)
+    outcome = run_case(subject, case, device)
     assert outcome.status == OK, f"{case}: {outcome.detail}"
     return outcome
 

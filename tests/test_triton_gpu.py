@@ -53,3 +53,22 @@ def test_long_causal_on_gpu():
     reference, kernel, spec = modules("b01_causal", "causal")
     args64 = on_gpu(sample_arguments(spec, Sizes(B=1, H=4, HKV=4, SQ=8192, SKV=8192, D=128, DV=128), F64, seed=2))
     assert_agrees(*run_both(reference, kernel, spec, args64, torch.bfloat16), "causal 8k")
+
+
+# ------------------------------------------------------------------ gradients
+
+
+@pytest.mark.parametrize("stem, name", example_specs(), ids=lambda x: str(x))
+@pytest.mark.parametrize("dtype", ("bfloat16", "float32"))
+def test_example_gradients_on_gpu(stem, name, dtype):
+    """dq, dk, dv and every float input's gradient (fuzz trial with grad=1) with the compiled kernels."""
+    from test_triton_backward import assert_gradients_agree, subject_of
+    from test_flex import EXAMPLES
+    from attnspec.api import load_program
+
+    spec = next(s for s in load_program(EXAMPLES / f"{stem}.attn").specs if s.name == name)
+    subject = subject_of(spec, f"{stem}.attn")
+    if "triton" in subject.refused:
+        pytest.skip(subject.refused["triton"].message)
+    sizes = Sizes(B=2, H=8, HKV=4, SQ=700, SKV=900, D=64, DV=64)
+    assert_gradients_agree(subject, sizes, dtype, device="cuda")

@@ -143,7 +143,7 @@ def _param_strategy(param, longest: int) -> st.SearchStrategy:
 
 
 @st.composite
-def cases(draw, spec: Spec, target: str, dtypes: tuple[str, ...], max_len: int = 300) -> Case:
+def cases(draw, spec: Spec, target: str, dtypes: tuple[str, ...], max_len: int = 300, grad: bool = False) -> Case:
     drawn_sizes = draw(sizes(spec, max_len))
     return Case(
         target=target,
@@ -154,6 +154,7 @@ def cases(draw, spec: Spec, target: str, dtypes: tuple[str, ...], max_len: int =
         inputs=draw(st.sampled_from(INPUT_STYLES)),
         trace=draw(st.sampled_from(TRACES)),
         params=draw(param_values(spec, drawn_sizes)),
+        grad=grad,
     )
 
 

@@ -36,7 +36,7 @@ def _options(args, consts: dict) -> Options:
     return make_options(
         targets=args.target, dtypes=args.dtype, device=args.device, trials=args.trials, seed=args.seed,
         max_len=args.max_len, shrink_seconds=args.shrink_seconds, consts=consts, save_dir=args.save,
-        progress=False if args.no_progress else None,
+        progress=False if args.no_progress else None, grad=args.grad,
     )
 
 
