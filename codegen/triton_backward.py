@@ -20,7 +20,7 @@ gradient is asked for.
 from __future__ import annotations
 
 from attnspec.diagnostics import AttnError
-from attnspec.ir import Expr, Spec, inline_bindings, level_of, uses
+from attnspec.ir import Expr, Spec, level_of
 from attnspec.passes.derivative import derivative, float_loads
 
 _SCORE = Expr("score")
@@ -60,10 +60,9 @@ def _differentiated(spec: Spec, r, raw) -> dict:
 
 
 def _rendered(e: Expr, r) -> dict:
-    """A derivative as code, and whether it is the constant 1 (then nothing multiplies) or has
-    the tile's shape already (else it is broadcast)."""
-    one = e.op == "const" and e.literal == 1.0
-    return {"code": r.render(e), "one": one, "full": uses(inline_bindings(e, r.spec), "score")}
+    """A derivative as code (broadcast against the tile where it does not vary per pair), and whether
+    it is the constant 1 (then nothing multiplies)."""
+    return {"code": r.render(e), "one": e.op == "const" and e.literal == 1.0}
 
 
 def _site(spec: Spec, r, root: str, expr: Expr, load: Expr) -> dict:

@@ -23,9 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
-import attnspec
 from attnspec.api import load_program
 from attnspec.cli import main
 from attnspec.diagnostics import AttnError
