@@ -1,6 +1,7 @@
 """What the benchmarks share: measuring time and peak memory (CPU and GPU, single calls and interleaved
 rounds), the skip-by-extrapolation budget, the examples at N tokens with hand-written FlexAttention
-mask_mods / score_mods and their dense SDPA masks, BlockMask comparison, formatting.
+mask_mods / score_mods and their dense SDPA masks, BlockMask comparison, formatting, and the sections
+of RESULTS.md whose rows merge across runs.
 
 Importing it has no side effects beyond importing torch and attnspec; a script that wants the fixed
 glibc mmap threshold (so freed tensors go back to the OS and cannot hide a later call's peak) calls
@@ -13,6 +14,7 @@ import math
 import os
 import platform
 import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -30,6 +32,7 @@ from attnspec.analysis.tiles import EMPTY, FULL, PARTIAL
 from attnspec.api import load_program, lower, pick_spec
 
 ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 EXAMPLES = sorted((ROOT / "examples").glob("*.attn"))
 HEADS = 8
 
@@ -443,3 +446,138 @@ def versions(device: str) -> str:
         where = f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda}), host {where}"
     return (f"Device: {where}. torch {torch.__version__}, Python {platform.python_version()}, "
             f"attnspec {attnspec.__version__}")
+
+
+# ------------------------------------------------------------------ RESULTS.md sections whose rows merge
+
+PENDING = "pending"
+
+
+@dataclass(frozen=True)
+class Section:
+    """The section of RESULTS.md that one script writes, between its markers: a heading and intro, then
+    one block per GPU model (a "pending" one until a GPU block exists), each listing the runs that made
+    it, the method and its tables. A table's rows merge across runs by (variant, N, D): a row of a new
+    run replaces the row of the same key, the others stay; other blocks and the rest of the file are
+    kept."""
+
+    script: str  # the script's file name: its markers and run lines name it
+    intro: str  # the heading and the paragraph under it
+    method: str  # the paragraph above the tables
+    tables: tuple[tuple[str, str], ...]  # per table: its header line and the note above it ('' for none)
+    order: tuple[str, ...]  # the variants, in the order rows sort by
+
+    @property
+    def begin(self) -> str:
+        return f"<!-- {self.script}: begin -->"
+
+    @property
+    def end(self) -> str:
+        return f"<!-- {self.script}: end -->"
+
+    def device_begin(self, key: str) -> str:
+        return f"<!-- {self.script} {key}: begin -->"
+
+    def device_end(self, key: str) -> str:
+        return f"<!-- {self.script} {key}: end -->"
+
+    @property
+    def run_prefix(self) -> str:
+        """How the run lines of a block start."""
+        return f"- `python benchmarks/{self.script}"
+
+    def pending_block(self) -> str:
+        return "\n".join([
+            self.device_begin(PENDING),
+            "### GPU: pending",
+            "",
+            f"No GPU run yet: `python benchmarks/{self.script} --write` on a CUDA machine fills this block "
+            "(a sweep longer than one sitting splits with --only / --dims / --sizes, or stops in time with "
+            "--max-minutes: rows merge by variant, N and D).",
+            self.device_end(PENDING),
+        ])
+
+    def render(self, key: str, title: str, rows: list[list[str]], runs: list[str]) -> str:
+        """A device block: its runs, the method, then each table with its rows."""
+        lines = [self.device_begin(key), f"### {title}", "", "Runs:", "", *runs, "", self.method]
+        for (header, note), table in zip(self.tables, rows):
+            lines += ["", *([note, ""] if note else []), header, "|" + "---|" * (header.count("|") - 1), *table]
+        return "\n".join([*lines, self.device_end(key)])
+
+    def blocks(self, text: str) -> dict[str, str]:
+        """The device blocks of the section in a RESULTS.md text, by key."""
+        if self.begin not in text or self.end not in text:
+            return {}
+        section = text.split(self.begin, 1)[1].split(self.end, 1)[0]
+        name = re.escape(self.script)
+        pattern = re.compile(rf"<!-- {name} (.+?): begin -->\n(.*?)<!-- {name} \1: end -->", re.S)
+        return {m.group(1): m.group(0) for m in pattern.finditer(section)}
+
+    def merged(self, key: str, title: str, rows: list[list[str]], run: str, path: Path = RESULTS) -> str:
+        """This run's rows over the rows of the block already in `path` under the same key, and its
+        run line after the ones listed there."""
+        old = self.blocks(path.read_text()).get(key, "")
+        runs = [line for line in old.splitlines() if line.startswith(self.run_prefix)]
+        tables = [self.merge_rows(table_rows(old, header), new) for (header, _), new in zip(self.tables, rows)]
+        return self.render(key, title, tables, [*runs, run])
+
+    def row_key(self, row: str) -> tuple:
+        """(variant, N, D) of a row, as a sort key: the script's variant order, then D, then N."""
+        name, n, d = (cell.strip() for cell in row.strip("|").split("|")[:3])
+        name = name.split()[0]
+        tokens = float(n[:-1]) * 1024 if n.endswith("k") else float(n)
+        return (self.order.index(name) if name in self.order else len(self.order), name, int(d), tokens)
+
+    def merge_rows(self, old: list[str], new: list[str]) -> list[str]:
+        rows = {self.row_key(row): row for row in old}
+        rows.update({self.row_key(row): row for row in new})
+        return [rows[key] for key in sorted(rows)]
+
+    def write(self, blocks: dict[str, str], path: Path = RESULTS) -> None:
+        """Replace the section's blocks of these keys (other blocks stay; the pending one goes once a
+        GPU block exists); the section goes at the end of the file the first time."""
+        text = path.read_text()
+        kept = {**self.blocks(text), **blocks}
+        if any(key != PENDING for key in kept):
+            kept.pop(PENDING, None)
+        elif not kept:
+            kept[PENDING] = self.pending_block()
+        if self.begin in text and self.end in text:
+            head, rest = text.split(self.begin, 1)
+            tail = rest.split(self.end, 1)[1]
+        else:
+            head, tail = text.rstrip("\n") + "\n\n", "\n"
+        parts = [self.begin, self.intro, ""] + [block + "\n" for block in kept.values()]
+        path.write_text(head + "\n".join(parts) + self.end + tail)
+
+    def check_writer(self, key: str, title: str, rows: list[list[str]], run: str, path: Path = RESULTS) -> None:
+        """--smoke: write the section twice into a temporary copy of `path` (the second merges into the
+        first) and check that rows are not doubled and that the rest of the file is unchanged."""
+        original = path.read_text()
+        with tempfile.TemporaryDirectory() as tmp:
+            copy = Path(tmp) / path.name
+            shutil.copy(path, copy)
+            for _ in range(2):
+                self.write({key: self.merged(key, title, rows, run, copy)}, copy)
+            written = copy.read_text()
+        span = re.escape(self.begin) + ".*?" + re.escape(self.end)
+        outside = lambda text: re.sub(span, "", text, flags=re.S)  # noqa: E731
+        block = self.blocks(written)[key]
+        assert outside(written).rstrip("\n") == outside(original).rstrip("\n"), f"the rest of {path.name} changed"
+        for (header, _), table in zip(self.tables, rows):
+            assert len(table_rows(block, header)) == len(table), "merged rows doubled or lost"
+        assert block.count(self.run_prefix) == 2, "runs not listed once per write"
+        print(f"section writer: ok (checked on a temporary copy of {path.name})")
+
+
+def table_rows(block: str, header: str) -> list[str]:
+    """The rows of the table under `header` in a rendered block."""
+    lines = block.splitlines()
+    if header not in lines:
+        return []
+    rows = []
+    for line in lines[lines.index(header) + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(line)
+    return rows

@@ -62,14 +62,10 @@ import datetime
 import inspect
 import math
 import os
-import re
-import shutil
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from types import ModuleType
 from typing import Callable
 
@@ -81,9 +77,11 @@ from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 import attnspec
 from common import (
     EXTRA_CONSTS,
+    RESULTS,
     ROOT,
     Budget,
     Sample,
+    Section,
     Variant,
     consts_for,
     failed,
@@ -107,12 +105,7 @@ SMOKE_VARIANTS = ("b01_causal", "b04_alibi", "k02_moba")
 CONTENDERS = ("triton", "flex", "sdpa")
 COUNT_CHUNK = 1 << 24  # mask elements evaluated at once when counting kept pairs
 SELECTION_CHECK_MAX = 1 << 28  # compare the two modules' selections while the dense mask stays this small
-
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
-BEGIN, END = "<!-- triton_attention.py: begin -->", "<!-- triton_attention.py: end -->"
-DEVICE_BEGIN, DEVICE_END = "<!-- triton_attention.py {}: begin -->", "<!-- triton_attention.py {}: end -->"
-DEVICE_BLOCK = re.compile(r"<!-- triton_attention\.py (.+?): begin -->\n(.*?)<!-- triton_attention\.py \1: end -->", re.S)
-PENDING = "pending"
+SIZES = (2048, 4096, 8192, 16384, 32768)  # N by default on a GPU
 TIME_HEADER = ("| variant | N | D | kept | triton | TFLOP/s | flex | TFLOP/s | ratio | SDPA | TFLOP/s | ratio "
                "| SDPA form (backend) | max diff flex / SDPA |")
 FIRST_HEADER = "| variant | N | D | schedule | triton config | triton first call | flex first call | SDPA first call |"
@@ -425,7 +418,8 @@ def fmt_seconds(seconds: float) -> str:
 
 
 def fmt_cell_time(sample: Sample) -> str:
-    return "n/a" if sample.skipped == "n/a" else fmt_time(sample)
+    """The time, or "n/a ..." where the contender has no form of this variant (the reason, if given)."""
+    return sample.skipped if (sample.skipped or "").startswith("n/a") else fmt_time(sample)
 
 
 def time_row(cell: Cell, samples: dict[str, Sample], outs: dict) -> str:
@@ -486,9 +480,12 @@ def measure_cell(cfg: Config, name: str, n: int, d: int, gen, hand_fn: Callable,
     return rows
 
 
-def run_sweep(cfg: Config, names: list[str], started: float) -> tuple[list[str], list[str], str]:
-    """Every variant, D and N (N ascending: the budget extrapolates from the previous one). Returns
-    the table rows, the first-call rows, and why the sweep stopped early ('' when it did not)."""
+def run_sweep(cfg: Config, names: list[str], started: float,
+              measure: Callable | None = None) -> tuple[list[str], list[str], str]:
+    """Every variant, D and N (N ascending: the budget extrapolates from the previous one), each cell
+    measured by `measure` (default measure_cell; same arguments, same two rows). Returns the table rows,
+    the first-call rows, and why the sweep stopped early ('' when it did not)."""
+    measure = measure or measure_cell
     budget = Budget(cfg.max_seconds, cfg.max_mib)
     gen = torch.Generator(device=cfg.device).manual_seed(0)
     time_rows, first_rows = [], []
@@ -500,7 +497,7 @@ def run_sweep(cfg: Config, names: list[str], started: float) -> tuple[list[str],
                 if cfg.max_minutes and time.perf_counter() - started > cfg.max_minutes * 60:
                     return time_rows, first_rows, (f"stopped at --max-minutes {cfg.max_minutes:g} before "
                                                    f"{name}, N = {size_label(n)}, D = {d}")
-                time_line, first_line = measure_cell(cfg, name, n, d, gen, hand_fn, budget)
+                time_line, first_line = measure(cfg, name, n, d, gen, hand_fn, budget)
                 time_rows.append(time_line)
                 first_rows.append(first_line)
                 print(time_line, flush=True)
@@ -522,16 +519,6 @@ only the pairs the mask keeps. Ratios are anchor time / triton time: above 1, th
 faster. One block per GPU model; its rows merge across runs by (variant, N, D), and the runs that made
 them are listed."""
 
-PENDING_BLOCK = "\n".join([
-    DEVICE_BEGIN.format(PENDING),
-    "### GPU: pending",
-    "",
-    "No GPU run yet: `python benchmarks/triton_attention.py --write` on a CUDA machine fills this block "
-    "(a sweep longer than one sitting splits with --only / --dims / --sizes, or stops in time with "
-    "--max-minutes: rows merge by variant, N and D).",
-    DEVICE_END.format(PENDING),
-])
-
 METHOD = (
     "SQ = SKV = N, q, k, v standard normal, sizes and dtype as the run that made the row says. triton: the "
     "generated `attention(q, k, v, **inputs)`, its host-side schedule included (a block table where the "
@@ -550,8 +537,17 @@ METHOD = (
 )
 
 
-def run_line(cfg: Config, names: list[str], elapsed: float, stopped: str) -> str:
-    command = " ".join(["python benchmarks/triton_attention.py", *sys.argv[1:]])
+FIRST_NOTE = (
+    "First call per shape: triton's autotunes (config: the tile configuration it kept) and compiles its "
+    "kernels; flex's compiles (dynamic=False: every shape anew, a fresh inductor cache per run); SDPA's "
+    "is a plain call."
+)
+SECTION = Section("triton_attention.py", INTRO, METHOD, ((TIME_HEADER, ""), (FIRST_HEADER, FIRST_NOTE)), VARIANTS)
+
+
+def run_line(cfg: Config, names: list[str], elapsed: float, stopped: str, script: str) -> str:
+    """The run line of a block: the command, date, device, versions and settings."""
+    command = " ".join([f"python benchmarks/{script}", *sys.argv[1:]])
     where = versions(cfg.device).removeprefix("Device: ")
     import triton
 
@@ -561,133 +557,27 @@ def run_line(cfg: Config, names: list[str], elapsed: float, stopped: str) -> str
             f"{elapsed / 60:.1f} min" + (f"; {stopped}" if stopped else "") + ")")
 
 
-def table_rows(block: str, header: str) -> list[str]:
-    """The rows of the table under `header` in a rendered block."""
-    lines = block.splitlines()
-    if header not in lines:
-        return []
-    rows = []
-    for line in lines[lines.index(header) + 2:]:
-        if not line.startswith("|"):
-            break
-        rows.append(line)
-    return rows
-
-
-def row_key(row: str) -> tuple:
-    """(variant, N, D) of a row, as a sort key: the script's variant order, then D, then N."""
-    name, n, d = (cell.strip() for cell in row.strip("|").split("|")[:3])
-    name = name.split()[0]
-    tokens = float(n[:-1]) * 1024 if n.endswith("k") else float(n)
-    return (VARIANTS.index(name) if name in VARIANTS else len(VARIANTS), name, int(d), tokens)
-
-
-def merge_rows(old: list[str], new: list[str]) -> list[str]:
-    rows = {row_key(row): row for row in old}
-    rows.update({row_key(row): row for row in new})
-    return [rows[key] for key in sorted(rows)]
-
-
-def render_block(key: str, title: str, time_rows: list[str], first_rows: list[str], runs: list[str]) -> str:
-    return "\n".join([
-        DEVICE_BEGIN.format(key),
-        f"### {title}",
-        "",
-        "Runs:",
-        "",
-        *runs,
-        "",
-        METHOD,
-        "",
-        TIME_HEADER,
-        "|" + "---|" * (TIME_HEADER.count("|") - 1),
-        *time_rows,
-        "",
-        "First call per shape: triton's autotunes (config: the tile configuration it kept) and compiles its "
-        "kernels; flex's compiles (dynamic=False: every shape anew, a fresh inductor cache per run); SDPA's "
-        "is a plain call.",
-        "",
-        FIRST_HEADER,
-        "|" + "---|" * (FIRST_HEADER.count("|") - 1),
-        *first_rows,
-        DEVICE_END.format(key),
-    ])
-
-
-def section_blocks(text: str) -> dict[str, str]:
-    """The device blocks of the section in a RESULTS.md text, by key."""
-    if BEGIN not in text or END not in text:
-        return {}
-    section = text.split(BEGIN, 1)[1].split(END, 1)[0]
-    return {m.group(1): m.group(0) for m in DEVICE_BLOCK.finditer(section)}
-
-
-def existing_blocks(path: Path) -> dict[str, str]:
-    return section_blocks(path.read_text())
-
-
-def merged_block(key: str, title: str, time_rows: list[str], first_rows: list[str], run: str, path: Path) -> str:
-    """This run's rows over the rows of the block already in `path` under the same key."""
-    old = existing_blocks(path).get(key, "")
-    runs = [line for line in old.splitlines() if line.startswith("- `python benchmarks/triton_attention.py")]
-    return render_block(key, title, merge_rows(table_rows(old, TIME_HEADER), time_rows),
-                        merge_rows(table_rows(old, FIRST_HEADER), first_rows), [*runs, run])
-
-
-def write_section(blocks: dict[str, str], path: Path = RESULTS) -> None:
-    """Replace the section's blocks of these keys (other blocks stay; the pending one goes once a GPU
-    block exists); the section goes at the end of the file the first time."""
-    text = path.read_text()
-    kept = {**existing_blocks(path), **blocks}
-    if any(key != PENDING for key in kept):
-        kept.pop(PENDING, None)
-    elif not kept:
-        kept[PENDING] = PENDING_BLOCK
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1]
-    else:
-        head, tail = text.rstrip("\n") + "\n\n", "\n"
-    parts = [BEGIN, INTRO, ""] + [block + "\n" for block in kept.values()]
-    path.write_text(head + "\n".join(parts) + END + tail)
-
-
-def check_writer(block_key: str, title: str, time_rows: list[str], first_rows: list[str], run: str) -> None:
-    """--smoke: write the section twice into a temporary copy of RESULTS.md (the second merges into the
-    first) and check that rows are not doubled and that the rest of the file is unchanged."""
-    original = RESULTS.read_text()
-    with tempfile.TemporaryDirectory() as tmp:
-        copy = Path(tmp) / "RESULTS.md"
-        shutil.copy(RESULTS, copy)
-        for _ in range(2):
-            write_section({block_key: merged_block(block_key, title, time_rows, first_rows, run, copy)}, copy)
-        written = copy.read_text()
-    outside = lambda text: re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), "", text, flags=re.S)  # noqa: E731
-    block = section_blocks(written)[block_key]
-    assert outside(written).rstrip("\n") == outside(original).rstrip("\n"), "the rest of RESULTS.md changed"
-    assert len(table_rows(block, TIME_HEADER)) == len(time_rows), "merged rows doubled or lost"
-    assert block.count("- `python benchmarks/triton_attention.py") == 2, "runs not listed once per write"
-    print("section writer: ok (checked on a temporary copy of RESULTS.md)")
-
-
 # ------------------------------------------------------------------ main
 
 
-def config(args) -> Config:
+def config(args, sizes: tuple[int, ...] = SIZES) -> Config:
+    """The run's settings from the flags; `sizes`: the default N on a GPU."""
     ints = lambda s: [int(x) for x in s.split(",")] if s else None  # noqa: E731
     if args.smoke:
         return Config("cpu", torch.float32, ints(args.sizes) or [128, 256], ints(args.dims) or [32],
                       args.batch or 1, args.heads or 2, args.reps or 1, args.max_seconds, args.max_mib or 1024,
                       args.max_minutes, True)
     max_mib = args.max_mib or int(torch.cuda.get_device_properties(0).total_memory / 2**21)  # half the GPU
-    return Config("cuda", torch.bfloat16, ints(args.sizes) or [2048, 4096, 8192, 16384, 32768],
+    return Config("cuda", torch.bfloat16, ints(args.sizes) or list(sizes),
                   ints(args.dims) or [64, 128], args.batch or 4, args.heads or 16, args.reps or 20,
                   args.max_seconds, max_mib, args.max_minutes, False)
 
 
-def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="", help="N = SQ = SKV (default 2048,...,32768; smoke 128,256)")
+def parse_args(doc: str = __doc__, sizes: tuple[int, ...] = SIZES, section: str = "Triton"):
+    """The flags; `doc`: the script's docstring, `sizes`: its default N, `section`: what --write updates."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--sizes", default="",
+                        help=f"N = SQ = SKV (default {sizes[0]},...,{sizes[-1]}; smoke 128,256)")
     parser.add_argument("--dims", default="", help="head dims (default 64,128; smoke 32)")
     parser.add_argument("--batch", type=int, default=0, help="B (default 4; smoke 1)")
     parser.add_argument("--heads", type=int, default=0, help="H (default 16; smoke 2)")
@@ -698,45 +588,59 @@ def parse_args():
                         help="skip a call predicted to use more, or a dense SDPA mask over it (default half the GPU)")
     parser.add_argument("--max-minutes", type=float, default=0.0,
                         help="start no new cell past this wall time (0: no limit); what was measured is kept")
-    parser.add_argument("--write", action="store_true", help="update the Triton section of RESULTS.md")
+    parser.add_argument("--write", action="store_true", help=f"update the {section} section of RESULTS.md")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny sizes on the CPU in Triton's interpreter; never writes RESULTS.md")
     return parser.parse_args()
 
 
-def main() -> None:
-    args = parse_args()
+def prepare(args, script: str, known: tuple[str, ...], smoke_default: tuple[str, ...],
+            sizes: tuple[int, ...] = SIZES) -> tuple[Config, list[str]]:
+    """The run's settings and variants (in `known`'s order) from the flags. --smoke: Triton's interpreter,
+    set before any module is built (@triton.jit reads it); otherwise a CUDA GPU, or the script exits."""
     if args.smoke:
         if args.write:
             sys.exit("--smoke never writes RESULTS.md: drop --write")
-        os.environ["TRITON_INTERPRET"] = "1"  # before any module is built: @triton.jit reads it
+        os.environ["TRITON_INTERPRET"] = "1"
     elif not torch.cuda.is_available():
-        sys.exit("triton_attention.py times CUDA kernels and torch.cuda.is_available() is False here; "
+        sys.exit(f"{script} times CUDA kernels and torch.cuda.is_available() is False here; "
                  "--smoke checks the script on the CPU (Triton's interpreter, tiny sizes, nothing written)")
-    cfg = config(args)
-    names = args.only.split(",") if args.only else list(SMOKE_VARIANTS if cfg.smoke else VARIANTS)
-    unknown = [name for name in names if name not in VARIANTS]
+    cfg = config(args, sizes)
+    names = args.only.split(",") if args.only else list(smoke_default if cfg.smoke else known)
+    unknown = [name for name in names if name not in known]
     if unknown:
-        sys.exit(f"unknown variants {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
-    names = [name for name in VARIANTS if name in names]
+        sys.exit(f"unknown variants {', '.join(unknown)}; known: {', '.join(known)}")
     warnings.filterwarnings("ignore")
     torch._dynamo.config.recompile_limit = 64  # every (N, D) compiles anew: never fall back to eager
     torch._dynamo.config.accumulated_recompile_limit = 4096
+    return cfg, [name for name in known if name in names]
+
+
+def report(section: Section, cfg: Config, names: list[str], rows: list[list[str]], elapsed: float, stopped: str,
+           write: bool) -> None:
+    """Print this run's block; --smoke checks the section writer on a copy, --write merges the block into
+    RESULTS.md."""
+    if stopped:
+        print(stopped, flush=True)
+    run = run_line(cfg, names, elapsed, stopped, section.script)
+    key = "smoke" if cfg.smoke else torch.cuda.get_device_name()
+    title = "Smoke: CPU, Triton interpreter (not a timing)" if cfg.smoke else f"GPU: {key}"
+    print(section.render(key, title, rows, [run]), flush=True)
+    if cfg.smoke:
+        section.check_writer(key, title, rows, run)
+    elif write:
+        section.write({key: section.merged(key, title, rows, run)})
+        print(f"wrote {RESULTS.relative_to(ROOT)}")
+
+
+def main() -> None:
+    args = parse_args()
+    cfg, names = prepare(args, "triton_attention.py", VARIANTS, SMOKE_VARIANTS)
     started = time.perf_counter()
     print(f"== {versions(cfg.device)}", flush=True)
     with torch.no_grad():
         time_rows, first_rows, stopped = run_sweep(cfg, names, started)
-    if stopped:
-        print(stopped, flush=True)
-    run = run_line(cfg, names, time.perf_counter() - started, stopped)
-    key = "smoke" if cfg.smoke else torch.cuda.get_device_name()
-    title = "Smoke: CPU, Triton interpreter (not a timing)" if cfg.smoke else f"GPU: {key}"
-    print(render_block(key, title, time_rows, first_rows, [run]), flush=True)
-    if cfg.smoke:
-        check_writer(key, title, time_rows, first_rows, run)
-    elif args.write:
-        write_section({key: merged_block(key, title, time_rows, first_rows, run, RESULTS)})
-        print(f"wrote {RESULTS.relative_to(ROOT)}")
+    report(SECTION, cfg, names, [time_rows, first_rows], time.perf_counter() - started, stopped, args.write)
 
 
 if __name__ == "__main__":
