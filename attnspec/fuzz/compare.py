@@ -2,9 +2,11 @@
 
 The oracle runs first. A case the reference itself refuses (a runtime param out of its range, a
 rownorm weight below 0, an integer division by zero) or whose exact result is not finite lies
-outside the spec's domain: it is discarded, not failed. Anything a target does differently on a case
-the reference accepts is a failure: an exception, NaN, an element never written (outputs start as
-NaN), a wrong shape or dtype, or an error beyond the rule, for out and for lse.
+outside the spec's domain: it is discarded, not failed; so is a case that the reference computed in
+the dtype cannot represent (exp of a logit in the hundreds overflows float32: the rule has no
+yardstick there). Anything a target does differently on a case the reference accepts is a failure:
+an exception, NaN, an element never written (outputs start as NaN), a wrong shape or dtype, or an
+error beyond the rule, for out and for lse, and with grad=1 for every gradient.
 """
 
 from __future__ import annotations
@@ -78,6 +80,8 @@ def _run(subject: Subject, case: Case, device) -> Outcome:
     if not _finite(*ref64):
         raise _Discard("the float64 reference is not finite on this case")
     low_ref = _pair(_oracle(spec, lambda: reference.attention(**low, **options)))
+    if not _finite(*low_ref):
+        raise _Discard(f"the reference in {case.dtype} is not finite on this case (beyond the dtype's range)")
     try:
         got = _pair(_target_call(subject, case, low, options))
     except Exception as err:  # noqa: BLE001 - any exception on a case the reference accepts is a bug
@@ -101,6 +105,8 @@ def _gradient_trial(subject: Subject, case: Case, args64: dict, low: dict, optio
     if any(g is not None and not bool(torch.isfinite(g).all()) for g in ref64.values()):
         raise _Discard("the float64 reference's gradient is not finite on this case")
     low_ref = _oracle_gradients(spec, subject.reference, low, names, options, case.seed)
+    if any(g is not None and not bool(torch.isfinite(g).all()) for g in low_ref.values()):
+        raise _Discard(f"the reference's gradient in {case.dtype} is not finite on this case (beyond the dtype's range)")
     module = subject.modules[case.target]
     try:
         got = _gradients(lambda args: module.attention(**args, **options), low, names, case.seed)
