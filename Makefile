@@ -27,19 +27,22 @@ demo: install
 test: install
 	$(PY) -m pytest -q
 
-# A longer fuzz run than the test suite's (docs/fuzz.md): every example on every target, random specs and
-# corrupted text. About an hour and a half on two CPU cores; FUZZ_TRIALS=10 for a quicker pass.
+# A longer fuzz run than the test suite's (docs/fuzz.md): every example on every target, gradients too
+# (--grad; flex's only on a GPU), random specs and corrupted text. About two hours on two CPU cores;
+# FUZZ_TRIALS=10 for a quicker pass.
 FUZZ_TRIALS ?= 50
 fuzz: install
-	$(VENV)/bin/attnspec fuzz examples/*.attn --trials $(FUZZ_TRIALS) --generate 200
+	$(VENV)/bin/attnspec fuzz examples/*.attn --trials $(FUZZ_TRIALS) --generate 200 --grad
 	$(VENV)/bin/attnspec fuzz examples/*.attn --mutate 2000
 
 # On a machine with a CUDA GPU and the dependencies installed (GPU_PYTHON, default python3): the GPU
-# tests of the flex and triton targets, then the triton benchmark, which updates benchmarks/RESULTS.md.
+# tests of the flex and triton targets (forward, gradients, training), then the triton benchmarks, forward
+# and backward, which update benchmarks/RESULTS.md.
 GPU_PYTHON ?= python3
 gpu-check:
-	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) -m pytest -q -m cuda tests/test_triton_gpu.py tests/test_flex_gpu.py
+	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) -m pytest -q -m cuda tests/test_triton_gpu.py tests/test_flex_gpu.py tests/test_train_example.py
 	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) benchmarks/triton_attention.py --write
+	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) benchmarks/triton_backward.py --write
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

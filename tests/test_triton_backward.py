@@ -178,6 +178,16 @@ def test_found_gradient_cases_pass(stem, case):
     assert outcome.status == OK, outcome.detail
 
 
+def test_random_specs_differentiate_like_the_reference(tmp_path):
+    """CI's share of `attnspec fuzz --generate N --grad`: random specs (every normalization, learnable
+    inputs of every kind, selections) through the backward kernels."""
+    from attnspec.fuzz.runner import Options, fuzz_generated
+
+    options = Options(targets=("triton",), trials=1, max_len=80, shrink_seconds=30, save_dir=str(tmp_path), seed=21, grad=True)
+    report = fuzz_generated(6, options)
+    assert report.status == OK, "\n".join(report.lines)
+
+
 # ------------------------------------------------------------------ modules, torch.compile, refusals
 
 
