@@ -191,6 +191,18 @@ def test_kernel_config_follows_the_head_dims():
     assert (fixed.block_m, fixed.block_n) == (16, 32)
 
 
+def test_the_backward_tries_smaller_tiles_on_a_gpu(monkeypatch):
+    from types import SimpleNamespace
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    q = SimpleNamespace(shape=(1, 1, 4, 128), dtype=torch.bfloat16, device=SimpleNamespace(type="cuda"))
+    forward = triton_runtime.candidate_configs(q, q)
+    backward = triton_runtime.candidate_configs(q, q, backward=True)
+    assert backward != forward
+    assert max(c.block_m * c.block_n for c in backward) < max(c.block_m * c.block_n for c in forward)
+    assert all(c.num_stages <= 2 for c in backward)
+
+
 # ------------------------------------------------------------------ the schedule: closed-form bands or a table
 
 BANDS = {
@@ -252,7 +264,7 @@ def test_launch_keeps_the_fastest_configuration_per_problem(monkeypatch):
         fn()
         return costs[launched[-1].block_m]
 
-    monkeypatch.setattr(triton_runtime, "candidate_configs", lambda q, v, tiles: configs)
+    monkeypatch.setattr(triton_runtime, "candidate_configs", lambda q, v, tiles, backward=False: configs)
     monkeypatch.setattr(triton.testing, "do_bench", fake_bench)
     monkeypatch.setattr(triton_runtime, "_TUNED", {})
     q = torch.empty(1, 1, 100, 64)

@@ -95,7 +95,15 @@ _GPU_CANDIDATES = {
 }
 
 
-def candidate_configs(q, v, tiles=None) -> list[Config]:
+# the backward kernels hold more tiles at once (q, dO, dq or k, v, dk, dv): smaller tiles, fewer stages
+_GPU_BACKWARD_CANDIDATES = {
+    64: ((64, 64, 4, 2), (128, 64, 8, 2), (64, 128, 8, 2), (32, 64, 4, 2)),
+    128: ((64, 64, 4, 2), (64, 32, 4, 2), (128, 32, 8, 2), (32, 64, 4, 2)),
+    256: ((32, 32, 4, 1), (64, 32, 4, 1), (32, 64, 4, 1)),
+}
+
+
+def candidate_configs(q, v, tiles=None, backward: bool = False) -> list[Config]:
     """The configurations worth trying: on a GPU a small space per head dim (or, where a selection
     fixes the tiles, its warps and stages), elsewhere the one configuration the interpreter runs."""
     d, dv = q.shape[-1], v.shape[-1]
@@ -106,7 +114,7 @@ def candidate_configs(q, v, tiles=None) -> list[Config]:
         block_m, block_n = tiles if tiles is not None else (64, 64)
         return [Config(block_m, block_n, block_d, block_dv, 4, 1, ieee, upcast)]
     width = max(64, block_d, block_dv)
-    shapes = _GPU_CANDIDATES[min(width, 256)]
+    shapes = (_GPU_BACKWARD_CANDIDATES if backward else _GPU_CANDIDATES)[min(width, 256)]
     if tiles is not None:
         shapes = tuple((tiles[0], tiles[1], warps, stages) for warps in (4, 8) for stages in (2, 3))
     return [Config(m, n, block_d, block_dv, warps, stages, ieee, upcast) for m, n, warps, stages in shapes]
@@ -120,11 +128,12 @@ def autotuning() -> bool:
     return os.environ.get("ATTNSPEC_AUTOTUNE", "1") != "0"
 
 
-def launch(run, name: str, q, v, tiles, lengths) -> None:
+def launch(run, name: str, q, v, tiles, lengths, backward: bool = False) -> None:
     """Call run(config) once with the best configuration for this problem: on CUDA the candidates are
     timed on the first call of each (spec, dtype, head dims, length bucket) and the fastest is kept
-    for the process; configurations the GPU cannot run are skipped."""
-    configs = candidate_configs(q, v, tiles)
+    for the process; configurations the GPU cannot run are skipped. `backward`: the backward
+    kernels' candidates (each run recomputes every gradient, so timing runs are harmless)."""
+    configs = candidate_configs(q, v, tiles, backward)
     if len(configs) == 1 or not autotuning():
         run(configs[0])
         return
