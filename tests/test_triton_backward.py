@@ -107,6 +107,8 @@ SCORE_MODS = {
     "read_twice": ("input pos: float32[SKV] learnable", "score + pos[q] - pos[kv]"),
     "softcap_gated": ("input w: float32[H] learnable", "tanh(score * w[h] / 4.0) * 4.0"),
     "clamped_max": ("input c: float32[H] learnable", "max(min(score, c[h]), -c[h]) + abs(score) * 0.1"),
+    # the optimizer folds the read away: no gradient (None) where the reference's is zeros (found by fuzz)
+    "folded_away": ("input bias: float32[H] learnable", "where(b <= b, score, score + bias[h])"),
 }
 
 
