@@ -40,6 +40,7 @@ def test_the_bias_table_is_a_parameter_that_learns(example):
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:triton.runtime.interpreter")
 def test_the_triton_target_trains_like_the_reference(example):
     reference = example.train("reference", steps=10, batch_size=4)
     triton = example.train("triton", steps=10, batch_size=4)
