@@ -223,3 +223,11 @@ def test_a_spec_without_a_backward_is_refused_only_when_a_gradient_is_asked_for(
     with torch.no_grad():
         assert triton_runtime.check_launch("m", q, q, q, (), "because") is False
     assert triton_runtime.check_launch("m", q, q, q, (), None) is True
+
+
+def test_a_second_derivative_is_refused_not_silently_wrong():
+    module = attnspec.compile(EXAMPLES / "b01_causal.attn", "triton")
+    q, k, v = (torch.randn(1, 1, 20, 16).requires_grad_(True) for _ in range(3))
+    (dq,) = torch.autograd.grad(module.attention(q, k, v).sum(), q, create_graph=True)
+    with pytest.raises(RuntimeError):
+        dq.sum().backward()
