@@ -79,6 +79,25 @@ class TritonRenderer(ReferenceRenderer):
     def render_not(self, e: Expr) -> str:
         return f"({self.render(e.args[0])} == 0)"
 
+    def render_lt(self, e: Expr) -> str:
+        return self._ordered(e, "<")
+
+    def render_le(self, e: Expr) -> str:
+        return self._ordered(e, "<=")
+
+    def render_gt(self, e: Expr) -> str:
+        return self._ordered(e, ">")
+
+    def render_ge(self, e: Expr) -> str:
+        return self._ordered(e, ">=")
+
+    def _ordered(self, e: Expr, symbol: str) -> str:
+        """A float comparison goes through _k_truth: in Triton's interpreter, a float32 scalar compared
+        with a constant is not a boolean that `|` and `&` accept (found by attnspec fuzz)."""
+        if any(infer(a, self.spec) == "float" for a in e.args):
+            return f"_k_truth({self.render_infix(e, symbol)})"
+        return self.render_infix(e, symbol)
+
     def render_float(self, e: Expr) -> str:
         return f"_k_as_float({self.render(e.args[0])})"
 

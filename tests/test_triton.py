@@ -154,6 +154,16 @@ def test_kernel_helpers_keep_the_language_semantics(dtype):
 # ------------------------------------------------------------------ what the kernel refuses
 
 
+@pytest.mark.parametrize("mask", ["kv <= q or float(h) < 2.5", "float(h) >= 0.5 and kv <= q + 3"])
+def test_float_comparisons_combine_with_boolean_tensors(mask):
+    """In the interpreter a float scalar's comparison was not a boolean `|` / `&` take (found by fuzz)."""
+    source = f"attention g {{ mask {mask} }}"
+    kernel, reference = attnspec.compile(source, "triton"), attnspec.compile(source, "reference")
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 4, 20, 16, generator=gen) for _ in range(3))
+    torch.testing.assert_close(kernel.attention(q, k, v), reference.attention(q, k, v), rtol=1e-4, atol=1e-5)
+
+
 def test_float64_is_refused():
     _, kernel, spec = modules("b01_causal", "causal")
     args = sample_arguments(spec, Sizes(B=1, H=1, HKV=1, SQ=8, SKV=8, D=8, DV=8), F64)

@@ -168,6 +168,9 @@ FOUND = [
     # from the forward's max and sum now, as the reference's do
     ("b01_causal", "target=triton,dtype=float32,B=1,H=2,HKV=1,SQ=1,SKV=63,D=16,DV=16,seed=26827,logits=huge,inputs=typical,trace=static,grad=1"),
     ("b04_alibi", "target=triton,dtype=float32,B=1,H=1,HKV=1,SQ=1,SKV=129,D=16,DV=16,seed=0,logits=normal,inputs=wild,trace=static,grad=1"),
+    # the forward's weights exp2(qk * c - m * c) rounded each product of a huge logit (a 1e-4 error in
+    # the sum l); exp2((qk - m) * c) rounds once
+    ("k05_seer_threshold", "target=triton,dtype=float32,B=2,H=1,HKV=1,SQ=100,SKV=63,D=8,DV=8,seed=700,logits=huge,inputs=typical,trace=static,param.t=0.0,grad=1"),
 ]
 
 
