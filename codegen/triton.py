@@ -187,12 +187,6 @@ def triton_hooks(spec: Spec, source_name: str) -> dict:
         kernel_bool_params=[p.name for p in spec.runtime_params if p.type == "bool"],
     )
     hooks.update(backward_hooks(spec, TritonRenderer))
-    summed = [s for s in hooks["sites"] if s["level"] != "element"]
-    hooks.update(
-        backward_error_literal=repr(hooks["backward_error"]),
-        site_inputs=repr(tuple(s["input"] for s in summed)),
-        site_kernels=repr(tuple((s["kernel"], s["level"]) for s in summed)),
-    )
     return hooks
 
 

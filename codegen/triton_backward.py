@@ -27,12 +27,19 @@ _SCORE = Expr("score")
 
 
 def backward_hooks(spec: Spec, renderer_class) -> dict:
-    """The backward template's hooks, or backward_error where the spec cannot be differentiated."""
+    """The backward template's hooks, or backward_error where the spec cannot be differentiated; with
+    the module constants they imply (literals: BACKWARD_ERROR, SITE_INPUTS, SITE_KERNELS)."""
     try:
-        hooks = _differentiated(spec, renderer_class(spec), _raw_score(renderer_class)(spec))
+        hooks = {"backward_error": None, **_differentiated(spec, renderer_class(spec), _raw_score(renderer_class)(spec))}
     except AttnError as error:
-        return {"backward_error": error.message, "d_score": None, "d_weight": None, "sites": [], "grad_inputs": []}
-    return {"backward_error": None, **hooks}
+        hooks = {"backward_error": error.message, "d_score": None, "d_weight": None, "sites": [], "grad_inputs": []}
+    summed = [s for s in hooks["sites"] if s["level"] != "element"]
+    return {
+        **hooks,
+        "backward_error_literal": repr(hooks["backward_error"]),
+        "site_inputs": repr(tuple(s["input"] for s in summed)),
+        "site_kernels": repr(tuple((s["kernel"], s["level"]) for s in summed)),
+    }
 
 
 def _raw_score(renderer_class):
@@ -66,9 +73,7 @@ def _rendered(e: Expr, r) -> dict:
 
 
 def _site(spec: Spec, r, root: str, expr: Expr, load: Expr) -> dict:
-    index_level = _level(spec, load.args)
-    if root == "sink" and index_level not in ("program", "row"):
-        index_level = "row"  # a sink is per row: its reads never vary along kv
+    index_level = _level(spec, load.args)  # a sink's reads are program or row level (verify.SINK)
     return {
         "input": load.value,
         "root": root,

@@ -95,6 +95,13 @@ def fits(spec, sizes: Sizes) -> bool:
     return sizes.H == sizes.HKV * int(spec.gqa_group.literal)
 
 
+def fitted(spec, sizes: Sizes) -> Sizes:
+    """These sizes with H set by the spec's declared GQA group, if it declares one."""
+    if spec.gqa_group is None:
+        return sizes
+    return replace(sizes, H=sizes.HKV * int(spec.gqa_group.literal))
+
+
 # q, k, v (and float64 values) in a dtype; declared float32 inputs stay float32, as a user passes them
 cast = low_precision
 

@@ -23,7 +23,7 @@ from attnspec.fuzz.cases import Case
 from attnspec.fuzz.compare import OK, Subject, run_case
 from attnspec.runtime import flex as flex_runtime
 from attnspec.runtime.sample import Sizes
-from test_flex import EXAMPLES
+from test_flex import EXAMPLES, fitted
 
 SIZES = Sizes(B=2, H=4, HKV=2, SQ=40, SKV=56, D=16, DV=8)
 
@@ -50,10 +50,7 @@ def dense_flex(monkeypatch):
 
 
 def assert_flex_gradients_agree(subject: Subject, sizes: Sizes = SIZES, seed: int = 2):
-    if subject.spec.gqa_group is not None:
-        group = int(subject.spec.gqa_group.literal)
-        sizes = Sizes(sizes.B, sizes.HKV * group, sizes.HKV, sizes.SQ, sizes.SKV, sizes.D, sizes.DV)
-    case = Case("flex", "float32", sizes, seed=seed, grad=True)
+    case = Case("flex", "float32", fitted(subject.spec, sizes), seed=seed, grad=True)
     outcome = run_case(subject, case)
     assert outcome.status == OK, f"{case}: {outcome.detail}"
 

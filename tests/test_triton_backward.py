@@ -23,7 +23,7 @@ from attnspec.fuzz.cases import Case
 from attnspec.fuzz.compare import OK, Subject, run_case
 from attnspec.runtime import triton as triton_runtime
 from attnspec.runtime.sample import Sizes
-from test_flex import EXAMPLES
+from test_flex import EXAMPLES, fitted
 
 pytest.importorskip("triton")
 pytestmark = [
@@ -44,13 +44,6 @@ def subject_of(source, name: str = "<test>") -> Subject:
     """The reference and triton modules of a spec, or of the first spec of a .attn text."""
     spec = load_program(source).specs[0] if isinstance(source, str) else source
     return Subject.build(spec, ["triton"], name)
-
-
-def fitted(spec, sizes: Sizes) -> Sizes:
-    if spec.gqa_group is None:
-        return sizes
-    group = int(spec.gqa_group.literal)
-    return Sizes(sizes.B, sizes.HKV * group, sizes.HKV, sizes.SQ, sizes.SKV, sizes.D, sizes.DV)
 
 
 def assert_gradients_agree(subject: Subject, sizes: Sizes, dtype: str = "float32", seed: int = 3, device="cpu", **params):

@@ -101,10 +101,11 @@ def _gradient_trial(subject: Subject, case: Case, args64: dict, low: dict, optio
     reference in the dtype, target."""
     spec = subject.spec
     names = ["q", "k", "v"] + [i.name for i in spec.inputs if args64[i.name].is_floating_point()]
-    ref64 = _oracle_gradients(spec, subject.reference, args64, names, options, case.seed)
+    reference = lambda args: subject.reference.attention(**args, **options)  # noqa: E731
+    ref64 = _oracle(spec, lambda: _gradients(reference, args64, names, case.seed))
     if any(g is not None and not bool(torch.isfinite(g).all()) for g in ref64.values()):
         raise _Discard("the float64 reference's gradient is not finite on this case")
-    low_ref = _oracle_gradients(spec, subject.reference, low, names, options, case.seed)
+    low_ref = _oracle(spec, lambda: _gradients(reference, low, names, case.seed))
     if any(g is not None and not bool(torch.isfinite(g).all()) for g in low_ref.values()):
         raise _Discard(f"the reference's gradient in {case.dtype} is not finite on this case (beyond the dtype's range)")
     module = subject.modules[case.target]
@@ -140,18 +141,10 @@ def _judge_gradient(name, got, low_ref, ref64, dtype, problems: list) -> Verdict
     return verdict
 
 
-def _oracle_gradients(spec: Spec, reference, args: dict, names, options: dict, seed: int) -> dict:
-    try:
-        return _gradients(lambda a: reference.attention(**a, **options), args, names, seed)
-    except (ValueError, TypeError) as err:
-        if str(err).startswith(f"{spec.name}:"):
-            raise _Discard(str(err)) from None
-        raise
-
-
 def _gradients(call, args: dict, names, seed: int) -> dict:
-    """{name: gradient or None} of <out, dO> + <finite lse, dlse> for one call; the cotangents are
-    drawn in float64 from the case's seed, so every run sees the same ones."""
+    """{name: gradient or None} of <out, dO> + <finite lse, dlse> for one call (with grad enabled, also
+    inside _oracle's no_grad); the cotangents are drawn in float64 from the case's seed, so every run
+    sees the same ones."""
     leaves = {n: args[n].detach().clone().requires_grad_(True) for n in names}
     with torch.enable_grad():
         out, lse = _pair(call({**args, **leaves}))

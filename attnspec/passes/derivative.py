@@ -42,13 +42,7 @@ class Where(sympy.Function):
 
     @classmethod
     def eval(cls, c, a, b):
-        if a == b:
-            return a
-        if c is sympy.true:
-            return a
-        if c is sympy.false:
-            return b
-        return None
+        return a if a == b else None
 
     def fdiff(self, argindex=1):
         c = self.args[0]
