@@ -9,6 +9,7 @@ helpers in templates/reference/helpers.py.jinja accept both.
 from __future__ import annotations
 
 from attnspec import __version__
+from attnspec.analysis.sign import nonzero
 from attnspec.ir import Expr, Spec, walk
 from attnspec.types import infer
 
@@ -56,6 +57,18 @@ class ReferenceRenderer(ExprRenderer):
         """Booleans compare through _xor ((a | b) & not (a & b)): in FlexAttention's traced mods, shape
         symbols become SymBools, which have & | and not but no == != ^ (found by attnspec fuzz)."""
         return f"_xor({', '.join(self.render(a) for a in e.args)})"
+
+    def render_floordiv(self, e: Expr) -> str:
+        return self._division(e, "//", "_floordiv")
+
+    def render_mod(self, e: Expr) -> str:
+        return self._division(e, "%", "_floormod")
+
+    def _division(self, e: Expr, symbol: str, helper: str) -> str:
+        """An integer divisor that may be 0 goes through the helper that defines that case (§4)."""
+        if infer(e, self.spec) == "int" and not nonzero(e.args[1], self.spec):
+            return f"{helper}({', '.join(self.render(a) for a in e.args)})"
+        return self.render_infix(e, symbol)
 
     def render_pow(self, e: Expr) -> str:
         return f"_pow({self.render(e.args[0])}, {self.render(e.args[1])})"

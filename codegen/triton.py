@@ -9,7 +9,8 @@ form, the epilogue); TritonRenderer fills its hooks with the spec's expressions 
 - an input `t` is a pointer with its sizes `_t_n0..` and strides `_t_s0..`; every index of a load is
   clamped into its dimension (bounds-safe), float inputs compute in float32;
 - `//` and `%` keep the language's floor semantics (Triton's integer division truncates), except
-  where both operands are provably >= 0 and the plain operators agree;
+  where the dividend is provably >= 0 and the divisor > 0 and the plain operators agree; a divisor
+  that may be 0 gives a // 0 = 0 and a % 0 = a, as on every target;
 - bindings are placed by level: program ones once per kernel instance, row ones once per query
   tile, column and element ones inside the key-tile loop.
 """
@@ -17,7 +18,7 @@ form, the epilogue); TritonRenderer fills its hooks with the spec's expressions 
 from __future__ import annotations
 
 from attnspec.analysis.bands import key_bands
-from attnspec.analysis.sign import nonnegative, positive
+from attnspec.analysis.sign import nonnegative, nonzero, positive
 from attnspec.builtins import DTYPES
 from attnspec.diagnostics import AttnError
 from attnspec.ir import Expr, Spec, inline_bindings, uses
@@ -111,9 +112,11 @@ class TritonRenderer(ReferenceRenderer):
         a, b = e.args
         if infer(e, self.spec) == "float":
             return f"{helper}_float({self.render(a)}, {self.render(b)})"
-        if nonnegative(a, self.spec) and nonnegative(b, self.spec):
+        if nonnegative(a, self.spec) and positive(b, self.spec):
             return f"({self.render(a)} {symbol} {self.render(b)})"
-        return f"{helper}({self.render(a)}, {self.render(b)})"
+        if nonzero(b, self.spec):
+            return f"{helper}({self.render(a)}, {self.render(b)})"
+        return f"{helper}_or_zero({self.render(a)}, {self.render(b)})"
 
     def render_truediv(self, e: Expr) -> str:
         a, b = (self.render(x) for x in e.args)
@@ -171,6 +174,8 @@ def triton_hooks(spec: Spec, source_name: str) -> dict:
         k_mask=None if mask is None else r.render(mask),
         k_sink=None if norm.sink is None else r.render(norm.sink),
         fold_log2e=plain_score,
+        # rownorm(f) with f not provably >= 0: the kernel flags a negative f, the launcher raises
+        check_nonnegative=norm.kind == "rownorm" and not nonnegative(norm.weight, spec),
         # an expression that reads the score already has the tile's shape; others are broadcast to it
         score_full=uses(spec.score, "score"),
         weight_full=norm.weight is not None and uses(norm.weight, "score"),

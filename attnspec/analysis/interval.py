@@ -162,7 +162,7 @@ def _floordiv(a: Num, b: Num) -> Num:
 
 
 def _mod(a: Num, b: Num) -> Num:
-    """Python modulo: the result has the sign of the divisor."""
+    """Python modulo: the result has the sign of the divisor; a where the divisor is 0."""
     point = b.lo == b.hi
     c = b.lo
     same_period = torch.floor(a.lo / c) == torch.floor(a.hi / c)
@@ -171,8 +171,10 @@ def _mod(a: Num, b: Num) -> Num:
     exact_hi = a.hi - torch.floor(a.hi / c) * c
     wide_lo = torch.where(b.lo > 0, 0.0, torch.minimum(b.lo + 1, torch.zeros_like(b.lo)))
     wide_hi = torch.where(b.hi < 0, 0.0, torch.maximum(b.hi - 1, torch.zeros_like(b.hi)))
-    return bounded(torch.where(exact, torch.minimum(exact_lo, exact_hi), wide_lo),
-                 torch.where(exact, torch.maximum(exact_lo, exact_hi), wide_hi))
+    lo = torch.where(exact, torch.minimum(exact_lo, exact_hi), wide_lo)
+    hi = torch.where(exact, torch.maximum(exact_lo, exact_hi), wide_hi)
+    zero = ~_nonzero(b)  # a % 0 == a (language.md section 4)
+    return bounded(torch.where(zero, torch.minimum(lo, a.lo), lo), torch.where(zero, torch.maximum(hi, a.hi), hi))
 
 
 def _pow(a: Num, b: Num) -> Num:

@@ -31,6 +31,11 @@ def positive(expr: Expr, spec: Spec) -> bool:
     return lower_bound(expr, spec) > 0
 
 
+def nonzero(expr: Expr, spec: Spec) -> bool:
+    """Provably never 0: > 0 everywhere, or < 0 everywhere."""
+    return positive(expr, spec) or positive(Expr("neg", (expr,)), spec)
+
+
 def _leaf(e: Expr, spec: Spec) -> Num | Bool:
     if e.op == "index_var":
         return num(0.0, torch.inf)

@@ -127,6 +127,7 @@ class TileGrid:
 
     def load(self, name: str, table: torch.Tensor, indices: list[Num]) -> Num | Bool:
         """Bounds of table[indices] per tile; indices are clamped into range as the targets do."""
+        table = readable(table)
         summary = self.summaries.get(name)
         if summary is None:
             summary = self.summaries[name] = RangeSummary(table.detach().cpu())
@@ -147,6 +148,12 @@ class TileGrid:
         while classes.dim() < 4:
             classes = classes.unsqueeze(0)
         return classes.expand(*classes.shape[:2], self.nq, self.nk)
+
+
+def readable(table: torch.Tensor) -> torch.Tensor:
+    """An input as every target reads it: one without elements (a zero-length dimension at this
+    call) is a single 0 of its rank, the value each of its reads gives (language.md section 7)."""
+    return table if table.numel() else table.new_zeros((1,) * table.dim())
 
 
 def scalar(value) -> Num | Bool:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..analysis.tiles import readable
 from .blocks import class_lists
 
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -228,9 +229,16 @@ def _broadcast_strides(t: torch.Tensor) -> tuple[int, int, int]:
 
 def input_arguments(t: torch.Tensor) -> tuple:
     """An input as the kernel takes it: the tensor (bool as int8), then its sizes, then its strides."""
+    t = readable(t)
     if t.dtype == torch.bool:
         t = t.to(torch.int8)
     return (t, *t.shape, *t.stride())
+
+
+def input_gradient(grad: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The gradient of input t from its kernel buffer (shaped like readable(t)): zeros where t has
+    no elements (its reads were 0 whatever it held)."""
+    return grad.to(t.dtype) if grad.shape == t.shape else torch.zeros_like(t)
 
 
 # ---------------------------------------------------------------- gradients of inputs
