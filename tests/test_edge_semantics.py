@@ -196,3 +196,23 @@ def test_a_negative_rownorm_weight_raises_on_every_target_that_accepts_it(target
 def test_flex_refuses_a_rownorm_weight_it_cannot_prove_nonnegative():
     with pytest.raises(attnspec.AttnError, match="not provably >= 0"):
         attnspec.compile(SIGNED, "flex")
+
+
+# ------------------------------------------------------------------ the fuzzer holds targets to the rule
+
+FUZZED = ["nan_score", "inf_sink", "rownorm_inf"]
+
+
+@pytest.mark.parametrize("target", ["flex", "triton"])
+@pytest.mark.parametrize("case", FUZZED)
+def test_the_fuzzer_judges_undefined_rows_instead_of_discarding_them(case, target, tmp_path):
+    from attnspec.testing import fuzz
+
+    try:
+        attnspec.compile(UNDEFINED[case], target)
+    except attnspec.AttnError:
+        pytest.skip(f"{target} refuses the spec")
+    (report,) = fuzz(UNDEFINED[case], targets=(target,), trials=4, shrink_seconds=5, save_dir=str(tmp_path))
+    assert report.status == "ok", report.summary
+    trials, discarded = (int(w) for w in report.summary.replace(",", "").split() if w.isdigit())
+    assert discarded < trials, f"every case was discarded: {report.summary}"

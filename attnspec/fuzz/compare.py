@@ -1,11 +1,12 @@
 """One trial: run a target on a case and hold it to the accuracy rule against the float64 reference.
 
 The oracle runs first. A case the reference itself refuses (a runtime param out of its range, a
-rownorm weight below 0, an integer division by zero) or whose exact result is not finite lies
+rownorm weight below 0) or whose exact result is not finite outside its undefined rows lies
 outside the spec's domain: it is discarded, not failed; so is a case that the reference computed in
 the dtype cannot represent (exp of a logit in the hundreds overflows float32: the rule has no
 yardstick there). Anything a target does differently on a case the reference accepts is a failure:
-an exception, NaN, an element never written (outputs start as NaN), a wrong shape or dtype, or an
+an exception, NaN where the reference's row is defined or a number where it is undefined
+(language.md section 8), an element never written (outputs start as NaN), a wrong shape or dtype, or an
 error beyond the rule, for out and for lse, and with grad=1 for every gradient.
 """
 
@@ -78,15 +79,17 @@ def _run(subject: Subject, case: Case, device) -> Outcome:
     options.update(_shared_selection(subject, low))
     ref64 = _pair(_oracle(spec, lambda: reference.attention(**args64, **options)))
     if not _finite(*ref64):
-        raise _Discard("the float64 reference is not finite on this case")
+        raise _Discard("the float64 reference is not finite on this case (outside its undefined rows)")
     low_ref = _pair(_oracle(spec, lambda: reference.attention(**low, **options)))
-    if not _finite(*low_ref):
+    if not _finite(*low_ref) or not torch.equal(torch.isnan(low_ref[0]).cpu(), torch.isnan(ref64[0]).cpu()):
         raise _Discard(f"the reference in {case.dtype} is not finite on this case (beyond the dtype's range)")
     try:
         got = _pair(_target_call(subject, case, low, options))
     except Exception as err:  # noqa: BLE001 - any exception on a case the reference accepts is a bug
         return Outcome(FAIL, f"{case.target} raised {type(err).__name__}: {err}")
     outcome = _judge(got, low_ref, ref64, DTYPES[case.dtype])
+    if bool(torch.isnan(ref64[0]).any()):
+        return outcome  # the gradient of an undefined row is undefined too: the forward is the trial
     if not case.grad or outcome.status != OK:
         return outcome
     return _merge(outcome, _gradient_trial(subject, case, args64, low, options))
@@ -173,10 +176,6 @@ def _oracle(spec: Spec, call):
             if str(err).startswith(f"{spec.name}:"):
                 raise _Discard(str(err)) from None
             raise
-        except RuntimeError as err:
-            if "ZeroDivisionError" in str(err):
-                raise _Discard("integer division by zero") from None
-            raise
 
 
 def _target_call(subject: Subject, case: Case, low: dict, options: dict):
@@ -218,10 +217,12 @@ def _judge(got, low_ref, ref64, dtype) -> Outcome:
         if tensor is None or tuple(tensor.shape) != tuple(ref64[index].shape) or tensor.dtype != expected_dtype:
             problems.append(f"{label}: expected {expected_dtype} {tuple(ref64[index].shape)}, got {_describe(tensor)}")
             continue
-        if bool(torch.isnan(tensor).any()):
-            problems.append(f"{label}: NaN at {_first(torch.isnan(tensor))} (the reference has none)")
+        undefined = torch.isnan(ref64[index]).to(tensor.device)  # the rows the rule makes NaN
+        if not torch.equal(torch.isnan(tensor), undefined):
+            problems.append(_nan_mismatch(label, torch.isnan(tensor), undefined))
             continue
-        verdict = check(tensor, low_ref[index], ref64[index], label)
+        defined = lambda t: torch.where(undefined.to(t.device), 0.0, t)  # noqa: E731 - NaN rows agree: compare the rest
+        verdict = check(defined(tensor), defined(low_ref[index]), defined(ref64[index]), label)
         verdicts.append(verdict)
         if not verdict.ok:
             problems.append(f"{verdict}, worst at {_worst(tensor, ref64[index])}")
@@ -230,9 +231,17 @@ def _judge(got, low_ref, ref64, dtype) -> Outcome:
 
 
 def _finite(out: torch.Tensor, lse) -> bool:
-    """out finite everywhere; lse may be -inf (an empty row), never NaN or +inf."""
-    lse_ok = lse is None or not bool((torch.isnan(lse) | (lse == float("inf"))).any())
-    return bool(torch.isfinite(out).all()) and lse_ok
+    """out finite outside its undefined rows (NaN, language.md section 8); lse may be -inf (an empty
+    row) or NaN where out is, never +inf."""
+    defined = ~torch.isnan(out)
+    lse_ok = lse is None or not bool((torch.isnan(lse) & defined.any(-1) | (lse == float("inf"))).any())
+    return bool(torch.isfinite(out[defined]).all()) and lse_ok
+
+
+def _nan_mismatch(label: str, got: torch.Tensor, undefined: torch.Tensor) -> str:
+    if bool((got & ~undefined).any()):
+        return f"{label}: NaN at {_first(got & ~undefined)} (the reference has none)"
+    return f"{label}: a number at {_first(undefined & ~got)} where the reference's row is undefined (NaN)"
 
 
 def _pair(result):
