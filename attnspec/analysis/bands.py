@@ -14,6 +14,15 @@ leaf without kv is a condition. A comparison with kv becomes `D <= 0` over integ
 constant, c = +-1) into a bound on E. What is left must be `+-kv + R` with R free of kv, giving
 `kv <= -R` or `kv >= R`. Anything else (`kv % W`, `kv * q`, `2 * kv`, loads indexed by kv, float
 comparisons with kv) raises _NotBand and the answer is None.
+
+Cost: splitting a `where` doubles the work below it, so a sum of n kv-dependent `where` terms has
+2^n cases. Their constraints often meet again (`where(a, 1, 0) + where(b, 1, 0)` gives `1 + 0` and
+`0 + 1`), so `D <= 0` is solved once per D and a where-condition analysed once: the 62-term
+`floor(log2(q - kv))` ladder costs about 2000 subproblems. Where they do not meet (distinct weights)
+the analysis gives up ("no closed form": the tile analysis and a block table take over) as soon
+as an intermediate union or product exceeds _MAX_PIECES pieces, or after _MAX_WORK steps (terms of
+each D scanned plus 8 per D, formula nodes, piece pairs, subset tests). Every step costs a
+polynomial in the mask's size, so the analysis does too, whatever the mask.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from ..types import infer
 
 MAX_BANDS = 16  # more than this is no band structure a kernel wants
 _MAX_PIECES = 64  # cap on intermediate products of and-ed unions
+_MAX_WORK = 80_000  # steps before giving up (about 2 s on 62 terms); an example takes at most 131
 
 
 @dataclass(frozen=True)
@@ -49,8 +59,15 @@ def key_bands(mask: Expr | None, spec: Spec) -> tuple[Band, ...] | None:
     """The mask as a union of key bands per (b, h, q), or None when it is not provably one."""
     if mask is None:
         return (Band(None, None),)
+    return _bands_of(mask, spec, mask.span)
+
+
+@functools.lru_cache(maxsize=64)
+def _bands_of(mask: Expr, spec: Spec, span: Span) -> tuple[Band, ...] | None:
+    """key_bands, once per (mask, spec, source span): `show` and the triton target both ask, and the
+    answer can take seconds for a long mask (the IR's equality ignores spans, the key does not)."""
     try:
-        return _Analyzer(spec, mask.span).bands(inline_bindings(mask, spec))
+        return _Analyzer(spec, span).bands(inline_bindings(mask, spec))
     except _NotBand:
         return None
 
@@ -134,9 +151,10 @@ def _within(inner: _Piece, outer: _Piece) -> bool:
     return set(outer.conds) <= set(inner.conds) and tighter(inner.los, outer.los, 1) and tighter(inner.his, outer.his, -1)
 
 
-def _union(a: list[_Piece], b: list[_Piece]) -> list[_Piece]:
+def _union(a: list[_Piece], b: list[_Piece], spend=lambda steps: None) -> list[_Piece]:
     pieces: list[_Piece] = []
     for piece in a + b:
+        spend(2 * len(pieces) + 1)  # the subset tests below
         if any(_within(piece, other) for other in pieces):
             continue
         pieces = [p for p in pieces if not _within(p, piece)] + [piece]
@@ -145,11 +163,12 @@ def _union(a: list[_Piece], b: list[_Piece]) -> list[_Piece]:
     return pieces
 
 
-def _intersect(a: list[_Piece], b: list[_Piece]) -> list[_Piece]:
+def _intersect(a: list[_Piece], b: list[_Piece], spend=lambda steps: None) -> list[_Piece]:
     if len(a) * len(b) > _MAX_PIECES:
         raise _NotBand
+    spend(len(a) * len(b))
     both = (_tidy(_Piece(x.conds + y.conds, x.los + y.los, x.his + y.his)) for x in a for y in b)
-    return _union([p for p in both if p is not None], [])
+    return _union([p for p in both if p is not None], [], spend)
 
 
 # ------------------------------------------------------------------ the analysis
@@ -162,6 +181,21 @@ class _Analyzer:
         self.ir: dict[sympy.Symbol, Expr] = {}
         self.types: dict = {}
         self.kv_conds: set[sympy.Symbol] = set()  # markers of where-conditions that read kv
+        self.work = 0  # steps taken, against _MAX_WORK
+        self.solved: dict[tuple[sympy.Expr, Span], list[_Piece]] = {}  # le0's answers
+        self.conditions: dict[tuple[Expr, bool], list[_Piece]] = {}  # where-conditions' pieces
+
+    def spend(self, steps: int = 1) -> None:
+        """Count work; past the budget the mask has no closed form we can afford to find."""
+        self.work += steps
+        if self.work > _MAX_WORK:
+            raise _NotBand
+
+    def union(self, a: list[_Piece], b: list[_Piece]) -> list[_Piece]:
+        return _union(a, b, self.spend)
+
+    def intersect(self, a: list[_Piece], b: list[_Piece]) -> list[_Piece]:
+        return _intersect(a, b, self.spend)
 
     def bands(self, mask: Expr) -> tuple[Band, ...]:
         pieces = self.formula(mask, False)
@@ -171,13 +205,14 @@ class _Analyzer:
 
     # boolean structure -> pieces
     def formula(self, e: Expr, negate: bool) -> list[_Piece]:
+        self.spend()
         if not uses(e, "index_var", "kv"):
             return self.condition(e, negate)
         if e.op == "not":
             return self.formula(e.args[0], not negate)
         if e.op in ("and", "or"):
             a, b = (self.formula(x, negate) for x in e.args)
-            return _intersect(a, b) if (e.op == "and") != negate else _union(a, b)
+            return self.intersect(a, b) if (e.op == "and") != negate else self.union(a, b)
         if e.op == "where":
             c, a, b = e.args
             cases = Expr("or", (Expr("and", (c, a), span=e.span), Expr("and", (_negate(c), b), span=e.span)), span=e.span)
@@ -203,14 +238,22 @@ class _Analyzer:
         d = self.sym(e.args[0]) - self.sym(e.args[1])
         span = e.span
         if op == "eq":
-            return _intersect(self.le0(d, span), self.le0(-d, span))
+            return self.intersect(self.le0(d, span), self.le0(-d, span))
         if op == "ne":
-            return _union(self.le0(d + 1, span), self.le0(1 - d, span))
+            return self.union(self.le0(d + 1, span), self.le0(1 - d, span))
         return self.le0({"lt": d + 1, "le": d, "gt": 1 - d, "ge": -d}[op], span)
 
-    def le0(self, d: sympy.Expr, span: Span) -> list[_Piece]:
-        """Pieces for the integer constraint d <= 0."""
-        d = sympy.expand(d)
+    def le0(self, d: sympy.Expr, span: Span, expanded: bool = False) -> list[_Piece]:
+        """Pieces for the integer constraint d <= 0 (memoized: the cases of a sum of `where` terms
+        meet again, `where(a, 1, 0) + where(b, 1, 0) <= 1` asks for `1 + 0` and `0 + 1`)."""
+        d = d if expanded else sympy.expand(d)
+        key = (d, span)
+        if key not in self.solved:
+            self.solved[key] = self.solve(d, span)
+        return self.solved[key]
+
+    def solve(self, d: sympy.Expr, span: Span) -> list[_Piece]:
+        self.spend(8 + len(sympy.Add.make_args(d)))  # a sympy round trip, then a scan of its terms
         for term in sympy.Add.make_args(d):
             coeff, factor = term.as_coeff_Mul()
             if self.has_kv(term) and factor != _KV:
@@ -235,17 +278,30 @@ class _Analyzer:
             x, lo, hi = f.args
             f = _MIN(_MAX(x, lo), hi)
         if f.func in (_MAX, _MIN):  # c * max(a, b) + r <= 0: both (c > 0) or either (c < 0)
-            parts = [self.le0(c * arg + rest, span) for arg in f.args]
-            return _intersect(*parts) if (f.func is _MAX) == (c > 0) else _union(*parts)
+            parts = [self.le0(self.plus(c * arg, rest), span, True) for arg in f.args]
+            return self.intersect(*parts) if (f.func is _MAX) == (c > 0) else self.union(*parts)
         if f.func is _WHERE:
             cond, a, b = f.args
             cond = self.ir[cond]
-            yes = _intersect(self.formula(cond, False), self.le0(c * a + rest, span))
-            return _union(yes, _intersect(self.formula(cond, True), self.le0(c * b + rest, span)))
+            yes, no = self.case(cond, False, self.plus(c * a, rest), span), self.case(cond, True, self.plus(c * b, rest), span)
+            return self.union(yes, no)
         if f.func is _FLOORDIV and f.args[1].is_Integer and f.args[1] > 0 and c in (1, -1):
             e, k = f.args  # over integers: e // k <= -rest iff e <= k * (1 - rest) - 1; e // k >= rest iff e >= k * rest
             return self.le0(e + k * rest - k + 1 if c == 1 else k * rest - e, span)
         raise _NotBand
+
+    def case(self, cond: Expr, negate: bool, d: sympy.Expr, span: Span) -> list[_Piece]:
+        """Pieces for (cond, negated if asked) and d <= 0 (d expanded); a case that cannot hold costs
+        nothing more."""
+        if (cond, negate) not in self.conditions:
+            self.conditions[cond, negate] = self.formula(cond, negate)
+        where = self.conditions[cond, negate]
+        return self.intersect(where, self.le0(d, span, True)) if where else []
+
+    @staticmethod
+    def plus(x: sympy.Expr, rest: sympy.Expr) -> sympy.Expr:
+        """expand(x + rest) for an expanded rest (a long sum need not be expanded again)."""
+        return sympy.expand(x) + rest
 
     def has_kv(self, x: sympy.Expr) -> bool:
         return x.has(_KV) or bool(x.free_symbols & self.kv_conds)
@@ -349,11 +405,24 @@ def _f64(x: torch.Tensor) -> torch.Tensor:
     return x if x.is_floating_point() else x.double()
 
 
+def _int_floordiv(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a // b, with a // 0 = 0 on integers (language.md section 4), as the reference."""
+    if a.is_floating_point() or b.is_floating_point():
+        return torch.div(a, b, rounding_mode="floor")
+    return torch.where(b == 0, 0, torch.div(a, torch.where(b == 0, 1, b), rounding_mode="floor"))
+
+
+def _int_mod(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a % b (sign of the divisor, as Python's %), with a % 0 = a on integers."""
+    if a.is_floating_point() or b.is_floating_point():
+        return torch.remainder(a, b)
+    return torch.where(b == 0, a, torch.remainder(a, torch.where(b == 0, 1, b)))
+
+
 _TORCH = {
     "add": torch.add, "sub": torch.sub, "mul": torch.mul, "neg": torch.neg,
     "truediv": lambda a, b: _f64(a) / _f64(b),
-    "floordiv": lambda a, b: torch.div(a, b, rounding_mode="floor"),
-    "mod": torch.remainder,  # sign of the divisor, as Python's %
+    "floordiv": _int_floordiv, "mod": _int_mod,
     "pow": lambda a, b: torch.pow(_f64(a), _f64(b)),
     "lt": torch.lt, "le": torch.le, "gt": torch.gt, "ge": torch.ge, "eq": torch.eq, "ne": torch.ne,
     "and": torch.logical_and, "or": torch.logical_or, "not": torch.logical_not,

@@ -1,44 +1,129 @@
 """How close the tile analysis comes to the exact tile classes of a mask, on probe sizes.
 
-The exact classes come from the same interval machinery at tiles of one pair (a point per
-index, so every pair is decided exactly), pooled into tiles: any pair kept -> not EMPTY, every
-pair kept -> FULL. The flex target uses the agreement to choose how to build its BlockMask.
+EMPTY and FULL answers of the analysis are proofs, so they agree with the exact classes by
+construction; only its PARTIAL tiles need checking. Their exact class comes from the same interval
+machinery at the tile's pairs (a point per index, so every pair is decided exactly): some pair kept
+and some dropped -> PARTIAL, the analysis was exact there. The flex target uses the agreement to
+choose how to build its BlockMask, a choice between two sound BlockMasks, so the figure steers
+speed, never correctness.
+
+Cost: the pairs are evaluated a chunk at a time (memory stays near CHUNK_WORK interval values,
+whatever the mask's size), and at most PROBE_WORK pair x node evaluations per probe: beyond
+that an evenly spaced sample of the PARTIAL tiles is checked and the agreement extrapolated from it;
+when not one tile fits (a mask of more than PROBE_WORK / (bq x bk) nodes, 4096 at 128 x 128), every
+PARTIAL tile counts as inexact (the proven lower bound of the agreement). The
+probe's cost is O(tiles x nodes + PROBE_WORK), polynomial in the spec's size.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
-from ..ir import Expr, Spec
+from ..ir import Expr, Spec, inline_bindings
 from ..runtime.sample import Sizes, sample_arguments
-from .tiles import EMPTY, FULL, PARTIAL, classify_tiles
+from ..types import infer
+from .interval import Evaluator, Num
+from .tiles import PARTIAL, TileGrid, _TileEnv, classify_tiles
 
 PROBES = (Sizes(B=2, H=4, HKV=2, SQ=1024, SKV=1024), Sizes(B=2, H=4, HKV=2, SQ=700, SKV=1100))
+PROBE_WORK = 2**26  # pair x node evaluations spent on the exact classes per probe (a few seconds)
+CHUNK_WORK = 2**22  # pair x node values alive at once (the evaluator keeps every node's interval)
 
 
-def tile_agreement(spec: Spec, mask: Expr, bq: int, bk: int, sizes: Sizes, seed: int = 0) -> float:
-    """Share of tiles the analysis classifies exactly as the element-wise truth does."""
-    from dataclasses import replace
-
+def tile_agreement(spec: Spec, mask: Expr, bq: int, bk: int, sizes: Sizes, seed: int = 0,
+                   work: int | None = None) -> float:
+    """Share of tiles the analysis classifies exactly as the element-wise truth does (an estimate
+    from a sample of its PARTIAL tiles when checking them all would cost more than `work`, by
+    default PROBE_WORK, pair x node evaluations)."""
+    work = PROBE_WORK if work is None else work
     masked = replace(spec, mask=mask, selection=None)
     args = sample_arguments(spec, sizes, torch.float64, seed=seed)
     runtime = {p.name: args[p.name] for p in spec.runtime_params}
     inputs = {i.name: args[i.name] for i in spec.inputs}
     found = classify_tiles(masked, bq, bk, sizes.symbols(), runtime, inputs).classes
-    pairs = classify_tiles(masked, 1, 1, sizes.symbols(), runtime, inputs).classes
-    exact = _pool_classes(pairs, bq, bk)
-    found, exact = torch.broadcast_tensors(found, exact)
-    return float((found == exact).double().mean())
+    partial = (found == PARTIAL).nonzero()  # [P, 4]: (b, h, query block, key block), Bm / Hm may be 1
+    if len(partial) == 0:
+        return 1.0
+    nodes = mask_nodes(masked)
+    tiles = _evenly_spaced(partial, work // (min(bq, sizes.SQ) * min(bk, sizes.SKV) * nodes))
+    exact = _PairEnv(masked, bq, bk, sizes.symbols(), runtime, inputs).exact_partial(tiles, max(1, CHUNK_WORK // nodes))
+    inexact = int((~exact).sum()) * len(partial) / len(tiles) if len(tiles) else len(partial)
+    return (found.numel() - inexact) / found.numel()
 
 
-def _pool_classes(pairs: torch.Tensor, bq: int, bk: int) -> torch.Tensor:
-    """Per-pair classes [.., SQ, SKV] -> per-tile classes [.., NQB, NKB]."""
-    *lead, sq, skv = pairs.shape
-    bq, bk = min(bq, sq), min(bk, skv)  # a block longer than the axis is one tile, as the axis is
-    nq, nk = -(-sq // bq), -(-skv // bk)
-    kept = torch.nn.functional.pad((pairs != EMPTY).to(torch.int8), (0, nk * bk - skv, 0, nq * bq - sq))
-    sure = torch.nn.functional.pad((pairs == FULL).to(torch.int8), (0, nk * bk - skv, 0, nq * bq - sq), value=1)
-    any_kept = kept.view(*lead, nq, bq, nk, bk).amax((-3, -1)) > 0
-    all_kept = sure.view(*lead, nq, bq, nk, bk).amin((-3, -1)) > 0
-    classes = torch.where(all_kept, FULL, PARTIAL)
-    return torch.where(any_kept, classes, EMPTY).to(torch.int8)
+def mask_nodes(spec: Spec) -> int:
+    """Distinct nodes of the (inlined) mask: the interval evaluator computes each once."""
+    seen: set[int] = set()
+    stack = [inline_bindings(spec.mask, spec)]
+    while stack:
+        node = stack.pop()
+        if id(node) not in seen:
+            seen.add(id(node))
+            stack.extend(node.args)
+    return len(seen)
+
+
+def _evenly_spaced(rows: torch.Tensor, count: int) -> torch.Tensor:
+    if count >= len(rows):
+        return rows
+    return rows[(torch.arange(max(count, 0)) * len(rows)) // max(count, 1)]
+
+
+class _PairGrid(TileGrid):
+    """Pairs as points: each index variable is one value per pair, [1, 1, 1, pairs]."""
+
+    def __init__(self, sizes: dict[str, int], bq: int, bk: int, points: dict[str, torch.Tensor], summaries: dict):
+        super().__init__(sizes, bq, bk)
+        self.points, self.summaries = points, summaries
+
+    def index(self, name: str) -> Num:
+        if name not in self.points:
+            raise ValueError(f"a mask cannot read '{name}'")
+        value = self.points[name].view(1, 1, 1, -1)
+        return Num(value, value)
+
+
+class _PairEnv(_TileEnv):
+    """The tile analysis's leaves and loads, over the pairs of chosen tiles."""
+
+    def __init__(self, spec: Spec, bq: int, bk: int, sizes: dict[str, int], runtime: dict, inputs: dict):
+        super().__init__(spec, bq, bk, sizes, runtime, inputs)
+        self.sizes = sizes
+        self.bq, self.bk = min(bq, sizes["SQ"]), min(bk, sizes["SKV"])  # a block longer than the axis is the axis
+
+    def exact_partial(self, tiles: torch.Tensor, chunk: int) -> torch.Tensor:
+        """bool [tiles]: some pair of the tile is kept and some dropped (its exact class is PARTIAL),
+        evaluated `chunk` pairs at a time. Pairs past SQ / SKV repeat the tile's last row or column,
+        which changes neither."""
+        mask = inline_bindings(self.spec.mask, self.spec)
+        floats: dict[int, bool] = {}  # per node, across chunks
+
+        def is_float(e: Expr) -> bool:
+            if id(e) not in floats:
+                floats[id(e)] = infer(e, self.spec) == "float"
+            return floats[id(e)]
+
+        summaries: dict = {}
+        per_tile = self.bq * self.bk
+        kept = torch.zeros(len(tiles), dtype=torch.int64)
+        dropped = torch.zeros(len(tiles), dtype=torch.int64)
+        for start in range(0, len(tiles) * per_tile, chunk):
+            pair = torch.arange(start, min(start + chunk, len(tiles) * per_tile))
+            tile = torch.div(pair, per_tile, rounding_mode="floor")
+            self.grid = _PairGrid(self.sizes, self.bq, self.bk, self.points(tiles[tile], pair % per_tile), summaries)
+            result = Evaluator(self.leaf, self.load, is_float)(mask)
+            may_true, may_false = (torch.broadcast_to(x, (1, 1, 1, len(pair))).reshape(-1) for x in (result.may_true, result.may_false))
+            kept.index_add_(0, tile, may_true.long())
+            dropped.index_add_(0, tile, may_false.long())
+        return (kept > 0) & (dropped > 0)
+
+    def points(self, tiles: torch.Tensor, offset: torch.Tensor) -> dict[str, torch.Tensor]:
+        t = tiles.to(torch.float64)
+        row, col = torch.div(offset, self.bk, rounding_mode="floor"), offset % self.bk
+        return {
+            "b": t[:, 0], "h": t[:, 1],
+            "q": torch.clamp(t[:, 2] * self.bq + row, max=self.sizes["SQ"] - 1),
+            "kv": torch.clamp(t[:, 3] * self.bk + col, max=self.sizes["SKV"] - 1),
+        }
