@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from types import ModuleType
 
-from .diagnostics import AttnError
+from .diagnostics import AttnError, Source, decode_source
 from .frontend import parse_program
 from .ir import Program, Spec
 from .passes import pipeline, run_passes
@@ -86,15 +86,22 @@ def _generate(lowered: Spec, target: str, source_name: str) -> str:
     return generator(target)(lowered, source_name)
 
 
+def read_source(path: str | os.PathLike) -> Source:
+    """The one place that reads a .attn file: missing, unreadable and non-UTF-8 files are AttnErrors."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise AttnError(f"no such file: {path}") from None
+    except OSError as err:
+        raise AttnError(f"cannot read {path}: {err}") from None
+    return decode_source(str(path), data)
+
+
 def _read(path_or_source) -> tuple[str, str]:
     if isinstance(path_or_source, os.PathLike) or _looks_like_path(path_or_source):
-        path = Path(path_or_source)
-        try:
-            return path.read_text(encoding="utf-8-sig"), str(path)
-        except FileNotFoundError:
-            raise AttnError(f"no such file: {path}") from None
-        except (OSError, UnicodeDecodeError) as err:
-            raise AttnError(f"cannot read {path}: {err}") from None
+        source = read_source(path_or_source)
+        return source.text, source.name
     if not isinstance(path_or_source, str):
         raise TypeError("attnspec.compile takes a path or the text of a .attn file")
     return path_or_source, "<string>"

@@ -179,15 +179,18 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def cmd_show(args) -> int:
-    from .api import build_module, load_program, lower, pick_spec
+    from .api import load_program, lower, pick_spec
     from .passes import OPTIMIZE
     from .printer import print_spec
-    from .runtime.sample import Sizes
-    from .show import ascii_mask, band_report, dense_mask, flex_report, tile_report, triton_report, write_png
+    from .show import MAX_LENGTH, ascii_mask, band_report, draw_mask, drawing_sizes, flex_report, png_scale, tile_report, triton_report, write_png
 
     skv = args.sq if args.skv is None else args.skv
     if args.sq < 1 or skv < 1:
         raise AttnError("--sq and --skv must be positive")
+    if args.sq > MAX_LENGTH or skv > MAX_LENGTH:
+        raise AttnError(f"--sq and --skv must be at most {MAX_LENGTH}")
+    if args.block < 1:
+        raise AttnError("--block must be positive")
     program = load_program(Path(args.file))
     spec = pick_spec(program, args.spec)
     consts = parse_consts(args.const)
@@ -197,26 +200,28 @@ def cmd_show(args) -> int:
     lowered = lower(spec, consts, passes=OPTIMIZE)
     if args.passes is None:
         print(print_spec(lowered))
-    module = build_module(lowered, "reference", Path(program.source_name).name)
-    mask = dense_mask(module, lowered, Sizes(B=1, H=1, HKV=1, SQ=args.sq, SKV=skv))
-    kept = int(mask.sum())
-    print(f"# mask for b=0, h=0, SQ={args.sq}, SKV={skv}: {kept} of {mask.numel()} pairs kept")
-    if args.sq <= 128 and skv <= 160:
+    drawing = draw_mask(lowered, drawing_sizes(lowered, args.sq, skv), Path(program.source_name).name)
+    for line in drawing.describe():
+        print(line)
+    if drawing.exact and args.sq <= 128 and skv <= 160:
         sel = lowered.selection
         block = (sel.q_block.literal, sel.kv_block.literal) if sel is not None else None
-        print(ascii_mask(mask, block))
+        print(ascii_mask(drawing.mask, block))
+    elif args.png:
+        print(f"# (too large to draw in the terminal; the PNG shows it: {args.png})")
     else:
         print("# (too large to draw in the terminal; use --png)")
-    drawn = Sizes(B=1, H=1, HKV=1, SQ=args.sq, SKV=skv)
-    reports = band_report(lowered, drawn) + tile_report(lowered, drawn, args.block)
+    reports = band_report(lowered, drawing.sizes, drawing.args) + tile_report(lowered, drawing.sizes, args.block, drawing.args)
     for line in reports + flex_report(lowered) + triton_report(lowered):
         print(line)
     if args.png:
+        scale = png_scale(drawing.mask)
         try:
-            write_png(mask, args.png)
+            write_png(drawing.mask, args.png, scale)
         except OSError as err:
             raise AttnError(f"cannot write {args.png}: {err.strerror}") from None
-        print(f"# wrote {args.png}")
+        rows, cols = drawing.mask.shape
+        print(f"# wrote {args.png} ({cols * scale} x {rows * scale} pixels: {scale} x {scale} per drawn pair)")
     return 0
 
 

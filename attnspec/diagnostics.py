@@ -10,6 +10,7 @@ Every IR node carries a `Span`; every user mistake becomes an `AttnError` that r
 
 from __future__ import annotations
 
+import codecs
 from dataclasses import dataclass
 
 
@@ -66,6 +67,31 @@ class AttnError(Exception):
 
     def __str__(self) -> str:
         return self.render()
+
+
+def decode_source(name: str, data: bytes) -> Source:
+    """The Source of a file's bytes: UTF-8, with or without a BOM; bad bytes are located errors."""
+    data = data.removeprefix(codecs.BOM_UTF8)
+    try:
+        return Source(name, data.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise _not_utf8(name, data, err) from None
+
+
+def _not_utf8(name: str, data: bytes, err: UnicodeDecodeError) -> AttnError:
+    """Point at the first byte that is not UTF-8, counting columns in characters as the parser does."""
+    source = Source(name, data.decode("utf-8", errors="replace"))  # the bad byte shows as U+FFFD
+    before = data[: err.start].decode("utf-8")
+    line, col = before.count("\n") + 1, len(before) - before.rfind("\n")
+    span = Span(source, line, col, line, col + 1)
+    message = f"the file is not valid UTF-8: byte 0x{data[err.start]:02x} does not start a valid character"
+    return AttnError(message, span, _encoding_hint(data))
+
+
+def _encoding_hint(data: bytes) -> str:
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "the file looks like UTF-16; save it as UTF-8"
+    return "save the file as UTF-8 (for example: iconv -f latin1 -t utf-8); outside comments a spec is plain ASCII"
 
 
 def render_diagnostic(kind: str, message: str, span: Span | None, hint: str | None) -> str:

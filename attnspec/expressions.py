@@ -100,12 +100,7 @@ class _ExprBuilder:
 
     def _undefined(self, name: str, span: Span) -> AttnError:
         known = list(self.spec.params) + list(self.spec.inputs) + list(self.spec.lets)
-        known += list(bi.INDEX_VARS + bi.BLOCK_VARS + bi.SHAPE_SYMBOLS)
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = f"did you mean '{close[0]}'?" if close else "declare it with 'param', 'input' or 'let'"
-        if name == "k" or name == "v":
-            hint = "q, k and v tensors are only visible through pooling in a select score: mean(k)"
-        return AttnError(f"undefined name '{name}'", span, hint)
+        return AttnError(f"undefined name '{name}'", span, undefined_name_hint(name, known))
 
     def _index(self, tree, span):
         name_tok, *index_trees = tree.children
@@ -127,8 +122,8 @@ class _ExprBuilder:
         name_tok, *arg_trees = tree.children
         name = str(name_tok)
         arg_trees = [a for a in arg_trees if a is not None]
-        if name in bi.POOL_REDUCTIONS and len(arg_trees) == 1 and _pool_operand(arg_trees[0]):
-            return self._pool(name, arg_trees[0], span)
+        if self._is_pooling(name, arg_trees):
+            return self._pool(name, arg_trees, span)
         fn = bi.FUNCTIONS.get(name)
         if fn is None:
             close = difflib.get_close_matches(name, list(bi.FUNCTIONS), n=1)
@@ -141,14 +136,33 @@ class _ExprBuilder:
             raise AttnError(f"'{name}' takes {fn.arity} argument(s), got {len(arg_trees)}", span, hint)
         return Expr(name, tuple(self.build(a) for a in arg_trees), span=span)
 
-    def _pool(self, reduction: str, operand_tree, span):
+    def _is_pooling(self, name: str, arg_trees) -> bool:
+        """mean(...) always pools; max and min with one argument pool q or k, or anything in a select score."""
+        if name not in bi.POOL_REDUCTIONS:
+            return False
+        return name == "mean" or (len(arg_trees) == 1 and (self.pool or _pool_operand(arg_trees[0])))
+
+    def _pool(self, reduction: str, arg_trees, span):
+        if len(arg_trees) != 1 or not _pool_operand(arg_trees[0]):
+            raise self._bad_pool(reduction, arg_trees, span)
+        operand = str(arg_trees[0].children[0])
         if not self.pool:
             raise AttnError(
-                f"{reduction}({operand_tree.children[0]}) pools a whole block; it is only allowed in a select score",
+                f"{reduction}({operand}) pools a whole block; it is only allowed in a select score",
                 span,
                 "use it after 'by' in: select blocks(q = 64, kv = 64) top(k) by dot(mean(q), mean(k))",
             )
-        return Expr("pool", value=(reduction, str(operand_tree.children[0])), span=span)
+        return Expr("pool", value=(reduction, operand), span=span)
+
+    def _bad_pool(self, reduction: str, arg_trees, span) -> AttnError:
+        """mean(...) and one-argument max/min pool a tensor, but only the bare q or k."""
+        where = self.spec.span_of(arg_trees[0]) if len(arg_trees) == 1 else span
+        hint = f"write {reduction}(q) or {reduction}(k), then compute on the vectors: dot(2 * {reduction}(q), {reduction}(k))"
+        if reduction != "mean":
+            hint += f"; {reduction}(a, b) with two arguments is the number function"
+        if not self.pool:
+            hint = "pooling exists only in a select score: select blocks(q = 64, kv = 64) top(k) by dot(mean(q), mean(k))"
+        return AttnError(f"{reduction}(...) pools only the bare tensor q or k", where, hint)
 
     def _binop(self, tree, span):
         left, op_tok, right = tree.children
@@ -168,6 +182,35 @@ class _ExprBuilder:
 
     def _or(self, tree, span):
         return Expr("or", tuple(self.build(c) for c in tree.children), span=span)
+
+
+# The usual spellings of the built-in index variables and shape symbols (for-loops, papers,
+# FlexAttention's mask_mod arguments), answered with the language's own name.
+_USUAL_SPELLINGS = (
+    ("q", "the query index", ("i", "query", "row", "q_idx", "q_index", "query_idx")),
+    ("kv", "the key index", ("j", "key", "col", "k_idx", "kv_idx", "kv_index", "key_idx")),
+    ("b", "the batch index", ("batch", "batch_idx")),
+    ("h", "the head index", ("head", "head_idx", "h_idx")),
+    ("q_block", "the query block index", ("query_block", "q_blk", "i_block", "block_q")),
+    ("kv_block", "the key block index", ("key_block", "kv_blk", "j_block", "block_kv")),
+    ("B", "the batch size", ("batch_size",)),
+    ("H", "the number of query heads", ("num_heads", "n_heads")),
+    ("HKV", "the number of kv heads", ("num_kv_heads", "n_kv_heads")),
+    ("D", "the head dimension", ("head_dim", "d_head", "d_k")),
+)
+BUILTIN_SPELLINGS = {alias: (name, role) for name, role, aliases in _USUAL_SPELLINGS for alias in aliases}
+
+
+def undefined_name_hint(name: str, declared: list[str]) -> str:
+    """What to write instead of an undefined name: a built-in's usual spelling, then a close match."""
+    if name in ("k", "v"):
+        return "the key index is 'kv'; the q, k and v tensors are only visible through pooling in a select score: mean(k)"
+    if name in BUILTIN_SPELLINGS:
+        builtin, role = BUILTIN_SPELLINGS[name]
+        return f"did you mean '{builtin}'? {role} is called {builtin}"
+    known = declared + list(bi.INDEX_VARS + bi.BLOCK_VARS + bi.SHAPE_SYMBOLS)
+    close = difflib.get_close_matches(name, known, n=1)
+    return f"did you mean '{close[0]}'?" if close else "declare it with 'param', 'input' or 'let'"
 
 
 def _within_limits(expr: Expr, span: Span) -> Expr:

@@ -89,6 +89,8 @@ def _char_hint(char: str) -> str | None:
         return "boolean operators are written 'and', 'or' and 'not'"
     if char in "\"'":
         return "the language has no strings"
+    if char == "^":
+        return "'^' is not an operator: powers are written a ** b (a float)"
     return None
 
 

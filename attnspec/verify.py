@@ -42,6 +42,11 @@ BLOCK_SIZE = dataclasses.replace(CONSTANT, what="a block size")
 GQA_GROUP = dataclasses.replace(CONSTANT, what="the GQA group")
 SHAPE = Context("an input shape", NONE, loads=False, runtime_params=False)
 
+# Blocks are tiles of queries and keys: the reference pads the mask to whole tiles and the fast targets
+# run them as kernel tiles, so a block far beyond any sequence only fails, and late, at call time.
+MAX_BLOCK_SIZE = 2**16
+BLOCK_SIZE_HINT = f"a block size is a positive integer of at most {MAX_BLOCK_SIZE}, typically 16, 64 or 128"
+
 
 def verify_program(program: Program) -> Program:
     for spec in program.specs:
@@ -54,6 +59,7 @@ def verify(spec: Spec) -> Spec:
     for inp in spec.inputs:
         for dim in inp.shape:
             _check(spec, dim, SHAPE, "int")
+            _dimension_range(inp.name, dim)
     if spec.scale is not None:
         _check(spec, spec.scale, SCALE, "number")
     _check(spec, spec.score, SCORE, "number")
@@ -96,7 +102,7 @@ def _verify_selection(spec: Spec) -> None:
     sel = spec.selection
     for size in (sel.q_block, sel.kv_block):
         _check(spec, size, BLOCK_SIZE, "int")
-        _positive(size, "a block size")
+        _block_size_range(size)
     if sel.keep is not None:
         _check(spec, sel.keep, BLOCK_RULE, "bool")
     if sel.always is not None:
@@ -117,8 +123,20 @@ def _check(spec: Spec, expr: Expr, ctx: Context, want: str) -> None:
     if want in ("int", "bool") and got != want:
         article = "an integer" if want == "int" else "a boolean condition"
         example = "kv_block <= q_block" if ctx is BLOCK_RULE else "kv <= q"
-        hint = f"compare values, e.g. {example}" if want == "bool" else None
+        hint = f"compare values, e.g. {example}" if want == "bool" else _float_hint(expr)
         raise AttnError(f"{ctx.what} must be {article}, got {got}", expr.span, hint)
+
+
+def _float_hint(expr: Expr) -> str | None:
+    """Why an expression the user meant as an integer is a float, where its operator says so."""
+    if expr.op == "pow":
+        base, exp = expr.args
+        if all(a.op == "const" and type(a.literal) is int for a in expr.args) and 0 <= exp.literal <= 62:
+            return f"'**' always gives a float; write the integer itself: {base.literal ** exp.literal}"
+        return "'**' always gives a float; write the integer itself, such as 4096"
+    if expr.op == "truediv":
+        return "'/' always gives a float; use '//' for integer division"
+    return None
 
 
 def _check_leaf(spec: Spec, node: Expr, ctx: Context) -> None:
@@ -155,9 +173,24 @@ def _check_leaf(spec: Spec, node: Expr, ctx: Context) -> None:
         raise AttnError(f"undefined input '{node.value}'", node.span)
 
 
-def _positive(expr: Expr, what: str) -> None:
+def _positive(expr: Expr, what: str, hint: str | None = None) -> None:
     if expr.op == "const" and expr.literal <= 0:
-        raise AttnError(f"{what} must be positive, got {expr.literal}", expr.span)
+        raise AttnError(f"{what} must be positive, got {expr.literal}", expr.span, hint)
+
+
+def _block_size_range(size: Expr) -> None:
+    _positive(size, "a block size", BLOCK_SIZE_HINT)
+    if size.op == "const" and size.literal > MAX_BLOCK_SIZE:
+        raise AttnError(f"a block size must be at most {MAX_BLOCK_SIZE}, got {size.literal}", size.span, BLOCK_SIZE_HINT)
+
+
+def _dimension_range(name: str, dim: Expr) -> None:
+    if dim.op == "const" and dim.literal < 0:
+        raise AttnError(
+            f"a dimension of input '{name}' cannot be negative, got {dim.literal}",
+            dim.span,
+            "a dimension is a size >= 0: a literal, a shape symbol such as H, or an expression such as 4 * r + 1",
+        )
 
 
 def _amount_range(rule: str, amount: Expr) -> None:

@@ -23,6 +23,7 @@ import pytest
 
 import attnspec
 from attnspec import cli
+from attnspec.expressions import BUILTIN_SPELLINGS
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN_DIR = REPO / "tests" / "golden" / "errors"
@@ -34,6 +35,11 @@ MIN_CASES = 30
 # worse (see the report that came with these tests). Strict: once the compiler is fixed the case
 # XPASSes and fails, so remove it from this table then. Regeneration never overwrites these.
 KNOWN_BAD: dict[str, str] = {}
+
+
+def _source_text(path: Path) -> str:
+    """A golden's text as the diagnostics show it (not_utf8.attn holds a byte that is not UTF-8)."""
+    return path.read_bytes().decode("utf-8", errors="replace")
 
 
 def _rel(path: Path) -> str:
@@ -73,7 +79,7 @@ def _run_cli(capsys, argv: list[str]) -> tuple[int, str, str]:
 
 def test_enough_distinct_goldens():
     assert len(CASES) >= MIN_CASES
-    mistakes = [path.read_text(encoding="utf-8").splitlines()[0] for path in CASES]
+    mistakes = [_source_text(path).splitlines()[0] for path in CASES]
     assert all(m.startswith("# mistake: ") for m in mistakes), "each golden starts with '# mistake: ...'"
     assert len(set(mistakes)) == len(mistakes), "each golden describes a different mistake"
 
@@ -111,7 +117,7 @@ def test_expected_file_has_the_diagnostic_shape(path: Path):
     head = re.fullmatch(re.escape(_rel(path)) + r":(\d+):(\d+): error: (\S.*)", lines[0])
     assert head, lines[0]
     line, col = int(head[1]), int(head[2])
-    source_lines = path.read_text(encoding="utf-8").split("\n")
+    source_lines = _source_text(path).split("\n")
     assert lines[1] == "    " + source_lines[line - 1]
     caret = re.fullmatch(r"    ([ \t]*)(\^+)", lines[2])
     assert caret, lines[2]
@@ -171,7 +177,9 @@ def test_directory_and_binary_files_are_clean_errors(tmp_path, capsys, monkeypat
     (tmp_path / "binary.attn").write_bytes(b"\xff\xfe\x00attention")
     status, out, err = _run_cli(capsys, ["check", "dir.attn", "binary.attn"])
     assert status == 2
-    assert err.count("error: cannot read ") == 2
+    assert err.count("error: cannot read ") == 1
+    assert "binary.attn:1:1: error: the file is not valid UTF-8: byte 0xff does not start a valid character\n" in err
+    assert "hint: the file looks like UTF-16; save it as UTF-8" in err
     assert "Traceback" not in err
 
 
@@ -232,3 +240,167 @@ def test_message_without_span_has_no_location(capsys, in_repo):
     status, _, err = _run_cli(capsys, ["compile", "--target", "nope", _rel(GOLDEN_DIR / "undefined_name.attn")])
     assert status == 2
     assert err.startswith("error: unknown target 'nope'\nhint: targets: ")
+
+
+# ---------------------------------------------------------------- files that are not UTF-8
+
+LATIN1 = b"attention cafe {\n    mask kv <= q  # caf\xe9\n}\n"
+LATIN1_ERROR = (
+    "latin1.attn:2:24: error: the file is not valid UTF-8: byte 0xe9 does not start a valid character\n"
+    "        mask kv <= q  # caf\ufffd\n"
+    "                           ^\n"
+    "hint: save the file as UTF-8 (for example: iconv -f latin1 -t utf-8); outside comments a spec is plain ASCII\n"
+)
+
+
+@pytest.mark.parametrize("command", ["check", "compile", "show", "demo", "fuzz"])
+def test_non_utf8_file_is_located_by_every_command(command, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ATTNSPEC_TRACEBACK", raising=False)
+    (tmp_path / "latin1.attn").write_bytes(LATIN1)
+    status, out, err = _run_cli(capsys, [command, "latin1.attn"])
+    assert (status, err) == (2, LATIN1_ERROR)
+
+
+@pytest.mark.parametrize("entry", ["load_program", "compile_source", "compile"])
+def test_non_utf8_file_is_located_by_the_api(entry, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "latin1.attn").write_bytes(LATIN1)
+    for path in (Path("latin1.attn"), "latin1.attn"):
+        with pytest.raises(attnspec.AttnError) as info:
+            getattr(attnspec, entry)(path)
+        assert str(info.value) + "\n" == LATIN1_ERROR
+
+
+@pytest.mark.parametrize(
+    "data, where, shown",
+    [
+        (b"\xf2attention a {}\n", "1:1", "\ufffdattention a {}"),  # the defect report's byte 0xf2
+        ("# \u00e9t\u00e9 \u2192 ok\n# \xff\n".encode("utf-8").replace(b"\xc3\xbf", b"\xff"), "2:3", "# \ufffd"),
+        ("# \u00e9\u00e9 \xff".encode("utf-8").replace(b"\xc3\xbf", b"\xff"), "1:6", "# \u00e9\u00e9 \ufffd"),
+        (b"attention a {\n\tmask kv <= q \xe2\x82", "2:15", "\tmask kv <= q \ufffd"),  # cut inside a character
+        (b"\xef\xbb\xbfattention a { # \x80\n}\n", "1:17", "attention a { # \ufffd"),  # after a BOM
+    ],
+)
+def test_non_utf8_byte_location_counts_characters(data, where, shown, tmp_path):
+    (tmp_path / "f.attn").write_bytes(data)
+    lines = _error_for(tmp_path / "f.attn").split("\n")
+    line, col = (int(n) for n in where.split(":"))
+    assert lines[0].startswith(f"{tmp_path / 'f.attn'}:{where}: error: the file is not valid UTF-8: byte 0x")
+    assert lines[1] == "    " + shown
+    assert lines[2] == "    " + "".join("\t" if c == "\t" else " " for c in shown[: col - 1]) + "^"
+
+
+def test_valid_utf8_in_comments_is_accepted(tmp_path):
+    (tmp_path / "ok.attn").write_text("# caf\u00e9 \u2192 causal\nattention a {\n    mask kv <= q  # \u00e9\n}\n", encoding="utf-8")
+    assert [s.name for s in attnspec.load_program(tmp_path / "ok.attn").specs] == ["a"]
+
+
+# ---------------------------------------------------------------- constants checked at check time
+
+
+def _check_error(capsys, tmp_path, monkeypatch, text: str, *consts: str) -> str:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.attn").write_text(text, encoding="utf-8")
+    status, out, err = _run_cli(capsys, ["check", *consts, "s.attn"])
+    assert status == (2 if err else 0) and "Traceback" not in err
+    return err
+
+
+SELECT = "attention s {{\n    param bs: int = 16\n    select blocks(q = {}, kv = 16) top(2) by dot(mean(q), mean(k))\n}}\n"
+
+
+@pytest.mark.parametrize("size", ["65536", "bs * 4096"])
+def test_largest_block_size_passes(size, capsys, tmp_path, monkeypatch):
+    assert _check_error(capsys, tmp_path, monkeypatch, SELECT.format(size)) == ""
+
+
+@pytest.mark.parametrize(
+    "size, consts, got",
+    [("65537", [], "65537"), ("4611686018427387904", [], "4611686018427387904"), ("bs * 8192", [], "131072"),
+     ("bs", ["-D", "bs=4611686018427387904"], "4611686018427387904")],
+)
+def test_huge_block_size_is_a_located_check_error(size, consts, got, capsys, tmp_path, monkeypatch):
+    err = _check_error(capsys, tmp_path, monkeypatch, SELECT.format(size), *consts)
+    lines = err.split("\n")
+    assert lines[0] == f"s.attn:3:23: error: a block size must be at most 65536, got {got}"
+    assert lines[2] == "    " + " " * 22 + "^" * len(size)
+    assert lines[3].startswith("hint: a block size is a positive integer of at most 65536")
+
+
+def test_huge_block_size_is_rejected_by_the_api():
+    with pytest.raises(attnspec.AttnError, match="a block size must be at most 65536"):
+        attnspec.compile_source(SELECT.format("bs"), "flex", bs=2**62)
+
+
+INPUT = "attention s {{\n    param r: int = 2\n    input x: float32[{}]\n    score = score + x[0]\n}}\n"
+
+
+@pytest.mark.parametrize("dim, got", [("-1", "-1"), ("r - 5", "-3"), ("-(r * r)", "-4")])
+def test_negative_constant_input_dimension_is_a_located_check_error(dim, got, capsys, tmp_path, monkeypatch):
+    err = _check_error(capsys, tmp_path, monkeypatch, INPUT.format(dim))
+    lines = err.split("\n")
+    assert lines[0] == f"s.attn:3:22: error: a dimension of input 'x' cannot be negative, got {got}"
+    assert lines[2] == "    " + " " * 21 + "^" * len(dim)
+    assert lines[3].startswith("hint: a dimension is a size >= 0")
+
+
+@pytest.mark.parametrize("dim", ["0", "r - 2", "SQ - 5000", "4 * r + 1"])
+def test_nonnegative_or_run_time_dimensions_pass(dim, capsys, tmp_path, monkeypatch):
+    assert _check_error(capsys, tmp_path, monkeypatch, INPUT.format(dim)) == ""
+
+
+# ---------------------------------------------------------------- pooling something other than q or k
+
+
+@pytest.mark.parametrize(
+    "score, reduction, caret",
+    [("dot(mean(q + 1), mean(k))", "mean", "q + 1"), ("dot(max(q * 2), min(k))", "max", "q * 2"),
+     ("dot(mean(q), min(2 * k))", "min", "2 * k"), ("dot(mean(v), mean(k))", "mean", "v"),
+     ("dot(mean(q, k), mean(k))", "mean", "mean(q, k)")],
+)
+def test_pooling_an_expression_says_pool_the_bare_tensor(score, reduction, caret):
+    text = f"attention s {{\n    select blocks(q = 16, kv = 16) top(2) by {score}\n}}\n"
+    head, line, carets, hint = _error_for(text).split("\n")
+    col = line.rindex(caret) - 4 + 1
+    assert head == f"<string>:2:{col}: error: {reduction}(...) pools only the bare tensor q or k"
+    assert carets == "    " + " " * (col - 1) + "^" * len(caret)
+    assert hint.startswith(f"hint: write {reduction}(q) or {reduction}(k), then compute on the vectors")
+
+
+def test_one_argument_max_outside_a_select_score_is_still_an_arity_error():
+    text = "attention s {\n    score = max(score)\n}\n"
+    assert _error_for(text).split("\n")[0] == "<string>:2:13: error: 'max' takes 2 argument(s), got 1"
+
+
+def test_mean_of_an_expression_outside_a_select_score_points_at_select():
+    lines = _error_for("attention s {\n    score = mean(score)\n}\n").split("\n")
+    assert lines[0] == "<string>:2:18: error: mean(...) pools only the bare tensor q or k"
+    assert lines[3].startswith("hint: pooling exists only in a select score")
+
+
+# ---------------------------------------------------------------- usual spellings of the built-ins
+
+
+@pytest.mark.parametrize("alias", sorted(BUILTIN_SPELLINGS))
+def test_usual_spelling_of_a_builtin_suggests_the_language_name(alias):
+    builtin, role = BUILTIN_SPELLINGS[alias]
+    use = f"{alias} == 0" if builtin not in ("q_block", "kv_block") else "true"
+    rule = f"{alias} <= 0" if builtin in ("q_block", "kv_block") else "true"
+    text = f"attention s {{\n    mask {use}\n    select blocks(q = 16, kv = 16) keep {rule}\n}}\n"
+    lines = _error_for(text).split("\n")
+    assert lines[0].endswith(f"error: undefined name '{alias}'")
+    assert lines[3] == f"hint: did you mean '{builtin}'? {role} is called {builtin}"
+
+
+def test_builtin_spellings_name_real_builtins_and_are_free_names():
+    from attnspec import builtins as bi
+
+    names = set(bi.INDEX_VARS + bi.BLOCK_VARS + bi.SHAPE_SYMBOLS)
+    assert {builtin for builtin, _ in BUILTIN_SPELLINGS.values()} <= names
+    assert not set(BUILTIN_SPELLINGS) & names
+
+
+def test_a_declared_name_with_a_usual_spelling_is_just_a_name():
+    text = "attention s {\n    param i: int = 3\n    mask kv <= q + i\n}\n"
+    assert [s.name for s in attnspec.load_program(text).specs] == ["s"]

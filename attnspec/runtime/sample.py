@@ -61,11 +61,41 @@ def sample_arguments(spec: Spec, sizes: Sizes = Sizes(), dtype=torch.float64, de
         "k": _normal(gen, (sizes.B, sizes.HKV, sizes.SKV, sizes.D), dtype, device),
         "v": _normal(gen, (sizes.B, sizes.HKV, sizes.SKV, sizes.DV), dtype, device),
     }
-    for p in spec.runtime_params:
-        args[p.name] = p.default.literal if p.default is not None else _scalar(p.type, gen)
+    args.update(_params_and_inputs(spec, sizes, gen, device))
+    return args
+
+
+def sample_inputs(spec: Spec, sizes: Sizes = Sizes(), device="cpu", seed: int = 0) -> dict:
+    """Every input and runtime param of a lowered spec, without q, k and v (whose size grows with the
+    lengths and the head dim). Drawn from a stream of their own: not the values sample_arguments gives."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    return _params_and_inputs(spec, sizes, gen, device)
+
+
+def input_shapes(spec: Spec, sizes: Sizes) -> dict[str, tuple[int, ...]]:
+    """The shape of every input at these sizes; a negative dimension is the spec's mistake."""
+    shapes = {}
     for decl in spec.inputs:
         shape = tuple(int(evaluate_static(d, sizes)) for d in decl.shape)
-        args[decl.name] = _tensor(decl.dtype, shape, gen, device)
+        if any(n < 0 for n in shape):
+            raise AttnError(
+                f"input '{decl.name}' has shape {list(shape)} at {_sizes_text(sizes)}: a dimension is negative",
+                decl.span,
+            )
+        shapes[decl.name] = shape
+    return shapes
+
+
+def _sizes_text(sizes: Sizes) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sizes.symbols().items())
+
+
+def _params_and_inputs(spec: Spec, sizes: Sizes, gen, device) -> dict:
+    args = {}
+    for p in spec.runtime_params:
+        args[p.name] = p.default.literal if p.default is not None else _scalar(p.type, gen)
+    for name, shape in input_shapes(spec, sizes).items():
+        args[name] = _tensor(spec.input(name).dtype, shape, gen, device)
     return args
 
 
