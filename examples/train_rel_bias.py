@@ -7,8 +7,8 @@ layer is the generated module's nn.Module, which owns the table as an nn.Paramet
     python examples/train_rel_bias.py [--target reference|flex|triton] [--steps N]
 
 Every target trains on a CUDA GPU. On the CPU the reference target trains, and so does the triton
-target, its forward and backward kernels running in Triton's interpreter (set here, slower);
-FlexAttention has no CPU backward (the flex module says so).
+target, its forward and backward kernels running in Triton's interpreter (set here, slower), and the
+flex target, through FlexAttention's dense definition (FlexAttention has no CPU backward).
 """
 
 from __future__ import annotations

@@ -530,12 +530,19 @@ def test_small_blocks_ask_the_gpu_kernel_for_small_tiles():
 
 
 @pytest.mark.parametrize("learnable_only", [False, True])
-def test_gradients_on_the_cpu_are_refused_with_what_to_use(learnable_only):
-    """FlexAttention has no CPU backward: the module says so, naming the alternatives, before it runs."""
-    _, flex, spec = modules("b05_streaming_sink", "streaming_sink")
-    args = cast(sample_arguments(spec, Sizes(B=1, H=2, HKV=1, SQ=20, SKV=20, D=16, DV=8), F64), torch.float32)
-    (args["sink_logit"] if learnable_only else args["q"]).requires_grad_(True)
-    with pytest.raises(NotImplementedError, match="streaming_sink: FlexAttention has no backward pass on the CPU.*reference"):
-        flex.attention(**args)
-    with torch.no_grad():
-        assert flex.attention(**args).shape == (1, 2, 20, 8)
+def test_gradients_on_the_cpu_come_from_the_dense_definition(learnable_only, monkeypatch):
+    """FlexAttention has no CPU backward: a call that needs gradients computes its dense definition,
+    never flex_attention, and its gradients are the reference's."""
+    reference, flex, spec = modules("b05_streaming_sink", "streaming_sink")
+    args = sample_arguments(spec, Sizes(B=1, H=2, HKV=1, SQ=20, SKV=20, D=16, DV=8), F64)
+    grads = []
+    for module in (reference, flex):
+        leaves = {k: v.detach().clone().requires_grad_(k == "sink_logit" or not learnable_only) for k, v in args.items()}
+        module.attention(**leaves).square().sum().backward()
+        grads.append({k: v.grad for k, v in leaves.items() if v.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and "sink_logit" in grads[1]
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-9, atol=1e-11)
+    monkeypatch.setattr(flex_runtime._fa, "flex_attention", None)  # not called where gradients are needed
+    leaves = {k: v.detach().clone().requires_grad_(k == "q") for k, v in args.items()}
+    flex.attention(**leaves).sum().backward()

@@ -45,10 +45,6 @@ class Options:
     def chosen_targets(self) -> tuple[str, ...]:
         return self.targets or available_targets()
 
-    def differentiates(self, target: str) -> bool:
-        """Whether gradient cases run for this target: FlexAttention has no CPU backward."""
-        return self.grad and (target != "flex" or self.device.startswith("cuda"))
-
     def longest(self) -> int:
         return self.max_len or (2048 if self.device.startswith("cuda") else 300)
 
@@ -138,13 +134,11 @@ def _fuzz_target(origin: _Origin, subject: Subject, target: str, options: Option
     def prop(case):
         search.expect(case, lambda: run_case(subject, case, options.device))
 
-    strategy = cases(subject.spec, target, options.dtypes, options.longest(), options.differentiates(target))
+    strategy = cases(subject.spec, target, options.dtypes, options.longest(), options.grad)
     result = search.run({"case": strategy}, prop, options.trials, options.seed)
     progress.close()
     lines = case_lines(origin.path(), subject.spec.name, options, *_found(result)) if result.found else []
     summary = _summary(result)
-    if options.grad and not options.differentiates(target):
-        summary += "; gradients not checked (FlexAttention has no CPU backward)"
     return Report(what, FAIL if result.found else OK, summary, lines)
 
 
@@ -192,7 +186,7 @@ def fuzz_generated(count: int, options: Options) -> Report:
         search.expect(("front end", text), lambda: _front_end(front_end_check, text), value=(text, None))
         subject = _generated_subject(subjects, text, options)
         for target in [] if subject is None else subject.modules:
-            case = data.draw(cases(subject.spec, target, options.dtypes, options.longest(), options.differentiates(target)), label=target)
+            case = data.draw(cases(subject.spec, target, options.dtypes, options.longest(), options.grad), label=target)
             search.expect((text, case), lambda: run_case(subject, case, options.device), value=(text, case), discard=False)
 
     result = search.run({"text": specs(), "data": st.data()}, prop, count, options.seed)

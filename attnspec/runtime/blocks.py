@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..analysis.tiles import EMPTY, FULL, PARTIAL, block_lists
+from .tracing import tracing
 
 
 def class_lists(classes: torch.Tensor, selected=None):
@@ -22,10 +23,13 @@ def eligible_tiles(classes, block, shape, mask_mod, device, pairs_per_chunk=1 <<
     `classes` (tile classes [B|1, H|1, NQB, NKB], or None where the analysis has none) decide EMPTY
     and FULL tiles outright; `mask_mod` runs only on the pairs of PARTIAL tiles (every tile when
     `classes` is None), a chunk of tiles at a time, so memory stays O(chunk) whatever the lengths.
-    A size-1 batch or head axis in `classes` means the mask does not read it: index 0 stands for all."""
+    A size-1 batch or head axis in `classes` means the mask does not read it: index 0 stands for all.
+    Inside a compiled caller, the mask_mod runs on every pair at once instead (O(SQ x SKV) memory)."""
     batch, heads, sq, skv = shape
     bq, bk = block
     nq, nk = -(-sq // bq), -(-skv // bk)
+    if tracing():  # inside torch.compile, whose graph cannot hold chunks of data-dependent size
+        return _tiles_of_every_pair(block, shape, mask_mod, device)
     if classes is None:
         classes = torch.full((batch, heads, nq, nk), PARTIAL, dtype=torch.int8)
     classes = classes.to(device)
@@ -40,3 +44,15 @@ def eligible_tiles(classes, block, shape, mask_mod, device, pairs_per_chunk=1 <<
         keep = mask_mod(b, h, q_idx.clamp(max=sq - 1), kv_idx.clamp(max=skv - 1)) & inside
         eligible[tuple(chunk.t())] = keep.flatten(1).any(1)
     return eligible.expand(batch, heads, nq, nk).clone()
+
+
+def _tiles_of_every_pair(block, shape, mask_mod, device):
+    """eligible_tiles by the mask_mod on the whole [B, H, SQ, SKV] grid, in one step."""
+    batch, heads, sq, skv = shape
+    bq, bk = block
+    nq, nk = -(-sq // bq), -(-skv // bk)
+    b, h, i, j = (torch.arange(n, device=device).view(view) for n, view in zip(
+        shape, ((-1, 1, 1, 1), (1, -1, 1, 1), (1, 1, -1, 1), (1, 1, 1, -1))))
+    keep = torch.broadcast_to(mask_mod(b, h, i, j), shape)
+    padded = torch.nn.functional.pad(keep, (0, nk * bk - skv, 0, nq * bq - sq), value=False)
+    return padded.view(batch, heads, nq, bq, nk, bk).any(5).any(3)

@@ -6,12 +6,15 @@ every torch version the generated code supports (AuxRequest where it exists, ret
 
 from __future__ import annotations
 
+import math
 import warnings
+from typing import Callable, NamedTuple
 
 import torch
 from torch.nn.attention import flex_attention as _fa
 
 from .blocks import class_lists
+from .tracing import dense_in_graph, tracing
 
 try:  # torch >= 2.9 asks for the lse through AuxRequest
     from torch.nn.attention.flex_attention import AuxRequest
@@ -43,7 +46,7 @@ def dense_block_mask(mask_mod, batch, heads, lengths, block, device, selected=No
     if selected is not None:
         mask_mod = _and_selected(mask_mod, selected.to(device), block)
         batch, heads = selected.shape[0], selected.shape[1]
-    build = _compiled("create_block_mask", _fa.create_block_mask) if compiled else _fa.create_block_mask
+    build = _compiled("create_block_mask", _fa.create_block_mask) if compiled and not tracing() else _fa.create_block_mask
     return build(mask_mod, batch, heads, lengths[0], lengths[1], device=device, BLOCK_SIZE=tuple(block))
 
 
@@ -56,7 +59,7 @@ def _and_selected(mask_mod, selected, block):
     return keep
 
 
-def run(q, k, v, score_mod, block_mask, scale, need_lse, compiled, needs_grad=False, key="", epilogue=False, name=""):
+def run(q, k, v, score_mod, block_mask, scale, need_lse, compiled, needs_grad=False, key="", epilogue=False):
     """flex_attention, compiled or eager; returns (out, lse or None).
 
     On the CPU, compiled flex_attention does inference only, without the lse, in float32 and half
@@ -64,34 +67,91 @@ def run(q, k, v, score_mod, block_mask, scale, need_lse, compiled, needs_grad=Fa
     instead (same results, slower). The eager implementation computes in the inputs' dtype, rounding
     scores and weights to bf16 / fp16 where a fused kernel keeps them in float32: half inputs go to
     it in float32, and the output comes back rounded once, as the kernels round it (left in float32
-    when an `epilogue` still scales it, so that it is rounded once, after)."""
-    gqa = q.shape[1] != k.shape[1]
+    when an `epilogue` still scales it, so that it is rounded once, after).
+
+    FlexAttention has no backward pass on the CPU, and compiled into a caller's graph there it has no
+    lse, no float64 and no kernel for some masks: on the CPU, a call that needs gradients, and every
+    call inside a compiled caller (torch.compile tracing it), computes FlexAttention's dense definition
+    instead (dense_flex_attention), which autograd differentiates. On a GPU, flex_attention joins a
+    compiled caller's graph."""
     needs_grad = torch.is_grad_enabled() and (needs_grad or any(t.requires_grad for t in (q, k, v)))
-    if needs_grad and q.device.type == "cpu":  # say so, and what to use, before FlexAttention does
-        raise NotImplementedError(
-            f"{name}: FlexAttention has no backward pass on the CPU; train there with the reference "
-            "target (attnspec.compile(path, 'reference')), on a CUDA GPU with this one, or call it under "
-            "torch.no_grad()"
-        )
-    cpu_limits = q.device.type == "cpu" and (need_lse or needs_grad or q.dtype == torch.float64)
     if not needs_grad:  # FlexAttention refuses a CPU tensor that requires grad even under no_grad
         q, k, v = q.detach(), k.detach(), v.detach()
+    if dense_in_graph(q) or isinstance(block_mask, PairMask) or (needs_grad and q.device.type == "cpu"):
+        out, lse = dense_flex_attention(q, k, v, score_mod, block_mask, scale)
+        return (out if epilogue else out.to(q.dtype)), (lse if need_lse else None)
+    kwargs = dict(score_mod=score_mod, block_mask=block_mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+    if tracing():  # the caller's torch.compile compiles flex_attention into its graph (on a GPU: see above)
+        kwargs["kernel_options"] = kernel_tiles(block_mask)
+        return _call(_fa.flex_attention, q, k, v, kwargs, need_lse)
+    cpu_limits = q.device.type == "cpu" and (need_lse or q.dtype == torch.float64)
     use_compiled = compiled and not cpu_limits
     if not use_compiled and q.dtype in (torch.bfloat16, torch.float16):
         out, lse = run(q.float(), k.float(), v.float(), score_mod, block_mask, scale, need_lse, False, needs_grad, key)
         return (out if epilogue else out.to(q.dtype)), lse
     fn = _compiled(f"flex_attention:{key}", _fa.flex_attention) if use_compiled else _fa.flex_attention
-    kwargs = dict(score_mod=score_mod, block_mask=block_mask, scale=scale, enable_gqa=gqa)
     if use_compiled and q.is_cuda:
         kwargs["kernel_options"] = kernel_tiles(block_mask)
     with warnings.catch_warnings():  # eager is a choice here (compiled=False or a CPU limit), not a slip
         warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
-        if not need_lse:
-            return fn(q, k, v, **kwargs), None
-        if AuxRequest is not None:
-            out, aux = fn(q, k, v, **kwargs, return_aux=AuxRequest(lse=True))
-            return out, aux.lse
-        return fn(q, k, v, **kwargs, return_lse=True)  # pragma: no cover - older torch
+        return _call(fn, q, k, v, kwargs, need_lse)
+
+
+def _call(fn, q, k, v, kwargs, need_lse):
+    if not need_lse:
+        return fn(q, k, v, **kwargs), None
+    if AuxRequest is not None:
+        out, aux = fn(q, k, v, **kwargs, return_aux=AuxRequest(lse=True))
+        return out, aux.lse
+    return fn(q, k, v, **kwargs, return_lse=True)  # pragma: no cover - older torch
+
+
+class PairMask(NamedTuple):
+    """What build_block_mask returns on the CPU inside a compiled caller, in place of a BlockMask: the
+    mask_mod (None: every pair) and a selection's blocks (None: every block), evaluated per pair."""
+
+    mask_mod: Callable | None
+    selected: torch.Tensor | None  # bool [B, H, NQB, NKB]
+    block: tuple[int, int]
+
+    def keep(self, b, h, i, j, sq, skv):
+        keep = torch.ones((1, 1, sq, skv), dtype=torch.bool, device=i.device)
+        if self.mask_mod is not None:
+            keep = keep & self.mask_mod(b, h, i, j)
+        if self.selected is not None:
+            keep = keep & _expand_tiles(self.selected.to(i.device), self.block, sq, skv)
+        return keep
+
+
+def dense_flex_attention(q, k, v, score_mod, mask, scale):
+    """FlexAttention's dense definition in plain tensor operations that torch.compile traces on the
+    CPU: scores in float32 (float64 for float64 inputs), the score_mod and mask on broadcast index
+    grids. `mask` is a PairMask or a BlockMask (its mask_mod on the tiles it lists). Returns (out, lse in
+    natural log), both in that dtype; a row without a kept pair gives out 0 and lse -inf, as
+    flex_attention does."""
+    dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    group = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(group, 1).to(dtype), v.repeat_interleave(group, 1).to(dtype)
+    sq, skv = q.shape[2], k.shape[2]
+    b, h, i, j = (torch.arange(n, device=q.device).view(shape) for n, shape in zip(
+        (q.shape[0], q.shape[1], sq, skv), ((-1, 1, 1, 1), (1, -1, 1, 1), (1, 1, -1, 1), (1, 1, 1, -1))))
+    scores = score_mod((q.to(dtype) @ k.transpose(-2, -1)) * scale, b, h, i, j)
+    keep = mask.keep(b, h, i, j, sq, skv) if isinstance(mask, PairMask) else _block_mask_keep(mask, b, h, i, j, sq, skv)
+    scores = torch.where(keep, scores, -math.inf)
+    lse = torch.logsumexp(scores, -1, keepdim=True)  # -inf on a row without a kept pair, NaN or +inf on an undefined one
+    weights = torch.where(keep, torch.exp(scores - torch.where(lse == -math.inf, 0.0, lse)), 0.0)
+    return weights @ v, lse.squeeze(-1)
+
+
+def _block_mask_keep(block_mask, b, h, i, j, sq, skv):
+    tiles = _expand_tiles(block_mask.to_dense() > 0, block_mask.BLOCK_SIZE, sq, skv)
+    return block_mask.mask_mod(b, h, i, j) & tiles
+
+
+def _expand_tiles(tiles, block, sq, skv):
+    """bool [.., NQB, NKB] -> [.., SQ, SKV]: each tile's value on its pairs."""
+    bq, bk = block
+    return tiles.repeat_interleave(bq, -2)[..., :sq, :].repeat_interleave(bk, -1)[..., :skv]
 
 
 def kernel_tiles(block_mask) -> dict | None:
