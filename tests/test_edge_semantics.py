@@ -67,7 +67,7 @@ def test_an_empty_input_in_the_mask_reads_as_zero(target):
     torch.testing.assert_close(out, causal, atol=2e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("target", ["reference", "triton"])
+@pytest.mark.parametrize("target", TARGETS)
 def test_the_gradient_of_an_empty_input_is_empty(target):
     q, k, v = qkv()
     bias = torch.zeros(0, requires_grad=True)
@@ -75,6 +75,14 @@ def test_the_gradient_of_an_empty_input_is_empty(target):
     out.sum().backward()
     assert bias.grad is None or bias.grad.shape == (0,)
     assert q.grad is not None and bool(torch.isfinite(q.grad).all())
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_an_input_whose_shape_is_negative_at_the_call_is_named(target):
+    """SKV < SQ makes SKV - SQ negative: the call names the input, on every target, before any read."""
+    q, k, v = qkv(SQ=20, SKV=12)
+    with pytest.raises(ValueError, match=r"prefix_bias: input 'prefix_bias' has declared shape \(-8,\) at these sizes: a dimension is negative"):
+        run(PREFIX, target, q, k, v, prefix_bias=torch.zeros(0))
 
 
 # ------------------------------------------------------------------ undefined rows (section 8)
