@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 #   make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 
-.PHONY: install demo test fuzz gpu-check clean
+.PHONY: install demo test fuzz gpu-check snapshots clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ FUZZ_TRIALS ?= 50
 fuzz: install
 	$(VENV)/bin/attnspec fuzz examples/*.attn --trials $(FUZZ_TRIALS) --generate 200 --grad
 	$(VENV)/bin/attnspec fuzz examples/*.attn --mutate 2000
+
+# Rewrite the generated-code snapshots under tests/snapshots (every example, every target) after a
+# deliberate change to templates, renderers or passes; review the result with `git diff`.
+snapshots: install
+	$(PY) tests/snapshots.py
 
 # On a machine with a CUDA GPU and the dependencies installed (GPU_PYTHON, default python3): the GPU
 # tests of the flex and triton targets (forward, gradients, training), then the triton benchmarks, forward
