@@ -109,7 +109,6 @@ LANGUAGE_NAMES = (
     | set(POOL_REDUCTIONS)
     | {"score", "DV", "G", "true", "false"}
 )
-RESERVED_NAMES = LANGUAGE_NAMES | GENERATED_NAMES
 
 
 def reserved_reason(name: str) -> str | None:

@@ -111,12 +111,10 @@ class Selection:
         return self.rule != "keep"
 
 
-LEVELS = ("program", "row", "col", "element")  # per (b, h); per query row; per key column; per pair
-
-
 @dataclass(frozen=True)
 class Binding:
-    """A named temporary computed once per `level` (made by passes, never by the user).
+    """A named temporary computed once per `level` (made by passes, never by the user): "program"
+    (per b, h), "row" (per query), "col" (per key) or "element" (per pair), as level_of says.
 
     Expressions read it as Expr("temp", value=name). Bindings are ordered: a value reads only
     earlier bindings.

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..diagnostics import AttnError
-from ..ir import Expr, Spec, inline_bindings, uses
+from ..ir import Expr, Spec, inline_bindings
 from ..types import infer
 from .interval import Bool, Evaluator, Num, bounded, num
 from .summaries import RangeSummary
@@ -201,5 +201,3 @@ def _axis(count: int, axis: int) -> Num:
     return Num(values, values)
 
 
-def mask_depends_on(spec: Spec, name: str) -> bool:
-    return uses(spec.mask, "index_var", name)
