@@ -226,7 +226,7 @@ def cmd_show(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .runtime.demo import run_demo
+    from .fuzz.demo import run_demo
 
     files = args.files or sorted(glob.glob("examples/*.attn"))
     if not files:

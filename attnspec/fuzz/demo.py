@@ -10,10 +10,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..api import load_program
-from ..fuzz.cases import Case
-from ..fuzz.compare import OK, Subject, run_case
-from ..fuzz.runner import available_targets, prepare_device
-from .sample import Sizes
+from ..runtime.sample import Sizes
+from .cases import Case
+from .compare import OK, Subject, run_case
+from .runner import available_targets, prepare_device
 
 DTYPES = ("float32", "bfloat16")
 SIZES = Sizes(B=2, H=4, HKV=2, SQ=100, SKV=130, D=32, DV=24)
