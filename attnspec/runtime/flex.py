@@ -138,9 +138,16 @@ def dense_flex_attention(q, k, v, score_mod, mask, scale):
     scores = score_mod((q.to(dtype) @ k.transpose(-2, -1)) * scale, b, h, i, j)
     keep = mask.keep(b, h, i, j, sq, skv) if isinstance(mask, PairMask) else _block_mask_keep(mask, b, h, i, j, sq, skv)
     scores = torch.where(keep, scores, -math.inf)
-    lse = torch.logsumexp(scores, -1, keepdim=True)  # -inf on a row without a kept pair, NaN or +inf on an undefined one
-    weights = torch.where(keep, torch.exp(scores - torch.where(lse == -math.inf, 0.0, lse)), 0.0)
-    return weights @ v, lse.squeeze(-1)
+    # weights exp(s - m) / l from the row max m and sum l, not exp(s - lse): lse rounds to |lse| * eps,
+    # which at large logits spoils the weights and every gradient (the reference computes them so too)
+    peak = scores.amax(-1, keepdim=True).detach()  # softmax does not depend on the shift
+    peak = torch.where(peak == -math.inf, 0.0, peak)  # a row without a kept pair
+    exps = torch.exp(scores - peak)
+    total = exps.sum(-1, keepdim=True)
+    empty = total == 0  # no kept pair; a NaN or +inf score leaves total NaN and the row undefined
+    total = torch.where(empty, 1.0, total)
+    lse = torch.where(empty, -math.inf, torch.log(total) + peak)
+    return (exps / total) @ v, lse.squeeze(-1)
 
 
 def _block_mask_keep(block_mask, b, h, i, j, sq, skv):
