@@ -77,3 +77,12 @@ def test_gradients_at_huge_logits_keep_the_accuracy_rule():
 
     case = "target=flex,dtype=float32,B=2,H=1,HKV=1,SQ=1,SKV=255,D=16,DV=16,seed=46570,logits=huge,inputs=typical,trace=static,grad=1"
     assert replay(EXAMPLES / "b01_causal.attn", case, spec="causal").status == OK
+
+
+def test_gqa_key_gradients_in_half_types_are_summed_before_rounding():
+    """k and v repeated over the GQA group before their cast to float32 rounded each head's gradient to
+    bf16 before the sum: dk 1.3x over the rule (found by attnspec fuzz --grad)."""
+    from attnspec.testing import replay
+
+    case = "target=flex,dtype=bfloat16,B=1,H=2,HKV=1,SQ=1,SKV=1,D=32,DV=16,seed=1,logits=normal,inputs=typical,trace=static,grad=1"
+    assert replay(EXAMPLES / "b09_gqa.attn", case, spec="gqa2").status == OK

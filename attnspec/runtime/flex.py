@@ -131,7 +131,7 @@ def dense_flex_attention(q, k, v, score_mod, mask, scale):
     flex_attention does."""
     dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     group = q.shape[1] // k.shape[1]
-    k, v = k.repeat_interleave(group, 1).to(dtype), v.repeat_interleave(group, 1).to(dtype)
+    k, v = k.to(dtype).repeat_interleave(group, 1), v.to(dtype).repeat_interleave(group, 1)  # cast, then repeat: a GQA group's gradients add up before one rounding
     sq, skv = q.shape[2], k.shape[2]
     b, h, i, j = (torch.arange(n, device=q.device).view(shape) for n, shape in zip(
         (q.shape[0], q.shape[1], sq, skv), ((-1, 1, 1, 1), (1, -1, 1, 1), (1, 1, -1, 1), (1, 1, 1, -1))))
