@@ -28,8 +28,8 @@ test: install
 	$(PY) -m pytest -q
 
 # A longer fuzz run than the test suite's (docs/fuzz.md): every example on every target, gradients too
-# (--grad; flex's only on a GPU), random specs and corrupted text. About two hours on two CPU cores;
-# FUZZ_TRIALS=10 for a quicker pass.
+# (--grad; on the CPU, flex's through FlexAttention's dense definition), random specs and corrupted
+# text. About two hours on two CPU cores; FUZZ_TRIALS=10 for a quicker pass.
 FUZZ_TRIALS ?= 50
 fuzz: install
 	$(VENV)/bin/attnspec fuzz examples/*.attn --trials $(FUZZ_TRIALS) --generate 200 --grad

@@ -1,9 +1,10 @@
 """examples/train_rel_bias.py: a tiny model whose attention layer comes from an .attn file with a
 learnable relative-position table, trained for a few steps.
 
-On the CPU the reference target trains and the triton target (in Triton's interpreter, which
-conftest.py turns on) must give its losses; FlexAttention has no CPU backward. On a GPU the flex and
-triton targets must give the reference's losses.
+On the CPU the reference target trains, and the triton target (in Triton's interpreter, which
+conftest.py turns on) and the flex target (through FlexAttention's dense definition, as FlexAttention
+has no CPU backward) must give its losses. On a GPU the flex and triton targets must give the
+reference's losses.
 """
 
 from __future__ import annotations
