@@ -20,7 +20,7 @@ import torch
 
 from .diagnostics import AttnError
 from .ir import Expr, Spec, const, inline_bindings, substitute, uses, walk
-from .runtime.sample import Sizes, evaluate_static, input_shapes, sample_arguments, sample_inputs
+from .sample import Sizes, evaluate_static, input_shapes, sample_arguments, sample_inputs
 
 MAX_LENGTH = 2**31 - 1  # longest --sq / --skv: indices stay within 32 bits
 MAX_SIDE = 2048  # cells per side of a picture; longer axes are sampled

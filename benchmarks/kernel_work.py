@@ -20,7 +20,7 @@ from attnspec.analysis.cost import naive_work, optimized_work
 from attnspec.analysis.tiles import classify_tiles
 from attnspec.api import lower, pick_spec
 from attnspec.passes import OPTIMIZE, STANDARD
-from attnspec.runtime.sample import Sizes, sample_arguments
+from attnspec.sample import Sizes, sample_arguments
 
 ROOT = Path(__file__).resolve().parent.parent
 

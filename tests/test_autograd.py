@@ -189,7 +189,7 @@ def test_gradcheck_every_example_with_learnable_inputs(path):
     """q, k, v and every learnable input of every example that declares one, in float64 (issue: the
     reference is what every target's gradients will be checked against)."""
     from attnspec.api import lower
-    from attnspec.runtime.sample import Sizes, sample_arguments
+    from attnspec.sample import Sizes, sample_arguments
 
     spec = lower(attnspec.load_program(path).specs[0])
     mod = attnspec.compile(path, "reference")

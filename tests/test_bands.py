@@ -18,7 +18,7 @@ from attnspec.analysis.bands import Band, evaluate_bands, key_bands
 from attnspec.api import build_module, load_program, lower, pick_spec
 from attnspec.diagnostics import NO_SPAN
 from attnspec.ir import uses, walk
-from attnspec.runtime.sample import Sizes, sample_arguments
+from attnspec.sample import Sizes, sample_arguments
 from attnspec.types import infer
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

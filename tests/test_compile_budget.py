@@ -29,7 +29,7 @@ from attnspec.cli import main
 from attnspec.diagnostics import AttnError
 from attnspec.fuzz.specgen import specs
 from attnspec.ir import inline_bindings
-from attnspec.runtime.sample import Sizes, sample_arguments
+from attnspec.sample import Sizes, sample_arguments
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

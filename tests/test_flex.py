@@ -35,8 +35,8 @@ from attnspec.codegen import passes_for
 from attnspec.diagnostics import AttnError
 from attnspec.runtime import flex as flex_runtime
 from attnspec.fuzz.cases import low_precision
-from attnspec.runtime.accuracy import check
-from attnspec.runtime.sample import Sizes, sample_arguments
+from attnspec.fuzz.accuracy import check
+from attnspec.sample import Sizes, sample_arguments
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 F64 = torch.float64

@@ -18,7 +18,7 @@ import attnspec
 from attnspec.api import load_program
 from attnspec.fuzz.cases import Case
 from attnspec.fuzz.compare import OK, Subject, run_case
-from attnspec.runtime.sample import Sizes
+from attnspec.sample import Sizes
 from test_flex import EXAMPLES, fitted
 
 SIZES = Sizes(B=2, H=4, HKV=2, SQ=40, SKV=56, D=16, DV=8)

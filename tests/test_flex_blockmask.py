@@ -27,7 +27,7 @@ from attnspec.analysis.tiles import EMPTY, FULL, PARTIAL
 from attnspec.api import build_module, load_program, lower
 from attnspec.codegen import passes_for
 from attnspec.runtime import blocks as block_runtime
-from attnspec.runtime.sample import Sizes, sample_arguments
+from attnspec.sample import Sizes, sample_arguments
 from test_flex import EXAMPLES, without_v
 
 F64 = torch.float64

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from attnspec.runtime import flex as flex_runtime
-from attnspec.runtime.accuracy import check
-from attnspec.runtime.sample import Sizes, sample_arguments
+from attnspec.fuzz.accuracy import check
+from attnspec.sample import Sizes, sample_arguments
 from test_flex import F64, cast, fitted, modules, spec_cases, without_v
 
 SIZES = Sizes(B=2, H=4, HKV=2, SQ=67, SKV=93, D=16, DV=8)  # GQA, lengths not a multiple of any block

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnspec.runtime.sample import Sizes, sample_arguments
+from attnspec.sample import Sizes, sample_arguments
 from test_flex import EXAMPLES, F64, assert_agrees, fits, modules, run_both
 from test_triton_gpu import example_specs, on_gpu
 
@@ -51,7 +51,7 @@ def test_example_gradients_through_flex_on_gpu(stem, name):
     from attnspec.api import load_program
     from attnspec.fuzz.cases import Case
     from attnspec.fuzz.compare import OK, Subject, run_case
-    from attnspec.runtime.sample import Sizes
+    from attnspec.sample import Sizes
 
     spec = next(s for s in load_program(EXAMPLES / f"{stem}.attn").specs if s.name == name)
     subject = Subject.build(spec, ["flex"], f"{stem}.attn")
@@ -64,7 +64,7 @@ def test_an_input_read_twice_through_flex_on_gpu():
     from attnspec.api import load_program
     from attnspec.fuzz.cases import Case
     from attnspec.fuzz.compare import OK, Subject, run_case
-    from attnspec.runtime.sample import Sizes
+    from attnspec.sample import Sizes
 
     source = "attention g {\n input pos: float32[SKV] learnable\n mask kv <= q\n score = score + pos[q] - pos[kv]\n}"
     subject = Subject.build(load_program(source).specs[0], ["flex"], "<test>")

@@ -31,7 +31,7 @@ from attnspec.fuzz.cases import Case, case_arguments, cases, parse_case
 from attnspec.fuzz.compare import DISCARD, FAIL, OK, Subject, run_case
 from attnspec.fuzz.progress import Progress
 from attnspec.fuzz.runner import Options, available_targets, fuzz_file, fuzz_generated, fuzz_mutations
-from attnspec.runtime.sample import Sizes
+from attnspec.sample import Sizes
 from attnspec.testing import FuzzFailure, fuzz, replay
 
 pytestmark = [

@@ -14,7 +14,7 @@ from attnspec.frontend import parse_program
 from attnspec.ir import Binding, Expr, inline_bindings, map_exprs, walk
 from attnspec.passes import OPTIMIZE, STANDARD
 from attnspec.printer import print_spec
-from attnspec.runtime.sample import Sizes, sample_arguments
+from attnspec.sample import Sizes, sample_arguments
 from attnspec.verify import verify
 
 EXAMPLES = sorted(Path(__file__).resolve().parent.parent.glob("examples/*.attn"))

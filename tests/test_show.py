@@ -12,7 +12,7 @@ import torch
 
 from attnspec.api import build_module, load_program, lower
 from attnspec.passes import OPTIMIZE
-from attnspec.runtime.sample import sample_arguments
+from attnspec.sample import sample_arguments
 from attnspec.show import MAX_SIDE, PNG_SIDE, dense_mask, drawing_sizes, sampled_mask
 from conftest import REPO, example_files
 from test_cli import CAUSAL, mask_lines, read_png, run, write

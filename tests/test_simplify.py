@@ -24,7 +24,7 @@ from attnspec.passes import STANDARD
 from attnspec.passes.simplify import simplify_algebra, simplify_expr, size
 from attnspec.passes.symbolic import NotRepresentable, exact_key, from_sympy, to_sympy
 from attnspec.printer import expr_text, print_spec
-from attnspec.runtime.sample import Sizes, sample_arguments
+from attnspec.sample import Sizes, sample_arguments
 from attnspec.types import infer
 from attnspec.verify import verify
 

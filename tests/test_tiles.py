@@ -24,7 +24,7 @@ from attnspec.analysis.tiles import EMPTY, FULL, PARTIAL, classify_tiles
 from attnspec.api import build_module, load_program, lower, pick_spec
 from attnspec.diagnostics import AttnError
 from attnspec.passes import OPTIMIZE
-from attnspec.runtime.sample import Sizes, sample_arguments
+from attnspec.sample import Sizes, sample_arguments
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 EXAMPLE_NAMES = sorted(p.stem for p in EXAMPLES.glob("*.attn"))

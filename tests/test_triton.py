@@ -27,7 +27,7 @@ from attnspec.api import build_module, load_program, lower
 from attnspec.codegen import passes_for
 from attnspec.diagnostics import AttnError
 from attnspec.runtime import triton as triton_runtime
-from attnspec.runtime.sample import Sizes, sample_arguments
+from attnspec.sample import Sizes, sample_arguments
 from test_flex import EXAMPLES, F64, assert_agrees, cast, find_spec, fits, is_elementwise, spec_cases, without_v
 
 pytest.importorskip("triton")

@@ -22,7 +22,7 @@ from attnspec.api import load_program
 from attnspec.fuzz.cases import Case
 from attnspec.fuzz.compare import OK, Subject, run_case
 from attnspec.runtime import triton as triton_runtime
-from attnspec.runtime.sample import Sizes
+from attnspec.sample import Sizes
 from test_flex import EXAMPLES, fitted
 
 pytest.importorskip("triton")

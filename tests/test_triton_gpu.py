@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnspec.runtime.sample import Sizes, sample_arguments
+from attnspec.sample import Sizes, sample_arguments
 from test_flex import F64, assert_agrees, fits
 from test_triton import modules, run_both
 

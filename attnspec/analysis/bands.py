@@ -441,7 +441,7 @@ def evaluate_bands(bands, spec: Spec, q_index: torch.Tensor, sizes, runtime: dic
                    inputs: dict | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(lo, hi) per band as int64 [B, H, len(q_index)], clamped to [0, SKV - 1]; empty where lo > hi.
 
-    sizes: the shape symbols (a dict, or runtime.sample.Sizes); runtime: runtime param values
+    sizes: the shape symbols (a dict, or attnspec.sample.Sizes); runtime: runtime param values
     (params missing there take their declared default); inputs: the input tensors. Floats are
     computed in float64.
     """

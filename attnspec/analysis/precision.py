@@ -22,7 +22,7 @@ from dataclasses import replace
 import torch
 
 from ..ir import Expr, Spec, inline_bindings
-from ..runtime.sample import Sizes, sample_arguments
+from ..sample import Sizes, sample_arguments
 from ..types import infer
 from .interval import Evaluator, Num
 from .tiles import PARTIAL, TileGrid, _TileEnv, classify_tiles

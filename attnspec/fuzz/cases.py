@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from ..diagnostics import AttnError
 from ..ir import Spec
-from ..runtime.sample import Sizes, sample_arguments
+from ..sample import Sizes, sample_arguments
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # logits: q and k scaled so that scores have a standard deviation of about 1, 16 and 144

@@ -20,7 +20,7 @@ from ..api import build_module, lower
 from ..codegen import passes_for
 from ..diagnostics import AttnError
 from ..ir import Spec
-from ..runtime.accuracy import Verdict, check, errors
+from .accuracy import Verdict, check, errors
 from .cases import DTYPES, Case, case_arguments, low_precision, other_sizes
 
 OK, FAIL, DISCARD = "ok", "fail", "discard"

@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..api import load_program
-from ..runtime.sample import Sizes
+from ..sample import Sizes
 from .cases import Case
 from .compare import OK, Subject, run_case
 from .runner import available_targets, prepare_device

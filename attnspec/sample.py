@@ -1,7 +1,8 @@
 """Random but meaningful arguments for a spec: q, k, v, its inputs and its runtime params.
 
-Used by `attnspec demo`, `attnspec show` and tests. Integer inputs get small sorted ids (so a
-document table looks like documents), float inputs small normals, bools coin flips.
+Used when a spec is compiled (the flex target's tile-agreement probe), by `attnspec show`, `demo`
+and `fuzz`, and by tests; never by generated modules at run time. Integer inputs get small sorted ids
+(so a document table looks like documents), float inputs small normals, bools coin flips.
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..builtins import DTYPES
-from ..diagnostics import AttnError
-from ..ir import Expr, Spec, const, substitute
-from ..passes.fold import fold_expr
+from .builtins import DTYPES
+from .diagnostics import AttnError
+from .ir import Expr, Spec, const, substitute
+from .passes.fold import fold_expr
 
 _TORCH_DTYPES = {
     "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
