@@ -51,8 +51,12 @@ def _tiles_of_every_pair(block, shape, mask_mod, device):
     batch, heads, sq, skv = shape
     bq, bk = block
     nq, nk = -(-sq // bq), -(-skv // bk)
-    b, h, i, j = (torch.arange(n, device=device).view(view) for n, view in zip(
-        shape, ((-1, 1, 1, 1), (1, -1, 1, 1), (1, 1, -1, 1), (1, 1, 1, -1))))
-    keep = torch.broadcast_to(mask_mod(b, h, i, j), shape)
+    keep = torch.broadcast_to(mask_mod(*index_grids(shape, device)), shape)
     padded = torch.nn.functional.pad(keep, (0, nk * bk - skv, 0, nq * bq - sq), value=False)
     return padded.view(batch, heads, nq, bq, nk, bk).any(5).any(3)
+
+
+def index_grids(shape, device):
+    """(b, h, q, kv) index tensors that broadcast to a [B, H, SQ, SKV] grid, as mods are called."""
+    views = ((-1, 1, 1, 1), (1, -1, 1, 1), (1, 1, -1, 1), (1, 1, 1, -1))
+    return tuple(torch.arange(n, device=device).view(view) for n, view in zip(shape, views))

@@ -13,7 +13,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch.nn.attention import flex_attention as _fa
 
-from .blocks import class_lists
+from .blocks import class_lists, index_grids
 from .tracing import dense_in_graph, tracing
 
 try:  # torch >= 2.9 asks for the lse through AuxRequest
@@ -115,7 +115,7 @@ class PairMask(NamedTuple):
     block: tuple[int, int]
 
     def keep(self, b, h, i, j, sq, skv):
-        keep = torch.ones((1, 1, sq, skv), dtype=torch.bool, device=i.device)
+        keep = (i < sq) & (j < skv)  # every pair
         if self.mask_mod is not None:
             keep = keep & self.mask_mod(b, h, i, j)
         if self.selected is not None:
@@ -133,8 +133,7 @@ def dense_flex_attention(q, k, v, score_mod, mask, scale):
     group = q.shape[1] // k.shape[1]
     k, v = k.to(dtype).repeat_interleave(group, 1), v.to(dtype).repeat_interleave(group, 1)  # cast, then repeat: a GQA group's gradients add up before one rounding
     sq, skv = q.shape[2], k.shape[2]
-    b, h, i, j = (torch.arange(n, device=q.device).view(shape) for n, shape in zip(
-        (q.shape[0], q.shape[1], sq, skv), ((-1, 1, 1, 1), (1, -1, 1, 1), (1, 1, -1, 1), (1, 1, 1, -1))))
+    b, h, i, j = index_grids((q.shape[0], q.shape[1], sq, skv), q.device)
     scores = score_mod((q.to(dtype) @ k.transpose(-2, -1)) * scale, b, h, i, j)
     keep = mask.keep(b, h, i, j, sq, skv) if isinstance(mask, PairMask) else _block_mask_keep(mask, b, h, i, j, sq, skv)
     scores = torch.where(keep, scores, -math.inf)
