@@ -1,13 +1,14 @@
 """The language's fixed vocabulary: index variables, shape symbols, operators, functions, dtypes.
 
-Typing rules are named here and applied in types.py; targets map op names to code in codegen/.
+Typing rules are named in ops.py (functions) and applied in types.py.
 """
 
 from __future__ import annotations
 
 import builtins as _py_builtins
 import keyword
-from dataclasses import dataclass
+
+from .ops import OPS
 
 INDEX_VARS = ("b", "h", "q", "kv")
 BLOCK_VARS = ("q_block", "kv_block")
@@ -50,44 +51,8 @@ OP_SYMBOLS = {op: tok for tok, op in BINARY_OPS.items()}
 COMPARISONS = ("lt", "le", "gt", "ge", "eq", "ne")
 
 
-@dataclass(frozen=True)
-class Function:
-    name: str
-    params: tuple[str, ...]
-    rule: str  # typing rule, see types.py
-
-    @property
-    def arity(self) -> int:
-        return len(self.params)
-
-    @property
-    def signature(self) -> str:
-        return f"{self.name}({', '.join(self.params)})"
-
-
-FUNCTIONS = {
-    f.name: f
-    for f in (
-        Function("abs", ('x',), "same"),
-        Function("min", ('a', 'b'), "join"),
-        Function("max", ('a', 'b'), "join"),
-        Function("clamp", ('x', 'lo', 'hi'), "join"),
-        Function("where", ('cond', 'a', 'b'), "where"),
-        Function("exp", ('x',), "float"),
-        Function("exp2", ('x',), "float"),
-        Function("log", ('x',), "float"),
-        Function("log2", ('x',), "float"),
-        Function("sqrt", ('x',), "float"),
-        Function("pow", ('x', 'y'), "float"),
-        Function("tanh", ('x',), "float"),
-        Function("sigmoid", ('x',), "float"),
-        Function("softplus", ('x',), "float"),
-        Function("relu", ('x',), "same"),
-        Function("float", ('x',), "float"),
-        Function("bitand", ('a', 'b'), "int"),
-        Function("dot", ('u', 'v'), "dot"),
-    )
-}
+# Built-in functions by name: the op registry (ops.py) holds each one's rules.
+FUNCTIONS = OPS
 
 # Names a user may not take for a spec, param, input or let: they would be ambiguous in the
 # language or shadow a name the generated Python relies on.

@@ -22,6 +22,7 @@ from attnspec.analysis.sign import nonnegative, nonzero, positive
 from attnspec.builtins import DTYPES
 from attnspec.diagnostics import AttnError
 from attnspec.ir import Expr, Spec, inline_bindings, uses
+from attnspec.ops import OPS
 from attnspec.passes.flex import token_mask
 from attnspec.types import infer
 
@@ -32,11 +33,6 @@ from .render import python_literal, template_environment
 
 MIN_DOT = 16  # tl.dot needs tiles of at least 16 along each dimension
 MAX_BANDS = 4  # more bands than this walk the same tiles too often: a block table is used instead
-_FUNCTIONS = {
-    "abs": "tl.abs", "min": "tl.minimum", "max": "tl.maximum", "where": "tl.where", "exp": "tl.exp",
-    "exp2": "tl.exp2", "log": "tl.log", "log2": "tl.log2", "sqrt": "tl.sqrt", "sigmoid": "tl.sigmoid",
-    "tanh": "_k_tanh", "softplus": "_k_softplus", "clamp": "_k_clamp", "relu": "_k_relu",
-}
 
 
 class TritonRenderer(ReferenceRenderer):
@@ -60,7 +56,7 @@ class TritonRenderer(ReferenceRenderer):
         `strides` names the stride arguments (the input's, or its gradient buffer's)."""
         name = e.value
         return " + ".join(
-            f"_k_clamp({self.render(a)}, 0, _{name}_n{i} - 1) * {strides}{i}" for i, a in enumerate(e.args)
+            f"_kernel.clamp({self.render(a)}, 0, _{name}_n{i} - 1) * {strides}{i}" for i, a in enumerate(e.args)
         ) or "0"
 
     def render_load(self, e: Expr) -> str:
@@ -93,20 +89,20 @@ class TritonRenderer(ReferenceRenderer):
         return self._ordered(e, ">=")
 
     def _ordered(self, e: Expr, symbol: str) -> str:
-        """A float comparison goes through _k_truth: in Triton's interpreter, a float32 scalar compared
+        """A float comparison goes through _kernel.truth: in Triton's interpreter, a float32 scalar compared
         with a constant is not a boolean that `|` and `&` accept (found by attnspec fuzz)."""
         if any(infer(a, self.spec) == "float" for a in e.args):
-            return f"_k_truth({self.render_infix(e, symbol)})"
+            return f"_kernel.truth({self.render_infix(e, symbol)})"
         return self.render_infix(e, symbol)
 
     def render_float(self, e: Expr) -> str:
-        return f"_k_as_float({self.render(e.args[0])})"
+        return f"_kernel.as_float({self.render(e.args[0])})"
 
     def render_floordiv(self, e: Expr) -> str:
-        return self._division(e, "//", "_k_floordiv")
+        return self._division(e, "//", "_kernel.floordiv")
 
     def render_mod(self, e: Expr) -> str:
-        return self._division(e, "%", "_k_floormod")
+        return self._division(e, "%", "_kernel.floormod")
 
     def _division(self, e: Expr, symbol: str, helper: str) -> str:
         a, b = e.args
@@ -120,19 +116,20 @@ class TritonRenderer(ReferenceRenderer):
 
     def render_truediv(self, e: Expr) -> str:
         a, b = (self.render(x) for x in e.args)
-        return f"(_k_as_float({a}) / {b})"
+        return f"(_kernel.as_float({a}) / {b})"
 
     def render_pow(self, e: Expr) -> str:
         base, exponent = e.args
         if exponent.op == "const" and float(exponent.literal).is_integer() and abs(exponent.literal) <= 16:
             n = int(exponent.literal)
-            return f"_k_powi({self.render(base)}, {n})" if n >= 0 else f"(1.0 / _k_powi({self.render(base)}, {-n}))"
-        return f"_k_powf({self.render(base)}, {self.render(exponent)})"
+            return f"_kernel.powi({self.render(base)}, {n})" if n >= 0 else f"(1.0 / _kernel.powi({self.render(base)}, {-n}))"
+        return f"_kernel.powf({self.render(base)}, {self.render(exponent)})"
 
     def render_call(self, e: Expr) -> str:
-        if e.op not in _FUNCTIONS:
+        spelling = OPS[e.op].triton
+        if not spelling:
             raise AttnError(f"the triton target cannot compute '{e.op}' in a kernel", e.span)
-        return f"{_FUNCTIONS[e.op]}({', '.join(self.render(a) for a in e.args)})"
+        return f"{spelling}({', '.join(self.render(a) for a in e.args)})"
 
 
 def generate(spec: Spec, source_name: str = "<string>") -> str:

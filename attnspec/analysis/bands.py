@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from typing import Callable
 
 import sympy
 import torch
 
 from .. import builtins as bi
+from .. import ops
 from ..diagnostics import NO_SPAN, Span
 from ..ir import Expr, Spec, const, inline_bindings, uses
 from ..types import infer
@@ -419,22 +421,23 @@ def _int_mod(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(b == 0, a, torch.remainder(a, torch.where(b == 0, 1, b)))
 
 
-_TORCH = {
+_OPERATORS = {
     "add": torch.add, "sub": torch.sub, "mul": torch.mul, "neg": torch.neg,
     "truediv": lambda a, b: _f64(a) / _f64(b),
     "floordiv": _int_floordiv, "mod": _int_mod,
-    "pow": lambda a, b: torch.pow(_f64(a), _f64(b)),
     "lt": torch.lt, "le": torch.le, "gt": torch.gt, "ge": torch.ge, "eq": torch.eq, "ne": torch.ne,
     "and": torch.logical_and, "or": torch.logical_or, "not": torch.logical_not,
-    "abs": torch.abs, "min": torch.minimum, "max": torch.maximum, "where": torch.where,
-    "clamp": lambda x, lo, hi: torch.minimum(torch.maximum(x, lo), hi),
-    "float": _f64, "relu": torch.relu, "bitand": torch.bitwise_and,
-    "exp": lambda x: torch.exp(_f64(x)), "exp2": lambda x: torch.exp2(_f64(x)),
-    "log": lambda x: torch.log(_f64(x)), "log2": lambda x: torch.log2(_f64(x)),
-    "sqrt": lambda x: torch.sqrt(_f64(x)), "tanh": lambda x: torch.tanh(_f64(x)),
-    "sigmoid": lambda x: torch.sigmoid(_f64(x)),
-    "softplus": lambda x: torch.logaddexp(_f64(x), torch.zeros_like(_f64(x))),
 }
+
+
+def _function(op: ops.Op) -> Callable:
+    """A built-in on tensors, its float arguments in float64."""
+    if op.rule != "float":
+        return op.tensor
+    return lambda *args: op.tensor(*(_f64(a) for a in args))
+
+
+_TORCH = {**_OPERATORS, **{name: _function(op) for name, op in ops.OPS.items()}}
 
 
 def evaluate_bands(bands, spec: Spec, q_index: torch.Tensor, sizes, runtime: dict | None = None,

@@ -17,6 +17,7 @@ from typing import Callable
 
 import torch
 
+from .. import ops
 from ..ir import Expr
 
 INF = float("inf")
@@ -299,14 +300,24 @@ def _where(c: Bool, a, b):
     return Num(lo, hi)
 
 
-RULES = {
+_OPERATORS = {
     "add": _add, "sub": _sub, "mul": _mul, "truediv": _truediv, "floordiv": _floordiv, "mod": _mod,
-    "pow": _pow, "neg": _neg, "abs": _abs, "min": _min, "max": _max, "clamp": _clamp,
-    "exp": _monotone(torch.exp), "exp2": _monotone(torch.exp2), "tanh": _monotone(torch.tanh),
-    "sigmoid": _monotone(torch.sigmoid), "relu": _monotone(torch.relu), "float": _monotone(lambda x: x),
-    "softplus": _monotone(lambda x: torch.logaddexp(x, torch.zeros_like(x))),
-    "log": _domain(torch.log, 0.0), "log2": _domain(torch.log2, 0.0), "sqrt": _domain(torch.sqrt, 0.0),
-    "bitand": _bitand,
+    "pow": _pow, "neg": _neg, "abs": _abs, "min": _min, "max": _max, "clamp": _clamp, "bitand": _bitand,
     "lt": _lt, "le": _le, "gt": _gt, "ge": _ge, "eq": _eq, "ne": _ne,
     "and": _and, "or": _or, "not": _not, "where": _where,
 }
+
+
+def _function_rule(op: ops.Op) -> Callable:
+    """A built-in's rule from its registry entry: rising, rising on a domain, one of the rules above, or
+    nothing known."""
+    if op.interval == ops.INCREASING:
+        return _monotone(op.tensor)
+    if isinstance(op.interval, ops.Domain):
+        return _domain(op.tensor, op.interval.low)
+    if isinstance(op.interval, str):
+        return _OPERATORS[op.interval]
+    return lambda *args: UNKNOWN
+
+
+RULES = {**_OPERATORS, **{name: _function_rule(op) for name, op in ops.OPS.items()}}

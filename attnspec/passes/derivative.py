@@ -6,13 +6,11 @@ function of the IR: sympy differentiates, the result is rebuilt as IR and handed
 
 How an expression becomes sympy:
 - every subtree that does not contain `wrt` is an *atom* (a Symbol standing for the subtree, kept
-  by symbolic.SymbolTable), and so is every subtree that is piecewise constant in it (comparisons,
-  boolean logic): its derivative is 0 wherever it exists;
-- `+ - * /`, float(x), exp, log, sqrt, tanh, powers are sympy's own; exp2 and log2 are written with
-  base 2 (`//` and `%` take integers, which never hold a float variable);
-- sigmoid, softplus, relu, abs, min, max, clamp (= min(max(x, lo), hi), as the reference computes
-  it) and where are sympy functions defined here, whose derivatives follow torch's autograd at the
-  kinks (relu' (0) = 0, abs' (0) = 0, max and min split a tie evenly), so kernel gradients match the
+  by symbolic.SymbolTable), and so is every boolean subtree (comparisons, boolean logic), which is
+  piecewise constant in it: its derivative is 0 wherever it exists;
+- `+ - * /` are sympy's own (`//` and `%` take integers, which never hold a float variable);
+- a built-in is its registry entry's sympy function (ops.py): sympy's exp, log, sqrt, tanh, or one of
+  calculus.py, whose derivatives follow torch's autograd at the kinks, so kernel gradients match the
   reference's everywhere, not only almost everywhere.
 
 Temps (bindings) that do not depend on `wrt` stay temps, so the derivative reuses what the kernel
@@ -26,88 +24,12 @@ from fractions import Fraction
 
 import sympy
 
+from ..calculus import Equal, Greater, Where
 from ..diagnostics import AttnError
 from ..ir import Expr, Spec, const, inline_bindings, walk
+from ..ops import OPS
 from ..types import infer
 from .symbolic import NotRepresentable, SymbolTable, _Builder, exact_key
-
-_PIECEWISE_CONSTANT = ("lt", "le", "gt", "ge", "eq", "ne", "and", "or", "not")
-
-
-# ------------------------------------------------------------------ functions with torch's derivatives
-
-
-class Where(sympy.Function):
-    """where(c, a, b); c is a boolean atom or a comparison below."""
-
-    @classmethod
-    def eval(cls, c, a, b):
-        return a if a == b else None
-
-    def fdiff(self, argindex=1):
-        c = self.args[0]
-        return {1: sympy.Integer(0), 2: Where(c, 1, 0), 3: Where(c, 0, 1)}[argindex]
-
-
-class Greater(sympy.Function):
-    """The comparison a > b, as the first argument of Where."""
-
-    def fdiff(self, argindex=1):
-        return sympy.Integer(0)
-
-
-class Equal(sympy.Function):
-    """The comparison a == b, as the first argument of Where."""
-
-    def fdiff(self, argindex=1):
-        return sympy.Integer(0)
-
-
-def _step(x):
-    return Where(Greater(x, 0), 1, 0)
-
-
-class Sigmoid(sympy.Function):
-    def fdiff(self, argindex=1):
-        return self * (1 - self)
-
-
-class Softplus(sympy.Function):
-    def fdiff(self, argindex=1):
-        return Sigmoid(self.args[0])
-
-
-class Relu(sympy.Function):
-    def fdiff(self, argindex=1):
-        return _step(self.args[0])  # torch: the gradient passes where relu(x) > 0
-
-
-class Abs(sympy.Function):
-    def fdiff(self, argindex=1):
-        x = self.args[0]
-        return Where(Greater(x, 0), 1, Where(Greater(0, x), -1, 0))  # torch: sign(x), 0 at 0
-
-
-def _tie_split(winner, loser):
-    """d max(a, b) / d a with torch's rule: 1 where a wins, 1/2 on a tie, 0 where it loses."""
-    return Where(Greater(winner, loser), 1, Where(Equal(winner, loser), sympy.Rational(1, 2), 0))
-
-
-class Max(sympy.Function):
-    def fdiff(self, argindex=1):
-        a, b = self.args
-        return _tie_split(a, b) if argindex == 1 else _tie_split(b, a)
-
-
-class Min(sympy.Function):
-    def fdiff(self, argindex=1):
-        a, b = self.args
-        return _tie_split(b, a) if argindex == 1 else _tie_split(a, b)
-
-
-_SMOOTH = {"exp": sympy.exp, "log": sympy.log, "sqrt": sympy.sqrt, "tanh": sympy.tanh}
-_CUSTOM = {"sigmoid": Sigmoid, "softplus": Softplus, "relu": Relu, "abs": Abs, "max": Max, "min": Min}
-
 
 # ------------------------------------------------------------------ IR -> sympy
 
@@ -133,14 +55,14 @@ class _Converter:
             return self.var
         if e.op == "const" and not isinstance(e.literal, bool) and math.isfinite(e.literal):
             return sympy.Rational(Fraction(e.literal).numerator, Fraction(e.literal).denominator)
-        if not self.depends(e) or e.op in _PIECEWISE_CONSTANT:
-            return self.table.atom(e, infer(e, self.spec, self.types))
+        kind = infer(e, self.spec, self.types)
+        if not self.depends(e) or kind == "bool":  # comparisons and logic are piecewise constant
+            return self.table.atom(e, kind)
         if e.op == "temp":
             return self.convert(self.spec.binding(e.value).value)
-        if e.op in _SMOOTH:
-            return _SMOOTH[e.op](self.convert(e.args[0]))
-        if e.op in _CUSTOM:
-            return _CUSTOM[e.op](*(self.convert(a) for a in e.args))
+        op = OPS.get(e.op)
+        if op is not None and op.sympy is not None:
+            return op.sympy(*(self.convert(a) for a in e.args))
         method = getattr(self, f"_{e.op}", None)
         if method is None:
             raise NotRepresentable(f"no derivative rule for '{e.op}'")
@@ -161,26 +83,11 @@ class _Converter:
     def _neg(self, a):
         return -self.convert(a)
 
-    def _float(self, a):
-        return self.convert(a)
-
-    def _pow(self, a, b):
-        return self.convert(a) ** self.convert(b)
-
-    def _exp2(self, a):
-        return sympy.Integer(2) ** self.convert(a)
-
-    def _log2(self, a):
-        return sympy.log(self.convert(a)) / sympy.log(2)
-
-    def _clamp(self, x, lo, hi):
-        return Min(Max(self.convert(x), self.convert(lo)), self.convert(hi))
-
-    def _where(self, c, a, b):
-        return Where(self.table.atom(c, "bool"), self.convert(a), self.convert(b))
-
 
 # ------------------------------------------------------------------ sympy -> IR
+
+# the built-ins whose sympy form is a function class, by class
+_REBUILT = {op.sympy: name for name, op in OPS.items() if isinstance(op.sympy, type)}
 
 
 class _CalculusBuilder(_Builder):
@@ -207,9 +114,7 @@ class _CalculusBuilder(_Builder):
             return self.node("where", self.condition(args[0]), *(self._build(a, "float") for a in args[1:]))
         if isinstance(sym, sympy.exp):
             return self.node("exp", self._build(args[0], "float"))
-        names = {sympy.log: "log", sympy.tanh: "tanh", Sigmoid: "sigmoid", Softplus: "softplus",
-                 Relu: "relu", Abs: "abs", Max: "max", Min: "min"}
-        name = names.get(type(sym))
+        name = _REBUILT.get(type(sym))
         if name is None:
             raise NotRepresentable(f"cannot rebuild {sym!r}")
         return self.node(name, *(self._build(a, "float") for a in args))

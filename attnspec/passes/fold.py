@@ -10,6 +10,7 @@ import math
 
 from ..diagnostics import AttnError
 from ..ir import Expr, Spec, const, map_exprs, rewrite
+from ..ops import OPS, join_numbers
 
 INT64 = (-(2**63), 2**63 - 1)
 
@@ -61,80 +62,9 @@ def _float_div(a, b):
     return a / b
 
 
-def _pow(a, b):
-    a, b = float(a), float(b)
-    try:
-        result = a**b
-    except ZeroDivisionError:  # 0 ** negative
-        return math.copysign(math.inf, a) if b.is_integer() and int(b) % 2 else math.inf
-    except OverflowError:
-        odd = b.is_integer() and int(b) % 2 == 1
-        return -math.inf if a < 0 and odd else math.inf
-    return math.nan if isinstance(result, complex) else result
-
-
-def _exp(x):
-    try:
-        return math.exp(x)
-    except OverflowError:
-        return math.inf
-
-
-def _log(x, log=math.log):
-    if math.isnan(x):
-        return math.nan
-    if x > 0:
-        return log(x)
-    return -math.inf if x == 0 else math.nan
-
-
-def _sigmoid(x):
-    x = float(x)
-    if x >= 0:
-        return 1.0 / (1.0 + math.exp(-x))
-    e = math.exp(x)
-    return e / (1.0 + e)
-
-
-def _softplus(x):
-    x = float(x)
-    return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
-
-
-def _relu(x):
-    return x if x > 0 or _nan(x) else type(x)(0)
-
-
-def _join(*xs):
-    return [float(x) for x in xs] if any(isinstance(x, float) for x in xs) else list(xs)
-
-
-def _min(a, b):
-    a, b = _join(a, b)
-    return math.nan if _nan(a) or _nan(b) else min(a, b)
-
-
-def _max(a, b):
-    a, b = _join(a, b)
-    return math.nan if _nan(a) or _nan(b) else max(a, b)
-
-
-def _nan(x) -> bool:
-    return isinstance(x, float) and math.isnan(x)
-
-
-def _clamp(x, lo, hi):
-    return _min(_max(x, lo), hi)
-
-
-def _where(c, a, b):
-    a, b = _join(a, b)
-    return a if c else b
-
-
 def _arith(fn):
     def apply(a, b):
-        a, b = _join(a, b)
+        a, b = join_numbers(a, b)
         return fn(a, b)
 
     return apply
@@ -147,7 +77,6 @@ SCALAR_OPS = {
     "truediv": _float_div,
     "floordiv": lambda a, b: a // b,
     "mod": lambda a, b: a % b,
-    "pow": _pow,
     "neg": lambda a: -a,
     "lt": lambda a, b: a < b,
     "le": lambda a, b: a <= b,
@@ -158,20 +87,5 @@ SCALAR_OPS = {
     "and": lambda a, b: a and b,
     "or": lambda a, b: a or b,
     "not": lambda a: not a,
-    "abs": abs,
-    "min": _min,
-    "max": _max,
-    "clamp": _clamp,
-    "where": _where,
-    "exp": _exp,
-    "exp2": lambda x: _pow(2.0, x),
-    "log": _log,
-    "log2": lambda x: _log(x, math.log2),
-    "sqrt": lambda x: math.sqrt(x) if x >= 0 else math.nan,  # nan >= 0 is False: nan
-    "tanh": lambda x: math.tanh(x),
-    "sigmoid": _sigmoid,
-    "softplus": _softplus,
-    "relu": _relu,
-    "float": float,
-    "bitand": lambda a, b: a & b,
+    **{name: op.scalar for name, op in OPS.items() if op.scalar is not None},
 }

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 from hypothesis import strategies as st
 
+from ...ops import OPS
+
 MAX_DEPTH = 3  # operator levels of a random expression (templates add at most one more)
 WILD_INTS = (2**31, 2**31 - 1, 2**32, 2**53 + 1, 2**62, 2**63 - 1)
 
@@ -281,7 +283,8 @@ def _float_leaf(draw, view: View) -> Term:
     return _float_literal(draw)
 
 
-UNARY_FLOAT = ("tanh", "sigmoid", "softplus", "relu", "abs", "exp", "exp2", "log", "log2", "sqrt")
+# every built-in of one number except the conversion, from the op registry
+UNARY_FLOAT = tuple(name for name, op in OPS.items() if op.arity == 1 and name != "float")
 
 
 def _float_node(draw, view: View, depth: int) -> Term:

@@ -17,6 +17,7 @@ import triton.language as tl
 from attnspec.analysis import interval as _iv
 from attnspec.analysis import tiles as _tiles
 from attnspec.runtime import blocks as _blocks
+from attnspec.runtime import kernel as _kernel
 from attnspec.runtime import triton as _rt
 
 _apply = _iv.apply
@@ -325,100 +326,6 @@ def _tile_classes(_B, _H, _HKV, _SQ, _SKV, _D, _bq, _bk):
     _i10 = _apply("or", _i8, _i9)
     _i11 = _apply("and", _i0, _i10)
     return _grid.classes(_i11)
-
-
-# ---------------------------------------------------------------- kernel helpers (language semantics)
-
-
-@triton.jit
-def _k_clamp(x, lo, hi):
-    return tl.minimum(tl.maximum(x, lo), hi)
-
-
-@triton.jit
-def _k_relu(x):
-    return tl.maximum(x, 0)
-
-
-@triton.jit
-def _k_truth(x):
-    return x != 0
-
-
-@triton.jit
-def _k_as_float(x):
-    return tl.cast(x, tl.float32)  # tl.cast also takes a plain scalar argument (x.to does not)
-
-
-@triton.jit
-def _k_floordiv(a, b):
-    """Python's a // b on integers (Triton's division truncates toward zero)."""
-    quotient = a // b
-    return tl.where(((a % b) != 0) & ((a < 0) != (b < 0)), quotient - 1, quotient)
-
-
-@triton.jit
-def _k_floormod(a, b):
-    """Python's a % b on integers: the result has the sign of the divisor."""
-    rest = a % b
-    return tl.where((rest != 0) & ((rest < 0) != (b < 0)), rest + b, rest)
-
-
-@triton.jit
-def _k_floordiv_or_zero(a, b):
-    """a // b, and 0 where b == 0 (language.md section 4: never a fault, on every target)."""
-    return tl.where(b == 0, 0, _k_floordiv(a, tl.where(b == 0, 1, b)))
-
-
-@triton.jit
-def _k_floormod_or_zero(a, b):
-    """a % b, and a where b == 0, so that a == (a // b) * b + a % b."""
-    return tl.where(b == 0, a, _k_floormod(a, tl.where(b == 0, 1, b)))
-
-
-@triton.jit
-def _k_floordiv_float(a, b):
-    return tl.floor(a / b)
-
-
-@triton.jit
-def _k_floormod_float(a, b):
-    return a - tl.floor(a / b) * b
-
-
-@triton.jit
-def _k_powi(x, N: tl.constexpr):
-    """x ** N for a constant N >= 0, by repeated products (exact signs for negative x)."""
-    y = _k_as_float(x)
-    result = tl.where(y == y, 1.0, 1.0)
-    for _ in tl.static_range(N):
-        result = result * y
-    return result
-
-
-@triton.jit
-def _k_powf(x, y):
-    """x ** y for a non-constant or non-integer y: NaN for x < 0, as torch.pow with a fractional y."""
-    return tl.where(y == 0, 1.0, tl.exp2(y * tl.log2(_k_as_float(x))))
-
-
-@triton.jit
-def _k_tanh(x):
-    """tanh without cancellation near 0 (a short series there, exp(-2|x|) elsewhere)."""
-    x = _k_as_float(x)
-    a = tl.abs(x)
-    e = tl.exp(-2.0 * a)
-    x2 = x * x
-    series = a * (1.0 + x2 * (-1.0 / 3.0 + x2 * (2.0 / 15.0 + x2 * (-17.0 / 315.0))))
-    t = tl.where(a < 0.125, series, (1.0 - e) / (1.0 + e))
-    return tl.where(x < 0, -t, t)
-
-
-@triton.jit
-def _k_softplus(x):
-    """log(1 + exp(x)) = max(x, 0) + log(1 + exp(-|x|)): no overflow for large x."""
-    x = _k_as_float(x)
-    return tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))
 
 
 # ---------------------------------------------------------------- the kernel

@@ -17,6 +17,7 @@ import triton.language as tl
 from attnspec.analysis import interval as _iv
 from attnspec.analysis import tiles as _tiles
 from attnspec.runtime import blocks as _blocks
+from attnspec.runtime import kernel as _kernel
 from attnspec.runtime import triton as _rt
 
 _apply = _iv.apply
@@ -334,100 +335,6 @@ def _tile_classes(_B, _H, _HKV, _SQ, _SKV, _D, _bq, _bk, kind):
     return _grid.classes(_i13)
 
 
-# ---------------------------------------------------------------- kernel helpers (language semantics)
-
-
-@triton.jit
-def _k_clamp(x, lo, hi):
-    return tl.minimum(tl.maximum(x, lo), hi)
-
-
-@triton.jit
-def _k_relu(x):
-    return tl.maximum(x, 0)
-
-
-@triton.jit
-def _k_truth(x):
-    return x != 0
-
-
-@triton.jit
-def _k_as_float(x):
-    return tl.cast(x, tl.float32)  # tl.cast also takes a plain scalar argument (x.to does not)
-
-
-@triton.jit
-def _k_floordiv(a, b):
-    """Python's a // b on integers (Triton's division truncates toward zero)."""
-    quotient = a // b
-    return tl.where(((a % b) != 0) & ((a < 0) != (b < 0)), quotient - 1, quotient)
-
-
-@triton.jit
-def _k_floormod(a, b):
-    """Python's a % b on integers: the result has the sign of the divisor."""
-    rest = a % b
-    return tl.where((rest != 0) & ((rest < 0) != (b < 0)), rest + b, rest)
-
-
-@triton.jit
-def _k_floordiv_or_zero(a, b):
-    """a // b, and 0 where b == 0 (language.md section 4: never a fault, on every target)."""
-    return tl.where(b == 0, 0, _k_floordiv(a, tl.where(b == 0, 1, b)))
-
-
-@triton.jit
-def _k_floormod_or_zero(a, b):
-    """a % b, and a where b == 0, so that a == (a // b) * b + a % b."""
-    return tl.where(b == 0, a, _k_floormod(a, tl.where(b == 0, 1, b)))
-
-
-@triton.jit
-def _k_floordiv_float(a, b):
-    return tl.floor(a / b)
-
-
-@triton.jit
-def _k_floormod_float(a, b):
-    return a - tl.floor(a / b) * b
-
-
-@triton.jit
-def _k_powi(x, N: tl.constexpr):
-    """x ** N for a constant N >= 0, by repeated products (exact signs for negative x)."""
-    y = _k_as_float(x)
-    result = tl.where(y == y, 1.0, 1.0)
-    for _ in tl.static_range(N):
-        result = result * y
-    return result
-
-
-@triton.jit
-def _k_powf(x, y):
-    """x ** y for a non-constant or non-integer y: NaN for x < 0, as torch.pow with a fractional y."""
-    return tl.where(y == 0, 1.0, tl.exp2(y * tl.log2(_k_as_float(x))))
-
-
-@triton.jit
-def _k_tanh(x):
-    """tanh without cancellation near 0 (a short series there, exp(-2|x|) elsewhere)."""
-    x = _k_as_float(x)
-    a = tl.abs(x)
-    e = tl.exp(-2.0 * a)
-    x2 = x * x
-    series = a * (1.0 + x2 * (-1.0 / 3.0 + x2 * (2.0 / 15.0 + x2 * (-17.0 / 315.0))))
-    t = tl.where(a < 0.125, series, (1.0 - e) / (1.0 + e))
-    return tl.where(x < 0, -t, t)
-
-
-@triton.jit
-def _k_softplus(x):
-    """log(1 + exp(x)) = max(x, 0) + log(1 + exp(-|x|)): no overflow for large x."""
-    x = _k_as_float(x)
-    return tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))
-
-
 # ---------------------------------------------------------------- the kernel
 
 
@@ -459,11 +366,11 @@ def _svg_heads_forward(
                       mask=(_offs_m[:, None] < _SQ) & (_offs_d[None, :] < _D), other=0.0)
     if UPCAST:
         _q_tile = _q_tile.to(tl.float32)
-    _t2 = (tl.load(kind + _k_clamp(_h, 0, _kind_n0 - 1) * _kind_s0) == 0)
+    _t2 = (tl.load(kind + _kernel.clamp(_h, 0, _kind_n0 - 1) * _kind_s0) == 0)
     _t0 = (_q < 4)
     _t3 = (_q - 4)
-    _t4 = _k_floordiv(_t3, 16)
-    _t7 = _k_floormod(_t3, 16)
+    _t4 = _kernel.floordiv(_t3, 16)
+    _t7 = _kernel.floormod(_t3, 16)
     _m = tl.full([BLOCK_M, 1], -float("inf"), dtype=tl.float32)
     _l = tl.zeros([BLOCK_M, 1], dtype=tl.float32)
     _acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
@@ -519,8 +426,8 @@ def _svg_heads_forward(
         _keep = (_kv < _SKV) & (_q < _SQ)
         _t1 = (_kv < 4)
         _t5 = (_kv - 4)
-        _t6 = _k_floordiv(_t5, 16)
-        _t8 = _k_floormod(_t5, 16)
+        _t6 = _kernel.floordiv(_t5, 16)
+        _t8 = _kernel.floormod(_t5, 16)
         _keep = _keep & (((_t0 | _t1) | tl.where(_t2, (_t4 == _t6), (_t7 == _t8))))
         _t = tl.where(_keep, _qk, -float("inf"))
         _m_new = tl.maximum(_m, tl.max(_t, 1)[:, None])
@@ -699,11 +606,11 @@ def _svg_heads_backward_dq(
                   mask=(_offs_m[:, None] < _SQ) & (_offs_dv[None, :] < _DV), other=0.0)
     if UPCAST:
         _do = _do.to(tl.float32)
-    _t2 = (tl.load(kind + _k_clamp(_h, 0, _kind_n0 - 1) * _kind_s0) == 0)
+    _t2 = (tl.load(kind + _kernel.clamp(_h, 0, _kind_n0 - 1) * _kind_s0) == 0)
     _t0 = (_q < 4)
     _t3 = (_q - 4)
-    _t4 = _k_floordiv(_t3, 16)
-    _t7 = _k_floormod(_t3, 16)
+    _t4 = _kernel.floordiv(_t3, 16)
+    _t7 = _kernel.floormod(_t3, 16)
     _dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     _tnum = _b * _stb + _h * _sth + _pid_m * _stq
     _tidx = _b * _sib + _h * _sih + _pid_m * _siq
@@ -759,8 +666,8 @@ def _svg_heads_backward_dq(
         _keep = (_kv < _SKV) & (_q < _SQ)
         _t1 = (_kv < 4)
         _t5 = (_kv - 4)
-        _t6 = _k_floordiv(_t5, 16)
-        _t8 = _k_floormod(_t5, 16)
+        _t6 = _kernel.floordiv(_t5, 16)
+        _t8 = _kernel.floormod(_t5, 16)
         _keep = _keep & (((_t0 | _t1) | tl.where(_t2, (_t4 == _t6), (_t7 == _t8))))
         _s = _qk * _sm_scale
         _x = _s  # the score before its mod: where the mod's derivative is taken
@@ -821,7 +728,7 @@ def _svg_heads_backward_dkdv(
         _h = _hkv * _group + _g
         _pid_bh = _b * _H + _h
         _qbase = _b.to(tl.int64) * _sqb + _h.to(tl.int64) * _sqh
-        _t2 = (tl.load(kind + _k_clamp(_h, 0, _kind_n0 - 1) * _kind_s0) == 0)
+        _t2 = (tl.load(kind + _kernel.clamp(_h, 0, _kind_n0 - 1) * _kind_s0) == 0)
         _tnum = _b * _stb + _h * _sth + _pid_n * _stq
         _tidx = _b * _sib + _h * _sih + _pid_n * _siq
         # full query tiles of this key tile
@@ -845,8 +752,8 @@ def _svg_heads_backward_dkdv(
                 _do = _do.to(tl.float32)
             _t0 = (_q < 4)
             _t3 = (_q - 4)
-            _t4 = _k_floordiv(_t3, 16)
-            _t7 = _k_floormod(_t3, 16)
+            _t4 = _kernel.floordiv(_t3, 16)
+            _t7 = _kernel.floormod(_t3, 16)
             if IEEE:
                 _qk = tl.dot(_q_tile, _kT, input_precision="ieee")
             else:
@@ -892,8 +799,8 @@ def _svg_heads_backward_dkdv(
                 _do = _do.to(tl.float32)
             _t0 = (_q < 4)
             _t3 = (_q - 4)
-            _t4 = _k_floordiv(_t3, 16)
-            _t7 = _k_floormod(_t3, 16)
+            _t4 = _kernel.floordiv(_t3, 16)
+            _t7 = _kernel.floormod(_t3, 16)
             if IEEE:
                 _qk = tl.dot(_q_tile, _kT, input_precision="ieee")
             else:
@@ -901,8 +808,8 @@ def _svg_heads_backward_dkdv(
             _keep = (_kv < _SKV) & (_q < _SQ)
             _t1 = (_kv < 4)
             _t5 = (_kv - 4)
-            _t6 = _k_floordiv(_t5, 16)
-            _t8 = _k_floormod(_t5, 16)
+            _t6 = _kernel.floordiv(_t5, 16)
+            _t8 = _kernel.floormod(_t5, 16)
             _keep = _keep & (((_t0 | _t1) | tl.where(_t2, (_t4 == _t6), (_t7 == _t8))))
             _s = _qk * _sm_scale
             _x = _s  # the score before its mod: where the mod's derivative is taken

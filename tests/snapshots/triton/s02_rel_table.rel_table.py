@@ -17,6 +17,7 @@ import triton.language as tl
 from attnspec.analysis import interval as _iv
 from attnspec.analysis import tiles as _tiles
 from attnspec.runtime import blocks as _blocks
+from attnspec.runtime import kernel as _kernel
 from attnspec.runtime import triton as _rt
 
 _apply = _iv.apply
@@ -307,100 +308,6 @@ def _tile_classes(_B, _H, _HKV, _SQ, _SKV, _D, _bq, _bk, table):
     return torch.full((1, 1, _grid.nq, _grid.nk), _tiles.FULL, dtype=torch.int8)
 
 
-# ---------------------------------------------------------------- kernel helpers (language semantics)
-
-
-@triton.jit
-def _k_clamp(x, lo, hi):
-    return tl.minimum(tl.maximum(x, lo), hi)
-
-
-@triton.jit
-def _k_relu(x):
-    return tl.maximum(x, 0)
-
-
-@triton.jit
-def _k_truth(x):
-    return x != 0
-
-
-@triton.jit
-def _k_as_float(x):
-    return tl.cast(x, tl.float32)  # tl.cast also takes a plain scalar argument (x.to does not)
-
-
-@triton.jit
-def _k_floordiv(a, b):
-    """Python's a // b on integers (Triton's division truncates toward zero)."""
-    quotient = a // b
-    return tl.where(((a % b) != 0) & ((a < 0) != (b < 0)), quotient - 1, quotient)
-
-
-@triton.jit
-def _k_floormod(a, b):
-    """Python's a % b on integers: the result has the sign of the divisor."""
-    rest = a % b
-    return tl.where((rest != 0) & ((rest < 0) != (b < 0)), rest + b, rest)
-
-
-@triton.jit
-def _k_floordiv_or_zero(a, b):
-    """a // b, and 0 where b == 0 (language.md section 4: never a fault, on every target)."""
-    return tl.where(b == 0, 0, _k_floordiv(a, tl.where(b == 0, 1, b)))
-
-
-@triton.jit
-def _k_floormod_or_zero(a, b):
-    """a % b, and a where b == 0, so that a == (a // b) * b + a % b."""
-    return tl.where(b == 0, a, _k_floormod(a, tl.where(b == 0, 1, b)))
-
-
-@triton.jit
-def _k_floordiv_float(a, b):
-    return tl.floor(a / b)
-
-
-@triton.jit
-def _k_floormod_float(a, b):
-    return a - tl.floor(a / b) * b
-
-
-@triton.jit
-def _k_powi(x, N: tl.constexpr):
-    """x ** N for a constant N >= 0, by repeated products (exact signs for negative x)."""
-    y = _k_as_float(x)
-    result = tl.where(y == y, 1.0, 1.0)
-    for _ in tl.static_range(N):
-        result = result * y
-    return result
-
-
-@triton.jit
-def _k_powf(x, y):
-    """x ** y for a non-constant or non-integer y: NaN for x < 0, as torch.pow with a fractional y."""
-    return tl.where(y == 0, 1.0, tl.exp2(y * tl.log2(_k_as_float(x))))
-
-
-@triton.jit
-def _k_tanh(x):
-    """tanh without cancellation near 0 (a short series there, exp(-2|x|) elsewhere)."""
-    x = _k_as_float(x)
-    a = tl.abs(x)
-    e = tl.exp(-2.0 * a)
-    x2 = x * x
-    series = a * (1.0 + x2 * (-1.0 / 3.0 + x2 * (2.0 / 15.0 + x2 * (-17.0 / 315.0))))
-    t = tl.where(a < 0.125, series, (1.0 - e) / (1.0 + e))
-    return tl.where(x < 0, -t, t)
-
-
-@triton.jit
-def _k_softplus(x):
-    """log(1 + exp(x)) = max(x, 0) + log(1 + exp(-|x|)): no overflow for large x."""
-    x = _k_as_float(x)
-    return tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))
-
-
 # ---------------------------------------------------------------- the kernel
 
 
@@ -466,7 +373,7 @@ def _rel_table_forward(
             _qk = tl.dot(_q_tile, _kT)
         _keep = (_kv < _SKV) & (_q < _SQ)
         _s = _qk * _sm_scale
-        _s = (_s + tl.load(table + _k_clamp(_h, 0, _table_n0 - 1) * _table_s0 + _k_clamp((((_kv - _q) + _SQ) - 1), 0, _table_n1 - 1) * _table_s1).to(tl.float32))
+        _s = (_s + tl.load(table + _kernel.clamp(_h, 0, _table_n0 - 1) * _table_s0 + _kernel.clamp((((_kv - _q) + _SQ) - 1), 0, _table_n1 - 1) * _table_s1).to(tl.float32))
         _t = tl.where(_keep, _s, -float("inf"))
         _m_new = tl.maximum(_m, tl.max(_t, 1)[:, None])
         _m_safe = tl.where(_m_new == -float("inf"), 0.0, _m_new)
@@ -499,7 +406,7 @@ def _rel_table_forward(
             _qk = tl.dot(_q_tile, _kT)
         _keep = (_kv < _SKV) & (_q < _SQ)
         _s = _qk * _sm_scale
-        _s = (_s + tl.load(table + _k_clamp(_h, 0, _table_n0 - 1) * _table_s0 + _k_clamp((((_kv - _q) + _SQ) - 1), 0, _table_n1 - 1) * _table_s1).to(tl.float32))
+        _s = (_s + tl.load(table + _kernel.clamp(_h, 0, _table_n0 - 1) * _table_s0 + _kernel.clamp((((_kv - _q) + _SQ) - 1), 0, _table_n1 - 1) * _table_s1).to(tl.float32))
         _t = tl.where(_keep, _s, -float("inf"))
         _m_new = tl.maximum(_m, tl.max(_t, 1)[:, None])
         _m_safe = tl.where(_m_new == -float("inf"), 0.0, _m_new)
@@ -532,7 +439,7 @@ def _rel_table_forward(
             _qk = tl.dot(_q_tile, _kT)
         _keep = (_kv < _SKV) & (_q < _SQ)
         _s = _qk * _sm_scale
-        _s = (_s + tl.load(table + _k_clamp(_h, 0, _table_n0 - 1) * _table_s0 + _k_clamp((((_kv - _q) + _SQ) - 1), 0, _table_n1 - 1) * _table_s1).to(tl.float32))
+        _s = (_s + tl.load(table + _kernel.clamp(_h, 0, _table_n0 - 1) * _table_s0 + _kernel.clamp((((_kv - _q) + _SQ) - 1), 0, _table_n1 - 1) * _table_s1).to(tl.float32))
         _t = tl.where(_keep, _s, -float("inf"))
         _m_new = tl.maximum(_m, tl.max(_t, 1)[:, None])
         _m_safe = tl.where(_m_new == -float("inf"), 0.0, _m_new)
@@ -744,7 +651,7 @@ def _rel_table_backward_dq(
         _keep = (_kv < _SKV) & (_q < _SQ)
         _s = _qk * _sm_scale
         _x = _s  # the score before its mod: where the mod's derivative is taken
-        _s = (_s + tl.load(table + _k_clamp(_h, 0, _table_n0 - 1) * _table_s0 + _k_clamp((((_kv - _q) + _SQ) - 1), 0, _table_n1 - 1) * _table_s1).to(tl.float32))
+        _s = (_s + tl.load(table + _kernel.clamp(_h, 0, _table_n0 - 1) * _table_s0 + _kernel.clamp((((_kv - _q) + _SQ) - 1), 0, _table_n1 - 1) * _table_s1).to(tl.float32))
         _p = tl.where(_keep, tl.exp2((_s - _mrow) * 1.4426950408889634) * _inv_l, 0.0)
         if IEEE:
             _dp = tl.dot(_do, _vT, input_precision="ieee")
@@ -753,7 +660,7 @@ def _rel_table_backward_dq(
         _ds = _p * (_dp - _delta)
         _dx = _ds
         _c = tl.where(_keep, _ds, 0.0)
-        tl.atomic_add(_d_table + (_k_clamp(_h, 0, _table_n0 - 1) * _d_table_s0 + _k_clamp((((_kv - _q) + _SQ) - 1), 0, _table_n1 - 1) * _d_table_s1) + _izero, _c, mask=_keep)
+        tl.atomic_add(_d_table + (_kernel.clamp(_h, 0, _table_n0 - 1) * _d_table_s0 + _kernel.clamp((((_kv - _q) + _SQ) - 1), 0, _table_n1 - 1) * _d_table_s1) + _izero, _c, mask=_keep)
 
         if not UPCAST:
             _dx = _dx.to(_Q.dtype.element_ty)
@@ -780,7 +687,7 @@ def _rel_table_backward_dq(
         _keep = (_kv < _SKV) & (_q < _SQ)
         _s = _qk * _sm_scale
         _x = _s  # the score before its mod: where the mod's derivative is taken
-        _s = (_s + tl.load(table + _k_clamp(_h, 0, _table_n0 - 1) * _table_s0 + _k_clamp((((_kv - _q) + _SQ) - 1), 0, _table_n1 - 1) * _table_s1).to(tl.float32))
+        _s = (_s + tl.load(table + _kernel.clamp(_h, 0, _table_n0 - 1) * _table_s0 + _kernel.clamp((((_kv - _q) + _SQ) - 1), 0, _table_n1 - 1) * _table_s1).to(tl.float32))
         _p = tl.where(_keep, tl.exp2((_s - _mrow) * 1.4426950408889634) * _inv_l, 0.0)
         if IEEE:
             _dp = tl.dot(_do, _vT, input_precision="ieee")
@@ -789,7 +696,7 @@ def _rel_table_backward_dq(
         _ds = _p * (_dp - _delta)
         _dx = _ds
         _c = tl.where(_keep, _ds, 0.0)
-        tl.atomic_add(_d_table + (_k_clamp(_h, 0, _table_n0 - 1) * _d_table_s0 + _k_clamp((((_kv - _q) + _SQ) - 1), 0, _table_n1 - 1) * _d_table_s1) + _izero, _c, mask=_keep)
+        tl.atomic_add(_d_table + (_kernel.clamp(_h, 0, _table_n0 - 1) * _d_table_s0 + _kernel.clamp((((_kv - _q) + _SQ) - 1), 0, _table_n1 - 1) * _d_table_s1) + _izero, _c, mask=_keep)
 
         if not UPCAST:
             _dx = _dx.to(_Q.dtype.element_ty)
@@ -816,7 +723,7 @@ def _rel_table_backward_dq(
         _keep = (_kv < _SKV) & (_q < _SQ)
         _s = _qk * _sm_scale
         _x = _s  # the score before its mod: where the mod's derivative is taken
-        _s = (_s + tl.load(table + _k_clamp(_h, 0, _table_n0 - 1) * _table_s0 + _k_clamp((((_kv - _q) + _SQ) - 1), 0, _table_n1 - 1) * _table_s1).to(tl.float32))
+        _s = (_s + tl.load(table + _kernel.clamp(_h, 0, _table_n0 - 1) * _table_s0 + _kernel.clamp((((_kv - _q) + _SQ) - 1), 0, _table_n1 - 1) * _table_s1).to(tl.float32))
         _p = tl.where(_keep, tl.exp2((_s - _mrow) * 1.4426950408889634) * _inv_l, 0.0)
         if IEEE:
             _dp = tl.dot(_do, _vT, input_precision="ieee")
@@ -825,7 +732,7 @@ def _rel_table_backward_dq(
         _ds = _p * (_dp - _delta)
         _dx = _ds
         _c = tl.where(_keep, _ds, 0.0)
-        tl.atomic_add(_d_table + (_k_clamp(_h, 0, _table_n0 - 1) * _d_table_s0 + _k_clamp((((_kv - _q) + _SQ) - 1), 0, _table_n1 - 1) * _d_table_s1) + _izero, _c, mask=_keep)
+        tl.atomic_add(_d_table + (_kernel.clamp(_h, 0, _table_n0 - 1) * _d_table_s0 + _kernel.clamp((((_kv - _q) + _SQ) - 1), 0, _table_n1 - 1) * _d_table_s1) + _izero, _c, mask=_keep)
 
         if not UPCAST:
             _dx = _dx.to(_Q.dtype.element_ty)
@@ -905,7 +812,7 @@ def _rel_table_backward_dkdv(
             _keep = (_kv < _SKV) & (_q < _SQ)
             _s = _qk * _sm_scale
             _x = _s  # the score before its mod: where the mod's derivative is taken
-            _s = (_s + tl.load(table + _k_clamp(_h, 0, _table_n0 - 1) * _table_s0 + _k_clamp((((_kv - _q) + _SQ) - 1), 0, _table_n1 - 1) * _table_s1).to(tl.float32))
+            _s = (_s + tl.load(table + _kernel.clamp(_h, 0, _table_n0 - 1) * _table_s0 + _kernel.clamp((((_kv - _q) + _SQ) - 1), 0, _table_n1 - 1) * _table_s1).to(tl.float32))
             _p = tl.where(_keep, tl.exp2((_s - _mrow) * 1.4426950408889634) * _inv_l, 0.0)
             if IEEE:
                 _dp = tl.dot(_do, _vT, input_precision="ieee")
@@ -949,7 +856,7 @@ def _rel_table_backward_dkdv(
             _keep = (_kv < _SKV) & (_q < _SQ)
             _s = _qk * _sm_scale
             _x = _s  # the score before its mod: where the mod's derivative is taken
-            _s = (_s + tl.load(table + _k_clamp(_h, 0, _table_n0 - 1) * _table_s0 + _k_clamp((((_kv - _q) + _SQ) - 1), 0, _table_n1 - 1) * _table_s1).to(tl.float32))
+            _s = (_s + tl.load(table + _kernel.clamp(_h, 0, _table_n0 - 1) * _table_s0 + _kernel.clamp((((_kv - _q) + _SQ) - 1), 0, _table_n1 - 1) * _table_s1).to(tl.float32))
             _p = tl.where(_keep, tl.exp2((_s - _mrow) * 1.4426950408889634) * _inv_l, 0.0)
             if IEEE:
                 _dp = tl.dot(_do, _vT, input_precision="ieee")

@@ -1,0 +1,182 @@
+"""The op registry: every built-in function of the language, once, with everything each stage needs.
+
+An entry says how the function is typed (a rule of types.py), folded on Python numbers (passes/fold.py),
+computed on tensors (the reference's semantics: the generated reference and flex modules, the band
+interpreter, interval endpoints), bounded on intervals (analysis/interval.py), differentiated (a sympy
+function: passes/derivative.py) and spelled in a Triton kernel (codegen/triton.py). Adding a built-in
+is one entry here and its tests; nothing else names it.
+
+Operators (`+`, `<`, `and`, ...) are the language's fixed arithmetic: their rules are the algorithms of
+each analysis (interval products, sympy's ring, ...), named in those modules.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import sympy
+import torch
+
+from . import calculus
+
+
+# Interval behaviour of a function of one number (analysis/interval.py applies it): INCREASING, a
+# Domain, the name of one of interval.py's rules, or UNBOUNDED.
+
+
+@dataclass(frozen=True)
+class Increasing:
+    """f(lo) and f(hi) bound f on [lo, hi]."""
+
+
+INCREASING = Increasing()
+UNBOUNDED = None  # nothing is known: the whole line (always sound)
+
+
+@dataclass(frozen=True)
+class Domain:
+    """Increasing where defined, for x >= low; NaN below it (log, sqrt)."""
+
+    low: float
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str
+    params: tuple[str, ...]
+    rule: str  # the typing rule, see types.py: same, join, float, int, where, dot
+    scalar: Callable  # on Python numbers (constant folding), with the reference's semantics
+    tensor: Callable  # on tensors, the reference's semantics
+    triton: str  # spelling in a kernel: a triton.language function or one of runtime/kernel.py
+    interval: object = UNBOUNDED  # INCREASING, a Domain, UNBOUNDED, or a rule of interval.py by name
+    sympy: Callable | None = None  # the function on sympy expressions; None: no derivative
+
+    @property
+    def arity(self) -> int:
+        return len(self.params)
+
+    @property
+    def signature(self) -> str:
+        return f"{self.name}({', '.join(self.params)})"
+
+
+# ---------------------------------------------------------------- scalar semantics (constant folding)
+
+
+def _nan(x) -> bool:
+    return isinstance(x, float) and math.isnan(x)
+
+
+def join_numbers(*xs):
+    return [float(x) for x in xs] if any(isinstance(x, float) for x in xs) else list(xs)
+
+
+def _min(a, b):
+    a, b = join_numbers(a, b)
+    return math.nan if _nan(a) or _nan(b) else min(a, b)
+
+
+def _max(a, b):
+    a, b = join_numbers(a, b)
+    return math.nan if _nan(a) or _nan(b) else max(a, b)
+
+
+def _clamp(x, lo, hi):
+    return _min(_max(x, lo), hi)
+
+
+def _where(c, a, b):
+    a, b = join_numbers(a, b)
+    return a if c else b
+
+
+def _exp(x):
+    try:
+        return math.exp(x)
+    except OverflowError:
+        return math.inf
+
+
+def power(a, b):
+    """a ** b in float64 as torch.pow computes it: inf on overflow, NaN for a negative base with a
+    fractional exponent, +-inf for 0 ** negative."""
+    a, b = float(a), float(b)
+    try:
+        result = a**b
+    except ZeroDivisionError:  # 0 ** negative
+        return math.copysign(math.inf, a) if b.is_integer() and int(b) % 2 else math.inf
+    except OverflowError:
+        odd = b.is_integer() and int(b) % 2 == 1
+        return -math.inf if a < 0 and odd else math.inf
+    return math.nan if isinstance(result, complex) else result
+
+
+def _log(x, log=math.log):
+    if math.isnan(x):
+        return math.nan
+    if x > 0:
+        return log(x)
+    return -math.inf if x == 0 else math.nan
+
+
+def _sigmoid(x):
+    x = float(x)
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
+
+
+def _softplus(x):
+    x = float(x)
+    return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
+
+
+def _relu(x):
+    return x if x > 0 or _nan(x) else type(x)(0)
+
+
+# ---------------------------------------------------------------- tensor semantics
+
+
+def _tensor_softplus(x):
+    return torch.logaddexp(x, torch.zeros_like(x))
+
+
+def _tensor_clamp(x, lo, hi):
+    return torch.minimum(torch.maximum(x, lo), hi)
+
+
+def _tensor_dot(a, b):
+    return (a * b).sum(-1)
+
+
+# ---------------------------------------------------------------- the registry
+
+
+OPS: dict[str, Op] = {
+    op.name: op
+    for op in (
+        Op("abs", ("x",), "same", abs, torch.abs, "tl.abs", "abs", calculus.Abs),
+        Op("min", ("a", "b"), "join", _min, torch.minimum, "tl.minimum", "min", calculus.Min),
+        Op("max", ("a", "b"), "join", _max, torch.maximum, "tl.maximum", "max", calculus.Max),
+        Op("clamp", ("x", "lo", "hi"), "join", _clamp, _tensor_clamp, "_kernel.clamp", "clamp", calculus.clamp),
+        Op("where", ("cond", "a", "b"), "where", _where, torch.where, "tl.where", "where", calculus.Where),
+        Op("exp", ("x",), "float", _exp, torch.exp, "tl.exp", INCREASING, sympy.exp),
+        Op("exp2", ("x",), "float", lambda x: power(2.0, x), torch.exp2, "tl.exp2", INCREASING, calculus.exp2),
+        Op("log", ("x",), "float", _log, torch.log, "tl.log", Domain(0.0), sympy.log),
+        Op("log2", ("x",), "float", lambda x: _log(x, math.log2), torch.log2, "tl.log2", Domain(0.0), calculus.log2),
+        # nan >= 0 is False: nan
+        Op("sqrt", ("x",), "float", lambda x: math.sqrt(x) if x >= 0 else math.nan, torch.sqrt, "tl.sqrt", Domain(0.0), sympy.sqrt),
+        Op("pow", ("x", "y"), "float", power, torch.pow, "", "pow", calculus.power),
+        Op("tanh", ("x",), "float", math.tanh, torch.tanh, "_kernel.tanh", INCREASING, sympy.tanh),
+        Op("sigmoid", ("x",), "float", _sigmoid, torch.sigmoid, "tl.sigmoid", INCREASING, calculus.Sigmoid),
+        Op("softplus", ("x",), "float", _softplus, _tensor_softplus, "_kernel.softplus", INCREASING, calculus.Softplus),
+        Op("relu", ("x",), "same", _relu, torch.relu, "_kernel.relu", INCREASING, calculus.Relu),
+        Op("float", ("x",), "float", float, lambda x: x, "_kernel.as_float", INCREASING, calculus.identity),
+        Op("bitand", ("a", "b"), "int", lambda a, b: a & b, torch.bitwise_and, "", "bitand"),
+        Op("dot", ("u", "v"), "dot", None, _tensor_dot, ""),
+    )
+}

@@ -1,0 +1,146 @@
+"""The op registry (attnspec/ops.py): each entry's rules agree with each other, so a new built-in is
+checked by these tests as soon as it is registered.
+
+- scalar (constant folding) and tensor (the reference) semantics give the same values, specials included;
+- the interval rule contains f(x) for every x of the interval (soundness);
+- the sympy form's derivative equals torch autograd's of the tensor form, kinks excluded;
+- the Triton spelling names a function that exists (triton.language or attnspec.runtime.kernel);
+- the rest of the compiler reads the registry: the type rule, folding, the band interpreter.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import sympy
+import torch
+import triton.language as tl
+
+from attnspec import builtins as bi
+from attnspec.analysis.interval import RULES, Num, num
+from attnspec.ops import OPS, Domain, INCREASING
+from attnspec.passes.fold import SCALAR_OPS
+from attnspec.runtime import kernel
+
+NUMBER_OPS = sorted(name for name, op in OPS.items() if op.rule in ("same", "join", "float"))
+SPECIALS = (0.0, -0.0, 1.0, -1.0, 0.5, -2.5, 3.0, 40.0, -40.0, 1e-8, math.inf, -math.inf, math.nan)
+
+
+def _points(arity: int, seed: int = 0) -> list[tuple[float, ...]]:
+    rng = random.Random(seed)
+    pool = list(SPECIALS) + [rng.uniform(-10, 10) for _ in range(20)]
+    return [tuple(rng.choice(pool) for _ in range(arity)) for _ in range(200)]
+
+
+def _same(a: float, b: float) -> bool:
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    return a == b or math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-300)
+
+
+@pytest.mark.parametrize("name", NUMBER_OPS)
+def test_scalar_and_tensor_semantics_agree(name):
+    op = OPS[name]
+    for args in _points(op.arity):
+        expected = op.tensor(*(torch.tensor(a, dtype=torch.float64) for a in args)).item()
+        assert _same(float(op.scalar(*args)), expected), f"{name}{args}"
+
+
+def test_integer_built_ins_fold_as_the_reference_computes():
+    for a in (-7, -1, 0, 3, 12, 2**40):
+        for b in (-3, 0, 5, 2**33):
+            assert OPS["bitand"].scalar(a, b) == OPS["bitand"].tensor(torch.tensor(a), torch.tensor(b)).item()
+            assert OPS["min"].scalar(a, b) == min(a, b) and isinstance(OPS["min"].scalar(a, b), int)
+
+
+@pytest.mark.parametrize("name", [n for n in NUMBER_OPS if OPS[n].arity == 1])
+def test_interval_rule_contains_every_value(name):
+    rule = RULES[name]
+    rng = random.Random(1)
+    for _ in range(100):
+        lo = rng.choice((-math.inf, -50.0, -1.0, 0.0, 0.25, 2.0)) if rng.random() < 0.3 else rng.uniform(-20, 20)
+        hi = max(lo, rng.uniform(-20, 20) if rng.random() < 0.7 else math.inf)
+        bound = rule(num(lo, hi))
+        xs = torch.linspace(max(lo, -1e3), min(hi, 1e3), 101, dtype=torch.float64)
+        values = OPS[name].tensor(xs)
+        finite = values[~values.isnan()]
+        assert isinstance(bound, Num)
+        slack = 1e-12 * finite.abs().nan_to_num(posinf=0.0)  # the sample points are not exactly the endpoints
+        inside = (finite >= bound.lo - slack) & (finite <= bound.hi + slack)
+        assert bool(inside.all()), f"{name} on [{lo}, {hi}]"
+
+
+def test_interval_kinds_are_the_registry_s():
+    for op in OPS.values():
+        if isinstance(op.interval, str):
+            assert op.interval in RULES, op.name
+        else:
+            assert op.interval in (INCREASING, None) or isinstance(op.interval, Domain), op.name
+
+
+@pytest.mark.parametrize("name", sorted(n for n, op in OPS.items() if op.sympy is not None and op.rule != "where"))
+def test_derivative_follows_torch_autograd(name):
+    op = OPS[name]
+    symbols = sympy.symbols(f"x0:{op.arity}", real=True)
+    form = op.sympy(*symbols)
+    for args in _points(op.arity, seed=2):
+        if not all(math.isfinite(a) and abs(a) > 1e-3 for a in args) or len(set(args)) < len(args):
+            continue  # kinks (0, ties) are checked by test_derivative.py against torch's conventions
+        if name in ("log", "log2", "sqrt", "pow") and args[0] <= 0:
+            continue
+        tensors = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in args]
+        value = op.tensor(*tensors)
+        grads = torch.autograd.grad(value, tensors, allow_unused=True)
+        for symbol, grad in zip(symbols, grads):
+            expected = 0.0 if grad is None else grad.item()
+            got = _evaluate(sympy.diff(form, symbol), dict(zip(symbols, args)))
+            assert math.isclose(got, expected, rel_tol=1e-9, abs_tol=1e-12), f"d{name}/d{symbol} at {args}"
+
+
+def _evaluate(expr, values) -> float:
+    """A sympy derivative at a point, with calculus.py's functions given their torch values."""
+    from attnspec import calculus
+
+    functions = {
+        calculus.Sigmoid: lambda x: 1 / (1 + math.exp(-x)),
+        calculus.Softplus: lambda x: math.log1p(math.exp(x)),
+        calculus.Relu: lambda x: max(x, 0.0),
+        calculus.Abs: abs,
+        calculus.Max: max,
+        calculus.Min: min,
+        calculus.Where: lambda c, a, b: a if c else b,
+        calculus.Greater: lambda a, b: a > b,
+        calculus.Equal: lambda a, b: a == b,
+    }
+
+    def value(e):
+        if e.is_Symbol:
+            return values[e]
+        if e.is_Number:
+            return float(e)
+        fn = functions.get(type(e))
+        args = [value(a) for a in e.args]
+        if fn is not None:
+            return fn(*args)
+        return float(e.func(*[sympy.Float(a) if not isinstance(a, bool) else a for a in args]).evalf(30))
+
+    return float(value(expr))
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_triton_spelling_exists(name):
+    spelling = OPS[name].triton
+    if not spelling:
+        return  # rendered by the triton renderer itself (pow, bitand) or refused there (dot)
+    module, attribute = spelling.split(".")
+    assert getattr({"tl": tl, "_kernel": kernel}[module], attribute, None) is not None, spelling
+
+
+def test_the_compiler_reads_the_registry():
+    assert bi.FUNCTIONS is OPS
+    for name, op in OPS.items():
+        if op.scalar is not None:
+            assert SCALAR_OPS[name] is op.scalar
+        assert name in RULES
