@@ -1,4 +1,5 @@
-"""sympy functions with torch's derivatives, for the op registry (ops.py) and passes/derivative.py.
+"""sympy functions with torch's derivatives: each built-in's sympy form, named by its op registry entry
+(ops.py) and used by passes/derivative.py.
 
 sympy's own exp, log, sqrt and tanh differentiate as torch does. The functions defined here are
 the built-ins whose derivative sympy does not know, or knows differently at a kink: their fdiff
@@ -10,6 +11,9 @@ carry the piecewise structure of those derivatives back to the IR.
 from __future__ import annotations
 
 import sympy
+
+# sympy's own functions, which differentiate as torch does
+exp, log, sqrt, tanh = sympy.exp, sympy.log, sympy.sqrt, sympy.tanh
 
 
 class Where(sympy.Function):

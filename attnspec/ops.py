@@ -3,7 +3,8 @@
 An entry says how the function is typed (a rule of types.py), folded on Python numbers (passes/fold.py),
 computed on tensors (the reference's semantics: the generated reference and flex modules, the band
 interpreter, interval endpoints), bounded on intervals (analysis/interval.py), differentiated (a sympy
-function: passes/derivative.py) and spelled in a Triton kernel (codegen/triton.py). Adding a built-in
+function of calculus.py, by name, so that run-time code never imports sympy: passes/derivative.py) and
+spelled in a Triton kernel (codegen/triton.py). Adding a built-in
 is one entry here and its tests; nothing else names it.
 
 Operators (`+`, `<`, `and`, ...) are the language's fixed arithmetic: their rules are the algorithms of
@@ -16,10 +17,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-import sympy
 import torch
-
-from . import calculus
 
 
 # Interval behaviour of a function of one number (analysis/interval.py applies it): INCREASING, a
@@ -51,7 +49,7 @@ class Op:
     tensor: Callable  # on tensors, the reference's semantics
     triton: str  # spelling in a kernel: a triton.language function or one of runtime/kernel.py
     interval: object = UNBOUNDED  # INCREASING, a Domain, UNBOUNDED, or a rule of interval.py by name
-    sympy: Callable | None = None  # the function on sympy expressions; None: no derivative
+    sympy: str | None = None  # the function on sympy expressions, named in calculus.py; None: no derivative
 
     @property
     def arity(self) -> int:
@@ -159,23 +157,23 @@ def _tensor_dot(a, b):
 OPS: dict[str, Op] = {
     op.name: op
     for op in (
-        Op("abs", ("x",), "same", abs, torch.abs, "tl.abs", "abs", calculus.Abs),
-        Op("min", ("a", "b"), "join", _min, torch.minimum, "tl.minimum", "min", calculus.Min),
-        Op("max", ("a", "b"), "join", _max, torch.maximum, "tl.maximum", "max", calculus.Max),
-        Op("clamp", ("x", "lo", "hi"), "join", _clamp, _tensor_clamp, "_kernel.clamp", "clamp", calculus.clamp),
-        Op("where", ("cond", "a", "b"), "where", _where, torch.where, "tl.where", "where", calculus.Where),
-        Op("exp", ("x",), "float", _exp, torch.exp, "tl.exp", INCREASING, sympy.exp),
-        Op("exp2", ("x",), "float", lambda x: power(2.0, x), torch.exp2, "tl.exp2", INCREASING, calculus.exp2),
-        Op("log", ("x",), "float", _log, torch.log, "tl.log", Domain(0.0), sympy.log),
-        Op("log2", ("x",), "float", lambda x: _log(x, math.log2), torch.log2, "tl.log2", Domain(0.0), calculus.log2),
+        Op("abs", ("x",), "same", abs, torch.abs, "tl.abs", "abs", "Abs"),
+        Op("min", ("a", "b"), "join", _min, torch.minimum, "tl.minimum", "min", "Min"),
+        Op("max", ("a", "b"), "join", _max, torch.maximum, "tl.maximum", "max", "Max"),
+        Op("clamp", ("x", "lo", "hi"), "join", _clamp, _tensor_clamp, "_kernel.clamp", "clamp", "clamp"),
+        Op("where", ("cond", "a", "b"), "where", _where, torch.where, "tl.where", "where", "Where"),
+        Op("exp", ("x",), "float", _exp, torch.exp, "tl.exp", INCREASING, "exp"),
+        Op("exp2", ("x",), "float", lambda x: power(2.0, x), torch.exp2, "tl.exp2", INCREASING, "exp2"),
+        Op("log", ("x",), "float", _log, torch.log, "tl.log", Domain(0.0), "log"),
+        Op("log2", ("x",), "float", lambda x: _log(x, math.log2), torch.log2, "tl.log2", Domain(0.0), "log2"),
         # nan >= 0 is False: nan
-        Op("sqrt", ("x",), "float", lambda x: math.sqrt(x) if x >= 0 else math.nan, torch.sqrt, "tl.sqrt", Domain(0.0), sympy.sqrt),
-        Op("pow", ("x", "y"), "float", power, torch.pow, "", "pow", calculus.power),
-        Op("tanh", ("x",), "float", math.tanh, torch.tanh, "_kernel.tanh", INCREASING, sympy.tanh),
-        Op("sigmoid", ("x",), "float", _sigmoid, torch.sigmoid, "tl.sigmoid", INCREASING, calculus.Sigmoid),
-        Op("softplus", ("x",), "float", _softplus, _tensor_softplus, "_kernel.softplus", INCREASING, calculus.Softplus),
-        Op("relu", ("x",), "same", _relu, torch.relu, "_kernel.relu", INCREASING, calculus.Relu),
-        Op("float", ("x",), "float", float, lambda x: x, "_kernel.as_float", INCREASING, calculus.identity),
+        Op("sqrt", ("x",), "float", lambda x: math.sqrt(x) if x >= 0 else math.nan, torch.sqrt, "tl.sqrt", Domain(0.0), "sqrt"),
+        Op("pow", ("x", "y"), "float", power, torch.pow, "", "pow", "power"),
+        Op("tanh", ("x",), "float", math.tanh, torch.tanh, "_kernel.tanh", INCREASING, "tanh"),
+        Op("sigmoid", ("x",), "float", _sigmoid, torch.sigmoid, "tl.sigmoid", INCREASING, "Sigmoid"),
+        Op("softplus", ("x",), "float", _softplus, _tensor_softplus, "_kernel.softplus", INCREASING, "Softplus"),
+        Op("relu", ("x",), "same", _relu, torch.relu, "_kernel.relu", INCREASING, "Relu"),
+        Op("float", ("x",), "float", float, lambda x: x, "_kernel.as_float", INCREASING, "identity"),
         Op("bitand", ("a", "b"), "int", lambda a, b: a & b, torch.bitwise_and, "", "bitand"),
         Op("dot", ("u", "v"), "dot", None, _tensor_dot, ""),
     )

@@ -20,6 +20,7 @@ import torch
 
 from .diagnostics import AttnError
 from .ir import Expr, Spec, const, inline_bindings, substitute, uses, walk
+from .runtime import dense as _dense
 from .sample import Sizes, evaluate_static, input_shapes, sample_arguments, sample_inputs
 
 MAX_LENGTH = 2**31 - 1  # longest --sq / --skv: indices stay within 32 bits
@@ -118,7 +119,7 @@ def dense_mask(module, spec: Spec, sizes: Sizes, args: dict) -> torch.Tensor:
     keep = module._token_mask(args["q"], args["k"], **kwargs)
     if spec.selection is not None:
         selection = module.select(args["q"], args["k"], **kwargs)
-        keep = keep & module._expand_blocks(
+        keep = keep & _dense.expand_blocks(
             selection.block_mask, selection.q_block, selection.kv_block, sizes.SQ, sizes.SKV
         )
     return keep[0, 0]

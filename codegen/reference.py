@@ -3,7 +3,7 @@
 Every expression is evaluated on broadcast index grids (b: [B,1,1,1], h: [1,H,1,1], q: [1,1,SQ,1],
 kv: [1,1,1,SKV]; q_block / kv_block likewise in the selection stage), so one rendered expression
 is one tensor expression. Scalars (shape symbols, runtime params) stay Python numbers; the
-helpers in templates/reference/helpers.py.jinja accept both.
+language's built-ins in attnspec/runtime/functions.py (`_fn`) accept both.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class ReferenceRenderer(ExprRenderer):
         return "_s"
 
     def render_load(self, e: Expr) -> str:
-        return f"_load({', '.join([e.value] + [self.render(a) for a in e.args])})"
+        return f"_fn.load({', '.join([e.value] + [self.render(a) for a in e.args])})"
 
     def render_temp(self, e: Expr) -> str:
         return f"_{e.value}"
@@ -45,24 +45,24 @@ class ReferenceRenderer(ExprRenderer):
         return f"_pool_{reduction}_{operand}"
 
     def render_not(self, e: Expr) -> str:
-        return f"_not({self.render(e.args[0])})"
+        return f"_fn.logical_not({self.render(e.args[0])})"
 
     def render_eq(self, e: Expr) -> str:
-        return f"_not({self._xor(e)})" if infer(e.args[0], self.spec) == "bool" else self.render_infix(e, "==")
+        return f"_fn.logical_not({self._xor(e)})" if infer(e.args[0], self.spec) == "bool" else self.render_infix(e, "==")
 
     def render_ne(self, e: Expr) -> str:
         return self._xor(e) if infer(e.args[0], self.spec) == "bool" else self.render_infix(e, "!=")
 
     def _xor(self, e: Expr) -> str:
-        """Booleans compare through _xor ((a | b) & not (a & b)): in FlexAttention's traced mods, shape
+        """Booleans compare through xor ((a | b) & not (a & b)): in FlexAttention's traced mods, shape
         symbols become SymBools, which have & | and not but no == != ^ (found by attnspec fuzz)."""
-        return f"_xor({', '.join(self.render(a) for a in e.args)})"
+        return f"_fn.xor({', '.join(self.render(a) for a in e.args)})"
 
     def render_floordiv(self, e: Expr) -> str:
-        return self._division(e, "//", "_floordiv")
+        return self._division(e, "//", "_fn.floordiv")
 
     def render_mod(self, e: Expr) -> str:
-        return self._division(e, "%", "_floormod")
+        return self._division(e, "%", "_fn.floormod")
 
     def _division(self, e: Expr, symbol: str, helper: str) -> str:
         """An integer divisor that may be 0 goes through the helper that defines that case (§4)."""
@@ -71,20 +71,20 @@ class ReferenceRenderer(ExprRenderer):
         return self.render_infix(e, symbol)
 
     def render_pow(self, e: Expr) -> str:
-        return f"_pow({self.render(e.args[0])}, {self.render(e.args[1])})"
+        return f"_fn.pow({self.render(e.args[0])}, {self.render(e.args[1])})"
 
     def render_float(self, e: Expr) -> str:
-        return f"_float({self.render(e.args[0])}, _dtype)"
+        return f"_fn.to_float({self.render(e.args[0])}, _dtype)"
 
     def render_infix(self, e: Expr, symbol: str) -> str:
         types = [infer(a, self.spec) for a in e.args]
         parts = [self.render(a) for a in e.args]
         if "vec" in types:  # a per-block scalar meets a pooled vector: add the feature axis
-            parts = [p if t == "vec" else f"_vec({p})" for p, t in zip(parts, types)]
+            parts = [p if t == "vec" else f"_fn.vec({p})" for p, t in zip(parts, types)]
         return f"({parts[0]} {symbol} {parts[1]})"
 
     def function_name(self, op: str) -> str:
-        return f"_{op}"
+        return f"_fn.{op}"
 
 
 def generate(spec: Spec, source_name: str = "<string>") -> str:

@@ -27,6 +27,7 @@ from attnspec.analysis.tiles import EMPTY, FULL, PARTIAL
 from attnspec.api import build_module, load_program, lower
 from attnspec.codegen import passes_for
 from attnspec.runtime import blocks as block_runtime
+from attnspec.runtime import dense
 from attnspec.sample import Sizes, sample_arguments
 from test_flex import EXAMPLES, without_v
 
@@ -131,7 +132,7 @@ def dense_truth(reference, spec, args: dict):
     if spec.selection is not None:
         selection = reference.select(**low)
         sizes = (spec.selection.q_block.literal, spec.selection.kv_block.literal)
-        keep = keep & reference._expand_blocks(selection.block_mask, *sizes, keep.shape[2], keep.shape[3])
+        keep = keep & dense.expand_blocks(selection.block_mask, *sizes, keep.shape[2], keep.shape[3])
     return keep, selection
 
 

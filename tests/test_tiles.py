@@ -1,7 +1,7 @@
 """Tile classification (attnspec/analysis/tiles.py), checked against the reference's dense mask.
 
 The oracle for a tile is the generated reference module: `_token_mask` AND the static block
-selection (`select`, expanded to tokens by `_expand_blocks`). A tile classified FULL must hold only
+selection (`select`, expanded to tokens by `dense.expand_blocks`). A tile classified FULL must hold only
 kept pairs and a tile classified EMPTY none (design.md section 4: "partial" is always allowed, a
 wrong "full" or "empty" never is). On the easy masks (causal, sliding window, prefix-LM, sorted
 documents, static blocks) the classes must also be exact. A hypothesis test builds random masks as
@@ -24,6 +24,7 @@ from attnspec.analysis.tiles import EMPTY, FULL, PARTIAL, classify_tiles
 from attnspec.api import build_module, load_program, lower, pick_spec
 from attnspec.diagnostics import AttnError
 from attnspec.passes import OPTIMIZE
+from attnspec.runtime import dense
 from attnspec.sample import Sizes, sample_arguments
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -72,7 +73,7 @@ def dense_keep(spec, mod, q, k, runtime: dict, inputs: dict) -> torch.Tensor:
     if has_static_rule(spec):
         bq, bk = spec_blocks(spec)
         blocks = mod.select(q, k, **inputs, **runtime).block_mask
-        keep = keep & mod._expand_blocks(blocks, bq, bk, q.shape[2], k.shape[2])
+        keep = keep & dense.expand_blocks(blocks, bq, bk, q.shape[2], k.shape[2])
     return keep
 
 

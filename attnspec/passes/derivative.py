@@ -24,6 +24,7 @@ from fractions import Fraction
 
 import sympy
 
+from .. import calculus
 from ..calculus import Equal, Greater, Where
 from ..diagnostics import AttnError
 from ..ir import Expr, Spec, const, inline_bindings, walk
@@ -62,7 +63,7 @@ class _Converter:
             return self.convert(self.spec.binding(e.value).value)
         op = OPS.get(e.op)
         if op is not None and op.sympy is not None:
-            return op.sympy(*(self.convert(a) for a in e.args))
+            return getattr(calculus, op.sympy)(*(self.convert(a) for a in e.args))
         method = getattr(self, f"_{e.op}", None)
         if method is None:
             raise NotRepresentable(f"no derivative rule for '{e.op}'")
@@ -87,7 +88,8 @@ class _Converter:
 # ------------------------------------------------------------------ sympy -> IR
 
 # the built-ins whose sympy form is a function class, by class
-_REBUILT = {op.sympy: name for name, op in OPS.items() if isinstance(op.sympy, type)}
+_FORMS = {name: getattr(calculus, op.sympy) for name, op in OPS.items() if op.sympy is not None}
+_REBUILT = {form: name for name, form in _FORMS.items() if isinstance(form, type)}
 
 
 class _CalculusBuilder(_Builder):

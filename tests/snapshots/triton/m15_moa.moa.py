@@ -8,7 +8,6 @@
 """
 
 import math
-from typing import NamedTuple
 
 import torch
 import triton
@@ -17,6 +16,8 @@ import triton.language as tl
 from attnspec.analysis import interval as _iv
 from attnspec.analysis import tiles as _tiles
 from attnspec.runtime import blocks as _blocks
+from attnspec.runtime import dense as _dense
+from attnspec.runtime import functions as _fn
 from attnspec.runtime import kernel as _kernel
 from attnspec.runtime import triton as _rt
 
@@ -32,252 +33,7 @@ SCHEDULE = "table"  # key tiles in closed form from the mask's bands, or a block
 KERNEL_TILES = None  # fixed by the selection's blocks, else chosen per head dim
 
 
-class BlockSelection(NamedTuple):
-    """Which key blocks each query block visits; handed unchanged to every target."""
-
-    block_mask: torch.Tensor  # [B, H, NQB, NKB] bool
-    kv_num_blocks: torch.Tensor  # [B, H, NQB] int32
-    kv_indices: torch.Tensor  # [B, H, NQB, NKB] int32, selected blocks first, ascending
-    q_block: int
-    kv_block: int
-
-# ---------------------------------------------------------------- helpers (scalars or tensors)
-
-
-def _lift(fn):
-    """Apply a torch function to Python scalars and tensors alike (scalars stay scalars)."""
-
-    def apply(*args):
-        like = next((a for a in args if isinstance(a, torch.Tensor)), None)
-        if like is None:
-            return fn(*[torch.tensor(a, dtype=_scalar_dtype(a)) for a in args]).item()
-        return fn(*[a if isinstance(a, torch.Tensor) else _as_tensor(a, like) for a in args])
-
-    return apply
-
-
-def _scalar_dtype(a):
-    if isinstance(a, bool):
-        return torch.bool
-    return torch.int64 if isinstance(a, int) else torch.float64
-
-
-def _as_tensor(a, like):
-    if isinstance(a, bool):
-        dtype = torch.bool
-    elif isinstance(a, int):
-        dtype = torch.int64 if like.dtype == torch.bool else like.dtype
-    else:
-        dtype = like.dtype if like.is_floating_point() else torch.float64
-    return torch.tensor(a, dtype=dtype, device=like.device)
-
-
-_abs = _lift(torch.abs)
-_min = _lift(torch.minimum)
-_max = _lift(torch.maximum)
-_clamp = _lift(lambda x, lo, hi: torch.minimum(torch.maximum(x, lo), hi))
-_where = _lift(torch.where)
-_exp = _lift(torch.exp)
-_exp2 = _lift(torch.exp2)
-_log = _lift(torch.log)
-_log2 = _lift(torch.log2)
-_sqrt = _lift(torch.sqrt)
-_pow = _lift(torch.pow)
-_tanh = _lift(torch.tanh)
-_sigmoid = _lift(torch.sigmoid)
-_softplus = _lift(lambda x: torch.logaddexp(x, torch.zeros_like(x)))
-_relu = _lift(torch.relu)
-_bitand = _lift(torch.bitwise_and)
-_not = _lift(torch.logical_not)
-
-
-def _floordiv(a, b):
-    """a // b on integers whose divisor may be 0: 0 there (language.md section 4), never an error."""
-    if not isinstance(b, torch.Tensor):
-        return a // b if b != 0 else a * 0
-    return torch.where(b == 0, 0, a // torch.where(b == 0, 1, b))
-
-
-def _floormod(a, b):
-    """a % b on integers whose divisor may be 0: a there, so that a == (a // b) * b + a % b."""
-    if not isinstance(b, torch.Tensor):
-        return a % b if b != 0 else a
-    return torch.where(b == 0, a, a % torch.where(b == 0, 1, b))
-
-
-def _undefined(x, rows):
-    """NaN on the undefined rows (a NaN or +inf logit or weight among the kept pairs, language.md
-    section 8), x elsewhere; rows broadcasts against x."""
-    return torch.where(rows, math.nan, x)
-
-
-def _xor(a, b):
-    """a != b for booleans (scalars, tensors, or symbolic shapes while FlexAttention traces)."""
-    return (a | b) & _not(a & b)
-
-
-def _log_denominator(den, m):
-    """lse = log(den) + m, -inf where den is 0 (a row without weight), with a zero gradient there
-    rather than the NaN of log's derivative at 0."""
-    return torch.where(den > 0, torch.log(torch.where(den > 0, den, 1.0)) + m, -math.inf)
-
-
-def _compute_dtype(q):
-    """float64 and float32 compute as they are; half types compute in float32, as kernels do."""
-    return torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
-
-
-def _check_amount(rule, amount):
-    if rule == "top" and amount < 0:
-        raise ValueError(f"{SPEC_NAME}: top(k) needs k >= 0, got {amount}")
-    if rule == "share" and not 0 < amount <= 1:
-        raise ValueError(f"{SPEC_NAME}: share(p) needs 0 < p <= 1, got {amount}")
-    return amount
-
-
-def _float(x, dtype):
-    return x.to(dtype) if isinstance(x, torch.Tensor) else float(x)
-
-
-def _vec(x):
-    """A per-block scalar next to pooled vectors gains the trailing feature axis."""
-    return x.unsqueeze(-1) if isinstance(x, torch.Tensor) else x
-
-
-def _dot(a, b):
-    return (a * b).sum(-1)
-
-
-def _load(table, *index):
-    """Gather from an input tensor; every index is clamped into its dimension's range, and an input
-    without elements (a zero-length dimension at this call) reads as 0 (language.md section 7)."""
-    if not table.is_floating_point() and table.dtype != torch.bool:
-        table = table.long()  # language integers are 64-bit, whatever the input's width
-    if not index:
-        return table
-    if table.numel() == 0:
-        table = table.new_zeros((1,) * table.dim())
-    clamped = []
-    for i, size in zip(index, table.shape):
-        i = i if isinstance(i, torch.Tensor) else torch.tensor(i, device=table.device)
-        clamped.append(i.long().clamp(0, size - 1))
-    return table[tuple(clamped)]
-
-
-def _full(x, shape, dtype, device):
-    """Broadcast an expression's value (scalar or tensor) to a full grid."""
-    x = x.to(dtype) if isinstance(x, torch.Tensor) else torch.tensor(x, dtype=dtype, device=device)
-    return torch.broadcast_to(x, shape)
-
-
-def _grid(sizes, device):
-    """One broadcastable index tensor per axis of a rank-4 grid."""
-    grids = []
-    for axis, size in enumerate(sizes):
-        view = [1, 1, 1, 1]
-        view[axis] = size
-        grids.append(torch.arange(size, device=device).view(view))
-    return grids
-
-
-def _check_tensor(name, t, shape, kind, device):
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{SPEC_NAME}: '{name}' must be a torch.Tensor, got {type(t).__name__}")
-    if any(size < 0 for size in shape):
-        raise ValueError(f"{SPEC_NAME}: input '{name}' has declared shape {tuple(shape)} at these sizes: a dimension is negative")
-    if tuple(t.shape) != tuple(shape):
-        raise ValueError(f"{SPEC_NAME}: '{name}' must have shape {tuple(shape)}, got {tuple(t.shape)}")
-    found = "bool" if t.dtype == torch.bool else ("float" if t.is_floating_point() else "int")
-    if found != kind:
-        raise TypeError(f"{SPEC_NAME}: '{name}' must hold {kind} values, got {t.dtype}")
-    if t.device != device:
-        raise ValueError(f"{SPEC_NAME}: '{name}' is on {t.device}, q is on {device}")
-
-
-def _check_scalar(name, value, kind):
-    ok = {
-        "bool": isinstance(value, bool),
-        "int": isinstance(value, int) and not isinstance(value, bool),
-        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-    }[kind]
-    if not ok:
-        raise TypeError(f"{SPEC_NAME}: runtime param '{name}' must be {kind}, got {value!r}")
-    return float(value) if kind == "float" else value
-
-
-def _check_qkv(q, k, v):
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 4:
-            raise ValueError(f"{SPEC_NAME}: {name} must be a 4-D tensor [batch, heads, length, dim]")
-        if not t.is_floating_point() or t.dtype != q.dtype:
-            raise TypeError(f"{SPEC_NAME}: q, k and v must share one floating dtype, got {t.dtype} for {name}")
-    B, H, SQ, D = q.shape
-    if k.shape[0] != B or v.shape[0] != B or k.shape[-1] != D or k.shape[:3] != v.shape[:3]:
-        raise ValueError(
-            f"{SPEC_NAME}: shapes do not fit together: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
-        )
-    if k.shape[1] == 0 or H % k.shape[1]:
-        raise ValueError(f"{SPEC_NAME}: query heads ({H}) must be a multiple of kv heads ({k.shape[1]})")
-
-
-def _pool(x, size, how):
-    """Pool [B, heads, S, D] over blocks of `size` rows -> [B, heads, ceil(S/size), D]; tails use valid rows."""
-    batch, heads, length, dim = x.shape
-    blocks = -(-length // size)
-    fill = {"mean": 0.0, "max": -math.inf, "min": math.inf}[how]
-    padded = torch.nn.functional.pad(x, (0, 0, 0, blocks * size - length), value=fill)
-    padded = padded.view(batch, heads, blocks, size, dim)
-    if how == "max":
-        return padded.amax(3)
-    if how == "min":
-        return padded.amin(3)
-    counts = (length - torch.arange(blocks, device=x.device) * size).clamp(max=size)
-    return padded.sum(3) / counts.view(1, 1, blocks, 1).to(x.dtype)
-
-
-def _tile_any(keep, bq, bk):
-    """[B, H, SQ, SKV] bool -> [B, H, NQB, NKB]: does the tile hold at least one kept pair?"""
-    batch, heads, sq, skv = keep.shape
-    nq, nk = -(-sq // bq), -(-skv // bk)
-    padded = torch.nn.functional.pad(keep, (0, nk * bk - skv, 0, nq * bq - sq), value=False)
-    return padded.view(batch, heads, nq, bq, nk, bk).any(5).any(3)
-
-
-def _expand_blocks(blocks, bq, bk, sq, skv):
-    """[B, H, NQB, NKB] -> [B, H, SQ, SKV]."""
-    return blocks.repeat_interleave(bq, dim=2)[:, :, :sq].repeat_interleave(bk, dim=3)[..., :skv]
-
-
-def _choose_top(score, eligible, k):
-    score = torch.where(eligible, score, -math.inf)
-    order = torch.sort(score, dim=-1, descending=True, stable=True).indices
-    rank = torch.empty_like(order)
-    rank.scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
-    return eligible & (rank < int(k))
-
-
-def _choose_threshold(score, eligible, t):
-    return eligible & (score >= t)
-
-
-def _choose_share(score, eligible, p):
-    logits = torch.where(eligible, score, -math.inf)
-    any_eligible = eligible.any(-1, keepdim=True)
-    probs = torch.where(any_eligible, torch.softmax(torch.where(any_eligible, logits, 0.0), -1), 0.0)
-    sorted_probs, order = torch.sort(probs, dim=-1, descending=True, stable=True)
-    mass_before = torch.cumsum(sorted_probs, -1) - sorted_probs
-    keep = torch.zeros_like(eligible).scatter(-1, order, mass_before < p)
-    return eligible & keep
-
-
-def _block_selection(blocks, bq, bk):
-    order = torch.sort((~blocks).to(torch.int8), dim=-1, stable=True).indices
-    return BlockSelection(blocks, blocks.sum(-1).to(torch.int32), order.to(torch.int32), bq, bk)
-
-
-def _tensor_like(x, like, dtype=None):
-    """A mod must return a tensor, even where the spec's expression folded to a number."""
-    return x if isinstance(x, torch.Tensor) else torch.full_like(like, x, dtype=dtype)
+BlockSelection = _dense.BlockSelection  # what select() returns and attention(selection=...) takes
 
 
 # ---------------------------------------------------------------- the spec
@@ -285,22 +41,22 @@ def _tensor_like(x, like, dtype=None):
 
 def _shapes(q, k, v, alpha, beta):
     """Validate every argument; return the shape symbols."""
-    _check_qkv(q, k, v)
+    _dense.check_qkv(SPEC_NAME, q, k, v)
     _B, _H, _SQ, _D = q.shape
     _HKV, _SKV = k.shape[1], k.shape[2]
-    _check_tensor("alpha", alpha, (_H, ), "float", q.device)
-    _check_tensor("beta", beta, (_H, ), "float", q.device)
+    _dense.check_tensor(SPEC_NAME, "alpha", alpha, (_H, ), "float", q.device)
+    _dense.check_tensor(SPEC_NAME, "beta", beta, (_H, ), "float", q.device)
     return _B, _H, _HKV, _SQ, _SKV, _D
 
 
 def _token_mask(q, k, alpha, beta):
     """The spec's mask, dense: [B, H, SQ, SKV] bool."""
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, k, alpha, beta)
-    _dtype = _compute_dtype(q)
-    _b, _h, _q, _kv = _grid((_B, _H, _SQ, _SKV), q.device)
+    _dtype = _dense.compute_dtype(q)
+    _b, _h, _q, _kv = _dense.grid((_B, _H, _SQ, _SKV), q.device)
     _t0 = (_kv < 2)
-    _t1 = (_load(alpha, _h) + (_load(beta, _h) * _float(_SKV, _dtype)))
-    return _full(((_kv <= _q) & (_t0 | (_float((_q - _kv), _dtype) < _t1))), (_B, _H, _SQ, _SKV), torch.bool, q.device)
+    _t1 = (_fn.load(alpha, _h) + (_fn.load(beta, _h) * _fn.to_float(_SKV, _dtype)))
+    return _dense.full(((_kv <= _q) & (_t0 | (_fn.to_float((_q - _kv), _dtype) < _t1))), (_B, _H, _SQ, _SKV), torch.bool, q.device)
 
 
 # ---------------------------------------------------------------- the tile schedule
@@ -492,7 +248,7 @@ def _logit_scale(q, k, _params):
     """The logit scale of these shapes and runtime params."""
     _B, _H, _SQ, _D = q.shape
     _HKV, _SKV = k.shape[1], k.shape[2]
-    _dtype = _compute_dtype(q)  # what a float(...) in the scale converts to
+    _dtype = _dense.compute_dtype(q)  # what a float(...) in the scale converts to
     return float(1.0 / math.sqrt(_D))
 
 

@@ -1,0 +1,95 @@
+"""The language's built-ins on tensors and Python numbers alike: what the generated reference and flex
+modules (and the triton module's host code) compute an expression with (`_fn.softplus(x)`).
+
+Each built-in is its op registry entry's tensor semantics (attnspec/ops.py) lifted so that Python
+scalars stay scalars; the rest defines what the language says and torch does not do by itself: an
+integer division by 0 (language.md section 4), boolean equality on symbolic shapes, clamped loads.
+"""
+
+from __future__ import annotations
+
+import builtins
+
+import torch
+
+from ..ops import OPS
+
+
+def lift(fn):
+    """Apply a torch function to Python scalars and tensors alike (scalars stay scalars)."""
+
+    def apply(*args):
+        like = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        if like is None:
+            return fn(*[torch.tensor(a, dtype=_scalar_dtype(a)) for a in args]).item()
+        return fn(*[a if isinstance(a, torch.Tensor) else _as_tensor(a, like) for a in args])
+
+    return apply
+
+
+def _scalar_dtype(a):
+    if isinstance(a, bool):
+        return torch.bool
+    return torch.int64 if isinstance(a, int) else torch.float64
+
+
+def _as_tensor(a, like):
+    if isinstance(a, bool):
+        dtype = torch.bool
+    elif isinstance(a, int):
+        dtype = torch.int64 if like.dtype == torch.bool else like.dtype
+    else:
+        dtype = like.dtype if like.is_floating_point() else torch.float64
+    return torch.tensor(a, dtype=dtype, device=like.device)
+
+
+# Every built-in by its language name (abs, min, where, softplus, ...), from the registry; float(x)
+# converts to the compute dtype instead (to_float), so it has no entry here.
+globals().update({name: lift(op.tensor) for name, op in OPS.items() if name != "float"})
+
+logical_not = lift(torch.logical_not)
+
+
+def floordiv(a, b):
+    """a // b on integers whose divisor may be 0: 0 there (language.md section 4), never an error."""
+    if not isinstance(b, torch.Tensor):
+        return a // b if b != 0 else a * 0
+    return torch.where(b == 0, 0, a // torch.where(b == 0, 1, b))
+
+
+def floormod(a, b):
+    """a % b on integers whose divisor may be 0: a there, so that a == (a // b) * b + a % b."""
+    if not isinstance(b, torch.Tensor):
+        return a % b if b != 0 else a
+    return torch.where(b == 0, a, a % torch.where(b == 0, 1, b))
+
+
+def xor(a, b):
+    """a != b for booleans (scalars, tensors, or symbolic shapes while FlexAttention traces)."""
+    return (a | b) & logical_not(a & b)
+
+
+def to_float(x, dtype):
+    """float(x): a tensor in the compute dtype, a Python float otherwise."""
+    return x.to(dtype) if isinstance(x, torch.Tensor) else builtins.float(x)
+
+
+def vec(x):
+    """A per-block scalar next to pooled vectors gains the trailing feature axis."""
+    return x.unsqueeze(-1) if isinstance(x, torch.Tensor) else x
+
+
+def load(table, *index):
+    """Gather from an input tensor; every index is clamped into its dimension's range, and an input
+    without elements (a zero-length dimension at this call) reads as 0 (language.md section 7)."""
+    if not table.is_floating_point() and table.dtype != torch.bool:
+        table = table.long()  # language integers are 64-bit, whatever the input's width
+    if not index:
+        return table
+    if table.numel() == 0:
+        table = table.new_zeros((1,) * table.dim())
+    clamped = []
+    for i, size in zip(index, table.shape):
+        i = i if isinstance(i, torch.Tensor) else torch.tensor(i, device=table.device)
+        clamped.append(i.long().clamp(0, size - 1))
+    return table[tuple(clamped)]
