@@ -20,7 +20,7 @@ import triton.language as tl
 
 from attnspec import builtins as bi
 from attnspec import calculus
-from attnspec.analysis.interval import RULES, Num, num
+from attnspec.runtime.intervals import RULES, Num, num
 from attnspec.ops import OPS, Domain, INCREASING
 from attnspec.passes.fold import SCALAR_OPS
 from attnspec.runtime import kernel

@@ -19,7 +19,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from attnspec.analysis.interval import RULES, Bool, num
+from attnspec.runtime.intervals import RULES, Bool, num
 from attnspec.analysis.tiles import EMPTY, FULL, PARTIAL, classify_tiles
 from attnspec.api import build_module, load_program, lower, pick_spec
 from attnspec.diagnostics import AttnError

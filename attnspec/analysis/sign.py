@@ -11,7 +11,8 @@ import torch
 
 from ..ir import Expr, Spec, inline_bindings
 from ..types import infer
-from .interval import UNKNOWN, Bool, Evaluator, Num, num
+from ..runtime.intervals import UNKNOWN, Bool, Num, num
+from .interval import Evaluator
 
 
 def lower_bound(expr: Expr, spec: Spec) -> float:

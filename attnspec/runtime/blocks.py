@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ..analysis.tiles import EMPTY, FULL, PARTIAL, block_lists
+from .tiles import EMPTY, FULL, PARTIAL, block_lists
 from .tracing import tracing
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..analysis.tiles import readable
+from .tiles import readable
 from .blocks import class_lists
 
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)

@@ -11,8 +11,8 @@ import math
 
 import torch
 
-from attnspec.analysis import interval as _iv
-from attnspec.analysis import tiles as _tiles
+from attnspec.runtime import intervals as _iv
+from attnspec.runtime import tiles as _tiles
 from attnspec.runtime import blocks as _blocks
 from attnspec.runtime import dense as _dense
 from attnspec.runtime import flex as _flex

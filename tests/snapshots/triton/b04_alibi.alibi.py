@@ -13,8 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
-from attnspec.analysis import interval as _iv
-from attnspec.analysis import tiles as _tiles
+from attnspec.runtime import intervals as _iv
+from attnspec.runtime import tiles as _tiles
 from attnspec.runtime import blocks as _blocks
 from attnspec.runtime import dense as _dense
 from attnspec.runtime import functions as _fn
