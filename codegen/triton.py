@@ -164,7 +164,14 @@ def triton_hooks(spec: Spec, source_name: str) -> dict:
     # a plain score, a scale > 0 (the max of scale * x is scale * max x) and no sink logit to compare
     plain_score = spec.score.op == "score" and norm.kind == "softmax" and norm.sink is None
     plain_score = plain_score and (spec.scale is None or positive(spec.scale, spec))
+    program = _leveled(spec, score_roots + [mask, norm.sink], r, ("program",))
+    row = _leveled(spec, score_roots + [mask, norm.sink], r, ("row",))
+    per_pair = _leveled(spec, score_roots, r, ("col", "element"))
+    outer = _context(spec, program)
     hooks.update(
+        ctx=", ".join(outer[:-7] + [t for t, _ in row] + outer[-7:]),
+        ctx_outer=", ".join(outer),
+        scores_out=", ".join(["_keep", "_s", "_x"] + (["_w"] if norm.kind != "softmax" else []) + [t for t, _ in per_pair]),
         selection_tiles=selection_tiles(spec),
         k_score=r.render(spec.score),
         k_weight=None if norm.weight is None else r.render(norm.weight),
@@ -176,9 +183,9 @@ def triton_hooks(spec: Spec, source_name: str) -> dict:
         # an expression that reads the score already has the tile's shape; others are broadcast to it
         score_full=uses(spec.score, "score"),
         weight_full=norm.weight is not None and uses(norm.weight, "score"),
-        program_bindings=_leveled(spec, score_roots + [mask, norm.sink], r, ("program",)),
-        row_bindings=_leveled(spec, score_roots + [mask, norm.sink], r, ("row",)),
-        score_bindings=_leveled(spec, score_roots, r, ("col", "element")),
+        program_bindings=program,
+        row_bindings=row,
+        score_bindings=per_pair,
         mask_bindings_k=_leveled(spec, [mask], r, ("col", "element"), exclude=score_roots),
         tile_mask=None if mask is None else TileRenderer(spec).statements(inline_bindings(mask, spec)),
         bands=_bands_hook(spec, r),
@@ -190,6 +197,19 @@ def triton_hooks(spec: Spec, source_name: str) -> dict:
     )
     hooks.update(backward_hooks(spec, TritonRenderer))
     return hooks
+
+
+def _context(spec: Spec, program: list[tuple[str, str]]) -> list[str]:
+    """What the tile functions receive from their kernel to compute the spec's expressions, in order:
+    the program's batch and head, inputs (pointer, sizes, strides), runtime params, program-level
+    bindings, then (the last seven) the shape symbols and the scale. Row-level bindings go before
+    those where the tile is a query tile of its own."""
+    names = ["_b", "_h"]
+    for decl in spec.inputs:
+        rank = range(len(decl.shape))
+        names += [decl.name] + [f"_{decl.name}_n{d}" for d in rank] + [f"_{decl.name}_s{d}" for d in rank]
+    names += [p.name for p in spec.runtime_params] + [t for t, _ in program]
+    return names + ["_B", "_H", "_HKV", "_SQ", "_SKV", "_D", "_sm_scale"]
 
 
 def _leveled(spec: Spec, roots, r: TritonRenderer, levels, exclude=()) -> list[tuple[str, str]]:

@@ -34,12 +34,32 @@ def backward_hooks(spec: Spec, renderer_class) -> dict:
     except AttnError as error:
         hooks = {"backward_error": error.message, "d_score": None, "d_weight": None, "sites": [], "grad_inputs": []}
     summed = [s for s in hooks["sites"] if s["level"] != "element"]
+    pairs = [s for s in hooks["sites"] if s["root"] != "sink"]
+    element_inputs = sorted({s["input"] for s in pairs if s["level"] == "element"}, key=[i.name for i in spec.inputs].index)
+    norm = spec.normalize.kind
+    strides = "".join(f" _d_{n}_s{d}," for n in element_inputs for d in range(len(spec.input(n).shape)))
     return {
         **hooks,
+        "row_state": {"softmax": "_mrow, _inv_l, _delta", "rownorm": "_den, _delta"}.get(norm, "_delta"),
+        "grad_out": ", ".join(["_keep", "_p", "_dx"] + [f"_{kind}{s['id']}" for s in pairs for kind in ("c", "o")[: 1 + (s["level"] == "element")]]),
+        # the gradient buffers (pointer, strides) per-pair sites add into, as tile-function arguments
+        "element_grads": "".join(f" _d_{n}," for n in element_inputs) + strides,
+        "element_strides_args": strides,
+        "col_site_bindings": _col_site_bindings(spec, hooks["sites"], renderer_class(spec)),
         "backward_error_literal": repr(hooks["backward_error"]),
         "site_inputs": repr(tuple(s["input"] for s in summed)),
         "site_kernels": repr(tuple((s["kernel"], s["level"]) for s in summed)),
     }
+
+
+def _col_site_bindings(spec: Spec, sites: list[dict], r) -> list[tuple[str, str]]:
+    """(name, code) of the column-level bindings the dK/dV kernel's per-column sites index with: their
+    offsets are stored once per key tile, after its query tiles."""
+    from .reference import _bindings_for
+
+    loads = [load for site in sites if site["kernel"] == "dkdv" for load in site["loads"]]
+    level = {f"_{b.name}": b.level for b in spec.bindings}
+    return [(name, code) for name, code in _bindings_for(spec, loads, r) if level[name] == "col"]
 
 
 def _raw_score(renderer_class):
@@ -81,6 +101,7 @@ def _site(spec: Spec, r, root: str, expr: Expr, load: Expr) -> dict:
         "kernel": "dkdv" if index_level == "col" else "dq",
         "derivative": _rendered(derivative(expr, load, spec), r),
         "offset": r.render_offset(load, f"_d_{load.value}_s"),
+        "loads": [load],
     }
 
 

@@ -100,3 +100,23 @@ def softplus(x):
     """log(1 + exp(x)) = max(x, 0) + log(1 + exp(-|x|)): no overflow for large x."""
     x = as_float(x)
     return tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))
+
+
+@triton.jit
+def load_tile(base, rows, cols, row_stride, col_stride, n_rows, n_cols, UPCAST: tl.constexpr):
+    """The [len(rows), len(cols)] tile of a strided matrix at `base`, 0 outside [n_rows, n_cols): every
+    Q, K, V and dO tile of the kernels (K^T and V^T by swapping the axes); float32 with UPCAST."""
+    tile = tl.load(base + rows[:, None] * row_stride + cols[None, :] * col_stride,
+                   mask=(rows[:, None] < n_rows) & (cols[None, :] < n_cols), other=0.0)
+    if UPCAST:
+        tile = tile.to(tl.float32)
+    return tile
+
+
+@triton.jit
+def mma(a, b, acc, IEEE: tl.constexpr):
+    """a @ b (+ acc): float32 products in full precision with IEEE (no TF32)."""
+    if IEEE:
+        return tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        return tl.dot(a, b, acc)

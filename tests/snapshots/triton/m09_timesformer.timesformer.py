@@ -81,7 +81,111 @@ def _tile_classes(_B, _H, _HKV, _SQ, _SKV, _D, _bq, _bk):
     return _grid.classes(_i8)
 
 
-# ---------------------------------------------------------------- the kernel
+# ---------------------------------------------------------------- the kernels
+
+
+@triton.jit
+def _timesformer_scores(_qk, _q, _kv, _b, _h, _t0, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
+    """The kept pairs of a tile (inside the lengths, and in a partial tile kept by the mask), the score
+    before its mod (_x = scale * q.k) and after it (_s), and the per-pair bindings."""
+    _zero = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    _keep = (_kv < _SKV) & (_q < _SQ)
+    if MASKED:
+        _t1 = (_kv == 0)
+        _t3 = _kernel.floormod((_kv - 1), 12)
+        _keep = _keep & (((_t0 | _t1) | (_t2 == _t3)))
+    _s = _qk * _sm_scale
+    _x = _s  # the score before its mod: where the mod's derivative is taken
+    return _keep, _s, _x
+
+
+@triton.jit
+def _timesformer_forward_tile(
+    _j, _m, _l, _acc, _q_tile, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV,
+    _q, _b, _h, _t0, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, _qk_scale,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, MASKED: tl.constexpr,
+):
+    """Key tile _j: its scores, then the online softmax update of the running max _m, sum _l and output _acc."""
+    _offs_n = _j * BLOCK_N + tl.arange(0, BLOCK_N)
+    _kv = _offs_n[None, :]
+    _kT = _kernel.load_tile(_K + _kbase, _offs_d, _offs_n, _skd, _skn, _D, _SKV, UPCAST)
+    _v = _kernel.load_tile(_V + _vbase, _offs_n, _offs_dv, _svn, _svd, _SKV, _DV, UPCAST)
+    _qk = _kernel.mma(_q_tile, _kT, None, IEEE)
+    _keep, _s, _x = _timesformer_scores(_qk, _q, _kv, _b, _h, _t0, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, MASKED)
+    _t = tl.where(_keep, _qk, -float("inf"))  # the raw products: log2(e) and the scale fold into _qk_scale
+    _m_new = tl.maximum(_m, tl.max(_t, 1)[:, None])
+    _m_safe = tl.where(_m_new == -float("inf"), 0.0, _m_new)
+    _alpha = tl.exp2((_m - _m_safe) * _qk_scale)
+    _p = tl.exp2((_t - _m_safe) * _qk_scale)  # subtract first: exact for near products, one rounding in the exponent
+    _l = _l * _alpha + tl.sum(_p, 1)[:, None]
+    _acc = _acc * _alpha
+    _m = _m_new
+    if not UPCAST:  # the weights enter the second product in v's dtype, as in FlashAttention
+        _p = _p.to(_v.dtype)
+    _acc = _kernel.mma(_p, _v, _acc, IEEE)
+    return _m, _l, _acc
+
+
+@triton.jit
+def _timesformer_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _b, _h, _t0, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
+    """A tile's weights _p as the forward used them, the gradient _dx of the scaled product, and each
+    input site's contribution _c<n> (with, for a per-pair site, the offsets _o<n> it adds into)."""
+    _keep, _s, _x = _timesformer_scores(_qk, _q, _kv, _b, _h, _t0, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, MASKED)
+    _p = tl.where(_keep, tl.exp2((_s - _mrow) * 1.4426950408889634) * _inv_l, 0.0)
+    _ds = _p * (_dp - _delta)
+    _dx = _ds
+    return _keep, _p, _dx
+
+
+@triton.jit
+def _timesformer_dq_tile(
+    _j, _dq, _q_tile, _do, _mrow, _inv_l, _delta, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV,
+    _q, _b, _h, _t0, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, MASKED: tl.constexpr,
+):
+    """Key tile _j of the dQ kernel: dQ += dX . K, the per-program and per-row sites' sums, the per-pair
+    sites' atomic adds."""
+    _offs_n = _j * BLOCK_N + tl.arange(0, BLOCK_N)
+    _kv = _offs_n[None, :]
+    _kT = _kernel.load_tile(_K + _kbase, _offs_d, _offs_n, _skd, _skn, _D, _SKV, UPCAST)
+    _vT = _kernel.load_tile(_V + _vbase, _offs_dv, _offs_n, _svd, _svn, _DV, _SKV, UPCAST)
+    _qk = _kernel.mma(_q_tile, _kT, None, IEEE)
+    _dp = _kernel.mma(_do, _vT, None, IEEE)
+    _keep, _p, _dx = _timesformer_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _b, _h, _t0, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, MASKED)
+    if not UPCAST:
+        _dx = _dx.to(_q_tile.dtype)
+    _dq = _kernel.mma(_dx, tl.trans(_kT), _dq, IEEE)
+    return _dq
+
+
+@triton.jit
+def _timesformer_dkdv_tile(
+    _pid_m, _dk, _dv, _kT, _vT, _Q, _qbase, _sqm, _sqd, _DO, _Stats, _Delta, _pid_bh, _offs_d, _offs_dv, _DV,
+    _kv, _b, _h, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, MASKED: tl.constexpr,
+):
+    """Query tile _pid_m of the dK/dV kernel: dV += P^T . dO, dK += dX^T . Q, the per-column sites' sums."""
+    _offs_m = _pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    _q = _offs_m[:, None]
+    _q_tile = _kernel.load_tile(_Q + _qbase, _offs_m, _offs_d, _sqm, _sqd, _SQ, _D, UPCAST)
+    _stat = (_pid_bh.to(tl.int64) * _SQ + _offs_m[:, None]) * 2
+    _lrow = tl.load(_Stats + _stat + 1, mask=_offs_m[:, None] < _SQ, other=0.0)
+    _mrow = tl.load(_Stats + _stat, mask=_offs_m[:, None] < _SQ, other=0.0)
+    _mrow = tl.where(_mrow == -float("inf"), 0.0, _mrow)  # a row without keys: no weight at all
+    _inv_l = tl.where(_lrow > 0, 1.0 / _lrow, 0.0)
+    _delta = tl.load(_Delta + _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], mask=_offs_m[:, None] < _SQ, other=0.0)
+    _do = _kernel.load_tile(_DO + _pid_bh.to(tl.int64) * _SQ * _DV, _offs_m, _offs_dv, _DV, 1, _SQ, _DV, UPCAST)
+    _t0 = (_q == 0)
+    _t2 = _kernel.floormod((_q - 1), 12)
+    _qk = _kernel.mma(_q_tile, _kT, None, IEEE)
+    _dp = _kernel.mma(_do, _vT, None, IEEE)
+    _keep, _p, _dx = _timesformer_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _b, _h, _t0, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, MASKED)
+    if not UPCAST:
+        _p = _p.to(_q_tile.dtype)
+        _dx = _dx.to(_q_tile.dtype)
+    _dv = _kernel.mma(tl.trans(_p), _do, _dv, IEEE)
+    _dk = _kernel.mma(tl.trans(_dx), _q_tile, _dk, IEEE)
+    return _dk, _dv
 
 
 @triton.jit
@@ -102,15 +206,11 @@ def _timesformer_forward(
     _offs_d = tl.arange(0, BLOCK_D)
     _offs_dv = tl.arange(0, BLOCK_DV)
     _q = _offs_m[:, None]
-    _zero = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     _qbase = _b.to(tl.int64) * _sqb + _h.to(tl.int64) * _sqh
     _kbase = _b.to(tl.int64) * _skb + _hkv.to(tl.int64) * _skh
     _vbase = _b.to(tl.int64) * _svb + _hkv.to(tl.int64) * _svh
     _qk_scale = _sm_scale * 1.4426950408889634
-    _q_tile = tl.load(_Q + _qbase + _offs_m[:, None] * _sqm + _offs_d[None, :] * _sqd,
-                      mask=(_offs_m[:, None] < _SQ) & (_offs_d[None, :] < _D), other=0.0)
-    if UPCAST:
-        _q_tile = _q_tile.to(tl.float32)
+    _q_tile = _kernel.load_tile(_Q + _qbase, _offs_m, _offs_d, _sqm, _sqd, _SQ, _D, UPCAST)
     _t0 = (_q == 0)
     _t2 = _kernel.floormod((_q - 1), 12)
     _m = tl.full([BLOCK_M, 1], -float("inf"), dtype=tl.float32)
@@ -120,69 +220,14 @@ def _timesformer_forward(
     _tidx = _b * _sib + _h * _sih + _pid_m * _siq
     # full key tiles: every pair inside the lengths is kept, no mask evaluation
     for _i in range(0, tl.load(_FullNum + _tnum)):
-        _kb = tl.load(_FullIdx + _tidx + _i)
-        _offs_n = _kb * BLOCK_N + tl.arange(0, BLOCK_N)
-        _kv = _offs_n[None, :]
-        _kT = tl.load(_K + _kbase + _offs_n[None, :] * _skn + _offs_d[:, None] * _skd,
-                      mask=(_offs_n[None, :] < _SKV) & (_offs_d[:, None] < _D), other=0.0)
-        _v = tl.load(_V + _vbase + _offs_n[:, None] * _svn + _offs_dv[None, :] * _svd,
-                     mask=(_offs_n[:, None] < _SKV) & (_offs_dv[None, :] < _DV), other=0.0)
-        if UPCAST:
-            _kT = _kT.to(tl.float32)
-            _v = _v.to(tl.float32)
-        if IEEE:
-            _qk = tl.dot(_q_tile, _kT, input_precision="ieee")
-        else:
-            _qk = tl.dot(_q_tile, _kT)
-        _keep = (_kv < _SKV) & (_q < _SQ)
-        _t = tl.where(_keep, _qk, -float("inf"))
-        _m_new = tl.maximum(_m, tl.max(_t, 1)[:, None])
-        _m_safe = tl.where(_m_new == -float("inf"), 0.0, _m_new)
-        _alpha = tl.exp2((_m - _m_safe) * _qk_scale)
-        _p = tl.exp2((_t - _m_safe) * _qk_scale)  # subtract first: exact for near products, one rounding in the exponent
-        _l = _l * _alpha + tl.sum(_p, 1)[:, None]
-        _acc = _acc * _alpha
-        _m = _m_new
-        if not UPCAST:  # the weights enter the second product in v's dtype, as in FlashAttention
-            _p = _p.to(_V.dtype.element_ty)
-        if IEEE:
-            _acc = tl.dot(_p, _v, _acc, input_precision="ieee")
-        else:
-            _acc = tl.dot(_p, _v, _acc)
+        _m, _l, _acc = _timesformer_forward_tile(
+            tl.load(_FullIdx + _tidx + _i), _m, _l, _acc, _q_tile, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV,
+            _q, _b, _h, _t0, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False)
     # partial key tiles: the mask decides per pair
     for _i in range(0, tl.load(_PartNum + _tnum)):
-        _kb = tl.load(_PartIdx + _tidx + _i)
-        _offs_n = _kb * BLOCK_N + tl.arange(0, BLOCK_N)
-        _kv = _offs_n[None, :]
-        _kT = tl.load(_K + _kbase + _offs_n[None, :] * _skn + _offs_d[:, None] * _skd,
-                      mask=(_offs_n[None, :] < _SKV) & (_offs_d[:, None] < _D), other=0.0)
-        _v = tl.load(_V + _vbase + _offs_n[:, None] * _svn + _offs_dv[None, :] * _svd,
-                     mask=(_offs_n[:, None] < _SKV) & (_offs_dv[None, :] < _DV), other=0.0)
-        if UPCAST:
-            _kT = _kT.to(tl.float32)
-            _v = _v.to(tl.float32)
-        if IEEE:
-            _qk = tl.dot(_q_tile, _kT, input_precision="ieee")
-        else:
-            _qk = tl.dot(_q_tile, _kT)
-        _keep = (_kv < _SKV) & (_q < _SQ)
-        _t1 = (_kv == 0)
-        _t3 = _kernel.floormod((_kv - 1), 12)
-        _keep = _keep & (((_t0 | _t1) | (_t2 == _t3)))
-        _t = tl.where(_keep, _qk, -float("inf"))
-        _m_new = tl.maximum(_m, tl.max(_t, 1)[:, None])
-        _m_safe = tl.where(_m_new == -float("inf"), 0.0, _m_new)
-        _alpha = tl.exp2((_m - _m_safe) * _qk_scale)
-        _p = tl.exp2((_t - _m_safe) * _qk_scale)  # subtract first: exact for near products, one rounding in the exponent
-        _l = _l * _alpha + tl.sum(_p, 1)[:, None]
-        _acc = _acc * _alpha
-        _m = _m_new
-        if not UPCAST:  # the weights enter the second product in v's dtype, as in FlashAttention
-            _p = _p.to(_V.dtype.element_ty)
-        if IEEE:
-            _acc = tl.dot(_p, _v, _acc, input_precision="ieee")
-        else:
-            _acc = tl.dot(_p, _v, _acc)
+        _m, _l, _acc = _timesformer_forward_tile(
+            tl.load(_PartIdx + _tidx + _i), _m, _l, _acc, _q_tile, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV,
+            _q, _b, _h, _t0, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
     # an undefined row (language.md section 8) is NaN: a NaN or +inf logit or sink leaves _m at +inf or
     # NaN, or _l at NaN; a NaN or infinite weight leaves _l NaN or infinite
     _undef = (_m != _m) | (_m == float("inf")) | (_l != _l)
@@ -324,25 +369,17 @@ def _timesformer_backward_dq(
     _offs_d = tl.arange(0, BLOCK_D)
     _offs_dv = tl.arange(0, BLOCK_DV)
     _q = _offs_m[:, None]
-    _zero = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    _izero = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
     _qbase = _b.to(tl.int64) * _sqb + _h.to(tl.int64) * _sqh
     _kbase = _b.to(tl.int64) * _skb + _hkv.to(tl.int64) * _skh
     _vbase = _b.to(tl.int64) * _svb + _hkv.to(tl.int64) * _svh
-    _q_tile = tl.load(_Q + _qbase + _offs_m[:, None] * _sqm + _offs_d[None, :] * _sqd,
-                      mask=(_offs_m[:, None] < _SQ) & (_offs_d[None, :] < _D), other=0.0)
-    if UPCAST:
-        _q_tile = _q_tile.to(tl.float32)
+    _q_tile = _kernel.load_tile(_Q + _qbase, _offs_m, _offs_d, _sqm, _sqd, _SQ, _D, UPCAST)
     _stat = (_pid_bh.to(tl.int64) * _SQ + _offs_m[:, None]) * 2
     _lrow = tl.load(_Stats + _stat + 1, mask=_offs_m[:, None] < _SQ, other=0.0)
     _mrow = tl.load(_Stats + _stat, mask=_offs_m[:, None] < _SQ, other=0.0)
     _mrow = tl.where(_mrow == -float("inf"), 0.0, _mrow)  # a row without keys: no weight at all
     _inv_l = tl.where(_lrow > 0, 1.0 / _lrow, 0.0)
     _delta = tl.load(_Delta + _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], mask=_offs_m[:, None] < _SQ, other=0.0)
-    _do = tl.load(_DO + _pid_bh.to(tl.int64) * _SQ * _DV + _offs_m[:, None] * _DV + _offs_dv[None, :],
-                  mask=(_offs_m[:, None] < _SQ) & (_offs_dv[None, :] < _DV), other=0.0)
-    if UPCAST:
-        _do = _do.to(tl.float32)
+    _do = _kernel.load_tile(_DO + _pid_bh.to(tl.int64) * _SQ * _DV, _offs_m, _offs_dv, _DV, 1, _SQ, _DV, UPCAST)
     _t0 = (_q == 0)
     _t2 = _kernel.floormod((_q - 1), 12)
     _dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -350,73 +387,14 @@ def _timesformer_backward_dq(
     _tidx = _b * _sib + _h * _sih + _pid_m * _siq
     # full key tiles: every pair inside the lengths is kept, no mask evaluation
     for _i in range(0, tl.load(_FullNum + _tnum)):
-        _kb = tl.load(_FullIdx + _tidx + _i)
-        _offs_n = _kb * BLOCK_N + tl.arange(0, BLOCK_N)
-        _kv = _offs_n[None, :]
-        _kT = tl.load(_K + _kbase + _offs_n[None, :] * _skn + _offs_d[:, None] * _skd,
-                      mask=(_offs_n[None, :] < _SKV) & (_offs_d[:, None] < _D), other=0.0)
-        _vT = tl.load(_V + _vbase + _offs_n[None, :] * _svn + _offs_dv[:, None] * _svd,
-                      mask=(_offs_n[None, :] < _SKV) & (_offs_dv[:, None] < _DV), other=0.0)
-        if UPCAST:
-            _kT = _kT.to(tl.float32)
-            _vT = _vT.to(tl.float32)
-        if IEEE:
-            _qk = tl.dot(_q_tile, _kT, input_precision="ieee")
-        else:
-            _qk = tl.dot(_q_tile, _kT)
-        _keep = (_kv < _SKV) & (_q < _SQ)
-        _s = _qk * _sm_scale
-        _x = _s  # the score before its mod: where the mod's derivative is taken
-        _p = tl.where(_keep, tl.exp2((_s - _mrow) * 1.4426950408889634) * _inv_l, 0.0)
-        if IEEE:
-            _dp = tl.dot(_do, _vT, input_precision="ieee")
-        else:
-            _dp = tl.dot(_do, _vT)
-        _ds = _p * (_dp - _delta)
-        _dx = _ds
-
-        if not UPCAST:
-            _dx = _dx.to(_Q.dtype.element_ty)
-        if IEEE:
-            _dq = tl.dot(_dx, tl.trans(_kT), _dq, input_precision="ieee")
-        else:
-            _dq = tl.dot(_dx, tl.trans(_kT), _dq)
+        _dq = _timesformer_dq_tile(
+            tl.load(_FullIdx + _tidx + _i), _dq, _q_tile, _do, _mrow, _inv_l, _delta, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV,
+            _q, _b, _h, _t0, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False)
     # partial key tiles: the mask decides per pair
     for _i in range(0, tl.load(_PartNum + _tnum)):
-        _kb = tl.load(_PartIdx + _tidx + _i)
-        _offs_n = _kb * BLOCK_N + tl.arange(0, BLOCK_N)
-        _kv = _offs_n[None, :]
-        _kT = tl.load(_K + _kbase + _offs_n[None, :] * _skn + _offs_d[:, None] * _skd,
-                      mask=(_offs_n[None, :] < _SKV) & (_offs_d[:, None] < _D), other=0.0)
-        _vT = tl.load(_V + _vbase + _offs_n[None, :] * _svn + _offs_dv[:, None] * _svd,
-                      mask=(_offs_n[None, :] < _SKV) & (_offs_dv[:, None] < _DV), other=0.0)
-        if UPCAST:
-            _kT = _kT.to(tl.float32)
-            _vT = _vT.to(tl.float32)
-        if IEEE:
-            _qk = tl.dot(_q_tile, _kT, input_precision="ieee")
-        else:
-            _qk = tl.dot(_q_tile, _kT)
-        _keep = (_kv < _SKV) & (_q < _SQ)
-        _t1 = (_kv == 0)
-        _t3 = _kernel.floormod((_kv - 1), 12)
-        _keep = _keep & (((_t0 | _t1) | (_t2 == _t3)))
-        _s = _qk * _sm_scale
-        _x = _s  # the score before its mod: where the mod's derivative is taken
-        _p = tl.where(_keep, tl.exp2((_s - _mrow) * 1.4426950408889634) * _inv_l, 0.0)
-        if IEEE:
-            _dp = tl.dot(_do, _vT, input_precision="ieee")
-        else:
-            _dp = tl.dot(_do, _vT)
-        _ds = _p * (_dp - _delta)
-        _dx = _ds
-
-        if not UPCAST:
-            _dx = _dx.to(_Q.dtype.element_ty)
-        if IEEE:
-            _dq = tl.dot(_dx, tl.trans(_kT), _dq, input_precision="ieee")
-        else:
-            _dq = tl.dot(_dx, tl.trans(_kT), _dq)
+        _dq = _timesformer_dq_tile(
+            tl.load(_PartIdx + _tidx + _i), _dq, _q_tile, _do, _mrow, _inv_l, _delta, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV,
+            _q, _b, _h, _t0, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
     tl.store(_GQ + _pid_bh.to(tl.int64) * _SQ * _D + _offs_m[:, None] * _D + _offs_d[None, :], _dq * _sm_scale,
              mask=(_offs_m[:, None] < _SQ) & (_offs_d[None, :] < _D))
     _slot = _pid_bh * tl.num_programs(0) + _pid_m
@@ -442,16 +420,10 @@ def _timesformer_backward_dkdv(
     _offs_d = tl.arange(0, BLOCK_D)
     _offs_dv = tl.arange(0, BLOCK_DV)
     _kv = _offs_n[None, :]
-    _zero = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     _kbase = _b.to(tl.int64) * _skb + _hkv.to(tl.int64) * _skh
     _vbase = _b.to(tl.int64) * _svb + _hkv.to(tl.int64) * _svh
-    _kT = tl.load(_K + _kbase + _offs_n[None, :] * _skn + _offs_d[:, None] * _skd,
-                  mask=(_offs_n[None, :] < _SKV) & (_offs_d[:, None] < _D), other=0.0)
-    _vT = tl.load(_V + _vbase + _offs_n[None, :] * _svn + _offs_dv[:, None] * _svd,
-                  mask=(_offs_n[None, :] < _SKV) & (_offs_dv[:, None] < _DV), other=0.0)
-    if UPCAST:
-        _kT = _kT.to(tl.float32)
-        _vT = _vT.to(tl.float32)
+    _kT = _kernel.load_tile(_K + _kbase, _offs_d, _offs_n, _skd, _skn, _D, _SKV, UPCAST)
+    _vT = _kernel.load_tile(_V + _vbase, _offs_dv, _offs_n, _svd, _svn, _DV, _SKV, UPCAST)
     _dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     _dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
     _group = _H // _HKV
@@ -463,97 +435,14 @@ def _timesformer_backward_dkdv(
         _tidx = _b * _sib + _h * _sih + _pid_n * _siq
         # full query tiles of this key tile
         for _i in range(0, tl.load(_FullNumT + _tnum)):
-            _pid_m = tl.load(_FullIdxT + _tidx + _i)
-            _offs_m = _pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-            _q = _offs_m[:, None]
-            _q_tile = tl.load(_Q + _qbase + _offs_m[:, None] * _sqm + _offs_d[None, :] * _sqd,
-                              mask=(_offs_m[:, None] < _SQ) & (_offs_d[None, :] < _D), other=0.0)
-            if UPCAST:
-                _q_tile = _q_tile.to(tl.float32)
-            _stat = (_pid_bh.to(tl.int64) * _SQ + _offs_m[:, None]) * 2
-            _lrow = tl.load(_Stats + _stat + 1, mask=_offs_m[:, None] < _SQ, other=0.0)
-            _mrow = tl.load(_Stats + _stat, mask=_offs_m[:, None] < _SQ, other=0.0)
-            _mrow = tl.where(_mrow == -float("inf"), 0.0, _mrow)  # a row without keys: no weight at all
-            _inv_l = tl.where(_lrow > 0, 1.0 / _lrow, 0.0)
-            _delta = tl.load(_Delta + _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], mask=_offs_m[:, None] < _SQ, other=0.0)
-            _do = tl.load(_DO + _pid_bh.to(tl.int64) * _SQ * _DV + _offs_m[:, None] * _DV + _offs_dv[None, :],
-                          mask=(_offs_m[:, None] < _SQ) & (_offs_dv[None, :] < _DV), other=0.0)
-            if UPCAST:
-                _do = _do.to(tl.float32)
-            _t0 = (_q == 0)
-            _t2 = _kernel.floormod((_q - 1), 12)
-            if IEEE:
-                _qk = tl.dot(_q_tile, _kT, input_precision="ieee")
-            else:
-                _qk = tl.dot(_q_tile, _kT)
-            _keep = (_kv < _SKV) & (_q < _SQ)
-            _s = _qk * _sm_scale
-            _x = _s  # the score before its mod: where the mod's derivative is taken
-            _p = tl.where(_keep, tl.exp2((_s - _mrow) * 1.4426950408889634) * _inv_l, 0.0)
-            if IEEE:
-                _dp = tl.dot(_do, _vT, input_precision="ieee")
-            else:
-                _dp = tl.dot(_do, _vT)
-            _ds = _p * (_dp - _delta)
-            _dx = _ds
-
-            if not UPCAST:
-                _p = _p.to(_Q.dtype.element_ty)
-                _dx = _dx.to(_Q.dtype.element_ty)
-            if IEEE:
-                _dv = tl.dot(tl.trans(_p), _do, _dv, input_precision="ieee")
-                _dk = tl.dot(tl.trans(_dx), _q_tile, _dk, input_precision="ieee")
-            else:
-                _dv = tl.dot(tl.trans(_p), _do, _dv)
-                _dk = tl.dot(tl.trans(_dx), _q_tile, _dk)
+            _dk, _dv = _timesformer_dkdv_tile(
+                tl.load(_FullIdxT + _tidx + _i), _dk, _dv, _kT, _vT, _Q, _qbase, _sqm, _sqd, _DO, _Stats, _Delta, _pid_bh, _offs_d, _offs_dv, _DV,
+                _kv, _b, _h, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False)
         # partial query tiles of this key tile
         for _i in range(0, tl.load(_PartNumT + _tnum)):
-            _pid_m = tl.load(_PartIdxT + _tidx + _i)
-            _offs_m = _pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-            _q = _offs_m[:, None]
-            _q_tile = tl.load(_Q + _qbase + _offs_m[:, None] * _sqm + _offs_d[None, :] * _sqd,
-                              mask=(_offs_m[:, None] < _SQ) & (_offs_d[None, :] < _D), other=0.0)
-            if UPCAST:
-                _q_tile = _q_tile.to(tl.float32)
-            _stat = (_pid_bh.to(tl.int64) * _SQ + _offs_m[:, None]) * 2
-            _lrow = tl.load(_Stats + _stat + 1, mask=_offs_m[:, None] < _SQ, other=0.0)
-            _mrow = tl.load(_Stats + _stat, mask=_offs_m[:, None] < _SQ, other=0.0)
-            _mrow = tl.where(_mrow == -float("inf"), 0.0, _mrow)  # a row without keys: no weight at all
-            _inv_l = tl.where(_lrow > 0, 1.0 / _lrow, 0.0)
-            _delta = tl.load(_Delta + _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], mask=_offs_m[:, None] < _SQ, other=0.0)
-            _do = tl.load(_DO + _pid_bh.to(tl.int64) * _SQ * _DV + _offs_m[:, None] * _DV + _offs_dv[None, :],
-                          mask=(_offs_m[:, None] < _SQ) & (_offs_dv[None, :] < _DV), other=0.0)
-            if UPCAST:
-                _do = _do.to(tl.float32)
-            _t0 = (_q == 0)
-            _t2 = _kernel.floormod((_q - 1), 12)
-            if IEEE:
-                _qk = tl.dot(_q_tile, _kT, input_precision="ieee")
-            else:
-                _qk = tl.dot(_q_tile, _kT)
-            _keep = (_kv < _SKV) & (_q < _SQ)
-            _t1 = (_kv == 0)
-            _t3 = _kernel.floormod((_kv - 1), 12)
-            _keep = _keep & (((_t0 | _t1) | (_t2 == _t3)))
-            _s = _qk * _sm_scale
-            _x = _s  # the score before its mod: where the mod's derivative is taken
-            _p = tl.where(_keep, tl.exp2((_s - _mrow) * 1.4426950408889634) * _inv_l, 0.0)
-            if IEEE:
-                _dp = tl.dot(_do, _vT, input_precision="ieee")
-            else:
-                _dp = tl.dot(_do, _vT)
-            _ds = _p * (_dp - _delta)
-            _dx = _ds
-
-            if not UPCAST:
-                _p = _p.to(_Q.dtype.element_ty)
-                _dx = _dx.to(_Q.dtype.element_ty)
-            if IEEE:
-                _dv = tl.dot(tl.trans(_p), _do, _dv, input_precision="ieee")
-                _dk = tl.dot(tl.trans(_dx), _q_tile, _dk, input_precision="ieee")
-            else:
-                _dv = tl.dot(tl.trans(_p), _do, _dv)
-                _dk = tl.dot(tl.trans(_dx), _q_tile, _dk)
+            _dk, _dv = _timesformer_dkdv_tile(
+                tl.load(_PartIdxT + _tidx + _i), _dk, _dv, _kT, _vT, _Q, _qbase, _sqm, _sqd, _DO, _Stats, _Delta, _pid_bh, _offs_d, _offs_dv, _DV,
+                _kv, _b, _h, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
     _kvbase = _pid_bhkv.to(tl.int64) * _SKV
     tl.store(_GK + (_kvbase + _offs_n[:, None]) * _D + _offs_d[None, :], _dk * _sm_scale,
              mask=(_offs_n[:, None] < _SKV) & (_offs_d[None, :] < _D))
