@@ -1,7 +1,7 @@
-"""The expression renderer base shared by every target.
+"""The expression renderer base shared by every target, and the template environment.
 
 A renderer turns one IR expression into a code string. Subclasses say how leaves are named and
-how each operator or built-in is spelled in their target; templates receive the strings as hooks.
+how each operator or built-in is spelled in their target; templates receive the strings in plans.
 Only validated identifiers and re-rendered numbers from the spec reach the output.
 """
 
@@ -22,9 +22,30 @@ _INFIX = {
 
 
 class ExprRenderer:
-    """Render expressions as Python source; override the hooks a target spells differently."""
+    """Render expressions as Python source; override the hooks a target spells differently.
+
+    The leaves follow the sub notation every template shares: index variables and shape symbols as
+    `_q`, `_SQ`, runtime params by their (validated) names, the score as `_s`, bindings as `_t0`."""
 
     infix = _INFIX
+
+    def __init__(self, spec):
+        self.spec = spec
+
+    def render_index_var(self, e: Expr) -> str:
+        return f"_{e.value}"
+
+    def render_shape(self, e: Expr) -> str:
+        return f"_{e.value}"
+
+    def render_param(self, e: Expr) -> str:
+        return e.value
+
+    def render_score(self, e: Expr) -> str:
+        return "_s"
+
+    def render_temp(self, e: Expr) -> str:
+        return f"_{e.value}"
 
     def render(self, e: Expr) -> str:
         method = getattr(self, f"render_{e.op}", None)

@@ -2,7 +2,7 @@
 
 The template holds the kernel's structure (Q tile resident, a loop over the listed full key tiles
 without mask evaluation, a loop over the partial ones with it, the online normalization of each
-form, the epilogue); TritonRenderer fills its hooks with the spec's expressions as Triton code:
+form, the epilogue); TritonRenderer fills its plan with the spec's expressions as Triton code:
 
 - index variables: `_b`, `_h` (program scalars), `_q` = offs_m[:, None], `_kv` = offs_n[None, :];
 - shapes are kernel arguments `_B _H _HKV _SQ _SKV _D`; runtime params keep their (validated) names;
@@ -17,6 +17,8 @@ form, the epilogue); TritonRenderer fills its hooks with the spec's expressions 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from attnspec.analysis.bands import key_bands
 from attnspec.analysis.sign import nonnegative, nonzero, positive
 from attnspec.builtins import DTYPES
@@ -26,21 +28,21 @@ from attnspec.ops import OPS
 from attnspec.passes.flex import token_mask
 from attnspec.types import infer
 
-from .flex import TileRenderer, _mod_hook
-from .reference import ReferenceRenderer, _bindings_for, _hooks
-from .triton_backward import backward_hooks
-from .render import python_literal, template_environment
+from .dense import ModulePlan, bindings_for, module_plan
+from .mods import mod_plan
+from .render import ExprRenderer, python_literal, template_environment
+from .tiles import TileRenderer
+from .triton_backward import BackwardPlan, backward_plan
 
 MIN_DOT = 16  # tl.dot needs tiles of at least 16 along each dimension
 MAX_BANDS = 4  # more bands than this walk the same tiles too often: a block table is used instead
 
 
-class TritonRenderer(ReferenceRenderer):
+class TritonRenderer(ExprRenderer):
     """IR expressions as Triton code inside the kernel (see the module docstring for the names): the
-    reference's leaves (`_b`, `_q`, `_SQ`, `_t0`, params by name), Triton's loads, operators and
-    functions."""
+    shared leaves (`_b`, `_q`, `_SQ`, `_t0`, params by name), Triton's loads, operators and functions."""
 
-    infix = {**ReferenceRenderer.infix, "bitand": "&"}
+    infix = {**ExprRenderer.infix, "and": "&", "or": "|", "bitand": "&"}
 
     def render_const(self, e: Expr) -> str:
         value = e.literal
@@ -134,8 +136,8 @@ class TritonRenderer(ReferenceRenderer):
 
 def generate(spec: Spec, source_name: str = "<string>") -> str:
     """The triton module's source for a verified, optimized spec."""
-    env = template_environment()
-    return env.get_template("triton/module.py.jinja").render(**triton_hooks(spec, source_name))
+    template = template_environment().get_template("triton/module.py.jinja")
+    return template.render(**triton_plan(spec, source_name).fields())
 
 
 def selection_tiles(spec: Spec) -> tuple[int, int] | None:
@@ -154,9 +156,38 @@ def selection_tiles(spec: Spec) -> tuple[int, int] | None:
     return blocks
 
 
-def triton_hooks(spec: Spec, source_name: str) -> dict:
+@dataclass(frozen=True)
+class TritonPlan(ModulePlan, BackwardPlan):
+    """The triton module (templates/triton/*.jinja): the module plan, the kernels' expressions as Triton
+    code placed by level, the tile functions' arguments, the schedule, and the backward's plan."""
+
+    ctx: str  # what the tile functions receive to compute the spec's expressions (see _context)
+    ctx_outer: str  # ctx without the row-level bindings (the dK/dV tile computes them per query tile)
+    scores_out: str  # what the scores function returns, in order
+    selection_tiles: tuple[int, int] | None  # kernel tiles fixed by a data-dependent selection
+    k_score: str
+    k_weight: str | None
+    k_mask: str | None
+    k_sink: str | None
+    fold_log2e: bool  # log2(e) and the scale fold into the products q.k
+    check_nonnegative: bool  # rownorm(f) with f not provably >= 0: the kernel flags a negative f
+    score_full: bool  # the score mod reads the score: it already has the tile's shape
+    weight_full: bool
+    program_bindings: list[tuple[str, str]]  # (name, code) computed once per program
+    row_bindings: list[tuple[str, str]]  # once per query tile
+    score_bindings: list[tuple[str, str]]  # per key tile (column and pair level), read by the scores
+    mask_bindings_k: list[tuple[str, str]]  # per key tile, read by the mask only (partial tiles)
+    tile_mask: dict | None  # the mask over intervals (codegen/tiles.py)
+    bands: list[dict] | None  # the mask's key bands {lo, hi}; None: a block table
+    mask_mod: dict | None  # for a selection's eligible tiles (codegen/mods.py)
+    eligible_classes: bool
+    kernel_inputs: list[dict]  # {name, rank, kind}
+    kernel_params: list[str]
+    kernel_bool_params: list[str]
+
+
+def triton_plan(spec: Spec, source_name: str) -> TritonPlan:
     r = TritonRenderer(spec)
-    hooks = _hooks(spec, ReferenceRenderer(spec), source_name)
     norm = spec.normalize
     mask = token_mask(spec)
     score_roots = [spec.score] + ([norm.weight] if norm.weight is not None else [])
@@ -168,7 +199,9 @@ def triton_hooks(spec: Spec, source_name: str) -> dict:
     row = _leveled(spec, score_roots + [mask, norm.sink], r, ("row",))
     per_pair = _leveled(spec, score_roots, r, ("col", "element"))
     outer = _context(spec, program)
-    hooks.update(
+    return TritonPlan(
+        **module_plan(spec, source_name).fields(),
+        **backward_plan(spec, TritonRenderer).fields(),
         ctx=", ".join(outer[:-7] + [t for t, _ in row] + outer[-7:]),
         ctx_outer=", ".join(outer),
         scores_out=", ".join(["_keep", "_s", "_x"] + (["_w"] if norm.kind != "softmax" else []) + [t for t, _ in per_pair]),
@@ -178,9 +211,7 @@ def triton_hooks(spec: Spec, source_name: str) -> dict:
         k_mask=None if mask is None else r.render(mask),
         k_sink=None if norm.sink is None else r.render(norm.sink),
         fold_log2e=plain_score,
-        # rownorm(f) with f not provably >= 0: the kernel flags a negative f, the launcher raises
         check_nonnegative=norm.kind == "rownorm" and not nonnegative(norm.weight, spec),
-        # an expression that reads the score already has the tile's shape; others are broadcast to it
         score_full=uses(spec.score, "score"),
         weight_full=norm.weight is not None and uses(norm.weight, "score"),
         program_bindings=program,
@@ -188,15 +219,13 @@ def triton_hooks(spec: Spec, source_name: str) -> dict:
         score_bindings=per_pair,
         mask_bindings_k=_leveled(spec, [mask], r, ("col", "element"), exclude=score_roots),
         tile_mask=None if mask is None else TileRenderer(spec).statements(inline_bindings(mask, spec)),
-        bands=_bands_hook(spec, r),
-        mask_mod=None if mask is None else _mod_hook(spec, [mask], False),
+        bands=_bands_plan(spec, r),
+        mask_mod=None if mask is None else mod_plan(spec, [mask], False),
         eligible_classes=True,
         kernel_inputs=[_kernel_input(i) for i in spec.inputs],
         kernel_params=[p.name for p in spec.runtime_params],
         kernel_bool_params=[p.name for p in spec.runtime_params if p.type == "bool"],
     )
-    hooks.update(backward_hooks(spec, TritonRenderer))
-    return hooks
 
 
 def _context(spec: Spec, program: list[tuple[str, str]]) -> list[str]:
@@ -215,8 +244,8 @@ def _context(spec: Spec, program: list[tuple[str, str]]) -> list[str]:
 def _leveled(spec: Spec, roots, r: TritonRenderer, levels, exclude=()) -> list[tuple[str, str]]:
     """(name, code) of the bindings `roots` read at these levels, in binding order; bindings that
     `exclude` also reads are left out (they are computed with those)."""
-    taken = {name for name, _ in _bindings_for(spec, [e for e in exclude if e is not None], r)}
-    wanted = _bindings_for(spec, [e for e in roots if e is not None], r)
+    taken = {name for name, _ in bindings_for(spec, [e for e in exclude if e is not None], r)}
+    wanted = bindings_for(spec, [e for e in roots if e is not None], r)
     level = {f"_{b.name}": b.level for b in spec.bindings}
     return [(name, code) for name, code in wanted if level[name] in levels and name not in taken]
 
@@ -230,7 +259,7 @@ def schedule_bands(spec: Spec):
     return None if bands is None or len(bands) > MAX_BANDS else bands
 
 
-def _bands_hook(spec: Spec, r: TritonRenderer) -> list[dict] | None:
+def _bands_plan(spec: Spec, r: TritonRenderer) -> list[dict] | None:
     bands = schedule_bands(spec)
     if bands is None:
         return None

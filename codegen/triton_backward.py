@@ -1,4 +1,4 @@
-"""Hooks of the triton target's backward kernels (templates/triton/backward.py.jinja).
+"""The plan of the triton target's backward kernels (templates/triton/backward.py.jinja).
 
 The backward recomputes each tile's scores as the forward does and needs, besides, the derivatives
 of the spec's expressions, derived symbolically (passes/derivative.py) and rendered as Triton code:
@@ -19,47 +19,70 @@ gradient is asked for.
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
 from attnspec.diagnostics import AttnError
 from attnspec.ir import Expr, Spec, level_of
 from attnspec.passes.derivative import derivative, float_loads
 
+from .dense import bindings_for
+
 _SCORE = Expr("score")
 
 
-def backward_hooks(spec: Spec, renderer_class) -> dict:
-    """The backward template's hooks, or backward_error where the spec cannot be differentiated; with
-    the module constants they imply (literals: BACKWARD_ERROR, SITE_INPUTS, SITE_KERNELS)."""
+@dataclass(frozen=True)
+class BackwardPlan:
+    """The backward kernels (templates/triton/backward.py.jinja and the gradient tile functions), or
+    backward_error where the spec cannot be differentiated."""
+
+    backward_error: str | None
+    d_score: dict | None  # {code, one}: d s' / d x, rendered with the score before the mod as _x
+    d_weight: dict | None  # d f / d s'
+    sites: list[dict]  # one per float input read: {id, input, root, level, kernel, derivative, offset, loads}
+    grad_inputs: list[dict]  # {name, rank} of the inputs with a gradient
+    row_state: str  # the row statistics the tile functions receive
+    grad_out: str  # what the grad_pairs function returns, in order
+    element_grads: str  # the gradient buffers (pointer, strides) per-pair sites add into
+    element_strides_args: str  # their strides alone
+    col_site_bindings: list[tuple[str, str]]  # column bindings the per-column sites index with
+    backward_error_literal: str  # module constants: BACKWARD_ERROR, SITE_INPUTS, SITE_KERNELS
+    site_inputs: str
+    site_kernels: str
+
+    def fields(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(BackwardPlan)}
+
+
+def backward_plan(spec: Spec, renderer_class) -> BackwardPlan:
     try:
-        hooks = {"backward_error": None, **_differentiated(spec, renderer_class(spec), _raw_score(renderer_class)(spec))}
+        parts = {"backward_error": None, **_differentiated(spec, renderer_class(spec), _raw_score(renderer_class)(spec))}
     except AttnError as error:
-        hooks = {"backward_error": error.message, "d_score": None, "d_weight": None, "sites": [], "grad_inputs": []}
-    summed = [s for s in hooks["sites"] if s["level"] != "element"]
-    pairs = [s for s in hooks["sites"] if s["root"] != "sink"]
+        parts = {"backward_error": error.message, "d_score": None, "d_weight": None, "sites": [], "grad_inputs": []}
+    sites = parts["sites"]
+    summed = [s for s in sites if s["level"] != "element"]
+    pairs = [s for s in sites if s["root"] != "sink"]
     element_inputs = sorted({s["input"] for s in pairs if s["level"] == "element"}, key=[i.name for i in spec.inputs].index)
-    norm = spec.normalize.kind
     strides = "".join(f" _d_{n}_s{d}," for n in element_inputs for d in range(len(spec.input(n).shape)))
-    return {
-        **hooks,
-        "row_state": {"softmax": "_mrow, _inv_l, _delta", "rownorm": "_den, _delta"}.get(norm, "_delta"),
-        "grad_out": ", ".join(["_keep", "_p", "_dx"] + [f"_{kind}{s['id']}" for s in pairs for kind in ("c", "o")[: 1 + (s["level"] == "element")]]),
-        # the gradient buffers (pointer, strides) per-pair sites add into, as tile-function arguments
-        "element_grads": "".join(f" _d_{n}," for n in element_inputs) + strides,
-        "element_strides_args": strides,
-        "col_site_bindings": _col_site_bindings(spec, hooks["sites"], renderer_class(spec)),
-        "backward_error_literal": repr(hooks["backward_error"]),
-        "site_inputs": repr(tuple(s["input"] for s in summed)),
-        "site_kernels": repr(tuple((s["kernel"], s["level"]) for s in summed)),
-    }
+    return BackwardPlan(
+        **parts,
+        row_state={"softmax": "_mrow, _inv_l, _delta", "rownorm": "_den, _delta"}.get(spec.normalize.kind, "_delta"),
+        grad_out=", ".join(["_keep", "_p", "_dx"] + [f"_{kind}{s['id']}" for s in pairs for kind in ("c", "o")[: 1 + (s["level"] == "element")]]),
+        element_grads="".join(f" _d_{n}," for n in element_inputs) + strides,
+        element_strides_args=strides,
+        col_site_bindings=_col_site_bindings(spec, sites, renderer_class(spec)),
+        backward_error_literal=repr(parts["backward_error"]),
+        site_inputs=repr(tuple(s["input"] for s in summed)),
+        site_kernels=repr(tuple((s["kernel"], s["level"]) for s in summed)),
+    )
 
 
 def _col_site_bindings(spec: Spec, sites: list[dict], r) -> list[tuple[str, str]]:
     """(name, code) of the column-level bindings the dK/dV kernel's per-column sites index with: their
     offsets are stored once per key tile, after its query tiles."""
-    from .reference import _bindings_for
-
     loads = [load for site in sites if site["kernel"] == "dkdv" for load in site["loads"]]
     level = {f"_{b.name}": b.level for b in spec.bindings}
-    return [(name, code) for name, code in _bindings_for(spec, loads, r) if level[name] == "col"]
+    return [(name, code) for name, code in bindings_for(spec, loads, r) if level[name] == "col"]
 
 
 def _raw_score(renderer_class):

@@ -15,7 +15,7 @@ import torch
 import attnspec
 from attnspec.api import load_program, lower
 from attnspec.codegen import passes_for
-from attnspec.codegen.reference import ReferenceRenderer
+from attnspec.codegen.dense import DenseRenderer
 from attnspec.diagnostics import AttnError
 from attnspec.ir import Expr
 from attnspec.passes.derivative import derivative, float_loads
@@ -57,7 +57,7 @@ def evaluate(module, code: str, score: torch.Tensor, extra: dict | None = None):
 def test_score_derivatives_match_autograd(mod):
     source = f"attention d {{ score = {mod} }}"
     spec, module = lowered(source), attnspec.compile(source)
-    r = ReferenceRenderer(spec)
+    r = DenseRenderer(spec)
     x = POINTS.clone().requires_grad_(True)
     (want,) = torch.autograd.grad(evaluate(module, r.render(spec.score), x).sum(), x)
     got = evaluate(module, r.render(derivative(spec.score, Expr("score"), spec)), POINTS)
@@ -68,7 +68,7 @@ def test_score_derivatives_match_autograd(mod):
 def test_load_derivatives_match_autograd():
     source = "attention d {\n input c: float32[H] learnable\n score = c[h] * tanh(score / c[h]) + c[h] ** 2 + max(score, c[h])\n}"
     spec, module = lowered(source), attnspec.compile(source)
-    r = ReferenceRenderer(spec)
+    r = DenseRenderer(spec)
     (load,) = float_loads(spec.score, spec)
     c = torch.tensor([0.7, 0.25, -1.0], dtype=torch.float64, requires_grad=True)
     h = torch.arange(3).view(3, 1)
