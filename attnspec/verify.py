@@ -1,46 +1,16 @@
 """The verifier: the invariants every Spec satisfies, before and after every pass.
 
 Types (types.py), where each variable may appear, boolean masks and rules, integer indices,
-compile-time constants where the compiler needs them, and value ranges of constants.
+compile-time constants where the compiler needs them, and value ranges of constants. What each
+slot of a spec may read and must be is declared by its stage (stages.py).
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-
 from .diagnostics import AttnError
 from .ir import Expr, Program, Spec, inline_bindings, level_of, spec_exprs, uses, walk
+from .stages import BLOCK_RULE, SHAPE, Context, filled
 from .types import NUMERIC, infer
-
-
-@dataclass(frozen=True)
-class Context:
-    what: str  # used in messages: "a mask", "a sink", ...
-    index_vars: frozenset[str]
-    score: bool = False
-    loads: bool = True
-    pools: bool = False
-    runtime_params: bool = True
-    shapes: bool = True
-
-
-_TOKEN = frozenset({"b", "h", "q", "kv"})
-_BLOCK = frozenset({"b", "h", "q_block", "kv_block"})
-NONE = frozenset()
-
-SCALE = Context("the scale", NONE, loads=False)
-SCORE = Context("a score mod", _TOKEN, score=True)
-MASK = Context("a mask", _TOKEN)
-SINK = Context("a sink logit", frozenset({"b", "h", "q"}))
-WEIGHT = Context("a normalization", _TOKEN, score=True)
-BLOCK_RULE = Context("a block rule", _BLOCK)
-BLOCK_SCORE = Context("a block score", _BLOCK, pools=True)
-AMOUNT = Context("a selection amount", NONE, loads=False)
-CONSTANT = Context("a compile-time constant", NONE, loads=False, runtime_params=False, shapes=False)
-BLOCK_SIZE = dataclasses.replace(CONSTANT, what="a block size")
-GQA_GROUP = dataclasses.replace(CONSTANT, what="the GQA group")
-SHAPE = Context("an input shape", NONE, loads=False, runtime_params=False)
 
 # Blocks are tiles of queries and keys: the reference pads the mask to whole tiles and the fast targets
 # run them as kernel tiles, so a block far beyond any sequence only fails, and late, at call time.
@@ -60,20 +30,12 @@ def verify(spec: Spec) -> Spec:
         for dim in inp.shape:
             _check(spec, dim, SHAPE, "int")
             _dimension_range(inp.name, dim)
-    if spec.scale is not None:
-        _check(spec, spec.scale, SCALE, "number")
-    _check(spec, spec.score, SCORE, "number")
-    if spec.mask is not None:
-        _check(spec, spec.mask, MASK, "bool")
-    if spec.gqa_group is not None:
-        _check(spec, spec.gqa_group, GQA_GROUP, "int")
-        _positive(spec.gqa_group, "the GQA group")
-    _verify_normalize(spec)
-    if spec.selection is not None:
-        _verify_selection(spec)
+    for slot, expr in filled(spec):
+        _check(spec, expr, slot.context, slot.want(spec))
+        if slot.check is not None:
+            _RANGE_CHECKS[slot.check](spec, expr)
     _verify_bindings(spec)
     return spec
-
 
 
 def _verify_bindings(spec: Spec) -> None:
@@ -88,30 +50,6 @@ def _verify_bindings(spec: Spec) -> None:
         seen.add(binding.name)
     if spec.selection is not None and any(uses(e, "temp") for e in spec_exprs(spec.selection)):
         raise AttnError("internal: temps are only for token-level expressions, not block selection")
-
-
-def _verify_normalize(spec: Spec) -> None:
-    norm = spec.normalize
-    if norm.sink is not None:
-        _check(spec, norm.sink, SINK, "number")
-    if norm.weight is not None:
-        _check(spec, norm.weight, WEIGHT, "number")
-
-
-def _verify_selection(spec: Spec) -> None:
-    sel = spec.selection
-    for size in (sel.q_block, sel.kv_block):
-        _check(spec, size, BLOCK_SIZE, "int")
-        _block_size_range(size)
-    if sel.keep is not None:
-        _check(spec, sel.keep, BLOCK_RULE, "bool")
-    if sel.always is not None:
-        _check(spec, sel.always, BLOCK_RULE, "bool")
-    if sel.score is not None:
-        _check(spec, sel.score, BLOCK_SCORE, "number")
-    if sel.amount is not None:
-        _check(spec, sel.amount, AMOUNT, "int" if sel.rule == "top" else "number")
-        _amount_range(sel.rule, sel.amount)
 
 
 def _check(spec: Spec, expr: Expr, ctx: Context, want: str) -> None:
@@ -201,3 +139,11 @@ def _amount_range(rule: str, amount: Expr) -> None:
         raise AttnError(f"top(k) needs k >= 1, got {value}", amount.span)
     if rule == "share" and not 0 < value <= 1:
         raise AttnError(f"share(p) needs 0 < p <= 1, got {value}", amount.span)
+
+
+# range checks of the slots that declare one (stages.py), by name
+_RANGE_CHECKS = {
+    "positive_group": lambda spec, expr: _positive(expr, "the GQA group"),
+    "block_size": lambda spec, expr: _block_size_range(expr),
+    "amount": lambda spec, expr: _amount_range(spec.selection.rule, expr),
+}

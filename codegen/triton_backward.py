@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from attnspec.diagnostics import AttnError
 from attnspec.ir import Expr, Spec, level_of
 from attnspec.passes.derivative import derivative, float_loads
+from attnspec.stages import differentiated
 
 from .dense import bindings_for
 
@@ -100,7 +101,7 @@ def _differentiated(spec: Spec, r, raw) -> dict:
     norm = spec.normalize
     d_score = _rendered(derivative(spec.score, _SCORE, spec), raw)
     d_weight = None if norm.weight is None else _rendered(derivative(norm.weight, _SCORE, spec), r)
-    roots = (("score", spec.score, raw), ("weight", norm.weight, r), ("sink", norm.sink, r))
+    roots = [(what, expr, raw if what == "score" else r) for what, expr in differentiated(spec)]
     sites = [_site(spec, rr, root, expr, load) for root, expr, rr in roots for load in float_loads(expr, spec)]
     for number, site in enumerate(sites):
         site["id"] = number

@@ -6,6 +6,7 @@ import dataclasses
 
 from .. import builtins as bi
 from ..ir import Expr, Spec, map_exprs, rewrite
+from ..stages import float_slots
 from ..types import infer
 
 # Operators whose int operands become floats when a float operand is present (comparisons too:
@@ -47,12 +48,5 @@ def _to_float(expr: Expr) -> Expr:
 
 
 def _is_float_slot(spec: Spec, expr: Expr) -> bool:
-    """Top-level expressions whose value is used as a float whatever its type."""
-    norm = spec.normalize
-    sel = spec.selection
-    slots = [spec.scale, spec.score, norm.sink, norm.weight]
-    if sel is not None:
-        slots.append(sel.score)
-        if sel.rule in ("threshold", "share"):
-            slots.append(sel.amount)
-    return any(expr is s for s in slots)
+    """Top-level expressions whose value is used as a float whatever its type (stages.py)."""
+    return any(expr is s for s in float_slots(spec))

@@ -1,6 +1,6 @@
 """Common subexpressions and loop-invariant terms become named bindings; dead bindings go.
 
-The token-level expressions (score mod, mask, sink, normalization) form one expression DAG
+The token-level expressions (the CSE roots of stages.py: score mod, mask, sink, weight) form one DAG
 (networkx). A subexpression becomes a Binding when it occurs more than once (CSE), or when it
 varies less than the expression around it (hoisting): terms of (b, h) only are computed once per
 program, terms of the query row once per row, terms of the key column once per column, instead
@@ -16,17 +16,12 @@ from collections import Counter
 import networkx as nx
 
 from ..ir import LEAF_OPS, Binding, Expr, Spec, level_of, substitute, uses, walk
-
-
-def _roots(spec: Spec) -> dict[str, Expr]:
-    norm = spec.normalize
-    named = {"score": spec.score, "mask": spec.mask, "sink": norm.sink, "weight": norm.weight}
-    return {k: v for k, v in named.items() if v is not None}
+from ..stages import cse_roots, with_slots
 
 
 def hoist_and_share(spec: Spec) -> Spec:
     """Pass: bind shared subexpressions and the maximal terms that vary less than their context."""
-    roots = _roots(spec)
+    roots = cse_roots(spec)
     counts = Counter(node for root in roots.values() for node in walk(root))
     chosen: dict[Expr, int] = {}  # insertion-ordered: first occurrence in source order
     for root in roots.values():
@@ -44,7 +39,7 @@ def hoist_and_share(spec: Spec) -> Spec:
         bindings.append(Binding(name, value, level_of(node, spec), node.span))
         temps[node] = Expr("temp", value=name, span=node.span)
     spec = dataclasses.replace(spec, bindings=tuple(bindings))
-    return _with_roots(spec, {k: _replace(v, temps) for k, v in roots.items()})
+    return with_slots(spec, {k: _replace(v, temps) for k, v in roots.items()})
 
 
 def _choose(node: Expr, parent: Expr | None, counts: Counter, spec: Spec, chosen: dict[Expr, int]) -> None:
@@ -83,11 +78,6 @@ def _replace(expr: Expr, temps: dict[Expr, Expr]) -> Expr:
     return substitute(expr, lambda n: temps.get(n))
 
 
-def _with_roots(spec: Spec, roots: dict[str, Expr]) -> Spec:
-    norm = dataclasses.replace(spec.normalize, sink=roots.get("sink"), weight=roots.get("weight"))
-    return dataclasses.replace(spec, score=roots["score"], mask=roots.get("mask"), normalize=norm)
-
-
 def eliminate_dead_bindings(spec: Spec) -> Spec:
     """Pass: drop bindings that no root reads, directly or through other bindings."""
     graph = nx.DiGraph()
@@ -97,7 +87,7 @@ def eliminate_dead_bindings(spec: Spec) -> Spec:
         for node in walk(binding.value):
             if node.op == "temp":
                 graph.add_edge(binding.name, node.value)
-    for root in _roots(spec).values():
+    for root in cse_roots(spec).values():
         for node in walk(root):
             if node.op == "temp":
                 graph.add_edge("<roots>", node.value)
