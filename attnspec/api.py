@@ -65,8 +65,17 @@ def build_module(lowered: Spec, target: str, source_name: str, *, cache: bool = 
     from .printer import print_spec
     from .runtime.loader import cache_key, load_module
 
-    key = cache_key(print_spec(lowered), target, source_name)
+    key = cache_key(print_spec(lowered) + _constant_names(lowered), target, source_name)
     return load_module(key, lambda: _generate(lowered, target, source_name), cache=cache)
+
+
+def _constant_names(lowered: Spec) -> str:
+    """Which constants came from which compile-time params: the generated code names them, the
+    printed IR shows their values."""
+    from .ir import spec_exprs, walk
+
+    named = sorted({(n.name, repr(n.value)) for e in spec_exprs(lowered) for n in walk(e) if n.op == "const" and n.name})
+    return "\n# named constants: " + repr(named)
 
 
 def _lowered(path_or_source, target: str, spec: str | None, consts: dict) -> tuple[Spec, str]:

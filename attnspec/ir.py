@@ -34,6 +34,9 @@ class Expr:
     args: tuple["Expr", ...] = ()
     value: object = None
     span: Span = _span
+    # a const that a compile-time param became keeps the param's name, so generated code can say
+    # `window` where the user did; like the span, equality ignores it
+    name: str | None = field(default=None, compare=False, hash=False, repr=False)
 
     def __post_init__(self) -> None:
         # Keep bool/int/float distinct in equality (True == 1 in Python).
@@ -59,8 +62,8 @@ def _tagged(value):
     return (type(value).__name__, value)
 
 
-def const(value, span: Span = NO_SPAN) -> Expr:
-    return Expr("const", (), value, span)
+def const(value, span: Span = NO_SPAN, name: str | None = None) -> Expr:
+    return Expr("const", (), value, span, name)
 
 
 def is_const(expr: Expr) -> bool:

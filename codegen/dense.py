@@ -25,6 +25,9 @@ from .render import ExprRenderer, python_literal
 class DenseRenderer(ExprRenderer):
     infix = {**ExprRenderer.infix, "and": "&", "or": "|"}
 
+    def render_const(self, e: Expr) -> str:
+        return e.name or python_literal(e.literal)  # a compile-time param is a module constant
+
     def render_load(self, e: Expr) -> str:
         return f"_fn.load({', '.join([e.value] + [self.render(a) for a in e.args])})"
 

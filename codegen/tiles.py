@@ -48,7 +48,7 @@ class TileRenderer(ExprRenderer):
         return infer(e, self.spec) == "float"
 
     def render_const(self, e: Expr) -> str:
-        return f"_tiles.scalar({python_literal(e.literal)})"
+        return f"_tiles.scalar({e.name or python_literal(e.literal)})"
 
     def render_index_var(self, e: Expr) -> str:
         return f"_{e.value}"

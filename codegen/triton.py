@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from attnspec.analysis.bands import key_bands
 from attnspec.analysis.sign import nonnegative, nonzero, positive
-from attnspec.builtins import DTYPES
+from attnspec.builtins import DTYPES, GENERATED_NAMES
 from attnspec.diagnostics import AttnError
 from attnspec.ir import Expr, Spec, inline_bindings, uses
 from attnspec.ops import OPS
@@ -44,7 +44,13 @@ class TritonRenderer(ExprRenderer):
 
     infix = {**ExprRenderer.infix, "and": "&", "or": "|", "bitand": "&"}
 
+    def __init__(self, spec: Spec):
+        super().__init__(spec)
+        self.constants = {param: kernel_name for kernel_name, param in kernel_constants(spec)}
+
     def render_const(self, e: Expr) -> str:
+        if e.name in self.constants:
+            return self.constants[e.name]
         value = e.literal
         # inside @triton.jit, float("...") is a constant; a global such as math.nan is not
         if isinstance(value, float) and value != value:
@@ -184,6 +190,7 @@ class TritonPlan(ModulePlan, BackwardPlan):
     kernel_inputs: list[dict]  # {name, rank, kind}
     kernel_params: list[str]
     kernel_bool_params: list[str]
+    kernel_constants: list[tuple[str, str]]  # (kernel name, param): compile-time params as constexpr globals
 
 
 def triton_plan(spec: Spec, source_name: str) -> TritonPlan:
@@ -225,7 +232,22 @@ def triton_plan(spec: Spec, source_name: str) -> TritonPlan:
         kernel_inputs=[_kernel_input(i) for i in spec.inputs],
         kernel_params=[p.name for p in spec.runtime_params],
         kernel_bool_params=[p.name for p in spec.runtime_params if p.type == "bool"],
+        kernel_constants=kernel_constants(spec),
     )
+
+
+def kernel_constants(spec: Spec) -> list[tuple[str, str]]:
+    """(kernel name, param) of the compile-time params kernels read by name: the param's name in capitals,
+    a global tl.constexpr (a Triton kernel reads no other globals); a param whose capitalized name is
+    taken keeps its value inline."""
+    taken = GENERATED_NAMES | {p.name for p in spec.params} | {i.name for i in spec.inputs} | {spec.name}
+    found = []
+    for p in spec.params:
+        upper = p.name.upper()
+        if not p.runtime and upper not in taken:
+            found.append((upper, p.name))
+            taken.add(upper)
+    return found
 
 
 def _context(spec: Spec, program: list[tuple[str, str]]) -> list[str]:

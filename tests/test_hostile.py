@@ -400,8 +400,8 @@ attention numbers {
     param huge: float runtime = 1.0 / 0.0
     param neg_huge: float runtime = -1.0 / 0.0
     scale = 0.25
-    mask kv <= q + 7 + 42 - 42 - 7
-    score = score * 0.5 * 1.0 + 0.0 + 1000.0 * 0.0 + min(huge, 5.0) + max(neg_huge, 0.0)
+    mask kv <= q + (big - 9223372036854775800) + padded - 42 - 7
+    score = score * half * long_float + tiny + thousand * 0.0 + min(huge, 5.0) + max(neg_huge, 0.0)
 }
 """
 

@@ -1,4 +1,5 @@
-"""Specialization: give every compile-time param its value and inline it as a constant."""
+"""Specialization: give every compile-time param its value and inline it as a constant that keeps the
+param's name (generated code refers to the module constant by name)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def bind_params(consts: dict[str, object]):
 
         def inline(node: Expr):
             if node.op == "param" and node.value in values:
-                return const(values[node.value], node.span)
+                return const(values[node.value], node.span, name=node.value)
             return None
 
         spec = map_exprs(spec, lambda e: substitute(e, inline))

@@ -47,7 +47,7 @@ def _token_mask(q, k):
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, k)
     _dtype = _dense.compute_dtype(q)
     _b, _h, _q, _kv = _dense.grid((_B, _H, _SQ, _SKV), q.device)
-    return _dense.full((_fn.abs((_q - _kv)) <= 8), (_B, _H, _SQ, _SKV), torch.bool, q.device)
+    return _dense.full((_fn.abs((_q - _kv)) <= window), (_B, _H, _SQ, _SKV), torch.bool, q.device)
 
 
 # ---------------------------------------------------------------- FlexAttention mods
@@ -68,7 +68,7 @@ def sliding_window_mask_mod(*, dtype=torch.float32):
     _dtype = dtype
 
     def mask_mod(b, h, q_idx, kv_idx):
-        return _dense.tensor_like((_fn.abs((q_idx - kv_idx)) <= 8), q_idx, torch.bool)
+        return _dense.tensor_like((_fn.abs((q_idx - kv_idx)) <= window), q_idx, torch.bool)
 
     return mask_mod
 
@@ -87,7 +87,7 @@ def _tile_classes(_B, _H, _HKV, _SQ, _SKV, _D, _bq, _bk):
     _b, _h, _q, _kv = (_grid.index(axis) for axis in ("b", "h", "q", "kv"))
     _i0 = _apply("sub", _q, _kv)
     _i1 = _apply("abs", _i0)
-    _i2 = _apply("le", _i1, _tiles.scalar(8))
+    _i2 = _apply("le", _i1, _tiles.scalar(window))
     return _grid.classes(_i2)
 
 

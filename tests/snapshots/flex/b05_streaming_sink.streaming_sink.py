@@ -48,8 +48,8 @@ def _token_mask(q, k, sink_logit):
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, k, sink_logit)
     _dtype = _dense.compute_dtype(q)
     _b, _h, _q, _kv = _dense.grid((_B, _H, _SQ, _SKV), q.device)
-    _t0 = (_kv < 4)
-    return _dense.full(((_kv <= _q) & (((_q - _kv) < 16) | _t0)), (_B, _H, _SQ, _SKV), torch.bool, q.device)
+    _t0 = (_kv < sinks)
+    return _dense.full(((_kv <= _q) & (((_q - _kv) < window) | _t0)), (_B, _H, _SQ, _SKV), torch.bool, q.device)
 
 
 # ---------------------------------------------------------------- FlexAttention mods
@@ -70,8 +70,8 @@ def streaming_sink_mask_mod(*, dtype=torch.float32):
     _dtype = dtype
 
     def mask_mod(b, h, q_idx, kv_idx):
-        _t0 = (kv_idx < 4)
-        return _dense.tensor_like(((kv_idx <= q_idx) & (((q_idx - kv_idx) < 16) | _t0)), q_idx, torch.bool)
+        _t0 = (kv_idx < sinks)
+        return _dense.tensor_like(((kv_idx <= q_idx) & (((q_idx - kv_idx) < window) | _t0)), q_idx, torch.bool)
 
     return mask_mod
 
@@ -90,8 +90,8 @@ def _tile_classes(_B, _H, _HKV, _SQ, _SKV, _D, _bq, _bk, sink_logit):
     _b, _h, _q, _kv = (_grid.index(axis) for axis in ("b", "h", "q", "kv"))
     _i0 = _apply("le", _kv, _q)
     _i1 = _apply("sub", _q, _kv)
-    _i2 = _apply("lt", _i1, _tiles.scalar(16))
-    _i3 = _apply("lt", _kv, _tiles.scalar(4))
+    _i2 = _apply("lt", _i1, _tiles.scalar(window))
+    _i3 = _apply("lt", _kv, _tiles.scalar(sinks))
     _i4 = _apply("or", _i2, _i3)
     _i5 = _apply("and", _i0, _i4)
     return _grid.classes(_i5)

@@ -57,7 +57,7 @@ def softcap_score_mod(*, dtype=torch.float32):
     _dtype = dtype
 
     def score_mod(score, b, h, q_idx, kv_idx):
-        return _dense.tensor_like((2.0 * _fn.tanh((score / 2.0))), score)
+        return _dense.tensor_like((cap * _fn.tanh((score / cap))), score)
 
     return score_mod
 

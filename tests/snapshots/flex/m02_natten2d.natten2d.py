@@ -49,13 +49,13 @@ def _token_mask(q, k, rpb):
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, k, rpb)
     _dtype = _dense.compute_dtype(q)
     _b, _h, _q, _kv = _dense.grid((_B, _H, _SQ, _SKV), q.device)
-    _t0 = (_kv // 8)
-    _t1 = (_q // 8)
-    _t2 = (_kv % 8)
-    _t3 = (_q % 8)
-    _t4 = _fn.clamp(_t1, 2, 5)
-    _t5 = _fn.clamp(_t3, 2, 5)
-    return _dense.full(((_fn.abs((_t0 - _t4)) <= 2) & (_fn.abs((_t2 - _t5)) <= 2)), (_B, _H, _SQ, _SKV), torch.bool, q.device)
+    _t0 = (_kv // W)
+    _t1 = (_q // W)
+    _t2 = (_kv % W)
+    _t3 = (_q % W)
+    _t4 = _fn.clamp(_t1, r, 5)
+    _t5 = _fn.clamp(_t3, r, 5)
+    return _dense.full(((_fn.abs((_t0 - _t4)) <= r) & (_fn.abs((_t2 - _t5)) <= r)), (_B, _H, _SQ, _SKV), torch.bool, q.device)
 
 
 # ---------------------------------------------------------------- FlexAttention mods
@@ -67,10 +67,10 @@ def natten2d_score_mod(*, rpb, dtype=torch.float32):
     rpb = rpb.to(dtype) if rpb.is_floating_point() else rpb
 
     def score_mod(score, b, h, q_idx, kv_idx):
-        _t0 = (kv_idx // 8)
-        _t1 = (q_idx // 8)
-        _t2 = (kv_idx % 8)
-        _t3 = (q_idx % 8)
+        _t0 = (kv_idx // W)
+        _t1 = (q_idx // W)
+        _t2 = (kv_idx % W)
+        _t3 = (q_idx % W)
         return _dense.tensor_like((score + _fn.load(rpb, h, ((_t0 - _t1) + 4), ((_t2 - _t3) + 4))), score)
 
     return score_mod
@@ -81,13 +81,13 @@ def natten2d_mask_mod(*, dtype=torch.float32):
     _dtype = dtype
 
     def mask_mod(b, h, q_idx, kv_idx):
-        _t0 = (kv_idx // 8)
-        _t1 = (q_idx // 8)
-        _t2 = (kv_idx % 8)
-        _t3 = (q_idx % 8)
-        _t4 = _fn.clamp(_t1, 2, 5)
-        _t5 = _fn.clamp(_t3, 2, 5)
-        return _dense.tensor_like(((_fn.abs((_t0 - _t4)) <= 2) & (_fn.abs((_t2 - _t5)) <= 2)), q_idx, torch.bool)
+        _t0 = (kv_idx // W)
+        _t1 = (q_idx // W)
+        _t2 = (kv_idx % W)
+        _t3 = (q_idx % W)
+        _t4 = _fn.clamp(_t1, r, 5)
+        _t5 = _fn.clamp(_t3, r, 5)
+        return _dense.tensor_like(((_fn.abs((_t0 - _t4)) <= r) & (_fn.abs((_t2 - _t5)) <= r)), q_idx, torch.bool)
 
     return mask_mod
 
@@ -104,18 +104,18 @@ def _tile_classes(_B, _H, _HKV, _SQ, _SKV, _D, _bq, _bk, rpb):
     intervals of its indices, one tile at a time (O(tiles x mask size), never per pair)."""
     _grid = _tiles.TileGrid({"B": _B, "H": _H, "HKV": _HKV, "SQ": _SQ, "SKV": _SKV, "D": _D}, _bq, _bk)
     _b, _h, _q, _kv = (_grid.index(axis) for axis in ("b", "h", "q", "kv"))
-    _i0 = _apply("floordiv", _kv, _tiles.scalar(8))
-    _i1 = _apply("floordiv", _q, _tiles.scalar(8))
-    _i2 = _apply("clamp", _i1, _tiles.scalar(2), _tiles.scalar(5))
+    _i0 = _apply("floordiv", _kv, _tiles.scalar(W))
+    _i1 = _apply("floordiv", _q, _tiles.scalar(W))
+    _i2 = _apply("clamp", _i1, _tiles.scalar(r), _tiles.scalar(5))
     _i3 = _apply("sub", _i0, _i2)
     _i4 = _apply("abs", _i3)
-    _i5 = _apply("le", _i4, _tiles.scalar(2))
-    _i6 = _apply("mod", _kv, _tiles.scalar(8))
-    _i7 = _apply("mod", _q, _tiles.scalar(8))
-    _i8 = _apply("clamp", _i7, _tiles.scalar(2), _tiles.scalar(5))
+    _i5 = _apply("le", _i4, _tiles.scalar(r))
+    _i6 = _apply("mod", _kv, _tiles.scalar(W))
+    _i7 = _apply("mod", _q, _tiles.scalar(W))
+    _i8 = _apply("clamp", _i7, _tiles.scalar(r), _tiles.scalar(5))
     _i9 = _apply("sub", _i6, _i8)
     _i10 = _apply("abs", _i9)
-    _i11 = _apply("le", _i10, _tiles.scalar(2))
+    _i11 = _apply("le", _i10, _tiles.scalar(r))
     _i12 = _apply("and", _i5, _i11)
     return _grid.classes(_i12)
 

@@ -48,10 +48,10 @@ def _token_mask(q, k):
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, k)
     _dtype = _dense.compute_dtype(q)
     _b, _h, _q, _kv = _dense.grid((_B, _H, _SQ, _SKV), q.device)
-    _t0 = ((_q // 8) % 2)
-    _t1 = ((_kv // 8) % 2)
-    _t2 = ((_q % 8) % 2)
-    _t3 = ((_kv % 8) % 2)
+    _t0 = ((_q // W) % 2)
+    _t1 = ((_kv // W) % 2)
+    _t2 = ((_q % W) % 2)
+    _t3 = ((_kv % W) % 2)
     return _dense.full(((_t0 == _t1) & (_t2 == _t3)), (_B, _H, _SQ, _SKV), torch.bool, q.device)
 
 
@@ -73,10 +73,10 @@ def maxvit_grid_mask_mod(*, dtype=torch.float32):
     _dtype = dtype
 
     def mask_mod(b, h, q_idx, kv_idx):
-        _t0 = ((q_idx // 8) % 2)
-        _t1 = ((kv_idx // 8) % 2)
-        _t2 = ((q_idx % 8) % 2)
-        _t3 = ((kv_idx % 8) % 2)
+        _t0 = ((q_idx // W) % 2)
+        _t1 = ((kv_idx // W) % 2)
+        _t2 = ((q_idx % W) % 2)
+        _t3 = ((kv_idx % W) % 2)
         return _dense.tensor_like(((_t0 == _t1) & (_t2 == _t3)), q_idx, torch.bool)
 
     return mask_mod
@@ -94,14 +94,14 @@ def _tile_classes(_B, _H, _HKV, _SQ, _SKV, _D, _bq, _bk):
     intervals of its indices, one tile at a time (O(tiles x mask size), never per pair)."""
     _grid = _tiles.TileGrid({"B": _B, "H": _H, "HKV": _HKV, "SQ": _SQ, "SKV": _SKV, "D": _D}, _bq, _bk)
     _b, _h, _q, _kv = (_grid.index(axis) for axis in ("b", "h", "q", "kv"))
-    _i0 = _apply("floordiv", _q, _tiles.scalar(8))
+    _i0 = _apply("floordiv", _q, _tiles.scalar(W))
     _i1 = _apply("mod", _i0, _tiles.scalar(2))
-    _i2 = _apply("floordiv", _kv, _tiles.scalar(8))
+    _i2 = _apply("floordiv", _kv, _tiles.scalar(W))
     _i3 = _apply("mod", _i2, _tiles.scalar(2))
     _i4 = _apply("eq", _i1, _i3)
-    _i5 = _apply("mod", _q, _tiles.scalar(8))
+    _i5 = _apply("mod", _q, _tiles.scalar(W))
     _i6 = _apply("mod", _i5, _tiles.scalar(2))
-    _i7 = _apply("mod", _kv, _tiles.scalar(8))
+    _i7 = _apply("mod", _kv, _tiles.scalar(W))
     _i8 = _apply("mod", _i7, _tiles.scalar(2))
     _i9 = _apply("eq", _i6, _i8)
     _i10 = _apply("and", _i4, _i9)

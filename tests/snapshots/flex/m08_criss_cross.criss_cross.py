@@ -46,10 +46,10 @@ def _token_mask(q, k):
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, k)
     _dtype = _dense.compute_dtype(q)
     _b, _h, _q, _kv = _dense.grid((_B, _H, _SQ, _SKV), q.device)
-    _t0 = (_q // 7)
-    _t1 = (_kv // 7)
-    _t2 = (_q % 7)
-    _t3 = (_kv % 7)
+    _t0 = (_q // W)
+    _t1 = (_kv // W)
+    _t2 = (_q % W)
+    _t3 = (_kv % W)
     return _dense.full(((_t0 == _t1) | (_t2 == _t3)), (_B, _H, _SQ, _SKV), torch.bool, q.device)
 
 
@@ -71,10 +71,10 @@ def criss_cross_mask_mod(*, dtype=torch.float32):
     _dtype = dtype
 
     def mask_mod(b, h, q_idx, kv_idx):
-        _t0 = (q_idx // 7)
-        _t1 = (kv_idx // 7)
-        _t2 = (q_idx % 7)
-        _t3 = (kv_idx % 7)
+        _t0 = (q_idx // W)
+        _t1 = (kv_idx // W)
+        _t2 = (q_idx % W)
+        _t3 = (kv_idx % W)
         return _dense.tensor_like(((_t0 == _t1) | (_t2 == _t3)), q_idx, torch.bool)
 
     return mask_mod
@@ -92,11 +92,11 @@ def _tile_classes(_B, _H, _HKV, _SQ, _SKV, _D, _bq, _bk):
     intervals of its indices, one tile at a time (O(tiles x mask size), never per pair)."""
     _grid = _tiles.TileGrid({"B": _B, "H": _H, "HKV": _HKV, "SQ": _SQ, "SKV": _SKV, "D": _D}, _bq, _bk)
     _b, _h, _q, _kv = (_grid.index(axis) for axis in ("b", "h", "q", "kv"))
-    _i0 = _apply("floordiv", _q, _tiles.scalar(7))
-    _i1 = _apply("floordiv", _kv, _tiles.scalar(7))
+    _i0 = _apply("floordiv", _q, _tiles.scalar(W))
+    _i1 = _apply("floordiv", _kv, _tiles.scalar(W))
     _i2 = _apply("eq", _i0, _i1)
-    _i3 = _apply("mod", _q, _tiles.scalar(7))
-    _i4 = _apply("mod", _kv, _tiles.scalar(7))
+    _i3 = _apply("mod", _q, _tiles.scalar(W))
+    _i4 = _apply("mod", _kv, _tiles.scalar(W))
     _i5 = _apply("eq", _i3, _i4)
     _i6 = _apply("or", _i2, _i5)
     return _grid.classes(_i6)

@@ -47,8 +47,8 @@ def _token_mask(q, k):
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, k)
     _dtype = _dense.compute_dtype(q)
     _b, _h, _q, _kv = _dense.grid((_B, _H, _SQ, _SKV), q.device)
-    _t0 = (_h >= 2)
-    return _dense.full(((_kv <= _q) & (_t0 | ((_q - _kv) < 8))), (_B, _H, _SQ, _SKV), torch.bool, q.device)
+    _t0 = (_h >= n_local)
+    return _dense.full(((_kv <= _q) & (_t0 | ((_q - _kv) < window))), (_B, _H, _SQ, _SKV), torch.bool, q.device)
 
 
 # ---------------------------------------------------------------- FlexAttention mods
@@ -69,8 +69,8 @@ def ls_heads_mask_mod(*, dtype=torch.float32):
     _dtype = dtype
 
     def mask_mod(b, h, q_idx, kv_idx):
-        _t0 = (h >= 2)
-        return _dense.tensor_like(((kv_idx <= q_idx) & (_t0 | ((q_idx - kv_idx) < 8))), q_idx, torch.bool)
+        _t0 = (h >= n_local)
+        return _dense.tensor_like(((kv_idx <= q_idx) & (_t0 | ((q_idx - kv_idx) < window))), q_idx, torch.bool)
 
     return mask_mod
 
@@ -88,9 +88,9 @@ def _tile_classes(_B, _H, _HKV, _SQ, _SKV, _D, _bq, _bk):
     _grid = _tiles.TileGrid({"B": _B, "H": _H, "HKV": _HKV, "SQ": _SQ, "SKV": _SKV, "D": _D}, _bq, _bk)
     _b, _h, _q, _kv = (_grid.index(axis) for axis in ("b", "h", "q", "kv"))
     _i0 = _apply("le", _kv, _q)
-    _i1 = _apply("ge", _h, _tiles.scalar(2))
+    _i1 = _apply("ge", _h, _tiles.scalar(n_local))
     _i2 = _apply("sub", _q, _kv)
-    _i3 = _apply("lt", _i2, _tiles.scalar(8))
+    _i3 = _apply("lt", _i2, _tiles.scalar(window))
     _i4 = _apply("or", _i1, _i3)
     _i5 = _apply("and", _i0, _i4)
     return _grid.classes(_i5)

@@ -48,7 +48,7 @@ def _token_mask(q, k, alpha, beta):
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, k, alpha, beta)
     _dtype = _dense.compute_dtype(q)
     _b, _h, _q, _kv = _dense.grid((_B, _H, _SQ, _SKV), q.device)
-    _t0 = (_kv < 2)
+    _t0 = (_kv < sinks)
     _t1 = (_fn.load(alpha, _h) + (_fn.load(beta, _h) * _fn.to_float(_SKV, _dtype)))
     return _dense.full(((_kv <= _q) & (_t0 | (_fn.to_float((_q - _kv), _dtype) < _t1))), (_B, _H, _SQ, _SKV), torch.bool, q.device)
 
@@ -73,7 +73,7 @@ def moa_mask_mod(*, alpha, beta, SKV, dtype=torch.float32):
     beta = beta.to(dtype) if beta.is_floating_point() else beta
 
     def mask_mod(b, h, q_idx, kv_idx):
-        _t0 = (kv_idx < 2)
+        _t0 = (kv_idx < sinks)
         _t1 = (_fn.load(alpha, h) + (_fn.load(beta, h) * _fn.to_float(SKV, _dtype)))
         return _dense.tensor_like(((kv_idx <= q_idx) & (_t0 | (_fn.to_float((q_idx - kv_idx), _dtype) < _t1))), q_idx, torch.bool)
 
@@ -93,7 +93,7 @@ def _tile_classes(_B, _H, _HKV, _SQ, _SKV, _D, _bq, _bk, alpha, beta):
     _grid = _tiles.TileGrid({"B": _B, "H": _H, "HKV": _HKV, "SQ": _SQ, "SKV": _SKV, "D": _D}, _bq, _bk)
     _b, _h, _q, _kv = (_grid.index(axis) for axis in ("b", "h", "q", "kv"))
     _i0 = _apply("le", _kv, _q)
-    _i1 = _apply("lt", _kv, _tiles.scalar(2))
+    _i1 = _apply("lt", _kv, _tiles.scalar(sinks))
     _i2 = _apply("sub", _q, _kv)
     _i3 = _apply("float", _i2, float_result=True)
     _i4 = _apply("float", _tiles.scalar(_SKV), float_result=True)

@@ -50,9 +50,9 @@ def _token_mask(q, k):
     _t0 = (_H // 2)
     _t1 = (_h >= _t0)
     _t2 = _fn.where(_t1, 8, 0)
-    _t3 = ((_q + _t2) // 16)
-    _t4 = ((_kv + _t2) // 16)
-    _t5 = (_kv < 2)
+    _t3 = ((_q + _t2) // GS)
+    _t4 = ((_kv + _t2) // GS)
+    _t5 = (_kv < sinks)
     return _dense.full(((_kv <= _q) & ((_t3 == _t4) | _t5)), (_B, _H, _SQ, _SKV), torch.bool, q.device)
 
 
@@ -77,9 +77,9 @@ def sinklora_mask_mod(*, H, dtype=torch.float32):
     def mask_mod(b, h, q_idx, kv_idx):
         _t1 = (h >= _t0)
         _t2 = _fn.where(_t1, 8, 0)
-        _t3 = ((q_idx + _t2) // 16)
-        _t4 = ((kv_idx + _t2) // 16)
-        _t5 = (kv_idx < 2)
+        _t3 = ((q_idx + _t2) // GS)
+        _t4 = ((kv_idx + _t2) // GS)
+        _t5 = (kv_idx < sinks)
         return _dense.tensor_like(((kv_idx <= q_idx) & ((_t3 == _t4) | _t5)), q_idx, torch.bool)
 
     return mask_mod
@@ -102,11 +102,11 @@ def _tile_classes(_B, _H, _HKV, _SQ, _SKV, _D, _bq, _bk):
     _i2 = _apply("ge", _h, _i1)
     _i3 = _apply("where", _i2, _tiles.scalar(8), _tiles.scalar(0))
     _i4 = _apply("add", _q, _i3)
-    _i5 = _apply("floordiv", _i4, _tiles.scalar(16))
+    _i5 = _apply("floordiv", _i4, _tiles.scalar(GS))
     _i6 = _apply("add", _kv, _i3)
-    _i7 = _apply("floordiv", _i6, _tiles.scalar(16))
+    _i7 = _apply("floordiv", _i6, _tiles.scalar(GS))
     _i8 = _apply("eq", _i5, _i7)
-    _i9 = _apply("lt", _kv, _tiles.scalar(2))
+    _i9 = _apply("lt", _kv, _tiles.scalar(sinks))
     _i10 = _apply("or", _i8, _i9)
     _i11 = _apply("and", _i0, _i10)
     return _grid.classes(_i11)

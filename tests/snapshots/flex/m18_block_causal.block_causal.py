@@ -46,8 +46,8 @@ def _token_mask(q, k):
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, k)
     _dtype = _dense.compute_dtype(q)
     _b, _h, _q, _kv = _dense.grid((_B, _H, _SQ, _SKV), q.device)
-    _t0 = (_kv // 12)
-    _t1 = (_q // 12)
+    _t0 = (_kv // C)
+    _t1 = (_q // C)
     return _dense.full((_t0 <= _t1), (_B, _H, _SQ, _SKV), torch.bool, q.device)
 
 
@@ -69,8 +69,8 @@ def block_causal_mask_mod(*, dtype=torch.float32):
     _dtype = dtype
 
     def mask_mod(b, h, q_idx, kv_idx):
-        _t0 = (kv_idx // 12)
-        _t1 = (q_idx // 12)
+        _t0 = (kv_idx // C)
+        _t1 = (q_idx // C)
         return _dense.tensor_like((_t0 <= _t1), q_idx, torch.bool)
 
     return mask_mod
@@ -88,8 +88,8 @@ def _tile_classes(_B, _H, _HKV, _SQ, _SKV, _D, _bq, _bk):
     intervals of its indices, one tile at a time (O(tiles x mask size), never per pair)."""
     _grid = _tiles.TileGrid({"B": _B, "H": _H, "HKV": _HKV, "SQ": _SQ, "SKV": _SKV, "D": _D}, _bq, _bk)
     _b, _h, _q, _kv = (_grid.index(axis) for axis in ("b", "h", "q", "kv"))
-    _i0 = _apply("floordiv", _kv, _tiles.scalar(12))
-    _i1 = _apply("floordiv", _q, _tiles.scalar(12))
+    _i0 = _apply("floordiv", _kv, _tiles.scalar(C))
+    _i1 = _apply("floordiv", _q, _tiles.scalar(C))
     _i2 = _apply("le", _i0, _i1)
     return _grid.classes(_i2)
 

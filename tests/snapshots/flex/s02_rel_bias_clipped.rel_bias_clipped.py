@@ -57,7 +57,7 @@ def rel_bias_clipped_score_mod(*, rel, dtype=torch.float32):
     rel = rel.to(dtype) if rel.is_floating_point() else rel
 
     def score_mod(score, b, h, q_idx, kv_idx):
-        return _dense.tensor_like((score + _fn.load(rel, h, (_fn.clamp((kv_idx - q_idx), -8, 8) + 8))), score)
+        return _dense.tensor_like((score + _fn.load(rel, h, (_fn.clamp((kv_idx - q_idx), -8, maxd) + maxd))), score)
 
     return score_mod
 

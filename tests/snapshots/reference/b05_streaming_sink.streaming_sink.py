@@ -33,7 +33,7 @@ def _token_mask(q, k, sink_logit):
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, k, sink_logit)
     _dtype = _dense.compute_dtype(q)
     _b, _h, _q, _kv = _dense.grid((_B, _H, _SQ, _SKV), q.device)
-    return _dense.full(((_kv <= _q) & (((_q - _kv) < 16) | (_kv < 4))), (_B, _H, _SQ, _SKV), torch.bool, q.device)
+    return _dense.full(((_kv <= _q) & (((_q - _kv) < window) | (_kv < sinks))), (_B, _H, _SQ, _SKV), torch.bool, q.device)
 
 
 def attention(q, k, v, *, sink_logit, selection=None, return_lse=False):

@@ -45,7 +45,7 @@ def attention(q, k, v, *, selection=None, return_lse=False):
     _b, _h, _q, _kv = _dense.grid(_full_shape, _device)
     _scale = 0.5
     _s = torch.matmul(q, _kx.transpose(-1, -2)) * _scale
-    _s = _dense.full((2.0 * _fn.tanh((_s / 2.0))), _full_shape, _dtype, _device)
+    _s = _dense.full((cap * _fn.tanh((_s / cap))), _full_shape, _dtype, _device)
     _keep = _token_mask(q, k)
     if selection is not None:
         raise ValueError(f"{SPEC_NAME}: this spec has no block selection, but a selection was passed")

@@ -50,7 +50,7 @@ def select(q, k, *, _mask=None):
     _pool_mean_k = _dense.pool(k, BLOCK_KV, "mean").repeat_interleave(_G, dim=1).unsqueeze(2)
     _pool_mean_q = _dense.pool(q, BLOCK_Q, "mean").unsqueeze(3)
     _score = _dense.full((_fn.dot(_pool_mean_q, _pool_mean_k) / _fn.sqrt(_fn.to_float(_D, _dtype))), _shape, _dtype, q.device)
-    _blocks = _dense.choose_share(_score, _eligible, _dense.check_amount(SPEC_NAME, "share", 0.7))
+    _blocks = _dense.choose_share(_score, _eligible, _dense.check_amount(SPEC_NAME, "share", p))
     _always = _dense.full((_fn.abs((_q_block - _kv_block)) <= 1), _shape, torch.bool, q.device)
     _blocks = _blocks | _always
     return _dense.block_selection(_blocks, BLOCK_Q, BLOCK_KV)

@@ -34,7 +34,7 @@ def _token_mask(q, k, rpb):
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, k, rpb)
     _dtype = _dense.compute_dtype(q)
     _b, _h, _q, _kv = _dense.grid((_B, _H, _SQ, _SKV), q.device)
-    return _dense.full(((_fn.abs(((_kv // 8) - _fn.clamp((_q // 8), 2, 5))) <= 2) & (_fn.abs(((_kv % 8) - _fn.clamp((_q % 8), 2, 5))) <= 2)), (_B, _H, _SQ, _SKV), torch.bool, q.device)
+    return _dense.full(((_fn.abs(((_kv // W) - _fn.clamp((_q // W), r, 5))) <= r) & (_fn.abs(((_kv % W) - _fn.clamp((_q % W), r, 5))) <= r)), (_B, _H, _SQ, _SKV), torch.bool, q.device)
 
 
 def attention(q, k, v, *, rpb, selection=None, return_lse=False):
@@ -49,7 +49,7 @@ def attention(q, k, v, *, rpb, selection=None, return_lse=False):
     _b, _h, _q, _kv = _dense.grid(_full_shape, _device)
     _scale = 1.0 / math.sqrt(_D)
     _s = torch.matmul(q, _kx.transpose(-1, -2)) * _scale
-    _s = _dense.full((_s + _fn.load(rpb, _h, (((_kv // 8) - (_q // 8)) + 4), (((_kv % 8) - (_q % 8)) + 4))), _full_shape, _dtype, _device)
+    _s = _dense.full((_s + _fn.load(rpb, _h, (((_kv // W) - (_q // W)) + 4), (((_kv % W) - (_q % W)) + 4))), _full_shape, _dtype, _device)
     _keep = _token_mask(q, k, rpb=rpb)
     if selection is not None:
         raise ValueError(f"{SPEC_NAME}: this spec has no block selection, but a selection was passed")

@@ -35,7 +35,7 @@ def _token_mask(q, k):
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, k)
     _dtype = _dense.compute_dtype(q)
     _b, _h, _q, _kv = _dense.grid((_B, _H, _SQ, _SKV), q.device)
-    return _dense.full(((_fn.abs(((_kv // 30) - _fn.clamp((_q // 30), 1, 2))) <= 1) & ((_fn.abs((((_kv // 6) % 5) - _fn.clamp(((_q // 6) % 5), 1, 3))) <= 1) & (_fn.abs(((_kv % 6) - _fn.clamp((_q % 6), 1, 4))) <= 1))), (_B, _H, _SQ, _SKV), torch.bool, q.device)
+    return _dense.full(((_fn.abs(((_kv // 30) - _fn.clamp((_q // 30), rt, 2))) <= rt) & ((_fn.abs((((_kv // W) % HT) - _fn.clamp(((_q // W) % HT), r, 3))) <= r) & (_fn.abs(((_kv % W) - _fn.clamp((_q % W), r, 4))) <= r))), (_B, _H, _SQ, _SKV), torch.bool, q.device)
 
 
 def attention(q, k, v, *, selection=None, return_lse=False):

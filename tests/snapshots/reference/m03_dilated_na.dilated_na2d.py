@@ -34,7 +34,7 @@ def _token_mask(q, k):
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, k)
     _dtype = _dense.compute_dtype(q)
     _b, _h, _q, _kv = _dense.grid((_B, _H, _SQ, _SKV), q.device)
-    return _dense.full((((((_q // 8) % 2) == ((_kv // 8) % 2)) & (((_q % 8) % 2) == ((_kv % 8) % 2))) & ((_fn.abs((((_kv // 8) // 2) - _fn.clamp(((_q // 8) // 2), 1, ((((((8 - ((_q // 8) % 2)) + 2) - 1) // 2) - 1) - 1)))) <= 1) & (_fn.abs((((_kv % 8) // 2) - _fn.clamp(((_q % 8) // 2), 1, ((((((8 - ((_q % 8) % 2)) + 2) - 1) // 2) - 1) - 1)))) <= 1))), (_B, _H, _SQ, _SKV), torch.bool, q.device)
+    return _dense.full((((((_q // W) % dil) == ((_kv // W) % dil)) & (((_q % W) % dil) == ((_kv % W) % dil))) & ((_fn.abs((((_kv // W) // dil) - _fn.clamp(((_q // W) // dil), r, ((((((HT - ((_q // W) % dil)) + dil) - 1) // dil) - 1) - r)))) <= r) & (_fn.abs((((_kv % W) // dil) - _fn.clamp(((_q % W) // dil), r, ((((((W - ((_q % W) % dil)) + dil) - 1) // dil) - 1) - r)))) <= r))), (_B, _H, _SQ, _SKV), torch.bool, q.device)
 
 
 def attention(q, k, v, *, selection=None, return_lse=False):

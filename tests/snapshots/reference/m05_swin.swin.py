@@ -36,7 +36,7 @@ def _token_mask(q, k, bias):
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, k, bias)
     _dtype = _dense.compute_dtype(q)
     _b, _h, _q, _kv = _dense.grid((_B, _H, _SQ, _SKV), q.device)
-    return _dense.full((((((_q // 8) + 2) // 4) == (((_kv // 8) + 2) // 4)) & ((((_q % 8) + 2) // 4) == (((_kv % 8) + 2) // 4))), (_B, _H, _SQ, _SKV), torch.bool, q.device)
+    return _dense.full((((((_q // W) + shift) // M) == (((_kv // W) + shift) // M)) & ((((_q % W) + shift) // M) == (((_kv % W) + shift) // M))), (_B, _H, _SQ, _SKV), torch.bool, q.device)
 
 
 def attention(q, k, v, *, bias, selection=None, return_lse=False):
@@ -51,7 +51,7 @@ def attention(q, k, v, *, bias, selection=None, return_lse=False):
     _b, _h, _q, _kv = _dense.grid(_full_shape, _device)
     _scale = 1.0 / math.sqrt(_D)
     _s = torch.matmul(q, _kx.transpose(-1, -2)) * _scale
-    _s = _dense.full((_s + _fn.load(bias, _h, ((((_kv // 8) - (_q // 8)) + 4) - 1), ((((_kv % 8) - (_q % 8)) + 4) - 1))), _full_shape, _dtype, _device)
+    _s = _dense.full((_s + _fn.load(bias, _h, ((((_kv // W) - (_q // W)) + M) - 1), ((((_kv % W) - (_q % W)) + M) - 1))), _full_shape, _dtype, _device)
     _keep = _token_mask(q, k, bias=bias)
     if selection is not None:
         raise ValueError(f"{SPEC_NAME}: this spec has no block selection, but a selection was passed")

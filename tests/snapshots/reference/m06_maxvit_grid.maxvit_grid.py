@@ -33,7 +33,7 @@ def _token_mask(q, k):
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, k)
     _dtype = _dense.compute_dtype(q)
     _b, _h, _q, _kv = _dense.grid((_B, _H, _SQ, _SKV), q.device)
-    return _dense.full(((((_q // 8) % 2) == ((_kv // 8) % 2)) & (((_q % 8) % 2) == ((_kv % 8) % 2))), (_B, _H, _SQ, _SKV), torch.bool, q.device)
+    return _dense.full(((((_q // W) % 2) == ((_kv // W) % 2)) & (((_q % W) % 2) == ((_kv % W) % 2))), (_B, _H, _SQ, _SKV), torch.bool, q.device)
 
 
 def attention(q, k, v, *, selection=None, return_lse=False):

@@ -31,7 +31,7 @@ def _token_mask(q, k):
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, k)
     _dtype = _dense.compute_dtype(q)
     _b, _h, _q, _kv = _dense.grid((_B, _H, _SQ, _SKV), q.device)
-    return _dense.full((((_q // 7) == (_kv // 7)) | ((_q % 7) == (_kv % 7))), (_B, _H, _SQ, _SKV), torch.bool, q.device)
+    return _dense.full((((_q // W) == (_kv // W)) | ((_q % W) == (_kv % W))), (_B, _H, _SQ, _SKV), torch.bool, q.device)
 
 
 def attention(q, k, v, *, selection=None, return_lse=False):

@@ -33,7 +33,7 @@ def _token_mask(q, k):
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, k)
     _dtype = _dense.compute_dtype(q)
     _b, _h, _q, _kv = _dense.grid((_B, _H, _SQ, _SKV), q.device)
-    return _dense.full(((_kv <= _q) & (((((_q // 8) - (_kv // 8)) < 2) | (_fn.bitand(((_q // 8) - (_kv // 8)), (((_q // 8) - (_kv // 8)) - 1)) == 0)) | ((_kv // 8) < 1))), (_B, _H, _SQ, _SKV), torch.bool, q.device)
+    return _dense.full(((_kv <= _q) & (((((_q // BS) - (_kv // BS)) < n_local) | (_fn.bitand(((_q // BS) - (_kv // BS)), (((_q // BS) - (_kv // BS)) - 1)) == 0)) | ((_kv // BS) < n_sink))), (_B, _H, _SQ, _SKV), torch.bool, q.device)
 
 
 def attention(q, k, v, *, selection=None, return_lse=False):

@@ -32,7 +32,7 @@ def _token_mask(q, k):
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, k)
     _dtype = _dense.compute_dtype(q)
     _b, _h, _q, _kv = _dense.grid((_B, _H, _SQ, _SKV), q.device)
-    return _dense.full(((_kv <= _q) & ((_h >= 2) | ((_q - _kv) < 8))), (_B, _H, _SQ, _SKV), torch.bool, q.device)
+    return _dense.full(((_kv <= _q) & ((_h >= n_local) | ((_q - _kv) < window))), (_B, _H, _SQ, _SKV), torch.bool, q.device)
 
 
 def attention(q, k, v, *, selection=None, return_lse=False):

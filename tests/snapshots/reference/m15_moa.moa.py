@@ -33,7 +33,7 @@ def _token_mask(q, k, alpha, beta):
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, k, alpha, beta)
     _dtype = _dense.compute_dtype(q)
     _b, _h, _q, _kv = _dense.grid((_B, _H, _SQ, _SKV), q.device)
-    return _dense.full(((_kv <= _q) & ((_kv < 2) | (_fn.to_float((_q - _kv), _dtype) < (_fn.load(alpha, _h) + (_fn.load(beta, _h) * _fn.to_float(_SKV, _dtype)))))), (_B, _H, _SQ, _SKV), torch.bool, q.device)
+    return _dense.full(((_kv <= _q) & ((_kv < sinks) | (_fn.to_float((_q - _kv), _dtype) < (_fn.load(alpha, _h) + (_fn.load(beta, _h) * _fn.to_float(_SKV, _dtype)))))), (_B, _H, _SQ, _SKV), torch.bool, q.device)
 
 
 def attention(q, k, v, *, alpha, beta, selection=None, return_lse=False):

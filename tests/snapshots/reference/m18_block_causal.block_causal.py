@@ -31,7 +31,7 @@ def _token_mask(q, k):
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, k)
     _dtype = _dense.compute_dtype(q)
     _b, _h, _q, _kv = _dense.grid((_B, _H, _SQ, _SKV), q.device)
-    return _dense.full(((_kv // 12) <= (_q // 12)), (_B, _H, _SQ, _SKV), torch.bool, q.device)
+    return _dense.full(((_kv // C) <= (_q // C)), (_B, _H, _SQ, _SKV), torch.bool, q.device)
 
 
 def attention(q, k, v, *, selection=None, return_lse=False):

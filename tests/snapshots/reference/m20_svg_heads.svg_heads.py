@@ -33,7 +33,7 @@ def _token_mask(q, k, kind):
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, k, kind)
     _dtype = _dense.compute_dtype(q)
     _b, _h, _q, _kv = _dense.grid((_B, _H, _SQ, _SKV), q.device)
-    return _dense.full((((_q < 4) | (_kv < 4)) | _fn.where((_fn.load(kind, _h) == 0), (((_q - 4) // 16) == ((_kv - 4) // 16)), (((_q - 4) % 16) == ((_kv - 4) % 16)))), (_B, _H, _SQ, _SKV), torch.bool, q.device)
+    return _dense.full((((_q < n_text) | (_kv < n_text)) | _fn.where((_fn.load(kind, _h) == 0), (((_q - n_text) // S) == ((_kv - n_text) // S)), (((_q - n_text) % S) == ((_kv - n_text) % S)))), (_B, _H, _SQ, _SKV), torch.bool, q.device)
 
 
 def attention(q, k, v, *, kind, selection=None, return_lse=False):

@@ -45,7 +45,7 @@ def attention(q, k, v, *, rel, selection=None, return_lse=False):
     _b, _h, _q, _kv = _dense.grid(_full_shape, _device)
     _scale = 1.0 / math.sqrt(_D)
     _s = torch.matmul(q, _kx.transpose(-1, -2)) * _scale
-    _s = _dense.full((_s + _fn.load(rel, _h, (_fn.clamp((_kv - _q), -8, 8) + 8))), _full_shape, _dtype, _device)
+    _s = _dense.full((_s + _fn.load(rel, _h, (_fn.clamp((_kv - _q), -8, maxd) + maxd))), _full_shape, _dtype, _device)
     _keep = _token_mask(q, k, rel=rel)
     if selection is not None:
         raise ValueError(f"{SPEC_NAME}: this spec has no block selection, but a selection was passed")

@@ -26,6 +26,8 @@ _apply = _iv.apply
 SPEC_NAME = "sliding_window"
 window = 8  # compile-time param
 causal = False  # compile-time param
+WINDOW = tl.constexpr(window)  # window, as the kernels read it
+CAUSAL = tl.constexpr(causal)  # causal, as the kernels read it
 NORMALIZATION = "softmax"
 BACKWARD_ERROR = None  # why there is no backward kernel, or None
 SITE_INPUTS = ()  # the input of each summed gradient site (per program, row or column)
@@ -53,7 +55,7 @@ def _token_mask(q, k):
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, k)
     _dtype = _dense.compute_dtype(q)
     _b, _h, _q, _kv = _dense.grid((_B, _H, _SQ, _SKV), q.device)
-    return _dense.full((_fn.abs((_q - _kv)) <= 8), (_B, _H, _SQ, _SKV), torch.bool, q.device)
+    return _dense.full((_fn.abs((_q - _kv)) <= window), (_B, _H, _SQ, _SKV), torch.bool, q.device)
 
 
 # ---------------------------------------------------------------- the tile schedule
@@ -68,7 +70,7 @@ def _tile_classes(_B, _H, _HKV, _SQ, _SKV, _D, _bq, _bk):
     _b, _h, _q, _kv = (_grid.index(axis) for axis in ("b", "h", "q", "kv"))
     _i0 = _apply("sub", _q, _kv)
     _i1 = _apply("abs", _i0)
-    _i2 = _apply("le", _i1, _tiles.scalar(8))
+    _i2 = _apply("le", _i1, _tiles.scalar(window))
     return _grid.classes(_i2)
 
 
@@ -82,7 +84,7 @@ def _sliding_window_scores(_qk, _q, _kv, _b, _h, _B, _H, _HKV, _SQ, _SKV, _D, _s
     _zero = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     _keep = (_kv < _SKV) & (_q < _SQ)
     if MASKED:
-        _keep = _keep & ((tl.abs((_q - _kv)) <= 8))
+        _keep = _keep & ((tl.abs((_q - _kv)) <= WINDOW))
     _s = _qk * _sm_scale
     _x = _s  # the score before its mod: where the mod's derivative is taken
     return _keep, _s, _x

@@ -26,6 +26,8 @@ _apply = _iv.apply
 SPEC_NAME = "streaming_sink"
 window = 16  # compile-time param
 sinks = 4  # compile-time param
+WINDOW = tl.constexpr(window)  # window, as the kernels read it
+SINKS = tl.constexpr(sinks)  # sinks, as the kernels read it
 NORMALIZATION = "softmax with a sink"
 BACKWARD_ERROR = None  # why there is no backward kernel, or None
 SITE_INPUTS = ('sink_logit',)  # the input of each summed gradient site (per program, row or column)
@@ -54,8 +56,8 @@ def _token_mask(q, k, sink_logit):
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, k, sink_logit)
     _dtype = _dense.compute_dtype(q)
     _b, _h, _q, _kv = _dense.grid((_B, _H, _SQ, _SKV), q.device)
-    _t0 = (_kv < 4)
-    return _dense.full(((_kv <= _q) & (((_q - _kv) < 16) | _t0)), (_B, _H, _SQ, _SKV), torch.bool, q.device)
+    _t0 = (_kv < sinks)
+    return _dense.full(((_kv <= _q) & (((_q - _kv) < window) | _t0)), (_B, _H, _SQ, _SKV), torch.bool, q.device)
 
 
 # ---------------------------------------------------------------- the tile schedule
@@ -70,8 +72,8 @@ def _tile_classes(_B, _H, _HKV, _SQ, _SKV, _D, _bq, _bk, sink_logit):
     _b, _h, _q, _kv = (_grid.index(axis) for axis in ("b", "h", "q", "kv"))
     _i0 = _apply("le", _kv, _q)
     _i1 = _apply("sub", _q, _kv)
-    _i2 = _apply("lt", _i1, _tiles.scalar(16))
-    _i3 = _apply("lt", _kv, _tiles.scalar(4))
+    _i2 = _apply("lt", _i1, _tiles.scalar(window))
+    _i3 = _apply("lt", _kv, _tiles.scalar(sinks))
     _i4 = _apply("or", _i2, _i3)
     _i5 = _apply("and", _i0, _i4)
     return _grid.classes(_i5)
@@ -87,8 +89,8 @@ def _streaming_sink_scores(_qk, _q, _kv, _b, _h, sink_logit, _sink_logit_n0, _si
     _zero = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     _keep = (_kv < _SKV) & (_q < _SQ)
     if MASKED:
-        _t0 = (_kv < 4)
-        _keep = _keep & (((_kv <= _q) & (((_q - _kv) < 16) | _t0)))
+        _t0 = (_kv < SINKS)
+        _keep = _keep & (((_kv <= _q) & (((_q - _kv) < WINDOW) | _t0)))
     _s = _qk * _sm_scale
     _x = _s  # the score before its mod: where the mod's derivative is taken
     return _keep, _s, _x

@@ -25,6 +25,7 @@ _apply = _iv.apply
 
 SPEC_NAME = "temperature"
 n_train = 64  # compile-time param
+N_TRAIN = tl.constexpr(n_train)  # n_train, as the kernels read it
 NORMALIZATION = "softmax"
 BACKWARD_ERROR = None  # why there is no backward kernel, or None
 SITE_INPUTS = ()  # the input of each summed gradient site (per program, row or column)

@@ -25,6 +25,7 @@ _apply = _iv.apply
 
 SPEC_NAME = "softcap"
 cap = 2.0  # compile-time param
+CAP = tl.constexpr(cap)  # cap, as the kernels read it
 NORMALIZATION = "softmax"
 BACKWARD_ERROR = None  # why there is no backward kernel, or None
 SITE_INPUTS = ()  # the input of each summed gradient site (per program, row or column)
@@ -82,7 +83,7 @@ def _softcap_scores(_qk, _q, _kv, _b, _h, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale
         _keep = _keep & ((_kv <= _q))
     _s = _qk * _sm_scale
     _x = _s  # the score before its mod: where the mod's derivative is taken
-    _s = (2.0 * _kernel.tanh((_kernel.as_float(_s) / 2.0)))
+    _s = (CAP * _kernel.tanh((_kernel.as_float(_s) / CAP)))
     return _keep, _s, _x
 
 

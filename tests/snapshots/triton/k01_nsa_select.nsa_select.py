@@ -26,6 +26,7 @@ _apply = _iv.apply
 
 SPEC_NAME = "nsa_select"
 n = 2  # compile-time param
+N = tl.constexpr(n)  # n, as the kernels read it
 BLOCK_Q = 16
 BLOCK_KV = 16
 NORMALIZATION = "softmax"
@@ -81,7 +82,7 @@ def select(q, k, *, _mask=None):
     # one selection per kv head: scores summed over its query heads, eligible if any head is
     _score = _score.view(_B, _HKV, _G, _NQB, _NKB).sum(2, keepdim=True).expand(-1, -1, _G, -1, -1).reshape(_shape)
     _eligible = _eligible.view(_B, _HKV, _G, _NQB, _NKB).any(2, keepdim=True).expand(-1, -1, _G, -1, -1).reshape(_shape)
-    _blocks = _dense.choose_top(_score, _eligible, _dense.check_amount(SPEC_NAME, "top", 2))
+    _blocks = _dense.choose_top(_score, _eligible, _dense.check_amount(SPEC_NAME, "top", n))
     _always = _dense.full(((_kv_block == 0) | (_kv_block == _q_block)), _shape, torch.bool, q.device)
     _always = _always.reshape(_B, _HKV, _G, _NQB, _NKB).any(2, keepdim=True).expand(-1, -1, _G, -1, -1).reshape(_shape)
     _blocks = _blocks | _always

@@ -26,6 +26,7 @@ _apply = _iv.apply
 
 SPEC_NAME = "biformer"
 topk = 3  # compile-time param
+TOPK = tl.constexpr(topk)  # topk, as the kernels read it
 BLOCK_Q = 32
 BLOCK_KV = 16
 NORMALIZATION = "softmax"
@@ -72,7 +73,7 @@ def select(q, k, *, _mask=None):
     _pool_mean_k = _dense.pool(k, BLOCK_KV, "mean").repeat_interleave(_G, dim=1).unsqueeze(2)
     _pool_mean_q = _dense.pool(q, BLOCK_Q, "mean").unsqueeze(3)
     _score = _dense.full(_fn.dot(_pool_mean_q, _pool_mean_k), _shape, _dtype, q.device)
-    _blocks = _dense.choose_top(_score, _eligible, _dense.check_amount(SPEC_NAME, "top", 3))
+    _blocks = _dense.choose_top(_score, _eligible, _dense.check_amount(SPEC_NAME, "top", topk))
     return _dense.block_selection(_blocks, BLOCK_Q, BLOCK_KV)
 
 

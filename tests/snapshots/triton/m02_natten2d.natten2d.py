@@ -27,6 +27,7 @@ SPEC_NAME = "natten2d"
 W = 8  # compile-time param
 HT = 8  # compile-time param
 r = 2  # compile-time param
+R = tl.constexpr(r)  # r, as the kernels read it
 NORMALIZATION = "softmax"
 BACKWARD_ERROR = None  # why there is no backward kernel, or None
 SITE_INPUTS = ()  # the input of each summed gradient site (per program, row or column)
@@ -55,13 +56,13 @@ def _token_mask(q, k, rpb):
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, k, rpb)
     _dtype = _dense.compute_dtype(q)
     _b, _h, _q, _kv = _dense.grid((_B, _H, _SQ, _SKV), q.device)
-    _t0 = (_kv // 8)
-    _t1 = (_q // 8)
-    _t2 = (_kv % 8)
-    _t3 = (_q % 8)
-    _t4 = _fn.clamp(_t1, 2, 5)
-    _t5 = _fn.clamp(_t3, 2, 5)
-    return _dense.full(((_fn.abs((_t0 - _t4)) <= 2) & (_fn.abs((_t2 - _t5)) <= 2)), (_B, _H, _SQ, _SKV), torch.bool, q.device)
+    _t0 = (_kv // W)
+    _t1 = (_q // W)
+    _t2 = (_kv % W)
+    _t3 = (_q % W)
+    _t4 = _fn.clamp(_t1, r, 5)
+    _t5 = _fn.clamp(_t3, r, 5)
+    return _dense.full(((_fn.abs((_t0 - _t4)) <= r) & (_fn.abs((_t2 - _t5)) <= r)), (_B, _H, _SQ, _SKV), torch.bool, q.device)
 
 
 # ---------------------------------------------------------------- the tile schedule
@@ -72,18 +73,18 @@ def _tile_classes(_B, _H, _HKV, _SQ, _SKV, _D, _bq, _bk, rpb):
     intervals of its indices, one tile at a time (never per pair)."""
     _grid = _tiles.TileGrid({"B": _B, "H": _H, "HKV": _HKV, "SQ": _SQ, "SKV": _SKV, "D": _D}, _bq, _bk)
     _b, _h, _q, _kv = (_grid.index(axis) for axis in ("b", "h", "q", "kv"))
-    _i0 = _apply("floordiv", _kv, _tiles.scalar(8))
-    _i1 = _apply("floordiv", _q, _tiles.scalar(8))
-    _i2 = _apply("clamp", _i1, _tiles.scalar(2), _tiles.scalar(5))
+    _i0 = _apply("floordiv", _kv, _tiles.scalar(W))
+    _i1 = _apply("floordiv", _q, _tiles.scalar(W))
+    _i2 = _apply("clamp", _i1, _tiles.scalar(r), _tiles.scalar(5))
     _i3 = _apply("sub", _i0, _i2)
     _i4 = _apply("abs", _i3)
-    _i5 = _apply("le", _i4, _tiles.scalar(2))
-    _i6 = _apply("mod", _kv, _tiles.scalar(8))
-    _i7 = _apply("mod", _q, _tiles.scalar(8))
-    _i8 = _apply("clamp", _i7, _tiles.scalar(2), _tiles.scalar(5))
+    _i5 = _apply("le", _i4, _tiles.scalar(r))
+    _i6 = _apply("mod", _kv, _tiles.scalar(W))
+    _i7 = _apply("mod", _q, _tiles.scalar(W))
+    _i8 = _apply("clamp", _i7, _tiles.scalar(r), _tiles.scalar(5))
     _i9 = _apply("sub", _i6, _i8)
     _i10 = _apply("abs", _i9)
-    _i11 = _apply("le", _i10, _tiles.scalar(2))
+    _i11 = _apply("le", _i10, _tiles.scalar(r))
     _i12 = _apply("and", _i5, _i11)
     return _grid.classes(_i12)
 
@@ -100,7 +101,7 @@ def _natten2d_scores(_qk, _q, _kv, _b, _h, rpb, _rpb_n0, _rpb_n1, _rpb_n2, _rpb_
     _t0 = (_kv // 8)
     _t2 = (_kv % 8)
     if MASKED:
-        _keep = _keep & (((tl.abs((_t0 - _t4)) <= 2) & (tl.abs((_t2 - _t5)) <= 2)))
+        _keep = _keep & (((tl.abs((_t0 - _t4)) <= R) & (tl.abs((_t2 - _t5)) <= R)))
     _s = _qk * _sm_scale
     _x = _s  # the score before its mod: where the mod's derivative is taken
     _s = (_s + tl.load(rpb + _kernel.clamp(_h, 0, _rpb_n0 - 1) * _rpb_s0 + _kernel.clamp(((_t0 - _t1) + 4), 0, _rpb_n1 - 1) * _rpb_s1 + _kernel.clamp(((_t2 - _t3) + 4), 0, _rpb_n2 - 1) * _rpb_s2).to(tl.float32))
@@ -188,8 +189,8 @@ def _natten2d_dkdv_tile(
     _do = _kernel.load_tile(_DO + _pid_bh.to(tl.int64) * _SQ * _DV, _offs_m, _offs_dv, _DV, 1, _SQ, _DV, UPCAST)
     _t1 = (_q // 8)
     _t3 = (_q % 8)
-    _t4 = _kernel.clamp(_t1, 2, 5)
-    _t5 = _kernel.clamp(_t3, 2, 5)
+    _t4 = _kernel.clamp(_t1, R, 5)
+    _t5 = _kernel.clamp(_t3, R, 5)
     _qk = _kernel.mma(_q_tile, _kT, None, IEEE)
     _dp = _kernel.mma(_do, _vT, None, IEEE)
     _keep, _p, _dx, _c0, _o0 = _natten2d_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _b, _h, rpb, _rpb_n0, _rpb_n1, _rpb_n2, _rpb_s0, _rpb_s1, _rpb_s2, _t1, _t3, _t4, _t5, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, _d_rpb_s0, _d_rpb_s1, _d_rpb_s2, BLOCK_M, BLOCK_N, MASKED)
@@ -226,8 +227,8 @@ def _natten2d_forward(
     _q_tile = _kernel.load_tile(_Q + _qbase, _offs_m, _offs_d, _sqm, _sqd, _SQ, _D, UPCAST)
     _t1 = (_q // 8)
     _t3 = (_q % 8)
-    _t4 = _kernel.clamp(_t1, 2, 5)
-    _t5 = _kernel.clamp(_t3, 2, 5)
+    _t4 = _kernel.clamp(_t1, R, 5)
+    _t5 = _kernel.clamp(_t3, R, 5)
     _m = tl.full([BLOCK_M, 1], -float("inf"), dtype=tl.float32)
     _l = tl.zeros([BLOCK_M, 1], dtype=tl.float32)
     _acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
@@ -401,8 +402,8 @@ def _natten2d_backward_dq(
     _do = _kernel.load_tile(_DO + _pid_bh.to(tl.int64) * _SQ * _DV, _offs_m, _offs_dv, _DV, 1, _SQ, _DV, UPCAST)
     _t1 = (_q // 8)
     _t3 = (_q % 8)
-    _t4 = _kernel.clamp(_t1, 2, 5)
-    _t5 = _kernel.clamp(_t3, 2, 5)
+    _t4 = _kernel.clamp(_t1, R, 5)
+    _t5 = _kernel.clamp(_t3, R, 5)
     _dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     _tnum = _b * _stb + _h * _sth + _pid_m * _stq
     _tidx = _b * _sib + _h * _sih + _pid_m * _siq

@@ -29,6 +29,8 @@ HT = 5  # compile-time param
 W = 6  # compile-time param
 rt = 1  # compile-time param
 r = 1  # compile-time param
+RT = tl.constexpr(rt)  # rt, as the kernels read it
+R = tl.constexpr(r)  # r, as the kernels read it
 NORMALIZATION = "softmax"
 BACKWARD_ERROR = None  # why there is no backward kernel, or None
 SITE_INPUTS = ()  # the input of each summed gradient site (per program, row or column)
@@ -57,12 +59,12 @@ def _token_mask(q, k):
     _dtype = _dense.compute_dtype(q)
     _b, _h, _q, _kv = _dense.grid((_B, _H, _SQ, _SKV), q.device)
     _t0 = (_kv // 30)
-    _t1 = _fn.clamp((_q // 30), 1, 2)
-    _t2 = ((_kv // 6) % 5)
-    _t3 = _fn.clamp(((_q // 6) % 5), 1, 3)
-    _t4 = (_kv % 6)
-    _t5 = _fn.clamp((_q % 6), 1, 4)
-    return _dense.full(((_fn.abs((_t0 - _t1)) <= 1) & ((_fn.abs((_t2 - _t3)) <= 1) & (_fn.abs((_t4 - _t5)) <= 1))), (_B, _H, _SQ, _SKV), torch.bool, q.device)
+    _t1 = _fn.clamp((_q // 30), rt, 2)
+    _t2 = ((_kv // W) % HT)
+    _t3 = _fn.clamp(((_q // W) % HT), r, 3)
+    _t4 = (_kv % W)
+    _t5 = _fn.clamp((_q % W), r, 4)
+    return _dense.full(((_fn.abs((_t0 - _t1)) <= rt) & ((_fn.abs((_t2 - _t3)) <= r) & (_fn.abs((_t4 - _t5)) <= r))), (_B, _H, _SQ, _SKV), torch.bool, q.device)
 
 
 # ---------------------------------------------------------------- the tile schedule
@@ -75,24 +77,24 @@ def _tile_classes(_B, _H, _HKV, _SQ, _SKV, _D, _bq, _bk):
     _b, _h, _q, _kv = (_grid.index(axis) for axis in ("b", "h", "q", "kv"))
     _i0 = _apply("floordiv", _kv, _tiles.scalar(30))
     _i1 = _apply("floordiv", _q, _tiles.scalar(30))
-    _i2 = _apply("clamp", _i1, _tiles.scalar(1), _tiles.scalar(2))
+    _i2 = _apply("clamp", _i1, _tiles.scalar(rt), _tiles.scalar(2))
     _i3 = _apply("sub", _i0, _i2)
     _i4 = _apply("abs", _i3)
-    _i5 = _apply("le", _i4, _tiles.scalar(1))
-    _i6 = _apply("floordiv", _kv, _tiles.scalar(6))
-    _i7 = _apply("mod", _i6, _tiles.scalar(5))
-    _i8 = _apply("floordiv", _q, _tiles.scalar(6))
-    _i9 = _apply("mod", _i8, _tiles.scalar(5))
-    _i10 = _apply("clamp", _i9, _tiles.scalar(1), _tiles.scalar(3))
+    _i5 = _apply("le", _i4, _tiles.scalar(rt))
+    _i6 = _apply("floordiv", _kv, _tiles.scalar(W))
+    _i7 = _apply("mod", _i6, _tiles.scalar(HT))
+    _i8 = _apply("floordiv", _q, _tiles.scalar(W))
+    _i9 = _apply("mod", _i8, _tiles.scalar(HT))
+    _i10 = _apply("clamp", _i9, _tiles.scalar(r), _tiles.scalar(3))
     _i11 = _apply("sub", _i7, _i10)
     _i12 = _apply("abs", _i11)
-    _i13 = _apply("le", _i12, _tiles.scalar(1))
-    _i14 = _apply("mod", _kv, _tiles.scalar(6))
-    _i15 = _apply("mod", _q, _tiles.scalar(6))
-    _i16 = _apply("clamp", _i15, _tiles.scalar(1), _tiles.scalar(4))
+    _i13 = _apply("le", _i12, _tiles.scalar(r))
+    _i14 = _apply("mod", _kv, _tiles.scalar(W))
+    _i15 = _apply("mod", _q, _tiles.scalar(W))
+    _i16 = _apply("clamp", _i15, _tiles.scalar(r), _tiles.scalar(4))
     _i17 = _apply("sub", _i14, _i16)
     _i18 = _apply("abs", _i17)
-    _i19 = _apply("le", _i18, _tiles.scalar(1))
+    _i19 = _apply("le", _i18, _tiles.scalar(r))
     _i20 = _apply("and", _i13, _i19)
     _i21 = _apply("and", _i5, _i20)
     return _grid.classes(_i21)
@@ -111,7 +113,7 @@ def _natten3d_scores(_qk, _q, _kv, _b, _h, _t1, _t3, _t5, _B, _H, _HKV, _SQ, _SK
         _t0 = (_kv // 30)
         _t2 = ((_kv // 6) % 5)
         _t4 = (_kv % 6)
-        _keep = _keep & (((tl.abs((_t0 - _t1)) <= 1) & ((tl.abs((_t2 - _t3)) <= 1) & (tl.abs((_t4 - _t5)) <= 1))))
+        _keep = _keep & (((tl.abs((_t0 - _t1)) <= RT) & ((tl.abs((_t2 - _t3)) <= R) & (tl.abs((_t4 - _t5)) <= R))))
     _s = _qk * _sm_scale
     _x = _s  # the score before its mod: where the mod's derivative is taken
     return _keep, _s, _x
@@ -193,9 +195,9 @@ def _natten3d_dkdv_tile(
     _inv_l = tl.where(_lrow > 0, 1.0 / _lrow, 0.0)
     _delta = tl.load(_Delta + _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], mask=_offs_m[:, None] < _SQ, other=0.0)
     _do = _kernel.load_tile(_DO + _pid_bh.to(tl.int64) * _SQ * _DV, _offs_m, _offs_dv, _DV, 1, _SQ, _DV, UPCAST)
-    _t1 = _kernel.clamp((_q // 30), 1, 2)
-    _t3 = _kernel.clamp(((_q // 6) % 5), 1, 3)
-    _t5 = _kernel.clamp((_q % 6), 1, 4)
+    _t1 = _kernel.clamp((_q // 30), RT, 2)
+    _t3 = _kernel.clamp(((_q // 6) % 5), R, 3)
+    _t5 = _kernel.clamp((_q % 6), R, 4)
     _qk = _kernel.mma(_q_tile, _kT, None, IEEE)
     _dp = _kernel.mma(_do, _vT, None, IEEE)
     _keep, _p, _dx = _natten3d_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _b, _h, _t1, _t3, _t5, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, MASKED)
@@ -230,9 +232,9 @@ def _natten3d_forward(
     _vbase = _b.to(tl.int64) * _svb + _hkv.to(tl.int64) * _svh
     _qk_scale = _sm_scale * 1.4426950408889634
     _q_tile = _kernel.load_tile(_Q + _qbase, _offs_m, _offs_d, _sqm, _sqd, _SQ, _D, UPCAST)
-    _t1 = _kernel.clamp((_q // 30), 1, 2)
-    _t3 = _kernel.clamp(((_q // 6) % 5), 1, 3)
-    _t5 = _kernel.clamp((_q % 6), 1, 4)
+    _t1 = _kernel.clamp((_q // 30), RT, 2)
+    _t3 = _kernel.clamp(((_q // 6) % 5), R, 3)
+    _t5 = _kernel.clamp((_q % 6), R, 4)
     _m = tl.full([BLOCK_M, 1], -float("inf"), dtype=tl.float32)
     _l = tl.zeros([BLOCK_M, 1], dtype=tl.float32)
     _acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
@@ -400,9 +402,9 @@ def _natten3d_backward_dq(
     _inv_l = tl.where(_lrow > 0, 1.0 / _lrow, 0.0)
     _delta = tl.load(_Delta + _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], mask=_offs_m[:, None] < _SQ, other=0.0)
     _do = _kernel.load_tile(_DO + _pid_bh.to(tl.int64) * _SQ * _DV, _offs_m, _offs_dv, _DV, 1, _SQ, _DV, UPCAST)
-    _t1 = _kernel.clamp((_q // 30), 1, 2)
-    _t3 = _kernel.clamp(((_q // 6) % 5), 1, 3)
-    _t5 = _kernel.clamp((_q % 6), 1, 4)
+    _t1 = _kernel.clamp((_q // 30), RT, 2)
+    _t3 = _kernel.clamp(((_q // 6) % 5), R, 3)
+    _t5 = _kernel.clamp((_q % 6), R, 4)
     _dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     _tnum = _b * _stb + _h * _sth + _pid_m * _stq
     _tidx = _b * _sib + _h * _sih + _pid_m * _siq

@@ -29,6 +29,8 @@ HT = 8  # compile-time param
 M = 4  # compile-time param
 shift = 2  # compile-time param
 use_bias = True  # compile-time param
+SHIFT = tl.constexpr(shift)  # shift, as the kernels read it
+USE_BIAS = tl.constexpr(use_bias)  # use_bias, as the kernels read it
 NORMALIZATION = "softmax"
 BACKWARD_ERROR = None  # why there is no backward kernel, or None
 SITE_INPUTS = ()  # the input of each summed gradient site (per program, row or column)
@@ -57,14 +59,14 @@ def _token_mask(q, k, bias):
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, k, bias)
     _dtype = _dense.compute_dtype(q)
     _b, _h, _q, _kv = _dense.grid((_B, _H, _SQ, _SKV), q.device)
-    _t0 = (_kv // 8)
-    _t1 = (_q // 8)
-    _t2 = (_kv % 8)
-    _t3 = (_q % 8)
-    _t4 = ((_t1 + 2) // 4)
-    _t5 = ((_t0 + 2) // 4)
-    _t6 = ((_t3 + 2) // 4)
-    _t7 = ((_t2 + 2) // 4)
+    _t0 = (_kv // W)
+    _t1 = (_q // W)
+    _t2 = (_kv % W)
+    _t3 = (_q % W)
+    _t4 = ((_t1 + shift) // M)
+    _t5 = ((_t0 + shift) // M)
+    _t6 = ((_t3 + shift) // M)
+    _t7 = ((_t2 + shift) // M)
     return _dense.full(((_t4 == _t5) & (_t6 == _t7)), (_B, _H, _SQ, _SKV), torch.bool, q.device)
 
 
@@ -76,19 +78,19 @@ def _tile_classes(_B, _H, _HKV, _SQ, _SKV, _D, _bq, _bk, bias):
     intervals of its indices, one tile at a time (never per pair)."""
     _grid = _tiles.TileGrid({"B": _B, "H": _H, "HKV": _HKV, "SQ": _SQ, "SKV": _SKV, "D": _D}, _bq, _bk)
     _b, _h, _q, _kv = (_grid.index(axis) for axis in ("b", "h", "q", "kv"))
-    _i0 = _apply("floordiv", _q, _tiles.scalar(8))
-    _i1 = _apply("add", _i0, _tiles.scalar(2))
-    _i2 = _apply("floordiv", _i1, _tiles.scalar(4))
-    _i3 = _apply("floordiv", _kv, _tiles.scalar(8))
-    _i4 = _apply("add", _i3, _tiles.scalar(2))
-    _i5 = _apply("floordiv", _i4, _tiles.scalar(4))
+    _i0 = _apply("floordiv", _q, _tiles.scalar(W))
+    _i1 = _apply("add", _i0, _tiles.scalar(shift))
+    _i2 = _apply("floordiv", _i1, _tiles.scalar(M))
+    _i3 = _apply("floordiv", _kv, _tiles.scalar(W))
+    _i4 = _apply("add", _i3, _tiles.scalar(shift))
+    _i5 = _apply("floordiv", _i4, _tiles.scalar(M))
     _i6 = _apply("eq", _i2, _i5)
-    _i7 = _apply("mod", _q, _tiles.scalar(8))
-    _i8 = _apply("add", _i7, _tiles.scalar(2))
-    _i9 = _apply("floordiv", _i8, _tiles.scalar(4))
-    _i10 = _apply("mod", _kv, _tiles.scalar(8))
-    _i11 = _apply("add", _i10, _tiles.scalar(2))
-    _i12 = _apply("floordiv", _i11, _tiles.scalar(4))
+    _i7 = _apply("mod", _q, _tiles.scalar(W))
+    _i8 = _apply("add", _i7, _tiles.scalar(shift))
+    _i9 = _apply("floordiv", _i8, _tiles.scalar(M))
+    _i10 = _apply("mod", _kv, _tiles.scalar(W))
+    _i11 = _apply("add", _i10, _tiles.scalar(shift))
+    _i12 = _apply("floordiv", _i11, _tiles.scalar(M))
     _i13 = _apply("eq", _i9, _i12)
     _i14 = _apply("and", _i6, _i13)
     return _grid.classes(_i14)
@@ -106,8 +108,8 @@ def _swin_scores(_qk, _q, _kv, _b, _h, bias, _bias_n0, _bias_n1, _bias_n2, _bias
     _t0 = (_kv // 8)
     _t2 = (_kv % 8)
     if MASKED:
-        _t5 = ((_t0 + 2) // 4)
-        _t7 = ((_t2 + 2) // 4)
+        _t5 = ((_t0 + SHIFT) // 4)
+        _t7 = ((_t2 + SHIFT) // 4)
         _keep = _keep & (((_t4 == _t5) & (_t6 == _t7)))
     _s = _qk * _sm_scale
     _x = _s  # the score before its mod: where the mod's derivative is taken
@@ -196,8 +198,8 @@ def _swin_dkdv_tile(
     _do = _kernel.load_tile(_DO + _pid_bh.to(tl.int64) * _SQ * _DV, _offs_m, _offs_dv, _DV, 1, _SQ, _DV, UPCAST)
     _t1 = (_q // 8)
     _t3 = (_q % 8)
-    _t4 = ((_t1 + 2) // 4)
-    _t6 = ((_t3 + 2) // 4)
+    _t4 = ((_t1 + SHIFT) // 4)
+    _t6 = ((_t3 + SHIFT) // 4)
     _qk = _kernel.mma(_q_tile, _kT, None, IEEE)
     _dp = _kernel.mma(_do, _vT, None, IEEE)
     _keep, _p, _dx, _c0, _o0 = _swin_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _b, _h, bias, _bias_n0, _bias_n1, _bias_n2, _bias_s0, _bias_s1, _bias_s2, _t1, _t3, _t4, _t6, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, _d_bias_s0, _d_bias_s1, _d_bias_s2, BLOCK_M, BLOCK_N, MASKED)
@@ -234,8 +236,8 @@ def _swin_forward(
     _q_tile = _kernel.load_tile(_Q + _qbase, _offs_m, _offs_d, _sqm, _sqd, _SQ, _D, UPCAST)
     _t1 = (_q // 8)
     _t3 = (_q % 8)
-    _t4 = ((_t1 + 2) // 4)
-    _t6 = ((_t3 + 2) // 4)
+    _t4 = ((_t1 + SHIFT) // 4)
+    _t6 = ((_t3 + SHIFT) // 4)
     _m = tl.full([BLOCK_M, 1], -float("inf"), dtype=tl.float32)
     _l = tl.zeros([BLOCK_M, 1], dtype=tl.float32)
     _acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
@@ -409,8 +411,8 @@ def _swin_backward_dq(
     _do = _kernel.load_tile(_DO + _pid_bh.to(tl.int64) * _SQ * _DV, _offs_m, _offs_dv, _DV, 1, _SQ, _DV, UPCAST)
     _t1 = (_q // 8)
     _t3 = (_q % 8)
-    _t4 = ((_t1 + 2) // 4)
-    _t6 = ((_t3 + 2) // 4)
+    _t4 = ((_t1 + SHIFT) // 4)
+    _t6 = ((_t3 + SHIFT) // 4)
     _dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     _tnum = _b * _stb + _h * _sth + _pid_m * _stq
     _tidx = _b * _sib + _h * _sih + _pid_m * _siq

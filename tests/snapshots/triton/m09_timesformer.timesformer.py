@@ -27,6 +27,7 @@ SPEC_NAME = "timesformer"
 HT = 3  # compile-time param
 W = 4  # compile-time param
 spatial = False  # compile-time param
+SPATIAL = tl.constexpr(spatial)  # spatial, as the kernels read it
 NORMALIZATION = "softmax"
 BACKWARD_ERROR = None  # why there is no backward kernel, or None
 SITE_INPUTS = ()  # the input of each summed gradient site (per program, row or column)

@@ -27,6 +27,8 @@ SPEC_NAME = "power_attention"
 BS = 8  # compile-time param
 n_local = 2  # compile-time param
 n_sink = 1  # compile-time param
+N_LOCAL = tl.constexpr(n_local)  # n_local, as the kernels read it
+N_SINK = tl.constexpr(n_sink)  # n_sink, as the kernels read it
 NORMALIZATION = "softmax"
 BACKWARD_ERROR = None  # why there is no backward kernel, or None
 SITE_INPUTS = ()  # the input of each summed gradient site (per program, row or column)
@@ -54,11 +56,11 @@ def _token_mask(q, k):
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, k)
     _dtype = _dense.compute_dtype(q)
     _b, _h, _q, _kv = _dense.grid((_B, _H, _SQ, _SKV), q.device)
-    _t0 = (_q // 8)
-    _t1 = (_kv // 8)
+    _t0 = (_q // BS)
+    _t1 = (_kv // BS)
     _t2 = (_t0 - _t1)
-    _t3 = (_t1 < 1)
-    return _dense.full(((_kv <= _q) & (((_t2 < 2) | (_fn.bitand(_t2, (_t2 - 1)) == 0)) | _t3)), (_B, _H, _SQ, _SKV), torch.bool, q.device)
+    _t3 = (_t1 < n_sink)
+    return _dense.full(((_kv <= _q) & (((_t2 < n_local) | (_fn.bitand(_t2, (_t2 - 1)) == 0)) | _t3)), (_B, _H, _SQ, _SKV), torch.bool, q.device)
 
 
 # ---------------------------------------------------------------- the tile schedule
@@ -70,15 +72,15 @@ def _tile_classes(_B, _H, _HKV, _SQ, _SKV, _D, _bq, _bk):
     _grid = _tiles.TileGrid({"B": _B, "H": _H, "HKV": _HKV, "SQ": _SQ, "SKV": _SKV, "D": _D}, _bq, _bk)
     _b, _h, _q, _kv = (_grid.index(axis) for axis in ("b", "h", "q", "kv"))
     _i0 = _apply("le", _kv, _q)
-    _i1 = _apply("floordiv", _q, _tiles.scalar(8))
-    _i2 = _apply("floordiv", _kv, _tiles.scalar(8))
+    _i1 = _apply("floordiv", _q, _tiles.scalar(BS))
+    _i2 = _apply("floordiv", _kv, _tiles.scalar(BS))
     _i3 = _apply("sub", _i1, _i2)
-    _i4 = _apply("lt", _i3, _tiles.scalar(2))
+    _i4 = _apply("lt", _i3, _tiles.scalar(n_local))
     _i5 = _apply("sub", _i3, _tiles.scalar(1))
     _i6 = _apply("bitand", _i3, _i5)
     _i7 = _apply("eq", _i6, _tiles.scalar(0))
     _i8 = _apply("or", _i4, _i7)
-    _i9 = _apply("lt", _i2, _tiles.scalar(1))
+    _i9 = _apply("lt", _i2, _tiles.scalar(n_sink))
     _i10 = _apply("or", _i8, _i9)
     _i11 = _apply("and", _i0, _i10)
     return _grid.classes(_i11)
@@ -96,8 +98,8 @@ def _power_attention_scores(_qk, _q, _kv, _b, _h, _t0, _B, _H, _HKV, _SQ, _SKV, 
     if MASKED:
         _t1 = (_kv // 8)
         _t2 = (_t0 - _t1)
-        _t3 = (_t1 < 1)
-        _keep = _keep & (((_kv <= _q) & (((_t2 < 2) | ((_t2 & (_t2 - 1)) == 0)) | _t3)))
+        _t3 = (_t1 < N_SINK)
+        _keep = _keep & (((_kv <= _q) & (((_t2 < N_LOCAL) | ((_t2 & (_t2 - 1)) == 0)) | _t3)))
     _s = _qk * _sm_scale
     _x = _s  # the score before its mod: where the mod's derivative is taken
     return _keep, _s, _x

@@ -26,6 +26,8 @@ _apply = _iv.apply
 SPEC_NAME = "ls_heads"
 n_local = 2  # compile-time param
 window = 8  # compile-time param
+N_LOCAL = tl.constexpr(n_local)  # n_local, as the kernels read it
+WINDOW = tl.constexpr(window)  # window, as the kernels read it
 NORMALIZATION = "softmax"
 BACKWARD_ERROR = None  # why there is no backward kernel, or None
 SITE_INPUTS = ()  # the input of each summed gradient site (per program, row or column)
@@ -53,8 +55,8 @@ def _token_mask(q, k):
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, k)
     _dtype = _dense.compute_dtype(q)
     _b, _h, _q, _kv = _dense.grid((_B, _H, _SQ, _SKV), q.device)
-    _t0 = (_h >= 2)
-    return _dense.full(((_kv <= _q) & (_t0 | ((_q - _kv) < 8))), (_B, _H, _SQ, _SKV), torch.bool, q.device)
+    _t0 = (_h >= n_local)
+    return _dense.full(((_kv <= _q) & (_t0 | ((_q - _kv) < window))), (_B, _H, _SQ, _SKV), torch.bool, q.device)
 
 
 # ---------------------------------------------------------------- the tile schedule
@@ -68,9 +70,9 @@ def _tile_classes(_B, _H, _HKV, _SQ, _SKV, _D, _bq, _bk):
     _grid = _tiles.TileGrid({"B": _B, "H": _H, "HKV": _HKV, "SQ": _SQ, "SKV": _SKV, "D": _D}, _bq, _bk)
     _b, _h, _q, _kv = (_grid.index(axis) for axis in ("b", "h", "q", "kv"))
     _i0 = _apply("le", _kv, _q)
-    _i1 = _apply("ge", _h, _tiles.scalar(2))
+    _i1 = _apply("ge", _h, _tiles.scalar(n_local))
     _i2 = _apply("sub", _q, _kv)
-    _i3 = _apply("lt", _i2, _tiles.scalar(8))
+    _i3 = _apply("lt", _i2, _tiles.scalar(window))
     _i4 = _apply("or", _i1, _i3)
     _i5 = _apply("and", _i0, _i4)
     return _grid.classes(_i5)
@@ -86,7 +88,7 @@ def _ls_heads_scores(_qk, _q, _kv, _b, _h, _t0, _B, _H, _HKV, _SQ, _SKV, _D, _sm
     _zero = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     _keep = (_kv < _SKV) & (_q < _SQ)
     if MASKED:
-        _keep = _keep & (((_kv <= _q) & (_t0 | ((_q - _kv) < 8))))
+        _keep = _keep & (((_kv <= _q) & (_t0 | ((_q - _kv) < WINDOW))))
     _s = _qk * _sm_scale
     _x = _s  # the score before its mod: where the mod's derivative is taken
     return _keep, _s, _x
@@ -201,7 +203,7 @@ def _ls_heads_forward(
     _vbase = _b.to(tl.int64) * _svb + _hkv.to(tl.int64) * _svh
     _qk_scale = _sm_scale * 1.4426950408889634
     _q_tile = _kernel.load_tile(_Q + _qbase, _offs_m, _offs_d, _sqm, _sqd, _SQ, _D, UPCAST)
-    _t0 = (_h >= 2)
+    _t0 = (_h >= N_LOCAL)
     _m = tl.full([BLOCK_M, 1], -float("inf"), dtype=tl.float32)
     _l = tl.zeros([BLOCK_M, 1], dtype=tl.float32)
     _acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
@@ -211,7 +213,7 @@ def _ls_heads_forward(
     _rowv = _offs_m[:, None] < _SQ
     _nkb = tl.cdiv(_SKV, BLOCK_N)
     _lo0 = tl.maximum((0) + tl.zeros([BLOCK_M, 1], dtype=tl.int32), 0)
-    _hi0 = tl.minimum((tl.where((_h >= 2), _q, -1)) + tl.zeros([BLOCK_M, 1], dtype=tl.int32), _SKV - 1)
+    _hi0 = tl.minimum((tl.where((_h >= N_LOCAL), _q, -1)) + tl.zeros([BLOCK_M, 1], dtype=tl.int32), _SKV - 1)
     _some0 = _rowv & (_hi0 >= _lo0)
     _start0 = tl.min(tl.where(_some0, _lo0, _SKV)) // BLOCK_N
     _end0 = (tl.max(tl.where(_some0, _hi0, -1)) + BLOCK_N) // BLOCK_N
@@ -413,7 +415,7 @@ def _ls_heads_backward_dq(
     _inv_l = tl.where(_lrow > 0, 1.0 / _lrow, 0.0)
     _delta = tl.load(_Delta + _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], mask=_offs_m[:, None] < _SQ, other=0.0)
     _do = _kernel.load_tile(_DO + _pid_bh.to(tl.int64) * _SQ * _DV, _offs_m, _offs_dv, _DV, 1, _SQ, _DV, UPCAST)
-    _t0 = (_h >= 2)
+    _t0 = (_h >= N_LOCAL)
     _dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     # the schedule in closed form: the mask keeps key kv of row q iff some band k has
     # lo_k(q) <= kv <= hi_k(q). Over this tile's rows, key tiles [_start, _end) of a band hold kept
@@ -421,7 +423,7 @@ def _ls_heads_backward_dq(
     _rowv = _offs_m[:, None] < _SQ
     _nkb = tl.cdiv(_SKV, BLOCK_N)
     _lo0 = tl.maximum((0) + tl.zeros([BLOCK_M, 1], dtype=tl.int32), 0)
-    _hi0 = tl.minimum((tl.where((_h >= 2), _q, -1)) + tl.zeros([BLOCK_M, 1], dtype=tl.int32), _SKV - 1)
+    _hi0 = tl.minimum((tl.where((_h >= N_LOCAL), _q, -1)) + tl.zeros([BLOCK_M, 1], dtype=tl.int32), _SKV - 1)
     _some0 = _rowv & (_hi0 >= _lo0)
     _start0 = tl.min(tl.where(_some0, _lo0, _SKV)) // BLOCK_N
     _end0 = (tl.max(tl.where(_some0, _hi0, -1)) + BLOCK_N) // BLOCK_N
@@ -509,7 +511,7 @@ def _ls_heads_backward_dkdv(
         _h = _hkv * _group + _g
         _pid_bh = _b * _H + _h
         _qbase = _b.to(tl.int64) * _sqb + _h.to(tl.int64) * _sqh
-        _t0 = (_h >= 2)
+        _t0 = (_h >= N_LOCAL)
         _tnum = _b * _stb + _h * _sth + _pid_n * _stq
         _tidx = _b * _sib + _h * _sih + _pid_n * _siq
         # full query tiles of this key tile

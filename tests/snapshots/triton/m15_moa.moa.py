@@ -25,6 +25,7 @@ _apply = _iv.apply
 
 SPEC_NAME = "moa"
 sinks = 2  # compile-time param
+SINKS = tl.constexpr(sinks)  # sinks, as the kernels read it
 NORMALIZATION = "softmax"
 BACKWARD_ERROR = None  # why there is no backward kernel, or None
 SITE_INPUTS = ()  # the input of each summed gradient site (per program, row or column)
@@ -54,7 +55,7 @@ def _token_mask(q, k, alpha, beta):
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, k, alpha, beta)
     _dtype = _dense.compute_dtype(q)
     _b, _h, _q, _kv = _dense.grid((_B, _H, _SQ, _SKV), q.device)
-    _t0 = (_kv < 2)
+    _t0 = (_kv < sinks)
     _t1 = (_fn.load(alpha, _h) + (_fn.load(beta, _h) * _fn.to_float(_SKV, _dtype)))
     return _dense.full(((_kv <= _q) & (_t0 | (_fn.to_float((_q - _kv), _dtype) < _t1))), (_B, _H, _SQ, _SKV), torch.bool, q.device)
 
@@ -68,7 +69,7 @@ def _tile_classes(_B, _H, _HKV, _SQ, _SKV, _D, _bq, _bk, alpha, beta):
     _grid = _tiles.TileGrid({"B": _B, "H": _H, "HKV": _HKV, "SQ": _SQ, "SKV": _SKV, "D": _D}, _bq, _bk)
     _b, _h, _q, _kv = (_grid.index(axis) for axis in ("b", "h", "q", "kv"))
     _i0 = _apply("le", _kv, _q)
-    _i1 = _apply("lt", _kv, _tiles.scalar(2))
+    _i1 = _apply("lt", _kv, _tiles.scalar(sinks))
     _i2 = _apply("sub", _q, _kv)
     _i3 = _apply("float", _i2, float_result=True)
     _i4 = _apply("float", _tiles.scalar(_SKV), float_result=True)
@@ -90,7 +91,7 @@ def _moa_scores(_qk, _q, _kv, _b, _h, alpha, _alpha_n0, _alpha_s0, beta, _beta_n
     _zero = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     _keep = (_kv < _SKV) & (_q < _SQ)
     if MASKED:
-        _t0 = (_kv < 2)
+        _t0 = (_kv < SINKS)
         _keep = _keep & (((_kv <= _q) & (_t0 | _kernel.truth((_kernel.as_float((_q - _kv)) < _t1)))))
     _s = _qk * _sm_scale
     _x = _s  # the score before its mod: where the mod's derivative is taken

@@ -26,6 +26,7 @@ _apply = _iv.apply
 SPEC_NAME = "sinklora"
 GS = 16  # compile-time param
 sinks = 2  # compile-time param
+SINKS = tl.constexpr(sinks)  # sinks, as the kernels read it
 NORMALIZATION = "softmax"
 BACKWARD_ERROR = None  # why there is no backward kernel, or None
 SITE_INPUTS = ()  # the input of each summed gradient site (per program, row or column)
@@ -56,9 +57,9 @@ def _token_mask(q, k):
     _t0 = (_H // 2)
     _t1 = (_h >= _t0)
     _t2 = _fn.where(_t1, 8, 0)
-    _t3 = ((_q + _t2) // 16)
-    _t4 = ((_kv + _t2) // 16)
-    _t5 = (_kv < 2)
+    _t3 = ((_q + _t2) // GS)
+    _t4 = ((_kv + _t2) // GS)
+    _t5 = (_kv < sinks)
     return _dense.full(((_kv <= _q) & ((_t3 == _t4) | _t5)), (_B, _H, _SQ, _SKV), torch.bool, q.device)
 
 
@@ -77,11 +78,11 @@ def _tile_classes(_B, _H, _HKV, _SQ, _SKV, _D, _bq, _bk):
     _i2 = _apply("ge", _h, _i1)
     _i3 = _apply("where", _i2, _tiles.scalar(8), _tiles.scalar(0))
     _i4 = _apply("add", _q, _i3)
-    _i5 = _apply("floordiv", _i4, _tiles.scalar(16))
+    _i5 = _apply("floordiv", _i4, _tiles.scalar(GS))
     _i6 = _apply("add", _kv, _i3)
-    _i7 = _apply("floordiv", _i6, _tiles.scalar(16))
+    _i7 = _apply("floordiv", _i6, _tiles.scalar(GS))
     _i8 = _apply("eq", _i5, _i7)
-    _i9 = _apply("lt", _kv, _tiles.scalar(2))
+    _i9 = _apply("lt", _kv, _tiles.scalar(sinks))
     _i10 = _apply("or", _i8, _i9)
     _i11 = _apply("and", _i0, _i10)
     return _grid.classes(_i11)
@@ -98,7 +99,7 @@ def _sinklora_scores(_qk, _q, _kv, _b, _h, _t0, _t1, _t2, _t3, _B, _H, _HKV, _SQ
     _keep = (_kv < _SKV) & (_q < _SQ)
     if MASKED:
         _t4 = ((_kv + _t2) // 16)
-        _t5 = (_kv < 2)
+        _t5 = (_kv < SINKS)
         _keep = _keep & (((_kv <= _q) & ((_t3 == _t4) | _t5)))
     _s = _qk * _sm_scale
     _x = _s  # the score before its mod: where the mod's derivative is taken

@@ -25,6 +25,7 @@ _apply = _iv.apply
 
 SPEC_NAME = "rel_bias_clipped"
 maxd = 8  # compile-time param
+MAXD = tl.constexpr(maxd)  # maxd, as the kernels read it
 NORMALIZATION = "softmax"
 BACKWARD_ERROR = None  # why there is no backward kernel, or None
 SITE_INPUTS = ()  # the input of each summed gradient site (per program, row or column)
@@ -76,7 +77,7 @@ def _rel_bias_clipped_scores(_qk, _q, _kv, _b, _h, rel, _rel_n0, _rel_n1, _rel_s
     _keep = (_kv < _SKV) & (_q < _SQ)
     _s = _qk * _sm_scale
     _x = _s  # the score before its mod: where the mod's derivative is taken
-    _s = (_s + tl.load(rel + _kernel.clamp(_h, 0, _rel_n0 - 1) * _rel_s0 + _kernel.clamp((_kernel.clamp((_kv - _q), -8, 8) + 8), 0, _rel_n1 - 1) * _rel_s1).to(tl.float32))
+    _s = (_s + tl.load(rel + _kernel.clamp(_h, 0, _rel_n0 - 1) * _rel_s0 + _kernel.clamp((_kernel.clamp((_kv - _q), -8, MAXD) + MAXD), 0, _rel_n1 - 1) * _rel_s1).to(tl.float32))
     return _keep, _s, _x
 
 
@@ -116,7 +117,7 @@ def _rel_bias_clipped_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _b, _
     _ds = _p * (_dp - _delta)
     _dx = _ds
     _c0 = tl.where(_keep, _ds, 0.0)
-    _o0 = (_kernel.clamp(_h, 0, _rel_n0 - 1) * _d_rel_s0 + _kernel.clamp((_kernel.clamp((_kv - _q), -8, 8) + 8), 0, _rel_n1 - 1) * _d_rel_s1) + tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
+    _o0 = (_kernel.clamp(_h, 0, _rel_n0 - 1) * _d_rel_s0 + _kernel.clamp((_kernel.clamp((_kv - _q), -8, MAXD) + MAXD), 0, _rel_n1 - 1) * _d_rel_s1) + tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
     return _keep, _p, _dx, _c0, _o0
 
 
