@@ -67,7 +67,7 @@ def test_each_read_of_an_input_is_its_own_capture():
     source = "attention g {\n input pos: float32[SKV] learnable\n score = score + pos[q] - pos[kv]\n}"
     text = attnspec.compile_source(source, "flex")
     assert "_pos_read1 = pos.clone() if pos.requires_grad else pos" in text
-    assert "_load(pos, q_idx)" in text and "_load(_pos_read1, kv_idx)" in text
+    assert "_fn.load(pos, q_idx)" in text and "_fn.load(_pos_read1, kv_idx)" in text
 
 
 def test_gradients_at_huge_logits_keep_the_accuracy_rule():
