@@ -120,3 +120,21 @@ def mma(a, b, acc, IEEE: tl.constexpr):
         return tl.dot(a, b, acc, input_precision="ieee")
     else:
         return tl.dot(a, b, acc)
+
+
+@triton.jit
+def band_tiles(lo, hi, rows, SKV, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The key tiles of one band of a query tile: row q keeps keys lo(q) <= kv <= hi(q) (per row,
+    [BLOCK_M, 1]; rows: the rows inside the length). Returns (start, fs, fe, end): tiles [start, end)
+    hold kept pairs of some row, and [fs, fe) hold only kept pairs for every row (full tiles)."""
+    lo = tl.maximum(lo + tl.zeros([BLOCK_M, 1], dtype=tl.int32), 0)
+    hi = tl.minimum(hi + tl.zeros([BLOCK_M, 1], dtype=tl.int32), SKV - 1)
+    some = rows & (hi >= lo)
+    start = tl.min(tl.where(some, lo, SKV)) // BLOCK_N
+    end = (tl.max(tl.where(some, hi, -1)) + BLOCK_N) // BLOCK_N
+    full_lo = tl.max(tl.where(rows, tl.where(some, lo, SKV + BLOCK_N), 0))
+    full_hi = tl.min(tl.where(rows, tl.where(some, hi, -1), SKV))
+    fs = tl.minimum(tl.maximum((full_lo + BLOCK_N - 1) // BLOCK_N, start), end)
+    fe = tl.where(full_hi >= SKV - 1, tl.cdiv(SKV, BLOCK_N), (full_hi + 1) // BLOCK_N)
+    fe = tl.minimum(tl.maximum(fe, fs), end)
+    return start, fs, fe, end

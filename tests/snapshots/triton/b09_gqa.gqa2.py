@@ -19,6 +19,7 @@ from attnspec.runtime import blocks as _blocks
 from attnspec.runtime import dense as _dense
 from attnspec.runtime import functions as _fn
 from attnspec.runtime import kernel as _kernel
+from attnspec.runtime import launch as _launch
 from attnspec.runtime import triton as _rt
 
 _apply = _iv.apply
@@ -202,17 +203,7 @@ def _gqa2_forward(
     # lo_k(q) <= kv <= hi_k(q). Over this tile's rows, key tiles [_start, _end) of a band hold kept
     # pairs and [_fs, _fe) hold only kept ones; a later band skips the tiles of earlier ones.
     _rowv = _offs_m[:, None] < _SQ
-    _nkb = tl.cdiv(_SKV, BLOCK_N)
-    _lo0 = tl.maximum((0) + tl.zeros([BLOCK_M, 1], dtype=tl.int32), 0)
-    _hi0 = tl.minimum((_q) + tl.zeros([BLOCK_M, 1], dtype=tl.int32), _SKV - 1)
-    _some0 = _rowv & (_hi0 >= _lo0)
-    _start0 = tl.min(tl.where(_some0, _lo0, _SKV)) // BLOCK_N
-    _end0 = (tl.max(tl.where(_some0, _hi0, -1)) + BLOCK_N) // BLOCK_N
-    _full_lo0 = tl.max(tl.where(_rowv, tl.where(_some0, _lo0, _SKV + BLOCK_N), 0))
-    _full_hi0 = tl.min(tl.where(_rowv, tl.where(_some0, _hi0, -1), _SKV))
-    _fs0 = tl.minimum(tl.maximum((_full_lo0 + BLOCK_N - 1) // BLOCK_N, _start0), _end0)
-    _fe0 = tl.where(_full_hi0 >= _SKV - 1, _nkb, (_full_hi0 + 1) // BLOCK_N)
-    _fe0 = tl.minimum(tl.maximum(_fe0, _fs0), _end0)
+    _start0, _fs0, _fe0, _end0 = _kernel.band_tiles(0, _q, _rowv, _SKV, BLOCK_M, BLOCK_N)
     # band 0: partial key tiles
     for _j in range(_start0, _fs0):
         _m, _l, _acc = _gqa2_forward_tile(
@@ -284,9 +275,9 @@ def attention(q, k, v, *, selection=None, schedule=None, return_lse=False):
     _inputs = ()
     _params = ()
     if _grad:
-        _out, _lse = _Differentiable.apply(schedule, _params, q, k, v, *_inputs)
+        _out, _lse = _launch.Differentiable.apply(KERNELS, schedule, _params, q, k, v, *_inputs)
     else:
-        _out, _lse, _ = _forward(q, k, v, _inputs, _params, schedule, return_lse)
+        _out, _lse, _ = _launch.forward(KERNELS, q, k, v, _inputs, _params, schedule, return_lse)
     return (_out, _lse) if return_lse else _out
 
 
@@ -296,53 +287,6 @@ def _logit_scale(q, k, _params):
     _HKV, _SKV = k.shape[1], k.shape[2]
     _dtype = _dense.compute_dtype(q)  # what a float(...) in the scale converts to
     return float(1.0 / math.sqrt(_D))
-
-
-def _forward(q, k, v, _inputs, _params, schedule, return_lse, for_backward=False):
-    """The forward kernel: (out in q's dtype, lse float32 [B, H, SQ] written when return_lse, what the
-    backward needs when for_backward: out in float32, for rowsum(dO * out), and per row the max and
-    the sum of the normalization [B, H, SQ, 2])."""
-    _B, _H, _SQ, _D = q.shape
-    _HKV, _SKV = k.shape[1], k.shape[2]
-    # the interpreter rounds float32 -> half by truncation: it writes float32, torch rounds to nearest
-    _wide = for_backward or _rt.upcasts(q)
-    _out = _rt.output_buffer((_B, _H, _SQ, v.shape[-1]), torch.float32 if _wide else q.dtype, q.device)
-    _lse = _rt.output_buffer((_B, _H, _SQ), torch.float32, q.device)
-    _stats = _rt.output_buffer((_B, _H, _SQ, 2), torch.float32, q.device) if for_backward else _lse  # unwritten without WRITE_STATS
-    _scale = _logit_scale(q, k, _params)
-
-    def _launch(_config):
-        _grid = (triton.cdiv(_SQ, _config.block_m), _B * _H)
-        _gqa2_forward[_grid](
-            q, k, v, _out, _lse, _stats, *q.stride(), *k.stride(), *v.stride(), *_out.stride(),
-            _B, _H, _HKV, _SQ, _SKV, _D, v.shape[-1], _scale,
-            BLOCK_M=_config.block_m, BLOCK_N=_config.block_n, BLOCK_D=_config.block_d, BLOCK_DV=_config.block_dv,
-            IEEE=_config.ieee, UPCAST=_config.upcast, WRITE_LSE=return_lse,
-            WRITE_STATS=for_backward, num_warps=_config.num_warps, num_stages=_config.num_stages,
-        )
-
-    _rt.launch(_launch, SPEC_NAME, q, v, KERNEL_TILES, (_SQ, _SKV))
-    return _out.to(q.dtype), _lse, ((_out, _stats) if for_backward else None)
-
-
-class _Differentiable(torch.autograd.Function):
-    """The forward kernel as one autograd operation; its backward runs the dQ and dK/dV kernels."""
-
-    @staticmethod
-    def forward(ctx, schedule, _params, q, k, v, *_inputs):
-        _out, _lse, (_wide, _stats) = _forward(q, k, v, _inputs, _params, schedule, True, True)
-        # rowsum(dO * out) from the float32 out: from out rounded to a half type, its error would
-        # reach every input gradient summed over many pairs (a per-head slope's, say)
-        ctx.save_for_backward(q, k, v, _wide, _stats, *_inputs)
-        ctx.schedule, ctx.params = schedule, _params
-        return _out, _lse
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable  # the kernels' gradients are not differentiable again
-    def backward(ctx, _dout, _dlse):
-        q, k, v, _out, _stats, *_inputs = ctx.saved_tensors
-        _grads = _backward(q, k, v, _out, _stats, _dout, _dlse, _inputs, ctx.params, ctx.schedule)
-        return (None, None, *_grads)
 
 
 
@@ -383,17 +327,7 @@ def _gqa2_backward_dq(
     # lo_k(q) <= kv <= hi_k(q). Over this tile's rows, key tiles [_start, _end) of a band hold kept
     # pairs and [_fs, _fe) hold only kept ones; a later band skips the tiles of earlier ones.
     _rowv = _offs_m[:, None] < _SQ
-    _nkb = tl.cdiv(_SKV, BLOCK_N)
-    _lo0 = tl.maximum((0) + tl.zeros([BLOCK_M, 1], dtype=tl.int32), 0)
-    _hi0 = tl.minimum((_q) + tl.zeros([BLOCK_M, 1], dtype=tl.int32), _SKV - 1)
-    _some0 = _rowv & (_hi0 >= _lo0)
-    _start0 = tl.min(tl.where(_some0, _lo0, _SKV)) // BLOCK_N
-    _end0 = (tl.max(tl.where(_some0, _hi0, -1)) + BLOCK_N) // BLOCK_N
-    _full_lo0 = tl.max(tl.where(_rowv, tl.where(_some0, _lo0, _SKV + BLOCK_N), 0))
-    _full_hi0 = tl.min(tl.where(_rowv, tl.where(_some0, _hi0, -1), _SKV))
-    _fs0 = tl.minimum(tl.maximum((_full_lo0 + BLOCK_N - 1) // BLOCK_N, _start0), _end0)
-    _fe0 = tl.where(_full_hi0 >= _SKV - 1, _nkb, (_full_hi0 + 1) // BLOCK_N)
-    _fe0 = tl.minimum(tl.maximum(_fe0, _fs0), _end0)
+    _start0, _fs0, _fe0, _end0 = _kernel.band_tiles(0, _q, _rowv, _SKV, BLOCK_M, BLOCK_N)
     # band 0: partial key tiles
     for _j in range(_start0, _fs0):
         _dq = _gqa2_dq_tile(
@@ -464,46 +398,23 @@ def _gqa2_backward_dkdv(
              mask=(_offs_n[:, None] < _SKV) & (_offs_dv[None, :] < _DV))
 
 
-def _backward(q, k, v, _out, _stats, _dout, _dlse, _inputs, _params, schedule):
-    """(dq, dk, dv, d<input>...) from the dQ and dK/dV kernels; None for inputs without a gradient."""
-    _B, _H, _SQ, _D = q.shape
-    _HKV, _SKV, _DV = k.shape[1], k.shape[2], v.shape[-1]
-    _do = _dout.contiguous()
-    _delta = (_do.float() * _out.float()).sum(-1)
-    if _dlse is not None:
-        _delta = _delta - _dlse.float()
-    _delta = _delta.contiguous()
-    _gq = torch.empty((_B, _H, _SQ, _D), dtype=torch.float32, device=q.device)
-    _gk = torch.empty((_B, _HKV, _SKV, _D), dtype=torch.float32, device=q.device)
-    _gv = torch.empty((_B, _HKV, _SKV, _DV), dtype=torch.float32, device=q.device)
-    _grads = {
-    }
-    _scale = _logit_scale(q, k, _params)
-
-    def _launch(_config):
-        _bm, _bn = _config.block_m, _config.block_n
-        for _g in _grads.values():
-            _g.zero_()  # per-pair sites add into it
-        _parts = _rt.site_buffers(SITE_KERNELS, (_B, _H, _SQ, _SKV), _bm, _bn, q.device)
-        _flat_parts = [t for pair in _parts for t in pair]
-        _grad_args = [a for _g in _grads.values() for a in (_g, *_g.stride())]
-        _inputs_args = []
-        _params_args = []
-        _common = (*_inputs_args, *_params_args, *_grad_args, *_flat_parts, _B, _H, _HKV, _SQ, _SKV, _D, _DV, _scale)
-        _meta = dict(BLOCK_M=_bm, BLOCK_N=_bn, BLOCK_D=_config.block_d, BLOCK_DV=_config.block_dv,
-                     IEEE=_config.ieee, UPCAST=_config.upcast, num_warps=_config.num_warps, num_stages=_config.num_stages)
-        _strides = (*q.stride(), *k.stride(), *v.stride())
-        _tables = ()
-        _gqa2_backward_dq[(triton.cdiv(_SQ, _bm), _B * _H)](
-            q, k, v, _do, _stats, _delta, _gq, *_strides, *_tables, *_common, **_meta)
-        _gqa2_backward_dkdv[(triton.cdiv(_SKV, _bn), _B * _HKV)](
-            q, k, v, _do, _stats, _delta, _gk, _gv, *_strides, *schedule.transposed(_bm, _bn).arguments(), *_common, **_meta)
-        _rt.add_partials([_grads[name] for name in SITE_INPUTS], _parts)
-
-    _rt.launch(_launch, SPEC_NAME + " backward", q, v, KERNEL_TILES, (_SQ, _SKV), backward=True)
-    return (
-        _gq.to(q.dtype), _gk.to(k.dtype), _gv.to(v.dtype),
-    )
+KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py launches
+    spec_name=SPEC_NAME,
+    forward=_gqa2_forward,
+    dq=_gqa2_backward_dq,
+    dkdv=_gqa2_backward_dkdv,
+    norm="softmax",
+    closed_form=True,
+    check_nonnegative=False,
+    kernel_tiles=KERNEL_TILES,
+    logit_scale=_logit_scale,
+    input_names=(),
+    bool_params=(),
+    grad_inputs=(),
+    site_inputs=SITE_INPUTS,
+    site_kernels=SITE_KERNELS,
+    backward_error=BACKWARD_ERROR,
+)
 
 
 class Gqa2Attention(torch.nn.Module):

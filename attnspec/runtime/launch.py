@@ -1,0 +1,144 @@
+"""The host side of every generated triton module: buffers, the forward and backward launches, and the
+autograd Function that joins them. A module describes its kernels once (`Kernels`); what differs
+between specs is in that description and in the kernels themselves, never in this code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import triton
+
+from . import triton as _rt
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """A generated module's kernels and what launching them needs."""
+
+    spec_name: str
+    forward: Callable  # the forward kernel (a triton JITFunction)
+    dq: Callable | None  # the backward kernels; None where the spec has no backward
+    dkdv: Callable | None
+    norm: str  # softmax | elementwise | rownorm
+    closed_form: bool  # the forward and dQ kernels compute their key tiles (no block tables)
+    check_nonnegative: bool  # rownorm(f) with f not provably >= 0: the kernel flags a negative f
+    kernel_tiles: tuple[int, int] | None  # fixed by a data-dependent selection
+    logit_scale: Callable  # (q, k, params) -> the scale
+    input_names: tuple[str, ...]  # the spec's inputs, in kernel-argument order
+    bool_params: tuple[bool, ...]  # per runtime param: a bool (it travels as int32)
+    grad_inputs: tuple[str, ...]  # the inputs with a gradient
+    site_inputs: tuple[str, ...]  # the input of each summed gradient site
+    site_kernels: tuple[tuple[str, str], ...]  # (kernel, level) of each summed site
+    backward_error: str | None  # why there is no backward, or None
+
+
+def _input_arguments(kernels: Kernels, inputs, params) -> list:
+    """An input's pointer, sizes and strides; runtime params (bools as int32: the interpreter cannot
+    take an int1 argument)."""
+    found = [a for t in inputs for a in _rt.input_arguments(t)]
+    return found + [int(p) if is_bool else p for p, is_bool in zip(params, kernels.bool_params)]
+
+
+def forward(kernels: Kernels, q, k, v, inputs, params, schedule, return_lse, for_backward=False):
+    """The forward kernel: (out in q's dtype, lse float32 [B, H, SQ] written when return_lse, what the
+    backward needs when for_backward: out in float32, for rowsum(dO * out), and per row the max and
+    the sum of the normalization [B, H, SQ, 2])."""
+    B, H, SQ, D = q.shape
+    HKV, SKV = k.shape[1], k.shape[2]
+    # the interpreter rounds float32 -> half by truncation: it writes float32, torch rounds to nearest
+    wide = for_backward or _rt.upcasts(q)
+    out = _rt.output_buffer((B, H, SQ, v.shape[-1]), torch.float32 if wide else q.dtype, q.device)
+    lse = _rt.output_buffer((B, H, SQ), torch.float32, q.device)
+    stats = _rt.output_buffer((B, H, SQ, 2), torch.float32, q.device) if for_backward else lse  # unwritten without WRITE_STATS
+    err = (torch.zeros(1, dtype=torch.int32, device=q.device),) if kernels.check_nonnegative else ()  # set by a program that met f < 0
+    scale = kernels.logit_scale(q, k, params)
+    write_lse = return_lse and kernels.norm != "elementwise"
+
+    def run(config):
+        tables = () if kernels.closed_form else schedule.tables(config.block_m, config.block_n).arguments()
+        grid = (triton.cdiv(SQ, config.block_m), B * H)
+        kernels.forward[grid](
+            q, k, v, out, lse, stats, *err, *q.stride(), *k.stride(), *v.stride(), *out.stride(), *tables,
+            *_input_arguments(kernels, inputs, params), B, H, HKV, SQ, SKV, D, v.shape[-1], scale,
+            BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=config.block_d, BLOCK_DV=config.block_dv,
+            IEEE=config.ieee, UPCAST=config.upcast, WRITE_LSE=write_lse,
+            WRITE_STATS=for_backward, num_warps=config.num_warps, num_stages=config.num_stages,
+        )
+
+    _rt.launch(run, kernels.spec_name, q, v, kernels.kernel_tiles, (SQ, SKV))
+    if err and bool(err[0].item()):  # the reference's check, made by the kernel (one host sync per call)
+        raise ValueError(f"{kernels.spec_name}: rownorm(f) needs f >= 0 on kept pairs, but f was negative")
+    return out.to(q.dtype), lse, ((out, stats) if for_backward else None)
+
+
+class Differentiable(torch.autograd.Function):
+    """The forward kernel as one autograd operation; its backward runs the dQ and dK/dV kernels."""
+
+    @staticmethod
+    def forward(ctx, kernels, schedule, params, q, k, v, *inputs):
+        out, lse, (wide, stats) = forward(kernels, q, k, v, inputs, params, schedule, kernels.norm != "elementwise", True)
+        # rowsum(dO * out) from the float32 out: from out rounded to a half type, its error would
+        # reach every input gradient summed over many pairs (a per-head slope's, say)
+        ctx.save_for_backward(q, k, v, wide, stats, *inputs)
+        ctx.kernels, ctx.schedule, ctx.params = kernels, schedule, params
+        if kernels.norm == "elementwise":
+            ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable  # the kernels' gradients are not differentiable again
+    def backward(ctx, dout, dlse):
+        q, k, v, out, stats, *inputs = ctx.saved_tensors
+        grads = backward(ctx.kernels, q, k, v, out, stats, dout, dlse, inputs, ctx.params, ctx.schedule)
+        return (None, None, None, *grads)
+
+
+def backward(kernels: Kernels, q, k, v, out, stats, dout, dlse, inputs, params, schedule):
+    """(dq, dk, dv, d<input>...) from the dQ and dK/dV kernels; None for inputs without a gradient."""
+    if kernels.backward_error is not None:
+        raise NotImplementedError(f"{kernels.spec_name}: {kernels.backward_error}")
+    B, H, SQ, D = q.shape
+    HKV, SKV, DV = k.shape[1], k.shape[2], v.shape[-1]
+    by_name = dict(zip(kernels.input_names, inputs))
+    do = dout.contiguous()
+    if kernels.norm == "elementwise":
+        delta = stats  # unused: no denominator
+    else:
+        delta = (do.float() * out.float()).sum(-1)
+        if dlse is not None:
+            delta = delta - dlse.float()
+        delta = delta.contiguous()
+    gq = torch.empty((B, H, SQ, D), dtype=torch.float32, device=q.device)
+    gk = torch.empty((B, HKV, SKV, D), dtype=torch.float32, device=q.device)
+    gv = torch.empty((B, HKV, SKV, DV), dtype=torch.float32, device=q.device)
+    grads = {
+        name: torch.zeros(_rt.readable(by_name[name]).shape, dtype=torch.float32, device=q.device)
+        for name in kernels.grad_inputs
+    }
+    scale = kernels.logit_scale(q, k, params)
+
+    def run(config):
+        bm, bn = config.block_m, config.block_n
+        for g in grads.values():
+            g.zero_()  # per-pair sites add into it
+        parts = _rt.site_buffers(kernels.site_kernels, (B, H, SQ, SKV), bm, bn, q.device)
+        flat_parts = [t for pair in parts for t in pair]
+        grad_args = [a for g in grads.values() for a in (g, *g.stride())]
+        common = (*_input_arguments(kernels, inputs, params), *grad_args, *flat_parts, B, H, HKV, SQ, SKV, D, DV, scale)
+        meta = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=config.block_d, BLOCK_DV=config.block_dv,
+                    IEEE=config.ieee, UPCAST=config.upcast, num_warps=config.num_warps, num_stages=config.num_stages)
+        strides = (*q.stride(), *k.stride(), *v.stride())
+        tables = () if kernels.closed_form else schedule.tables(bm, bn).arguments()
+        kernels.dq[(triton.cdiv(SQ, bm), B * H)](q, k, v, do, stats, delta, gq, *strides, *tables, *common, **meta)
+        kernels.dkdv[(triton.cdiv(SKV, bn), B * HKV)](
+            q, k, v, do, stats, delta, gk, gv, *strides, *schedule.transposed(bm, bn).arguments(), *common, **meta)
+        _rt.add_partials([grads[name] for name in kernels.site_inputs], parts)
+
+    _rt.launch(run, kernels.spec_name + " backward", q, v, kernels.kernel_tiles, (SQ, SKV), backward=True)
+    return (
+        gq.to(q.dtype), gk.to(k.dtype), gv.to(v.dtype),
+        *(_rt.input_gradient(grads[name], t) if name in grads else None for name, t in by_name.items()),
+    )
