@@ -86,6 +86,7 @@ class _SpecBuilder:
             selection=self.singles.get("select"),
             gqa_group=self.singles.get("gqa"),
             span=span_of(self.source, name_tok),
+            lets=tuple((name, let.value) for name, let in self.lets.items() if not let.uses_score),
         )
         for let in self.lets.values():  # unused lets are type-checked too
             infer(let.value, spec)

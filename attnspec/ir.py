@@ -127,6 +127,13 @@ class Binding:
     value: Expr
     level: str
     span: Span = _span
+    user: bool = False  # named after the user's let: generated code calls it by that name
+
+    @property
+    def symbol(self) -> str:
+        """Its name in generated code: the user's own, or `_t0` (template locals all start with `_`,
+        user names never do, so neither can shadow the other)."""
+        return self.name if self.user else f"_{self.name}"
 
 
 @dataclass(frozen=True)
@@ -142,6 +149,9 @@ class Spec:
     gqa_group: Expr | None = None
     bindings: tuple[Binding, ...] = ()
     span: Span = _span
+    # the user's `let` bindings (inlined by the front end) as (name, expression), lowered with the
+    # spec: a shared term equal to one is named after it. A naming hint, ignored by equality.
+    lets: tuple[tuple[str, Expr], ...] = field(default=(), compare=False, hash=False, repr=False)
 
     def binding(self, name: str) -> Binding | None:
         return next((b for b in self.bindings if b.name == name), None)

@@ -171,7 +171,7 @@ def bindings_for(spec: Spec, exprs, r: ExprRenderer) -> list[tuple[str, str]]:
             if node.op == "temp" and node.value not in needed:
                 needed.add(node.value)
                 pending.append(spec.binding(node.value).value)
-    return [(f"_{b.name}", r.render(b.value)) for b in spec.bindings if b.name in needed]
+    return [(b.symbol, r.render(b.value)) for b in spec.bindings if b.name in needed]
 
 
 def _input_plan(decl, r: DenseRenderer) -> dict:

@@ -45,7 +45,7 @@ def mod_plan(spec: Spec, exprs: list[Expr], two_step: bool) -> dict:
     aliases, copies = _separate_reads(spec, exprs)
     r = ModRenderer(spec, aliases)
     bindings = bindings_for(spec, exprs, r)
-    constant = {f"_{b.name}" for b in spec.bindings if not _varies(spec, b.value)}
+    constant = {b.symbol for b in spec.bindings if not _varies(spec, b.value)}
     leaves = [n for e in exprs for n in walk(inline_bindings(e, spec))]
     used_inputs = {n.value for n in leaves if n.op == "load"}
     used_params = {n.value for n in leaves if n.op == "param"}
@@ -67,7 +67,8 @@ def _separate_reads(spec: Spec, exprs: list[Expr]) -> tuple[dict, list[tuple[str
     (`pos[q_idx] - pos[kv_idx]`): every distinct read of a float input after its first reads an alias
     of its own, which the factory makes a clone where the input requires grad (autograd adds the
     clones' gradients into the input). Returns ({exact key of the load: alias}, [(alias, input)])."""
-    roots = [spec.binding(name[1:]).value for name, _ in bindings_for(spec, exprs, DenseRenderer(spec))]
+    symbols = {b.symbol: b for b in spec.bindings}
+    roots = [symbols[name].value for name, _ in bindings_for(spec, exprs, DenseRenderer(spec))]
     reads: dict[str, list] = {}
     aliases, copies = {}, []
     for node in (n for e in roots + [e for e in exprs if e is not None] for n in walk(e)):

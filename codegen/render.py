@@ -25,7 +25,8 @@ class ExprRenderer:
     """Render expressions as Python source; override the hooks a target spells differently.
 
     The leaves follow the sub notation every template shares: index variables and shape symbols as
-    `_q`, `_SQ`, runtime params by their (validated) names, the score as `_s`, bindings as `_t0`."""
+    `_q`, `_SQ`, runtime params by their (validated) names, the score as `_s`, bindings as `_t0` or by
+    the name of the user's let they equal."""
 
     infix = _INFIX
 
@@ -45,7 +46,7 @@ class ExprRenderer:
         return "_s"
 
     def render_temp(self, e: Expr) -> str:
-        return f"_{e.value}"
+        return self.spec.binding(e.value).symbol
 
     def render(self, e: Expr) -> str:
         method = getattr(self, f"render_{e.op}", None)

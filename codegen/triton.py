@@ -268,7 +268,7 @@ def _leveled(spec: Spec, roots, r: TritonRenderer, levels, exclude=()) -> list[t
     `exclude` also reads are left out (they are computed with those)."""
     taken = {name for name, _ in bindings_for(spec, [e for e in exclude if e is not None], r)}
     wanted = bindings_for(spec, [e for e in roots if e is not None], r)
-    level = {f"_{b.name}": b.level for b in spec.bindings}
+    level = {b.symbol: b.level for b in spec.bindings}
     return [(name, code) for name, code in wanted if level[name] in levels and name not in taken]
 
 

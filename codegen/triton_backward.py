@@ -23,8 +23,9 @@ import dataclasses
 from dataclasses import dataclass
 
 from attnspec.diagnostics import AttnError
-from attnspec.ir import Expr, Spec, level_of
+from attnspec.ir import Expr, Spec, inline_bindings, level_of, walk
 from attnspec.passes.derivative import derivative, float_loads
+from attnspec.passes.symbolic import exact_key
 from attnspec.stages import differentiated
 
 from .dense import bindings_for
@@ -82,7 +83,7 @@ def _col_site_bindings(spec: Spec, sites: list[dict], r) -> list[tuple[str, str]
     """(name, code) of the column-level bindings the dK/dV kernel's per-column sites index with: their
     offsets are stored once per key tile, after its query tiles."""
     loads = [load for site in sites if site["kernel"] == "dkdv" for load in site["loads"]]
-    level = {f"_{b.name}": b.level for b in spec.bindings}
+    level = {b.symbol: b.level for b in spec.bindings}
     return [(name, code) for name, code in bindings_for(spec, loads, r) if level[name] == "col"]
 
 
@@ -118,15 +119,27 @@ def _rendered(e: Expr, r) -> dict:
 
 def _site(spec: Spec, r, root: str, expr: Expr, load: Expr) -> dict:
     index_level = _level(spec, load.args)  # a sink's reads are program or row level (verify.SINK)
+    written = _as_written(spec, expr, load)
     return {
         "input": load.value,
         "root": root,
         "level": index_level,
         "kernel": "dkdv" if index_level == "col" else "dq",
         "derivative": _rendered(derivative(expr, load, spec), r),
-        "offset": r.render_offset(load, f"_d_{load.value}_s"),
-        "loads": [load],
+        "offset": r.render_offset(written, f"_d_{load.value}_s"),
+        "loads": [written],
     }
+
+
+def _as_written(spec: Spec, expr: Expr, load: Expr) -> Expr:
+    """The load as the spec's expressions spell it (its indices through the bindings the forward
+    computes), so that the gradient's offset reads the same names as the forward's load."""
+    key = exact_key(load)
+    for root in [expr] + [b.value for b in spec.bindings]:
+        for node in walk(root):
+            if node.op == "load" and exact_key(inline_bindings(node, spec)) == key:
+                return node
+    return load
 
 
 def _level(spec: Spec, indices) -> str:

@@ -4,7 +4,8 @@ The token-level expressions (the CSE roots of stages.py: score mod, mask, sink, 
 (networkx). A subexpression becomes a Binding when it occurs more than once (CSE), or when it
 varies less than the expression around it (hoisting): terms of (b, h) only are computed once per
 program, terms of the query row once per row, terms of the key column once per column, instead
-of once per (query, key) pair. Expressions that read the score are never bound: `score` means
+of once per (query, key) pair. A binding equal to one of the user's lets takes its name; the others
+are t0, t1, ... Expressions that read the score are never bound: `score` means
 the scaled logit in a score mod but the modified score inside normalize(...).
 """
 
@@ -17,6 +18,7 @@ import networkx as nx
 
 from ..ir import LEAF_OPS, Binding, Expr, Spec, level_of, substitute, uses, walk
 from ..stages import cse_roots, with_slots
+from .symbolic import exact_key
 
 
 def hoist_and_share(spec: Spec) -> Spec:
@@ -32,11 +34,14 @@ def hoist_and_share(spec: Spec) -> Spec:
     # children before parents; ties in order of first occurrence, so the output is deterministic
     order = list(nx.lexicographical_topological_sort(graph.reverse(), key=chosen.__getitem__))
     taken = {p.name for p in spec.params} | {i.name for i in spec.inputs} | {b.name for b in spec.bindings}
+    lets = {exact_key(value): name for name, value in reversed(spec.lets)}  # the first of equal lets
     bindings, temps = list(spec.bindings), {}
     for node in order:
-        name = _fresh(taken)
+        user = lets.get(exact_key(node))
+        name = user if user is not None and user not in taken else _fresh(taken)
+        taken.add(name)
         value = dataclasses.replace(node, args=tuple(_replace(a, temps) for a in node.args))
-        bindings.append(Binding(name, value, level_of(node, spec), node.span))
+        bindings.append(Binding(name, value, level_of(node, spec), node.span, user=name == user))
         temps[node] = Expr("temp", value=name, span=node.span)
     spec = dataclasses.replace(spec, bindings=tuple(bindings))
     return with_slots(spec, {k: _replace(v, temps) for k, v in roots.items()})

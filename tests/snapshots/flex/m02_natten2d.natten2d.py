@@ -49,13 +49,13 @@ def _token_mask(q, k, rpb):
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, k, rpb)
     _dtype = _dense.compute_dtype(q)
     _b, _h, _q, _kv = _dense.grid((_B, _H, _SQ, _SKV), q.device)
-    _t0 = (_kv // W)
-    _t1 = (_q // W)
-    _t2 = (_kv % W)
-    _t3 = (_q % W)
-    _t4 = _fn.clamp(_t1, r, 5)
-    _t5 = _fn.clamp(_t3, r, 5)
-    return _dense.full(((_fn.abs((_t0 - _t4)) <= r) & (_fn.abs((_t2 - _t5)) <= r)), (_B, _H, _SQ, _SKV), torch.bool, q.device)
+    ky = (_kv // W)
+    qy = (_q // W)
+    kx = (_kv % W)
+    qx = (_q % W)
+    _t0 = _fn.clamp(qy, r, 5)
+    _t1 = _fn.clamp(qx, r, 5)
+    return _dense.full(((_fn.abs((ky - _t0)) <= r) & (_fn.abs((kx - _t1)) <= r)), (_B, _H, _SQ, _SKV), torch.bool, q.device)
 
 
 # ---------------------------------------------------------------- FlexAttention mods
@@ -67,11 +67,11 @@ def natten2d_score_mod(*, rpb, dtype=torch.float32):
     rpb = rpb.to(dtype) if rpb.is_floating_point() else rpb
 
     def score_mod(score, b, h, q_idx, kv_idx):
-        _t0 = (kv_idx // W)
-        _t1 = (q_idx // W)
-        _t2 = (kv_idx % W)
-        _t3 = (q_idx % W)
-        return _dense.tensor_like((score + _fn.load(rpb, h, ((_t0 - _t1) + 4), ((_t2 - _t3) + 4))), score)
+        ky = (kv_idx // W)
+        qy = (q_idx // W)
+        kx = (kv_idx % W)
+        qx = (q_idx % W)
+        return _dense.tensor_like((score + _fn.load(rpb, h, ((ky - qy) + 4), ((kx - qx) + 4))), score)
 
     return score_mod
 
@@ -81,13 +81,13 @@ def natten2d_mask_mod(*, dtype=torch.float32):
     _dtype = dtype
 
     def mask_mod(b, h, q_idx, kv_idx):
-        _t0 = (kv_idx // W)
-        _t1 = (q_idx // W)
-        _t2 = (kv_idx % W)
-        _t3 = (q_idx % W)
-        _t4 = _fn.clamp(_t1, r, 5)
-        _t5 = _fn.clamp(_t3, r, 5)
-        return _dense.tensor_like(((_fn.abs((_t0 - _t4)) <= r) & (_fn.abs((_t2 - _t5)) <= r)), q_idx, torch.bool)
+        ky = (kv_idx // W)
+        qy = (q_idx // W)
+        kx = (kv_idx % W)
+        qx = (q_idx % W)
+        _t0 = _fn.clamp(qy, r, 5)
+        _t1 = _fn.clamp(qx, r, 5)
+        return _dense.tensor_like(((_fn.abs((ky - _t0)) <= r) & (_fn.abs((kx - _t1)) <= r)), q_idx, torch.bool)
 
     return mask_mod
 

@@ -50,13 +50,13 @@ def _token_mask(q, k):
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, k)
     _dtype = _dense.compute_dtype(q)
     _b, _h, _q, _kv = _dense.grid((_B, _H, _SQ, _SKV), q.device)
-    _t0 = (_kv // 30)
-    _t1 = _fn.clamp((_q // 30), rt, 2)
-    _t2 = ((_kv // W) % HT)
-    _t3 = _fn.clamp(((_q // W) % HT), r, 3)
-    _t4 = (_kv % W)
-    _t5 = _fn.clamp((_q % W), r, 4)
-    return _dense.full(((_fn.abs((_t0 - _t1)) <= rt) & ((_fn.abs((_t2 - _t3)) <= r) & (_fn.abs((_t4 - _t5)) <= r))), (_B, _H, _SQ, _SKV), torch.bool, q.device)
+    kt = (_kv // 30)
+    _t0 = _fn.clamp((_q // 30), rt, 2)
+    ky = ((_kv // W) % HT)
+    _t1 = _fn.clamp(((_q // W) % HT), r, 3)
+    kx = (_kv % W)
+    _t2 = _fn.clamp((_q % W), r, 4)
+    return _dense.full(((_fn.abs((kt - _t0)) <= rt) & ((_fn.abs((ky - _t1)) <= r) & (_fn.abs((kx - _t2)) <= r))), (_B, _H, _SQ, _SKV), torch.bool, q.device)
 
 
 # ---------------------------------------------------------------- FlexAttention mods
@@ -77,13 +77,13 @@ def natten3d_mask_mod(*, dtype=torch.float32):
     _dtype = dtype
 
     def mask_mod(b, h, q_idx, kv_idx):
-        _t0 = (kv_idx // 30)
-        _t1 = _fn.clamp((q_idx // 30), rt, 2)
-        _t2 = ((kv_idx // W) % HT)
-        _t3 = _fn.clamp(((q_idx // W) % HT), r, 3)
-        _t4 = (kv_idx % W)
-        _t5 = _fn.clamp((q_idx % W), r, 4)
-        return _dense.tensor_like(((_fn.abs((_t0 - _t1)) <= rt) & ((_fn.abs((_t2 - _t3)) <= r) & (_fn.abs((_t4 - _t5)) <= r))), q_idx, torch.bool)
+        kt = (kv_idx // 30)
+        _t0 = _fn.clamp((q_idx // 30), rt, 2)
+        ky = ((kv_idx // W) % HT)
+        _t1 = _fn.clamp(((q_idx // W) % HT), r, 3)
+        kx = (kv_idx % W)
+        _t2 = _fn.clamp((q_idx % W), r, 4)
+        return _dense.tensor_like(((_fn.abs((kt - _t0)) <= rt) & ((_fn.abs((ky - _t1)) <= r) & (_fn.abs((kx - _t2)) <= r))), q_idx, torch.bool)
 
     return mask_mod
 

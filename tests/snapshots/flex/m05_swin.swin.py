@@ -51,15 +51,15 @@ def _token_mask(q, k, bias):
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, k, bias)
     _dtype = _dense.compute_dtype(q)
     _b, _h, _q, _kv = _dense.grid((_B, _H, _SQ, _SKV), q.device)
-    _t0 = (_kv // W)
-    _t1 = (_q // W)
-    _t2 = (_kv % W)
-    _t3 = (_q % W)
-    _t4 = ((_t1 + shift) // M)
-    _t5 = ((_t0 + shift) // M)
-    _t6 = ((_t3 + shift) // M)
-    _t7 = ((_t2 + shift) // M)
-    return _dense.full(((_t4 == _t5) & (_t6 == _t7)), (_B, _H, _SQ, _SKV), torch.bool, q.device)
+    ky = (_kv // W)
+    qy = (_q // W)
+    kx = (_kv % W)
+    qx = (_q % W)
+    _t0 = ((qy + shift) // M)
+    _t1 = ((ky + shift) // M)
+    _t2 = ((qx + shift) // M)
+    _t3 = ((kx + shift) // M)
+    return _dense.full(((_t0 == _t1) & (_t2 == _t3)), (_B, _H, _SQ, _SKV), torch.bool, q.device)
 
 
 # ---------------------------------------------------------------- FlexAttention mods
@@ -71,11 +71,11 @@ def swin_score_mod(*, bias, dtype=torch.float32):
     bias = bias.to(dtype) if bias.is_floating_point() else bias
 
     def score_mod(score, b, h, q_idx, kv_idx):
-        _t0 = (kv_idx // W)
-        _t1 = (q_idx // W)
-        _t2 = (kv_idx % W)
-        _t3 = (q_idx % W)
-        return _dense.tensor_like((score + _fn.load(bias, h, ((_t0 - _t1) + 3), ((_t2 - _t3) + 3))), score)
+        ky = (kv_idx // W)
+        qy = (q_idx // W)
+        kx = (kv_idx % W)
+        qx = (q_idx % W)
+        return _dense.tensor_like((score + _fn.load(bias, h, ((ky - qy) + 3), ((kx - qx) + 3))), score)
 
     return score_mod
 
@@ -85,15 +85,15 @@ def swin_mask_mod(*, dtype=torch.float32):
     _dtype = dtype
 
     def mask_mod(b, h, q_idx, kv_idx):
-        _t0 = (kv_idx // W)
-        _t1 = (q_idx // W)
-        _t2 = (kv_idx % W)
-        _t3 = (q_idx % W)
-        _t4 = ((_t1 + shift) // M)
-        _t5 = ((_t0 + shift) // M)
-        _t6 = ((_t3 + shift) // M)
-        _t7 = ((_t2 + shift) // M)
-        return _dense.tensor_like(((_t4 == _t5) & (_t6 == _t7)), q_idx, torch.bool)
+        ky = (kv_idx // W)
+        qy = (q_idx // W)
+        kx = (kv_idx % W)
+        qx = (q_idx % W)
+        _t0 = ((qy + shift) // M)
+        _t1 = ((ky + shift) // M)
+        _t2 = ((qx + shift) // M)
+        _t3 = ((kx + shift) // M)
+        return _dense.tensor_like(((_t0 == _t1) & (_t2 == _t3)), q_idx, torch.bool)
 
     return mask_mod
 

@@ -46,11 +46,11 @@ def _token_mask(q, k):
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, k)
     _dtype = _dense.compute_dtype(q)
     _b, _h, _q, _kv = _dense.grid((_B, _H, _SQ, _SKV), q.device)
-    _t0 = (_q // W)
-    _t1 = (_kv // W)
-    _t2 = (_q % W)
-    _t3 = (_kv % W)
-    return _dense.full(((_t0 == _t1) | (_t2 == _t3)), (_B, _H, _SQ, _SKV), torch.bool, q.device)
+    qy = (_q // W)
+    ky = (_kv // W)
+    qx = (_q % W)
+    kx = (_kv % W)
+    return _dense.full(((qy == ky) | (qx == kx)), (_B, _H, _SQ, _SKV), torch.bool, q.device)
 
 
 # ---------------------------------------------------------------- FlexAttention mods
@@ -71,11 +71,11 @@ def criss_cross_mask_mod(*, dtype=torch.float32):
     _dtype = dtype
 
     def mask_mod(b, h, q_idx, kv_idx):
-        _t0 = (q_idx // W)
-        _t1 = (kv_idx // W)
-        _t2 = (q_idx % W)
-        _t3 = (kv_idx % W)
-        return _dense.tensor_like(((_t0 == _t1) | (_t2 == _t3)), q_idx, torch.bool)
+        qy = (q_idx // W)
+        ky = (kv_idx // W)
+        qx = (q_idx % W)
+        kx = (kv_idx % W)
+        return _dense.tensor_like(((qy == ky) | (qx == kx)), q_idx, torch.bool)
 
     return mask_mod
 

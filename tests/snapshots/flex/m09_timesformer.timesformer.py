@@ -50,9 +50,9 @@ def _token_mask(q, k):
     _b, _h, _q, _kv = _dense.grid((_B, _H, _SQ, _SKV), q.device)
     _t0 = (_q == 0)
     _t1 = (_kv == 0)
-    _t2 = ((_q - 1) % 12)
-    _t3 = ((_kv - 1) % 12)
-    return _dense.full(((_t0 | _t1) | (_t2 == _t3)), (_B, _H, _SQ, _SKV), torch.bool, q.device)
+    qp = ((_q - 1) % 12)
+    kp = ((_kv - 1) % 12)
+    return _dense.full(((_t0 | _t1) | (qp == kp)), (_B, _H, _SQ, _SKV), torch.bool, q.device)
 
 
 # ---------------------------------------------------------------- FlexAttention mods
@@ -75,9 +75,9 @@ def timesformer_mask_mod(*, dtype=torch.float32):
     def mask_mod(b, h, q_idx, kv_idx):
         _t0 = (q_idx == 0)
         _t1 = (kv_idx == 0)
-        _t2 = ((q_idx - 1) % 12)
-        _t3 = ((kv_idx - 1) % 12)
-        return _dense.tensor_like(((_t0 | _t1) | (_t2 == _t3)), q_idx, torch.bool)
+        qp = ((q_idx - 1) % 12)
+        kp = ((kv_idx - 1) % 12)
+        return _dense.tensor_like(((_t0 | _t1) | (qp == kp)), q_idx, torch.bool)
 
     return mask_mod
 

@@ -48,11 +48,11 @@ def _token_mask(q, k):
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, k)
     _dtype = _dense.compute_dtype(q)
     _b, _h, _q, _kv = _dense.grid((_B, _H, _SQ, _SKV), q.device)
-    _t0 = (_q // BS)
-    _t1 = (_kv // BS)
-    _t2 = (_t0 - _t1)
-    _t3 = (_t1 < n_sink)
-    return _dense.full(((_kv <= _q) & (((_t2 < n_local) | (_fn.bitand(_t2, (_t2 - 1)) == 0)) | _t3)), (_B, _H, _SQ, _SKV), torch.bool, q.device)
+    qb = (_q // BS)
+    kb = (_kv // BS)
+    d = (qb - kb)
+    _t0 = (kb < n_sink)
+    return _dense.full(((_kv <= _q) & (((d < n_local) | (_fn.bitand(d, (d - 1)) == 0)) | _t0)), (_B, _H, _SQ, _SKV), torch.bool, q.device)
 
 
 # ---------------------------------------------------------------- FlexAttention mods
@@ -73,11 +73,11 @@ def power_attention_mask_mod(*, dtype=torch.float32):
     _dtype = dtype
 
     def mask_mod(b, h, q_idx, kv_idx):
-        _t0 = (q_idx // BS)
-        _t1 = (kv_idx // BS)
-        _t2 = (_t0 - _t1)
-        _t3 = (_t1 < n_sink)
-        return _dense.tensor_like(((kv_idx <= q_idx) & (((_t2 < n_local) | (_fn.bitand(_t2, (_t2 - 1)) == 0)) | _t3)), q_idx, torch.bool)
+        qb = (q_idx // BS)
+        kb = (kv_idx // BS)
+        d = (qb - kb)
+        _t0 = (kb < n_sink)
+        return _dense.tensor_like(((kv_idx <= q_idx) & (((d < n_local) | (_fn.bitand(d, (d - 1)) == 0)) | _t0)), q_idx, torch.bool)
 
     return mask_mod
 

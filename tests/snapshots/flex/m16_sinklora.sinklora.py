@@ -49,11 +49,11 @@ def _token_mask(q, k):
     _b, _h, _q, _kv = _dense.grid((_B, _H, _SQ, _SKV), q.device)
     _t0 = (_H // 2)
     _t1 = (_h >= _t0)
-    _t2 = _fn.where(_t1, 8, 0)
-    _t3 = ((_q + _t2) // GS)
-    _t4 = ((_kv + _t2) // GS)
-    _t5 = (_kv < sinks)
-    return _dense.full(((_kv <= _q) & ((_t3 == _t4) | _t5)), (_B, _H, _SQ, _SKV), torch.bool, q.device)
+    sh = _fn.where(_t1, 8, 0)
+    _t2 = ((_q + sh) // GS)
+    _t3 = ((_kv + sh) // GS)
+    _t4 = (_kv < sinks)
+    return _dense.full(((_kv <= _q) & ((_t2 == _t3) | _t4)), (_B, _H, _SQ, _SKV), torch.bool, q.device)
 
 
 # ---------------------------------------------------------------- FlexAttention mods
@@ -76,11 +76,11 @@ def sinklora_mask_mod(*, H, dtype=torch.float32):
 
     def mask_mod(b, h, q_idx, kv_idx):
         _t1 = (h >= _t0)
-        _t2 = _fn.where(_t1, 8, 0)
-        _t3 = ((q_idx + _t2) // GS)
-        _t4 = ((kv_idx + _t2) // GS)
-        _t5 = (kv_idx < sinks)
-        return _dense.tensor_like(((kv_idx <= q_idx) & ((_t3 == _t4) | _t5)), q_idx, torch.bool)
+        sh = _fn.where(_t1, 8, 0)
+        _t2 = ((q_idx + sh) // GS)
+        _t3 = ((kv_idx + sh) // GS)
+        _t4 = (kv_idx < sinks)
+        return _dense.tensor_like(((kv_idx <= q_idx) & ((_t2 == _t3) | _t4)), q_idx, torch.bool)
 
     return mask_mod
 

@@ -52,12 +52,12 @@ def _token_mask(q, k, kind):
     _t1 = (_kv < n_text)
     _t2 = (_fn.load(kind, _h) == 0)
     _t3 = (_q - n_text)
-    _t4 = (_t3 // S)
-    _t5 = (_kv - n_text)
-    _t6 = (_t5 // S)
-    _t7 = (_t3 % S)
-    _t8 = (_t5 % S)
-    return _dense.full(((_t0 | _t1) | _fn.where(_t2, (_t4 == _t6), (_t7 == _t8))), (_B, _H, _SQ, _SKV), torch.bool, q.device)
+    qf = (_t3 // S)
+    _t4 = (_kv - n_text)
+    kf = (_t4 // S)
+    qp = (_t3 % S)
+    kp = (_t4 % S)
+    return _dense.full(((_t0 | _t1) | _fn.where(_t2, (qf == kf), (qp == kp))), (_B, _H, _SQ, _SKV), torch.bool, q.device)
 
 
 # ---------------------------------------------------------------- FlexAttention mods
@@ -83,12 +83,12 @@ def svg_heads_mask_mod(*, kind, dtype=torch.float32):
         _t1 = (kv_idx < n_text)
         _t2 = (_fn.load(kind, h) == 0)
         _t3 = (q_idx - n_text)
-        _t4 = (_t3 // S)
-        _t5 = (kv_idx - n_text)
-        _t6 = (_t5 // S)
-        _t7 = (_t3 % S)
-        _t8 = (_t5 % S)
-        return _dense.tensor_like(((_t0 | _t1) | _fn.where(_t2, (_t4 == _t6), (_t7 == _t8))), q_idx, torch.bool)
+        qf = (_t3 // S)
+        _t4 = (kv_idx - n_text)
+        kf = (_t4 // S)
+        qp = (_t3 % S)
+        kp = (_t4 % S)
+        return _dense.tensor_like(((_t0 | _t1) | _fn.where(_t2, (qf == kf), (qp == kp))), q_idx, torch.bool)
 
     return mask_mod
 

@@ -57,13 +57,13 @@ def _token_mask(q, k, rpb):
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, k, rpb)
     _dtype = _dense.compute_dtype(q)
     _b, _h, _q, _kv = _dense.grid((_B, _H, _SQ, _SKV), q.device)
-    _t0 = (_kv // W)
-    _t1 = (_q // W)
-    _t2 = (_kv % W)
-    _t3 = (_q % W)
-    _t4 = _fn.clamp(_t1, r, 5)
-    _t5 = _fn.clamp(_t3, r, 5)
-    return _dense.full(((_fn.abs((_t0 - _t4)) <= r) & (_fn.abs((_t2 - _t5)) <= r)), (_B, _H, _SQ, _SKV), torch.bool, q.device)
+    ky = (_kv // W)
+    qy = (_q // W)
+    kx = (_kv % W)
+    qx = (_q % W)
+    _t0 = _fn.clamp(qy, r, 5)
+    _t1 = _fn.clamp(qx, r, 5)
+    return _dense.full(((_fn.abs((ky - _t0)) <= r) & (_fn.abs((kx - _t1)) <= r)), (_B, _H, _SQ, _SKV), torch.bool, q.device)
 
 
 # ---------------------------------------------------------------- the tile schedule
@@ -94,25 +94,25 @@ def _tile_classes(_B, _H, _HKV, _SQ, _SKV, _D, _bq, _bk, rpb):
 
 
 @triton.jit
-def _natten2d_scores(_qk, _q, _kv, _b, _h, rpb, _rpb_n0, _rpb_n1, _rpb_n2, _rpb_s0, _rpb_s1, _rpb_s2, _t1, _t3, _t4, _t5, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
+def _natten2d_scores(_qk, _q, _kv, _b, _h, rpb, _rpb_n0, _rpb_n1, _rpb_n2, _rpb_s0, _rpb_s1, _rpb_s2, qy, qx, _t0, _t1, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
     """The kept pairs of a tile (inside the lengths, and in a partial tile kept by the mask), the score
     before its mod (_x = scale * q.k) and after it (_s), and the per-pair bindings."""
     _zero = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     _keep = (_kv < _SKV) & (_q < _SQ)
-    _t0 = (_kv // 8)
-    _t2 = (_kv % 8)
+    ky = (_kv // 8)
+    kx = (_kv % 8)
     if MASKED:
-        _keep = _keep & (((tl.abs((_t0 - _t4)) <= R) & (tl.abs((_t2 - _t5)) <= R)))
+        _keep = _keep & (((tl.abs((ky - _t0)) <= R) & (tl.abs((kx - _t1)) <= R)))
     _s = _qk * _sm_scale
     _x = _s  # the score before its mod: where the mod's derivative is taken
-    _s = (_s + tl.load(rpb + _kernel.clamp(_h, 0, _rpb_n0 - 1) * _rpb_s0 + _kernel.clamp(((_t0 - _t1) + 4), 0, _rpb_n1 - 1) * _rpb_s1 + _kernel.clamp(((_t2 - _t3) + 4), 0, _rpb_n2 - 1) * _rpb_s2).to(tl.float32))
-    return _keep, _s, _x, _t0, _t2
+    _s = (_s + tl.load(rpb + _kernel.clamp(_h, 0, _rpb_n0 - 1) * _rpb_s0 + _kernel.clamp(((ky - qy) + 4), 0, _rpb_n1 - 1) * _rpb_s1 + _kernel.clamp(((kx - qx) + 4), 0, _rpb_n2 - 1) * _rpb_s2).to(tl.float32))
+    return _keep, _s, _x, ky, kx
 
 
 @triton.jit
 def _natten2d_forward_tile(
     _j, _m, _l, _acc, _q_tile, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV,
-    _q, _b, _h, rpb, _rpb_n0, _rpb_n1, _rpb_n2, _rpb_s0, _rpb_s1, _rpb_s2, _t1, _t3, _t4, _t5, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale,
+    _q, _b, _h, rpb, _rpb_n0, _rpb_n1, _rpb_n2, _rpb_s0, _rpb_s1, _rpb_s2, qy, qx, _t0, _t1, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, MASKED: tl.constexpr,
 ):
     """Key tile _j: its scores, then the online softmax update of the running max _m, sum _l and output _acc."""
@@ -121,7 +121,7 @@ def _natten2d_forward_tile(
     _kT = _kernel.load_tile(_K + _kbase, _offs_d, _offs_n, _skd, _skn, _D, _SKV, UPCAST)
     _v = _kernel.load_tile(_V + _vbase, _offs_n, _offs_dv, _svn, _svd, _SKV, _DV, UPCAST)
     _qk = _kernel.mma(_q_tile, _kT, None, IEEE)
-    _keep, _s, _x, _t0, _t2 = _natten2d_scores(_qk, _q, _kv, _b, _h, rpb, _rpb_n0, _rpb_n1, _rpb_n2, _rpb_s0, _rpb_s1, _rpb_s2, _t1, _t3, _t4, _t5, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, MASKED)
+    _keep, _s, _x, ky, kx = _natten2d_scores(_qk, _q, _kv, _b, _h, rpb, _rpb_n0, _rpb_n1, _rpb_n2, _rpb_s0, _rpb_s1, _rpb_s2, qy, qx, _t0, _t1, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, MASKED)
     _t = tl.where(_keep, _s, -float("inf"))
     _m_new = tl.maximum(_m, tl.max(_t, 1)[:, None])
     _m_safe = tl.where(_m_new == -float("inf"), 0.0, _m_new)
@@ -137,22 +137,22 @@ def _natten2d_forward_tile(
 
 
 @triton.jit
-def _natten2d_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _b, _h, rpb, _rpb_n0, _rpb_n1, _rpb_n2, _rpb_s0, _rpb_s1, _rpb_s2, _t1, _t3, _t4, _t5, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, _d_rpb_s0, _d_rpb_s1, _d_rpb_s2, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
+def _natten2d_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _b, _h, rpb, _rpb_n0, _rpb_n1, _rpb_n2, _rpb_s0, _rpb_s1, _rpb_s2, qy, qx, _t0, _t1, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, _d_rpb_s0, _d_rpb_s1, _d_rpb_s2, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
     """A tile's weights _p as the forward used them, the gradient _dx of the scaled product, and each
     input site's contribution _c<n> (with, for a per-pair site, the offsets _o<n> it adds into)."""
-    _keep, _s, _x, _t0, _t2 = _natten2d_scores(_qk, _q, _kv, _b, _h, rpb, _rpb_n0, _rpb_n1, _rpb_n2, _rpb_s0, _rpb_s1, _rpb_s2, _t1, _t3, _t4, _t5, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, MASKED)
+    _keep, _s, _x, ky, kx = _natten2d_scores(_qk, _q, _kv, _b, _h, rpb, _rpb_n0, _rpb_n1, _rpb_n2, _rpb_s0, _rpb_s1, _rpb_s2, qy, qx, _t0, _t1, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, MASKED)
     _p = tl.where(_keep, tl.exp2((_s - _mrow) * 1.4426950408889634) * _inv_l, 0.0)
     _ds = _p * (_dp - _delta)
     _dx = _ds
     _c0 = tl.where(_keep, _ds, 0.0)
-    _o0 = (_kernel.clamp(_h, 0, _rpb_n0 - 1) * _d_rpb_s0 + _kernel.clamp((((_kv // 8) - (_q // 8)) + 4), 0, _rpb_n1 - 1) * _d_rpb_s1 + _kernel.clamp((((_kv % 8) - (_q % 8)) + 4), 0, _rpb_n2 - 1) * _d_rpb_s2) + tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
+    _o0 = (_kernel.clamp(_h, 0, _rpb_n0 - 1) * _d_rpb_s0 + _kernel.clamp(((ky - qy) + 4), 0, _rpb_n1 - 1) * _d_rpb_s1 + _kernel.clamp(((kx - qx) + 4), 0, _rpb_n2 - 1) * _d_rpb_s2) + tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
     return _keep, _p, _dx, _c0, _o0
 
 
 @triton.jit
 def _natten2d_dq_tile(
     _j, _dq, _q_tile, _do, _mrow, _inv_l, _delta, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV, _d_rpb, _d_rpb_s0, _d_rpb_s1, _d_rpb_s2,
-    _q, _b, _h, rpb, _rpb_n0, _rpb_n1, _rpb_n2, _rpb_s0, _rpb_s1, _rpb_s2, _t1, _t3, _t4, _t5, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale,
+    _q, _b, _h, rpb, _rpb_n0, _rpb_n1, _rpb_n2, _rpb_s0, _rpb_s1, _rpb_s2, qy, qx, _t0, _t1, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, MASKED: tl.constexpr,
 ):
     """Key tile _j of the dQ kernel: dQ += dX . K, the per-program and per-row sites' sums, the per-pair
@@ -163,7 +163,7 @@ def _natten2d_dq_tile(
     _vT = _kernel.load_tile(_V + _vbase, _offs_dv, _offs_n, _svd, _svn, _DV, _SKV, UPCAST)
     _qk = _kernel.mma(_q_tile, _kT, None, IEEE)
     _dp = _kernel.mma(_do, _vT, None, IEEE)
-    _keep, _p, _dx, _c0, _o0 = _natten2d_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _b, _h, rpb, _rpb_n0, _rpb_n1, _rpb_n2, _rpb_s0, _rpb_s1, _rpb_s2, _t1, _t3, _t4, _t5, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, _d_rpb_s0, _d_rpb_s1, _d_rpb_s2, BLOCK_M, BLOCK_N, MASKED)
+    _keep, _p, _dx, _c0, _o0 = _natten2d_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _b, _h, rpb, _rpb_n0, _rpb_n1, _rpb_n2, _rpb_s0, _rpb_s1, _rpb_s2, qy, qx, _t0, _t1, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, _d_rpb_s0, _d_rpb_s1, _d_rpb_s2, BLOCK_M, BLOCK_N, MASKED)
     tl.atomic_add(_d_rpb + _o0, _c0, mask=_keep)
     if not UPCAST:
         _dx = _dx.to(_q_tile.dtype)
@@ -188,13 +188,13 @@ def _natten2d_dkdv_tile(
     _inv_l = tl.where(_lrow > 0, 1.0 / _lrow, 0.0)
     _delta = tl.load(_Delta + _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], mask=_offs_m[:, None] < _SQ, other=0.0)
     _do = _kernel.load_tile(_DO + _pid_bh.to(tl.int64) * _SQ * _DV, _offs_m, _offs_dv, _DV, 1, _SQ, _DV, UPCAST)
-    _t1 = (_q // 8)
-    _t3 = (_q % 8)
-    _t4 = _kernel.clamp(_t1, R, 5)
-    _t5 = _kernel.clamp(_t3, R, 5)
+    qy = (_q // 8)
+    qx = (_q % 8)
+    _t0 = _kernel.clamp(qy, R, 5)
+    _t1 = _kernel.clamp(qx, R, 5)
     _qk = _kernel.mma(_q_tile, _kT, None, IEEE)
     _dp = _kernel.mma(_do, _vT, None, IEEE)
-    _keep, _p, _dx, _c0, _o0 = _natten2d_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _b, _h, rpb, _rpb_n0, _rpb_n1, _rpb_n2, _rpb_s0, _rpb_s1, _rpb_s2, _t1, _t3, _t4, _t5, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, _d_rpb_s0, _d_rpb_s1, _d_rpb_s2, BLOCK_M, BLOCK_N, MASKED)
+    _keep, _p, _dx, _c0, _o0 = _natten2d_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _b, _h, rpb, _rpb_n0, _rpb_n1, _rpb_n2, _rpb_s0, _rpb_s1, _rpb_s2, qy, qx, _t0, _t1, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, _d_rpb_s0, _d_rpb_s1, _d_rpb_s2, BLOCK_M, BLOCK_N, MASKED)
     if not UPCAST:
         _p = _p.to(_q_tile.dtype)
         _dx = _dx.to(_q_tile.dtype)
@@ -226,10 +226,10 @@ def _natten2d_forward(
     _kbase = _b.to(tl.int64) * _skb + _hkv.to(tl.int64) * _skh
     _vbase = _b.to(tl.int64) * _svb + _hkv.to(tl.int64) * _svh
     _q_tile = _kernel.load_tile(_Q + _qbase, _offs_m, _offs_d, _sqm, _sqd, _SQ, _D, UPCAST)
-    _t1 = (_q // 8)
-    _t3 = (_q % 8)
-    _t4 = _kernel.clamp(_t1, R, 5)
-    _t5 = _kernel.clamp(_t3, R, 5)
+    qy = (_q // 8)
+    qx = (_q % 8)
+    _t0 = _kernel.clamp(qy, R, 5)
+    _t1 = _kernel.clamp(qx, R, 5)
     _m = tl.full([BLOCK_M, 1], -float("inf"), dtype=tl.float32)
     _l = tl.zeros([BLOCK_M, 1], dtype=tl.float32)
     _acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
@@ -239,12 +239,12 @@ def _natten2d_forward(
     for _i in range(0, tl.load(_FullNum + _tnum)):
         _m, _l, _acc = _natten2d_forward_tile(
             tl.load(_FullIdx + _tidx + _i), _m, _l, _acc, _q_tile, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV,
-            _q, _b, _h, rpb, _rpb_n0, _rpb_n1, _rpb_n2, _rpb_s0, _rpb_s1, _rpb_s2, _t1, _t3, _t4, _t5, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False)
+            _q, _b, _h, rpb, _rpb_n0, _rpb_n1, _rpb_n2, _rpb_s0, _rpb_s1, _rpb_s2, qy, qx, _t0, _t1, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False)
     # partial key tiles: the mask decides per pair
     for _i in range(0, tl.load(_PartNum + _tnum)):
         _m, _l, _acc = _natten2d_forward_tile(
             tl.load(_PartIdx + _tidx + _i), _m, _l, _acc, _q_tile, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV,
-            _q, _b, _h, rpb, _rpb_n0, _rpb_n1, _rpb_n2, _rpb_s0, _rpb_s1, _rpb_s2, _t1, _t3, _t4, _t5, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
+            _q, _b, _h, rpb, _rpb_n0, _rpb_n1, _rpb_n2, _rpb_s0, _rpb_s1, _rpb_s2, qy, qx, _t0, _t1, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
     # an undefined row (language.md section 8) is NaN: a NaN or +inf logit or sink leaves _m at +inf or
     # NaN, or _l at NaN; a NaN or infinite weight leaves _l NaN or infinite
     _undef = (_m != _m) | (_m == float("inf")) | (_l != _l)
@@ -351,10 +351,10 @@ def _natten2d_backward_dq(
     _inv_l = tl.where(_lrow > 0, 1.0 / _lrow, 0.0)
     _delta = tl.load(_Delta + _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], mask=_offs_m[:, None] < _SQ, other=0.0)
     _do = _kernel.load_tile(_DO + _pid_bh.to(tl.int64) * _SQ * _DV, _offs_m, _offs_dv, _DV, 1, _SQ, _DV, UPCAST)
-    _t1 = (_q // 8)
-    _t3 = (_q % 8)
-    _t4 = _kernel.clamp(_t1, R, 5)
-    _t5 = _kernel.clamp(_t3, R, 5)
+    qy = (_q // 8)
+    qx = (_q % 8)
+    _t0 = _kernel.clamp(qy, R, 5)
+    _t1 = _kernel.clamp(qx, R, 5)
     _dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     _tnum = _b * _stb + _h * _sth + _pid_m * _stq
     _tidx = _b * _sib + _h * _sih + _pid_m * _siq
@@ -362,12 +362,12 @@ def _natten2d_backward_dq(
     for _i in range(0, tl.load(_FullNum + _tnum)):
         _dq = _natten2d_dq_tile(
             tl.load(_FullIdx + _tidx + _i), _dq, _q_tile, _do, _mrow, _inv_l, _delta, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV, _d_rpb, _d_rpb_s0, _d_rpb_s1, _d_rpb_s2,
-            _q, _b, _h, rpb, _rpb_n0, _rpb_n1, _rpb_n2, _rpb_s0, _rpb_s1, _rpb_s2, _t1, _t3, _t4, _t5, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False)
+            _q, _b, _h, rpb, _rpb_n0, _rpb_n1, _rpb_n2, _rpb_s0, _rpb_s1, _rpb_s2, qy, qx, _t0, _t1, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False)
     # partial key tiles: the mask decides per pair
     for _i in range(0, tl.load(_PartNum + _tnum)):
         _dq = _natten2d_dq_tile(
             tl.load(_PartIdx + _tidx + _i), _dq, _q_tile, _do, _mrow, _inv_l, _delta, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV, _d_rpb, _d_rpb_s0, _d_rpb_s1, _d_rpb_s2,
-            _q, _b, _h, rpb, _rpb_n0, _rpb_n1, _rpb_n2, _rpb_s0, _rpb_s1, _rpb_s2, _t1, _t3, _t4, _t5, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
+            _q, _b, _h, rpb, _rpb_n0, _rpb_n1, _rpb_n2, _rpb_s0, _rpb_s1, _rpb_s2, qy, qx, _t0, _t1, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
     tl.store(_GQ + _pid_bh.to(tl.int64) * _SQ * _D + _offs_m[:, None] * _D + _offs_d[None, :], _dq * _sm_scale,
              mask=(_offs_m[:, None] < _SQ) & (_offs_d[None, :] < _D))
     _slot = _pid_bh * tl.num_programs(0) + _pid_m

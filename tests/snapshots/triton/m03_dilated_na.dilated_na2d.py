@@ -58,19 +58,19 @@ def _token_mask(q, k):
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, k)
     _dtype = _dense.compute_dtype(q)
     _b, _h, _q, _kv = _dense.grid((_B, _H, _SQ, _SKV), q.device)
-    _t0 = (_q // W)
-    _t1 = (_t0 % dil)
-    _t2 = (_kv // W)
-    _t3 = (_t2 % dil)
-    _t4 = (_q % W)
-    _t5 = (_t4 % dil)
-    _t6 = (_kv % W)
-    _t7 = (_t6 % dil)
-    _t8 = (_t2 // dil)
-    _t9 = _fn.clamp((_t0 // dil), r, (((9 - _t1) // dil) - 2))
-    _t10 = (_t6 // dil)
-    _t11 = _fn.clamp((_t4 // dil), r, (((9 - _t5) // dil) - 2))
-    return _dense.full((((_t1 == _t3) & (_t5 == _t7)) & ((_fn.abs((_t8 - _t9)) <= r) & (_fn.abs((_t10 - _t11)) <= r))), (_B, _H, _SQ, _SKV), torch.bool, q.device)
+    qy = (_q // W)
+    _t0 = (qy % dil)
+    ky = (_kv // W)
+    _t1 = (ky % dil)
+    qx = (_q % W)
+    _t2 = (qx % dil)
+    kx = (_kv % W)
+    _t3 = (kx % dil)
+    _t4 = (ky // dil)
+    _t5 = _fn.clamp((qy // dil), r, (((9 - _t0) // dil) - 2))
+    _t6 = (kx // dil)
+    _t7 = _fn.clamp((qx // dil), r, (((9 - _t2) // dil) - 2))
+    return _dense.full((((_t0 == _t1) & (_t2 == _t3)) & ((_fn.abs((_t4 - _t5)) <= r) & (_fn.abs((_t6 - _t7)) <= r))), (_B, _H, _SQ, _SKV), torch.bool, q.device)
 
 
 # ---------------------------------------------------------------- the tile schedule
@@ -119,19 +119,19 @@ def _tile_classes(_B, _H, _HKV, _SQ, _SKV, _D, _bq, _bk):
 
 
 @triton.jit
-def _dilated_na2d_scores(_qk, _q, _kv, _b, _h, _t0, _t1, _t4, _t5, _t9, _t11, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
+def _dilated_na2d_scores(_qk, _q, _kv, _b, _h, qy, _t0, qx, _t2, _t5, _t7, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
     """The kept pairs of a tile (inside the lengths, and in a partial tile kept by the mask), the score
     before its mod (_x = scale * q.k) and after it (_s), and the per-pair bindings."""
     _zero = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     _keep = (_kv < _SKV) & (_q < _SQ)
     if MASKED:
-        _t2 = (_kv // 8)
-        _t3 = (_t2 % DIL)
-        _t6 = (_kv % 8)
-        _t7 = (_t6 % DIL)
-        _t8 = (_t2 // DIL)
-        _t10 = (_t6 // DIL)
-        _keep = _keep & ((((_t1 == _t3) & (_t5 == _t7)) & ((tl.abs((_t8 - _t9)) <= R) & (tl.abs((_t10 - _t11)) <= R))))
+        ky = (_kv // 8)
+        _t1 = (ky % DIL)
+        kx = (_kv % 8)
+        _t3 = (kx % DIL)
+        _t4 = (ky // DIL)
+        _t6 = (kx // DIL)
+        _keep = _keep & ((((_t0 == _t1) & (_t2 == _t3)) & ((tl.abs((_t4 - _t5)) <= R) & (tl.abs((_t6 - _t7)) <= R))))
     _s = _qk * _sm_scale
     _x = _s  # the score before its mod: where the mod's derivative is taken
     return _keep, _s, _x
@@ -140,7 +140,7 @@ def _dilated_na2d_scores(_qk, _q, _kv, _b, _h, _t0, _t1, _t4, _t5, _t9, _t11, _B
 @triton.jit
 def _dilated_na2d_forward_tile(
     _j, _m, _l, _acc, _q_tile, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV,
-    _q, _b, _h, _t0, _t1, _t4, _t5, _t9, _t11, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, _qk_scale,
+    _q, _b, _h, qy, _t0, qx, _t2, _t5, _t7, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, _qk_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, MASKED: tl.constexpr,
 ):
     """Key tile _j: its scores, then the online softmax update of the running max _m, sum _l and output _acc."""
@@ -149,7 +149,7 @@ def _dilated_na2d_forward_tile(
     _kT = _kernel.load_tile(_K + _kbase, _offs_d, _offs_n, _skd, _skn, _D, _SKV, UPCAST)
     _v = _kernel.load_tile(_V + _vbase, _offs_n, _offs_dv, _svn, _svd, _SKV, _DV, UPCAST)
     _qk = _kernel.mma(_q_tile, _kT, None, IEEE)
-    _keep, _s, _x = _dilated_na2d_scores(_qk, _q, _kv, _b, _h, _t0, _t1, _t4, _t5, _t9, _t11, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, MASKED)
+    _keep, _s, _x = _dilated_na2d_scores(_qk, _q, _kv, _b, _h, qy, _t0, qx, _t2, _t5, _t7, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, MASKED)
     _t = tl.where(_keep, _qk, -float("inf"))  # the raw products: log2(e) and the scale fold into _qk_scale
     _m_new = tl.maximum(_m, tl.max(_t, 1)[:, None])
     _m_safe = tl.where(_m_new == -float("inf"), 0.0, _m_new)
@@ -165,10 +165,10 @@ def _dilated_na2d_forward_tile(
 
 
 @triton.jit
-def _dilated_na2d_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _b, _h, _t0, _t1, _t4, _t5, _t9, _t11, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
+def _dilated_na2d_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _b, _h, qy, _t0, qx, _t2, _t5, _t7, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
     """A tile's weights _p as the forward used them, the gradient _dx of the scaled product, and each
     input site's contribution _c<n> (with, for a per-pair site, the offsets _o<n> it adds into)."""
-    _keep, _s, _x = _dilated_na2d_scores(_qk, _q, _kv, _b, _h, _t0, _t1, _t4, _t5, _t9, _t11, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, MASKED)
+    _keep, _s, _x = _dilated_na2d_scores(_qk, _q, _kv, _b, _h, qy, _t0, qx, _t2, _t5, _t7, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, MASKED)
     _p = tl.where(_keep, tl.exp2((_s - _mrow) * 1.4426950408889634) * _inv_l, 0.0)
     _ds = _p * (_dp - _delta)
     _dx = _ds
@@ -178,7 +178,7 @@ def _dilated_na2d_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _b, _h, _
 @triton.jit
 def _dilated_na2d_dq_tile(
     _j, _dq, _q_tile, _do, _mrow, _inv_l, _delta, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV,
-    _q, _b, _h, _t0, _t1, _t4, _t5, _t9, _t11, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale,
+    _q, _b, _h, qy, _t0, qx, _t2, _t5, _t7, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, MASKED: tl.constexpr,
 ):
     """Key tile _j of the dQ kernel: dQ += dX . K, the per-program and per-row sites' sums, the per-pair
@@ -189,7 +189,7 @@ def _dilated_na2d_dq_tile(
     _vT = _kernel.load_tile(_V + _vbase, _offs_dv, _offs_n, _svd, _svn, _DV, _SKV, UPCAST)
     _qk = _kernel.mma(_q_tile, _kT, None, IEEE)
     _dp = _kernel.mma(_do, _vT, None, IEEE)
-    _keep, _p, _dx = _dilated_na2d_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _b, _h, _t0, _t1, _t4, _t5, _t9, _t11, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, MASKED)
+    _keep, _p, _dx = _dilated_na2d_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _b, _h, qy, _t0, qx, _t2, _t5, _t7, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, MASKED)
     if not UPCAST:
         _dx = _dx.to(_q_tile.dtype)
     _dq = _kernel.mma(_dx, tl.trans(_kT), _dq, IEEE)
@@ -213,15 +213,15 @@ def _dilated_na2d_dkdv_tile(
     _inv_l = tl.where(_lrow > 0, 1.0 / _lrow, 0.0)
     _delta = tl.load(_Delta + _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], mask=_offs_m[:, None] < _SQ, other=0.0)
     _do = _kernel.load_tile(_DO + _pid_bh.to(tl.int64) * _SQ * _DV, _offs_m, _offs_dv, _DV, 1, _SQ, _DV, UPCAST)
-    _t0 = (_q // 8)
-    _t1 = (_t0 % DIL)
-    _t4 = (_q % 8)
-    _t5 = (_t4 % DIL)
-    _t9 = _kernel.clamp((_t0 // DIL), R, (((9 - _t1) // DIL) - 2))
-    _t11 = _kernel.clamp((_t4 // DIL), R, (((9 - _t5) // DIL) - 2))
+    qy = (_q // 8)
+    _t0 = (qy % DIL)
+    qx = (_q % 8)
+    _t2 = (qx % DIL)
+    _t5 = _kernel.clamp((qy // DIL), R, (((9 - _t0) // DIL) - 2))
+    _t7 = _kernel.clamp((qx // DIL), R, (((9 - _t2) // DIL) - 2))
     _qk = _kernel.mma(_q_tile, _kT, None, IEEE)
     _dp = _kernel.mma(_do, _vT, None, IEEE)
-    _keep, _p, _dx = _dilated_na2d_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _b, _h, _t0, _t1, _t4, _t5, _t9, _t11, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, MASKED)
+    _keep, _p, _dx = _dilated_na2d_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _b, _h, qy, _t0, qx, _t2, _t5, _t7, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, MASKED)
     if not UPCAST:
         _p = _p.to(_q_tile.dtype)
         _dx = _dx.to(_q_tile.dtype)
@@ -253,12 +253,12 @@ def _dilated_na2d_forward(
     _vbase = _b.to(tl.int64) * _svb + _hkv.to(tl.int64) * _svh
     _qk_scale = _sm_scale * 1.4426950408889634
     _q_tile = _kernel.load_tile(_Q + _qbase, _offs_m, _offs_d, _sqm, _sqd, _SQ, _D, UPCAST)
-    _t0 = (_q // 8)
-    _t1 = (_t0 % DIL)
-    _t4 = (_q % 8)
-    _t5 = (_t4 % DIL)
-    _t9 = _kernel.clamp((_t0 // DIL), R, (((9 - _t1) // DIL) - 2))
-    _t11 = _kernel.clamp((_t4 // DIL), R, (((9 - _t5) // DIL) - 2))
+    qy = (_q // 8)
+    _t0 = (qy % DIL)
+    qx = (_q % 8)
+    _t2 = (qx % DIL)
+    _t5 = _kernel.clamp((qy // DIL), R, (((9 - _t0) // DIL) - 2))
+    _t7 = _kernel.clamp((qx // DIL), R, (((9 - _t2) // DIL) - 2))
     _m = tl.full([BLOCK_M, 1], -float("inf"), dtype=tl.float32)
     _l = tl.zeros([BLOCK_M, 1], dtype=tl.float32)
     _acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
@@ -268,12 +268,12 @@ def _dilated_na2d_forward(
     for _i in range(0, tl.load(_FullNum + _tnum)):
         _m, _l, _acc = _dilated_na2d_forward_tile(
             tl.load(_FullIdx + _tidx + _i), _m, _l, _acc, _q_tile, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV,
-            _q, _b, _h, _t0, _t1, _t4, _t5, _t9, _t11, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False)
+            _q, _b, _h, qy, _t0, qx, _t2, _t5, _t7, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False)
     # partial key tiles: the mask decides per pair
     for _i in range(0, tl.load(_PartNum + _tnum)):
         _m, _l, _acc = _dilated_na2d_forward_tile(
             tl.load(_PartIdx + _tidx + _i), _m, _l, _acc, _q_tile, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV,
-            _q, _b, _h, _t0, _t1, _t4, _t5, _t9, _t11, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
+            _q, _b, _h, qy, _t0, qx, _t2, _t5, _t7, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
     # an undefined row (language.md section 8) is NaN: a NaN or +inf logit or sink leaves _m at +inf or
     # NaN, or _l at NaN; a NaN or infinite weight leaves _l NaN or infinite
     _undef = (_m != _m) | (_m == float("inf")) | (_l != _l)
@@ -378,12 +378,12 @@ def _dilated_na2d_backward_dq(
     _inv_l = tl.where(_lrow > 0, 1.0 / _lrow, 0.0)
     _delta = tl.load(_Delta + _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], mask=_offs_m[:, None] < _SQ, other=0.0)
     _do = _kernel.load_tile(_DO + _pid_bh.to(tl.int64) * _SQ * _DV, _offs_m, _offs_dv, _DV, 1, _SQ, _DV, UPCAST)
-    _t0 = (_q // 8)
-    _t1 = (_t0 % DIL)
-    _t4 = (_q % 8)
-    _t5 = (_t4 % DIL)
-    _t9 = _kernel.clamp((_t0 // DIL), R, (((9 - _t1) // DIL) - 2))
-    _t11 = _kernel.clamp((_t4 // DIL), R, (((9 - _t5) // DIL) - 2))
+    qy = (_q // 8)
+    _t0 = (qy % DIL)
+    qx = (_q % 8)
+    _t2 = (qx % DIL)
+    _t5 = _kernel.clamp((qy // DIL), R, (((9 - _t0) // DIL) - 2))
+    _t7 = _kernel.clamp((qx // DIL), R, (((9 - _t2) // DIL) - 2))
     _dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     _tnum = _b * _stb + _h * _sth + _pid_m * _stq
     _tidx = _b * _sib + _h * _sih + _pid_m * _siq
@@ -391,12 +391,12 @@ def _dilated_na2d_backward_dq(
     for _i in range(0, tl.load(_FullNum + _tnum)):
         _dq = _dilated_na2d_dq_tile(
             tl.load(_FullIdx + _tidx + _i), _dq, _q_tile, _do, _mrow, _inv_l, _delta, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV,
-            _q, _b, _h, _t0, _t1, _t4, _t5, _t9, _t11, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False)
+            _q, _b, _h, qy, _t0, qx, _t2, _t5, _t7, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False)
     # partial key tiles: the mask decides per pair
     for _i in range(0, tl.load(_PartNum + _tnum)):
         _dq = _dilated_na2d_dq_tile(
             tl.load(_PartIdx + _tidx + _i), _dq, _q_tile, _do, _mrow, _inv_l, _delta, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV,
-            _q, _b, _h, _t0, _t1, _t4, _t5, _t9, _t11, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
+            _q, _b, _h, qy, _t0, qx, _t2, _t5, _t7, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
     tl.store(_GQ + _pid_bh.to(tl.int64) * _SQ * _D + _offs_m[:, None] * _D + _offs_d[None, :], _dq * _sm_scale,
              mask=(_offs_m[:, None] < _SQ) & (_offs_d[None, :] < _D))
     _slot = _pid_bh * tl.num_programs(0) + _pid_m

@@ -53,11 +53,11 @@ def _token_mask(q, k):
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, k)
     _dtype = _dense.compute_dtype(q)
     _b, _h, _q, _kv = _dense.grid((_B, _H, _SQ, _SKV), q.device)
-    _t0 = (_q // W)
-    _t1 = (_kv // W)
-    _t2 = (_q % W)
-    _t3 = (_kv % W)
-    return _dense.full(((_t0 == _t1) | (_t2 == _t3)), (_B, _H, _SQ, _SKV), torch.bool, q.device)
+    qy = (_q // W)
+    ky = (_kv // W)
+    qx = (_q % W)
+    kx = (_kv % W)
+    return _dense.full(((qy == ky) | (qx == kx)), (_B, _H, _SQ, _SKV), torch.bool, q.device)
 
 
 # ---------------------------------------------------------------- the tile schedule
@@ -82,15 +82,15 @@ def _tile_classes(_B, _H, _HKV, _SQ, _SKV, _D, _bq, _bk):
 
 
 @triton.jit
-def _criss_cross_scores(_qk, _q, _kv, _b, _h, _t0, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
+def _criss_cross_scores(_qk, _q, _kv, _b, _h, qy, qx, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
     """The kept pairs of a tile (inside the lengths, and in a partial tile kept by the mask), the score
     before its mod (_x = scale * q.k) and after it (_s), and the per-pair bindings."""
     _zero = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     _keep = (_kv < _SKV) & (_q < _SQ)
     if MASKED:
-        _t1 = (_kv // 7)
-        _t3 = (_kv % 7)
-        _keep = _keep & (((_t0 == _t1) | (_t2 == _t3)))
+        ky = (_kv // 7)
+        kx = (_kv % 7)
+        _keep = _keep & (((qy == ky) | (qx == kx)))
     _s = _qk * _sm_scale
     _x = _s  # the score before its mod: where the mod's derivative is taken
     return _keep, _s, _x
@@ -99,7 +99,7 @@ def _criss_cross_scores(_qk, _q, _kv, _b, _h, _t0, _t2, _B, _H, _HKV, _SQ, _SKV,
 @triton.jit
 def _criss_cross_forward_tile(
     _j, _m, _l, _acc, _q_tile, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV,
-    _q, _b, _h, _t0, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, _qk_scale,
+    _q, _b, _h, qy, qx, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, _qk_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, MASKED: tl.constexpr,
 ):
     """Key tile _j: its scores, then the online softmax update of the running max _m, sum _l and output _acc."""
@@ -108,7 +108,7 @@ def _criss_cross_forward_tile(
     _kT = _kernel.load_tile(_K + _kbase, _offs_d, _offs_n, _skd, _skn, _D, _SKV, UPCAST)
     _v = _kernel.load_tile(_V + _vbase, _offs_n, _offs_dv, _svn, _svd, _SKV, _DV, UPCAST)
     _qk = _kernel.mma(_q_tile, _kT, None, IEEE)
-    _keep, _s, _x = _criss_cross_scores(_qk, _q, _kv, _b, _h, _t0, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, MASKED)
+    _keep, _s, _x = _criss_cross_scores(_qk, _q, _kv, _b, _h, qy, qx, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, MASKED)
     _t = tl.where(_keep, _qk, -float("inf"))  # the raw products: log2(e) and the scale fold into _qk_scale
     _m_new = tl.maximum(_m, tl.max(_t, 1)[:, None])
     _m_safe = tl.where(_m_new == -float("inf"), 0.0, _m_new)
@@ -124,10 +124,10 @@ def _criss_cross_forward_tile(
 
 
 @triton.jit
-def _criss_cross_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _b, _h, _t0, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
+def _criss_cross_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _b, _h, qy, qx, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
     """A tile's weights _p as the forward used them, the gradient _dx of the scaled product, and each
     input site's contribution _c<n> (with, for a per-pair site, the offsets _o<n> it adds into)."""
-    _keep, _s, _x = _criss_cross_scores(_qk, _q, _kv, _b, _h, _t0, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, MASKED)
+    _keep, _s, _x = _criss_cross_scores(_qk, _q, _kv, _b, _h, qy, qx, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, MASKED)
     _p = tl.where(_keep, tl.exp2((_s - _mrow) * 1.4426950408889634) * _inv_l, 0.0)
     _ds = _p * (_dp - _delta)
     _dx = _ds
@@ -137,7 +137,7 @@ def _criss_cross_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _b, _h, _t
 @triton.jit
 def _criss_cross_dq_tile(
     _j, _dq, _q_tile, _do, _mrow, _inv_l, _delta, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV,
-    _q, _b, _h, _t0, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale,
+    _q, _b, _h, qy, qx, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, MASKED: tl.constexpr,
 ):
     """Key tile _j of the dQ kernel: dQ += dX . K, the per-program and per-row sites' sums, the per-pair
@@ -148,7 +148,7 @@ def _criss_cross_dq_tile(
     _vT = _kernel.load_tile(_V + _vbase, _offs_dv, _offs_n, _svd, _svn, _DV, _SKV, UPCAST)
     _qk = _kernel.mma(_q_tile, _kT, None, IEEE)
     _dp = _kernel.mma(_do, _vT, None, IEEE)
-    _keep, _p, _dx = _criss_cross_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _b, _h, _t0, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, MASKED)
+    _keep, _p, _dx = _criss_cross_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _b, _h, qy, qx, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, MASKED)
     if not UPCAST:
         _dx = _dx.to(_q_tile.dtype)
     _dq = _kernel.mma(_dx, tl.trans(_kT), _dq, IEEE)
@@ -172,11 +172,11 @@ def _criss_cross_dkdv_tile(
     _inv_l = tl.where(_lrow > 0, 1.0 / _lrow, 0.0)
     _delta = tl.load(_Delta + _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], mask=_offs_m[:, None] < _SQ, other=0.0)
     _do = _kernel.load_tile(_DO + _pid_bh.to(tl.int64) * _SQ * _DV, _offs_m, _offs_dv, _DV, 1, _SQ, _DV, UPCAST)
-    _t0 = (_q // 7)
-    _t2 = (_q % 7)
+    qy = (_q // 7)
+    qx = (_q % 7)
     _qk = _kernel.mma(_q_tile, _kT, None, IEEE)
     _dp = _kernel.mma(_do, _vT, None, IEEE)
-    _keep, _p, _dx = _criss_cross_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _b, _h, _t0, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, MASKED)
+    _keep, _p, _dx = _criss_cross_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _b, _h, qy, qx, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, MASKED)
     if not UPCAST:
         _p = _p.to(_q_tile.dtype)
         _dx = _dx.to(_q_tile.dtype)
@@ -208,8 +208,8 @@ def _criss_cross_forward(
     _vbase = _b.to(tl.int64) * _svb + _hkv.to(tl.int64) * _svh
     _qk_scale = _sm_scale * 1.4426950408889634
     _q_tile = _kernel.load_tile(_Q + _qbase, _offs_m, _offs_d, _sqm, _sqd, _SQ, _D, UPCAST)
-    _t0 = (_q // 7)
-    _t2 = (_q % 7)
+    qy = (_q // 7)
+    qx = (_q % 7)
     _m = tl.full([BLOCK_M, 1], -float("inf"), dtype=tl.float32)
     _l = tl.zeros([BLOCK_M, 1], dtype=tl.float32)
     _acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
@@ -219,12 +219,12 @@ def _criss_cross_forward(
     for _i in range(0, tl.load(_FullNum + _tnum)):
         _m, _l, _acc = _criss_cross_forward_tile(
             tl.load(_FullIdx + _tidx + _i), _m, _l, _acc, _q_tile, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV,
-            _q, _b, _h, _t0, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False)
+            _q, _b, _h, qy, qx, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False)
     # partial key tiles: the mask decides per pair
     for _i in range(0, tl.load(_PartNum + _tnum)):
         _m, _l, _acc = _criss_cross_forward_tile(
             tl.load(_PartIdx + _tidx + _i), _m, _l, _acc, _q_tile, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV,
-            _q, _b, _h, _t0, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
+            _q, _b, _h, qy, qx, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
     # an undefined row (language.md section 8) is NaN: a NaN or +inf logit or sink leaves _m at +inf or
     # NaN, or _l at NaN; a NaN or infinite weight leaves _l NaN or infinite
     _undef = (_m != _m) | (_m == float("inf")) | (_l != _l)
@@ -329,8 +329,8 @@ def _criss_cross_backward_dq(
     _inv_l = tl.where(_lrow > 0, 1.0 / _lrow, 0.0)
     _delta = tl.load(_Delta + _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], mask=_offs_m[:, None] < _SQ, other=0.0)
     _do = _kernel.load_tile(_DO + _pid_bh.to(tl.int64) * _SQ * _DV, _offs_m, _offs_dv, _DV, 1, _SQ, _DV, UPCAST)
-    _t0 = (_q // 7)
-    _t2 = (_q % 7)
+    qy = (_q // 7)
+    qx = (_q % 7)
     _dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     _tnum = _b * _stb + _h * _sth + _pid_m * _stq
     _tidx = _b * _sib + _h * _sih + _pid_m * _siq
@@ -338,12 +338,12 @@ def _criss_cross_backward_dq(
     for _i in range(0, tl.load(_FullNum + _tnum)):
         _dq = _criss_cross_dq_tile(
             tl.load(_FullIdx + _tidx + _i), _dq, _q_tile, _do, _mrow, _inv_l, _delta, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV,
-            _q, _b, _h, _t0, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False)
+            _q, _b, _h, qy, qx, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False)
     # partial key tiles: the mask decides per pair
     for _i in range(0, tl.load(_PartNum + _tnum)):
         _dq = _criss_cross_dq_tile(
             tl.load(_PartIdx + _tidx + _i), _dq, _q_tile, _do, _mrow, _inv_l, _delta, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV,
-            _q, _b, _h, _t0, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
+            _q, _b, _h, qy, qx, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
     tl.store(_GQ + _pid_bh.to(tl.int64) * _SQ * _D + _offs_m[:, None] * _D + _offs_d[None, :], _dq * _sm_scale,
              mask=(_offs_m[:, None] < _SQ) & (_offs_d[None, :] < _D))
     _slot = _pid_bh * tl.num_programs(0) + _pid_m

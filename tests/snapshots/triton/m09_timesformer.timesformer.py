@@ -58,9 +58,9 @@ def _token_mask(q, k):
     _b, _h, _q, _kv = _dense.grid((_B, _H, _SQ, _SKV), q.device)
     _t0 = (_q == 0)
     _t1 = (_kv == 0)
-    _t2 = ((_q - 1) % 12)
-    _t3 = ((_kv - 1) % 12)
-    return _dense.full(((_t0 | _t1) | (_t2 == _t3)), (_B, _H, _SQ, _SKV), torch.bool, q.device)
+    qp = ((_q - 1) % 12)
+    kp = ((_kv - 1) % 12)
+    return _dense.full(((_t0 | _t1) | (qp == kp)), (_B, _H, _SQ, _SKV), torch.bool, q.device)
 
 
 # ---------------------------------------------------------------- the tile schedule
@@ -87,15 +87,15 @@ def _tile_classes(_B, _H, _HKV, _SQ, _SKV, _D, _bq, _bk):
 
 
 @triton.jit
-def _timesformer_scores(_qk, _q, _kv, _b, _h, _t0, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
+def _timesformer_scores(_qk, _q, _kv, _b, _h, _t0, qp, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
     """The kept pairs of a tile (inside the lengths, and in a partial tile kept by the mask), the score
     before its mod (_x = scale * q.k) and after it (_s), and the per-pair bindings."""
     _zero = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     _keep = (_kv < _SKV) & (_q < _SQ)
     if MASKED:
         _t1 = (_kv == 0)
-        _t3 = _kernel.floormod((_kv - 1), 12)
-        _keep = _keep & (((_t0 | _t1) | (_t2 == _t3)))
+        kp = _kernel.floormod((_kv - 1), 12)
+        _keep = _keep & (((_t0 | _t1) | (qp == kp)))
     _s = _qk * _sm_scale
     _x = _s  # the score before its mod: where the mod's derivative is taken
     return _keep, _s, _x
@@ -104,7 +104,7 @@ def _timesformer_scores(_qk, _q, _kv, _b, _h, _t0, _t2, _B, _H, _HKV, _SQ, _SKV,
 @triton.jit
 def _timesformer_forward_tile(
     _j, _m, _l, _acc, _q_tile, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV,
-    _q, _b, _h, _t0, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, _qk_scale,
+    _q, _b, _h, _t0, qp, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, _qk_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, MASKED: tl.constexpr,
 ):
     """Key tile _j: its scores, then the online softmax update of the running max _m, sum _l and output _acc."""
@@ -113,7 +113,7 @@ def _timesformer_forward_tile(
     _kT = _kernel.load_tile(_K + _kbase, _offs_d, _offs_n, _skd, _skn, _D, _SKV, UPCAST)
     _v = _kernel.load_tile(_V + _vbase, _offs_n, _offs_dv, _svn, _svd, _SKV, _DV, UPCAST)
     _qk = _kernel.mma(_q_tile, _kT, None, IEEE)
-    _keep, _s, _x = _timesformer_scores(_qk, _q, _kv, _b, _h, _t0, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, MASKED)
+    _keep, _s, _x = _timesformer_scores(_qk, _q, _kv, _b, _h, _t0, qp, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, MASKED)
     _t = tl.where(_keep, _qk, -float("inf"))  # the raw products: log2(e) and the scale fold into _qk_scale
     _m_new = tl.maximum(_m, tl.max(_t, 1)[:, None])
     _m_safe = tl.where(_m_new == -float("inf"), 0.0, _m_new)
@@ -129,10 +129,10 @@ def _timesformer_forward_tile(
 
 
 @triton.jit
-def _timesformer_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _b, _h, _t0, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
+def _timesformer_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _b, _h, _t0, qp, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
     """A tile's weights _p as the forward used them, the gradient _dx of the scaled product, and each
     input site's contribution _c<n> (with, for a per-pair site, the offsets _o<n> it adds into)."""
-    _keep, _s, _x = _timesformer_scores(_qk, _q, _kv, _b, _h, _t0, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, MASKED)
+    _keep, _s, _x = _timesformer_scores(_qk, _q, _kv, _b, _h, _t0, qp, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, MASKED)
     _p = tl.where(_keep, tl.exp2((_s - _mrow) * 1.4426950408889634) * _inv_l, 0.0)
     _ds = _p * (_dp - _delta)
     _dx = _ds
@@ -142,7 +142,7 @@ def _timesformer_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _b, _h, _t
 @triton.jit
 def _timesformer_dq_tile(
     _j, _dq, _q_tile, _do, _mrow, _inv_l, _delta, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV,
-    _q, _b, _h, _t0, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale,
+    _q, _b, _h, _t0, qp, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, MASKED: tl.constexpr,
 ):
     """Key tile _j of the dQ kernel: dQ += dX . K, the per-program and per-row sites' sums, the per-pair
@@ -153,7 +153,7 @@ def _timesformer_dq_tile(
     _vT = _kernel.load_tile(_V + _vbase, _offs_dv, _offs_n, _svd, _svn, _DV, _SKV, UPCAST)
     _qk = _kernel.mma(_q_tile, _kT, None, IEEE)
     _dp = _kernel.mma(_do, _vT, None, IEEE)
-    _keep, _p, _dx = _timesformer_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _b, _h, _t0, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, MASKED)
+    _keep, _p, _dx = _timesformer_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _b, _h, _t0, qp, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, MASKED)
     if not UPCAST:
         _dx = _dx.to(_q_tile.dtype)
     _dq = _kernel.mma(_dx, tl.trans(_kT), _dq, IEEE)
@@ -178,10 +178,10 @@ def _timesformer_dkdv_tile(
     _delta = tl.load(_Delta + _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], mask=_offs_m[:, None] < _SQ, other=0.0)
     _do = _kernel.load_tile(_DO + _pid_bh.to(tl.int64) * _SQ * _DV, _offs_m, _offs_dv, _DV, 1, _SQ, _DV, UPCAST)
     _t0 = (_q == 0)
-    _t2 = _kernel.floormod((_q - 1), 12)
+    qp = _kernel.floormod((_q - 1), 12)
     _qk = _kernel.mma(_q_tile, _kT, None, IEEE)
     _dp = _kernel.mma(_do, _vT, None, IEEE)
-    _keep, _p, _dx = _timesformer_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _b, _h, _t0, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, MASKED)
+    _keep, _p, _dx = _timesformer_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _b, _h, _t0, qp, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, MASKED)
     if not UPCAST:
         _p = _p.to(_q_tile.dtype)
         _dx = _dx.to(_q_tile.dtype)
@@ -214,7 +214,7 @@ def _timesformer_forward(
     _qk_scale = _sm_scale * 1.4426950408889634
     _q_tile = _kernel.load_tile(_Q + _qbase, _offs_m, _offs_d, _sqm, _sqd, _SQ, _D, UPCAST)
     _t0 = (_q == 0)
-    _t2 = _kernel.floormod((_q - 1), 12)
+    qp = _kernel.floormod((_q - 1), 12)
     _m = tl.full([BLOCK_M, 1], -float("inf"), dtype=tl.float32)
     _l = tl.zeros([BLOCK_M, 1], dtype=tl.float32)
     _acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
@@ -224,12 +224,12 @@ def _timesformer_forward(
     for _i in range(0, tl.load(_FullNum + _tnum)):
         _m, _l, _acc = _timesformer_forward_tile(
             tl.load(_FullIdx + _tidx + _i), _m, _l, _acc, _q_tile, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV,
-            _q, _b, _h, _t0, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False)
+            _q, _b, _h, _t0, qp, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False)
     # partial key tiles: the mask decides per pair
     for _i in range(0, tl.load(_PartNum + _tnum)):
         _m, _l, _acc = _timesformer_forward_tile(
             tl.load(_PartIdx + _tidx + _i), _m, _l, _acc, _q_tile, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV,
-            _q, _b, _h, _t0, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
+            _q, _b, _h, _t0, qp, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
     # an undefined row (language.md section 8) is NaN: a NaN or +inf logit or sink leaves _m at +inf or
     # NaN, or _l at NaN; a NaN or infinite weight leaves _l NaN or infinite
     _undef = (_m != _m) | (_m == float("inf")) | (_l != _l)
@@ -335,7 +335,7 @@ def _timesformer_backward_dq(
     _delta = tl.load(_Delta + _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], mask=_offs_m[:, None] < _SQ, other=0.0)
     _do = _kernel.load_tile(_DO + _pid_bh.to(tl.int64) * _SQ * _DV, _offs_m, _offs_dv, _DV, 1, _SQ, _DV, UPCAST)
     _t0 = (_q == 0)
-    _t2 = _kernel.floormod((_q - 1), 12)
+    qp = _kernel.floormod((_q - 1), 12)
     _dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     _tnum = _b * _stb + _h * _sth + _pid_m * _stq
     _tidx = _b * _sib + _h * _sih + _pid_m * _siq
@@ -343,12 +343,12 @@ def _timesformer_backward_dq(
     for _i in range(0, tl.load(_FullNum + _tnum)):
         _dq = _timesformer_dq_tile(
             tl.load(_FullIdx + _tidx + _i), _dq, _q_tile, _do, _mrow, _inv_l, _delta, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV,
-            _q, _b, _h, _t0, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False)
+            _q, _b, _h, _t0, qp, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False)
     # partial key tiles: the mask decides per pair
     for _i in range(0, tl.load(_PartNum + _tnum)):
         _dq = _timesformer_dq_tile(
             tl.load(_PartIdx + _tidx + _i), _dq, _q_tile, _do, _mrow, _inv_l, _delta, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV,
-            _q, _b, _h, _t0, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
+            _q, _b, _h, _t0, qp, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
     tl.store(_GQ + _pid_bh.to(tl.int64) * _SQ * _D + _offs_m[:, None] * _D + _offs_d[None, :], _dq * _sm_scale,
              mask=(_offs_m[:, None] < _SQ) & (_offs_d[None, :] < _D))
     _slot = _pid_bh * tl.num_programs(0) + _pid_m

@@ -57,11 +57,11 @@ def _token_mask(q, k):
     _b, _h, _q, _kv = _dense.grid((_B, _H, _SQ, _SKV), q.device)
     _t0 = (_H // 2)
     _t1 = (_h >= _t0)
-    _t2 = _fn.where(_t1, 8, 0)
-    _t3 = ((_q + _t2) // GS)
-    _t4 = ((_kv + _t2) // GS)
-    _t5 = (_kv < sinks)
-    return _dense.full(((_kv <= _q) & ((_t3 == _t4) | _t5)), (_B, _H, _SQ, _SKV), torch.bool, q.device)
+    sh = _fn.where(_t1, 8, 0)
+    _t2 = ((_q + sh) // GS)
+    _t3 = ((_kv + sh) // GS)
+    _t4 = (_kv < sinks)
+    return _dense.full(((_kv <= _q) & ((_t2 == _t3) | _t4)), (_B, _H, _SQ, _SKV), torch.bool, q.device)
 
 
 # ---------------------------------------------------------------- the tile schedule
@@ -93,15 +93,15 @@ def _tile_classes(_B, _H, _HKV, _SQ, _SKV, _D, _bq, _bk):
 
 
 @triton.jit
-def _sinklora_scores(_qk, _q, _kv, _b, _h, _t0, _t1, _t2, _t3, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
+def _sinklora_scores(_qk, _q, _kv, _b, _h, _t0, _t1, sh, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
     """The kept pairs of a tile (inside the lengths, and in a partial tile kept by the mask), the score
     before its mod (_x = scale * q.k) and after it (_s), and the per-pair bindings."""
     _zero = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     _keep = (_kv < _SKV) & (_q < _SQ)
     if MASKED:
-        _t4 = ((_kv + _t2) // 16)
-        _t5 = (_kv < SINKS)
-        _keep = _keep & (((_kv <= _q) & ((_t3 == _t4) | _t5)))
+        _t3 = ((_kv + sh) // 16)
+        _t4 = (_kv < SINKS)
+        _keep = _keep & (((_kv <= _q) & ((_t2 == _t3) | _t4)))
     _s = _qk * _sm_scale
     _x = _s  # the score before its mod: where the mod's derivative is taken
     return _keep, _s, _x
@@ -110,7 +110,7 @@ def _sinklora_scores(_qk, _q, _kv, _b, _h, _t0, _t1, _t2, _t3, _B, _H, _HKV, _SQ
 @triton.jit
 def _sinklora_forward_tile(
     _j, _m, _l, _acc, _q_tile, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV,
-    _q, _b, _h, _t0, _t1, _t2, _t3, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, _qk_scale,
+    _q, _b, _h, _t0, _t1, sh, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, _qk_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, MASKED: tl.constexpr,
 ):
     """Key tile _j: its scores, then the online softmax update of the running max _m, sum _l and output _acc."""
@@ -119,7 +119,7 @@ def _sinklora_forward_tile(
     _kT = _kernel.load_tile(_K + _kbase, _offs_d, _offs_n, _skd, _skn, _D, _SKV, UPCAST)
     _v = _kernel.load_tile(_V + _vbase, _offs_n, _offs_dv, _svn, _svd, _SKV, _DV, UPCAST)
     _qk = _kernel.mma(_q_tile, _kT, None, IEEE)
-    _keep, _s, _x = _sinklora_scores(_qk, _q, _kv, _b, _h, _t0, _t1, _t2, _t3, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, MASKED)
+    _keep, _s, _x = _sinklora_scores(_qk, _q, _kv, _b, _h, _t0, _t1, sh, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, MASKED)
     _t = tl.where(_keep, _qk, -float("inf"))  # the raw products: log2(e) and the scale fold into _qk_scale
     _m_new = tl.maximum(_m, tl.max(_t, 1)[:, None])
     _m_safe = tl.where(_m_new == -float("inf"), 0.0, _m_new)
@@ -135,10 +135,10 @@ def _sinklora_forward_tile(
 
 
 @triton.jit
-def _sinklora_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _b, _h, _t0, _t1, _t2, _t3, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
+def _sinklora_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _b, _h, _t0, _t1, sh, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
     """A tile's weights _p as the forward used them, the gradient _dx of the scaled product, and each
     input site's contribution _c<n> (with, for a per-pair site, the offsets _o<n> it adds into)."""
-    _keep, _s, _x = _sinklora_scores(_qk, _q, _kv, _b, _h, _t0, _t1, _t2, _t3, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, MASKED)
+    _keep, _s, _x = _sinklora_scores(_qk, _q, _kv, _b, _h, _t0, _t1, sh, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, MASKED)
     _p = tl.where(_keep, tl.exp2((_s - _mrow) * 1.4426950408889634) * _inv_l, 0.0)
     _ds = _p * (_dp - _delta)
     _dx = _ds
@@ -148,7 +148,7 @@ def _sinklora_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _b, _h, _t0, 
 @triton.jit
 def _sinklora_dq_tile(
     _j, _dq, _q_tile, _do, _mrow, _inv_l, _delta, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV,
-    _q, _b, _h, _t0, _t1, _t2, _t3, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale,
+    _q, _b, _h, _t0, _t1, sh, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, MASKED: tl.constexpr,
 ):
     """Key tile _j of the dQ kernel: dQ += dX . K, the per-program and per-row sites' sums, the per-pair
@@ -159,7 +159,7 @@ def _sinklora_dq_tile(
     _vT = _kernel.load_tile(_V + _vbase, _offs_dv, _offs_n, _svd, _svn, _DV, _SKV, UPCAST)
     _qk = _kernel.mma(_q_tile, _kT, None, IEEE)
     _dp = _kernel.mma(_do, _vT, None, IEEE)
-    _keep, _p, _dx = _sinklora_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _b, _h, _t0, _t1, _t2, _t3, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, MASKED)
+    _keep, _p, _dx = _sinklora_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _b, _h, _t0, _t1, sh, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, MASKED)
     if not UPCAST:
         _dx = _dx.to(_q_tile.dtype)
     _dq = _kernel.mma(_dx, tl.trans(_kT), _dq, IEEE)
@@ -169,7 +169,7 @@ def _sinklora_dq_tile(
 @triton.jit
 def _sinklora_dkdv_tile(
     _pid_m, _dk, _dv, _kT, _vT, _Q, _qbase, _sqm, _sqd, _DO, _Stats, _Delta, _pid_bh, _offs_d, _offs_dv, _DV,
-    _kv, _b, _h, _t0, _t1, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale,
+    _kv, _b, _h, _t0, _t1, sh, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, MASKED: tl.constexpr,
 ):
     """Query tile _pid_m of the dK/dV kernel: dV += P^T . dO, dK += dX^T . Q, the per-column sites' sums."""
@@ -183,10 +183,10 @@ def _sinklora_dkdv_tile(
     _inv_l = tl.where(_lrow > 0, 1.0 / _lrow, 0.0)
     _delta = tl.load(_Delta + _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], mask=_offs_m[:, None] < _SQ, other=0.0)
     _do = _kernel.load_tile(_DO + _pid_bh.to(tl.int64) * _SQ * _DV, _offs_m, _offs_dv, _DV, 1, _SQ, _DV, UPCAST)
-    _t3 = ((_q + _t2) // 16)
+    _t2 = ((_q + sh) // 16)
     _qk = _kernel.mma(_q_tile, _kT, None, IEEE)
     _dp = _kernel.mma(_do, _vT, None, IEEE)
-    _keep, _p, _dx = _sinklora_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _b, _h, _t0, _t1, _t2, _t3, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, MASKED)
+    _keep, _p, _dx = _sinklora_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _b, _h, _t0, _t1, sh, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, MASKED)
     if not UPCAST:
         _p = _p.to(_q_tile.dtype)
         _dx = _dx.to(_q_tile.dtype)
@@ -219,8 +219,8 @@ def _sinklora_forward(
     _q_tile = _kernel.load_tile(_Q + _qbase, _offs_m, _offs_d, _sqm, _sqd, _SQ, _D, UPCAST)
     _t0 = (_H // 2)
     _t1 = (_h >= _t0)
-    _t2 = tl.where(_t1, 8, 0)
-    _t3 = ((_q + _t2) // 16)
+    sh = tl.where(_t1, 8, 0)
+    _t2 = ((_q + sh) // 16)
     _m = tl.full([BLOCK_M, 1], -float("inf"), dtype=tl.float32)
     _l = tl.zeros([BLOCK_M, 1], dtype=tl.float32)
     _acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
@@ -233,36 +233,36 @@ def _sinklora_forward(
     for _j in range(_start0, _fs0):
         _m, _l, _acc = _sinklora_forward_tile(
             _j, _m, _l, _acc, _q_tile, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV,
-            _q, _b, _h, _t0, _t1, _t2, _t3, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
+            _q, _b, _h, _t0, _t1, sh, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
     # band 0: full key tiles
     for _j in range(_fs0, _fe0):
         _m, _l, _acc = _sinklora_forward_tile(
             _j, _m, _l, _acc, _q_tile, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV,
-            _q, _b, _h, _t0, _t1, _t2, _t3, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False)
+            _q, _b, _h, _t0, _t1, sh, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False)
     # band 0: partial key tiles
     for _j in range(_fe0, _end0):
         _m, _l, _acc = _sinklora_forward_tile(
             _j, _m, _l, _acc, _q_tile, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV,
-            _q, _b, _h, _t0, _t1, _t2, _t3, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
+            _q, _b, _h, _t0, _t1, sh, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
     _start1, _fs1, _fe1, _end1 = _kernel.band_tiles(0, tl.minimum(_q, 1), _rowv, _SKV, BLOCK_M, BLOCK_N)
     # band 1: partial key tiles
     for _j in range(_start1, _fs1):
         if ((_j < _start0) | (_j >= _end0)):
             _m, _l, _acc = _sinklora_forward_tile(
                 _j, _m, _l, _acc, _q_tile, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV,
-                _q, _b, _h, _t0, _t1, _t2, _t3, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
+                _q, _b, _h, _t0, _t1, sh, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
     # band 1: full key tiles
     for _j in range(_fs1, _fe1):
         if ((_j < _start0) | (_j >= _end0)):
             _m, _l, _acc = _sinklora_forward_tile(
                 _j, _m, _l, _acc, _q_tile, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV,
-                _q, _b, _h, _t0, _t1, _t2, _t3, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False)
+                _q, _b, _h, _t0, _t1, sh, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False)
     # band 1: partial key tiles
     for _j in range(_fe1, _end1):
         if ((_j < _start0) | (_j >= _end0)):
             _m, _l, _acc = _sinklora_forward_tile(
                 _j, _m, _l, _acc, _q_tile, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV,
-                _q, _b, _h, _t0, _t1, _t2, _t3, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
+                _q, _b, _h, _t0, _t1, sh, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
     # an undefined row (language.md section 8) is NaN: a NaN or +inf logit or sink leaves _m at +inf or
     # NaN, or _l at NaN; a NaN or infinite weight leaves _l NaN or infinite
     _undef = (_m != _m) | (_m == float("inf")) | (_l != _l)
@@ -368,8 +368,8 @@ def _sinklora_backward_dq(
     _do = _kernel.load_tile(_DO + _pid_bh.to(tl.int64) * _SQ * _DV, _offs_m, _offs_dv, _DV, 1, _SQ, _DV, UPCAST)
     _t0 = (_H // 2)
     _t1 = (_h >= _t0)
-    _t2 = tl.where(_t1, 8, 0)
-    _t3 = ((_q + _t2) // 16)
+    sh = tl.where(_t1, 8, 0)
+    _t2 = ((_q + sh) // 16)
     _dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     # the schedule in closed form: the mask keeps key kv of row q iff some band k has
     # lo_k(q) <= kv <= hi_k(q). Over this tile's rows, key tiles [_start, _end) of a band hold kept
@@ -380,36 +380,36 @@ def _sinklora_backward_dq(
     for _j in range(_start0, _fs0):
         _dq = _sinklora_dq_tile(
             _j, _dq, _q_tile, _do, _mrow, _inv_l, _delta, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV,
-            _q, _b, _h, _t0, _t1, _t2, _t3, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
+            _q, _b, _h, _t0, _t1, sh, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
     # band 0: full key tiles
     for _j in range(_fs0, _fe0):
         _dq = _sinklora_dq_tile(
             _j, _dq, _q_tile, _do, _mrow, _inv_l, _delta, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV,
-            _q, _b, _h, _t0, _t1, _t2, _t3, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False)
+            _q, _b, _h, _t0, _t1, sh, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False)
     # band 0: partial key tiles
     for _j in range(_fe0, _end0):
         _dq = _sinklora_dq_tile(
             _j, _dq, _q_tile, _do, _mrow, _inv_l, _delta, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV,
-            _q, _b, _h, _t0, _t1, _t2, _t3, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
+            _q, _b, _h, _t0, _t1, sh, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
     _start1, _fs1, _fe1, _end1 = _kernel.band_tiles(0, tl.minimum(_q, 1), _rowv, _SKV, BLOCK_M, BLOCK_N)
     # band 1: partial key tiles
     for _j in range(_start1, _fs1):
         if ((_j < _start0) | (_j >= _end0)):
             _dq = _sinklora_dq_tile(
                 _j, _dq, _q_tile, _do, _mrow, _inv_l, _delta, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV,
-                _q, _b, _h, _t0, _t1, _t2, _t3, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
+                _q, _b, _h, _t0, _t1, sh, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
     # band 1: full key tiles
     for _j in range(_fs1, _fe1):
         if ((_j < _start0) | (_j >= _end0)):
             _dq = _sinklora_dq_tile(
                 _j, _dq, _q_tile, _do, _mrow, _inv_l, _delta, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV,
-                _q, _b, _h, _t0, _t1, _t2, _t3, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False)
+                _q, _b, _h, _t0, _t1, sh, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False)
     # band 1: partial key tiles
     for _j in range(_fe1, _end1):
         if ((_j < _start0) | (_j >= _end0)):
             _dq = _sinklora_dq_tile(
                 _j, _dq, _q_tile, _do, _mrow, _inv_l, _delta, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV,
-                _q, _b, _h, _t0, _t1, _t2, _t3, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
+                _q, _b, _h, _t0, _t1, sh, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
     tl.store(_GQ + _pid_bh.to(tl.int64) * _SQ * _D + _offs_m[:, None] * _D + _offs_d[None, :], _dq * _sm_scale,
              mask=(_offs_m[:, None] < _SQ) & (_offs_d[None, :] < _D))
     _slot = _pid_bh * tl.num_programs(0) + _pid_m
@@ -448,19 +448,19 @@ def _sinklora_backward_dkdv(
         _qbase = _b.to(tl.int64) * _sqb + _h.to(tl.int64) * _sqh
         _t0 = (_H // 2)
         _t1 = (_h >= _t0)
-        _t2 = tl.where(_t1, 8, 0)
+        sh = tl.where(_t1, 8, 0)
         _tnum = _b * _stb + _h * _sth + _pid_n * _stq
         _tidx = _b * _sib + _h * _sih + _pid_n * _siq
         # full query tiles of this key tile
         for _i in range(0, tl.load(_FullNumT + _tnum)):
             _dk, _dv = _sinklora_dkdv_tile(
                 tl.load(_FullIdxT + _tidx + _i), _dk, _dv, _kT, _vT, _Q, _qbase, _sqm, _sqd, _DO, _Stats, _Delta, _pid_bh, _offs_d, _offs_dv, _DV,
-                _kv, _b, _h, _t0, _t1, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False)
+                _kv, _b, _h, _t0, _t1, sh, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False)
         # partial query tiles of this key tile
         for _i in range(0, tl.load(_PartNumT + _tnum)):
             _dk, _dv = _sinklora_dkdv_tile(
                 tl.load(_PartIdxT + _tidx + _i), _dk, _dv, _kT, _vT, _Q, _qbase, _sqm, _sqd, _DO, _Stats, _Delta, _pid_bh, _offs_d, _offs_dv, _DV,
-                _kv, _b, _h, _t0, _t1, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
+                _kv, _b, _h, _t0, _t1, sh, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
     _kvbase = _pid_bhkv.to(tl.int64) * _SKV
     tl.store(_GK + (_kvbase + _offs_n[:, None]) * _D + _offs_d[None, :], _dk * _sm_scale,
              mask=(_offs_n[:, None] < _SKV) & (_offs_d[None, :] < _D))
