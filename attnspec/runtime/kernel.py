@@ -138,3 +138,50 @@ def band_tiles(lo, hi, rows, SKV, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     fe = tl.where(full_hi >= SKV - 1, tl.cdiv(SKV, BLOCK_N), (full_hi + 1) // BLOCK_N)
     fe = tl.minimum(tl.maximum(fe, fs), end)
     return start, fs, fe, end
+
+
+@triton.jit
+def softmax_update(t, m, l, acc, scale):
+    """One key tile of the online softmax: t the kept logits (-inf elsewhere) in units that `scale`
+    turns into log2 (log2(e), or the scale times log2(e) where the logits are raw products). Returns
+    the new running max and sum, the rescaled accumulator, and the tile's weights."""
+    m_new = tl.maximum(m, tl.max(t, 1)[:, None])
+    m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)
+    alpha = tl.exp2((m - m_safe) * scale)
+    p = tl.exp2((t - m_safe) * scale)  # subtract first: exact for near products, one rounding in the exponent
+    l = l * alpha + tl.sum(p, 1)[:, None]
+    return m_new, l, acc * alpha, p
+
+
+@triton.jit
+def finish_rows(m, l, acc, out_ptrs, out_mask, Lse, Stats, row, rows, m_scale,
+                NORM: tl.constexpr, FOLDED: tl.constexpr, WRITE_LSE: tl.constexpr, WRITE_STATS: tl.constexpr):
+    """The forward's epilogue for a query tile: out (and lse, and the row statistics the backward reads)
+    from the running state. A row is undefined (language.md section 8, NaN) where a NaN or +inf logit or
+    sink left m at +inf or NaN or l at NaN (softmax), or a NaN or infinite weight left l NaN or infinite.
+    row: each row's index into [B * H * SQ]; m_scale turns a max over raw products (FOLDED) into natural units."""
+    if NORM == "softmax":
+        undef = (m != m) | (m == float("inf")) | (l != l)
+    elif NORM == "rownorm":
+        undef = (l != l) | (l == float("inf"))
+    else:
+        undef = (l != l) | (tl.abs(l) == float("inf"))
+    if NORM == "elementwise":
+        o = tl.where(undef, float("nan"), acc)
+    else:
+        o = tl.where(undef, float("nan"), tl.where(l > 0, acc / l, 0.0))
+    tl.store(out_ptrs, o.to(out_ptrs.dtype.element_ty), mask=out_mask)
+    if FOLDED:
+        m = m * m_scale
+    if WRITE_LSE:
+        if NORM == "softmax":
+            lse = tl.where(l > 0, m + tl.log(l), -float("inf"))
+        else:
+            lse = tl.log(l)
+        lse = tl.where(undef, float("nan"), lse)
+        tl.store(Lse + row, lse, mask=rows)
+    if WRITE_STATS:  # the backward's weights exp(s - m) / l round like the forward's (lse would add its own rounding)
+        if NORM == "softmax":
+            tl.store(Stats + row * 2, m, mask=rows)
+        if NORM != "elementwise":
+            tl.store(Stats + row * 2 + 1, l, mask=rows)

@@ -151,13 +151,7 @@ def _dilated_na2d_forward_tile(
     _qk = _kernel.mma(_q_tile, _kT, None, IEEE)
     _keep, _s, _x = _dilated_na2d_scores(_qk, _q, _kv, _b, _h, qy, _t0, qx, _t2, _t5, _t7, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, MASKED)
     _t = tl.where(_keep, _qk, -float("inf"))  # the raw products: log2(e) and the scale fold into _qk_scale
-    _m_new = tl.maximum(_m, tl.max(_t, 1)[:, None])
-    _m_safe = tl.where(_m_new == -float("inf"), 0.0, _m_new)
-    _alpha = tl.exp2((_m - _m_safe) * _qk_scale)
-    _p = tl.exp2((_t - _m_safe) * _qk_scale)  # subtract first: exact for near products, one rounding in the exponent
-    _l = _l * _alpha + tl.sum(_p, 1)[:, None]
-    _acc = _acc * _alpha
-    _m = _m_new
+    _m, _l, _acc, _p = _kernel.softmax_update(_t, _m, _l, _acc, _qk_scale)
     if not UPCAST:  # the weights enter the second product in v's dtype, as in FlashAttention
         _p = _p.to(_v.dtype)
     _acc = _kernel.mma(_p, _v, _acc, IEEE)
@@ -274,21 +268,10 @@ def _dilated_na2d_forward(
         _m, _l, _acc = _dilated_na2d_forward_tile(
             tl.load(_PartIdx + _tidx + _i), _m, _l, _acc, _q_tile, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV,
             _q, _b, _h, qy, _t0, qx, _t2, _t5, _t7, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
-    # an undefined row (language.md section 8) is NaN: a NaN or +inf logit or sink leaves _m at +inf or
-    # NaN, or _l at NaN; a NaN or infinite weight leaves _l NaN or infinite
-    _undef = (_m != _m) | (_m == float("inf")) | (_l != _l)
-    _o = tl.where(_undef, float("nan"), tl.where(_l > 0, _acc / _l, 0.0))
+    _out_ptrs = _Out + _b.to(tl.int64) * _sob + _h.to(tl.int64) * _soh + _offs_m[:, None] * _som + _offs_dv[None, :] * _sod
     _rows = _offs_m[:, None] < _SQ
-    tl.store(_Out + _b.to(tl.int64) * _sob + _h.to(tl.int64) * _soh + _offs_m[:, None] * _som + _offs_dv[None, :] * _sod,
-             _o.to(_Out.dtype.element_ty), mask=_rows & (_offs_dv[None, :] < _DV))
-    if WRITE_LSE:
-        _lse = tl.where(_l > 0, _m * _sm_scale + tl.log(_l), -float("inf"))
-        _lse = tl.where(_undef, float("nan"), _lse)
-        tl.store(_Lse + (_pid_bh.to(tl.int64) * _SQ) + _offs_m[:, None], _lse, mask=_rows)
-    if WRITE_STATS:  # the backward's weights exp(s - m) / l round like the forward's (lse would add its own rounding)
-        _stat = (_pid_bh.to(tl.int64) * _SQ + _offs_m[:, None]) * 2
-        tl.store(_Stats + _stat, _m * _sm_scale, mask=_rows)
-        tl.store(_Stats + _stat + 1, _l, mask=_rows)
+    _kernel.finish_rows(_m, _l, _acc, _out_ptrs, _rows & (_offs_dv[None, :] < _DV), _Lse, _Stats, _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], _rows,
+                        _sm_scale, "softmax", True, WRITE_LSE, WRITE_STATS)
 
 
 # ---------------------------------------------------------------- attention

@@ -215,17 +215,10 @@ def _sigmoid_attn_forward(
         _m, _l, _acc = _sigmoid_attn_forward_tile(
             _j, _m, _l, _acc, _q_tile, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV,
             _q, _b, _h, _t0, _t2, _t1, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
-    # an undefined row (language.md section 8) is NaN: a NaN or +inf logit or sink leaves _m at +inf or
-    # NaN, or _l at NaN; a NaN or infinite weight leaves _l NaN or infinite
-    _undef = (_l != _l) | (tl.abs(_l) == float("inf"))
-    _o = tl.where(_undef, float("nan"), _acc)
+    _out_ptrs = _Out + _b.to(tl.int64) * _sob + _h.to(tl.int64) * _soh + _offs_m[:, None] * _som + _offs_dv[None, :] * _sod
     _rows = _offs_m[:, None] < _SQ
-    tl.store(_Out + _b.to(tl.int64) * _sob + _h.to(tl.int64) * _soh + _offs_m[:, None] * _som + _offs_dv[None, :] * _sod,
-             _o.to(_Out.dtype.element_ty), mask=_rows & (_offs_dv[None, :] < _DV))
-    if WRITE_LSE:
-        _lse = tl.log(_l)
-        _lse = tl.where(_undef, float("nan"), _lse)
-        tl.store(_Lse + (_pid_bh.to(tl.int64) * _SQ) + _offs_m[:, None], _lse, mask=_rows)
+    _kernel.finish_rows(_m, _l, _acc, _out_ptrs, _rows & (_offs_dv[None, :] < _DV), _Lse, _Stats, _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], _rows,
+                        _sm_scale, "elementwise", False, WRITE_LSE, WRITE_STATS)
 
 
 # ---------------------------------------------------------------- attention
