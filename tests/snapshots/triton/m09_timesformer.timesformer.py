@@ -87,9 +87,10 @@ def _tile_classes(_B, _H, _HKV, _SQ, _SKV, _D, _bq, _bk):
 
 
 @triton.jit
-def _timesformer_scores(_qk, _q, _kv, _b, _h, _t0, qp, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
+def _timesformer_scores(_qk, _q, _kv, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
     """The kept pairs of a tile (inside the lengths, and in a partial tile kept by the mask), the score
     before its mod (_x = scale * q.k) and after it (_s), and the per-pair bindings."""
+    _b, _h, _t0, qp, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale = _ctx
     _zero = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     _keep = (_kv < _SKV) & (_q < _SQ)
     if MASKED:
@@ -103,17 +104,17 @@ def _timesformer_scores(_qk, _q, _kv, _b, _h, _t0, qp, _B, _H, _HKV, _SQ, _SKV, 
 
 @triton.jit
 def _timesformer_forward_tile(
-    _j, _m, _l, _acc, _q_tile, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV,
-    _q, _b, _h, _t0, qp, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, _qk_scale,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, MASKED: tl.constexpr,
+    _j, _m, _l, _acc, _q_tile, _keys, _q, _ctx, _qk_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, MASKED: tl.constexpr,
 ):
     """Key tile _j: its scores, then the online softmax update of the running max _m, sum _l and output _acc."""
+    _b, _h, _t0, qp, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale = _ctx
+    _Kb, _Vb, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV = _keys
     _offs_n = _j * BLOCK_N + tl.arange(0, BLOCK_N)
     _kv = _offs_n[None, :]
-    _kT = _kernel.load_tile(_K + _kbase, _offs_d, _offs_n, _skd, _skn, _D, _SKV, UPCAST)
-    _v = _kernel.load_tile(_V + _vbase, _offs_n, _offs_dv, _svn, _svd, _SKV, _DV, UPCAST)
+    _kT = _kernel.load_tile(_Kb, _offs_d, _offs_n, _skd, _skn, _D, _SKV, UPCAST)
+    _v = _kernel.load_tile(_Vb, _offs_n, _offs_dv, _svn, _svd, _SKV, _DV, UPCAST)
     _qk = _kernel.mma(_q_tile, _kT, None, IEEE)
-    _keep, _s, _x = _timesformer_scores(_qk, _q, _kv, _b, _h, _t0, qp, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, MASKED)
+    _keep, _s, _x = _timesformer_scores(_qk, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED)
     _t = tl.where(_keep, _qk, -float("inf"))  # the raw products: log2(e) and the scale fold into _qk_scale
     _m, _l, _acc, _p = _kernel.softmax_update(_t, _m, _l, _acc, _qk_scale)
     if not UPCAST:  # the weights enter the second product in v's dtype, as in FlashAttention
@@ -123,10 +124,11 @@ def _timesformer_forward_tile(
 
 
 @triton.jit
-def _timesformer_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _b, _h, _t0, qp, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
+def _timesformer_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
     """A tile's weights _p as the forward used them, the gradient _dx of the scaled product, and each
     input site's contribution _c<n> (with, for a per-pair site, the offsets _o<n> it adds into)."""
-    _keep, _s, _x = _timesformer_scores(_qk, _q, _kv, _b, _h, _t0, qp, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, MASKED)
+    _b, _h, _t0, qp, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale = _ctx
+    _keep, _s, _x = _timesformer_scores(_qk, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED)
     _p = tl.where(_keep, tl.exp2((_s - _mrow) * 1.4426950408889634) * _inv_l, 0.0)
     _ds = _p * (_dp - _delta)
     _dx = _ds
@@ -135,19 +137,19 @@ def _timesformer_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _b, _h, _t
 
 @triton.jit
 def _timesformer_dq_tile(
-    _j, _dq, _q_tile, _do, _mrow, _inv_l, _delta, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV,
-    _q, _b, _h, _t0, qp, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, MASKED: tl.constexpr,
+    _j, _dq, _q_tile, _do, _mrow, _inv_l, _delta, _keys, _q, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, MASKED: tl.constexpr,
 ):
     """Key tile _j of the dQ kernel: dQ += dX . K, the per-program and per-row sites' sums, the per-pair
     sites' atomic adds."""
+    _b, _h, _t0, qp, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale = _ctx
+    _Kb, _Vb, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV = _keys
     _offs_n = _j * BLOCK_N + tl.arange(0, BLOCK_N)
     _kv = _offs_n[None, :]
-    _kT = _kernel.load_tile(_K + _kbase, _offs_d, _offs_n, _skd, _skn, _D, _SKV, UPCAST)
-    _vT = _kernel.load_tile(_V + _vbase, _offs_dv, _offs_n, _svd, _svn, _DV, _SKV, UPCAST)
+    _kT = _kernel.load_tile(_Kb, _offs_d, _offs_n, _skd, _skn, _D, _SKV, UPCAST)
+    _vT = _kernel.load_tile(_Vb, _offs_dv, _offs_n, _svd, _svn, _DV, _SKV, UPCAST)
     _qk = _kernel.mma(_q_tile, _kT, None, IEEE)
     _dp = _kernel.mma(_do, _vT, None, IEEE)
-    _keep, _p, _dx = _timesformer_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _b, _h, _t0, qp, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, MASKED)
+    _keep, _p, _dx = _timesformer_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED)
     if not UPCAST:
         _dx = _dx.to(_q_tile.dtype)
     _dq = _kernel.mma(_dx, tl.trans(_kT), _dq, IEEE)
@@ -156,14 +158,14 @@ def _timesformer_dq_tile(
 
 @triton.jit
 def _timesformer_dkdv_tile(
-    _pid_m, _dk, _dv, _kT, _vT, _Q, _qbase, _sqm, _sqd, _DO, _Stats, _Delta, _pid_bh, _offs_d, _offs_dv, _DV,
-    _kv, _b, _h, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, MASKED: tl.constexpr,
+    _pid_m, _dk, _dv, _kT, _vT, _queries, _kv, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, MASKED: tl.constexpr,
 ):
     """Query tile _pid_m of the dK/dV kernel: dV += P^T . dO, dK += dX^T . Q, the per-column sites' sums."""
+    _b, _h, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale = _ctx
+    _Qb, _sqm, _sqd, _DO, _Stats, _Delta, _pid_bh, _offs_d, _offs_dv, _DV = _queries
     _offs_m = _pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     _q = _offs_m[:, None]
-    _q_tile = _kernel.load_tile(_Q + _qbase, _offs_m, _offs_d, _sqm, _sqd, _SQ, _D, UPCAST)
+    _q_tile = _kernel.load_tile(_Qb, _offs_m, _offs_d, _sqm, _sqd, _SQ, _D, UPCAST)
     _stat = (_pid_bh.to(tl.int64) * _SQ + _offs_m[:, None]) * 2
     _lrow = tl.load(_Stats + _stat + 1, mask=_offs_m[:, None] < _SQ, other=0.0)
     _mrow = tl.load(_Stats + _stat, mask=_offs_m[:, None] < _SQ, other=0.0)
@@ -173,9 +175,10 @@ def _timesformer_dkdv_tile(
     _do = _kernel.load_tile(_DO + _pid_bh.to(tl.int64) * _SQ * _DV, _offs_m, _offs_dv, _DV, 1, _SQ, _DV, UPCAST)
     _t0 = (_q == 0)
     qp = _kernel.floormod((_q - 1), 12)
+    _ctx = (_b, _h, _t0, qp, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale,)
     _qk = _kernel.mma(_q_tile, _kT, None, IEEE)
     _dp = _kernel.mma(_do, _vT, None, IEEE)
-    _keep, _p, _dx = _timesformer_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _b, _h, _t0, qp, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, MASKED)
+    _keep, _p, _dx = _timesformer_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED)
     if not UPCAST:
         _p = _p.to(_q_tile.dtype)
         _dx = _dx.to(_q_tile.dtype)
@@ -209,6 +212,8 @@ def _timesformer_forward(
     _q_tile = _kernel.load_tile(_Q + _qbase, _offs_m, _offs_d, _sqm, _sqd, _SQ, _D, UPCAST)
     _t0 = (_q == 0)
     qp = _kernel.floormod((_q - 1), 12)
+    _ctx = (_b, _h, _t0, qp, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale,)  # what the tile functions read of the spec's expressions
+    _keys = (_K + _kbase, _V + _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV)  # where the K and V tiles are
     _m = tl.full([BLOCK_M, 1], -float("inf"), dtype=tl.float32)
     _l = tl.zeros([BLOCK_M, 1], dtype=tl.float32)
     _acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
@@ -217,13 +222,11 @@ def _timesformer_forward(
     # full key tiles: every pair inside the lengths is kept, no mask evaluation
     for _i in range(0, tl.load(_FullNum + _tnum)):
         _m, _l, _acc = _timesformer_forward_tile(
-            tl.load(_FullIdx + _tidx + _i), _m, _l, _acc, _q_tile, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV,
-            _q, _b, _h, _t0, qp, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False)
+            tl.load(_FullIdx + _tidx + _i), _m, _l, _acc, _q_tile, _keys, _q, _ctx, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False)
     # partial key tiles: the mask decides per pair
     for _i in range(0, tl.load(_PartNum + _tnum)):
         _m, _l, _acc = _timesformer_forward_tile(
-            tl.load(_PartIdx + _tidx + _i), _m, _l, _acc, _q_tile, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV,
-            _q, _b, _h, _t0, qp, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
+            tl.load(_PartIdx + _tidx + _i), _m, _l, _acc, _q_tile, _keys, _q, _ctx, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
     _out_ptrs = _Out + _b.to(tl.int64) * _sob + _h.to(tl.int64) * _soh + _offs_m[:, None] * _som + _offs_dv[None, :] * _sod
     _rows = _offs_m[:, None] < _SQ
     _kernel.finish_rows(_m, _l, _acc, _out_ptrs, _rows & (_offs_dv[None, :] < _DV), _Lse, _Stats, _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], _rows,
@@ -290,7 +293,6 @@ def _timesformer_backward_dq(
     _Q, _K, _V, _DO, _Stats, _Delta, _GQ,
     _sqb, _sqh, _sqm, _sqd, _skb, _skh, _skn, _skd, _svb, _svh, _svn, _svd,
     _FullNum, _FullIdx, _PartNum, _PartIdx, _stb, _sth, _stq, _sib, _sih, _siq,
-
     _B, _H, _HKV, _SQ, _SKV, _D, _DV, _sm_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr,
@@ -319,22 +321,23 @@ def _timesformer_backward_dq(
     _do = _kernel.load_tile(_DO + _pid_bh.to(tl.int64) * _SQ * _DV, _offs_m, _offs_dv, _DV, 1, _SQ, _DV, UPCAST)
     _t0 = (_q == 0)
     qp = _kernel.floormod((_q - 1), 12)
+    _ctx = (_b, _h, _t0, qp, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale,)
+    _keys = (_K + _kbase, _V + _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV)
     _dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     _tnum = _b * _stb + _h * _sth + _pid_m * _stq
     _tidx = _b * _sib + _h * _sih + _pid_m * _siq
     # full key tiles: every pair inside the lengths is kept, no mask evaluation
     for _i in range(0, tl.load(_FullNum + _tnum)):
         _dq = _timesformer_dq_tile(
-            tl.load(_FullIdx + _tidx + _i), _dq, _q_tile, _do, _mrow, _inv_l, _delta, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV,
-            _q, _b, _h, _t0, qp, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False)
+            tl.load(_FullIdx + _tidx + _i), _dq, _q_tile, _do, _mrow, _inv_l, _delta, _keys,
+            _q, _ctx, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False)
     # partial key tiles: the mask decides per pair
     for _i in range(0, tl.load(_PartNum + _tnum)):
         _dq = _timesformer_dq_tile(
-            tl.load(_PartIdx + _tidx + _i), _dq, _q_tile, _do, _mrow, _inv_l, _delta, _K, _V, _kbase, _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV,
-            _q, _b, _h, _t0, qp, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
+            tl.load(_PartIdx + _tidx + _i), _dq, _q_tile, _do, _mrow, _inv_l, _delta, _keys,
+            _q, _ctx, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
     tl.store(_GQ + _pid_bh.to(tl.int64) * _SQ * _D + _offs_m[:, None] * _D + _offs_d[None, :], _dq * _sm_scale,
              mask=(_offs_m[:, None] < _SQ) & (_offs_d[None, :] < _D))
-    _slot = _pid_bh * tl.num_programs(0) + _pid_m
 
 
 @triton.jit
@@ -342,7 +345,6 @@ def _timesformer_backward_dkdv(
     _Q, _K, _V, _DO, _Stats, _Delta, _GK, _GV,
     _sqb, _sqh, _sqm, _sqd, _skb, _skh, _skn, _skd, _svb, _svh, _svn, _svd,
     _FullNumT, _FullIdxT, _PartNumT, _PartIdxT, _stb, _sth, _stq, _sib, _sih, _siq,
-
     _B, _H, _HKV, _SQ, _SKV, _D, _DV, _sm_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr,
@@ -368,18 +370,20 @@ def _timesformer_backward_dkdv(
         _h = _hkv * _group + _g
         _pid_bh = _b * _H + _h
         _qbase = _b.to(tl.int64) * _sqb + _h.to(tl.int64) * _sqh
+        _ctx = (_b, _h, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale,)
+        _queries = (_Q + _qbase, _sqm, _sqd, _DO, _Stats, _Delta, _pid_bh, _offs_d, _offs_dv, _DV)
         _tnum = _b * _stb + _h * _sth + _pid_n * _stq
         _tidx = _b * _sib + _h * _sih + _pid_n * _siq
         # full query tiles of this key tile
         for _i in range(0, tl.load(_FullNumT + _tnum)):
             _dk, _dv = _timesformer_dkdv_tile(
-                tl.load(_FullIdxT + _tidx + _i), _dk, _dv, _kT, _vT, _Q, _qbase, _sqm, _sqd, _DO, _Stats, _Delta, _pid_bh, _offs_d, _offs_dv, _DV,
-                _kv, _b, _h, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False)
+                tl.load(_FullIdxT + _tidx + _i), _dk, _dv, _kT, _vT, _queries,
+                _kv, _ctx, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False)
         # partial query tiles of this key tile
         for _i in range(0, tl.load(_PartNumT + _tnum)):
             _dk, _dv = _timesformer_dkdv_tile(
-                tl.load(_PartIdxT + _tidx + _i), _dk, _dv, _kT, _vT, _Q, _qbase, _sqm, _sqd, _DO, _Stats, _Delta, _pid_bh, _offs_d, _offs_dv, _DV,
-                _kv, _b, _h, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
+                tl.load(_PartIdxT + _tidx + _i), _dk, _dv, _kT, _vT, _queries,
+                _kv, _ctx, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
     _kvbase = _pid_bhkv.to(tl.int64) * _SKV
     tl.store(_GK + (_kvbase + _offs_n[:, None]) * _D + _offs_d[None, :], _dk * _sm_scale,
              mask=(_offs_n[:, None] < _SKV) & (_offs_d[None, :] < _D))
