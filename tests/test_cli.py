@@ -212,9 +212,9 @@ def test_compile_const_override(tmp_path, capsys):
     code, out, err = run(capsys, "compile", path, "-D", "window=37")
     assert code == 0, err
     ast.parse(out)
-    assert "window = 8" in default and "<= 8)" in default
-    assert "window = 37" in out and "<= 37)" in out
-    assert "<= 8)" not in out
+    assert "window = 8  # compile-time param" in default and "<= window)" in default
+    assert "window = 37  # compile-time param" in out and "<= window)" in out
+    assert "window = 8" not in out
 
 
 @pytest.mark.parametrize(
