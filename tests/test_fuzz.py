@@ -141,13 +141,13 @@ def test_an_unwritten_kernel_output_shows_as_nan(monkeypatch):
     """Outputs start as NaN during a trial: a kernel that skips a row cannot pass on stale memory."""
     subject = subject_of(CAUSAL, ("triton",))
     module = subject.modules["triton"]
-    real = module._causal_t_forward
+    real = module.KERNELS.forward
 
     class SkipsLastBlock:
         def __getitem__(self, grid):
             return lambda *args, **kw: real[(max(grid[0] - 1, 1), *grid[1:])](*args, **kw)
 
-    monkeypatch.setattr(module, "_causal_t_forward", SkipsLastBlock())
+    monkeypatch.setattr(module, "KERNELS", replace(module.KERNELS, forward=SkipsLastBlock()))
     outcome = run_case(subject, Case("triton", "float32", replace(SMALL, SQ=100)), "cpu")
     assert outcome.status == FAIL and "NaN" in outcome.detail
 
