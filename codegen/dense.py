@@ -10,7 +10,6 @@ language's built-ins in attnspec/runtime/functions.py (`_fn`) accept both.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from attnspec import __version__
@@ -19,7 +18,7 @@ from attnspec.builtins import DTYPES
 from attnspec.ir import Expr, Spec, walk
 from attnspec.types import infer
 
-from .render import ExprRenderer, python_literal
+from .render import ExprRenderer, Plan, python_literal
 
 
 class DenseRenderer(ExprRenderer):
@@ -95,7 +94,7 @@ class SelectionPlan:
 
 
 @dataclass(frozen=True)
-class ModulePlan:
+class ModulePlan(Plan):
     """What every target's module holds, rendered: the header, the spec's declarations, the dense checks
     and token mask (common/checks.py.jinja), the selection stage, the nn.Module; and the dense attention
     of the reference module (reference/module.py.jinja)."""
@@ -120,10 +119,6 @@ class ModulePlan:
     sink: str | None
     weight: str | None
     sel: SelectionPlan | None
-
-    def fields(self) -> dict:
-        """The plan as template variables (one level: nested plans stay objects)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 def module_plan(spec: Spec, source_name: str) -> ModulePlan:

@@ -7,6 +7,7 @@ Only validated identifiers and re-rendered numbers from the spec reach the outpu
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -19,6 +20,14 @@ _INFIX = {
     "add": "+", "sub": "-", "mul": "*", "truediv": "/", "floordiv": "//", "mod": "%",
     "lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!=",
 }
+
+
+class Plan:
+    """A target's plan: the frozen dataclass of typed fields its templates are rendered from."""
+
+    def fields(self) -> dict:
+        """The plan as template variables (one level: nested plans stay objects)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 class ExprRenderer:

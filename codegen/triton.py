@@ -205,12 +205,11 @@ def triton_plan(spec: Spec, source_name: str) -> TritonPlan:
     program = _leveled(spec, score_roots + [mask, norm.sink], r, ("program",))
     row = _leveled(spec, score_roots + [mask, norm.sink], r, ("row",))
     per_pair = _leveled(spec, score_roots, r, ("col", "element"))
-    outer = _context(spec, program)
     return TritonPlan(
         **module_plan(spec, source_name).fields(),
         **backward_plan(spec, TritonRenderer).fields(),
-        ctx=", ".join(outer[:-7] + [t for t, _ in row] + outer[-7:]),
-        ctx_outer=", ".join(outer),
+        ctx=_context(spec, program, row),
+        ctx_outer=_context(spec, program),
         scores_out=", ".join(["_keep", "_s", "_x"] + (["_w"] if norm.kind != "softmax" else []) + [t for t, _ in per_pair]),
         selection_tiles=selection_tiles(spec),
         k_score=r.render(spec.score),
@@ -250,17 +249,16 @@ def kernel_constants(spec: Spec) -> list[tuple[str, str]]:
     return found
 
 
-def _context(spec: Spec, program: list[tuple[str, str]]) -> list[str]:
-    """What the tile functions receive from their kernel to compute the spec's expressions, in order:
-    the program's batch and head, inputs (pointer, sizes, strides), runtime params, program-level
-    bindings, then (the last seven) the shape symbols and the scale. Row-level bindings go before
-    those where the tile is a query tile of its own."""
+def _context(spec: Spec, *levels: list[tuple[str, str]]) -> str:
+    """What the tile functions receive from their kernel (as one tuple) to compute the spec's
+    expressions: the program's batch and head, inputs (pointer, sizes, strides), runtime params, the
+    bindings of the given levels (program, then row), the shape symbols and the scale."""
     names = ["_b", "_h"]
     for decl in spec.inputs:
         rank = range(len(decl.shape))
         names += [decl.name] + [f"_{decl.name}_n{d}" for d in rank] + [f"_{decl.name}_s{d}" for d in rank]
-    names += [p.name for p in spec.runtime_params] + [t for t, _ in program]
-    return names + ["_B", "_H", "_HKV", "_SQ", "_SKV", "_D", "_sm_scale"]
+    names += [p.name for p in spec.runtime_params] + [t for bindings in levels for t, _ in bindings]
+    return ", ".join(names + ["_B", "_H", "_HKV", "_SQ", "_SKV", "_D", "_sm_scale"])
 
 
 def _leveled(spec: Spec, roots, r: TritonRenderer, levels, exclude=()) -> list[tuple[str, str]]:

@@ -19,7 +19,6 @@ gradient is asked for.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from attnspec.diagnostics import AttnError
@@ -29,12 +28,13 @@ from attnspec.passes.symbolic import exact_key
 from attnspec.stages import differentiated
 
 from .dense import bindings_for
+from .render import Plan
 
 _SCORE = Expr("score")
 
 
 @dataclass(frozen=True)
-class BackwardPlan:
+class BackwardPlan(Plan):
     """The backward kernels (templates/triton/backward.py.jinja and the gradient tile functions), or
     backward_error where the spec cannot be differentiated."""
 
@@ -51,9 +51,6 @@ class BackwardPlan:
     backward_error_literal: str  # module constants: BACKWARD_ERROR, SITE_INPUTS, SITE_KERNELS
     site_inputs: str
     site_kernels: str
-
-    def fields(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(BackwardPlan)}
 
 
 def backward_plan(spec: Spec, renderer_class) -> BackwardPlan:

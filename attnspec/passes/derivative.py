@@ -88,8 +88,8 @@ class _Converter:
 # ------------------------------------------------------------------ sympy -> IR
 
 # the built-ins whose sympy form is a function class, by class
-_FORMS = {name: getattr(calculus, op.sympy) for name, op in OPS.items() if op.sympy is not None}
-_REBUILT = {form: name for name, form in _FORMS.items() if isinstance(form, type)}
+_REBUILT = {getattr(calculus, op.sympy): name for name, op in OPS.items()
+            if op.sympy is not None and isinstance(getattr(calculus, op.sympy), type)}
 
 
 class _CalculusBuilder(_Builder):

@@ -269,7 +269,8 @@ def _where(c: Bool, a, b):
     return Num(lo, hi)
 
 
-_OPERATORS = {
+# the rules operators and some built-ins (by their registry entry's interval name) are computed with
+_NAMED_RULES = {
     "add": _add, "sub": _sub, "mul": _mul, "truediv": _truediv, "floordiv": _floordiv, "mod": _mod,
     "pow": _pow, "neg": _neg, "abs": _abs, "min": _min, "max": _max, "clamp": _clamp, "bitand": _bitand,
     "lt": _lt, "le": _le, "gt": _gt, "ge": _ge, "eq": _eq, "ne": _ne,
@@ -285,8 +286,8 @@ def _function_rule(op: ops.Op) -> Callable:
     if isinstance(op.interval, ops.Domain):
         return _domain(op.tensor, op.interval.low)
     if isinstance(op.interval, str):
-        return _OPERATORS[op.interval]
+        return _NAMED_RULES[op.interval]
     return lambda *args: UNKNOWN
 
 
-RULES = {**_OPERATORS, **{name: _function_rule(op) for name, op in ops.OPS.items()}}
+RULES = {**_NAMED_RULES, **{name: _function_rule(op) for name, op in ops.OPS.items()}}
