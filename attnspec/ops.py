@@ -71,13 +71,26 @@ def join_numbers(*xs):
     return [float(x) for x in xs] if any(isinstance(x, float) for x in xs) else list(xs)
 
 
+class NotFoldable(ValueError):
+    """The value of these constants is not one number on every target: folding would pick one."""
+
+
+def _signed_zeros(a, b) -> bool:
+    """0.0 and -0.0 together: torch.minimum and torch.maximum answer either, lane by lane."""
+    return isinstance(a, float) and a == b == 0.0 and math.copysign(1.0, a) != math.copysign(1.0, b)
+
+
 def _min(a, b):
     a, b = join_numbers(a, b)
+    if _signed_zeros(a, b):
+        raise NotFoldable("min of 0.0 and -0.0")
     return math.nan if _nan(a) or _nan(b) else min(a, b)
 
 
 def _max(a, b):
     a, b = join_numbers(a, b)
+    if _signed_zeros(a, b):
+        raise NotFoldable("max of 0.0 and -0.0")
     return math.nan if _nan(a) or _nan(b) else max(a, b)
 
 
