@@ -1,4 +1,4 @@
-"""The `attnspec` command line: check, compile, show, demo, fuzz.
+"""The `attnspec` command line: check, compile, show, aot, demo, fuzz.
 
 Exit status: 0 success, 2 a mistake in the input (reported as file:line:col diagnostics),
 1 a check that ran and failed (demo, fuzz). Set ATTNSPEC_TRACEBACK=1 to see Python tracebacks.
@@ -60,6 +60,25 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--block", type=int, default=16, help="tile size for the drawing's tile analysis (default 16)")
     _const_option(show)
     show.set_defaults(run=cmd_show)
+
+    aot = sub.add_parser(
+        "aot", help="compile a spec's triton kernels for a GPU architecture (no GPU needed) and report their machine code",
+        description="Compile every triton kernel a call launches (with --backward, its gradient's too) for a GPU "
+        "architecture, on this machine, and report per kernel and autotune candidate: registers, spills, shared "
+        "memory, tensor-core products and TMA loads (docs/triton.md). Exit status 1 when a kernel fails to "
+        "compile, or with --strict when a default candidate does not fit.",
+    )
+    aot.add_argument("file", metavar="FILE", help="a .attn file")
+    aot.add_argument("--spec", help="which spec of the file (needed when it has several)")
+    aot.add_argument("--arch", action="append", default=[], help="sm_90a (default), sm_80, sm_86, sm_89 (repeatable)")
+    aot.add_argument("--dtype", action="append", default=[], help="bf16 (default), fp16, fp32 (repeatable)")
+    aot.add_argument("--head-dim", action="append", type=int, default=[], metavar="D", help="head dim (repeatable; default 64 and 128)")
+    aot.add_argument("--backward", action="store_true", help="also the dQ and dK/dV kernels")
+    aot.add_argument("--all-candidates", action="store_true", help="every autotune candidate, not only the default")
+    aot.add_argument("--strict", action="store_true", help="exit 1 when a default candidate spills or exceeds shared memory")
+    aot.add_argument("--json", metavar="PATH", help="also write the report as JSON")
+    _const_option(aot)
+    aot.set_defaults(run=cmd_aot)
 
     demo = sub.add_parser("demo", help="compile specs to every target, run them, check against the float64 reference")
     demo.add_argument("files", nargs="*", metavar="FILE", help="default: examples/*.attn")
@@ -223,6 +242,24 @@ def cmd_show(args) -> int:
         rows, cols = drawing.mask.shape
         print(f"# wrote {args.png} ({cols * scale} x {rows * scale} pixels: {scale} x {scale} per drawn pair)")
     return 0
+
+
+def cmd_aot(args) -> int:
+    import json
+
+    from . import aot
+
+    reports = aot.report(
+        Path(args.file), spec=args.spec, consts=parse_consts(args.const), archs=tuple(args.arch or ["sm_90a"]),
+        dtypes=tuple(args.dtype or ["bf16"]), head_dims=tuple(args.head_dim or [64, 128]), backward=args.backward,
+        every_candidate=args.all_candidates,
+    )
+    print(aot.render_table(reports))
+    if args.json:
+        _write_atomic(Path(args.json), json.dumps([r.as_dict() for r in reports], indent=1) + "\n")
+    failed = [r for r in reports if r.error is not None]
+    misfits = [r for r in reports if r.candidate == 0 and not r.fits]
+    return 1 if failed or (args.strict and misfits) else 0
 
 
 def cmd_demo(args) -> int:

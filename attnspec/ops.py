@@ -71,27 +71,28 @@ def join_numbers(*xs):
     return [float(x) for x in xs] if any(isinstance(x, float) for x in xs) else list(xs)
 
 
-class NotFoldable(ValueError):
-    """The value of these constants is not one number on every target: folding would pick one."""
-
-
 def _signed_zeros(a, b) -> bool:
-    """0.0 and -0.0 together: torch.minimum and torch.maximum answer either, lane by lane."""
-    return isinstance(a, float) and a == b == 0.0 and math.copysign(1.0, a) != math.copysign(1.0, b)
+    return isinstance(a, float) and a == b == 0.0
 
 
 def _min(a, b):
+    """IEEE 754-2019 minimum: NaN if either is NaN, and -0.0 below 0.0 (the language's rule, every target)."""
     a, b = join_numbers(a, b)
+    if _nan(a) or _nan(b):
+        return math.nan
     if _signed_zeros(a, b):
-        raise NotFoldable("min of 0.0 and -0.0")
-    return math.nan if _nan(a) or _nan(b) else min(a, b)
+        return -(-a - b)  # -0.0 if either is
+    return min(a, b)
 
 
 def _max(a, b):
+    """IEEE 754-2019 maximum: NaN if either is NaN, and 0.0 above -0.0."""
     a, b = join_numbers(a, b)
+    if _nan(a) or _nan(b):
+        return math.nan
     if _signed_zeros(a, b):
-        raise NotFoldable("max of 0.0 and -0.0")
-    return math.nan if _nan(a) or _nan(b) else max(a, b)
+        return a + b  # 0.0 unless both are -0.0
+    return max(a, b)
 
 
 def _clamp(x, lo, hi):
@@ -156,8 +157,24 @@ def _tensor_softplus(x):
     return torch.logaddexp(x, torch.zeros_like(x))
 
 
+def _tensor_minimum(a, b):
+    """torch.minimum gives 0.0 or -0.0 for the pair lane by lane; the language says -0.0 (see _min).
+    Signs are read with signbit rather than summed: torch.compile rewrites x + 0.0 as x."""
+    zeros = (a == 0) & (b == 0)
+    return torch.where(zeros, torch.where(torch.signbit(a), a, b), torch.minimum(a, b))
+
+
+def _tensor_maximum(a, b):
+    zeros = (a == 0) & (b == 0)
+    return torch.where(zeros, torch.where(torch.signbit(a), b, a), torch.maximum(a, b))
+
+
 def _tensor_clamp(x, lo, hi):
-    return torch.minimum(torch.maximum(x, lo), hi)
+    return _tensor_minimum(_tensor_maximum(x, lo), hi)
+
+
+def _tensor_relu(x):
+    return torch.where(x <= 0, torch.zeros_like(x), x)  # 0.0 for -0.0, NaN for NaN
 
 
 def _tensor_dot(a, b):
@@ -171,8 +188,8 @@ OPS: dict[str, Op] = {
     op.name: op
     for op in (
         Op("abs", ("x",), "same", abs, torch.abs, "tl.abs", "abs", "Abs"),
-        Op("min", ("a", "b"), "join", _min, torch.minimum, "tl.minimum", "min", "Min"),
-        Op("max", ("a", "b"), "join", _max, torch.maximum, "tl.maximum", "max", "Max"),
+        Op("min", ("a", "b"), "join", _min, _tensor_minimum, "_kernel.minimum", "min", "Min"),
+        Op("max", ("a", "b"), "join", _max, _tensor_maximum, "_kernel.maximum", "max", "Max"),
         Op("clamp", ("x", "lo", "hi"), "join", _clamp, _tensor_clamp, "_kernel.clamp", "clamp", "clamp"),
         Op("where", ("cond", "a", "b"), "where", _where, torch.where, "tl.where", "where", "Where"),
         Op("exp", ("x",), "float", _exp, torch.exp, "tl.exp", INCREASING, "exp"),
@@ -185,7 +202,7 @@ OPS: dict[str, Op] = {
         Op("tanh", ("x",), "float", math.tanh, torch.tanh, "_kernel.tanh", INCREASING, "tanh"),
         Op("sigmoid", ("x",), "float", _sigmoid, torch.sigmoid, "tl.sigmoid", INCREASING, "Sigmoid"),
         Op("softplus", ("x",), "float", _softplus, _tensor_softplus, "_kernel.softplus", INCREASING, "Softplus"),
-        Op("relu", ("x",), "same", _relu, torch.relu, "_kernel.relu", INCREASING, "Relu"),
+        Op("relu", ("x",), "same", _relu, _tensor_relu, "_kernel.relu", INCREASING, "Relu"),
         Op("float", ("x",), "float", float, lambda x: x, "_kernel.as_float", INCREASING, "identity"),
         Op("bitand", ("a", "b"), "int", lambda a, b: a & b, torch.bitwise_and, "", "bitand"),
         Op("dot", ("u", "v"), "dot", None, _tensor_dot, ""),

@@ -28,11 +28,17 @@ class TileRenderer(ExprRenderer):
         method = getattr(self, f"render_{e.op}", None)
         if method is not None:
             return method(e)
+        return self.render_named(e)
+
+    def render_named(self, e: Expr) -> str:
+        """e's interval rule applied once, bound to a name."""
         if e not in self.names:
             code = self.render_rule(e)
             self.names[e] = f"_i{len(self.names)}"
             self.lines.append(f"{self.names[e]} = {code}")
         return self.names[e]
+
+    render_neg = render_named  # an interval rule like any other op here, not the parent's `-x`
 
     def render_rule(self, e: Expr) -> str:
         args = ", ".join(self.render(a) for a in e.args)

@@ -17,6 +17,8 @@ form, the epilogue); TritonRenderer fills its plan with the spec's expressions a
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 from attnspec.analysis.bands import key_bands
@@ -57,7 +59,15 @@ class TritonRenderer(ExprRenderer):
             return 'float("nan")'
         if isinstance(value, float) and value in (float("inf"), float("-inf")):
             return 'float("inf")' if value > 0 else '(-float("inf"))'
+        if isinstance(value, float) and value == 0.0 and math.copysign(1.0, value) < 0:
+            return "_kernel.negative_zero()"  # Triton makes every constant equal to 0 a +0.0
         return python_literal(value)
+
+    def render_neg(self, e: Expr) -> str:
+        """Triton's unary minus is 0 - x, which is +0.0 for x = 0.0; a product by -1 flips the sign."""
+        if infer(e, self.spec) == "float":
+            return f"({self.render(e.args[0])} * -1.0)"
+        return super().render_neg(e)
 
     def render_offset(self, e: Expr, strides: str) -> str:
         """The element offset a load reads, every index clamped into its dimension (bounds-safe):
@@ -135,9 +145,15 @@ class TritonRenderer(ExprRenderer):
 
     def render_call(self, e: Expr) -> str:
         spelling = OPS[e.op].triton
+        if e.op in INTEGER_SPELLINGS and infer(e, self.spec) == "int":
+            spelling = INTEGER_SPELLINGS[e.op]
         if not spelling:
             raise AttnError(f"the triton target cannot compute '{e.op}' in a kernel", e.span)
         return f"{spelling}({', '.join(self.render(a) for a in e.args)})"
+
+
+# Integers have no NaN and no -0.0: Triton's own min and max compute the language's there.
+INTEGER_SPELLINGS = {"min": "tl.minimum", "max": "tl.maximum"}
 
 
 def generate(spec: Spec, source_name: str = "<string>") -> str:

@@ -187,6 +187,30 @@ def test_integer_division_by_zero_is_zero_and_modulo_by_zero_is_the_dividend(tar
     torch.testing.assert_close(out.double(), hand_division(q.double(), k.double(), v.double(), d), atol=2e-5, rtol=1e-4)
 
 
+# ------------------------------------------------------------------ min and max order signed zeros (section 5)
+
+# float(q - kv) * 0.0 is -0.0 above the diagonal and 0.0 on and below it; max(-0.0, that) is 0.0 exactly where
+# q >= kv, and 1.0 / it is +inf there and -inf elsewhere. So these masks keep the causal pairs (relu: every
+# pair) if max puts 0.0 above -0.0 in every lane and min -0.0 below 0.0, and other pairs on a target that
+# does not.
+SIGNED_ZEROS = {
+    "max": ("attention z { mask 1.0 / max(-0.0, float(q - kv) * 0.0) > 0.0 }", "mask kv <= q"),
+    "min": ("attention z { mask 1.0 / min(0.0, float(kv - q - 1) * 0.0) < 0.0 }", "mask kv <= q"),
+    "clamp": ("attention z { mask 1.0 / clamp(float(q - kv) * 0.0, -0.0, 1.0) > 0.0 }", "mask kv <= q"),
+    "relu": ("attention z { mask 1.0 / relu(float(q - kv) * 0.0) > 0.0 }", ""),
+    "neg": ("attention z { mask 1.0 / -(float(q - kv) * 0.0) < 0.0 }", "mask kv <= q"),
+}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("op", SIGNED_ZEROS)
+def test_min_and_max_put_negative_zero_below_zero_on_every_target(op, target):
+    q, k, v = qkv(SQ=37, SKV=37)
+    spec, expected = SIGNED_ZEROS[op]
+    out = run(spec, target, q, k, v)
+    torch.testing.assert_close(out, run(f"attention c {{ {expected} }}", "reference", q, k, v), atol=2e-5, rtol=1e-4)
+
+
 # ------------------------------------------------------------------ the rownorm check (section 8)
 
 SIGNED = "attention signed { normalize rownorm(score + 0.5)\n mask kv <= q }"

@@ -106,7 +106,17 @@ def assert_same_values(before: Spec, after: Spec, seed: int = 0) -> None:
     for old, new in zip(_token_exprs(before), _token_exprs(after)):
         a, b = evaluate(old, before, env), evaluate(new, after, env)
         assert a.dtype == b.dtype, f"{expr_text(old)} -> {expr_text(new)}: dtype {a.dtype} -> {b.dtype}"
-        assert torch.equal(bits(a), bits(b)), f"{expr_text(old)} -> {expr_text(new)} changed values"
+        if any(e.op in LIBM for e in walk(old)):
+            # a rewrite may leave a transcendental of constants, folded with Python's libm, which may
+            # differ from torch's vectorized one by an ulp (both are faithful, neither correctly rounded)
+            a, b = (torch.broadcast_to(t, FULL) for t in (a, b))
+            close = torch.isclose(b, a, rtol=1e-13, atol=0, equal_nan=True) | (bits(a) == bits(b))
+            assert bool(close.all()), f"{expr_text(old)} -> {expr_text(new)} changed values"
+        else:
+            assert torch.equal(bits(a), bits(b)), f"{expr_text(old)} -> {expr_text(new)} changed values"
+
+
+LIBM = {"exp", "exp2", "log", "log2", "pow", "tanh", "sigmoid", "softplus"}
 
 
 def _token_exprs(spec: Spec) -> list[Expr]:

@@ -10,7 +10,7 @@ import math
 
 from ..diagnostics import AttnError
 from ..ir import Expr, Spec, const, map_exprs, rewrite
-from ..ops import OPS, NotFoldable, join_numbers
+from ..ops import OPS, join_numbers
 
 INT64 = (-(2**63), 2**63 - 1)
 
@@ -26,10 +26,7 @@ def fold_expr(expr: Expr) -> Expr:
 
 def _fold_node(node: Expr) -> Expr:
     if node.args and all(a.op == "const" for a in node.args) and node.op in SCALAR_OPS:
-        try:
-            return const(_evaluate(node), node.span)
-        except NotFoldable:  # left for the target to compute, as it would
-            return node
+        return const(_evaluate(node), node.span)
     return _boolean_identity(node)
 
 

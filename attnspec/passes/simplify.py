@@ -29,7 +29,9 @@ evaluates scalar-only subexpressions (shape symbols, params) with Python ints, w
 an identity of polynomials holds there too. Coefficients that would not fit in 64 bits are never
 produced (the original is kept). Float rewrites are limited to the IEEE identities above; in
 particular `x + 0.0` is kept (it turns -0.0 into +0.0), `x - x` is kept (inf - inf is NaN), and float
-sums are never re-associated or collected (that changes rounding).
+sums are never re-associated or collected (that changes rounding). One thing is exact only to an ulp:
+a transcendental function (`exp`, `tanh`, ...) whose arguments a rewrite leaves constant is folded with
+Python's libm, and torch's vectorized functions may round the last bit differently.
 """
 
 from __future__ import annotations

@@ -12,13 +12,40 @@ import triton.language as tl
 
 
 @triton.jit
+def _both_zero(a, b):
+    return tl.where(a == 0, b, 1) == 0  # not (a == 0) & (b == 0): either may be a constant
+
+
+@triton.jit
+def minimum(a, b):
+    """The language's min (IEEE 754-2019 minimum): NaN if either is NaN, -0.0 below 0.0. tl.minimum
+    alone returns the other operand for a NaN on a GPU, and either zero for the pair 0.0, -0.0."""
+    # for two zeros, (a * b) * (a + b) is -0.0 if either is: the product's sign is the signs' xor, the
+    # sum's their and. Negating (-((-a) + (-b))) would not do: a constant's -0.0 becomes +0.0 in Triton.
+    either_negative = (a * b) * (a + b)
+    return tl.where(_both_zero(a, b), either_negative, tl.minimum(a, b, propagate_nan=tl.PropagateNan.ALL))
+
+
+@triton.jit
+def maximum(a, b):
+    """The language's max: NaN if either is NaN, 0.0 above -0.0 (for two zeros, a + b)."""
+    return tl.where(_both_zero(a, b), a + b, tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL))
+
+
+@triton.jit
+def negative_zero():
+    """-0.0: Triton turns every constant equal to 0 into +0.0, and its unary minus computes 0 - x."""
+    return tl.zeros((), tl.float32) * -1.0
+
+
+@triton.jit
 def clamp(x, lo, hi):
-    return tl.minimum(tl.maximum(x, lo), hi)
+    return minimum(maximum(x, lo), hi)
 
 
 @triton.jit
 def relu(x):
-    return tl.maximum(x, 0)
+    return maximum(x, 0)
 
 
 @triton.jit

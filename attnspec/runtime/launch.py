@@ -60,7 +60,8 @@ def forward(kernels: Kernels, q, k, v, inputs, params, schedule, return_lse, for
     def run(config):
         tables = () if kernels.closed_form else schedule.tables(config.block_m, config.block_n).arguments()
         grid = (triton.cdiv(SQ, config.block_m), B * H)
-        kernels.forward[grid](
+        _rt.start(
+            kernels.forward, grid,
             q, k, v, out, lse, stats, *err, *q.stride(), *k.stride(), *v.stride(), *out.stride(), *tables,
             *_input_arguments(kernels, inputs, params), B, H, HKV, SQ, SKV, D, v.shape[-1], scale,
             BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=config.block_d, BLOCK_DV=config.block_dv,
@@ -132,9 +133,10 @@ def backward(kernels: Kernels, q, k, v, out, stats, dout, dlse, inputs, params, 
                     IEEE=config.ieee, UPCAST=config.upcast, num_warps=config.num_warps, num_stages=config.num_stages)
         strides = (*q.stride(), *k.stride(), *v.stride())
         tables = () if kernels.closed_form else schedule.tables(bm, bn).arguments()
-        kernels.dq[(triton.cdiv(SQ, bm), B * H)](q, k, v, do, stats, delta, gq, *strides, *tables, *common, **meta)
-        kernels.dkdv[(triton.cdiv(SKV, bn), B * HKV)](
-            q, k, v, do, stats, delta, gk, gv, *strides, *schedule.transposed(bm, bn).arguments(), *common, **meta)
+        _rt.start(kernels.dq, (triton.cdiv(SQ, bm), B * H),
+                  q, k, v, do, stats, delta, gq, *strides, *tables, *common, **meta)
+        _rt.start(kernels.dkdv, (triton.cdiv(SKV, bn), B * HKV),
+                  q, k, v, do, stats, delta, gk, gv, *strides, *schedule.transposed(bm, bn).arguments(), *common, **meta)
         _rt.add_partials([grads[name] for name in kernels.site_inputs], parts)
 
     _rt.launch(run, kernels.spec_name + " backward", q, v, kernels.kernel_tiles, (SQ, SKV), backward=True)

@@ -29,6 +29,53 @@ def upcasts(q) -> bool:
     return interpreting() and q.dtype != torch.float32
 
 
+@dataclass(frozen=True)
+class Launch:
+    """One kernel launch as the host code would make it: what `attnspec.aot` compiles for a GPU."""
+
+    kernel: object  # a triton JITFunction
+    grid: tuple
+    args: tuple
+    meta: dict  # constexprs and launch options (num_warps, num_stages)
+    candidate: int  # which of the autotuner's candidates this launch belongs to (0: the default)
+
+
+@dataclass
+class Recording:
+    every_candidate: bool  # record the launches of every autotune candidate, or only the default's
+    launches: list
+    candidate: int = 0
+
+
+_RECORDING: list[Recording | None] = [None]
+
+
+@contextmanager
+def recording(every_candidate: bool = False):
+    """Within this block the host code runs as on a GPU, on tensors of any device, but its kernel
+    launches are collected (yielded list of Launch) instead of made: nothing is computed, the outputs
+    hold whatever torch.empty gave them."""
+    before, _RECORDING[0] = _RECORDING[0], Recording(every_candidate, [])
+    try:
+        yield _RECORDING[0].launches
+    finally:
+        _RECORDING[0] = before
+
+
+def start(kernel, grid, *args, **meta) -> None:
+    """Launch a kernel on a grid (or record the launch, see recording)."""
+    rec = _RECORDING[0]
+    if rec is not None:
+        rec.launches.append(Launch(kernel, tuple(grid), args, meta, rec.candidate))
+        return
+    kernel[grid](*args, **meta)
+
+
+def _on_gpu(q) -> bool:
+    """Whether kernels run (or, recording, would run) compiled for a GPU rather than interpreted."""
+    return _RECORDING[0] is not None or (q.device.type == "cuda" and not interpreting())
+
+
 _POISONED = [False]
 
 
@@ -57,7 +104,7 @@ def check_launch(name: str, q, k, v, inputs=(), backward_error: str | None = Non
             f"{name}: the triton kernel computes on float32, bfloat16 or float16 inputs, got {q.dtype}; "
             "the reference target computes in float64"
         )
-    if q.device.type != "cuda" and not interpreting():
+    if q.device.type != "cuda" and not interpreting() and _RECORDING[0] is None:
         raise RuntimeError(
             f"{name}: the triton target runs on CUDA tensors (q is on {q.device}); on the CPU, set "
             "TRITON_INTERPRET=1 before importing the module to run the kernel in Triton's interpreter"
@@ -111,7 +158,7 @@ def candidate_configs(q, v, tiles=None, backward: bool = False) -> list[Config]:
     block_d, block_dv = max(16, _next_power_of_two(d)), max(16, _next_power_of_two(dv))
     upcast = upcasts(q)
     ieee = q.dtype == torch.float32 or upcast
-    if q.device.type != "cuda" or interpreting():
+    if not _on_gpu(q):
         block_m, block_n = tiles if tiles is not None else (64, 64)
         return [Config(block_m, block_n, block_d, block_dv, 4, 1, ieee, upcast)]
     width = max(64, block_d, block_dv)
@@ -135,6 +182,9 @@ def launch(run, name: str, q, v, tiles, lengths, backward: bool = False) -> None
     for the process; configurations the GPU cannot run are skipped. `backward`: the backward
     kernels' candidates (each run recomputes every gradient, so timing runs are harmless)."""
     configs = candidate_configs(q, v, tiles, backward)
+    if _RECORDING[0] is not None:
+        _record(run, configs)
+        return
     if len(configs) == 1 or not autotuning():
         run(configs[0])
         return
@@ -142,6 +192,14 @@ def launch(run, name: str, q, v, tiles, lengths, backward: bool = False) -> None
     if key not in _TUNED:
         _TUNED[key] = _fastest(run, configs)
     run(_TUNED[key])
+
+
+def _record(run, configs: list[Config]) -> None:
+    rec = _RECORDING[0]
+    for i, config in enumerate(configs if rec.every_candidate else configs[:1]):
+        rec.candidate = i
+        run(config)
+    rec.candidate = 0
 
 
 def _fastest(run, configs: list[Config]) -> Config:

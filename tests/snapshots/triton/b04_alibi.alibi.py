@@ -112,7 +112,7 @@ def _alibi_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _ctx, BLOCK_M: t
     _p = tl.where(_keep, tl.exp2((_s - _mrow) * 1.4426950408889634) * _inv_l, 0.0)
     _ds = _p * (_dp - _delta)
     _dx = _ds
-    _c0 = tl.where(_keep, _ds * ((-_kernel.as_float(tl.abs((_q - _kv))))), 0.0)
+    _c0 = tl.where(_keep, _ds * ((_kernel.as_float(tl.abs((_q - _kv))) * -1.0)), 0.0)
     return _keep, _p, _dx, _c0
 
 
