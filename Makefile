@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 #   make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 
-.PHONY: install demo test fuzz gpu-check snapshots clean
+.PHONY: install demo test fuzz aot-sweep gpu-check snapshots clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,13 @@ fuzz: install
 # deliberate change to templates, renderers or passes; review the result with `git diff`.
 snapshots: install
 	$(PY) tests/snapshots.py
+
+# Every example's triton kernels compiled for sm_80 and sm_90a without a GPU, every autotune candidate,
+# bf16, fp16 and fp32, forward and backward (docs/triton.md, attnspec aot): the report is written to
+# aot-sweep.json. The tests compile the default candidates only. About an hour on two CPU cores.
+aot-sweep: install
+	env -u TRITON_INTERPRET $(VENV)/bin/attnspec aot examples/*.attn --all-candidates --backward \
+		--arch sm_90a --arch sm_80 --dtype bf16 --dtype fp16 --dtype fp32 -j 2 --json aot-sweep.json
 
 # On a machine with a CUDA GPU and the dependencies installed (GPU_PYTHON, default python3): the GPU
 # tests of the flex and triton targets (forward, gradients, training), then the triton benchmarks, forward

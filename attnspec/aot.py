@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .diagnostics import AttnError
+from .runtime.triton import fits
 
 # shared memory one block may use (opt-in maximum), bytes
 ARCHS = {
@@ -67,15 +68,10 @@ class KernelReport:
 
     @property
     def fits(self) -> bool:
-        return fits(self.error is None, self.spill_stores, self.shared, self.shared_limit)
+        return fits(self.error is None, self.spill_stores, self.shared, self.shared_limit)  # the autotuner's rule
 
     def as_dict(self) -> dict:
         return {**asdict(self), "fits": self.fits}
-
-
-def fits(compiled: bool, spill_stores: int, shared: int, shared_limit: int) -> bool:
-    """Whether a candidate is worth launching: it compiled, spills nothing and its shared memory fits."""
-    return compiled and spill_stores == 0 and shared <= shared_limit
 
 
 # ---------------------------------------------------------------- which launches
@@ -180,35 +176,54 @@ def _first_line(err: Exception) -> str:
 
 
 def report(path_or_source, *, spec: str | None = None, consts: dict | None = None, archs=("sm_90a",), dtypes=("bf16",),
-           head_dims=(64, 128), backward: bool = False, every_candidate: bool = False) -> list[KernelReport]:
-    """Every kernel a call (and with backward, its gradient) launches, compiled for each architecture,
-    dtype and head dim: the default candidate, or every autotune candidate."""
+           head_dims=(64, 128), backward: bool = False, every_candidate: bool = False, kernels=None) -> list[KernelReport]:
+    """Every kernel a call of one spec (and with backward, its gradient) launches, compiled for each
+    architecture, dtype and head dim: the default candidate, or every autotune candidate. kernels:
+    only these (forward, dq, dkdv)."""
     from . import api
 
+    _check_names(archs, dtypes)
+    lowered, source_name = api._lowered(path_or_source, "triton", spec, consts or {})
+    module = api.build_module(lowered, "triton", source_name)
+    if backward and module.BACKWARD_ERROR is not None:
+        raise AttnError(f"{lowered.name}: the triton target has no backward for this spec ({module.BACKWARD_ERROR})")
+    names = {module.KERNELS.forward: "forward", module.KERNELS.dq: "dq", module.KERNELS.dkdv: "dkdv"}
+    reports, seen = [], set()
+    for dtype in dtypes:
+        for head_dim in head_dims:
+            launches = recorded_launches(module, lowered, DTYPES[dtype], head_dim, backward=backward, every_candidate=every_candidate)
+            for launch in launches:
+                name = names[launch.kernel]
+                key = (name, dtype, head_dim, launch.candidate)
+                if key in seen or (kernels is not None and name not in kernels):
+                    continue  # the backward's forward launch is the forward's, writing what the backward reads
+                seen.add(key)
+                reports += [report_launch(launch, lowered.name, name, arch, dtype, head_dim) for arch in archs]
+    return reports
+
+
+def report_files(paths, *, jobs: int = 1, **options) -> list[KernelReport]:
+    """report() of every spec of every file, in `jobs` processes."""
+    from . import api
+
+    tasks = [(str(path), name) for path in paths for name in (s.name for s in api.load_program(path).specs)]
+    if jobs <= 1 or len(tasks) <= 1:
+        return [r for path, name in tasks for r in report(path, spec=name, **options)]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(report, path, spec=name, **options) for path, name in tasks]
+        return [r for f in futures for r in f.result()]
+
+
+def _check_names(archs, dtypes) -> None:
     for arch in archs:
         if arch not in ARCHS:
             raise AttnError(f"unknown GPU architecture '{arch}'", hint=f"one of: {', '.join(ARCHS)}")
     for dtype in dtypes:
         if dtype not in DTYPES:
             raise AttnError(f"unknown dtype '{dtype}'", hint=f"one of: {', '.join(DTYPES)}")
-    lowered, source_name = api._lowered(path_or_source, "triton", spec, consts or {})
-    module = api.build_module(lowered, "triton", source_name)
-    if backward and module.BACKWARD_ERROR is not None:
-        raise AttnError(f"{lowered.name}: the triton target has no backward for this spec ({module.BACKWARD_ERROR})")
-    kernels = {module.KERNELS.forward: "forward", module.KERNELS.dq: "dq", module.KERNELS.dkdv: "dkdv"}
-    reports = []
-    for dtype in dtypes:
-        for head_dim in head_dims:
-            launches = recorded_launches(module, lowered, DTYPES[dtype], head_dim, backward=backward, every_candidate=every_candidate)
-            seen = set()
-            for launch in launches:
-                name = kernels[launch.kernel]
-                key = (name, tuple(sorted(launch.meta.items())))
-                if key in seen:  # the backward's forward repeats the forward's launch, but for WRITE_STATS
-                    continue
-                seen.add(key)
-                reports += [report_launch(launch, lowered.name, name, arch, dtype, head_dim) for arch in archs]
-    return reports
 
 
 def render_table(reports: list[KernelReport]) -> str:

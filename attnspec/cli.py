@@ -68,15 +68,18 @@ def _parser() -> argparse.ArgumentParser:
         "memory, tensor-core products and TMA loads (docs/triton.md). Exit status 1 when a kernel fails to "
         "compile, or with --strict when a default candidate does not fit.",
     )
-    aot.add_argument("file", metavar="FILE", help="a .attn file")
-    aot.add_argument("--spec", help="which spec of the file (needed when it has several)")
+    aot.add_argument("files", nargs="+", metavar="FILE", help=".attn files (every spec of each, or --spec)")
+    aot.add_argument("--spec", help="only this spec (of a single file)")
     aot.add_argument("--arch", action="append", default=[], help="sm_90a (default), sm_80, sm_86, sm_89 (repeatable)")
     aot.add_argument("--dtype", action="append", default=[], help="bf16 (default), fp16, fp32 (repeatable)")
     aot.add_argument("--head-dim", action="append", type=int, default=[], metavar="D", help="head dim (repeatable; default 64 and 128)")
     aot.add_argument("--backward", action="store_true", help="also the dQ and dK/dV kernels")
+    aot.add_argument("--kernel", action="append", choices=("forward", "dq", "dkdv"), default=[], help="only these kernels (repeatable)")
     aot.add_argument("--all-candidates", action="store_true", help="every autotune candidate, not only the default")
+    aot.add_argument("--tf32", action="store_true", help="fp32 products on TF32 tensor cores, as under torch.set_float32_matmul_precision('high')")
     aot.add_argument("--strict", action="store_true", help="exit 1 when a default candidate spills or exceeds shared memory")
     aot.add_argument("--json", metavar="PATH", help="also write the report as JSON")
+    aot.add_argument("--jobs", "-j", type=int, default=1, help="compile in this many processes (default 1)")
     _const_option(aot)
     aot.set_defaults(run=cmd_aot)
 
@@ -249,11 +252,21 @@ def cmd_aot(args) -> int:
 
     from . import aot
 
-    reports = aot.report(
-        Path(args.file), spec=args.spec, consts=parse_consts(args.const), archs=tuple(args.arch or ["sm_90a"]),
-        dtypes=tuple(args.dtype or ["bf16"]), head_dims=tuple(args.head_dim or [64, 128]), backward=args.backward,
-        every_candidate=args.all_candidates,
+    if args.tf32:
+        import torch
+
+        torch.set_float32_matmul_precision("high")
+    options = dict(
+        consts=parse_consts(args.const), archs=tuple(args.arch or ["sm_90a"]), dtypes=tuple(args.dtype or ["bf16"]),
+        head_dims=tuple(args.head_dim or [64, 128]), backward=args.backward, every_candidate=args.all_candidates,
+        kernels=tuple(args.kernel) or None,
     )
+    if args.spec is not None:
+        if len(args.files) != 1:
+            raise AttnError("--spec names a spec of one file", hint="give a single FILE with --spec")
+        reports = aot.report(Path(args.files[0]), spec=args.spec, **options)
+    else:
+        reports = aot.report_files([Path(f) for f in args.files], jobs=args.jobs, **options)
     print(aot.render_table(reports))
     if args.json:
         _write_atomic(Path(args.json), json.dumps([r.as_dict() for r in reports], indent=1) + "\n")

@@ -163,15 +163,16 @@ def generate(spec: Spec, source_name: str = "<string>") -> str:
 
 
 def selection_tiles(spec: Spec) -> tuple[int, int] | None:
-    """A data-dependent selection fixes the kernel's tiles to its blocks (powers of two, >= 16)."""
+    """A data-dependent selection's blocks, which the kernel's tiles divide (powers of two, >= 16):
+    a block is walked as one or several tiles, so tiles up to the block are possible."""
     sel = spec.selection
     if sel is None or not sel.dynamic:
         return None
     blocks = (sel.q_block.literal, sel.kv_block.literal)
     if any(n < MIN_DOT or n & (n - 1) for n in blocks):
         raise AttnError(
-            f"the triton target runs a selection's blocks as kernel tiles, which must be powers of two "
-            f">= {MIN_DOT}; this selection uses {blocks[0]} x {blocks[1]}",
+            f"the triton target walks a selection's blocks as kernel tiles that divide them, so blocks "
+            f"must be powers of two >= {MIN_DOT}; this selection uses {blocks[0]} x {blocks[1]}",
             sel.span,
             hint="select blocks(q = 16, kv = 16) or larger powers of two, or compile with --target flex or reference",
         )
@@ -186,7 +187,7 @@ class TritonPlan(ModulePlan, BackwardPlan):
     ctx: str  # what the tile functions receive to compute the spec's expressions (see _context)
     ctx_outer: str  # ctx without the row-level bindings (the dK/dV tile computes them per query tile)
     scores_out: str  # what the scores function returns, in order
-    selection_tiles: tuple[int, int] | None  # kernel tiles fixed by a data-dependent selection
+    selection_tiles: tuple[int, int] | None  # a data-dependent selection's blocks, which kernel tiles divide
     k_score: str
     k_weight: str | None
     k_mask: str | None

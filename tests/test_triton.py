@@ -197,8 +197,39 @@ def test_kernel_config_follows_the_head_dims():
     v = torch.empty(1, 1, 4, 100)
     config = triton_runtime.kernel_config(q, v)
     assert (config.block_d, config.block_dv) == (64, 128)
-    fixed = triton_runtime.kernel_config(q, v, (16, 32))
-    assert (fixed.block_m, fixed.block_n) == (16, 32)
+    bounded = triton_runtime.kernel_config(q, v, (16, 32))
+    assert (bounded.block_m, bounded.block_n) == (16, 32)  # tiles divide a selection's 16 x 32 blocks
+
+
+LARGE_BLOCKS = """
+attention large_blocks {
+    mask kv <= q + (SKV - SQ)
+    select blocks(q = 128, kv = 256) top(2) by dot(mean(q), mean(k)) causal always kv_block == q_block
+}
+"""
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_selection_blocks_larger_than_the_tiles_are_walked_tile_by_tile(dtype):
+    """Blocks of 128 x 256 run on 64 x 64 kernel tiles (every candidate's tiles divide them): a block is
+    several tiles, kept or dropped together, so any block size launches (on a GPU, on wgmma)."""
+    spec = lower(load_program(LARGE_BLOCKS).specs[0], passes=passes_for("reference"))
+    reference = build_module(spec, "reference", "large_blocks.attn")
+    kernel = build_module(lower(load_program(LARGE_BLOCKS).specs[0], passes=passes_for("triton")), "triton", "large_blocks.attn")
+    args64 = sample_arguments(spec, Sizes(B=1, H=2, HKV=1, SQ=300, SKV=700, D=16, DV=8), F64)
+    config = triton_runtime.kernel_config(args64["q"], args64["v"], kernel.KERNEL_TILES)
+    assert (config.block_m, config.block_n) == (64, 64) and kernel.KERNEL_TILES == (128, 256)
+    got, low_ref, ref64 = run_both(reference, kernel, spec, args64, dtype)
+    assert_agrees(got, low_ref, ref64, f"large_blocks {dtype}")
+
+
+def test_selected_blocks_become_selected_tiles():
+    selected = torch.tensor([[[[True, False], [False, True]]]])
+    tiles = triton_runtime.selected_tiles(selected, (4, 8), (2, 4), (7, 13))
+    expected = torch.tensor([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1]], dtype=torch.bool)[:4, :4]
+    assert torch.equal(tiles[0, 0], expected)
+    with pytest.raises(ValueError, match="do not divide"):
+        triton_runtime.selected_tiles(selected, (4, 8), (8, 4), (7, 13))
 
 
 def test_the_backward_tries_smaller_tiles_on_a_gpu(monkeypatch):

@@ -25,7 +25,7 @@ class Kernels:
     norm: str  # softmax | elementwise | rownorm
     closed_form: bool  # the forward and dQ kernels compute their key tiles (no block tables)
     check_nonnegative: bool  # rownorm(f) with f not provably >= 0: the kernel flags a negative f
-    kernel_tiles: tuple[int, int] | None  # fixed by a data-dependent selection
+    kernel_tiles: tuple[int, int] | None  # a data-dependent selection's blocks, which kernel tiles divide
     logit_scale: Callable  # (q, k, params) -> the scale
     input_names: tuple[str, ...]  # the spec's inputs, in kernel-argument order
     bool_params: tuple[bool, ...]  # per runtime param: a bool (it travels as int32)

@@ -118,6 +118,15 @@ def check_launch(name: str, q, k, v, inputs=(), backward_error: str | None = Non
     return needs_grad
 
 
+def tf32_products() -> bool:
+    """Whether float32 tile products may use TF32 tensor cores: exactly when torch's own float32
+    matmuls on CUDA do (`torch.set_float32_matmul_precision("high")`, `allow_tf32 = True`)."""
+    precision = getattr(torch.backends.cuda.matmul, "fp32_precision", "none")
+    if precision in ("tf32", "ieee"):
+        return precision == "tf32"
+    return torch.get_float32_matmul_precision() != "highest"
+
+
 @dataclass(frozen=True)
 class Config:
     block_m: int
@@ -126,7 +135,7 @@ class Config:
     block_dv: int
     num_warps: int
     num_stages: int
-    ieee: bool  # float32 products without TF32, so float32 inputs keep float32 accuracy
+    ieee: bool  # float32 products without TF32 (unless torch allows TF32, see tf32_products)
     upcast: bool  # half tiles computed in float32 (the interpreter, which has no half-precision products)
 
 
@@ -143,28 +152,30 @@ _GPU_CANDIDATES = {
 }
 
 
-# the backward kernels hold more tiles at once (q, dO, dq or k, v, dk, dv): smaller tiles, fewer stages
+# the backward kernels hold more tiles at once (q, dO, dq or k, v, dk, dv): smaller tiles, fewer stages.
+# Chosen from `attnspec aot --backward --all-candidates` for sm_90a in bf16 (docs/triton.md): at D = 128,
+# 64 x 64 tiles on 4 warps spill 80-148 bytes in M02's dQ and dK/dV kernels, 64 x 32 on 4 warps do not.
 _GPU_BACKWARD_CANDIDATES = {
-    64: ((64, 64, 4, 2), (128, 64, 8, 2), (64, 128, 8, 2), (32, 64, 4, 2)),
-    128: ((64, 64, 4, 2), (64, 32, 4, 2), (128, 32, 8, 2), (32, 64, 4, 2)),
+    64: ((64, 64, 8, 2), (64, 64, 4, 2), (128, 64, 8, 2), (64, 32, 4, 2), (128, 32, 8, 2)),
+    128: ((64, 32, 4, 2), (128, 32, 8, 2), (64, 64, 8, 2), (32, 64, 4, 2)),
     256: ((32, 32, 4, 1), (64, 32, 4, 1), (32, 64, 4, 1)),
 }
 
 
 def candidate_configs(q, v, tiles=None, backward: bool = False) -> list[Config]:
-    """The configurations worth trying: on a GPU a small space per head dim (or, where a selection
-    fixes the tiles, its warps and stages), elsewhere the one configuration the interpreter runs."""
+    """The configurations worth trying: on a GPU a small space per head dim, elsewhere the one
+    configuration the interpreter runs; tiles no larger than a selection's blocks (`tiles`)."""
     d, dv = q.shape[-1], v.shape[-1]
     block_d, block_dv = max(16, _next_power_of_two(d)), max(16, _next_power_of_two(dv))
     upcast = upcasts(q)
-    ieee = q.dtype == torch.float32 or upcast
+    ieee = upcast or (q.dtype == torch.float32 and not tf32_products())
     if not _on_gpu(q):
-        block_m, block_n = tiles if tiles is not None else (64, 64)
-        return [Config(block_m, block_n, block_d, block_dv, 4, 1, ieee, upcast)]
-    width = max(64, block_d, block_dv)
-    shapes = (_GPU_BACKWARD_CANDIDATES if backward else _GPU_CANDIDATES)[min(width, 256)]
-    if tiles is not None:
-        shapes = tuple((tiles[0], tiles[1], warps, stages) for warps in (4, 8) for stages in (2, 3))
+        shapes = ((64, 64, 4, 1),)
+    else:
+        width = max(64, block_d, block_dv)
+        shapes = (_GPU_BACKWARD_CANDIDATES if backward else _GPU_CANDIDATES)[min(width, 256)]
+    if tiles is not None:  # a selection's blocks: kernel tiles divide them (a block is walked tile by tile)
+        shapes = tuple(dict.fromkeys((min(m, tiles[0]), min(n, tiles[1]), warps, stages) for m, n, warps, stages in shapes))
     return [Config(m, n, block_d, block_dv, warps, stages, ieee, upcast) for m, n, warps, stages in shapes]
 
 
@@ -179,19 +190,46 @@ def autotuning() -> bool:
 def launch(run, name: str, q, v, tiles, lengths, backward: bool = False) -> None:
     """Call run(config) once with the best configuration for this problem: on CUDA the candidates are
     timed on the first call of each (spec, dtype, head dims, length bucket) and the fastest is kept
-    for the process; configurations the GPU cannot run are skipped. `backward`: the backward
+    for the process (the first, with ATTNSPEC_AUTOTUNE=0). Candidates whose compiled kernels spill or
+    exceed the GPU's shared memory are not tried (`fits`), unless none fits. `backward`: the backward
     kernels' candidates (each run recomputes every gradient, so timing runs are harmless)."""
     configs = candidate_configs(q, v, tiles, backward)
     if _RECORDING[0] is not None:
         _record(run, configs)
         return
-    if len(configs) == 1 or not autotuning():
+    if len(configs) == 1:
         run(configs[0])
         return
     key = (name, q.dtype, q.shape[-1], v.shape[-1], tiles, *(_next_power_of_two(n) for n in lengths))
     if key not in _TUNED:
-        _TUNED[key] = _fastest(run, configs)
+        fitting = [config for config in configs if _fits_here(run, config, q.device)] or configs
+        _TUNED[key] = _fastest(run, fitting) if autotuning() else fitting[0]
     run(_TUNED[key])
+
+
+def fits(compiled: bool, spill_stores: int, shared: int, shared_limit: int) -> bool:
+    """Whether a kernel configuration is worth launching: it compiled, spills nothing and its shared
+    memory fits a block's (the rule of `attnspec aot`'s report, applied here before autotuning)."""
+    return compiled and spill_stores == 0 and shared <= shared_limit
+
+
+def _fits_here(run, config: Config, device) -> bool:
+    """Whether every kernel this configuration launches fits this GPU, read from its compiled form
+    (compiled now, as the first launch would): spilling candidates are not timed."""
+    import triton
+
+    with recording() as launches:
+        run(config)
+    limit = triton.runtime.driver.active.utils.get_device_properties(device.index or 0)["max_shared_mem"]
+    for launch in launches:
+        try:
+            compiled = launch.kernel.warmup(*launch.args, grid=launch.grid, **launch.meta)
+            compiled._init_handles()
+        except Exception:  # noqa: BLE001 - out of resources, or a compile error: not a candidate here
+            return False
+        if not fits(True, compiled.n_spills, compiled.metadata.shared, limit):
+            return False
+    return True
 
 
 def _record(run, configs: list[Config]) -> None:
@@ -247,9 +285,10 @@ class Schedule:
     size, built on first use and kept; a closed-form (band) schedule needs none for the forward.
     The backward's dK/dV kernel walks the transposed tables: per key tile, its query tiles."""
 
-    def __init__(self, classify, selected, problem, device, closed_form: bool = False):
+    def __init__(self, classify, selected, problem, device, closed_form: bool = False, blocks=None):
         self.classify, self.selected, self.problem, self.device = classify, selected, tuple(problem), device
         self.closed_form = closed_form
+        self.blocks = blocks  # the selection's (query, key) block sizes: `selected` is per block
         self._tables: dict[tuple[int, int, bool], Tables] = {}
 
     def tables(self, block_m: int, block_n: int) -> Tables:
@@ -263,11 +302,23 @@ class Schedule:
         key = (block_m, block_n, transposed)
         if key not in self._tables:
             classes, selected = self.classify(block_m, block_n), self.selected
+            if selected is not None:
+                selected = selected_tiles(selected, self.blocks, (block_m, block_n), self.problem[2:])
             if transposed:
                 classes = classes.transpose(-1, -2)
                 selected = None if selected is None else selected.transpose(-1, -2)
             self._tables[key] = schedule(classes, selected, self.device)
         return self._tables[key]
+
+
+def selected_tiles(selected: torch.Tensor, blocks, tiles, lengths) -> torch.Tensor:
+    """A selection per block (bool [B, H, NQB, NKB]) as a selection per kernel tile, for tiles that
+    divide the blocks: a tile is kept with the block it lies in."""
+    (qb, kb), (bm, bn), (sq, skv) = blocks, tiles, lengths
+    if qb % bm or kb % bn:
+        raise ValueError(f"kernel tiles {bm}x{bn} do not divide the selection's blocks {qb}x{kb}")
+    per_tile = selected.repeat_interleave(qb // bm, 2).repeat_interleave(kb // bn, 3)
+    return per_tile[:, :, : -(-sq // bm), : -(-skv // bn)]
 
 
 def check_schedule(name: str, sched, problem, device) -> None:

@@ -1,0 +1,126 @@
+"""Every example's triton kernels compiled for Hopper (sm_90a) on this machine, no GPU needed
+(`attnspec aot`, docs/triton.md): properties of the machine code, never timings.
+
+- the forward kernel of every example, at D = 64 and 128 in bf16, with the candidate the autotuner
+  tries first, compiles, multiplies q.k and p.v on the tensor cores (wgmma where the tiles allow it),
+  spills nothing and fits the shared memory of a block;
+- the dQ and dK/dV kernels of the examples with learnable inputs compile and fit the same way;
+- the report's rule is the autotuner's, and a recorded launch is the launch the host code makes.
+
+The compile runs in a child process without TRITON_INTERPRET (this suite's kernels are interpreted).
+`make aot-sweep` compiles every candidate, fp16/bf16/fp32, for sm_80 and sm_90a.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from attnspec.api import load_program
+
+pytest.importorskip("triton")
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted((ROOT / "examples").glob("*.attn"))
+SPECS = [(path.stem, spec.name) for path in EXAMPLES for spec in load_program(path).specs]
+LEARNABLE = sorted({path for path in EXAMPLES for spec in load_program(path).specs if any(i.learnable for i in spec.inputs)})
+
+
+def _aot(tmp_path_factory, name: str, files, *options) -> dict:
+    out = tmp_path_factory.mktemp("aot") / f"{name}.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run(
+        [sys.executable, "-m", "attnspec", "aot", *map(str, files), "--json", str(out), "-j", "2", *options],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=1800,
+    )
+    assert out.exists(), done.stderr[-3000:]
+    return {"rc": done.returncode, "table": done.stdout, "reports": json.loads(out.read_text())}
+
+
+@pytest.fixture(scope="module")
+def forward(tmp_path_factory):
+    return _aot(tmp_path_factory, "forward", EXAMPLES)
+
+
+@pytest.fixture(scope="module")
+def backward(tmp_path_factory):
+    return _aot(tmp_path_factory, "backward", LEARNABLE, "--backward", "--kernel", "dq", "--kernel", "dkdv")
+
+
+def _of(run: dict, spec: str) -> list[dict]:
+    return [r for r in run["reports"] if r["spec"] == spec]
+
+
+def test_every_example_has_learnable_inputs_or_not():
+    assert len(LEARNABLE) >= 4  # the backward check below is about something
+
+
+@pytest.mark.parametrize("stem, name", SPECS)
+def test_forward_compiles_for_hopper_on_tensor_cores_without_spills(forward, stem, name):
+    reports = _of(forward, name)
+    assert sorted(r["head_dim"] for r in reports) == [64, 128], forward["table"]
+    for r in reports:
+        where = f"{name} D={r['head_dim']}: {r}"
+        assert r["error"] is None, where
+        assert r["candidate"] == 0 and r["kernel"] == "forward" and r["arch"] == "sm_90a", where
+        assert r["spill_stores"] == 0 and r["shared"] <= r["shared_limit"] and r["fits"], where
+        # wgmma needs 64-row tiles: a selection's blocks narrower than that run on mma.sync
+        assert r["mma"] == ("wgmma" if r["block_m"] >= 64 else "mma.sync") and r["mma_count"] >= 2, where
+
+
+@pytest.mark.parametrize("path", LEARNABLE, ids=lambda p: p.stem)
+def test_backward_of_learnable_examples_compiles_without_spills(backward, path):
+    for spec in load_program(path).specs:
+        reports = _of(backward, spec.name)
+        assert sorted((r["kernel"], r["head_dim"]) for r in reports) == [("dkdv", 64), ("dkdv", 128), ("dq", 64), ("dq", 128)]
+        for r in reports:
+            assert r["error"] is None and r["fits"] and r["mma"] == "wgmma", r
+
+
+def test_the_command_fails_on_a_kernel_that_does_not_compile(forward):
+    assert forward["rc"] == 0, forward["table"]
+
+
+def test_the_report_rule_is_the_autotuners():
+    from attnspec.aot import KernelReport
+    from attnspec.runtime.triton import fits
+
+    base = dict(spec="s", kernel="forward", arch="sm_90a", dtype="bf16", head_dim=64, candidate=0, block_m=128, block_n=64,
+                num_warps=4, num_stages=3, shared_limit=1000)
+    assert KernelReport(**base, shared=1000).fits and fits(True, 0, 1000, 1000)
+    assert not KernelReport(**base, shared=1001).fits and not fits(True, 0, 1001, 1000)
+    assert not KernelReport(**base, shared=10, spill_stores=4).fits
+    assert not KernelReport(**base, error="CompilationError: ...").fits
+
+
+def test_recorded_launches_are_the_host_codes():
+    """Recording runs the host code as on a GPU: its candidates, its grid, its arguments; nothing runs."""
+    import attnspec
+    from attnspec.api import lower
+    from attnspec.runtime import triton as _rt
+    from attnspec.sample import Sizes, sample_arguments
+
+    spec = lower(load_program(ROOT / "examples" / "b05_streaming_sink.attn").specs[0])
+    module = attnspec.compile(ROOT / "examples" / "b05_streaming_sink.attn", "triton")
+    args = sample_arguments(spec, Sizes(B=2, H=4, HKV=2, SQ=300, SKV=300, D=64, DV=64), torch.bfloat16)
+    with _rt.recording(every_candidate=True) as launches:
+        module.attention(**args)
+    with _rt.recording() as one:
+        module.attention(**args)
+        configs = _rt.candidate_configs(args["q"], args["v"])  # as on a GPU, while recording
+    assert [launch.candidate for launch in launches] == list(range(len(configs)))
+    assert [(launch.meta["BLOCK_M"], launch.meta["num_warps"]) for launch in launches] == [(c.block_m, c.num_warps) for c in configs]
+    assert len(one) == 1 and one[0].grid == (-(-300 // configs[0].block_m), 8)
+    assert one[0].args[0] is args["q"] and one[0].meta["BLOCK_D"] == 64
+
+
+def test_unknown_architecture_is_a_clear_error():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-m", "attnspec", "aot", str(EXAMPLES[0]), "--arch", "sm_70"], capture_output=True, text=True, env=env)
+    assert done.returncode == 2 and "unknown GPU architecture 'sm_70'" in done.stderr and "sm_90a" in done.stderr
