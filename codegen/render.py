@@ -8,6 +8,7 @@ Only validated identifiers and re-rendered numbers from the spec reach the outpu
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from pathlib import Path
 
@@ -98,7 +99,10 @@ def python_literal(value) -> str:
     return repr(value)
 
 
+@functools.lru_cache(maxsize=None)
 def template_environment() -> jinja2.Environment:
+    """One environment per process: Jinja compiles each template once and keeps it (a template edited
+    on disk is recompiled: auto_reload checks its modification time)."""
     from attnspec.templates import TEMPLATE_DIR
 
     return jinja2.Environment(

@@ -8,8 +8,10 @@ choose how to build its BlockMask, a choice between two sound BlockMasks, so the
 speed, never correctness.
 
 Cost: the pairs are evaluated a chunk at a time (memory stays near CHUNK_WORK interval values,
-whatever the mask's size), and at most PROBE_WORK pair x node evaluations per probe: beyond
-that an evenly spaced sample of the PARTIAL tiles is checked and the agreement extrapolated from it;
+whatever the mask's size), and about PROBE_WORK pair x node evaluations per probe. First
+SAMPLED_PAIRS pairs of each PARTIAL tile: one kept and one dropped prove the tile partial (most
+are). Only the tiles left unproven need every pair: beyond the budget an evenly spaced sample of
+them is checked and the agreement extrapolated from it;
 when not one tile fits (a mask of more than PROBE_WORK / (bq x bk) nodes, 4096 at 128 x 128), every
 PARTIAL tile counts as inexact (the proven lower bound of the agreement). The
 probe's cost is O(tiles x nodes + PROBE_WORK), polynomial in the spec's size.
@@ -22,13 +24,14 @@ from dataclasses import replace
 import torch
 
 from ..ir import Expr, Spec, inline_bindings
-from ..sample import Sizes, sample_arguments
+from ..sample import Sizes, sample_inputs
 from ..types import infer
 from .interval import Evaluator, Num
 from .tiles import PARTIAL, TileGrid, _TileEnv, classify_tiles
 
 PROBES = (Sizes(B=2, H=4, HKV=2, SQ=1024, SKV=1024), Sizes(B=2, H=4, HKV=2, SQ=700, SKV=1100))
-PROBE_WORK = 2**26  # pair x node evaluations spent on the exact classes per probe (a few seconds)
+PROBE_WORK = 2**20  # pair x node evaluations spent on the exact classes per probe (milliseconds)
+SAMPLED_PAIRS = 256  # pairs per PARTIAL tile tried first, drawn at random (a fixed draw) over the tile
 CHUNK_WORK = 2**22  # pair x node values alive at once (the evaluator keeps every node's interval)
 
 
@@ -39,7 +42,7 @@ def tile_agreement(spec: Spec, mask: Expr, bq: int, bk: int, sizes: Sizes, seed:
     default PROBE_WORK, pair x node evaluations)."""
     work = PROBE_WORK if work is None else work
     masked = replace(spec, mask=mask, selection=None)
-    args = sample_arguments(spec, sizes, torch.float64, seed=seed)
+    args = sample_inputs(spec, sizes, seed=seed)  # the mask reads inputs and params, never q, k, v
     runtime = {p.name: args[p.name] for p in spec.runtime_params}
     inputs = {i.name: args[i.name] for i in spec.inputs}
     found = classify_tiles(masked, bq, bk, sizes.symbols(), runtime, inputs).classes
@@ -47,9 +50,15 @@ def tile_agreement(spec: Spec, mask: Expr, bq: int, bk: int, sizes: Sizes, seed:
     if len(partial) == 0:
         return 1.0
     nodes = mask_nodes(masked)
-    tiles = _evenly_spaced(partial, work // (min(bq, sizes.SQ) * min(bk, sizes.SKV) * nodes))
-    exact = _PairEnv(masked, bq, bk, sizes.symbols(), runtime, inputs).exact_partial(tiles, max(1, CHUNK_WORK // nodes))
-    inexact = int((~exact).sum()) * len(partial) / len(tiles) if len(tiles) else len(partial)
+    env = _PairEnv(masked, bq, bk, sizes.symbols(), runtime, inputs)
+    chunk = max(1, CHUNK_WORK // nodes)
+    # most PARTIAL tiles are partial, which a few of their pairs prove (one kept, one dropped); only the
+    # rest need every pair, within the work budget
+    sampled = partial[: work // (SAMPLED_PAIRS * nodes)]
+    unproven = torch.cat([sampled[~env.exact_partial(sampled, chunk, SAMPLED_PAIRS)], partial[len(sampled):]])
+    tiles = _evenly_spaced(unproven, work // (min(bq, sizes.SQ) * min(bk, sizes.SKV) * nodes))
+    exact = env.exact_partial(tiles, chunk)
+    inexact = int((~exact).sum()) * len(unproven) / len(tiles) if len(tiles) else len(unproven)
     return (found.numel() - inexact) / found.numel()
 
 
@@ -93,10 +102,11 @@ class _PairEnv(_TileEnv):
         self.sizes = sizes
         self.bq, self.bk = min(bq, sizes["SQ"]), min(bk, sizes["SKV"])  # a block longer than the axis is the axis
 
-    def exact_partial(self, tiles: torch.Tensor, chunk: int) -> torch.Tensor:
+    def exact_partial(self, tiles: torch.Tensor, chunk: int, sampled: int | None = None) -> torch.Tensor:
         """bool [tiles]: some pair of the tile is kept and some dropped (its exact class is PARTIAL),
         evaluated `chunk` pairs at a time. Pairs past SQ / SKV repeat the tile's last row or column,
-        which changes neither."""
+        which changes neither. `sampled`: only that many pairs per tile (True is then
+        still a proof; False means not proven)."""
         mask = inline_bindings(self.spec.mask, self.spec)
         floats: dict[int, bool] = {}  # per node, across chunks
 
@@ -106,13 +116,18 @@ class _PairEnv(_TileEnv):
             return floats[id(e)]
 
         summaries: dict = {}
-        per_tile = self.bq * self.bk
+        area = self.bq * self.bk
+        if sampled is None or sampled >= area:
+            offsets = torch.arange(area)
+        else:  # at random: evenly spaced pairs would alias with a dilated or strided mask
+            offsets = torch.randperm(area, generator=torch.Generator().manual_seed(0))[:sampled]
+        per_tile = len(offsets)
         kept = torch.zeros(len(tiles), dtype=torch.int64)
         dropped = torch.zeros(len(tiles), dtype=torch.int64)
         for start in range(0, len(tiles) * per_tile, chunk):
             pair = torch.arange(start, min(start + chunk, len(tiles) * per_tile))
             tile = torch.div(pair, per_tile, rounding_mode="floor")
-            self.grid = _PairGrid(self.sizes, self.bq, self.bk, self.points(tiles[tile], pair % per_tile), summaries)
+            self.grid = _PairGrid(self.sizes, self.bq, self.bk, self.points(tiles[tile], offsets[pair % per_tile]), summaries)
             result = Evaluator(self.leaf, self.load, is_float)(mask)
             may_true, may_false = (torch.broadcast_to(x, (1, 1, 1, len(pair))).reshape(-1) for x in (result.may_true, result.may_false))
             kept.index_add_(0, tile, may_true.long())
