@@ -287,13 +287,16 @@ def test_overlapping_and_partial_bands(stem, name, consts, runtime, sizes):
 
 
 def test_launch_keeps_the_fastest_configuration_per_problem(monkeypatch):
-    """On CUDA every candidate is timed once per (spec, dtype, head dims, length bucket); configurations
-    that fail to launch are skipped, and the fastest is reused without timing again."""
+    """On CUDA every candidate that fits is timed once per (spec, dtype, head dims, length bucket);
+    configurations that fail to launch are skipped, and the fastest is reused without timing again.
+    Without autotuning, the first candidate that fits runs."""
     import triton.testing
 
-    configs = [triton_runtime.Config(m, 64, 64, 64, 4, 3, False, False) for m in (128, 64, 32)]
+    configs = [triton_runtime.Config(m, 64, 64, 64, 4, 3, False, False) for m in (16, 128, 64, 32)]
     costs = {128: 3.0, 64: 1.0}  # milliseconds per configuration; 32 fails to launch
     launched, timed = [], []
+    # 16 spills (by the report's rule, read from its compiled kernels): pruned before any timing
+    monkeypatch.setattr(triton_runtime, "_fits_here", lambda run, config, device: config.block_m != 16)
 
     def run(config):
         launched.append(config)
@@ -316,6 +319,7 @@ def test_launch_keeps_the_fastest_configuration_per_problem(monkeypatch):
     monkeypatch.setenv("ATTNSPEC_AUTOTUNE", "0")
     triton_runtime.launch(run, "spec", q, q, None, (1000, 1000))
     assert launched[-1].block_m == 128 and len(timed) == 3
+    assert all(c.block_m != 16 for c in launched)
 
 
 # ------------------------------------------------------------------ a schedule built once, reused

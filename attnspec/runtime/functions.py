@@ -15,12 +15,16 @@ import torch
 from ..ops import OPS
 
 
-def lift(fn):
-    """Apply a torch function to Python scalars and tensors alike (scalars stay scalars)."""
+def lift(fn, scalar=None):
+    """Apply a torch function to tensors, Python scalars alike: scalars stay scalars, computed with the
+    op's scalar semantics where it has them (constant folding's, attnspec/ops.py: no tensor round trip,
+    so torch.compile traces them as constants without a graph break at .item())."""
 
     def apply(*args):
         like = next((a for a in args if isinstance(a, torch.Tensor)), None)
         if like is None:
+            if scalar is not None:
+                return scalar(*args)
             return fn(*[torch.tensor(a, dtype=_scalar_dtype(a)) for a in args]).item()
         return fn(*[a if isinstance(a, torch.Tensor) else _as_tensor(a, like) for a in args])
 
@@ -45,7 +49,7 @@ def _as_tensor(a, like):
 
 # Every built-in by its language name (abs, min, where, softplus, ...), from the registry; float(x)
 # converts to the compute dtype instead (to_float), so it has no entry here.
-globals().update({name: lift(op.tensor) for name, op in OPS.items() if name != "float"})
+globals().update({name: lift(op.tensor, op.scalar) for name, op in OPS.items() if name != "float"})
 
 logical_not = lift(torch.logical_not)
 

@@ -5,6 +5,7 @@ between specs is in that description and in the kernels themselves, never in thi
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -28,7 +29,9 @@ class Kernels:
     kernel_tiles: tuple[int, int] | None  # a data-dependent selection's blocks, which kernel tiles divide
     logit_scale: Callable  # (q, k, params) -> the scale
     input_names: tuple[str, ...]  # the spec's inputs, in kernel-argument order
-    bool_params: tuple[bool, ...]  # per runtime param: a bool (it travels as int32)
+    param_names: tuple[str, ...]  # the spec's runtime params, in kernel-argument order
+    param_types: tuple[str, ...]  # per runtime param: int, float or bool (a bool travels as int32)
+    build_schedule: Callable  # the module's build_schedule(q, k, *, <inputs and params>, selection=None)
     grad_inputs: tuple[str, ...]  # the inputs with a gradient
     site_inputs: tuple[str, ...]  # the input of each summed gradient site
     site_kernels: tuple[tuple[str, str], ...]  # (kernel, level) of each summed site
@@ -39,7 +42,7 @@ def _input_arguments(kernels: Kernels, inputs, params) -> list:
     """An input's pointer, sizes and strides; runtime params (bools as int32: the interpreter cannot
     take an int1 argument)."""
     found = [a for t in inputs for a in _rt.input_arguments(t)]
-    return found + [int(p) if is_bool else p for p, is_bool in zip(params, kernels.bool_params)]
+    return found + [int(p) if kind == "bool" else p for p, kind in zip(params, kernels.param_types)]
 
 
 def forward(kernels: Kernels, q, k, v, inputs, params, schedule, return_lse, for_backward=False):
@@ -144,3 +147,92 @@ def backward(kernels: Kernels, q, k, v, out, stats, dout, dlse, inputs, params, 
         gq.to(q.dtype), gk.to(k.dtype), gv.to(v.dtype),
         *(_rt.input_gradient(grads[name], t) if name in grads else None for name, t in by_name.items()),
     )
+
+
+# ---------------------------------------------------------------- torch.library operators
+
+
+_OPERATORS: dict[str, tuple[Kernels, Callable]] = {}
+
+
+def operator(kernels: Kernels, key: str) -> Callable:
+    """The module's kernels as torch.library custom operators, so that torch.compile (fullgraph too)
+    traces a call as one node of its graph, forward and backward, without a break: the host work
+    (schedule, autotuning, launches) runs when the graph runs. `key` names the module's source (one
+    registration per process and source). Returns call(q, k, v, inputs, params, for_backward) ->
+    (out, lse, stats): out in float32 with for_backward (what the backward reads), else in q's dtype."""
+    base = f"attnspec::{kernels.spec_name}_{re.sub(r'[^0-9a-zA-Z_]', '_', key)}"
+    name, n = base, 0
+    while name in _OPERATORS and _OPERATORS[name][0].forward is not kernels.forward:
+        n += 1  # another module under the same name (rebuilt, or written out and imported): its own op
+        name = f"{base}_{n}"
+    if name not in _OPERATORS:
+        _OPERATORS[name] = (kernels, _register(kernels, name))
+    return _OPERATORS[name][1]
+
+
+def _typed(kernels: Kernels, params: list[float]) -> tuple:
+    """Runtime params travel through the operator as floats; the kernels take their own types."""
+    kinds = {"int": int, "bool": bool, "float": float}
+    return tuple(kinds[kind](p) for p, kind in zip(params, kernels.param_types))
+
+
+def _schedule(kernels: Kernels, q, k, inputs, params):
+    named = dict(zip(kernels.input_names, inputs)) | dict(zip(kernels.param_names, params))
+    return kernels.build_schedule(q, k, **named)
+
+
+FORWARD_SCHEMA = "(Tensor q, Tensor k, Tensor v, Tensor[] inputs, float[] params, bool for_backward) -> (Tensor, Tensor, Tensor)"
+BACKWARD_SCHEMA = (
+    "(Tensor q, Tensor k, Tensor v, Tensor out, Tensor stats, Tensor dout, Tensor? dlse, Tensor[] inputs, "
+    "float[] params) -> Tensor[]"
+)
+
+
+def _register(kernels: Kernels, name: str) -> Callable:
+    @torch.library.custom_op(f"{name}_forward", mutates_args=(), schema=FORWARD_SCHEMA)
+    def forward_op(q, k, v, inputs, params, for_backward):
+        typed = _typed(kernels, params)
+        schedule = _schedule(kernels, q, k, inputs, typed)
+        out, lse, extra = forward(kernels, q, k, v, tuple(inputs), typed, schedule, kernels.norm != "elementwise", for_backward)
+        if for_backward:
+            return extra[0], lse, extra[1]
+        return out, lse, q.new_empty(0, dtype=torch.float32)
+
+    @forward_op.register_fake
+    def _(q, k, v, inputs, params, for_backward):
+        B, H, SQ = q.shape[:3]
+        out = q.new_empty((B, H, SQ, v.shape[-1]), dtype=torch.float32 if for_backward else q.dtype)
+        stats = q.new_empty((B, H, SQ, 2) if for_backward else (0,), dtype=torch.float32)
+        return out, q.new_empty((B, H, SQ), dtype=torch.float32), stats
+
+    @torch.library.custom_op(f"{name}_backward", mutates_args=(), schema=BACKWARD_SCHEMA)
+    def backward_op(q, k, v, out, stats, dout, dlse, inputs, params):
+        typed = _typed(kernels, params)
+        schedule = _schedule(kernels, q, k, inputs, typed)
+        grads = backward(kernels, q, k, v, out, stats, dout, dlse, tuple(inputs), typed, schedule)
+        return [g if g is not None else q.new_empty(0) for g in grads]
+
+    @backward_op.register_fake
+    def _(q, k, v, out, stats, dout, dlse, inputs, params):
+        grads = {n: t for n, t in zip(kernels.input_names, inputs) if n in kernels.grad_inputs}
+        return [torch.empty_like(q), torch.empty_like(k), torch.empty_like(v),
+                *(torch.empty_like(t) if n in grads else q.new_empty(0) for n, t in zip(kernels.input_names, inputs))]
+
+    def setup_context(ctx, inputs, output):
+        q, k, v, tensors, params, for_backward = inputs
+        out, _lse, stats = output
+        ctx.save_for_backward(q, k, v, out, stats, *tensors)
+        ctx.params = params
+
+    def backward_fn(ctx, dout, dlse, _dstats):
+        q, k, v, out, stats, *tensors = ctx.saved_tensors
+        if kernels.norm == "elementwise":
+            dlse = None
+        grads = backward_op(q, k, v, out, stats, dout.to(q.dtype), dlse, tensors, ctx.params)
+        dq, dk, dv, *dinputs = grads
+        named = [g if n in kernels.grad_inputs else None for n, g in zip(kernels.input_names, dinputs)]
+        return dq, dk, dv, named, (None if ctx.params else []), None  # the structure of the arguments' tree
+
+    torch.library.register_autograd(f"{name}_forward", backward_fn, setup_context=setup_context)
+    return forward_op

@@ -32,7 +32,7 @@ BACKWARD_ERROR = None  # why there is no backward kernel, or None
 SITE_INPUTS = ()  # the input of each summed gradient site (per program, row or column)
 SITE_KERNELS = ()  # (kernel, level) of each summed site
 SCHEDULE = "bands"  # key tiles in closed form from the mask's bands, or a block table
-KERNEL_TILES = None  # fixed by the selection's blocks, else chosen per head dim
+KERNEL_TILES = None  # a selection's blocks: kernel tiles divide them
 
 
 BlockSelection = _dense.BlockSelection  # what select() returns and attention(selection=...) takes
@@ -240,10 +240,12 @@ def build_schedule(q, k, *, selection=None):
         return _tile_classes(_B, _H, _HKV, _SQ, _SKV, _D, _bq, _bk)
 
     _selected = None if selection is None else selection.block_mask
-    return _rt.Schedule(_classify, _selected, (_B, _H, _SQ, _SKV), q.device, closed_form=True)
+    return _rt.Schedule(
+        _classify, _selected, (_B, _H, _SQ, _SKV), q.device,
+        closed_form=True, blocks=KERNEL_TILES,
+    )
 
 
-@torch.compiler.disable  # torch.compile runs the launcher as one opaque step: its host work is not traceable
 def attention(q, k, v, *, selection=None, schedule=None, return_lse=False):
     """Attention `block_causal` with the fused Triton kernel. Returns out [B, H, SQ, DV] in q's dtype
     (and lse [B, H, SQ] float32). q, k, v: float32, bfloat16 or float16.
@@ -253,18 +255,28 @@ def attention(q, k, v, *, selection=None, schedule=None, return_lse=False):
     schedule: from build_schedule, to reuse the key-tile tables across calls (built here when None)."""
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, v)
     _grad = _rt.check_launch(SPEC_NAME, q, k, v, (), BACKWARD_ERROR)
+    _inputs = ()
+    _params = ()
+    if schedule is None and selection is None:  # one custom operator: torch.compile traces it as one node
+        _out, _lse, _ = OPERATOR(q, k, v, list(_inputs), [float(p) for p in _params], _grad)
+        _out = _out.to(q.dtype)
+    else:
+        _out, _lse = _with_schedule(q, k, v, _inputs, _params, selection, schedule, _grad, return_lse)
+    return (_out, _lse) if return_lse else _out
+
+
+@torch.compiler.disable  # a schedule or selection passed in: the host code runs eagerly, outside any graph
+def _with_schedule(q, k, v, _inputs, _params, selection, schedule, _grad, return_lse):
+    _B, _H, _SQ, _SKV = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
     if schedule is None:
-        schedule = build_schedule(q, k, selection=selection)
+        schedule = build_schedule(q, k, **dict(zip(KERNELS.input_names + KERNELS.param_names, _inputs + _params)), selection=selection)
     elif selection is not None:
         raise ValueError(f"{SPEC_NAME}: pass a selection to build_schedule, not with a schedule")
     _rt.check_schedule(SPEC_NAME, schedule, (_B, _H, _SQ, _SKV), q.device)
-    _inputs = ()
-    _params = ()
     if _grad:
-        _out, _lse = _launch.Differentiable.apply(KERNELS, schedule, _params, q, k, v, *_inputs)
-    else:
-        _out, _lse, _ = _launch.forward(KERNELS, q, k, v, _inputs, _params, schedule, return_lse)
-    return (_out, _lse) if return_lse else _out
+        return _launch.Differentiable.apply(KERNELS, schedule, _params, q, k, v, *_inputs)
+    _out, _lse, _ = _launch.forward(KERNELS, q, k, v, _inputs, _params, schedule, return_lse)
+    return _out, _lse
 
 
 def _logit_scale(q, k, _params):
@@ -395,12 +407,15 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     kernel_tiles=KERNEL_TILES,
     logit_scale=_logit_scale,
     input_names=(),
-    bool_params=(),
+    param_names=(),
+    param_types=(),
+    build_schedule=build_schedule,
     grad_inputs=(),
     site_inputs=SITE_INPUTS,
     site_kernels=SITE_KERNELS,
     backward_error=BACKWARD_ERROR,
 )
+OPERATOR = _launch.operator(KERNELS, __name__)  # the kernels as torch.library custom operators
 
 
 class BlockCausalAttention(torch.nn.Module):
