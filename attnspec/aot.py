@@ -176,11 +176,15 @@ def _first_line(err: Exception) -> str:
 
 
 def report(path_or_source, *, spec: str | None = None, consts: dict | None = None, archs=("sm_90a",), dtypes=("bf16",),
-           head_dims=(64, 128), backward: bool = False, every_candidate: bool = False, kernels=None) -> list[KernelReport]:
+           head_dims=(64, 128), backward: bool = False, every_candidate: bool = False, kernels=None,
+           tf32: bool = False) -> list[KernelReport]:
     """Every kernel a call of one spec (and with backward, its gradient) launches, compiled for each
     architecture, dtype and head dim: the default candidate, or every autotune candidate. kernels:
-    only these (forward, dq, dkdv)."""
+    only these (forward, dq, dkdv). tf32: float32 products as under set_float32_matmul_precision("high")."""
     from . import api
+
+    if tf32:
+        torch.set_float32_matmul_precision("high")  # this process compiles reports only (a worker, or the CLI)
 
     _check_names(archs, dtypes)
     lowered, source_name = api._lowered(path_or_source, "triton", spec, consts or {})

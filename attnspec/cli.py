@@ -252,14 +252,10 @@ def cmd_aot(args) -> int:
 
     from . import aot
 
-    if args.tf32:
-        import torch
-
-        torch.set_float32_matmul_precision("high")
     options = dict(
         consts=parse_consts(args.const), archs=tuple(args.arch or ["sm_90a"]), dtypes=tuple(args.dtype or ["bf16"]),
         head_dims=tuple(args.head_dim or [64, 128]), backward=args.backward, every_candidate=args.all_candidates,
-        kernels=tuple(args.kernel) or None,
+        kernels=tuple(args.kernel) or None, tf32=args.tf32,
     )
     if args.spec is not None:
         if len(args.files) != 1:

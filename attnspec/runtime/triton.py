@@ -151,7 +151,7 @@ def kernel_config(q, v, tiles=None) -> Config:
 _GPU_CANDIDATES = {
     64: ((128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 3), (128, 128, 8, 2)),
     128: ((128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 4, 3), (128, 128, 8, 2), (64, 32, 4, 2)),
-    256: ((64, 64, 4, 2), (64, 32, 4, 2), (128, 64, 8, 2), (32, 64, 4, 2)),
+    256: ((128, 64, 8, 2), (64, 32, 4, 2), (64, 64, 4, 2), (32, 64, 4, 2)),  # also float32 at D = 128
 }
 
 
@@ -174,12 +174,20 @@ def candidate_configs(q, v, tiles=None, backward: bool = False) -> list[Config]:
     ieee = upcast or (q.dtype == torch.float32 and not tf32_products())
     if not _on_gpu(q):
         shapes = ((64, 64, 4, 1),)
-    else:
-        width = max(64, block_d, block_dv)
+    else:  # by bytes per row: float32 takes the candidates of a half type with twice the head dim
+        width = max(64, block_d, block_dv) * (2 if q.dtype == torch.float32 else 1)
         shapes = (_GPU_BACKWARD_CANDIDATES if backward else _GPU_CANDIDATES)[min(width, 256)]
     if tiles is not None:  # a selection's blocks: kernel tiles divide them (a block is walked tile by tile)
-        shapes = tuple(dict.fromkeys((min(m, tiles[0]), min(n, tiles[1]), warps, stages) for m, n, warps, stages in shapes))
+        shapes = tuple(dict.fromkeys(_clipped(shape, tiles) for shape in shapes))
     return [Config(m, n, block_d, block_dv, warps, stages, ieee, upcast) for m, n, warps, stages in shapes]
+
+
+def _clipped(shape, blocks):
+    """A candidate's tiles clipped to a selection's blocks; tiles narrower than a warpgroup's 64 rows
+    run on mma.sync with 4 warps at most."""
+    m, n, warps, stages = shape
+    m, n = min(m, blocks[0]), min(n, blocks[1])
+    return m, n, (warps if m >= 64 else min(warps, 4)), stages
 
 
 _TUNED: dict[tuple, Config] = {}
