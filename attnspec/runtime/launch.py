@@ -149,6 +149,22 @@ def backward(kernels: Kernels, q, k, v, out, stats, dout, dlse, inputs, params, 
     )
 
 
+@torch.compiler.disable  # a schedule or selection passed in: the host code runs eagerly, outside any graph
+def with_schedule(kernels: Kernels, q, k, v, inputs, params, selection, schedule, grad: bool, return_lse: bool):
+    """attention() with a caller's schedule (from build_schedule) or selection: (out, lse)."""
+    problem = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    if schedule is None:
+        named = dict(zip(kernels.input_names + kernels.param_names, tuple(inputs) + tuple(params)))
+        schedule = kernels.build_schedule(q, k, **named, selection=selection)
+    elif selection is not None:
+        raise ValueError(f"{kernels.spec_name}: pass a selection to build_schedule, not with a schedule")
+    _rt.check_schedule(kernels.spec_name, schedule, problem, q.device)
+    if grad:
+        return Differentiable.apply(kernels, schedule, params, q, k, v, *inputs)
+    out, lse, _ = forward(kernels, q, k, v, inputs, params, schedule, return_lse)
+    return out, lse
+
+
 # ---------------------------------------------------------------- torch.library operators
 
 
@@ -178,8 +194,7 @@ def _typed(kernels: Kernels, params: list[float]) -> tuple:
 
 
 def _schedule(kernels: Kernels, q, k, inputs, params):
-    named = dict(zip(kernels.input_names, inputs)) | dict(zip(kernels.param_names, params))
-    return kernels.build_schedule(q, k, **named)
+    return kernels.build_schedule(q, k, **dict(zip(kernels.input_names + kernels.param_names, tuple(inputs) + tuple(params))))
 
 
 FORWARD_SCHEMA = "(Tensor q, Tensor k, Tensor v, Tensor[] inputs, float[] params, bool for_backward) -> (Tensor, Tensor, Tensor)"

@@ -294,22 +294,8 @@ def attention(q, k, v, *, bias, selection=None, schedule=None, return_lse=False)
         _out, _lse, _ = OPERATOR(q, k, v, list(_inputs), [float(p) for p in _params], _grad)
         _out = _out.to(q.dtype)
     else:
-        _out, _lse = _with_schedule(q, k, v, _inputs, _params, selection, schedule, _grad, return_lse)
+        _out, _lse = _launch.with_schedule(KERNELS, q, k, v, _inputs, _params, selection, schedule, _grad, return_lse)
     return (_out, _lse) if return_lse else _out
-
-
-@torch.compiler.disable  # a schedule or selection passed in: the host code runs eagerly, outside any graph
-def _with_schedule(q, k, v, _inputs, _params, selection, schedule, _grad, return_lse):
-    _B, _H, _SQ, _SKV = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
-    if schedule is None:
-        schedule = build_schedule(q, k, **dict(zip(KERNELS.input_names + KERNELS.param_names, _inputs + _params)), selection=selection)
-    elif selection is not None:
-        raise ValueError(f"{SPEC_NAME}: pass a selection to build_schedule, not with a schedule")
-    _rt.check_schedule(SPEC_NAME, schedule, (_B, _H, _SQ, _SKV), q.device)
-    if _grad:
-        return _launch.Differentiable.apply(KERNELS, schedule, _params, q, k, v, *_inputs)
-    _out, _lse, _ = _launch.forward(KERNELS, q, k, v, _inputs, _params, schedule, return_lse)
-    return _out, _lse
 
 
 def _logit_scale(q, k, _params):
