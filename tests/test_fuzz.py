@@ -25,6 +25,7 @@ import torch
 from hypothesis import given, settings
 
 from attnspec.api import load_program
+from attnspec.runtime import launch
 from attnspec.cli import main
 from attnspec.diagnostics import AttnError
 from attnspec.fuzz.cases import Case, case_arguments, cases, parse_case
@@ -147,7 +148,9 @@ def test_an_unwritten_kernel_output_shows_as_nan(monkeypatch):
         def __getitem__(self, grid):
             return lambda *args, **kw: real[(max(grid[0] - 1, 1), *grid[1:])](*args, **kw)
 
-    monkeypatch.setattr(module, "KERNELS", replace(module.KERNELS, forward=SkipsLastBlock()))
+    skipping = replace(module.KERNELS, forward=SkipsLastBlock())
+    monkeypatch.setattr(module, "KERNELS", skipping)
+    monkeypatch.setattr(module, "OPERATOR", launch.operator(skipping, "skips_last_block"))  # what attention() calls
     outcome = run_case(subject, Case("triton", "float32", replace(SMALL, SQ=100)), "cpu")
     assert outcome.status == FAIL and "NaN" in outcome.detail
 
