@@ -191,13 +191,13 @@ def report(path_or_source, *, spec: str | None = None, consts: dict | None = Non
     module = api.build_module(lowered, "triton", source_name)
     if backward and module.BACKWARD_ERROR is not None:
         raise AttnError(f"{lowered.name}: the triton target has no backward for this spec ({module.BACKWARD_ERROR})")
-    names = {module.KERNELS.forward: "forward", module.KERNELS.dq: "dq", module.KERNELS.dkdv: "dkdv"}
+    names = {getattr(f, "__name__", None): kind for kind, f in (("forward", module.KERNELS.forward), ("dq", module.KERNELS.dq), ("dkdv", module.KERNELS.dkdv))}
     reports, seen = [], set()
     for dtype in dtypes:
         for head_dim in head_dims:
             launches = recorded_launches(module, lowered, DTYPES[dtype], head_dim, backward=backward, every_candidate=every_candidate)
             for launch in launches:
-                name = names[launch.kernel]
+                name = names[launch.kernel.fn.__name__]
                 key = (name, dtype, head_dim, launch.candidate)
                 if key in seen or (kernels is not None and name not in kernels):
                     continue  # the backward's forward launch is the forward's, writing what the backward reads

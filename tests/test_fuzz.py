@@ -142,7 +142,7 @@ def test_an_unwritten_kernel_output_shows_as_nan(monkeypatch):
     """Outputs start as NaN during a trial: a kernel that skips a row cannot pass on stale memory."""
     subject = subject_of(CAUSAL, ("triton",))
     module = subject.modules["triton"]
-    real = module.KERNELS.forward
+    real = launch.jit(module.KERNELS.forward)
 
     class SkipsLastBlock:
         def __getitem__(self, grid):

@@ -5,6 +5,7 @@ between specs is in that description and in the kernels themselves, never in thi
 
 from __future__ import annotations
 
+import inspect
 import re
 from dataclasses import dataclass
 from typing import Callable
@@ -38,6 +39,28 @@ class Kernels:
     backward_error: str | None  # why there is no backward, or None
 
 
+def kernel(fn):
+    """A generated module's kernels and tile functions: @triton.jit, applied at the module's first
+    launch rather than at its import. Triton reads a function's source when it wraps it (a few ms per
+    function), which loading a cached module need not pay."""
+    fn.attnspec_kernel = True
+    return fn
+
+
+def jit(fn):
+    """The triton function a generated kernel became: at the first call for its module, every
+    function of the module marked @kernel is wrapped by triton.jit in place (so that kernels find
+    the tile functions they call as triton functions). Anything else is returned as it is."""
+    if not inspect.isfunction(fn):
+        return fn
+    module = fn.__globals__
+    if module.get(fn.__name__) is fn:
+        for name, value in list(module.items()):
+            if inspect.isfunction(value) and getattr(value, "attnspec_kernel", False):
+                module[name] = triton.jit(value)
+    return module[fn.__name__]
+
+
 def _input_arguments(kernels: Kernels, inputs, params) -> list:
     """An input's pointer, sizes and strides; runtime params (bools as int32: the interpreter cannot
     take an int1 argument)."""
@@ -64,7 +87,7 @@ def forward(kernels: Kernels, q, k, v, inputs, params, schedule, return_lse, for
         tables = () if kernels.closed_form else schedule.tables(config.block_m, config.block_n).arguments()
         grid = (triton.cdiv(SQ, config.block_m), B * H)
         _rt.start(
-            kernels.forward, grid,
+            jit(kernels.forward), grid,
             q, k, v, out, lse, stats, *err, *q.stride(), *k.stride(), *v.stride(), *out.stride(), *tables,
             *_input_arguments(kernels, inputs, params), B, H, HKV, SQ, SKV, D, v.shape[-1], scale,
             BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=config.block_d, BLOCK_DV=config.block_dv,
@@ -136,9 +159,9 @@ def backward(kernels: Kernels, q, k, v, out, stats, dout, dlse, inputs, params, 
                     IEEE=config.ieee, UPCAST=config.upcast, num_warps=config.num_warps, num_stages=config.num_stages)
         strides = (*q.stride(), *k.stride(), *v.stride())
         tables = () if kernels.closed_form else schedule.tables(bm, bn).arguments()
-        _rt.start(kernels.dq, (triton.cdiv(SQ, bm), B * H),
+        _rt.start(jit(kernels.dq), (triton.cdiv(SQ, bm), B * H),
                   q, k, v, do, stats, delta, gq, *strides, *tables, *common, **meta)
-        _rt.start(kernels.dkdv, (triton.cdiv(SKV, bn), B * HKV),
+        _rt.start(jit(kernels.dkdv), (triton.cdiv(SKV, bn), B * HKV),
                   q, k, v, do, stats, delta, gk, gv, *strides, *schedule.transposed(bm, bn).arguments(), *common, **meta)
         _rt.add_partials([grads[name] for name in kernels.site_inputs], parts)
 

@@ -5,13 +5,13 @@
   the schedule lists, full tiles without evaluating the mask, partial ones with it, normalizing online
   (softmax with a sink logit); `_streaming_sink_backward_dq` and `_streaming_sink_backward_dkdv` are its gradients.
   Each key tile is one call of a tile function: `_streaming_sink_scores` computes the spec's scores for all three.
+  Kernels and tile functions are marked `@_launch.kernel`: triton.jit wraps them at the first launch.
 - `attention(q, k, v, ...)` builds the schedule (tile classes by block-level interval arithmetic) and launches the kernels (attnspec/runtime/launch.py). CUDA tensors, or CPU tensors under TRITON_INTERPRET=1.
 """
 
 import math
 
 import torch
-import triton
 import triton.language as tl
 
 from attnspec.runtime import intervals as _iv
@@ -84,7 +84,7 @@ def _tile_classes(_B, _H, _HKV, _SQ, _SKV, _D, _bq, _bk, sink_logit):
 # ---------------------------------------------------------------- the kernels
 
 
-@triton.jit
+@_launch.kernel
 def _streaming_sink_scores(_qk, _q, _kv, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
     """The kept pairs of a tile (inside the lengths, and in a partial tile kept by the mask), the score
     before its mod (_x = scale * q.k) and after it (_s), and the per-pair bindings."""
@@ -99,7 +99,7 @@ def _streaming_sink_scores(_qk, _q, _kv, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: t
     return _keep, _s, _x
 
 
-@triton.jit
+@_launch.kernel
 def _streaming_sink_forward_tile(
     _j, _m, _l, _acc, _q_tile, _keys, _q, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, MASKED: tl.constexpr,
 ):
@@ -120,7 +120,7 @@ def _streaming_sink_forward_tile(
     return _m, _l, _acc
 
 
-@triton.jit
+@_launch.kernel
 def _streaming_sink_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
     """A tile's weights _p as the forward used them, the gradient _dx of the scaled product, and each
     input site's contribution _c<n> (with, for a per-pair site, the offsets _o<n> it adds into)."""
@@ -132,7 +132,7 @@ def _streaming_sink_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _ctx, B
     return _keep, _p, _dx
 
 
-@triton.jit
+@_launch.kernel
 def _streaming_sink_dq_tile(
     _j, _dq, _g0, _q_tile, _do, _mrow, _inv_l, _delta, _keys, _q, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, MASKED: tl.constexpr,
 ):
@@ -153,7 +153,7 @@ def _streaming_sink_dq_tile(
     return _dq, _g0
 
 
-@triton.jit
+@_launch.kernel
 def _streaming_sink_dkdv_tile(
     _pid_m, _dk, _dv, _kT, _vT, _queries, _kv, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, MASKED: tl.constexpr,
 ):
@@ -181,7 +181,7 @@ def _streaming_sink_dkdv_tile(
     return _dk, _dv
 
 
-@triton.jit
+@_launch.kernel
 def _streaming_sink_forward(
     _Q, _K, _V, _Out, _Lse, _Stats,
     _sqb, _sqh, _sqm, _sqd, _skb, _skh, _skn, _skd, _svb, _svh, _svn, _svd, _sob, _soh, _som, _sod,
@@ -296,7 +296,7 @@ def _logit_scale(q, k, _params):
 
 
 
-@triton.jit
+@_launch.kernel
 def _streaming_sink_backward_dq(
     _Q, _K, _V, _DO, _Stats, _Delta, _GQ,
     _sqb, _sqh, _sqm, _sqd, _skb, _skh, _skn, _skd, _svb, _svh, _svn, _svd,
@@ -381,7 +381,7 @@ def _streaming_sink_backward_dq(
     tl.store(_go0 + _slot, _kernel.clamp(_h, 0, _sink_logit_n0 - 1) * _d_sink_logit_s0)
 
 
-@triton.jit
+@_launch.kernel
 def _streaming_sink_backward_dkdv(
     _Q, _K, _V, _DO, _Stats, _Delta, _GK, _GV,
     _sqb, _sqh, _sqm, _sqd, _skb, _skh, _skn, _skd, _svb, _svh, _svn, _svd,

@@ -5,13 +5,13 @@
   the schedule lists, full tiles without evaluating the mask, partial ones with it, normalizing online
   (elementwise); `_relu_length_backward_dq` and `_relu_length_backward_dkdv` are its gradients.
   Each key tile is one call of a tile function: `_relu_length_scores` computes the spec's scores for all three.
+  Kernels and tile functions are marked `@_launch.kernel`: triton.jit wraps them at the first launch.
 - `attention(q, k, v, ...)` builds the schedule (tile classes by block-level interval arithmetic) and launches the kernels (attnspec/runtime/launch.py). CUDA tensors, or CPU tensors under TRITON_INTERPRET=1.
 """
 
 import math
 
 import torch
-import triton
 import triton.language as tl
 
 from attnspec.runtime import intervals as _iv
@@ -68,7 +68,7 @@ def _tile_classes(_B, _H, _HKV, _SQ, _SKV, _D, _bq, _bk):
 # ---------------------------------------------------------------- the kernels
 
 
-@triton.jit
+@_launch.kernel
 def _relu_length_scores(_qk, _q, _kv, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
     """The kept pairs of a tile (inside the lengths, and in a partial tile kept by the mask), the score
     before its mod (_x = scale * q.k) and after it (_s), the weight _w, and the per-pair bindings."""
@@ -81,7 +81,7 @@ def _relu_length_scores(_qk, _q, _kv, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.c
     return _keep, _s, _x, _w
 
 
-@triton.jit
+@_launch.kernel
 def _relu_length_forward_tile(
     _j, _m, _l, _acc, _q_tile, _keys, _q, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, MASKED: tl.constexpr,
 ):
@@ -102,7 +102,7 @@ def _relu_length_forward_tile(
     return _m, _l, _acc
 
 
-@triton.jit
+@_launch.kernel
 def _relu_length_grad_pairs(_qk, _dp, _delta, _q, _kv, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
     """A tile's weights _p as the forward used them, the gradient _dx of the scaled product, and each
     input site's contribution _c<n> (with, for a per-pair site, the offsets _o<n> it adds into)."""
@@ -115,7 +115,7 @@ def _relu_length_grad_pairs(_qk, _dp, _delta, _q, _kv, _ctx, BLOCK_M: tl.constex
     return _keep, _p, _dx
 
 
-@triton.jit
+@_launch.kernel
 def _relu_length_dq_tile(
     _j, _dq, _q_tile, _do, _delta, _keys, _q, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, MASKED: tl.constexpr,
 ):
@@ -136,7 +136,7 @@ def _relu_length_dq_tile(
     return _dq
 
 
-@triton.jit
+@_launch.kernel
 def _relu_length_dkdv_tile(
     _pid_m, _dk, _dv, _kT, _vT, _queries, _kv, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, MASKED: tl.constexpr,
 ):
@@ -159,7 +159,7 @@ def _relu_length_dkdv_tile(
     return _dk, _dv
 
 
-@triton.jit
+@_launch.kernel
 def _relu_length_forward(
     _Q, _K, _V, _Out, _Lse, _Stats,
     _sqb, _sqh, _sqm, _sqd, _skb, _skh, _skn, _skd, _svb, _svh, _svn, _svd, _sob, _soh, _som, _sod,
@@ -258,7 +258,7 @@ def _logit_scale(q, k, _params):
 
 
 
-@triton.jit
+@_launch.kernel
 def _relu_length_backward_dq(
     _Q, _K, _V, _DO, _Stats, _Delta, _GQ,
     _sqb, _sqh, _sqm, _sqd, _skb, _skh, _skn, _skd, _svb, _svh, _svn, _svd,
@@ -309,7 +309,7 @@ def _relu_length_backward_dq(
              mask=(_offs_m[:, None] < _SQ) & (_offs_d[None, :] < _D))
 
 
-@triton.jit
+@_launch.kernel
 def _relu_length_backward_dkdv(
     _Q, _K, _V, _DO, _Stats, _Delta, _GK, _GV,
     _sqb, _sqh, _sqm, _sqd, _skb, _skh, _skn, _skd, _svb, _svh, _svn, _svd,
