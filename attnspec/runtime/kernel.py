@@ -153,7 +153,8 @@ def mma(a, b, acc, IEEE: tl.constexpr):
 def band_tiles(lo, hi, rows, SKV, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """The key tiles of one band of a query tile: row q keeps keys lo(q) <= kv <= hi(q) (per row,
     [BLOCK_M, 1]; rows: the rows inside the length). Returns (start, fs, fe, end): tiles [start, end)
-    hold kept pairs of some row, and [fs, fe) hold only kept pairs for every row (full tiles)."""
+    hold kept pairs of some row, and [fs, fe) hold only kept pairs for every row (full tiles), all of
+    them inside SKV (a tile that reaches past the last key is partial: full tiles need no bound)."""
     lo = tl.maximum(lo + tl.zeros([BLOCK_M, 1], dtype=tl.int32), 0)
     hi = tl.minimum(hi + tl.zeros([BLOCK_M, 1], dtype=tl.int32), SKV - 1)
     some = rows & (hi >= lo)
@@ -162,8 +163,7 @@ def band_tiles(lo, hi, rows, SKV, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     full_lo = tl.max(tl.where(rows, tl.where(some, lo, SKV + BLOCK_N), 0))
     full_hi = tl.min(tl.where(rows, tl.where(some, hi, -1), SKV))
     fs = tl.minimum(tl.maximum((full_lo + BLOCK_N - 1) // BLOCK_N, start), end)
-    fe = tl.where(full_hi >= SKV - 1, tl.cdiv(SKV, BLOCK_N), (full_hi + 1) // BLOCK_N)
-    fe = tl.minimum(tl.maximum(fe, fs), end)
+    fe = tl.minimum(tl.maximum((full_hi + 1) // BLOCK_N, fs), end)  # a tile past SKV - 1 is never full
     return start, fs, fe, end
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .tiles import readable
+from .tiles import FULL, PARTIAL, readable
 from .blocks import class_lists
 
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -312,7 +312,7 @@ class Schedule:
     def _built(self, block_m: int, block_n: int, transposed: bool) -> Tables:
         key = (block_m, block_n, transposed)
         if key not in self._tables:
-            classes, selected = self.classify(block_m, block_n), self.selected
+            classes, selected = _last_key_tile_partial(self.classify(block_m, block_n), self.problem[3], block_n), self.selected
             if selected is not None:
                 selected = selected_tiles(selected, self.blocks, (block_m, block_n), self.problem[2:])
             if transposed:
@@ -320,6 +320,16 @@ class Schedule:
                 selected = None if selected is None else selected.transpose(-1, -2)
             self._tables[key] = schedule(classes, selected, self.device)
         return self._tables[key]
+
+
+def _last_key_tile_partial(classes: torch.Tensor, skv: int, block_n: int) -> torch.Tensor:
+    """A key tile that reaches past SKV - 1 is walked as a partial tile, where the kernel applies the
+    length bound: full tiles then need none (no per-element arithmetic at all)."""
+    if skv % block_n == 0 or classes.shape[-1] == 0:
+        return classes
+    classes = classes.clone()
+    classes[..., -1] = torch.where(classes[..., -1] == FULL, PARTIAL, classes[..., -1])
+    return classes
 
 
 def selected_tiles(selected: torch.Tensor, blocks, tiles, lengths) -> torch.Tensor:

@@ -87,12 +87,16 @@ def _tile_classes(_B, _H, _HKV, _SQ, _SKV, _D, _bq, _bk, alpha, beta):
 
 
 @_launch.kernel
-def _moa_scores(_qk, _q, _kv, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
+def _moa_scores(_qk, _q, _kv, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, BOUNDS: tl.constexpr):
     """The kept pairs of a tile (inside the lengths, and in a partial tile kept by the mask), the score
-    before its mod (_x = scale * q.k) and after it (_s), and the per-pair bindings."""
+    before its mod (_x = scale * q.k) and after it (_s), and the per-pair bindings.
+    Without BOUNDS (a full tile, inside SKV, whose rows past SQ are never stored) every pair is kept."""
     _b, _h, alpha, _alpha_n0, _alpha_s0, beta, _beta_n0, _beta_s0, _t1, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale = _ctx
     _zero = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    _keep = (_kv < _SKV) & (_q < _SQ)
+    if BOUNDS:
+        _keep = (_kv < _SKV) & (_q < _SQ)
+    else:
+        _keep = _kv >= 0  # not read: the caller skips its selects
     if MASKED:
         _t0 = (_kv < SINKS)
         _keep = _keep & (((_kv <= _q) & (_t0 | _kernel.truth((_kernel.as_float((_q - _kv)) < _t1)))))
@@ -103,7 +107,7 @@ def _moa_scores(_qk, _q, _kv, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr
 
 @_launch.kernel
 def _moa_forward_tile(
-    _j, _m, _l, _acc, _q_tile, _keys, _q, _ctx, _qk_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, MASKED: tl.constexpr,
+    _j, _m, _l, _acc, _q_tile, _keys, _q, _ctx, _qk_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, MASKED: tl.constexpr, BOUNDS: tl.constexpr,
 ):
     """Key tile _j: its scores, then the online softmax update of the running max _m, sum _l and output _acc."""
     _b, _h, alpha, _alpha_n0, _alpha_s0, beta, _beta_n0, _beta_s0, _t1, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale = _ctx
@@ -113,8 +117,10 @@ def _moa_forward_tile(
     _kT = _kernel.load_tile(_Kb, _offs_d, _offs_n, _skd, _skn, _D, _SKV, UPCAST)
     _v = _kernel.load_tile(_Vb, _offs_n, _offs_dv, _svn, _svd, _SKV, _DV, UPCAST)
     _qk = _kernel.mma(_q_tile, _kT, None, IEEE)
-    _keep, _s, _x = _moa_scores(_qk, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED)
-    _t = tl.where(_keep, _qk, -float("inf"))  # the raw products: log2(e) and the scale fold into _qk_scale
+    _keep, _s, _x = _moa_scores(_qk, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED, BOUNDS)
+    _t = _qk  # the raw products: log2(e) and the scale fold into _qk_scale
+    if BOUNDS:  # a partial tile, or a full one whose rows past SQ matter
+        _t = tl.where(_keep, _t, -float("inf"))
     _m, _l, _acc, _p = _kernel.softmax_update(_t, _m, _l, _acc, _qk_scale)
     if not UPCAST:  # the weights enter the second product in v's dtype, as in FlashAttention
         _p = _p.to(_v.dtype)
@@ -127,7 +133,7 @@ def _moa_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _ctx, BLOCK_M: tl.
     """A tile's weights _p as the forward used them, the gradient _dx of the scaled product, and each
     input site's contribution _c<n> (with, for a per-pair site, the offsets _o<n> it adds into)."""
     _b, _h, alpha, _alpha_n0, _alpha_s0, beta, _beta_n0, _beta_s0, _t1, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale = _ctx
-    _keep, _s, _x = _moa_scores(_qk, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED)
+    _keep, _s, _x = _moa_scores(_qk, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED, True)
     _p = tl.where(_keep, tl.exp2((_s - _mrow) * 1.4426950408889634) * _inv_l, 0.0)
     _ds = _p * (_dp - _delta)
     _dx = _ds
@@ -220,11 +226,13 @@ def _moa_forward(
     # full key tiles: every pair inside the lengths is kept, no mask evaluation
     for _i in range(0, tl.load(_FullNum + _tnum)):
         _m, _l, _acc = _moa_forward_tile(
-            tl.load(_FullIdx + _tidx + _i), _m, _l, _acc, _q_tile, _keys, _q, _ctx, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False)
+            tl.load(_FullIdx + _tidx + _i), _m, _l, _acc, _q_tile, _keys, _q, _ctx, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False,
+            BOUNDS=False)
     # partial key tiles: the mask decides per pair
     for _i in range(0, tl.load(_PartNum + _tnum)):
         _m, _l, _acc = _moa_forward_tile(
-            tl.load(_PartIdx + _tidx + _i), _m, _l, _acc, _q_tile, _keys, _q, _ctx, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
+            tl.load(_PartIdx + _tidx + _i), _m, _l, _acc, _q_tile, _keys, _q, _ctx, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True,
+            BOUNDS=True)
     _out_ptrs = _Out + _b.to(tl.int64) * _sob + _h.to(tl.int64) * _soh + _offs_m[:, None] * _som + _offs_dv[None, :] * _sod
     _kernel.finish_rows(_m, _l, _acc, _out_ptrs, _rows & (_offs_dv[None, :] < _DV), _Lse, _Stats, _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], _rows,
                         _sm_scale, "softmax", True, WRITE_LSE, WRITE_STATS)

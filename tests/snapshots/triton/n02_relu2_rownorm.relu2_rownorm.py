@@ -74,12 +74,16 @@ def _tile_classes(_B, _H, _HKV, _SQ, _SKV, _D, _bq, _bk):
 
 
 @_launch.kernel
-def _relu2_rownorm_scores(_qk, _q, _kv, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
+def _relu2_rownorm_scores(_qk, _q, _kv, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, BOUNDS: tl.constexpr):
     """The kept pairs of a tile (inside the lengths, and in a partial tile kept by the mask), the score
-    before its mod (_x = scale * q.k) and after it (_s), the weight _w, and the per-pair bindings."""
+    before its mod (_x = scale * q.k) and after it (_s), the weight _w, and the per-pair bindings.
+    Without BOUNDS (a full tile, inside SKV, whose rows past SQ are never stored) every pair is kept."""
     _b, _h, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale = _ctx
     _zero = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    _keep = (_kv < _SKV) & (_q < _SQ)
+    if BOUNDS:
+        _keep = (_kv < _SKV) & (_q < _SQ)
+    else:
+        _keep = _kv >= 0  # not read: the caller skips its selects
     if MASKED:
         _keep = _keep & ((_kv <= _q))
     _s = _qk * _sm_scale
@@ -90,7 +94,7 @@ def _relu2_rownorm_scores(_qk, _q, _kv, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl
 
 @_launch.kernel
 def _relu2_rownorm_forward_tile(
-    _j, _m, _l, _acc, _q_tile, _keys, _q, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, MASKED: tl.constexpr,
+    _j, _m, _l, _acc, _q_tile, _keys, _q, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, MASKED: tl.constexpr, BOUNDS: tl.constexpr,
 ):
     """Key tile _j: its scores, then the online rownorm update of the running max _m, sum _l and output _acc."""
     _b, _h, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale = _ctx
@@ -100,8 +104,10 @@ def _relu2_rownorm_forward_tile(
     _kT = _kernel.load_tile(_Kb, _offs_d, _offs_n, _skd, _skn, _D, _SKV, UPCAST)
     _v = _kernel.load_tile(_Vb, _offs_n, _offs_dv, _svn, _svd, _SKV, _DV, UPCAST)
     _qk = _kernel.mma(_q_tile, _kT, None, IEEE)
-    _keep, _s, _x, _w = _relu2_rownorm_scores(_qk, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED)
-    _p = tl.where(_keep, _w, 0.0)
+    _keep, _s, _x, _w = _relu2_rownorm_scores(_qk, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED, BOUNDS)
+    _p = _w
+    if BOUNDS:
+        _p = tl.where(_keep, _p, 0.0)
     _l = _l + tl.sum(_p, 1)[:, None]  # elementwise: only to tell a non-finite weight (an undefined row)
     if not UPCAST:  # the weights enter the second product in v's dtype, as in FlashAttention
         _p = _p.to(_v.dtype)
@@ -114,7 +120,7 @@ def _relu2_rownorm_grad_pairs(_qk, _dp, _den, _delta, _q, _kv, _ctx, BLOCK_M: tl
     """A tile's weights _p as the forward used them, the gradient _dx of the scaled product, and each
     input site's contribution _c<n> (with, for a per-pair site, the offsets _o<n> it adds into)."""
     _b, _h, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale = _ctx
-    _keep, _s, _x, _w = _relu2_rownorm_scores(_qk, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED)
+    _keep, _s, _x, _w = _relu2_rownorm_scores(_qk, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED, True)
     _p = tl.where(_keep, _w / _den, 0.0)
     _gw = tl.where(_keep, (_dp - _delta) / _den, 0.0)
     _ds = tl.where(_keep, _gw * ((2.0 * (_kernel.relu(_s) * tl.where(_kernel.truth((_s > 0.0)), 1.0, 0.0)))), 0.0)
@@ -201,15 +207,18 @@ def _relu2_rownorm_forward(
     # band 0: partial key tiles
     for _j in range(_start0, _fs0):
         _m, _l, _acc = _relu2_rownorm_forward_tile(
-            _j, _m, _l, _acc, _q_tile, _keys, _q, _ctx, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
+            _j, _m, _l, _acc, _q_tile, _keys, _q, _ctx, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True,
+            BOUNDS=True)
     # band 0: full key tiles
     for _j in range(_fs0, _fe0):
         _m, _l, _acc = _relu2_rownorm_forward_tile(
-            _j, _m, _l, _acc, _q_tile, _keys, _q, _ctx, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False)
+            _j, _m, _l, _acc, _q_tile, _keys, _q, _ctx, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False,
+            BOUNDS=False)
     # band 0: partial key tiles
     for _j in range(_fe0, _end0):
         _m, _l, _acc = _relu2_rownorm_forward_tile(
-            _j, _m, _l, _acc, _q_tile, _keys, _q, _ctx, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
+            _j, _m, _l, _acc, _q_tile, _keys, _q, _ctx, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True,
+            BOUNDS=True)
     _out_ptrs = _Out + _b.to(tl.int64) * _sob + _h.to(tl.int64) * _soh + _offs_m[:, None] * _som + _offs_dv[None, :] * _sod
     _kernel.finish_rows(_m, _l, _acc, _out_ptrs, _rows & (_offs_dv[None, :] < _DV), _Lse, _Stats, _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], _rows,
                         _sm_scale, "rownorm", False, WRITE_LSE, WRITE_STATS)
