@@ -1,8 +1,8 @@
 """Every example's triton kernels compiled for Hopper (sm_90a) on this machine, no GPU needed
 (`attnspec aot`, docs/triton.md): properties of the machine code, never timings.
 
-- the forward kernel of every example, at D = 64 and 128 in bf16, with the candidate the autotuner
-  tries first, compiles, multiplies q.k and p.v on the tensor cores (wgmma where the tiles allow it),
+- the forward kernel of every example, at D = 64 and 128 in bf16 (and five of them in fp16), with the
+  candidate the autotuner tries first, compiles, multiplies q.k and p.v on the tensor cores (wgmma where the tiles allow it),
   spills nothing and fits the shared memory of a block;
 - the dQ and dK/dV kernels of the examples with learnable inputs compile and fit the same way;
 - the report's rule is the autotuner's, and a recorded launch is the launch the host code makes.
@@ -53,6 +53,14 @@ def backward(tmp_path_factory):
     return _aot(tmp_path_factory, "backward", LEARNABLE, "--backward", "--kernel", "dq", "--kernel", "dkdv")
 
 
+HALF = ["b01_causal", "b04_alibi", "b05_streaming_sink", "m02_natten2d", "b07_softcap"]
+
+
+@pytest.fixture(scope="module")
+def half(tmp_path_factory):
+    return _aot(tmp_path_factory, "fp16", [ROOT / "examples" / f"{stem}.attn" for stem in HALF], "--dtype", "fp16")
+
+
 def _of(run: dict, spec: str) -> list[dict]:
     return [r for r in run["reports"] if r["spec"] == spec]
 
@@ -72,6 +80,12 @@ def test_forward_compiles_for_hopper_on_tensor_cores_without_spills(forward, ste
         assert r["spill_stores"] == 0 and r["shared"] <= r["shared_limit"] and r["fits"], where
         # wgmma needs 64-row tiles: a selection's blocks narrower than that run on mma.sync
         assert r["mma"] == ("wgmma" if r["block_m"] >= 64 else "mma.sync") and r["mma_count"] >= 2, where
+
+
+def test_fp16_forward_uses_wgmma_without_spills(half):
+    assert half["rc"] == 0 and len(half["reports"]) == 2 * len(HALF), half["table"]
+    for r in half["reports"]:
+        assert r["dtype"] == "fp16" and r["error"] is None and r["fits"] and r["mma"] == "wgmma", r
 
 
 @pytest.mark.parametrize("path", LEARNABLE, ids=lambda p: p.stem)
