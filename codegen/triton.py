@@ -21,6 +21,8 @@ import math
 
 from dataclasses import dataclass
 
+import sympy
+
 from attnspec.analysis.bands import key_bands
 from attnspec.analysis.sign import nonnegative, nonzero, positive
 from attnspec.builtins import DTYPES, GENERATED_NAMES
@@ -28,6 +30,7 @@ from attnspec.diagnostics import AttnError
 from attnspec.ir import Expr, Spec, inline_bindings, uses
 from attnspec.ops import OPS
 from attnspec.passes.flex import token_mask
+from attnspec.passes.symbolic import NotRepresentable, SymbolTable, to_sympy
 from attnspec.types import infer
 
 from .dense import ModulePlan, bindings_for, module_plan
@@ -188,6 +191,7 @@ class TritonPlan(ModulePlan, BackwardPlan):
     ctx_outer: str  # ctx without the row-level bindings (the dK/dV tile computes them per query tile)
     scores_out: str  # what the scores function returns, in order
     selection_tiles: tuple[int, int] | None  # a data-dependent selection's blocks, which kernel tiles divide
+    heaviest_first: bool  # query tiles in reverse order: a row's key work grows with q (causal)
     k_score: str
     k_weight: str | None
     k_mask: str | None
@@ -243,6 +247,7 @@ def triton_plan(spec: Spec, source_name: str) -> TritonPlan:
         mask_bindings_k=_leveled(spec, [mask], r, ("col", "element"), exclude=score_roots),
         tile_mask=None if mask is None else TileRenderer(spec).statements(inline_bindings(mask, spec)),
         bands=_bands_plan(spec, r),
+        heaviest_first=heaviest_first(spec),
         mask_mod=None if mask is None else mod_plan(spec, [mask], False),
         eligible_classes=True,
         kernel_inputs=[_kernel_input(i) for i in spec.inputs],
@@ -294,6 +299,25 @@ def schedule_bands(spec: Spec):
         return None
     bands = key_bands(token_mask(spec), spec)
     return None if bands is None or len(bands) > MAX_BANDS else bands
+
+
+def heaviest_first(spec: Spec) -> bool:
+    """Whether the forward and dQ kernels take their query tiles last to first: the key bands' total
+    width grows with q (causal, a prefix plus causal, ...; sympy's derivative in q is a positive
+    number), so the longest programs start first and the short ones fill the GPU's tail."""
+    bands = schedule_bands(spec)
+    if not bands:
+        return False
+    table = SymbolTable("int")
+    try:
+        ends = [(None if b.lo is None else to_sympy(b.lo, spec, table)[0], None if b.hi is None else to_sympy(b.hi, spec, table)[0]) for b in bands]
+    except NotRepresentable:
+        return False
+    q = next((sym for sym, node in table.atoms.items() if node.op == "index_var" and node.value == "q"), None)
+    if q is None:
+        return False
+    slope = sum(sympy.diff(hi if hi is not None else 0, q) - sympy.diff(lo if lo is not None else 0, q) for lo, hi in ends)
+    return bool(slope.is_number and slope > 0)
 
 
 def _bands_plan(spec: Spec, r: TritonRenderer) -> list[dict] | None:

@@ -193,7 +193,7 @@ def _prefix_lm_forward(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr, WRITE_LSE: tl.constexpr, WRITE_STATS: tl.constexpr,
 ):
-    _pid_m = tl.program_id(0)
+    _pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # the last query tiles, the longest rows, start first
     _pid_bh = tl.program_id(1)
     _b = _pid_bh // _H
     _h = _pid_bh % _H
@@ -319,7 +319,7 @@ def _prefix_lm_backward_dq(
 ):
     """dQ of one query tile, walking the forward's key tiles; per-program, per-row and per-pair
     gradients of the inputs."""
-    _pid_m = tl.program_id(0)
+    _pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # the last query tiles, the longest rows, start first
     _pid_bh = tl.program_id(1)
     _b = _pid_bh // _H
     _h = _pid_bh % _H
