@@ -71,7 +71,7 @@ def join_numbers(*xs):
     return [float(x) for x in xs] if any(isinstance(x, float) for x in xs) else list(xs)
 
 
-def _signed_zeros(a, b) -> bool:
+def _both_zero(a, b) -> bool:
     return isinstance(a, float) and a == b == 0.0
 
 
@@ -80,7 +80,7 @@ def _min(a, b):
     a, b = join_numbers(a, b)
     if _nan(a) or _nan(b):
         return math.nan
-    if _signed_zeros(a, b):
+    if _both_zero(a, b):
         return -(-a - b)  # -0.0 if either is
     return min(a, b)
 
@@ -90,7 +90,7 @@ def _max(a, b):
     a, b = join_numbers(a, b)
     if _nan(a) or _nan(b):
         return math.nan
-    if _signed_zeros(a, b):
+    if _both_zero(a, b):
         return a + b  # 0.0 unless both are -0.0
     return max(a, b)
 

@@ -177,8 +177,7 @@ def with_schedule(kernels: Kernels, q, k, v, inputs, params, selection, schedule
     """attention() with a caller's schedule (from build_schedule) or selection: (out, lse)."""
     problem = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
     if schedule is None:
-        named = dict(zip(kernels.input_names + kernels.param_names, tuple(inputs) + tuple(params)))
-        schedule = kernels.build_schedule(q, k, **named, selection=selection)
+        schedule = _schedule(kernels, q, k, inputs, params, selection)
     elif selection is not None:
         raise ValueError(f"{kernels.spec_name}: pass a selection to build_schedule, not with a schedule")
     _rt.check_schedule(kernels.spec_name, schedule, problem, q.device)
@@ -216,8 +215,10 @@ def _typed(kernels: Kernels, params: list[float]) -> tuple:
     return tuple(kinds[kind](p) for p, kind in zip(params, kernels.param_types))
 
 
-def _schedule(kernels: Kernels, q, k, inputs, params):
-    return kernels.build_schedule(q, k, **dict(zip(kernels.input_names + kernels.param_names, tuple(inputs) + tuple(params))))
+def _schedule(kernels: Kernels, q, k, inputs, params, selection=None):
+    """The module's build_schedule, called with the inputs and params by name."""
+    named = dict(zip(kernels.input_names + kernels.param_names, tuple(inputs) + tuple(params)))
+    return kernels.build_schedule(q, k, **named, selection=selection)
 
 
 FORWARD_SCHEMA = "(Tensor q, Tensor k, Tensor v, Tensor[] inputs, float[] params, bool for_backward) -> (Tensor, Tensor, Tensor)"
