@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 #   make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 
-.PHONY: install demo test fuzz aot-sweep gpu-check snapshots clean
+.PHONY: install demo test fuzz explore aot-sweep gpu-check snapshots clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+# The property tests (Hypothesis) with freshly drawn examples; `make test` draws the same ones every run.
+explore: install
+	HYPOTHESIS_PROFILE=explore $(PY) -m pytest -q tests/test_simplify.py tests/test_passes.py tests/test_roundtrip.py \
+		tests/test_bands.py tests/test_tiles.py tests/test_fuzz_specgen.py tests/test_flex_blockmask.py
 
 # A longer fuzz run than the test suite's (docs/fuzz.md): every example on every target, gradients too
 # (--grad; on the CPU, flex's through FlexAttention's dense definition), random specs and corrupted

@@ -111,6 +111,15 @@ def _exp(x):
         return math.inf
 
 
+def true_divide(a, b):
+    """a / b in float64 as torch computes it: +-inf for a nonzero numerator over a zero divisor (the
+    signs of both decide), NaN for 0 / 0; Python raises instead."""
+    a, b = float(a), float(b)
+    if b == 0.0:
+        return math.nan if a == 0.0 or math.isnan(a) else math.copysign(math.inf, a) * math.copysign(1.0, b)
+    return a / b
+
+
 def power(a, b):
     """a ** b in float64 as torch.pow computes it: inf on overflow, NaN for a negative base with a
     fractional exponent, +-inf for 0 ** negative."""

@@ -15,10 +15,13 @@ from dataclasses import dataclass
 from attnspec import __version__
 from attnspec.analysis.sign import nonzero
 from attnspec.builtins import DTYPES
-from attnspec.ir import Expr, Spec, walk
+from attnspec.ir import Expr, Spec, inline_bindings, walk
 from attnspec.types import infer
 
 from .render import ExprRenderer, Plan, python_literal
+
+
+_TENSOR_LEAVES = ("index_var", "score", "load", "pool")
 
 
 class DenseRenderer(ExprRenderer):
@@ -60,6 +63,17 @@ class DenseRenderer(ExprRenderer):
             return f"{helper}({', '.join(self.render(a) for a in e.args)})"
         return self.render_infix(e, symbol)
 
+    def render_truediv(self, e: Expr) -> str:
+        """Python numbers divided by 0 raise where tensors give inf or NaN (§4): a quotient of two
+        numbers whose divisor may be 0 goes through the helper."""
+        if nonzero(e.args[1], self.spec) or not all(self._number(a) for a in e.args):
+            return self.render_infix(e, "/")
+        return f"_fn.truediv({', '.join(self._operands(e))})"
+
+    def _number(self, e: Expr) -> bool:
+        """Whether e may be a Python number here: it reads no grid, score, input or pooled vector."""
+        return not any(n.op in _TENSOR_LEAVES for n in walk(inline_bindings(e, self.spec)))
+
     def render_pow(self, e: Expr) -> str:
         return f"_fn.pow({self.render(e.args[0])}, {self.render(e.args[1])})"
 
@@ -67,11 +81,15 @@ class DenseRenderer(ExprRenderer):
         return f"_fn.to_float({self.render(e.args[0])}, _dtype)"
 
     def render_infix(self, e: Expr, symbol: str) -> str:
+        left, right = self._operands(e)
+        return f"({left} {symbol} {right})"
+
+    def _operands(self, e: Expr) -> list[str]:
         types = [infer(a, self.spec) for a in e.args]
         parts = [self.render(a) for a in e.args]
         if "vec" in types:  # a per-block scalar meets a pooled vector: add the feature axis
             parts = [p if t == "vec" else f"_fn.vec({p})" for p, t in zip(parts, types)]
-        return f"({parts[0]} {symbol} {parts[1]})"
+        return parts
 
     def function_name(self, op: str) -> str:
         return f"_fn.{op}"

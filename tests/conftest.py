@@ -17,6 +17,17 @@ try:
 except ImportError:  # pragma: no cover - torch is a dependency
     pass
 
+# Property tests draw the same examples on every run of the test command, so that a result does not
+# depend on the day it ran; HYPOTHESIS_PROFILE=explore draws new ones (make explore).
+try:
+    from hypothesis import settings as _settings
+
+    _settings.register_profile("repeatable", derandomize=True)
+    _settings.register_profile("explore", derandomize=False)
+    _settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
+except ImportError:  # pragma: no cover - hypothesis is a test dependency
+    pass
+
 # pytester runs a user's test suite in a subprocess (test_fuzz.py checks the attnspec_fuzz fixture)
 pytest_plugins = ["pytester"]
 

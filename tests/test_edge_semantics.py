@@ -211,6 +211,25 @@ def test_min_and_max_put_negative_zero_below_zero_on_every_target(op, target):
     torch.testing.assert_close(out, run(f"attention c {{ {expected} }}", "reference", q, k, v), atol=2e-5, rtol=1e-4)
 
 
+# a quotient of sizes and runtime params, whose divisor is 0 only at run time: IEEE (section 4), never
+# Python's ZeroDivisionError (the reference and flex hosts compute such scalars as Python numbers)
+ZERO_DIVISORS = {
+    "inf": ("attention z { param t: float runtime = 1.0\n mask 1.0 / (t * float(SKV - SQ)) > 0.0 }", ""),
+    "neg_inf": ("attention z { param t: float runtime = 1.0\n mask -1.0 / (t * float(SKV - SQ)) < 0.0 }", ""),
+    "nan": ("attention z { param t: float runtime = 1.0\n mask 0.0 / (t * float(SKV - SQ)) == 0.0 or kv <= q }",
+            "mask kv <= q"),
+}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("case", ZERO_DIVISORS)
+def test_a_scalar_divided_by_zero_at_run_time_is_ieee_on_every_target(case, target):
+    q, k, v = qkv(SQ=21, SKV=21)
+    spec, expected = ZERO_DIVISORS[case]
+    out = run(spec, target, q, k, v, t=1.0)
+    torch.testing.assert_close(out, run(f"attention c {{ {expected} }}", "reference", q, k, v), atol=2e-5, rtol=1e-4)
+
+
 # ------------------------------------------------------------------ the rownorm check (section 8)
 
 SIGNED = "attention signed { normalize rownorm(score + 0.5)\n mask kv <= q }"

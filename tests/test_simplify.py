@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import sympy
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from attnspec import AttnError
@@ -35,16 +35,33 @@ SIZES = Sizes(B=2, H=4, HKV=2, SQ=9, SKV=11, D=8, DV=4)
 
 # ------------------------------------------------------------------ an independent grid interpreter
 
+def _ieee_extreme(pick, negative_zero_wins: bool):
+    """IEEE 754-2019 minimum/maximum, written apart from attnspec.ops: NaN if either is NaN (torch's
+    minimum/maximum do that), and between zeros of different signs the sign decides, which torch leaves
+    to the order of the arguments."""
+    def extreme(a, b):
+        out = pick(a, b)
+        if not out.is_floating_point():
+            return out
+        a, b = torch.broadcast_tensors(a.to(out.dtype), b.to(out.dtype))
+        signs = torch.signbit(a) | torch.signbit(b) if negative_zero_wins else torch.signbit(a) & torch.signbit(b)
+        zero = torch.where(signs, torch.tensor(-0.0, dtype=out.dtype), torch.tensor(0.0, dtype=out.dtype))
+        return torch.where((a == 0) & (b == 0), zero, out)
+    return extreme
+
+
+_IEEE_MIN, _IEEE_MAX = _ieee_extreme(torch.minimum, True), _ieee_extreme(torch.maximum, False)
+
 _TORCH = {
     "add": torch.add, "sub": torch.sub, "mul": torch.mul, "truediv": torch.true_divide,
     "floordiv": torch.floor_divide, "mod": torch.remainder, "pow": torch.pow, "neg": torch.neg,
     "lt": torch.lt, "le": torch.le, "gt": torch.gt, "ge": torch.ge, "eq": torch.eq, "ne": torch.ne,
     "and": torch.logical_and, "or": torch.logical_or, "not": torch.logical_not,
-    "abs": torch.abs, "min": torch.minimum, "max": torch.maximum,
-    "clamp": lambda x, lo, hi: torch.minimum(torch.maximum(x, lo), hi), "where": torch.where,
+    "abs": torch.abs, "min": _IEEE_MIN, "max": _IEEE_MAX,
+    "clamp": lambda x, lo, hi: _IEEE_MIN(_IEEE_MAX(x, lo), hi), "where": torch.where,
     "exp": torch.exp, "exp2": torch.exp2, "log": torch.log, "log2": torch.log2, "sqrt": torch.sqrt,
     "tanh": torch.tanh, "sigmoid": torch.sigmoid, "softplus": lambda x: torch.logaddexp(x, torch.zeros_like(x)),
-    "relu": torch.relu, "float": lambda x: x.double(), "bitand": torch.bitwise_and,
+    "relu": lambda x: _IEEE_MAX(x, torch.zeros_like(x)), "float": lambda x: x.double(), "bitand": torch.bitwise_and,
 }
 FULL = (SIZES.B, SIZES.H, SIZES.SQ, SIZES.SKV)
 
@@ -430,6 +447,8 @@ def random_spec(score: str, mask: str, norm: str = "") -> Spec:
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(score=FLOAT_EXPR, mask=MASK_EXPR, sink=FLOAT_EXPR.filter(lambda s: "score" not in s))
+@example(score="score", mask="q < q", sink="max(where(flag, (-0.0), (-0.0)), 0.0)")  # zeros of both signs
+@example(score="relu(-0.0 * score)", mask="q < q", sink="min(0.0, -0.0)")
 def test_random_expressions_simplify_exactly(score, mask, sink):
     spec = random_spec(score, mask, f"normalize softmax(sink = {sink.replace('kv', 'q')})")
     check_pass(spec)

@@ -6,11 +6,9 @@ of the divisor, float functions follow IEEE (log(0) = -inf, sqrt(-1) = nan), int
 
 from __future__ import annotations
 
-import math
-
 from ..diagnostics import AttnError
 from ..ir import Expr, Spec, const, map_exprs, rewrite
-from ..ops import OPS, join_numbers
+from ..ops import OPS, join_numbers, true_divide
 
 INT64 = (-(2**63), 2**63 - 1)
 
@@ -55,13 +53,6 @@ def _boolean_identity(node: Expr) -> Expr:
 # ------------------------------------------------------------------ scalar semantics
 
 
-def _float_div(a, b):
-    a, b = float(a), float(b)
-    if b == 0.0:
-        return math.nan if a == 0.0 or math.isnan(a) else math.copysign(math.inf, a) * math.copysign(1.0, b)
-    return a / b
-
-
 def _arith(fn):
     def apply(a, b):
         a, b = join_numbers(a, b)
@@ -74,7 +65,7 @@ SCALAR_OPS = {
     "add": _arith(lambda a, b: a + b),
     "sub": _arith(lambda a, b: a - b),
     "mul": _arith(lambda a, b: a * b),
-    "truediv": _float_div,
+    "truediv": true_divide,
     "floordiv": lambda a, b: a // b,
     "mod": lambda a, b: a % b,
     "neg": lambda a: -a,

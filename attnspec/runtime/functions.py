@@ -12,7 +12,7 @@ import builtins
 
 import torch
 
-from ..ops import OPS
+from ..ops import OPS, true_divide
 
 
 def lift(fn, scalar=None):
@@ -53,6 +53,8 @@ def _as_tensor(a, like):
 globals().update({name: lift(op.tensor, op.scalar) for name, op in OPS.items() if name != "float"})
 
 logical_not = lift(torch.logical_not)
+# a / b whose divisor may be 0: IEEE's inf or NaN, also where both are Python numbers (which raise)
+truediv = lift(torch.true_divide, true_divide)
 
 
 def floordiv(a, b):

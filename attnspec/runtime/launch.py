@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 import triton
 
-from . import triton as _rt
+from . import interpreter, triton as _rt
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,8 @@ def jit(fn):
         return fn
     module = fn.__globals__
     if module.get(fn.__name__) is fn:
+        if _rt.interpreting():
+            interpreter.mend()
         for name, value in list(module.items()):
             if inspect.isfunction(value) and getattr(value, "attnspec_kernel", False):
                 module[name] = triton.jit(value)
