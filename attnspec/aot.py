@@ -167,6 +167,10 @@ def report_launch(launch, spec_name: str, kernel: str, arch: str, dtype: str, he
 
 
 def _first_line(err: Exception) -> str:
+    """The compiler's own message: Triton wraps the error of a called function in one CompilationError
+    per caller, whose first line is only a position; the innermost exception says what is wrong."""
+    while err.__cause__ is not None:
+        err = err.__cause__
     text = str(err).strip() or type(err).__name__
     lines = [line for line in text.splitlines() if line.strip()]
     return f"{type(err).__name__}: {lines[0] if lines else text}"[:300]

@@ -186,6 +186,48 @@ def _tensor_relu(x):
     return torch.where(x <= 0, torch.zeros_like(x), x)  # 0.0 for -0.0, NaN for NaN
 
 
+def _ilog2(x: int) -> int:
+    """floor(log2(x)) for x >= 1, exact on every 64-bit integer; -1 for x <= 0."""
+    return x.bit_length() - 1 if x > 0 else -1
+
+
+def _pow2(n: int) -> int:
+    """2 ** n as an integer; 0 for n < 0 (the floor of 2 ** n)."""
+    return 1 << n if n >= 0 else 0
+
+
+def _ceildiv(a: int, b: int) -> int:
+    """The ceiling of a / b. A divisor 0 raises here, as `//` does: constant folding reports it; the
+    run-time helpers (runtime/functions.py, runtime/kernel.py) give 0, as for `a // 0`."""
+    return -((-a) // b)
+
+
+def _tensor_ilog2(x):
+    """Exact on int64 by a binary search over the bits; on floats (interval endpoints, inf included)
+    by the exponent frexp reads, also exact."""
+    if x.is_floating_point():
+        exponent = torch.frexp(torch.clamp(x, min=1.0))[1].to(x.dtype) - 1
+        return torch.where(x >= 1, torch.where(torch.isinf(x), x, exponent), -1.0)
+    y, result = x.to(torch.int64), torch.zeros_like(x, dtype=torch.int64)
+    for shift in (32, 16, 8, 4, 2, 1):
+        high = y >= (1 << shift)
+        result = result + torch.where(high, shift, 0)
+        y = torch.where(high, y >> shift, y)
+    return torch.where(x >= 1, result, -1).to(x.dtype)
+
+
+def _tensor_pow2(n):
+    if n.is_floating_point():
+        return torch.where(n < 0, 0.0, torch.exp2(n))
+    one = torch.ones_like(n, dtype=torch.int64)  # integers are 64-bit (language.md section 4)
+    return torch.where(n < 0, 0, torch.bitwise_left_shift(one, torch.clamp(n, 0, 63)))
+
+
+def _tensor_ceildiv(a, b):
+    zero = b == 0
+    return torch.where(zero, 0, -torch.div(-a, torch.where(zero, 1, b), rounding_mode="floor"))
+
+
 def _tensor_dot(a, b):
     return (a * b).sum(-1)
 
@@ -214,6 +256,9 @@ OPS: dict[str, Op] = {
         Op("relu", ("x",), "same", _relu, _tensor_relu, "_kernel.relu", INCREASING, "Relu"),
         Op("float", ("x",), "float", float, lambda x: x, "_kernel.as_float", INCREASING, "identity"),
         Op("bitand", ("a", "b"), "int", lambda a, b: a & b, torch.bitwise_and, "", "bitand"),
+        Op("ilog2", ("x",), "int", _ilog2, _tensor_ilog2, "_kernel.ilog2", INCREASING),
+        Op("pow2", ("n",), "int", _pow2, _tensor_pow2, "_kernel.pow2", INCREASING),
+        Op("ceildiv", ("a", "b"), "int", _ceildiv, _tensor_ceildiv, "_kernel.ceildiv", "ceildiv"),
         Op("dot", ("u", "v"), "dot", None, _tensor_dot, ""),
     )
 }

@@ -57,9 +57,16 @@ def mod_plan(spec: Spec, exprs: list[Expr], two_step: bool) -> dict:
         "once": [(t, c) for t, c in bindings if t in constant],
         "per_pair": [(t, c) for t, c in bindings if t not in constant],
         "copies": copies,
-        "first": r.render(exprs[0]) if two_step else None,
+        "first": _first_step(spec, exprs[0], r) if two_step else None,
         "result": r.render(exprs[-1]),
     }
+
+
+def _first_step(spec: Spec, score: Expr, r: ModRenderer) -> str:
+    """The modified score, which the second step reads as a tensor: a score mod that does not vary
+    over the pair (`score = 0.0`) is made one."""
+    code = r.render(score)
+    return code if _varies(spec, score) else f"_dense.tensor_like({code}, score)"
 
 
 def _separate_reads(spec: Spec, exprs: list[Expr]) -> tuple[dict, list[tuple[str, str]]]:

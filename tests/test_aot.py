@@ -61,6 +61,49 @@ def half(tmp_path_factory):
     return _aot(tmp_path_factory, "fp16", [ROOT / "examples" / f"{stem}.attn" for stem in HALF], "--dtype", "fp16")
 
 
+def _every_built_in() -> str:
+    """A spec that calls every built-in of the registry a kernel computes: a new entry is compiled for
+    Hopper as soon as it is registered (the interpreter accepts programs the GPU compiler rejects)."""
+    from attnspec.ops import OPS
+
+    floats, ints = [], []
+    for op in OPS.values():
+        if op.rule in ("where", "dot"):
+            continue  # where is in every mask below; dot takes pooled vectors (block scores only)
+        if op.rule == "int":
+            ints.append(f"{op.name}({', '.join(['q - kv', '3', 'kv + 1'][:op.arity])})")
+        else:
+            floats.append(f"{op.name}({', '.join(['score * 0.5', '0.25', '1.5'][:op.arity])})")
+    return (f"attention every_built_in {{\n    score = {' + '.join(floats)}\n"
+            f"    mask where({' + '.join(ints)} >= 0, kv <= q, kv >= q)\n}}\n")
+
+
+@pytest.fixture(scope="module")
+def built_ins(tmp_path_factory):
+    path = tmp_path_factory.mktemp("built-ins") / "every_built_in.attn"
+    path.write_text(_every_built_in())
+    return _aot(tmp_path_factory, "built-ins", [path], "--head-dim", "64", "--backward")
+
+
+def test_every_built_in_compiles_for_hopper_with_its_derivative(built_ins):
+    # compiling is the point: fifteen transcendentals in one tile may well spill
+    assert built_ins["rc"] == 0, built_ins["table"]
+    assert sorted(r["kernel"] for r in built_ins["reports"]) == ["dkdv", "dq", "forward"], built_ins["table"]
+    assert all(r["error"] is None for r in built_ins["reports"]), built_ins["table"]
+
+
+def test_a_compile_error_is_reported_by_its_innermost_cause():
+    from attnspec.aot import _first_line
+
+    try:
+        try:
+            raise ValueError("width is already defined.\nmore")
+        except ValueError as inner:
+            raise RuntimeError("at 6:8:\n    width: tl.constexpr = 1") from inner
+    except RuntimeError as outer:
+        assert _first_line(outer) == "ValueError: width is already defined."
+
+
 def _of(run: dict, spec: str) -> list[dict]:
     return [r for r in run["reports"] if r["spec"] == spec]
 

@@ -268,6 +268,15 @@ def f_rel_table(q, k, v, table):
     return softmax_attn(s, torch.ones_like(s, dtype=torch.bool), v)
 
 
+def f_log_buckets(q, k, v, table, NE=8, NB=16):
+    _, _, i, j = grid(q, k)
+    d = (i - j).abs()[0, 0]  # [SQ, SKV]
+    far = NE + torch.floor(torch.log2(d.clamp(min=1).double())).long() - int(math.log2(NE))
+    bucket = torch.where(d < NE, d, far.clamp(max=NB - 1)) + NB * (j > i)[0, 0]
+    s = logits(q, k) + table.to(F64)[:, bucket][None]
+    return softmax_attn(s, torch.ones_like(s, dtype=torch.bool), v)
+
+
 def f_prefix_lm(q, k, v, prefix=16):
     _, _, i, j = grid(q, k)
     return softmax_attn(logits(q, k), (j <= i) | ((i < prefix) & (j < prefix)), v)
@@ -524,6 +533,10 @@ def rel_table_inputs(case, gen):
     return {"table": randn(gen, case.H, 2 * case.SQ - 1)}
 
 
+def log_bucket_inputs(case, gen):
+    return {"table": randn(gen, case.H, 2 * const(case, "NB", 16))}
+
+
 def rpb_inputs(case, gen):
     r = const(case, "r", 2)
     return {"rpb": randn(gen, case.H, 4 * r + 1, 4 * r + 1)}
@@ -597,6 +610,9 @@ REGISTRY: dict[str, Example] = {
     "S02-clipped": Example("s02_rel_bias_clipped.attn", f_rel_bias_clipped,
                            STANDARD + [Case("maxd", consts={"maxd": 3})], rel_clipped_inputs),
     "S02-table": Example("s02_rel_table.attn", f_rel_table, STANDARD, rel_table_inputs),
+    "S02-log": Example("s02_log_buckets.attn", f_log_buckets, STANDARD + [
+        Case("long", SQ=150, SKV=150, D=8, DV=8), Case("few-buckets", SQ=70, SKV=40, consts={"NE": 4, "NB": 6}),
+    ], log_bucket_inputs),
     "M01": Example("m01_prefix_lm.attn", f_prefix_lm, [
         SELF, Case("prefix", runtime={"prefix": 10}), Case("sq<skv", SQ=21, SKV=50),
         Case("sq>skv", SQ=63, SKV=29, runtime={"prefix": 40}), Case("mqa", B=1, H=3, HKV=1, SQ=17, SKV=17, runtime={"prefix": 0}),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import attnspec
 from attnspec.runtime import flex as flex_runtime
 from attnspec.fuzz.accuracy import check
 from attnspec.sample import Sizes, sample_arguments
@@ -109,6 +110,18 @@ def test_attention_traces_with_fullgraph(stem, name, dtype):
         out = compiled_attention(flex)({**low, **shared})
         verdict = check(out, reference.attention(**low, **shared), reference.attention(**args64, **shared), "out")
     assert out.dtype == dtype and verdict.ok, f"{name} {dtype} under torch.compile: {verdict}"
+
+
+def test_a_score_mod_that_folds_to_a_number_traces_in_a_two_step_mod():
+    """The score mod is the constant 0.0 and the weight a function of it (rownorm's log identity): the
+    mod's `score` must stay a tensor for the second step (found by attnspec fuzz)."""
+    source = "attention z {\n score = 0.0\n mask abs(q - kv) <= 4\n normalize rownorm(relu(score + 0.5) ** 2)\n}"
+    flex, reference = attnspec.compile(source, "flex"), attnspec.compile(source, "reference")
+    q, k, v = (torch.randn(1, 2, 9, 8) for _ in range(3))
+    with torch.no_grad():
+        out = compiled_attention(flex)({"q": q, "k": k, "v": v})
+        expected = reference.attention(q.double(), k.double(), v.double())
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_return_lse_traces_and_agrees():

@@ -52,11 +52,97 @@ def test_scalar_and_tensor_semantics_agree(name):
         assert _same(float(folded), expected), f"{name}{args}"
 
 
+INT_OPS = sorted(name for name, op in OPS.items() if op.rule == "int")
+INTS = (-(2**62), -(2**40) - 3, -7, -2, -1, 0, 1, 2, 3, 4, 5, 7, 8, 12, 63, 64, 65, 2**31 - 1, 2**31, 2**33, 2**53 + 1,
+        2**62 - 1, 2**62, 2**63 - 1)
+
+
+def _int_points(name: str) -> list[tuple[int, ...]]:
+    args = [(a,) for a in INTS] if OPS[name].arity == 1 else [(a, b) for a in INTS for b in INTS]
+    if name == "pow2":
+        args = [(n,) for n in range(-3, 63)]  # 2 ** 63 does not fit in 64 bits: folding refuses it
+    return args
+
+
 def test_integer_built_ins_fold_as_the_reference_computes():
     for a in (-7, -1, 0, 3, 12, 2**40):
         for b in (-3, 0, 5, 2**33):
-            assert OPS["bitand"].scalar(a, b) == OPS["bitand"].tensor(torch.tensor(a), torch.tensor(b)).item()
             assert OPS["min"].scalar(a, b) == min(a, b) and isinstance(OPS["min"].scalar(a, b), int)
+    for name in INT_OPS:
+        op = OPS[name]
+        for args in _int_points(name):
+            if name == "ceildiv" and args[1] == 0:
+                continue  # a constant zero divisor is a compile-time error; at run time it gives 0 (below)
+            expected = op.tensor(*(torch.tensor(a, dtype=torch.int64) for a in args)).item()
+            assert op.scalar(*args) == expected, f"{name}{args}"
+
+
+def test_integer_built_ins_are_exact():
+    for x in INTS:
+        assert OPS["ilog2"].scalar(x) == (math.floor(math.log2(x)) if 0 < x < 2**50 else x.bit_length() - 1 if x > 0 else -1)
+    assert [OPS["ilog2"].scalar(x) for x in (2**53 - 1, 2**53, 2**63 - 1)] == [52, 53, 62]
+    assert [OPS["pow2"].scalar(n) for n in (-1, 0, 1, 10, 62)] == [0, 1, 2, 1024, 2**62]
+    assert [OPS["ceildiv"].scalar(a, b) for a, b in ((7, 2), (-7, 2), (7, -2), (6, 3), (0, 5))] == [4, -3, -3, 2, 0]
+    with pytest.raises(ZeroDivisionError):
+        OPS["ceildiv"].scalar(1, 0)
+
+
+def test_a_zero_divisor_of_ceildiv_gives_0_at_run_time_on_numbers_and_tensors():
+    from attnspec.runtime import functions
+
+    assert functions.ceildiv(7, 0) == 0 and functions.ceildiv(-7, 2) == -3
+    assert functions.ceildiv(torch.tensor([7, -7]), torch.tensor([0, 2])).tolist() == [0, -3]
+    assert OPS["ceildiv"].tensor(torch.tensor([5]), torch.tensor([0])).tolist() == [0]
+
+
+@pytest.mark.parametrize("name", INT_OPS)
+def test_integer_interval_rule_contains_every_value(name):
+    rule = RULES[name]
+    rng = random.Random(3)
+    for _ in range(100):
+        bounds = []
+        for _ in range(OPS[name].arity):
+            lo = rng.choice((-math.inf, -40, -1, 0, 1, 5)) if rng.random() < 0.3 else rng.randint(-60, 60)
+            hi = max(lo, rng.randint(-60, 60) if rng.random() < 0.8 else math.inf)
+            bounds.append((lo, hi))
+        if name == "pow2":
+            bounds = [(max(lo, -70), min(hi, 62)) if lo <= 62 else (0, 3) for lo, hi in bounds]
+        bound = rule(*(num(float(lo), float(hi)) for lo, hi in bounds))
+        grids = [torch.arange(int(max(lo, -200)), int(min(hi, 200)) + 1) for lo, hi in bounds]
+        values = OPS[name].tensor(*torch.meshgrid(*grids, indexing="ij")).double()
+        inside = (values >= bound.lo) & (values <= bound.hi)
+        assert bool(inside.all()), f"{name} on {bounds}: {bound}"
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
+def test_integer_built_ins_in_a_kernel_compute_the_reference(dtype):
+    import os
+
+    import triton
+
+    from attnspec.runtime import interpreter
+
+    if not os.environ.get("TRITON_INTERPRET"):
+        pytest.skip("runs the helpers in Triton's interpreter")
+    interpreter.mend()
+
+    @triton.jit
+    def apply(x_ptr, d_ptr, ilog2_ptr, pow2_ptr, ceildiv_ptr, N: tl.constexpr):
+        i = tl.arange(0, N)
+        x, d = tl.load(x_ptr + i), tl.load(d_ptr + i)
+        tl.store(ilog2_ptr + i, kernel.ilog2(x))
+        tl.store(pow2_ptr + i, kernel.pow2(tl.minimum(x, 62)))
+        tl.store(ceildiv_ptr + i, kernel.ceildiv(x, d))
+
+    big = (2**31 - 1, 2**30 + 1, -(2**31)) if dtype == torch.int32 else (2**62 + 5, 2**40 - 1, -(2**50))
+    x = torch.tensor(list(range(-10, 128 - 10 - len(big))) + list(big), dtype=dtype)
+    d = torch.tensor([-3, -2, -1, 0, 1, 2, 3, 7] * 16, dtype=dtype)
+    outs = [torch.zeros(128, dtype=torch.int64) for _ in range(3)]
+    apply[(1,)](x, d, *outs, 128)
+    x64, d64 = x.long(), d.long()
+    assert outs[0].tolist() == OPS["ilog2"].tensor(x64).tolist()
+    assert outs[1].tolist() == OPS["pow2"].tensor(x64.clamp(max=62)).tolist()
+    assert outs[2].tolist() == OPS["ceildiv"].tensor(x64, d64).tolist()
 
 
 @pytest.mark.parametrize("name", [n for n in NUMBER_OPS if OPS[n].arity == 1])

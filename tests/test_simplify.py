@@ -52,6 +52,15 @@ def _ieee_extreme(pick, negative_zero_wins: bool):
 
 _IEEE_MIN, _IEEE_MAX = _ieee_extreme(torch.minimum, True), _ieee_extreme(torch.maximum, False)
 
+def _ilog2(x):
+    """floor(log2(x)), -1 for x <= 0: exact through float64 for the small values drawn here."""
+    return torch.where(x >= 1, torch.floor(torch.log2(x.clamp(min=1).double())).long(), -1)
+
+
+def _ceildiv(a, b):
+    return torch.where(b == 0, 0, -torch.floor_divide(-a, torch.where(b == 0, 1, b)))
+
+
 _TORCH = {
     "add": torch.add, "sub": torch.sub, "mul": torch.mul, "truediv": torch.true_divide,
     "floordiv": torch.floor_divide, "mod": torch.remainder, "pow": torch.pow, "neg": torch.neg,
@@ -61,7 +70,8 @@ _TORCH = {
     "clamp": lambda x, lo, hi: _IEEE_MIN(_IEEE_MAX(x, lo), hi), "where": torch.where,
     "exp": torch.exp, "exp2": torch.exp2, "log": torch.log, "log2": torch.log2, "sqrt": torch.sqrt,
     "tanh": torch.tanh, "sigmoid": torch.sigmoid, "softplus": lambda x: torch.logaddexp(x, torch.zeros_like(x)),
-    "relu": lambda x: _IEEE_MAX(x, torch.zeros_like(x)), "float": lambda x: x.double(), "bitand": torch.bitwise_and,
+    "relu": lambda x: _IEEE_MAX(x, torch.zeros_like(x)),
+    "ilog2": _ilog2, "pow2": lambda n: torch.where(n < 0, 0, torch.pow(2, n.clamp(0, 62))), "ceildiv": _ceildiv, "float": lambda x: x.double(), "bitand": torch.bitwise_and,
 }
 FULL = (SIZES.B, SIZES.H, SIZES.SQ, SIZES.SKV)
 
@@ -401,7 +411,12 @@ def _int_node(children):
     binary = st.tuples(children, st.sampled_from(["+", "-", "*"]), children).map(lambda t: f"({t[0]} {t[1]} {t[2]})")
     division = st.tuples(children, st.sampled_from(["//", "%"]), st.sampled_from(["1", "2", "3"])).map(lambda t: f"({t[0]} {t[1]} {t[2]})")
     call = st.tuples(st.sampled_from(["min", "max"]), children, children).map(lambda t: f"{t[0]}({t[1]}, {t[2]})")
-    return st.one_of(binary, binary, binary, children.map(lambda x: f"(-{x})"), children.map(lambda x: f"abs({x})"), division, call)
+    integer = st.one_of(
+        children.map(lambda x: f"ilog2({x})"),
+        children.map(lambda x: f"pow2(clamp({x}, -2, 20))"),
+        st.tuples(children, st.sampled_from(["1", "2", "3", "n"])).map(lambda t: f"ceildiv({t[0]}, {t[1]})"),
+    )
+    return st.one_of(binary, binary, binary, children.map(lambda x: f"(-{x})"), children.map(lambda x: f"abs({x})"), division, call, integer)
 
 
 INT_EXPR = st.recursive(INT_LEAVES, _int_node, max_leaves=7)

@@ -71,6 +71,11 @@ def floormod(a, b):
     return torch.where(b == 0, a, a % torch.where(b == 0, 1, b))
 
 
+def ceildiv(a, b):
+    """The ceiling of a / b on integers, 0 where b == 0 (as a // 0)."""
+    return -floordiv(-a, b)
+
+
 def xor(a, b):
     """a != b for booleans (scalars, tensors, or symbolic shapes while FlexAttention traces)."""
     return (a | b) & logical_not(a & b)

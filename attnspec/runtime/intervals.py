@@ -208,6 +208,11 @@ def _bitand(a: Num, b: Num) -> Num:
     return Num(lo, hi)
 
 
+def _ceildiv(a: Num, b: Num) -> Num:
+    """ceildiv(a, b) == -((-a) // b), 0 where b == 0 as for //."""
+    return _neg(_floordiv(_neg(a), b))
+
+
 def _int(x: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num(x, nan=0.0, posinf=2.0**62, neginf=-(2.0**62)).to(torch.int64)
 
@@ -273,6 +278,7 @@ def _where(c: Bool, a, b):
 _NAMED_RULES = {
     "add": _add, "sub": _sub, "mul": _mul, "truediv": _truediv, "floordiv": _floordiv, "mod": _mod,
     "pow": _pow, "neg": _neg, "abs": _abs, "min": _min, "max": _max, "clamp": _clamp, "bitand": _bitand,
+    "ceildiv": _ceildiv,
     "lt": _lt, "le": _le, "gt": _gt, "ge": _ge, "eq": _eq, "ne": _ne,
     "and": _and, "or": _or, "not": _not, "where": _where,
 }

@@ -85,6 +85,35 @@ def floormod_or_zero(a, b):
 
 
 @triton.jit
+def ceildiv(a, b):
+    """The ceiling of a / b on integers, 0 where b == 0 (as a // 0). Triton's division truncates
+    toward zero, so the ceiling is one more where the quotient is positive and not exact (written
+    without negating a, which overflows for the most negative value)."""
+    divisor = tl.where(b == 0, 1, b)
+    up = ((a % divisor) != 0) & ((a < 0) == (divisor < 0))
+    return tl.where(b == 0, 0, a // divisor + tl.where(up, 1, 0))
+
+
+@triton.jit
+def ilog2(x):
+    """floor(log2(x)) for x >= 1, -1 for x <= 0: exact, by a binary search over 64 bits."""
+    y = tl.cast(x, tl.int64)
+    result = tl.cast(0, tl.int64) * y
+    for step in tl.static_range(6):
+        high = y >= (tl.cast(1, tl.int64) << (32 >> step))
+        result = result + tl.where(high, 32 >> step, 0)
+        y = tl.where(high, y >> (32 >> step), y)
+    return tl.where(x >= 1, result, -1)
+
+
+@triton.jit
+def pow2(n):
+    """2 ** n as a 64-bit integer, 0 for n < 0 (n > 62 overflows, as the reference's shift by at most 63)."""
+    shift = tl.cast(tl.minimum(tl.maximum(n, 0), 63), tl.int64)
+    return tl.where(n < 0, 0, tl.cast(1, tl.int64) << shift)
+
+
+@triton.jit
 def floordiv_float(a, b):
     return tl.floor(a / b)
 

@@ -211,7 +211,8 @@ def int_expr(draw, view: View, depth: int = 2) -> Term:
 
 
 def _int_node(draw, view: View, depth: int) -> Term:
-    kind = _pick(draw, (4, "arith"), (2, "div"), (2, "abs"), (1, "minmax"), (1, "clamp"), (1, "where"), (1, "bitand"), (1, "neg"))
+    kind = _pick(draw, (4, "arith"), (2, "div"), (2, "abs"), (1, "minmax"), (1, "clamp"), (1, "where"), (1, "bitand"), (1, "neg"),
+                 (1, "ilog2"), (1, "pow2"), (1, "ceildiv"))
     sub = lambda: int_expr(draw, view, depth)  # noqa: E731 (each call draws a new operand)
     if kind == "arith":
         return compound("{} %s {}" % draw(st.sampled_from("+-*")), sub(), sub())
@@ -227,6 +228,12 @@ def _int_node(draw, view: View, depth: int) -> Term:
         return call("where", bool_expr(draw, view, depth), sub(), sub())
     if kind == "bitand":
         return call("bitand", sub(), sub())
+    if kind == "ilog2":
+        return call("ilog2", sub())
+    if kind == "pow2":  # a bounded exponent: past 62 the value overflows 64 bits, which no target checks
+        return call("pow2", call("clamp", sub(), literal(-2), literal(20)))
+    if kind == "ceildiv":
+        return call("ceildiv", sub(), _divisor(draw, view))
     return compound("-{}", sub())
 
 
