@@ -13,7 +13,7 @@ from lark import Tree
 
 from . import builtins as bi
 from .diagnostics import AttnError, Span
-from .ir import Expr, const
+from .ir import Expr, const, walk
 
 INT64_MAX = 2**63 - 1
 # Limits that keep hostile specs cheap: lets and earlier scores are inlined, so a chain of lets that
@@ -22,14 +22,46 @@ MAX_EXPR_NODES = 10_000
 MAX_EXPR_DEPTH = 64
 
 
-def build_expr(spec, tree, *, pool: bool = False, normalize: bool = False) -> Expr:
+PROLOGUE_TARGETS = ("q", "k", "v")
+# what a prologue reads: its own row of its own tensor
+PROLOGUE_READS = {"q": ("q",), "k": ("k",), "v": ("v",)}
+# functions over the feature axis, only in a prologue: name -> (arity, IR op)
+PROLOGUE_FUNCTIONS = {"sum": (1, "feature_sum"), "norm": (1, "feature_norm"), "rope": (2, "rope")}
+
+
+@dataclass(frozen=True)
+class PrologueScope:
+    """A prologue statement being built: its target and the names it gives the row and feature indices."""
+
+    target: str
+    row: str | None
+    feature: str | None
+
+
+def build_expr(spec, tree, *, pool: bool = False, normalize: bool = False, prologue: PrologueScope | None = None) -> Expr:
     """The IR of an expression tree inside the spec being built (a frontend._SpecBuilder)."""
     span = spec.span_of(tree)
     try:
-        expr = _ExprBuilder(spec, pool, normalize).build(tree)
+        expr = _ExprBuilder(spec, pool, normalize, prologue).build(tree)
     except RecursionError:
         raise AttnError(f"expression nested more than {MAX_EXPR_DEPTH} levels deep", span) from None
+    if prologue is not None:
+        _check_prologue(expr, prologue)
     return _within_limits(expr, span)
+
+
+def _check_prologue(expr: Expr, scope: PrologueScope) -> None:
+    """A prologue computes one row of q (or of k and v): it reads no other token, score or block."""
+    for node in walk(expr):
+        if node.op == "index_var" and node.value not in ("b", "h"):
+            where = "query" if scope.target == "q" else "key"
+            raise AttnError(
+                f"a prologue of {scope.target} computes one {where} row and cannot read the index '{node.value}'",
+                node.span,
+                f"name the row's position in the statement: prologue {scope.target}[i, f] = ... (i the row, f the feature)",
+            )
+        if node.op in ("score", "pool"):
+            raise AttnError(f"a prologue of {scope.target} is computed before the logit and cannot read the score", node.span)
 
 
 @dataclass
@@ -37,6 +69,7 @@ class _ExprBuilder:
     spec: object  # frontend._SpecBuilder
     pool: bool
     normalize: bool
+    prologue: PrologueScope | None = None
 
     def build(self, tree) -> Expr:
         span = self.spec.span_of(tree)
@@ -76,6 +109,10 @@ class _ExprBuilder:
 
     def _name(self, tree, span):
         name = str(tree.children[0])
+        if self.prologue is not None:
+            found = self._prologue_name(name, span)
+            if found is not None:
+                return found
         if name in bi.INDEX_VARS or name in bi.BLOCK_VARS:
             return Expr("index_var", value=name, span=span)
         if name in bi.SHAPE_SYMBOLS:
@@ -97,6 +134,19 @@ class _ExprBuilder:
                 raise AttnError(f"input '{name}' has {len(decl.shape)} dimension(s); index it", span, f"write {name}[...]")
             return Expr("load", value=name, span=span)
         raise self._undefined(name, span)
+
+    def _prologue_name(self, name: str, span: Span) -> Expr | None:
+        scope = self.prologue
+        if name == scope.row:
+            return Expr("row", span=span, name=name)
+        if name == scope.feature:
+            return Expr("feature", span=span, name=name)
+        if name in PROLOGUE_READS[scope.target]:
+            return Expr("vector", value=name, span=span)
+        if name in PROLOGUE_TARGETS or name == "kv":
+            reads = " and ".join(PROLOGUE_READS[scope.target])
+            raise AttnError(f"a prologue of {scope.target} reads only {reads} of its own row, not '{name}'", span)
+        return None
 
     def _undefined(self, name: str, span: Span) -> AttnError:
         known = list(self.spec.params) + list(self.spec.inputs) + list(self.spec.lets)
@@ -122,9 +172,14 @@ class _ExprBuilder:
         name_tok, *arg_trees = tree.children
         name = str(name_tok)
         arg_trees = [a for a in arg_trees if a is not None]
+        if name in PROLOGUE_FUNCTIONS and self.prologue is not None:
+            return self._feature_function(name, arg_trees, span)
         if self._is_pooling(name, arg_trees):
             return self._pool(name, arg_trees, span)
         fn = bi.FUNCTIONS.get(name)
+        if fn is None and name in PROLOGUE_FUNCTIONS:
+            raise AttnError(f"'{name}' works on the features of q, k or v: only in a prologue", self.spec.span_of(name_tok),
+                            "for example: prologue q = q / norm(q)")
         if fn is None:
             close = difflib.get_close_matches(name, list(bi.FUNCTIONS), n=1)
             hint = f"did you mean '{close[0]}'?" if close else "built-ins: " + ", ".join(sorted(bi.FUNCTIONS))
@@ -135,6 +190,13 @@ class _ExprBuilder:
                 hint += f"; pooled {name}(q) / {name}(k) exist only in a select score"
             raise AttnError(f"'{name}' takes {fn.arity} argument(s), got {len(arg_trees)}", span, hint)
         return Expr(name, tuple(self.build(a) for a in arg_trees), span=span)
+
+    def _feature_function(self, name: str, arg_trees, span):
+        arity, op = PROLOGUE_FUNCTIONS[name]
+        if len(arg_trees) != arity:
+            signature = {"sum": "sum(x)", "norm": "norm(x)", "rope": "rope(x, angle)"}[name]
+            raise AttnError(f"'{name}' takes {arity} argument(s), got {len(arg_trees)}", span, f"write {signature}")
+        return Expr(op, tuple(self.build(a) for a in arg_trees), span=span)
 
     def _is_pooling(self, name: str, arg_trees) -> bool:
         """mean(...) always pools; max and min with one argument pool q or k, or anything in a select score."""

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from . import builtins as bi
-from .ir import Expr, Normalize, Program, Selection, Spec
+from .expressions import PROLOGUE_FUNCTIONS
+from .ir import Expr, Normalize, Program, Prologue, Selection, Spec
 
 # Binding strength, loosest first; mirrors grammar/attn.lark.
 _PREC = {"or": 1, "and": 2, "not": 3, **{c: 4 for c in bi.COMPARISONS}, "add": 5, "sub": 5}
 _PREC.update({"mul": 6, "truediv": 6, "floordiv": 6, "mod": 6, "neg": 7, "pow": 8})
 _ATOM = 9
+_FEATURE_FUNCTIONS = {op: name for name, (_, op) in PROLOGUE_FUNCTIONS.items()}
+_ROW, _FEATURE = "i", "f"  # a prologue's index names where the IR has none
 
 
 def print_program(program: Program) -> str:
@@ -20,6 +23,7 @@ def print_spec(spec: Spec) -> str:
     lines += [f"    {_param(p)}" for p in spec.params]
     lines += [f"    {_input(i)}" for i in spec.inputs]
     lines += [f"    let {b.name} = {expr_text(b.value)}  # per {b.level}" for b in spec.bindings]
+    lines += [f"    {_prologue(step)}" for step in spec.prologue]
     if spec.gqa_group is not None:
         lines.append(f"    gqa group = {expr_text(spec.gqa_group)}")
     if spec.scale is not None:
@@ -44,6 +48,11 @@ def _param(p) -> str:
 def _input(i) -> str:
     dims = ", ".join(expr_text(d) for d in i.shape)
     return f"input {i.name}: {i.dtype}[{dims}]" + (" learnable" if i.learnable else "")
+
+
+def _prologue(step: Prologue) -> str:
+    indices = f"[{step.row or _ROW}, {step.feature or _FEATURE}]" if step.row or step.feature else ""
+    return f"prologue {step.target}{indices} = {expr_text(step.value)}"
 
 
 def _normalize(n: Normalize) -> str:
@@ -80,6 +89,12 @@ def _expr(e: Expr) -> str:
         return f"{e.value[0]}({e.value[1]})"
     if op == "temp":
         return e.value
+    if op == "vector":
+        return e.value
+    if op in ("row", "feature"):
+        return e.name or (_ROW if op == "row" else _FEATURE)
+    if op in _FEATURE_FUNCTIONS:
+        return f"{_FEATURE_FUNCTIONS[op]}({', '.join(_expr(a) for a in e.args)})"
     if op in bi.OP_SYMBOLS:
         return _binary(e)
     if op in ("and", "or"):

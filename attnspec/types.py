@@ -35,6 +35,8 @@ def _rule(expr: Expr, types: list[str], spec: Spec) -> str:
         return spec.param(expr.value).type
     if op == "pool":
         return "vec"
+    if op in ("vector", "row", "feature", "feature_sum", "feature_norm", "rope"):
+        return _prologue_op(expr, types)
     if op == "temp":
         return infer(spec.binding(expr.value).value, spec)
     if op == "load":
@@ -117,6 +119,16 @@ def _function(expr: Expr, types: list[str]) -> str:
     if fn.rule == "same":
         return types[0]
     return "int" if all(t == "int" for t in types) else "float"  # join
+
+
+def _prologue_op(expr: Expr, types: list[str]) -> str:
+    """A prologue's leaves and functions over the feature axis (ir.Prologue): a vector's element is a
+    float, positions and features are ints; sum, norm and rope take numbers and give a float."""
+    if expr.op in ("row", "feature"):
+        return "int"
+    if expr.op != "vector":
+        _expect(expr, types, NUMERIC, "numbers")
+    return "float"
 
 
 def _where(expr: Expr, types: list[str]) -> str:

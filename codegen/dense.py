@@ -137,9 +137,12 @@ class ModulePlan(Plan):
     sink: str | None
     weight: str | None
     sel: SelectionPlan | None
+    prologue: list[dict]  # {target, code} of each prologue step (codegen/prologue.py)
 
 
 def module_plan(spec: Spec, source_name: str) -> ModulePlan:
+    from .prologue import prologue_plan  # its renderer extends DenseRenderer
+
     r = DenseRenderer(spec)
     norm, sel = spec.normalize, spec.selection
     inputs = [_input_plan(i, r) for i in spec.inputs]
@@ -168,6 +171,7 @@ def module_plan(spec: Spec, source_name: str) -> ModulePlan:
         sink=_optional(r, norm.sink),
         weight=_optional(r, norm.weight),
         sel=_selection_plan(sel, r) if sel is not None else None,
+        prologue=prologue_plan(spec),
     )
 
 

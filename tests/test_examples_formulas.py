@@ -277,6 +277,45 @@ def f_log_buckets(q, k, v, table, NE=8, NB=16):
     return softmax_attn(s, torch.ones_like(s, dtype=torch.bool), v)
 
 
+def rotate_half_rope(x, angles):
+    """RoPE as rotate_half implementations write it: x * cos(emb) + rotate_half(x) * sin(emb), with emb
+    the pair angles [S, D/2] repeated for both halves."""
+    emb = torch.cat([angles, angles], dim=-1).to(F64)
+    first, second = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2:]
+    return x * torch.cos(emb) + torch.cat([-second, first], dim=-1) * torch.sin(emb)
+
+
+def f_rope(q, k, v, base=10000.0):
+    SQ, SKV, D = q.shape[2], k.shape[2], q.shape[-1]
+    inv_freq = 1.0 / base ** (torch.arange(0, D, 2, dtype=F64) / D)
+    qr = rotate_half_rope(q, torch.outer(torch.arange(SQ, dtype=F64) + (SKV - SQ), inv_freq))
+    kr = rotate_half_rope(k, torch.outer(torch.arange(SKV, dtype=F64), inv_freq))
+    _, _, i, j = grid(q, k)
+    return softmax_attn(logits(qr, kr), j <= i + (SKV - SQ), v)
+
+
+def f_rope2d(q, k, v, W=8, base=100.0):
+    D = q.shape[-1]
+    inv_freq = 1.0 / base ** (torch.arange(0, D // 2, 2, dtype=F64) / (D // 2))  # D/4 frequencies per axis
+
+    def axial(n):
+        t = torch.arange(n, dtype=F64)
+        return torch.cat([torch.outer(torch.floor(t / W), inv_freq), torch.outer(t % W, inv_freq)], dim=-1)
+
+    qr, kr = rotate_half_rope(q, axial(q.shape[2])), rotate_half_rope(k, axial(k.shape[2]))
+    s = logits(qr, kr)
+    return softmax_attn(s, torch.ones_like(s, dtype=torch.bool), v)
+
+
+def f_swin_v2_cosine(q, k, v, tau, W=8, M=4):
+    qn = q / q.norm(dim=-1, keepdim=True).clamp(min=1e-6)
+    kn = k / k.norm(dim=-1, keepdim=True).clamp(min=1e-6)
+    s = logits(qn, kn, scale=1.0) / tau.to(F64).clamp(min=0.01).view(1, -1, 1, 1)
+    _, _, i, j = grid(q, k)
+    keep = (i // W // M == j // W // M) & (i % W // M == j % W // M)
+    return softmax_attn(s, keep, v)
+
+
 def f_prefix_lm(q, k, v, prefix=16):
     _, _, i, j = grid(q, k)
     return softmax_attn(logits(q, k), (j <= i) | ((i < prefix) & (j < prefix)), v)
@@ -537,6 +576,10 @@ def log_bucket_inputs(case, gen):
     return {"table": randn(gen, case.H, 2 * const(case, "NB", 16))}
 
 
+def temperature_inputs(case, gen):
+    return {"tau": torch.rand(case.H, generator=gen, dtype=F64) + 0.005}  # some below the 0.01 floor
+
+
 def rpb_inputs(case, gen):
     r = const(case, "r", 2)
     return {"rpb": randn(gen, case.H, 4 * r + 1, 4 * r + 1)}
@@ -610,6 +653,13 @@ REGISTRY: dict[str, Example] = {
     "S02-clipped": Example("s02_rel_bias_clipped.attn", f_rel_bias_clipped,
                            STANDARD + [Case("maxd", consts={"maxd": 3})], rel_clipped_inputs),
     "S02-table": Example("s02_rel_table.attn", f_rel_table, STANDARD, rel_table_inputs),
+    "B10": Example("b10_rope.attn", f_rope, STANDARD + [
+        Case("decode", SQ=1, SKV=40), Case("base", D=32, DV=8, consts={"base": 500.0}),
+    ]),
+    "B10-2d": Example("b10_rope2d.attn", f_rope2d, [
+        Case("8x8", SQ=64, SKV=64), Case("6x5", SQ=30, SKV=30, D=8, consts={"W": 5}), MQA,
+        Case("sq<skv", SQ=24, SKV=64, D=32, DV=8, consts={"base": 10000.0}),
+    ]),
     "S02-log": Example("s02_log_buckets.attn", f_log_buckets, STANDARD + [
         Case("long", SQ=150, SKV=150, D=8, DV=8), Case("few-buckets", SQ=70, SKV=40, consts={"NE": 4, "NB": 6}),
     ], log_bucket_inputs),
@@ -640,6 +690,9 @@ REGISTRY: dict[str, Example] = {
         Case("6x12-M3", SQ=72, SKV=72, consts={"W": 12, "HT": 6, "M": 3, "shift": 1}),
         Case("sq<skv", SQ=40, SKV=64),
     ], swin_inputs),
+    "M05-v2": Example("m05_swin_v2_cosine.attn", f_swin_v2_cosine, [
+        Case("8x8", SQ=64, SKV=64), Case("6x12-M3", SQ=72, SKV=72, consts={"W": 12, "M": 3}), MQA, SQ_LT,
+    ], temperature_inputs),
     "M06": Example("m06_maxvit_grid.attn", f_maxvit_grid, [
         Case("8x8", SQ=64, SKV=64), Case("9x6", SQ=54, SKV=54, consts={"HT": 9, "W": 6, "NG": 3}), MQA,
     ]),

@@ -18,6 +18,10 @@ from typing import Callable
 from ..ir import Expr
 from ..runtime.intervals import Bool, Num, apply, boolean, num
 
+# what the evaluator's `leaf` bounds: the variables, and a prologue's vectors, indices and functions
+# over features (ir.Prologue), which no interval rule covers
+LEAVES = ("index_var", "shape", "param", "score", "pool", "vector", "row", "feature", "feature_sum", "feature_norm", "rope")
+
 
 class Evaluator:
     """Evaluate expressions over intervals; `leaf(expr)` gives the value of index vars, params, ..."""
@@ -40,7 +44,7 @@ class Evaluator:
     def _eval(self, e: Expr):
         if e.op == "const":
             return boolean(e.literal) if isinstance(e.literal, bool) else num(float(e.literal))
-        if e.op in ("index_var", "shape", "param", "score", "pool"):
+        if e.op in LEAVES:
             return self.leaf(e)
         args = [self(a) for a in e.args]
         if e.op == "load":

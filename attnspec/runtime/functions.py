@@ -105,3 +105,30 @@ def load(table, *index):
         i = i if isinstance(i, torch.Tensor) else torch.tensor(i, device=table.device)
         clamped.append(i.long().clamp(0, size - 1))
     return table[tuple(clamped)]
+
+
+# ---------------------------------------------------------------- the prologue's functions over features
+
+
+def feature_sum(x, vector: torch.Tensor) -> torch.Tensor:
+    """sum(x) in a prologue: over the features of `vector`'s rows, the axis kept ([..., 1])."""
+    return torch.broadcast_to(torch.as_tensor(x, dtype=vector.dtype, device=vector.device), vector.shape).sum(-1, keepdim=True)
+
+
+def feature_norm(x, vector: torch.Tensor) -> torch.Tensor:
+    """norm(x): the Euclidean norm over the features, sqrt(sum(x * x))."""
+    x = torch.as_tensor(x, dtype=vector.dtype, device=vector.device)
+    return torch.sqrt(feature_sum(x * x, vector))
+
+
+def rope(x: torch.Tensor, angle) -> torch.Tensor:
+    """Rotary embedding of the rows of x ([..., D], D even), features paired as (f, f + D/2): pair f
+    turns by the angle at feature f (f < D/2), as rotate_half implementations do."""
+    features = x.shape[-1]
+    if features % 2:
+        raise ValueError(f"rope(x, angle) pairs features: it needs an even number of them, got {features}")
+    half = features // 2
+    angle = torch.broadcast_to(torch.as_tensor(angle, dtype=x.dtype, device=x.device), x.shape)[..., :half]
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    first, second = x[..., :half], x[..., half:]
+    return torch.cat([first * cos - second * sin, second * cos + first * sin], dim=-1)

@@ -1,0 +1,45 @@
+"""The prologue stage as dense tensor code (templates/common/prologue.py.jinja), shared by every target:
+q, k or v replaced row by row before the logit (ir.Prologue).
+
+A step is evaluated on broadcast grids of its tensor's shape: b [B,1,1,1], h [1,H,1,1] (the kv heads
+for k and v), the row [1,1,S,1] and the feature [1,1,1,D]; the vector itself is the tensor, so
+elementwise code reads like the spec, and reductions over features keep their axis. Autograd carries
+every target's gradients through it to q, k, v and the inputs it reads.
+"""
+
+from __future__ import annotations
+
+from attnspec.ir import Expr, Prologue, Spec
+
+from .dense import DenseRenderer
+
+
+class PrologueRenderer(DenseRenderer):
+    """Expressions of one prologue step: its vector is the tensor named after its target."""
+
+    def __init__(self, spec: Spec, step: Prologue):
+        super().__init__(spec)
+        self.step = step
+
+    def render_vector(self, e: Expr) -> str:
+        return e.value
+
+    def render_row(self, e: Expr) -> str:
+        return "_row"
+
+    def render_feature(self, e: Expr) -> str:
+        return "_feature"
+
+    def render_feature_sum(self, e: Expr) -> str:
+        return f"_fn.feature_sum({self.render(e.args[0])}, {self.step.target})"
+
+    def render_feature_norm(self, e: Expr) -> str:
+        return f"_fn.feature_norm({self.render(e.args[0])}, {self.step.target})"
+
+    def render_rope(self, e: Expr) -> str:
+        return f"_fn.rope({', '.join(self.render(a) for a in e.args)})"
+
+
+def prologue_plan(spec: Spec) -> list[dict]:
+    """{target, code} of each step, in the order q, k, v."""
+    return [{"target": step.target, "code": PrologueRenderer(spec, step).render(step.value)} for step in spec.prologue]
