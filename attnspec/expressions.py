@@ -143,9 +143,11 @@ class _ExprBuilder:
             return Expr("feature", span=span, name=name)
         if name in PROLOGUE_READS[scope.target]:
             return Expr("vector", value=name, span=span)
-        if name in PROLOGUE_TARGETS or name == "kv":
+        if name in PROLOGUE_TARGETS:
             reads = " and ".join(PROLOGUE_READS[scope.target])
             raise AttnError(f"a prologue of {scope.target} reads only {reads} of its own row, not '{name}'", span)
+        if name in bi.INDEX_VARS + bi.BLOCK_VARS:
+            _check_prologue(Expr("index_var", value=name, span=span), scope)
         return None
 
     def _undefined(self, name: str, span: Span) -> AttnError:

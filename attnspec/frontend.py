@@ -300,7 +300,8 @@ class _SpecBuilder:
         for tok in names:
             self._check_name(tok, "prologue index")
             if str(tok) in self.params or str(tok) in self.inputs or str(tok) in self.lets:
-                raise AttnError(f"'{tok}' already names a param, input or let", span_of(self.source, tok))
+                raise AttnError(f"'{tok}' already names a param, input or let", span_of(self.source, tok),
+                                "the row and feature indices of a prologue take names of their own")
         if len(names) == 2 and str(row_tok) == str(feature_tok):
             raise AttnError("the row and feature indices need two names", span_of(self.source, feature_tok))
         scope = PrologueScope(target, str(row_tok) if row_tok else None, str(feature_tok) if feature_tok else None)
