@@ -23,22 +23,28 @@ MAX_EXPR_DEPTH = 64
 
 
 PROLOGUE_TARGETS = ("q", "k", "v")
-# what a prologue reads: its own row of its own tensor
-PROLOGUE_READS = {"q": ("q",), "k": ("k",), "v": ("v",)}
+EPILOGUE_TARGETS = ("out",)
+# what a row map reads: its own row of its own tensor
+ROW_MAP_READS = {"q": ("q",), "k": ("k",), "v": ("v",), "out": ("out",)}
 # functions over the feature axis, only in a prologue: name -> (arity, IR op)
 PROLOGUE_FUNCTIONS = {"sum": (1, "feature_sum"), "norm": (1, "feature_norm"), "rope": (2, "rope")}
 
 
 @dataclass(frozen=True)
-class PrologueScope:
-    """A prologue statement being built: its target and the names it gives the row and feature indices."""
+class RowScope:
+    """A prologue or epilogue statement being built: its target and the names it gives the row and
+    feature indices."""
 
     target: str
     row: str | None
     feature: str | None
 
+    @property
+    def what(self) -> str:
+        return "the epilogue" if self.target in EPILOGUE_TARGETS else f"a prologue of {self.target}"
 
-def build_expr(spec, tree, *, pool: bool = False, normalize: bool = False, prologue: PrologueScope | None = None) -> Expr:
+
+def build_expr(spec, tree, *, pool: bool = False, normalize: bool = False, prologue: RowScope | None = None) -> Expr:
     """The IR of an expression tree inside the spec being built (a frontend._SpecBuilder)."""
     span = spec.span_of(tree)
     try:
@@ -50,18 +56,20 @@ def build_expr(spec, tree, *, pool: bool = False, normalize: bool = False, prolo
     return _within_limits(expr, span)
 
 
-def _check_prologue(expr: Expr, scope: PrologueScope) -> None:
+def _check_prologue(expr: Expr, scope: RowScope) -> None:
     """A prologue computes one row of q (or of k and v): it reads no other token, score or block."""
+    statement = "epilogue" if scope.target in EPILOGUE_TARGETS else "prologue"
     for node in walk(expr):
         if node.op == "index_var" and node.value not in ("b", "h"):
-            where = "query" if scope.target == "q" else "key"
+            where = "key" if scope.target in ("k", "v") else "query"
             raise AttnError(
-                f"a prologue of {scope.target} computes one {where} row and cannot read the index '{node.value}'",
+                f"{scope.what} computes one {where} row and cannot read the index '{node.value}'",
                 node.span,
-                f"name the row's position in the statement: prologue {scope.target}[i, f] = ... (i the row, f the feature)",
+                f"name the row's position in the statement: {statement} {scope.target}[i, f] = ... (i the row, f the feature)",
             )
         if node.op in ("score", "pool"):
-            raise AttnError(f"a prologue of {scope.target} is computed before the logit and cannot read the score", node.span)
+            when = "after the normalization" if scope.target in EPILOGUE_TARGETS else "before the logit"
+            raise AttnError(f"{scope.what} is computed {when} and cannot read the score", node.span)
 
 
 @dataclass
@@ -69,7 +77,7 @@ class _ExprBuilder:
     spec: object  # frontend._SpecBuilder
     pool: bool
     normalize: bool
-    prologue: PrologueScope | None = None
+    prologue: RowScope | None = None
 
     def build(self, tree) -> Expr:
         span = self.spec.span_of(tree)
@@ -141,11 +149,11 @@ class _ExprBuilder:
             return Expr("row", span=span, name=name)
         if name == scope.feature:
             return Expr("feature", span=span, name=name)
-        if name in PROLOGUE_READS[scope.target]:
+        if name in ROW_MAP_READS[scope.target]:
             return Expr("vector", value=name, span=span)
-        if name in PROLOGUE_TARGETS:
-            reads = " and ".join(PROLOGUE_READS[scope.target])
-            raise AttnError(f"a prologue of {scope.target} reads only {reads} of its own row, not '{name}'", span)
+        if name in PROLOGUE_TARGETS + EPILOGUE_TARGETS:
+            reads = " and ".join(ROW_MAP_READS[scope.target])
+            raise AttnError(f"{scope.what} reads only {reads} of its own row, not '{name}'", span)
         if name in bi.INDEX_VARS + bi.BLOCK_VARS:
             _check_prologue(Expr("index_var", value=name, span=span), scope)
         return None
@@ -180,7 +188,7 @@ class _ExprBuilder:
             return self._pool(name, arg_trees, span)
         fn = bi.FUNCTIONS.get(name)
         if fn is None and name in PROLOGUE_FUNCTIONS:
-            raise AttnError(f"'{name}' works on the features of q, k or v: only in a prologue", self.spec.span_of(name_tok),
+            raise AttnError(f"'{name}' works on the features of a row: only in a prologue or the epilogue", self.spec.span_of(name_tok),
                             "for example: prologue q = q / norm(q)")
         if fn is None:
             close = difflib.get_close_matches(name, list(bi.FUNCTIONS), n=1)

@@ -13,8 +13,8 @@ from lark import Token, Tree
 
 from . import builtins as bi
 from .diagnostics import AttnError, Source, Span
-from .expressions import PROLOGUE_TARGETS, PrologueScope, build_expr
-from .ir import Expr, Input, Normalize, Param, Program, Prologue, Selection, Spec, const, uses
+from .expressions import EPILOGUE_TARGETS, PROLOGUE_TARGETS, RowScope, build_expr
+from .ir import Expr, Input, Normalize, Param, Program, RowMap, Selection, Spec, const, uses
 from .parser import parse_tree
 from .types import infer
 
@@ -63,7 +63,7 @@ class _SpecBuilder:
     masks: list[Expr] = field(default_factory=list)
     singles: dict[str, object] = field(default_factory=dict)
     single_lines: dict[str, int] = field(default_factory=dict)
-    prologue: list[Prologue] = field(default_factory=list)
+    prologue: list[RowMap] = field(default_factory=list)
 
     # ------------------------------------------------------------------ statements
 
@@ -87,12 +87,13 @@ class _SpecBuilder:
             selection=self.singles.get("select"),
             gqa_group=self.singles.get("gqa"),
             prologue=tuple(sorted(self.prologue, key=lambda step: PROLOGUE_TARGETS.index(step.target))),
+            epilogue=self.singles.get("epilogue"),
             span=span_of(self.source, name_tok),
             lets=tuple((name, let.value) for name, let in self.lets.items() if not let.uses_score),
         )
         for let in self.lets.values():  # unused lets are type-checked too
             infer(let.value, spec)
-        for step in spec.prologue:
+        for step in spec.prologue + ((spec.epilogue,) if spec.epilogue else ()):
             infer(step.value, spec)
             if step.target in ("q", "k") and spec.selection is not None and spec.selection.dynamic:
                 raise AttnError(
@@ -287,26 +288,35 @@ class _SpecBuilder:
             )
 
     def prologue_stmt(self, tree: Tree) -> None:
+        step = self._row_map(tree, "prologue", PROLOGUE_TARGETS)
+        if any(other.target == step.target for other in self.prologue):
+            raise AttnError(f"a second prologue of {step.target}", step.span, "compose them in one expression")
+        self.prologue.append(step)
+
+    def epilogue_stmt(self, tree: Tree) -> None:
+        self._single("epilogue", tree, self._row_map(tree, "epilogue", EPILOGUE_TARGETS))
+
+    def _row_map(self, tree: Tree, statement: str, targets: tuple[str, ...]) -> RowMap:
+        """`prologue q[i, f] = ...` or `epilogue out[i, f] = ...`: the target, the index names, the value."""
         target_tok, row_tok, feature_tok, value_tree = tree.children
         target = str(target_tok)
-        if target not in PROLOGUE_TARGETS:
+        if target not in targets:
+            choices = " or ".join(", ".join(targets).rsplit(", ", 1))
             raise AttnError(
-                f"a prologue replaces q, k or v, not '{target}'", span_of(self.source, target_tok),
-                "write prologue q = ..., prologue k = ... or prologue v = ...",
+                f"{_article(statement)} replaces {choices}, not '{target}'", span_of(self.source, target_tok),
+                "write " + ", ".join(f"{statement} {t} = ..." for t in targets),
             )
-        if any(step.target == target for step in self.prologue):
-            raise AttnError(f"a second prologue of {target}", span_of(self.source, tree), "compose them in one expression")
         names = [t for t in (row_tok, feature_tok) if t is not None]
         for tok in names:
-            self._check_name(tok, "prologue index")
+            self._check_name(tok, f"{statement} index")
             if str(tok) in self.params or str(tok) in self.inputs or str(tok) in self.lets:
                 raise AttnError(f"'{tok}' already names a param, input or let", span_of(self.source, tok),
-                                "the row and feature indices of a prologue take names of their own")
+                                f"the row and feature indices of {_article(statement)} take names of their own")
         if len(names) == 2 and str(row_tok) == str(feature_tok):
             raise AttnError("the row and feature indices need two names", span_of(self.source, feature_tok))
-        scope = PrologueScope(target, str(row_tok) if row_tok else None, str(feature_tok) if feature_tok else None)
+        scope = RowScope(target, str(row_tok) if row_tok else None, str(feature_tok) if feature_tok else None)
         value = build_expr(self, value_tree, prologue=scope)
-        self.prologue.append(Prologue(target, value, scope.row, scope.feature, span_of(self.source, tree)))
+        return RowMap(target, value, scope.row, scope.feature, span_of(self.source, tree))
 
     def _unknown(self, tok: Token, what: str, choices) -> AttnError:
         close = difflib.get_close_matches(str(tok), choices, n=1)

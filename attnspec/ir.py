@@ -97,17 +97,18 @@ class Normalize:
 
 
 @dataclass(frozen=True)
-class Prologue:
-    """`prologue q = f(q)`: the vectors of `target` (q, k or v) replaced, row by row, before the logit.
+class RowMap:
+    """A tensor replaced row by row: a prologue (`prologue q = f(q)`: q, k or v before the logit) or the
+    epilogue (`epilogue out = f(out)`: the output after the normalization).
 
     The value is evaluated per (b, h, row, feature): Expr("vector", value=name) reads the row's own
-    vector of q, k or v at the feature, Expr("row") is the row's position (the query index for q, the
-    key index for k and v), Expr("feature") the feature index; `h` is the query head for q and the kv
-    head for k and v. The reductions over features (`feature_sum`) and `rope` are prologue-only ops.
-    `row` and `feature` keep the user's names for them (printing only).
+    vector of the target at the feature, Expr("row") is the row's position (the query index for q and
+    out, the key index for k and v), Expr("feature") the feature index; `h` is the query head for q and
+    out, the kv head for k and v. The reductions over features (`feature_sum`, `feature_norm`) and
+    `rope` exist only here. `row` and `feature` keep the user's names for them (printing only).
     """
 
-    target: str  # "q" | "k" | "v"
+    target: str  # "q" | "k" | "v" | "out"
     value: Expr
     row: str | None = None
     feature: str | None = None
@@ -166,7 +167,8 @@ class Spec:
     selection: Selection | None = None
     gqa_group: Expr | None = None
     bindings: tuple[Binding, ...] = ()
-    prologue: tuple[Prologue, ...] = ()  # in the order q, k, v; at most one each
+    prologue: tuple[RowMap, ...] = ()  # in the order q, k, v; at most one each
+    epilogue: RowMap | None = None  # of out
     span: Span = _span
     # the user's `let` bindings (inlined by the front end) as (name, expression), lowered with the
     # spec: a shared term equal to one is named after it. A naming hint, ignored by equality.

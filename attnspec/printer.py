@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from . import builtins as bi
 from .expressions import PROLOGUE_FUNCTIONS
-from .ir import Expr, Normalize, Program, Prologue, Selection, Spec
+from .ir import Expr, Normalize, Program, RowMap, Selection, Spec
 
 # Binding strength, loosest first; mirrors grammar/attn.lark.
 _PREC = {"or": 1, "and": 2, "not": 3, **{c: 4 for c in bi.COMPARISONS}, "add": 5, "sub": 5}
@@ -23,7 +23,7 @@ def print_spec(spec: Spec) -> str:
     lines += [f"    {_param(p)}" for p in spec.params]
     lines += [f"    {_input(i)}" for i in spec.inputs]
     lines += [f"    let {b.name} = {expr_text(b.value)}  # per {b.level}" for b in spec.bindings]
-    lines += [f"    {_prologue(step)}" for step in spec.prologue]
+    lines += [f"    {_row_map('prologue', step)}" for step in spec.prologue]
     if spec.gqa_group is not None:
         lines.append(f"    gqa group = {expr_text(spec.gqa_group)}")
     if spec.scale is not None:
@@ -36,6 +36,8 @@ def print_spec(spec: Spec) -> str:
         lines.append(f"    normalize {_normalize(spec.normalize)}")
     if spec.selection is not None:
         lines.append(f"    select {_selection(spec.selection)}")
+    if spec.epilogue is not None:
+        lines.append(f"    {_row_map('epilogue', spec.epilogue)}")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -50,9 +52,9 @@ def _input(i) -> str:
     return f"input {i.name}: {i.dtype}[{dims}]" + (" learnable" if i.learnable else "")
 
 
-def _prologue(step: Prologue) -> str:
+def _row_map(statement: str, step: RowMap) -> str:
     indices = f"[{step.row or _ROW}, {step.feature or _FEATURE}]" if step.row or step.feature else ""
-    return f"prologue {step.target}{indices} = {expr_text(step.value)}"
+    return f"{statement} {step.target}{indices} = {expr_text(step.value)}"
 
 
 def _normalize(n: Normalize) -> str:

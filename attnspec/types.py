@@ -122,7 +122,7 @@ def _function(expr: Expr, types: list[str]) -> str:
 
 
 def _prologue_op(expr: Expr, types: list[str]) -> str:
-    """A prologue's leaves and functions over the feature axis (ir.Prologue): a vector's element is a
+    """A prologue's leaves and functions over the feature axis (ir.RowMap): a vector's element is a
     float, positions and features are ints; sum, norm and rope take numbers and give a float."""
     if expr.op in ("row", "feature"):
         return "int"

@@ -137,11 +137,12 @@ class ModulePlan(Plan):
     sink: str | None
     weight: str | None
     sel: SelectionPlan | None
-    prologue: list[dict]  # {target, code} of each prologue step (codegen/prologue.py)
+    prologue: list[dict]  # {target, code} of each prologue step (codegen/rowmap.py)
+    epilogue: dict | None  # {target, code} of the epilogue
 
 
 def module_plan(spec: Spec, source_name: str) -> ModulePlan:
-    from .prologue import prologue_plan  # its renderer extends DenseRenderer
+    from .rowmap import epilogue_plan, prologue_plan  # their renderer extends DenseRenderer
 
     r = DenseRenderer(spec)
     norm, sel = spec.normalize, spec.selection
@@ -172,6 +173,7 @@ def module_plan(spec: Spec, source_name: str) -> ModulePlan:
         weight=_optional(r, norm.weight),
         sel=_selection_plan(sel, r) if sel is not None else None,
         prologue=prologue_plan(spec),
+        epilogue=epilogue_plan(spec),
     )
 
 

@@ -294,6 +294,12 @@ def f_rope(q, k, v, base=10000.0):
     return softmax_attn(logits(qr, kr), j <= i + (SKV - SQ), v)
 
 
+def f_rope_gated(q, k, v, gate, base=10000.0):
+    result = f_rope(q, k, v, base)
+    gated = result.out * torch.sigmoid(gate.to(F64)).unsqueeze(-1)
+    return Result(gated, result.lse, result.empty)
+
+
 def f_rope2d(q, k, v, W=8, base=100.0):
     D = q.shape[-1]
     inv_freq = 1.0 / base ** (torch.arange(0, D // 2, 2, dtype=F64) / (D // 2))  # D/4 frequencies per axis
@@ -576,6 +582,10 @@ def log_bucket_inputs(case, gen):
     return {"table": randn(gen, case.H, 2 * const(case, "NB", 16))}
 
 
+def gate_inputs(case, gen):
+    return {"gate": randn(gen, case.B, case.H, case.SQ) * 3}
+
+
 def temperature_inputs(case, gen):
     return {"tau": torch.rand(case.H, generator=gen, dtype=F64) + 0.005}  # some below the 0.01 floor
 
@@ -656,6 +666,7 @@ REGISTRY: dict[str, Example] = {
     "B10": Example("b10_rope.attn", f_rope, STANDARD + [
         Case("decode", SQ=1, SKV=40), Case("base", D=32, DV=8, consts={"base": 500.0}),
     ]),
+    "B10-gated": Example("b10_rope_gated.attn", f_rope_gated, STANDARD + [Case("decode", SQ=1, SKV=40)], gate_inputs),
     "B10-2d": Example("b10_rope2d.attn", f_rope2d, [
         Case("8x8", SQ=64, SKV=64), Case("6x5", SQ=30, SKV=30, D=8, consts={"W": 5}), MQA,
         Case("sq<skv", SQ=24, SKV=64, D=32, DV=8, consts={"base": 10000.0}),

@@ -19,7 +19,7 @@ from ..ir import Expr
 from ..runtime.intervals import Bool, Num, apply, boolean, num
 
 # what the evaluator's `leaf` bounds: the variables, and a prologue's vectors, indices and functions
-# over features (ir.Prologue), which no interval rule covers
+# over features (ir.RowMap), which no interval rule covers
 LEAVES = ("index_var", "shape", "param", "score", "pool", "vector", "row", "feature", "feature_sum", "feature_norm", "rope")
 
 

@@ -1,9 +1,11 @@
-"""The prologue stage (docs/language.md section 8): q, k or v replaced row by row before the logit.
+"""Prologues and the epilogue (docs/language.md sections 3 and 8): q, k or v replaced row by row before
+the logit, the output after the normalization.
 
-The examples that use it (B10, M05-v2) are checked against hand-written formulas in
+The examples that use them (B10, M05-v2) are checked against hand-written formulas in
 test_examples_formulas.py and on every target by the suites that run every example. Here: what
-those do not reach (a prologue of v, GQA heads, learnable inputs read only by the prologue, half
-precision, torch.compile, run-time errors), on every target against the float64 reference.
+those do not reach (a prologue of v, GQA heads, learnable inputs read only by a prologue or the
+epilogue, half precision, torch.compile, run-time errors), on every target against the float64
+reference.
 """
 
 from __future__ import annotations
@@ -18,15 +20,18 @@ from attnspec.fuzz.accuracy import check
 
 TARGETS = ["reference", "flex", "triton"]
 
-# an RMS norm with a learnable per-head gain on q, a per-kv-head affine map on v, GQA (2 query heads per kv head)
+# an RMS norm with a learnable per-head gain on q, a per-kv-head affine map on v, GQA (2 query heads
+# per kv head), and an output gate per token with a per-feature offset
 GAIN = """
 attention gain {
     input g: float32[H, D] learnable
     input a: float32[HKV] learnable
+    input gate: float32[B, H, SQ] learnable
     prologue q[i, f] = q * g[h, f] / sqrt(sum(q * q) / float(D) + 1e-6)
     prologue k[j, f] = rope(k, float(j) * 0.1 * float(f + 1))
     prologue v = v * a[h] + float(h)
     mask kv <= q + (SKV - SQ)
+    epilogue out[i, f] = out * sigmoid(gate[b, h, i]) + 0.01 * float(f) / norm(out + 1.0)
 }
 """
 
@@ -36,11 +41,12 @@ def _arguments(dtype=torch.float32, seed=0, SQ=19, SKV=23):
     q = torch.randn(2, 4, SQ, 16, generator=gen)
     k = torch.randn(2, 2, SKV, 16, generator=gen)
     v = torch.randn(2, 2, SKV, 8, generator=gen)
-    inputs = {"g": torch.randn(4, 16, generator=gen), "a": torch.randn(2, generator=gen)}
+    inputs = {"g": torch.randn(4, 16, generator=gen), "a": torch.randn(2, generator=gen),
+              "gate": torch.randn(2, 4, SQ, generator=gen)}
     return (q, k, v), inputs
 
 
-def _hand_gain(q, k, v, g, a):
+def _hand_gain(q, k, v, g, a, gate):
     """GAIN written directly with torch."""
     SQ, SKV = q.shape[2], k.shape[2]
     q = q * g[None, :, None, :] / torch.sqrt((q * q).mean(-1, keepdim=True) + 1e-6)
@@ -51,7 +57,8 @@ def _hand_gain(q, k, v, g, a):
     k, v = k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1)
     s = q @ k.transpose(-1, -2) / 4.0
     keep = torch.arange(SKV)[None, :] <= torch.arange(SQ)[:, None] + (SKV - SQ)
-    return torch.softmax(s.masked_fill(~keep, -torch.inf), -1) @ v
+    out = torch.softmax(s.masked_fill(~keep, -torch.inf), -1) @ v
+    return out * torch.sigmoid(gate)[..., None] + 0.01 * torch.arange(8, dtype=out.dtype) / (out + 1.0).norm(dim=-1, keepdim=True)
 
 
 def _call(target, qkv, inputs, dtype, grad=False):
@@ -117,4 +124,6 @@ def test_the_printed_spec_reads_back_as_the_same_prologue():
     program = parse_program(GAIN)
     again = parse_program(print_program(program))
     assert again.specs[0].prologue == program.specs[0].prologue
+    assert again.specs[0].epilogue == program.specs[0].epilogue
     assert "prologue q[i, f] = q * g[h, f] / sqrt(sum(q * q) / float(D) + 1e-06)" in print_program(program)
+    assert "epilogue out[i, f] = out * sigmoid(gate[b, h, i]) + 0.01 * float(f) / norm(out + 1.0)" in print_program(program)

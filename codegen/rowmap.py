@@ -1,5 +1,6 @@
-"""The prologue stage as dense tensor code (templates/common/prologue.py.jinja), shared by every target:
-q, k or v replaced row by row before the logit (ir.Prologue).
+"""The prologue and the epilogue as dense tensor code (templates/common/rowmap.py.jinja), shared by
+every target: q, k or v replaced row by row before the logit, the output after the normalization
+(ir.RowMap).
 
 A step is evaluated on broadcast grids of its tensor's shape: b [B,1,1,1], h [1,H,1,1] (the kv heads
 for k and v), the row [1,1,S,1] and the feature [1,1,1,D]; the vector itself is the tensor, so
@@ -9,15 +10,15 @@ every target's gradients through it to q, k, v and the inputs it reads.
 
 from __future__ import annotations
 
-from attnspec.ir import Expr, Prologue, Spec
+from attnspec.ir import Expr, RowMap, Spec
 
 from .dense import DenseRenderer
 
 
-class PrologueRenderer(DenseRenderer):
-    """Expressions of one prologue step: its vector is the tensor named after its target."""
+class RowMapRenderer(DenseRenderer):
+    """Expressions of one row map: its vector is the tensor named after its target."""
 
-    def __init__(self, spec: Spec, step: Prologue):
+    def __init__(self, spec: Spec, step: RowMap):
         super().__init__(spec)
         self.step = step
 
@@ -41,5 +42,14 @@ class PrologueRenderer(DenseRenderer):
 
 
 def prologue_plan(spec: Spec) -> list[dict]:
-    """{target, code} of each step, in the order q, k, v."""
-    return [{"target": step.target, "code": PrologueRenderer(spec, step).render(step.value)} for step in spec.prologue]
+    """{target, code} of each prologue step, in the order q, k, v."""
+    return [_step(spec, step) for step in spec.prologue]
+
+
+def epilogue_plan(spec: Spec) -> dict | None:
+    """{target, code} of the epilogue."""
+    return None if spec.epilogue is None else _step(spec, spec.epilogue)
+
+
+def _step(spec: Spec, step: RowMap) -> dict:
+    return {"target": step.target, "code": RowMapRenderer(spec, step).render(step.value)}
