@@ -37,6 +37,8 @@ def _rule(expr: Expr, types: list[str], spec: Spec) -> str:
         return "vec"
     if op in ("vector", "row", "feature", "feature_sum", "feature_norm", "rope"):
         return _prologue_op(expr, types)
+    if op == "log_weight":  # made by the flex lowering (passes/flex.py), never written
+        return "float"
     if op == "temp":
         return infer(spec.binding(expr.value).value, spec)
     if op == "load":

@@ -37,6 +37,9 @@ class ModRenderer(DenseRenderer):
     def render_score(self, e: Expr) -> str:
         return "score"
 
+    def render_log_weight(self, e: Expr) -> str:
+        return f"_fn.log_weight({self.render(e.args[0])})"
+
 
 def mod_plan(spec: Spec, exprs: list[Expr], two_step: bool) -> dict:
     """A mod's captures, the bindings its factory computes once, the bindings it computes per pair,

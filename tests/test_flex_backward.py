@@ -86,3 +86,15 @@ def test_gqa_key_gradients_in_half_types_are_summed_before_rounding():
 
     case = "target=flex,dtype=bfloat16,B=1,H=2,HKV=1,SQ=1,SKV=1,D=32,DV=16,seed=1,logits=normal,inputs=typical,trace=static,grad=1"
     assert replay(EXAMPLES / "b09_gqa.attn", case, spec="gqa2").status == OK
+
+
+def test_a_weight_that_underflows_to_zero_has_a_zero_gradient_not_nan(tmp_path):
+    """rownorm(softplus(score)) on huge logits: softplus underflows to 0 on kept pairs, where the score_mod's
+    log f had the gradient f' / f = 0 / 0 (found by attnspec fuzz); log_weight gives 0 there."""
+    from attnspec.testing import replay
+
+    path = tmp_path / "underflow.attn"
+    path.write_text("attention u {\n    mask abs(q - kv) <= 4\n    normalize rownorm(softplus(score))\n}\n")
+    report = replay(path, "target=flex,dtype=float32,B=1,H=1,HKV=1,SQ=1,SKV=135,D=16,DV=16,seed=0,logits=huge,"
+                          "inputs=typical,trace=static,grad=1")
+    assert report.status == "ok"

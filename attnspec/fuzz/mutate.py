@@ -43,7 +43,7 @@ OPERATORS = (
 BRACKETS = ("(", ")", "[", "]", "{", "}")
 NAMES = (
     "q", "kv", "b", "h", "SQ", "SKV", "H", "HKV", "B", "D", "DV", "G", "q_block", "kv_block", "k", "v", "x", "window",
-    "abs", "clamp", "where", "bitand", "exp", "ilog2", "pow2", "ceildiv",
+    "abs", "clamp", "where", "bitand", "exp", "ilog2", "pow2", "ceildiv", "prologue", "epilogue", "rope", "norm", "sum", "out",
 )
 ODD_NUMBERS = (
     "99999999999999999999999", "9223372036854775807", "9223372036854775808", "18446744073709551616",

@@ -86,7 +86,10 @@ def log_weight(f: Expr, spec: Spec) -> Expr:
         return Expr("mul", (const(float(args[1].literal)), log_weight(args[0], spec)), span=f.span)
     if is_const(f) and f.literal > 0:
         return const(math.log(f.literal), f.span)
-    return Expr("log", (f,), span=f.span)
+    if positive(f, spec):
+        return Expr("log", (f,), span=f.span)
+    # a weight that may be 0: runtime/functions.py log_weight, whose gradient is 0 there (not log's 0 / 0)
+    return Expr("log_weight", (f,), span=f.span)
 
 
 def _neg(e: Expr) -> Expr:

@@ -9,6 +9,7 @@ integer division by 0 (language.md section 4), boolean equality on symbolic shap
 from __future__ import annotations
 
 import builtins
+import math
 
 import torch
 
@@ -74,6 +75,16 @@ def floormod(a, b):
 def ceildiv(a, b):
     """The ceiling of a / b on integers, 0 where b == 0 (as a // 0)."""
     return -floordiv(-a, b)
+
+
+def log_weight(f):
+    """log f of a weight f >= 0 (the flex target's score_mod for rownorm and elementwise weights): -inf
+    where f == 0, with gradient 0 there. A weight that is 0 is at its minimum, so f' == 0 and log's
+    f' / f would be 0 / 0 (NaN where softplus of a very negative score underflows)."""
+    if not isinstance(f, torch.Tensor):
+        return math.log(f) if f > 0 else -math.inf
+    positive = f > 0
+    return torch.where(positive, torch.log(torch.where(positive, f, torch.ones_like(f))), -math.inf)
 
 
 def xor(a, b):

@@ -14,6 +14,8 @@ What a drawn spec covers:
   documents, 2D neighborhoods, and random boolean expressions over the integer terms in scope;
 - score mods (zero to three `score =` statements): biases, slopes, soft-caps, temperatures, length
   scaling, `where` gates, and now and then a random (wild) float expression of the score;
+- prologues of q, k and v (RoPE, unit norm, RMS norm with a gain, affine maps) and an output epilogue
+  (gates, norms, offsets per feature);
 - `scale =`, `gqa group =`, every normalization (softmax with or without a sink, elementwise,
   rownorm, now and then a rownorm weight that can be negative) and static and data-dependent block
   selection (top / threshold / share, pooled block scores, causal, per head / kv_head, always).
@@ -68,9 +70,11 @@ from .statements import (
     MASK_TEMPLATES,
     ODD_BLOCK_SIZES,
     SCORE_TEMPLATES,
+    _epilogue,
     _flaw,
     _gqa,
     _mask,
+    _prologues,
     _normalize,
     _scale,
     _score_mod,
@@ -119,7 +123,9 @@ def _body(draw, env: Env) -> list[str]:
         _normalize(draw, env),
         _select(draw, env),
     ]
-    return masks + mods + [s for s in singles if s]
+    pooled = bool(singles[3]) and " by " in singles[3]  # a data-dependent selection pools q and k
+    prologues, epilogue = _prologues(draw, env, pooled), _epilogue(draw, env)
+    return prologues + masks + mods + [s for s in singles + [epilogue] if s]
 
 
 def _render(draw, lines: list[str]) -> str:

@@ -16,6 +16,7 @@ from .terms import (
     BLOCK_SCORE,
     MASK,
     MAX_DEPTH,
+    ROW_MAP,
     SCALE,
     SCORE_MOD,
     SINK,
@@ -220,6 +221,59 @@ def _normalize(draw, env: Env) -> str | None:
         (4, lambda: f"normalize elementwise({_weight(draw, env, ELEMENTWISE)})"),
         (4, lambda: f"normalize rownorm({draw(st.sampled_from(ROWNORM))})"),
         (1, lambda: f"normalize rownorm({_weight(draw, env, NEGATIVE_ROWNORM)})"),
+    )()
+
+
+# ------------------------------------------------------------------ prologues and the epilogue
+
+# the names a row map gives its row and feature indices (no declaration is drawn with them)
+ROW_INDEX, FEATURE_INDEX = "r", "f"
+
+
+def _rope(draw, env: Env, target: str) -> str:
+    base = draw(st.sampled_from(("10000.0", "100.0", "2.0")))
+    angle = f"float({ROW_INDEX}) * {base} ** (-2.0 * float({FEATURE_INDEX}) / float(D))"
+    return f"prologue {target}[{ROW_INDEX}, {FEATURE_INDEX}] = rope({target}, {angle})"
+
+
+def _unit(draw, env: Env, target: str) -> str:
+    return f"prologue {target} = {target} / max(norm({target}), 1e-06)"
+
+
+def _rms(draw, env: Env, target: str) -> str:
+    gain = _float_knob(draw, env, env.view(ROW_MAP), 0.25, 2.0)
+    return f"prologue {target} = {target} * {gain.wrapped()} / sqrt(sum({target} * {target}) / float(D) + 1e-06)"
+
+
+def _affine(draw, env: Env, target: str) -> str:
+    view = env.view(ROW_MAP)
+    shift = float_expr(draw, view, 1)
+    return f"prologue {target} = {target} * {_float_knob(draw, env, view, 0.25, 2.0).wrapped()} + tanh({shift.text})"
+
+
+PROLOGUE_TEMPLATES = ((3, _rope), (2, _unit), (1, _rms), (2, _affine))
+
+
+def _prologues(draw, env: Env, vectors_pooled: bool) -> list[str]:
+    """Zero to three prologues; none of q or k where a data-dependent selection pools them."""
+    lines = []
+    for target in ("q", "k", "v"):
+        if not _chance(draw, 12) or (vectors_pooled and target != "v"):
+            continue
+        templates = PROLOGUE_TEMPLATES[1:] if target == "v" else PROLOGUE_TEMPLATES  # rope pairs D features
+        lines.append(_pick(draw, *templates)(draw, env, target))
+    return lines
+
+
+def _epilogue(draw, env: Env) -> str | None:
+    if not _chance(draw, 10):
+        return None
+    view = env.view(ROW_MAP)
+    return _pick(
+        draw,
+        (2, lambda: f"epilogue out = out * sigmoid({float_expr(draw, view, 1).text})"),
+        (1, lambda: "epilogue out = out / max(norm(out), 1e-06)"),
+        (1, lambda: f"epilogue out[{ROW_INDEX}, {FEATURE_INDEX}] = out + 0.01 * float({FEATURE_INDEX} + {ROW_INDEX})"),
     )()
 
 

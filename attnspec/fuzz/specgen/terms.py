@@ -32,6 +32,7 @@ BLOCK_SCORE = BLOCK_RULE | {"pool"}
 AMOUNT = frozenset({"runtime", "shape"})
 SCALE = AMOUNT
 SHAPE = frozenset({"shape"})
+ROW_MAP = frozenset({"b", "h", "load", "runtime", "shape"})  # a prologue or the epilogue (beside its own row)
 CONSTANT = frozenset()
 
 

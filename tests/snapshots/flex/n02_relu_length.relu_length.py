@@ -56,7 +56,7 @@ def relu_length_score_mod(*, SKV, dtype=torch.float32):
 
     def score_mod(score, b, h, q_idx, kv_idx):
         score = score
-        return _dense.tensor_like((_fn.log(_fn.relu(score)) - _fn.log(_t0)), score)
+        return _dense.tensor_like((_fn.log_weight(_fn.relu(score)) - _fn.log(_t0)), score)
 
     return score_mod
 
