@@ -85,7 +85,7 @@ def recorded_launches(module, spec, dtype: torch.dtype, head_dim: int, *, backwa
 
     sizes = Sizes(B=2, H=4, HKV=2, SQ=length, SKV=length, D=head_dim, DV=head_dim)
     args = sample_arguments(spec, sizes, dtype)
-    tensors = [args[name] for name in ("q", "k", "v")] + [args[i.name] for i in spec.inputs if args[i.name].is_floating_point()]
+    tensors = [args[name] for name in ("q", "k", "v")] + [args[i.name] for i in spec.arguments if args[i.name].is_floating_point()]
     for t in tensors:
         t.requires_grad_(backward)
     with _rt.recording(every_candidate) as launches, torch.set_grad_enabled(backward):

@@ -38,10 +38,11 @@ class RowScope:
     target: str
     row: str | None
     feature: str | None
+    statement: str = "prologue"  # prologue | epilogue | per-row value
 
     @property
     def what(self) -> str:
-        return "the epilogue" if self.target in EPILOGUE_TARGETS else f"a prologue of {self.target}"
+        return "the epilogue" if self.statement == "epilogue" else f"a {self.statement} of {self.target}"
 
 
 def build_expr(spec, tree, *, pool: bool = False, normalize: bool = False, prologue: RowScope | None = None) -> Expr:
@@ -58,7 +59,7 @@ def build_expr(spec, tree, *, pool: bool = False, normalize: bool = False, prolo
 
 def _check_prologue(expr: Expr, scope: RowScope) -> None:
     """A prologue computes one row of q (or of k and v): it reads no other token, score or block."""
-    statement = "epilogue" if scope.target in EPILOGUE_TARGETS else "prologue"
+    statement = {"per-row value": "let t per"}.get(scope.statement, scope.statement)
     for node in walk(expr):
         if node.op == "index_var" and node.value not in ("b", "h"):
             where = "key" if scope.target in ("k", "v") else "query"
@@ -68,7 +69,7 @@ def _check_prologue(expr: Expr, scope: RowScope) -> None:
                 f"name the row's position in the statement: {statement} {scope.target}[i, f] = ... (i the row, f the feature)",
             )
         if node.op in ("score", "pool"):
-            when = "after the normalization" if scope.target in EPILOGUE_TARGETS else "before the logit"
+            when = "after the normalization" if scope.statement == "epilogue" else "before the logit"
             raise AttnError(f"{scope.what} is computed {when} and cannot read the score", node.span)
 
 

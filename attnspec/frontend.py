@@ -14,7 +14,7 @@ from lark import Token, Tree
 from . import builtins as bi
 from .diagnostics import AttnError, Source, Span
 from .expressions import EPILOGUE_TARGETS, PROLOGUE_TARGETS, RowScope, build_expr
-from .ir import Expr, Input, Normalize, Param, Program, RowMap, Selection, Spec, const, uses
+from .ir import Expr, Input, Normalize, Param, Program, RowMap, Selection, Spec, const, spec_exprs, uses, walk
 from .parser import parse_tree
 from .types import infer
 
@@ -93,6 +93,7 @@ class _SpecBuilder:
         )
         for let in self.lets.values():  # unused lets are type-checked too
             infer(let.value, spec)
+        _computed_reads(spec)
         for step in spec.prologue + ((spec.epilogue,) if spec.epilogue else ()):
             infer(step.value, spec)
             if step.target in ("q", "k") and spec.selection is not None and spec.selection.dynamic:
@@ -296,16 +297,31 @@ class _SpecBuilder:
     def epilogue_stmt(self, tree: Tree) -> None:
         self._single("epilogue", tree, self._row_map(tree, "epilogue", EPILOGUE_TARGETS))
 
+    def row_value_stmt(self, tree: Tree) -> None:
+        """`let t per q[i, f] = ...`: one number per row of q (or k), read as t wherever its index is."""
+        name_tok, *parts = tree.children
+        self._declare(name_tok, "let")
+        step = self._row_map_parts(*parts, span_of(self.source, tree), "per-row value", ROW_VALUE_TARGETS)
+        _check_reduced(step.value)
+        name, span = str(name_tok), span_of(self.source, name_tok)
+        shape, index = _row_value_layout(step.target, span)
+        self.inputs[name] = Input(name, "float32", shape, False, span, computed=step)
+        self.lets[name] = _Let(Expr("load", index, name, span), False, span)
+
     def _row_map(self, tree: Tree, statement: str, targets: tuple[str, ...]) -> RowMap:
         """`prologue q[i, f] = ...` or `epilogue out[i, f] = ...`: the target, the index names, the value."""
-        target_tok, row_tok, feature_tok, value_tree = tree.children
+        return self._row_map_parts(*tree.children, span_of(self.source, tree), statement, targets)
+
+    def _row_map_parts(self, target_tok, row_tok, feature_tok, value_tree, span: Span, statement: str,
+                       targets: tuple[str, ...]) -> RowMap:
         target = str(target_tok)
         if target not in targets:
             choices = " or ".join(", ".join(targets).rsplit(", ", 1))
-            raise AttnError(
-                f"{_article(statement)} replaces {choices}, not '{target}'", span_of(self.source, target_tok),
-                "write " + ", ".join(f"{statement} {t} = ..." for t in targets),
-            )
+            if statement == "per-row value":
+                message, forms = f"a per-row value is computed from the rows of {choices}", [f"let t per {t} = ..." for t in targets]
+            else:
+                message, forms = f"{_article(statement)} replaces {choices}", [f"{statement} {t} = ..." for t in targets]
+            raise AttnError(f"{message}, not '{target}'", span_of(self.source, target_tok), "write " + " or ".join(forms))
         names = [t for t in (row_tok, feature_tok) if t is not None]
         for tok in names:
             self._check_name(tok, f"{statement} index")
@@ -314,9 +330,9 @@ class _SpecBuilder:
                                 f"the row and feature indices of {_article(statement)} take names of their own")
         if len(names) == 2 and str(row_tok) == str(feature_tok):
             raise AttnError("the row and feature indices need two names", span_of(self.source, feature_tok))
-        scope = RowScope(target, str(row_tok) if row_tok else None, str(feature_tok) if feature_tok else None)
+        scope = RowScope(target, str(row_tok) if row_tok else None, str(feature_tok) if feature_tok else None, statement)
         value = build_expr(self, value_tree, prologue=scope)
-        return RowMap(target, value, scope.row, scope.feature, span_of(self.source, tree))
+        return RowMap(target, value, scope.row, scope.feature, span)
 
     def _unknown(self, tok: Token, what: str, choices) -> AttnError:
         close = difflib.get_close_matches(str(tok), choices, n=1)
@@ -339,6 +355,51 @@ def _conjunction(masks: list[Expr]) -> Expr | None:
     for m in masks[1:]:
         result = Expr("and", (result, m), span=result.span.to(m.span))
     return result
+
+
+ROW_VALUE_TARGETS = ("q", "k")
+
+
+def _row_value_layout(target: str, span: Span) -> tuple[tuple[Expr, ...], tuple[Expr, ...]]:
+    """A per-row value's tensor shape, and its read where it is used: [B, H, SQ] read at (b, h, q) for
+    q; [B, HKV, SKV] read at (b, h // (H // HKV), kv) for k (the query head's kv head)."""
+    def var(name):
+        return Expr("index_var", value=name, span=span)
+
+    def shape(name):
+        return Expr("shape", value=name, span=span)
+
+    if target == "q":
+        return (shape("B"), shape("H"), shape("SQ")), (var("b"), var("h"), var("q"))
+    kv_head = Expr("floordiv", (var("h"), Expr("floordiv", (shape("H"), shape("HKV")), span=span)), span=span)
+    return (shape("B"), shape("HKV"), shape("SKV")), (var("b"), kv_head, var("kv"))
+
+
+def _check_reduced(value: Expr) -> None:
+    """A per-row value is one number per row: its vector and feature index only inside sum or norm."""
+    if value.op in ("feature_sum", "feature_norm"):
+        return
+    if value.op in ("vector", "feature", "rope"):
+        raise AttnError(
+            "a per-row value is one number per row, but this varies over the features", value.span,
+            "reduce it over the features with sum(...) or norm(...)",
+        )
+    for arg in value.args:
+        _check_reduced(arg)
+
+
+def _computed_reads(spec: Spec) -> None:
+    """Per-row values are read by the score mod, the sink and the weight; not (yet) by masks or a block
+    selection, whose block structure is found before the vectors are known."""
+    computed = {i.name for i in spec.inputs if i.computed is not None}
+    places = [("a mask", spec.mask)]
+    if spec.selection is not None:
+        places += [("a block selection", e) for e in spec_exprs(spec.selection)]
+    for what, expr in places:
+        for node in walk(expr) if expr is not None else ():
+            if node.op == "load" and node.value in computed:
+                raise AttnError(f"the per-row value '{node.value}' cannot be read in {what} yet", node.span,
+                                "use it in a score mod, a sink or a normalization weight")
 
 
 def _article(word: str) -> str:

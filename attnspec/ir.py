@@ -86,6 +86,9 @@ class Input:
     shape: tuple[Expr, ...]
     learnable: bool
     span: Span = _span
+    # a per-row value (`let t = per q: ...`): computed by the module from the vectors, never passed by the
+    # caller; its RowMap's value gives one number per row of q ([B, H, SQ]) or of k ([B, HKV, SKV])
+    computed: "RowMap | None" = None
 
 
 @dataclass(frozen=True)
@@ -186,6 +189,11 @@ class Spec:
     @property
     def runtime_params(self) -> tuple[Param, ...]:
         return tuple(p for p in self.params if p.runtime)
+
+    @property
+    def arguments(self) -> tuple[Input, ...]:
+        """The inputs a caller passes: all but the per-row values the module computes."""
+        return tuple(i for i in self.inputs if i.computed is None)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ def print_program(program: Program) -> str:
 def print_spec(spec: Spec) -> str:
     lines = [f"attention {spec.name} {{"]
     lines += [f"    {_param(p)}" for p in spec.params]
-    lines += [f"    {_input(i)}" for i in spec.inputs]
+    lines += [f"    {_input(i)}" for i in spec.inputs if i.computed is None]
+    lines += [f"    {_row_value(i)}" for i in spec.inputs if i.computed is not None]
     lines += [f"    let {b.name} = {expr_text(b.value)}  # per {b.level}" for b in spec.bindings]
     lines += [f"    {_row_map('prologue', step)}" for step in spec.prologue]
     if spec.gqa_group is not None:
@@ -50,6 +51,12 @@ def _param(p) -> str:
 def _input(i) -> str:
     dims = ", ".join(expr_text(d) for d in i.shape)
     return f"input {i.name}: {i.dtype}[{dims}]" + (" learnable" if i.learnable else "")
+
+
+def _row_value(i) -> str:
+    step = i.computed
+    indices = f"[{step.row or _ROW}, {step.feature or _FEATURE}]" if step.row or step.feature else ""
+    return f"let {i.name} per {step.target}{indices} = {expr_text(step.value)}"
 
 
 def _row_map(statement: str, step: RowMap) -> str:

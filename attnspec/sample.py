@@ -76,7 +76,7 @@ def sample_inputs(spec: Spec, sizes: Sizes = Sizes(), device="cpu", seed: int = 
 def input_shapes(spec: Spec, sizes: Sizes) -> dict[str, tuple[int, ...]]:
     """The shape of every input at these sizes; a negative dimension is the spec's mistake."""
     shapes = {}
-    for decl in spec.inputs:
+    for decl in spec.arguments:
         shape = tuple(int(evaluate_static(d, sizes)) for d in decl.shape)
         if any(n < 0 for n in shape):
             raise AttnError(

@@ -159,7 +159,7 @@ def point_spec(spec: Spec, sizes: Sizes, q_step: int, kv_step: int) -> Spec:
 
     parts = [at(e) for e in (spec.mask, sel.keep if rule else None) if e is not None]
     mask = reduce(lambda a, b: Expr("and", (a, b)), parts) if parts else None
-    inputs = tuple(replace(i, shape=tuple(at(d) for d in i.shape)) for i in spec.inputs)
+    inputs = tuple(replace(i, shape=tuple(at(d) for d in i.shape)) for i in spec.arguments)
     return verify(Spec(spec.name, params=spec.params, inputs=inputs, mask=mask, span=spec.span))
 
 
@@ -216,8 +216,8 @@ def tile_report(spec: Spec, sizes: Sizes, block: int, args: dict, large: int = 4
         lines.append(_tile_line(spec, big, large_block, sample_inputs(spec, big)))
     except AttnError as err:  # the inputs do not fit at the realistic size
         lines.append(f"# tiles at SQ={large}, SKV={large}: not analysed ({err.message})")
-    if spec.inputs:
-        lines.append("# (inputs drawn at random: " + ", ".join(i.name for i in spec.inputs) + ")")
+    if spec.arguments:
+        lines.append("# (inputs drawn at random: " + ", ".join(i.name for i in spec.arguments) + ")")
     if sel is not None and sel.dynamic:
         lines.append("# (data-dependent block selection is decided at run time, on top of these tiles)")
     return lines
@@ -238,13 +238,13 @@ def _tile_line(spec: Spec, size: Sizes, tile: int, args: dict) -> str:
         note = f" (tiles of {tile} would be more than {MAX_TILES})"
     if _tile_count(spec, size, bq, bk) > MAX_TILES:
         return f"# tiles {bq}x{bk} {where}: not analysed ({_tile_count(spec, size, bq, bk)} tiles, more than {MAX_TILES})"
-    summarized = [i for i in spec.inputs if _reads(spec, i.name) and args[i.name].numel() > MAX_SUMMARY]
+    summarized = [i for i in spec.arguments if _reads(spec, i.name) and args[i.name].numel() > MAX_SUMMARY]
     if summarized:
         name = summarized[0].name
         return f"# tiles {bq}x{bk} {where}: not analysed (input '{name}' has {args[name].numel()} elements, more than {MAX_SUMMARY})"
     tiles = classify_tiles(
         spec, bq, bk, size.symbols(),
-        {p.name: args[p.name] for p in spec.runtime_params}, {i.name: args[i.name] for i in spec.inputs},
+        {p.name: args[p.name] for p in spec.runtime_params}, {i.name: args[i.name] for i in spec.arguments},
     )
     d = tiles.density()
     return (
@@ -286,7 +286,7 @@ def band_report(spec: Spec, sizes: Sizes, args: dict) -> list[str]:
         return [f"# keys kept per query (closed form): {text}", f"# every row keeps a key at these sizes: not checked ({rows} rows, more than {MAX_ROWS})"]
     ranges = evaluate_bands(
         bands, spec, torch.arange(sizes.SQ), sizes,
-        {p.name: args[p.name] for p in spec.runtime_params}, {i.name: args[i.name] for i in spec.inputs},
+        {p.name: args[p.name] for p in spec.runtime_params}, {i.name: args[i.name] for i in spec.arguments},
     )
     nonempty = torch.zeros((sizes.B, sizes.H, sizes.SQ), dtype=torch.bool)
     for lo, hi in ranges:

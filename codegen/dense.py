@@ -139,14 +139,15 @@ class ModulePlan(Plan):
     sel: SelectionPlan | None
     prologue: list[dict]  # {target, code} of each prologue step (codegen/rowmap.py)
     epilogue: dict | None  # {target, code} of the epilogue
+    row_values: list[dict]  # {name, target, code} of each per-row value: inputs the module computes
 
 
 def module_plan(spec: Spec, source_name: str) -> ModulePlan:
-    from .rowmap import epilogue_plan, prologue_plan  # their renderer extends DenseRenderer
+    from .rowmap import epilogue_plan, prologue_plan, row_value_plan  # their renderer extends DenseRenderer
 
     r = DenseRenderer(spec)
     norm, sel = spec.normalize, spec.selection
-    inputs = [_input_plan(i, r) for i in spec.inputs]
+    inputs = [_input_plan(i, r) for i in spec.inputs if i.computed is None]  # the caller's
     runtime = [
         {"name": p.name, "type": p.type, "default": None if p.default is None else python_literal(p.default.literal)}
         for p in spec.runtime_params
@@ -161,7 +162,7 @@ def module_plan(spec: Spec, source_name: str) -> ModulePlan:
         learnable=[i for i in inputs if i["learnable"]],
         module_sizes=_module_sizes(spec),
         runtime=runtime,
-        kw=[i.name for i in spec.inputs] + [p.name for p in spec.runtime_params],
+        kw=[i["name"] for i in inputs] + [p.name for p in spec.runtime_params],
         scale=_optional(r, spec.scale),
         gqa_group=_optional(r, spec.gqa_group),
         score=r.render(spec.score),
@@ -174,6 +175,7 @@ def module_plan(spec: Spec, source_name: str) -> ModulePlan:
         sel=_selection_plan(sel, r) if sel is not None else None,
         prologue=prologue_plan(spec),
         epilogue=epilogue_plan(spec),
+        row_values=row_value_plan(spec),
     )
 
 

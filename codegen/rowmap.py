@@ -51,5 +51,10 @@ def epilogue_plan(spec: Spec) -> dict | None:
     return None if spec.epilogue is None else _step(spec, spec.epilogue)
 
 
+def row_value_plan(spec: Spec) -> list[dict]:
+    """{name, target, code} of each per-row value (an input the module computes)."""
+    return [{"name": i.name, **_step(spec, i.computed)} for i in spec.inputs if i.computed is not None]
+
+
 def _step(spec: Spec, step: RowMap) -> dict:
     return {"target": step.target, "code": RowMapRenderer(spec, step).render(step.value)}

@@ -62,7 +62,7 @@ def check_exact(spec, sizes: Sizes, args: dict | None = None) -> None:
     assert bands is not None
     kw = {k: v for k, v in args.items() if k not in ("q", "k", "v")}
     runtime = {p.name: kw[p.name] for p in spec.runtime_params}
-    inputs = {i.name: kw[i.name] for i in spec.inputs}
+    inputs = {i.name: kw[i.name] for i in spec.arguments}
     expected = dense_mask(spec, sizes, args)
     assert torch.equal(band_mask(bands, spec, sizes, runtime, inputs), expected)
 

@@ -190,7 +190,7 @@ def exhaustive_agreement(spec, mask, bq: int, bk: int, sizes: Sizes) -> float:
     masked = replace(spec, mask=mask, selection=None)
     args = sample_inputs(spec, sizes, seed=0)  # the probe's inputs
     runtime = {p.name: args[p.name] for p in spec.runtime_params}
-    inputs = {i.name: args[i.name] for i in spec.inputs}
+    inputs = {i.name: args[i.name] for i in spec.arguments}
     found = classify_tiles(masked, bq, bk, sizes.symbols(), runtime, inputs).classes
     pairs = classify_tiles(masked, 1, 1, sizes.symbols(), runtime, inputs).classes
     *lead, sq, skv = pairs.shape

@@ -285,6 +285,12 @@ def rotate_half_rope(x, angles):
     return x * torch.cos(emb) + torch.cat([-second, first], dim=-1) * torch.sin(emb)
 
 
+def f_query_temperature(q, k, v, w):
+    t = 1.0 + torch.nn.functional.softplus((q * w.to(F64)[None, :, None, :]).sum(-1))  # [B, H, SQ]
+    _, _, i, j = grid(q, k)
+    return softmax_attn(logits(q, k) * t[..., None], j <= i + (k.shape[2] - q.shape[2]), v)
+
+
 def f_rope(q, k, v, base=10000.0):
     SQ, SKV, D = q.shape[2], k.shape[2], q.shape[-1]
     inv_freq = 1.0 / base ** (torch.arange(0, D, 2, dtype=F64) / D)
@@ -582,6 +588,10 @@ def log_bucket_inputs(case, gen):
     return {"table": randn(gen, case.H, 2 * const(case, "NB", 16))}
 
 
+def query_weight_inputs(case, gen):
+    return {"w": randn(gen, case.H, case.D) * 0.5}
+
+
 def gate_inputs(case, gen):
     return {"gate": randn(gen, case.B, case.H, case.SQ) * 3}
 
@@ -655,6 +665,8 @@ REGISTRY: dict[str, Example] = {
         Case("self", runtime={"tau": 0.5}), SQ_LT, Case("sq>skv", SQ=63, SKV=29, runtime={"tau": 1.3}), MQA,
         Case("n_train", consts={"n_train": 32}, runtime={"tau": 0.25}),
     ]),
+    "B06-query": Example("b06_query_temperature.attn", f_query_temperature,
+                         STANDARD + [Case("decode", SQ=1, SKV=40)], query_weight_inputs),
     "B07": Example("b07_softcap.attn", f_softcap, STANDARD + [Case("cap", consts={"cap": 0.5})]),
     "B08": Example("b08_static_blocks.attn", f_static_blocks, STANDARD + [Case("long", SQ=100, SKV=100, D=8, DV=8)]),
     "B09": Example("b09_gqa.attn", f_gqa2, [

@@ -41,6 +41,7 @@ PATHS = {
     ("b04_alibi", "alibi"): ("no mask", (128, 128)),
     ("b05_streaming_sink", "streaming_sink"): ("tile analysis", (128, 128)),
     ("b06_temperature", "temperature"): ("no mask", (128, 128)),
+    ("b06_query_temperature", "query_temperature"): ("tile analysis", (128, 128)),
     ("b07_softcap", "softcap"): ("tile analysis", (128, 128)),
     ("b08_static_blocks", "static_blocks"): ("tile analysis", (16, 8)),
     ("b09_gqa", "gqa2"): ("tile analysis", (128, 128)),

@@ -21,7 +21,8 @@ from attnspec.fuzz.accuracy import check
 TARGETS = ["reference", "flex", "triton"]
 
 # an RMS norm with a learnable per-head gain on q, a per-kv-head affine map on v, GQA (2 query heads
-# per kv head), and an output gate per token with a per-feature offset
+# per kv head), per-row values of q and k read by the score mod, and an output gate per token with a
+# per-feature offset
 GAIN = """
 attention gain {
     input g: float32[H, D] learnable
@@ -30,7 +31,10 @@ attention gain {
     prologue q[i, f] = q * g[h, f] / sqrt(sum(q * q) / float(D) + 1e-6)
     prologue k[j, f] = rope(k, float(j) * 0.1 * float(f + 1))
     prologue v = v * a[h] + float(h)
+    let kg per k = tanh(0.1 * sum(k) + a[h])
+    let qt per q[i, f] = 1.0 + 0.1 * float(i % 3) + sigmoid(sum(q * g[h, f]))
     mask kv <= q + (SKV - SQ)
+    score = score * qt + kg
     epilogue out[i, f] = out * sigmoid(gate[b, h, i]) + 0.01 * float(f) / norm(out + 1.0)
 }
 """
@@ -54,8 +58,10 @@ def _hand_gain(q, k, v, g, a, gate):
     first, second = k[..., :8], k[..., 8:]
     k = torch.cat([first * angle.cos() - second * angle.sin(), second * angle.cos() + first * angle.sin()], -1)
     v = v * a[None, :, None, None] + torch.arange(2, dtype=v.dtype)[None, :, None, None]
-    k, v = k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1)
-    s = q @ k.transpose(-1, -2) / 4.0
+    kg = torch.tanh(0.1 * k.sum(-1) + a[None, :, None])  # [B, HKV, SKV], from k after its prologue
+    qt = 1.0 + 0.1 * (torch.arange(SQ) % 3).to(q.dtype) + torch.sigmoid((q * g[None, :, None, :]).sum(-1))
+    k, v, kg = k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1), kg.repeat_interleave(2, dim=1)
+    s = (q @ k.transpose(-1, -2) / 4.0) * qt[..., None] + kg[:, :, None, :]
     keep = torch.arange(SKV)[None, :] <= torch.arange(SQ)[:, None] + (SKV - SQ)
     out = torch.softmax(s.masked_fill(~keep, -torch.inf), -1) @ v
     return out * torch.sigmoid(gate)[..., None] + 0.01 * torch.arange(8, dtype=out.dtype) / (out + 1.0).norm(dim=-1, keepdim=True)

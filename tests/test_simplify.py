@@ -24,7 +24,7 @@ from attnspec.passes import STANDARD
 from attnspec.passes.simplify import simplify_algebra, simplify_expr, size
 from attnspec.passes.symbolic import NotRepresentable, exact_key, from_sympy, to_sympy
 from attnspec.printer import expr_text, print_spec
-from attnspec.sample import Sizes, sample_arguments
+from attnspec.sample import Sizes, evaluate_static, sample_arguments
 from attnspec.types import infer
 from attnspec.verify import verify
 
@@ -84,7 +84,11 @@ def environment(spec: Spec, seed: int = 0) -> dict:
     args = sample_arguments(spec, SIZES, torch.float64, seed=seed)
     env.update({p.name: _scalar(args[p.name]) for p in spec.runtime_params})
     # float inputs take the compute dtype (float64 here), as in the reference
-    env["inputs"] = {i.name: args[i.name].double() if args[i.name].is_floating_point() else args[i.name] for i in spec.inputs}
+    env["inputs"] = {i.name: args[i.name].double() if args[i.name].is_floating_point() else args[i.name] for i in spec.arguments}
+    for i in spec.inputs:  # a per-row value (computed by the module): any value will do for the score's rewrites
+        if i.computed is not None:
+            shape = tuple(int(evaluate_static(d, SIZES)) for d in i.shape)
+            env["inputs"][i.name] = torch.randn(shape, generator=gen, dtype=torch.float64)
     score = torch.randn(FULL, generator=gen, dtype=torch.float64) * 3
     score[..., 0] = -0.0
     score[..., 1] = 0.0

@@ -63,7 +63,7 @@ def spec_blocks(spec) -> tuple[int, int]:
 
 def split_args(spec, args: dict) -> tuple[dict, dict]:
     """(runtime params, inputs) of sample or hand-made arguments."""
-    return {p.name: args[p.name] for p in spec.runtime_params}, {i.name: args[i.name] for i in spec.inputs}
+    return {p.name: args[p.name] for p in spec.runtime_params}, {i.name: args[i.name] for i in spec.arguments}
 
 
 def dense_keep(spec, mod, q, k, runtime: dict, inputs: dict) -> torch.Tensor:

@@ -168,7 +168,7 @@ def case_arguments(spec: Spec, case: Case, device="cpu") -> dict:
     args["q"], args["k"] = args["q"] * scale, args["k"] * scale
     if case.inputs == "wild":
         gen = torch.Generator().manual_seed(case.seed + 1)
-        for decl in spec.inputs:
+        for decl in spec.arguments:
             args[decl.name] = _wild(args[decl.name], max(case.sizes.SQ, case.sizes.SKV), gen)
     args.update(dict(case.params))
     return args

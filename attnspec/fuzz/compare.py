@@ -103,7 +103,7 @@ def _gradient_trial(subject: Subject, case: Case, args64: dict, low: dict, optio
     respect to q, k, v and every float input, held to the rule like out: float64 reference,
     reference in the dtype, target."""
     spec = subject.spec
-    names = ["q", "k", "v"] + [i.name for i in spec.inputs if args64[i.name].is_floating_point()]
+    names = ["q", "k", "v"] + [i.name for i in spec.arguments if args64[i.name].is_floating_point()]
     reference = lambda args: subject.reference.attention(**args, **options)  # noqa: E731
     ref64 = _oracle(spec, lambda: _gradients(reference, args64, names, case.seed))
     if any(g is not None and not bool(torch.isfinite(g).all()) for g in ref64.values()):
