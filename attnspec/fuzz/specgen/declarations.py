@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from .terms import (
     CONSTANT,
     MASK,
+    ROW_MAP,
     SCORE,
     Env,
     Term,
@@ -36,6 +37,7 @@ PARAM_NAMES = {
 }
 INPUT_NAMES = ("bias", "table", "doc", "docs", "keep_key", "gate", "kind", "rel", "gains", "shift")
 LET_NAMES = ("dist", "near", "band", "seg", "pos", "lag", "part", "cell", "step", "mix")
+ROW_VALUE_NAMES = ("warmth", "gain_row", "focus")
 GRID_NAMES = (("qy", "qx"), ("ky", "kx"))
 FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
 INT_DTYPES = ("int32", "int64")
@@ -244,4 +246,20 @@ def _tuple_let(draw, env: Env) -> list[str]:
     return [f"let ({', '.join(names)}) = ({', '.join(v.text for v in values)})"]
 
 
-LET_KINDS = (_plain_let, _grid_let, _tuple_let)
+def _row_value_let(draw, env: Env) -> list[str]:
+    """A number per row of q or k from its vector, offered to the score mod, the weight and (q) the sink."""
+    target = draw(st.sampled_from(("q", "k")))
+    name = env.fresh(draw(st.sampled_from(ROW_VALUE_NAMES)))
+    view = env.view(ROW_MAP)
+    value = _pick(
+        draw,
+        (2, lambda: f"1.0 + softplus(0.1 * sum({target}))"),
+        (2, lambda: f"tanh(norm({target}) / sqrt(float(D)))"),
+        (1, lambda: f"sigmoid(0.1 * sum({target}) * {_float_knob(draw, env, view, 0.25, 2.0).wrapped()} + "
+                    f"{float_expr(draw, view, 1).wrapped()})"),
+    )()
+    env.floats.append(Term(name, frozenset({"q" if target == "q" else "kv", "row_value"})))
+    return [f"let {name} per {target} = {value}"]
+
+
+LET_KINDS = (_plain_let, _grid_let, _tuple_let, _row_value_let)

@@ -24,9 +24,10 @@ WILD_INTS = (2**31, 2**31 - 1, 2**32, 2**53 + 1, 2**62, 2**63 - 1)
 # "shape" (shape symbols) or "pool" (pooled vectors).
 TOKEN = frozenset({"b", "h", "q", "kv", "load", "runtime", "shape"})
 MASK = TOKEN
-SCORE_MOD = TOKEN | {"score", "score_let"}
-WEIGHT = TOKEN | {"score"}
-SINK = frozenset({"b", "h", "q", "load", "runtime", "shape"})
+# "row_value": a per-row value (`let t per q = ...`), which masks and selections cannot read
+SCORE_MOD = TOKEN | {"score", "score_let", "row_value"}
+WEIGHT = TOKEN | {"score", "row_value"}
+SINK = frozenset({"b", "h", "q", "load", "runtime", "shape", "row_value"})
 BLOCK_RULE = frozenset({"b", "h", "q_block", "kv_block", "load", "runtime", "shape"})
 BLOCK_SCORE = BLOCK_RULE | {"pool"}
 AMOUNT = frozenset({"runtime", "shape"})
@@ -292,7 +293,7 @@ def _float_leaf(draw, view: View) -> Term:
 
 
 # every built-in of one number except the conversion, from the op registry
-UNARY_FLOAT = tuple(name for name, op in OPS.items() if op.arity == 1 and name != "float")
+UNARY_FLOAT = tuple(name for name, op in OPS.items() if op.arity == 1 and name != "float" and op.rule != "int")  # ilog2, pow2: ints
 
 
 def _float_node(draw, view: View, depth: int) -> Term:
