@@ -42,7 +42,8 @@ def _row_values(q, k, w):
     q, k = q.to(_dtype), k.to(_dtype)
     _b, _h, _row, _feature = _dense.grid(q.shape, q.device)
     t = _dense.full((1.0 + _fn.softplus(_fn.feature_sum((q * _fn.load(w, _h, _feature)), q))), q.shape[:3] + (1,), _dtype, q.device).squeeze(-1).contiguous()
-    return t, 
+    return t,
+
 
 
 def attention(q, k, v, *, w, selection=None, return_lse=False):
