@@ -26,8 +26,8 @@ PROLOGUE_TARGETS = ("q", "k", "v")
 EPILOGUE_TARGETS = ("out",)
 # what a row map reads: its own row of its own tensor
 ROW_MAP_READS = {"q": ("q",), "k": ("k",), "v": ("v",), "out": ("out",)}
-# functions over the feature axis, only in a prologue: name -> (arity, IR op)
-PROLOGUE_FUNCTIONS = {"sum": (1, "feature_sum"), "norm": (1, "feature_norm"), "rope": (2, "rope")}
+# functions over the feature axis, only in a row map: name -> (parameters, IR op)
+PROLOGUE_FUNCTIONS = {"sum": (("x",), "feature_sum"), "norm": (("x",), "feature_norm"), "rope": (("x", "angle"), "rope")}
 
 
 @dataclass(frozen=True)
@@ -203,10 +203,10 @@ class _ExprBuilder:
         return Expr(name, tuple(self.build(a) for a in arg_trees), span=span)
 
     def _feature_function(self, name: str, arg_trees, span):
-        arity, op = PROLOGUE_FUNCTIONS[name]
-        if len(arg_trees) != arity:
-            signature = {"sum": "sum(x)", "norm": "norm(x)", "rope": "rope(x, angle)"}[name]
-            raise AttnError(f"'{name}' takes {arity} argument(s), got {len(arg_trees)}", span, f"write {signature}")
+        params, op = PROLOGUE_FUNCTIONS[name]
+        if len(arg_trees) != len(params):
+            raise AttnError(f"'{name}' takes {len(params)} argument(s), got {len(arg_trees)}", span,
+                            f"write {name}({', '.join(params)})")
         return Expr(op, tuple(self.build(a) for a in arg_trees), span=span)
 
     def _is_pooling(self, name: str, arg_trees) -> bool:

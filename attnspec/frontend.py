@@ -324,10 +324,7 @@ class _SpecBuilder:
             raise AttnError(f"{message}, not '{target}'", span_of(self.source, target_tok), "write " + " or ".join(forms))
         names = [t for t in (row_tok, feature_tok) if t is not None]
         for tok in names:
-            self._check_name(tok, f"{statement} index")
-            if str(tok) in self.params or str(tok) in self.inputs or str(tok) in self.lets:
-                raise AttnError(f"'{tok}' already names a param, input or let", span_of(self.source, tok),
-                                f"the row and feature indices of {_article(statement)} take names of their own")
+            self._declare(tok, f"{statement} index")  # local to the statement, but never a shadow
         if len(names) == 2 and str(row_tok) == str(feature_tok):
             raise AttnError("the row and feature indices need two names", span_of(self.source, feature_tok))
         scope = RowScope(target, str(row_tok) if row_tok else None, str(feature_tok) if feature_tok else None, statement)

@@ -57,7 +57,6 @@ def _epilogue(out, _sizes, gate):
     _own_dtype, out = out.dtype, out.to(_dtype)
     _b, _h, _row, _feature = _dense.grid(out.shape, out.device)
     out = _dense.full((out * _fn.sigmoid(_fn.load(gate, _b, _h, _row))), out.shape, _dtype, out.device).to(_own_dtype).contiguous()
-
     return out
 
 
