@@ -170,14 +170,15 @@ class _SpecBuilder:
         if kind == "softmax":
             self._single("normalize", tree, Normalize("softmax", sink=self._softmax_sink(args), span=span))
             return
-        if len(args) != 1 or args[0].data != "posarg":
+        if not args or args[0].data != "posarg" or any(a.data == "posarg" for a in args[1:]):
             raise AttnError(
                 f"'{kind}' takes exactly one expression of score",
                 span,
                 f"for example: normalize {kind}(sigmoid(score))",
             )
         weight = self.expr(args[0].children[0], normalize=True)
-        self._single("normalize", tree, Normalize(kind, weight=weight, span=span))
+        denominator = self._rownorm_denominator(kind, args[1:])
+        self._single("normalize", tree, Normalize(kind, weight=weight, denominator=denominator, span=span))
 
     def select_stmt(self, tree: Tree) -> None:
         kwargs_tree, rule = tree.children
@@ -204,6 +205,23 @@ class _SpecBuilder:
                 raise AttnError("'sink' given twice", span_of(self.source, arg))
             sink = self.expr(arg.children[1])
         return sink
+
+    def _rownorm_denominator(self, kind: str, kwargs) -> Expr | None:
+        """rownorm(g, den = f): the expression the row's denominator sums, when it is not g itself."""
+        denominator = None
+        for arg in kwargs:
+            key = str(arg.children[0])
+            if kind != "rownorm":
+                raise AttnError(f"{kind} takes no keyword argument '{key}'", span_of(self.source, arg),
+                                f"{kind} takes one expression of score: normalize {kind}(sigmoid(score))")
+            if key != "den":
+                raise AttnError("rownorm takes only the keyword argument 'den'", span_of(self.source, arg),
+                                "normalize rownorm(tanh(score), den = abs(tanh(score))): weights of any sign "
+                                "over a denominator >= 0")
+            if denominator is not None:
+                raise AttnError("'den' given twice", span_of(self.source, arg))
+            denominator = self.expr(arg.children[1], normalize=True)
+        return denominator
 
     def _block_sizes(self, tree: Tree) -> dict[str, Expr]:
         sizes: dict[str, Expr] = {}

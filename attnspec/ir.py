@@ -96,7 +96,15 @@ class Normalize:
     kind: str  # "softmax" | "elementwise" | "rownorm"
     sink: Expr | None = None  # softmax only
     weight: Expr | None = None  # f(score) for elementwise / rownorm; `score` is the modified score
+    # rownorm(g, den = f): the row's denominator sums f over the kept keys while g weighs the values
+    # (any sign); None: the denominator sums the weight itself
+    denominator: Expr | None = None
     span: Span = _span
+
+    @property
+    def summed(self) -> Expr | None:
+        """What the row's denominator sums (rownorm): the denominator, or else the weight."""
+        return self.denominator if self.denominator is not None else self.weight
 
 
 @dataclass(frozen=True)

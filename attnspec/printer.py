@@ -67,7 +67,8 @@ def _row_map(statement: str, step: RowMap) -> str:
 def _normalize(n: Normalize) -> str:
     if n.kind == "softmax":
         return "softmax" + (f"(sink = {expr_text(n.sink)})" if n.sink is not None else "")
-    return f"{n.kind}({expr_text(n.weight)})"
+    den = f", den = {expr_text(n.denominator)}" if n.denominator is not None else ""
+    return f"{n.kind}({expr_text(n.weight)}{den})"
 
 
 def _selection(s: Selection) -> str:

@@ -68,7 +68,7 @@ class Slot:
     want: Callable[[Spec], str]  # "number" | "int" | "bool"
     float_slot: Callable[[Spec], bool] = _always(False)
     cse_root: bool = False
-    differentiated: str | None = None  # "score" | "weight" | "sink"
+    differentiated: str | None = None  # "score" | "weight" | "denominator" | "sink"
     check: str | None = None  # the name of a range check in verify.py
 
     def get(self, spec: Spec) -> Expr | None:
@@ -95,6 +95,8 @@ STAGES = (
         Slot("sink", ("normalize", "sink"), SINK, _always("number"), float_slot=_always(True), cse_root=True, differentiated="sink"),
         Slot("weight", ("normalize", "weight"), WEIGHT, _always("number"), float_slot=_always(True), cse_root=True,
              differentiated="weight"),
+        Slot("denominator", ("normalize", "denominator"), WEIGHT, _always("number"), float_slot=_always(True),
+             cse_root=True, differentiated="denominator"),
     )),
     Stage("selection", (
         Slot("q_block", ("selection", "q_block"), BLOCK_SIZE, _always("int"), check="block_size"),
@@ -134,7 +136,7 @@ def cse_roots(spec: Spec) -> dict[str, Expr]:
 
 
 # the order the backward numbers its gradient sites in (their partial sums are added in this order)
-DIFFERENTIATION_ORDER = ("score", "weight", "sink")
+DIFFERENTIATION_ORDER = ("score", "weight", "denominator", "sink")
 
 
 def differentiated(spec: Spec) -> list[tuple[str, Expr | None]]:

@@ -131,11 +131,12 @@ class ModulePlan(Plan):
     gqa_group: str | None
     score: str
     mask_bindings: list[tuple[str, str]]  # (name, code) of the bindings the mask reads
-    attention_bindings: list[tuple[str, str]]  # those the score mod, sink and weight read
+    attention_bindings: list[tuple[str, str]]  # those the score mod, sink, weight and denominator read
     mask: str | None
     norm: str  # softmax | elementwise | rownorm
     sink: str | None
     weight: str | None
+    denominator: str | None  # rownorm(g, den = f): f, which the row's denominator sums
     sel: SelectionPlan | None
     prologue: list[dict]  # {target, code} of each prologue step (codegen/rowmap.py)
     epilogue: dict | None  # {target, code} of the epilogue
@@ -167,11 +168,12 @@ def module_plan(spec: Spec, source_name: str) -> ModulePlan:
         gqa_group=_optional(r, spec.gqa_group),
         score=r.render(spec.score),
         mask_bindings=bindings_for(spec, [spec.mask], r),
-        attention_bindings=bindings_for(spec, [spec.score, norm.sink, norm.weight], r),
+        attention_bindings=bindings_for(spec, [spec.score, norm.sink, norm.weight, norm.denominator], r),
         mask=_optional(r, spec.mask),
         norm=norm.kind,
         sink=_optional(r, norm.sink),
         weight=_optional(r, norm.weight),
+        denominator=_optional(r, norm.denominator),
         sel=_selection_plan(sel, r) if sel is not None else None,
         prologue=prologue_plan(spec),
         epilogue=epilogue_plan(spec),

@@ -194,12 +194,14 @@ class TritonPlan(ModulePlan, BackwardPlan):
     heaviest_first: bool  # query tiles in reverse order: a row's key work grows with q (causal)
     k_score: str
     k_weight: str | None
+    k_denominator: str | None  # rownorm(g, den = f): f
     k_mask: str | None
     k_sink: str | None
     fold_log2e: bool  # log2(e) and the scale fold into the products q.k
-    check_nonnegative: bool  # rownorm(f) with f not provably >= 0: the kernel flags a negative f
+    check_nonnegative: str | None  # rownorm's rule, where its denominator terms are not provably >= 0: the kernel flags a negative one
     score_full: bool  # the score mod reads the score: it already has the tile's shape
     weight_full: bool
+    denominator_full: bool
     program_bindings: list[tuple[str, str]]  # (name, code) computed once per program
     row_bindings: list[tuple[str, str]]  # once per query tile
     score_bindings: list[tuple[str, str]]  # per key tile (column and pair level), read by the scores
@@ -218,7 +220,7 @@ def triton_plan(spec: Spec, source_name: str) -> TritonPlan:
     r = TritonRenderer(spec)
     norm = spec.normalize
     mask = token_mask(spec)
-    score_roots = [spec.score] + ([norm.weight] if norm.weight is not None else [])
+    score_roots = [spec.score] + [e for e in (norm.weight, norm.denominator) if e is not None]
     # log2(e) folds into the scale only where the running max can be kept on the raw products q.k:
     # a plain score, a scale > 0 (the max of scale * x is scale * max x) and no sink logit to compare
     plain_score = spec.score.op == "score" and norm.kind == "softmax" and norm.sink is None
@@ -231,16 +233,19 @@ def triton_plan(spec: Spec, source_name: str) -> TritonPlan:
         **backward_plan(spec, TritonRenderer).fields(),
         ctx=_context(spec, program, row),
         ctx_outer=_context(spec, program),
-        scores_out=", ".join(["_keep", "_s", "_x"] + (["_w"] if norm.kind != "softmax" else []) + [t for t, _ in per_pair]),
+        scores_out=", ".join(["_keep", "_s", "_x"] + (["_w"] if norm.kind != "softmax" else []) + (["_wd"] if norm.denominator else [])
+                             + [t for t, _ in per_pair]),
         selection_tiles=selection_tiles(spec),
         k_score=r.render(spec.score),
         k_weight=None if norm.weight is None else r.render(norm.weight),
+        k_denominator=None if norm.denominator is None else r.render(norm.denominator),
         k_mask=None if mask is None else r.render(mask),
         k_sink=None if norm.sink is None else r.render(norm.sink),
         fold_log2e=plain_score,
-        check_nonnegative=norm.kind == "rownorm" and not nonnegative(norm.weight, spec),
+        check_nonnegative=_nonnegative_rule(spec),
         score_full=uses(spec.score, "score"),
         weight_full=norm.weight is not None and uses(norm.weight, "score"),
+        denominator_full=norm.denominator is not None and uses(norm.denominator, "score"),
         program_bindings=program,
         row_bindings=row,
         score_bindings=per_pair,
@@ -255,6 +260,14 @@ def triton_plan(spec: Spec, source_name: str) -> TritonPlan:
         kernel_bool_params=[p.name for p in spec.runtime_params if p.type == "bool"],
         kernel_constants=kernel_constants(spec),
     )
+
+
+def _nonnegative_rule(spec: Spec) -> str | None:
+    """rownorm's rule where the terms its denominator sums are not provably >= 0 (the kernel checks them)."""
+    norm = spec.normalize
+    if norm.kind != "rownorm" or nonnegative(norm.summed, spec):
+        return None
+    return "rownorm(g, den = f) needs f >= 0" if norm.denominator is not None else "rownorm(f) needs f >= 0"
 
 
 def kernel_constants(spec: Spec) -> list[tuple[str, str]]:

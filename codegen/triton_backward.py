@@ -4,7 +4,8 @@ The backward recomputes each tile's scores as the forward does and needs, beside
 of the spec's expressions, derived symbolically (passes/derivative.py) and rendered as Triton code:
 
 - d_score: d s' / d x, the score mod's derivative with respect to the scaled product x = scale * q.k;
-- d_weight: d f / d s', the weight's derivative (elementwise and rownorm forms);
+- d_weight: d f / d s', the weight's derivative (elementwise and rownorm forms), and d_denominator
+  that of rownorm's separate denominator term;
 - sites: one per float input read by the score mod, the weight or the sink logit (loads with equal
   indices are one site). A site's contribution to the input's gradient is the gradient of what reads
   it times the derivative, summed into the slot its clamped indices name. Where the indices vary
@@ -41,6 +42,7 @@ class BackwardPlan(Plan):
     backward_error: str | None
     d_score: dict | None  # {code, one}: d s' / d x, rendered with the score before the mod as _x
     d_weight: dict | None  # d f / d s'
+    d_denominator: dict | None  # rownorm(g, den = f): d f / d s'
     sites: list[dict]  # one per float input read: {id, input, root, level, kernel, derivative, offset, loads}
     grad_inputs: list[dict]  # {name, rank} of the inputs with a gradient
     row_state: str  # the row statistics the tile functions receive
@@ -57,7 +59,7 @@ def backward_plan(spec: Spec, renderer_class) -> BackwardPlan:
     try:
         parts = {"backward_error": None, **_differentiated(spec, renderer_class(spec), _raw_score(renderer_class)(spec))}
     except AttnError as error:
-        parts = {"backward_error": error.message, "d_score": None, "d_weight": None, "sites": [], "grad_inputs": []}
+        parts = {"backward_error": error.message, "d_score": None, "d_weight": None, "d_denominator": None, "sites": [], "grad_inputs": []}
     sites = parts["sites"]
     summed = [s for s in sites if s["level"] != "element"]
     pairs = [s for s in sites if s["root"] != "sink"]
@@ -99,13 +101,14 @@ def _differentiated(spec: Spec, r, raw) -> dict:
     norm = spec.normalize
     d_score = _rendered(derivative(spec.score, _SCORE, spec), raw)
     d_weight = None if norm.weight is None else _rendered(derivative(norm.weight, _SCORE, spec), r)
+    d_denominator = None if norm.denominator is None else _rendered(derivative(norm.denominator, _SCORE, spec), r)
     roots = [(what, expr, raw if what == "score" else r) for what, expr in differentiated(spec)]
     sites = [_site(spec, rr, root, expr, load) for root, expr, rr in roots for load in float_loads(expr, spec)]
     for number, site in enumerate(sites):
         site["id"] = number
     names = [i.name for i in spec.inputs]
     used = sorted({s["input"] for s in sites}, key=names.index)
-    return {"d_score": d_score, "d_weight": d_weight, "sites": sites, "grad_inputs": [_grad_input(spec, n) for n in used]}
+    return {"d_score": d_score, "d_weight": d_weight, "d_denominator": d_denominator, "sites": sites, "grad_inputs": [_grad_input(spec, n) for n in used]}
 
 
 def _rendered(e: Expr, r) -> dict:

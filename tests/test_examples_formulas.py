@@ -101,6 +101,15 @@ def rownorm_attn(f, keep, v):
     return Result(out, torch.log(z).squeeze(-1), (z == 0).squeeze(-1))
 
 
+def ratio_attn(g, f, keep, v):
+    """w = g / sum_kept f (g of any sign; 0 where the sum is 0); lse = log(sum_kept f)."""
+    keep = full_shape(g, keep)
+    g = torch.where(keep, g, torch.zeros_like(g))
+    z = torch.where(keep, f.expand(g.shape), torch.zeros_like(g)).sum(dim=-1, keepdim=True)
+    out = torch.matmul(g, per_query_head(v, g.shape[1])) / torch.where(z > 0, z, torch.ones_like(z))
+    return Result(out, torch.log(z).squeeze(-1), (z == 0).squeeze(-1))
+
+
 def clamped_window(c_i, c_j, r, n):
     """NATTEN 1D window: start = clamp(c_i - r, 0, n - (2r + 1)); keep start <= c_j < start + 2r + 1."""
     start = (c_i - r).clamp(min=0).clamp(max=n - (2 * r + 1))
@@ -462,6 +471,26 @@ def f_relu_length(q, k, v):
     return elementwise_attn(torch.relu(s) / k.shape[2], torch.ones_like(s, dtype=torch.bool), v)
 
 
+def f_softpick(q, k, v):
+    _, _, i, j = grid(q, k)
+    e = torch.exp(logits(q, k)) - 1.0
+    return ratio_attn(torch.relu(e), e.abs(), j <= i + (k.shape[2] - q.shape[2]), v)
+
+
+def f_relu_kept_length(q, k, v):
+    _, _, i, j = grid(q, k)
+    s = logits(q, k)
+    return ratio_attn(torch.relu(s), torch.ones_like(s), j <= i + (k.shape[2] - q.shape[2]), v)
+
+
+def f_cosine_signed(q, k, v):
+    qn = q / q.norm(dim=-1, keepdim=True).clamp(min=1e-6)
+    kn = k / k.norm(dim=-1, keepdim=True).clamp(min=1e-6)
+    s = logits(qn, kn, scale=1.0)
+    _, _, i, j = grid(q, k)
+    return ratio_attn(s, torch.ones_like(s), j <= i + (k.shape[2] - q.shape[2]), v)
+
+
 def f_nsa_select(q, k, v, n=2):
     _, _, i, j = grid(q, k)
     keep = select_blocks(
@@ -749,6 +778,13 @@ REGISTRY: dict[str, Example] = {
         Case("zero-row", empty_rows=True, tweak=first_row_sees_only_negative_scores),
     ]),
     "N02-len": Example("n02_relu_length.attn", f_relu_length, STANDARD, lse=False),
+    "N02-kept": Example("n02_relu_kept_length.attn", f_relu_kept_length, STANDARD + [
+        Case("sq>skv", SQ=63, SKV=29, empty_rows=True),
+    ]),
+    "N01-softpick": Example("n01_softpick.attn", f_softpick, STANDARD + [
+        Case("sq>skv", SQ=63, SKV=29, empty_rows=True),
+    ]),
+    "N14-cosine": Example("n14_cosine_signed.attn", f_cosine_signed, STANDARD + [Case("decode", SQ=1, SKV=40)]),
     "K01": Example("k01_nsa_select.attn", f_nsa_select, [
         Case("self", SQ=100, SKV=100, D=8, DV=8),
         Case("mqa", H=4, HKV=1, SQ=63, SKV=63),

@@ -18,6 +18,8 @@ Also: which path each example takes, and the selection's eligible tiles found wi
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -26,10 +28,11 @@ from hypothesis import strategies as st
 from attnspec.analysis.tiles import EMPTY, FULL, PARTIAL
 from attnspec.api import build_module, load_program, lower
 from attnspec.codegen import passes_for
+from attnspec.diagnostics import AttnError
 from attnspec.runtime import blocks as block_runtime
 from attnspec.runtime import dense
 from attnspec.sample import Sizes, sample_arguments
-from test_flex import EXAMPLES, without_v
+from test_flex import EXAMPLES, FLEX_REFUSED, without_v
 
 F64 = torch.float64
 
@@ -81,8 +84,13 @@ PATHS = {
 _MODULES: dict = {}
 
 
-def example_specs() -> list[tuple[str, str]]:
+def every_example_spec() -> list[tuple[str, str]]:
     return [(path.stem, spec.name) for path in sorted(EXAMPLES.glob("*.attn")) for spec in load_program(path).specs]
+
+
+def example_specs() -> list[tuple[str, str]]:
+    """The example specs the flex target lowers."""
+    return [key for key in every_example_spec() if key not in FLEX_REFUSED]
 
 
 def pair(stem: str, name: str):
@@ -104,6 +112,15 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def test_every_example_is_in_the_path_table():
     assert sorted(PATHS) == sorted(example_specs())
+    assert set(FLEX_REFUSED) <= set(every_example_spec())
+
+
+@pytest.mark.parametrize("stem, name", sorted(FLEX_REFUSED), ids=lambda x: str(x))
+def test_refused_examples_are_refused_at_their_normalization(stem, name):
+    spec = next(s for s in load_program(EXAMPLES / f"{stem}.attn").specs if s.name == name)
+    with pytest.raises(AttnError, match=re.escape(FLEX_REFUSED[stem, name])) as info:
+        build_module(lower(spec, passes=passes_for("flex")), "flex", f"{stem}.attn")
+    assert info.value.span.line == spec.normalize.span.line
 
 
 @pytest.mark.parametrize("stem, name", sorted(PATHS), ids=lambda x: str(x))

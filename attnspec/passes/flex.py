@@ -34,6 +34,14 @@ def flex_identity(spec: Spec) -> str:
     norm = spec.normalize
     if norm.kind == "softmax":
         return "sink" if norm.sink is not None else "softmax"
+    if norm.denominator is not None:
+        raise AttnError(
+            "the flex target cannot lower rownorm(g, den = f): FlexAttention's one softmax weighs the values "
+            "and sums the denominator with the same exp(score_mod), so a separate denominator has no "
+            "one-call identity",
+            norm.denominator.span,
+            hint="compile with --target triton or --target reference; where g = f, write rownorm(f)",
+        )
     if not nonnegative(norm.weight, spec):
         raise AttnError(
             f"the flex target cannot lower {norm.kind}(f) here: f is not provably >= 0 for every score, "

@@ -26,7 +26,7 @@ class Kernels:
     dkdv: Callable | None
     norm: str  # softmax | elementwise | rownorm
     closed_form: bool  # the forward and dQ kernels compute their key tiles (no block tables)
-    check_nonnegative: bool  # rownorm(f) with f not provably >= 0: the kernel flags a negative f
+    check_nonnegative: str | None  # the rule a negative denominator term breaks, where the kernel checks it
     kernel_tiles: tuple[int, int] | None  # a data-dependent selection's blocks, which kernel tiles divide
     logit_scale: Callable  # (q, k, params) -> the scale
     input_names: tuple[str, ...]  # the spec's inputs, in kernel-argument order
@@ -100,7 +100,7 @@ def forward(kernels: Kernels, q, k, v, inputs, params, schedule, return_lse, for
 
     _rt.launch(run, kernels.spec_name, q, v, kernels.kernel_tiles, (SQ, SKV))
     if err and bool(err[0].item()):  # the reference's check, made by the kernel (one host sync per call)
-        raise ValueError(f"{kernels.spec_name}: rownorm(f) needs f >= 0 on kept pairs, but f was negative")
+        raise ValueError(f"{kernels.spec_name}: {kernels.check_nonnegative} on kept pairs, but f was negative")
     return out.to(q.dtype), lse, ((out, stats) if for_backward else None)
 
 

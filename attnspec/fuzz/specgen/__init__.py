@@ -17,7 +17,7 @@ What a drawn spec covers:
 - prologues of q, k and v (RoPE, unit norm, RMS norm with a gain, affine maps) and an output epilogue
   (gates, norms, offsets per feature);
 - `scale =`, `gqa group =`, every normalization (softmax with or without a sink, elementwise,
-  rownorm, now and then a rownorm weight that can be negative) and static and data-dependent block
+  rownorm, now and then a rownorm weight that can be negative, rownorm(g, den = f)) and static and data-dependent block
   selection (top / threshold / share, pooled block scores, causal, per head / kv_head, always).
 
 Every expression is typed as it is drawn (an int, float or bool `Term`) and carries the set of

@@ -191,6 +191,7 @@ ROWNORM = (  # f >= 0
     "relu(score)",
 )
 NEGATIVE_ROWNORM = ("score", "tanh(score)", "score - 1.0")
+DENOMINATOR = ("1.0", "abs(score)", "abs(tanh(score))", "exp(score)", "relu(score) + 1.0", "abs(exp(score) - 1.0)")  # f >= 0
 
 
 def _sink_value(draw, env: Env) -> str:
@@ -221,6 +222,7 @@ def _normalize(draw, env: Env) -> str | None:
         (4, lambda: f"normalize elementwise({_weight(draw, env, ELEMENTWISE)})"),
         (4, lambda: f"normalize rownorm({draw(st.sampled_from(ROWNORM))})"),
         (1, lambda: f"normalize rownorm({_weight(draw, env, NEGATIVE_ROWNORM)})"),
+        (3, lambda: f"normalize rownorm({_weight(draw, env, NEGATIVE_ROWNORM)}, den = {_weight(draw, env, DENOMINATOR)})"),
     )()
 
 
