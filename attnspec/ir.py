@@ -25,7 +25,7 @@ _span = field(default=NO_SPAN, compare=False, hash=False, repr=False)
 # Every other op is a built-in operator or function named in builtins.py.
 
 
-LEAF_OPS = ("const", "index_var", "shape", "param", "score", "temp", "pool")  # ops that compute nothing
+LEAF_OPS = ("const", "index_var", "shape", "param", "score", "temp", "pool", "vector", "row", "feature")  # ops that compute nothing
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 Before: every tile visited, every mask and score-mod operation evaluated per (query, key) pair.
 After: the tile analysis skips empty tiles and evaluates the mask only on partial tiles, and the
-hoist/CSE passes move terms to their level (program, row, column). Prints a markdown table.
+hoist/CSE passes move terms to their level (program, row, column). Prints a markdown table, then a
+second one for the examples with row maps (prologues, per-row values, the epilogue): their work as a
+prologue pass before the kernel against fused into the kernels, and the model's choice.
 
     python benchmarks/kernel_work.py [--tokens 4096] [--block 128]
 """
@@ -16,7 +18,7 @@ from pathlib import Path
 import torch
 
 import attnspec
-from attnspec.analysis.cost import naive_work, optimized_work
+from attnspec.analysis.cost import naive_work, optimized_work, row_map_work
 from attnspec.analysis.tiles import classify_tiles
 from attnspec.api import lower, pick_spec
 from attnspec.passes import OPTIMIZE, STANDARD
@@ -25,9 +27,9 @@ from attnspec.sample import Sizes, sample_arguments
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def measure(path: Path, tokens: int, block: int) -> tuple[str, list[str]]:
-    spec = pick_spec(attnspec.load_program(path), None)
-    plain, fast = lower(spec, passes=STANDARD), lower(spec, passes=OPTIMIZE)
+def tiles_of(plain, tokens: int, block: int):
+    """The spec's tiles at SQ = SKV = tokens (its static blocks, else block x block), counted per batch
+    and head whether or not the mask depends on them; B = 1, H = 4 query heads on HKV = 1."""
     sel = plain.selection
     bq = bk = block
     if sel is not None and not sel.dynamic:
@@ -35,10 +37,29 @@ def measure(path: Path, tokens: int, block: int) -> tuple[str, list[str]]:
     sizes = Sizes(B=1, H=4, HKV=1, SQ=tokens, SKV=tokens, D=64, DV=64)
     args = sample_arguments(plain, sizes, torch.float32, seed=0)
     runtime = {p.name: args[p.name] for p in plain.runtime_params}
-    inputs = {i.name: args[i.name] for i in plain.inputs}
+    inputs = {i.name: args[i.name] for i in plain.inputs if i.computed is None}
     tiles = classify_tiles(plain, bq, bk, sizes.symbols(), runtime, inputs)
-    # count tiles per (batch, head), whether or not the mask depends on them
-    tiles = dataclasses.replace(tiles, classes=tiles.classes.expand(sizes.B, sizes.H, -1, -1))
+    return dataclasses.replace(tiles, classes=tiles.classes.expand(sizes.B, sizes.H, -1, -1))
+
+
+def row_map_rows(path: Path, tokens: int, block: int) -> list[list[str]]:
+    """One line per row map of the example: ops as a prologue, fused (forward, training), the round trip."""
+    plain = lower(pick_spec(attnspec.load_program(path), None), passes=STANDARD)
+    tiles = tiles_of(plain, tokens, block)
+    lines = []
+    for w in row_map_work(plain, tiles, features=64, group=4):
+        lines.append([
+            path.stem, w.what, f"{w.prologue_ops:.3g}", f"{w.fused_forward_ops:.3g}", f"{w.fused_training_ops:.3g}",
+            f"{w.fused_forward_ops / w.prologue_ops:.2f}x", f"{w.fused_training_ops / w.prologue_ops:.2f}x",
+            f"{w.round_trip:.3g}", f"{w.choice(False)} / {w.choice(True)}",
+        ])
+    return lines
+
+
+def measure(path: Path, tokens: int, block: int) -> tuple[str, list[str]]:
+    spec = pick_spec(attnspec.load_program(path), None)
+    plain, fast = lower(spec, passes=STANDARD), lower(spec, passes=OPTIMIZE)
+    tiles = tiles_of(plain, tokens, block)
     before, after = naive_work(plain, tiles), optimized_work(fast, tiles)
     ratio = lambda a, b: f"{a / b:.1f}x" if b else ("-" if not a else "all")  # noqa: E731
     return spec.name, [
@@ -61,6 +82,13 @@ def main() -> None:
     for path in sorted((ROOT / "examples").glob("*.attn")):
         name, cells = measure(path, args.tokens, args.block)
         print(f"| {path.stem} | " + " | ".join(cells) + " |")
+    print("\nRow maps, per batch and query head, D = 64 (ops: operations per feature of a row, summed):\n")
+    print("| example | row map | ops as a prologue | fused, forward | fused, training | forward ratio | "
+          "training ratio | round trip (elements) | cheaper (forward / training) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for path in sorted((ROOT / "examples").glob("*.attn")):
+        for cells in row_map_rows(path, args.tokens, args.block):
+            print("| " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

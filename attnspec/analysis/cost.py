@@ -4,13 +4,19 @@ Each IR operation (a non-leaf node) costs one evaluation wherever it is computed
 a visited tile, per row, per column, or once per program. Without the optimizer every operation is
 evaluated per element of every tile; with it, bindings move to their level, shared terms are
 computed once, full tiles skip the mask and empty tiles are skipped altogether.
+
+Row maps (prologues, per-row values, the epilogue: ir.RowMap) cost one evaluation per feature of a
+row wherever the row is transformed: once per row in a prologue pass before the kernel, whose result
+makes a round trip through memory, or fused into each kernel program that loads the row's tile.
+A query row is loaded once per forward program but once per visited key tile by the dK/dV kernel;
+a key row once per visited tile by the forward and dQ kernels (row_map_work).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..ir import LEAF_OPS, Expr, Spec, walk
+from ..ir import LEAF_OPS, Expr, RowMap, Spec, walk
 from .tiles import EMPTY, FULL, PARTIAL, Tiles
 
 
@@ -60,3 +66,48 @@ def optimized_work(spec: Spec, tiles: Tiles) -> Work:
     score = per_tile(ops_by_level(spec, [spec.score]), bq, bk)
     assert EMPTY == 0
     return Work(visited, float(mask * partial), float(score * visited))
+
+
+@dataclass(frozen=True)
+class RowMapWork:
+    """One row map's operations per (batch, query head), as a prologue pass or fused into the kernels,
+    for the forward alone and for training (forward and backward kernels), and the elements the
+    prologue pass writes and reads back (what fusing saves)."""
+
+    what: str  # "prologue q", "per-row value t of k", "epilogue out"
+    prologue_ops: float  # once per row (its derivative, the same either way, is not counted)
+    fused_forward_ops: float
+    fused_training_ops: float
+    round_trip: float
+
+    def choice(self, training: bool) -> str:
+        fused = self.fused_training_ops if training else self.fused_forward_ops
+        return "fused" if fused <= self.prologue_ops else "prologue"
+
+
+def row_map_work(spec: Spec, tiles: Tiles, features: int, group: int = 1) -> list[RowMapWork]:
+    """The work of each row map of the spec (prologues, per-row values, epilogue) on these tiles, with
+    `features` per row and `group` query heads per kv head (a key row's prologue serves the group)."""
+    heads = tiles.classes.shape[0] * tiles.classes.shape[1]
+    visited = (tiles.count(FULL) + tiles.count(PARTIAL)) / heads  # per (batch, head)
+    steps = [(f"prologue {s.target}", s, s.target) for s in spec.prologue]
+    steps += [(f"per-row value {i.name} of {i.computed.target}", i.computed, i.computed.target + "_value")
+              for i in spec.inputs if i.computed is not None]
+    steps += [("epilogue out", spec.epilogue, "out")] if spec.epilogue is not None else []
+    return [_row_map_work(what, step, kind, tiles, visited, features, group) for what, step, kind in steps]
+
+
+def _row_map_work(what: str, step: RowMap, kind: str, tiles: Tiles, visited: float, features: int, group: int) -> RowMapWork:
+    per_row = _ops(step.value) * features
+    width = 1 if kind.endswith("_value") else features  # a per-row value stores one number per row
+    if kind.startswith("q") or kind == "out":
+        rows = tiles.sq
+        forward = per_row * rows  # each query tile is loaded once per forward program
+        # the epilogue runs once, after the normalization; q's tile is loaded again by the dQ kernel
+        # once per program and by the dK/dV kernel once per visited tile
+        training = forward if kind == "out" else forward + per_row * rows + per_row * visited * tiles.q_block
+    else:
+        rows = tiles.skv / group
+        forward = per_row * visited * tiles.kv_block  # each visited key tile, per query head
+        training = 2 * forward + per_row * tiles.skv  # the dQ kernel visits the same tiles; dK/dV once per key tile
+    return RowMapWork(what, float(per_row * rows), float(forward), float(training), float(2 * rows * width))

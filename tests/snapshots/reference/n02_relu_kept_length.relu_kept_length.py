@@ -55,7 +55,7 @@ def attention(q, k, v, *, selection=None, return_lse=False):
     _den = _g.sum(-1, keepdim=True)
     # a NaN or +inf denominator term, a sum beyond the dtype, or a weight that is not finite: the row is undefined
     _undef = ~(_den < math.inf) | ~torch.isfinite(_f).all(-1, keepdim=True)
-    _w = _f / torch.where(_den > 0, _den, 1.0)
+    _w = torch.where(_den > 0, _f, 0.0) / torch.where(_den > 0, _den, 1.0)  # no denominator: weights 0, whatever g
     _lse = _dense.log_denominator(_den, 0.0).squeeze(-1)
     _out = torch.matmul(_dense.undefined(_w, _undef), _vx).to(_out_dtype)
     _lse = _dense.undefined(_lse, _undef.squeeze(-1))

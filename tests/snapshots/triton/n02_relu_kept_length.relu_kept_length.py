@@ -172,7 +172,7 @@ def _relu_kept_length_dkdv_tile(
     _stat = (_pid_bh.to(tl.int64) * _SQ + _offs_m[:, None]) * 2
     _lrow = tl.load(_Stats + _stat + 1, mask=_offs_m[:, None] < _SQ, other=0.0)
     _delta = tl.load(_Delta + _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], mask=_offs_m[:, None] < _SQ, other=0.0)
-    _den = tl.where(_lrow > 0, _lrow, 1.0)
+    _den = tl.where(_lrow > 0, _lrow, float("inf"))  # no denominator: the row is 0, and so are its gradients
     _do = _kernel.load_tile(_DO + _pid_bh.to(tl.int64) * _SQ * _DV, _offs_m, _offs_dv, _DV, 1, _SQ, _DV, UPCAST)
     _t1 = (_q + _t0)
     _ctx = (_b, _h, _t0, _t1, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale)
@@ -315,7 +315,7 @@ def _relu_kept_length_backward_dq(
     _stat = (_pid_bh.to(tl.int64) * _SQ + _offs_m[:, None]) * 2
     _lrow = tl.load(_Stats + _stat + 1, mask=_offs_m[:, None] < _SQ, other=0.0)
     _delta = tl.load(_Delta + _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], mask=_offs_m[:, None] < _SQ, other=0.0)
-    _den = tl.where(_lrow > 0, _lrow, 1.0)
+    _den = tl.where(_lrow > 0, _lrow, float("inf"))  # no denominator: the row is 0, and so are its gradients
     _do = _kernel.load_tile(_DO + _pid_bh.to(tl.int64) * _SQ * _DV, _offs_m, _offs_dv, _DV, 1, _SQ, _DV, UPCAST)
     _t0 = (_SKV - _SQ)
     _t1 = (_q + _t0)
