@@ -94,9 +94,9 @@ def test_a_negative_denominator_term_is_an_error(target):
 def test_a_weight_that_is_not_finite_makes_its_row_undefined(target):
     module = attnspec.compile("attention n {\n mask kv <= q\n normalize rownorm(exp(score * 2.0), den = 1.0)\n}", target)
     gen = torch.Generator().manual_seed(4)
-    q, k, v = (torch.randn(1, 1, 12, 16, generator=gen) for _ in range(3))
+    q, k, val = (torch.randn(1, 1, 12, 16, generator=gen) for _ in range(3))
     q[0, 0, 5] = k[0, 0, 2] * 100.0  # row 5 meets a score of 25 |k_2|^2, about 400: exp(2 x that) overflows
-    out = module.attention(q, k, v)
+    out = module.attention(q, k, val)
     assert torch.isnan(out[0, 0, 5]).all()
     assert not torch.isnan(out[0, 0, :5]).any()  # the other rows' scores stay near 1
 
