@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from attnspec.analysis.precision import PROBES, tile_agreement
 from attnspec.builtins import DTYPES
 from attnspec.ir import Expr, Spec, inline_bindings, walk
-from attnspec.passes.flex import IDENTITIES, flex_identity, log_weight, token_mask
+from attnspec.passes.flex import IDENTITIES, flex_identity, log_weight, signed_parts, token_mask
 
 from .dense import DenseRenderer, ModulePlan, bindings_for, module_plan
 from .mods import mod_plan
@@ -63,6 +63,8 @@ class FlexPlan(ModulePlan):
     eligible_classes: bool  # a selection's eligible tiles from the tile classes
     agreement: str  # the tile analysis's worst agreement on the probes
     score_mod: dict  # codegen/mods.py mod_plan
+    negative_mod: dict | None  # rownorm(g, den = f) with g of any sign: log relu(-g), a second call
+    denominator_mod: dict | None  # rownorm(g, den = f): log f, a call whose lse is the denominator's
     mask_mod: dict | None
     tile_mask: dict | None  # the mask over intervals (codegen/tiles.py)
     mask_batch: bool  # whether the mask reads the batch index (the BlockMask has B rows)
@@ -74,7 +76,15 @@ class FlexPlan(ModulePlan):
 def flex_plan(spec: Spec, identity: str, source_name: str) -> FlexPlan:
     mask = token_mask(spec)
     path, agreement = block_mask_path(spec)
-    weight = None if spec.normalize.weight is None else log_weight(spec.normalize.weight, spec)
+    norm = spec.normalize
+    weight, negative = norm.weight, None
+    if identity == "ratio_signed":
+        weight, negative = signed_parts(norm.weight)
+    weight = None if weight is None else log_weight(weight, spec)
+
+    def weight_mod(log_w: Expr | None) -> dict | None:
+        return None if log_w is None else mod_plan(spec, [spec.score, log_w], True)
+
     return FlexPlan(
         **module_plan(spec, source_name).fields(),
         identity=identity,
@@ -83,7 +93,9 @@ def flex_plan(spec: Spec, identity: str, source_name: str) -> FlexPlan:
         path=path,
         eligible_classes=path == "tile analysis",
         agreement=f"{agreement:.1%}",
-        score_mod=mod_plan(spec, [spec.score] if weight is None else [spec.score, weight], weight is not None),
+        score_mod=weight_mod(weight) or mod_plan(spec, [spec.score], False),
+        negative_mod=weight_mod(None if negative is None else log_weight(negative, spec)),
+        denominator_mod=weight_mod(None if norm.denominator is None else log_weight(norm.denominator, spec)),
         mask_mod=None if mask is None else mod_plan(spec, [mask], False),
         tile_mask=None if mask is None else TileRenderer(spec).statements(inline_bindings(mask, spec)),
         mask_batch=mask is not None and _uses_index(spec, mask, "b"),

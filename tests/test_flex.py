@@ -55,21 +55,10 @@ EDGE_SHAPES = (
 )
 
 
-# The examples the flex target refuses, by the words of its error (test_flex_blockmask.py checks
-# that each is refused at its normalization): rownorm(g, den = f) has no one-call identity
-FLEX_REFUSED = {
-    ("n01_softpick", "softpick"): "cannot lower rownorm(g, den = f)",
-    ("n02_relu_kept_length", "relu_kept_length"): "cannot lower rownorm(g, den = f)",
-    ("n14_cosine_signed", "cosine_signed"): "cannot lower rownorm(g, den = f)",
-}
-
-
-def spec_cases(dtypes=DTYPES, edge_shapes=EDGE_SHAPES, main_shape=MAIN_SHAPE, skip=FLEX_REFUSED) -> list:
-    """(file stem, spec name, runs) for every spec of every example (a file may hold several) but
-    those in `skip`; runs lists the (sizes, dtype) pairs of that spec: the main shape in every dtype,
-    one rotating edge case."""
+def spec_cases(dtypes=DTYPES, edge_shapes=EDGE_SHAPES, main_shape=MAIN_SHAPE) -> list:
+    """(file stem, spec name, runs) for every spec of every example (a file may hold several); runs
+    lists the (sizes, dtype) pairs of that spec: the main shape in every dtype, one rotating edge case."""
     names = [(path.stem, spec.name) for path in sorted(EXAMPLES.glob("*.attn")) for spec in load_program(path).specs]
-    names = [key for key in names if key not in skip]
     cases = []
     for n, (stem, name) in enumerate(names):
         runs = [(main_shape, dtype) for dtype in dtypes]

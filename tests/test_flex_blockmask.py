@@ -18,8 +18,6 @@ Also: which path each example takes, and the selection's eligible tiles found wi
 
 from __future__ import annotations
 
-import re
-
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -28,11 +26,10 @@ from hypothesis import strategies as st
 from attnspec.analysis.tiles import EMPTY, FULL, PARTIAL
 from attnspec.api import build_module, load_program, lower
 from attnspec.codegen import passes_for
-from attnspec.diagnostics import AttnError
 from attnspec.runtime import blocks as block_runtime
 from attnspec.runtime import dense
 from attnspec.sample import Sizes, sample_arguments
-from test_flex import EXAMPLES, FLEX_REFUSED, without_v
+from test_flex import EXAMPLES, without_v
 
 F64 = torch.float64
 
@@ -74,8 +71,11 @@ PATHS = {
     ("m18_block_causal", "block_causal"): ("tile analysis", (128, 128)),
     ("m20_svg_heads", "svg_heads"): ("tile analysis", (128, 128)),
     ("n01_sigmoid", "sigmoid_attn"): ("tile analysis", (128, 128)),
+    ("n01_softpick", "softpick"): ("tile analysis", (128, 128)),
     ("n02_relu2_rownorm", "relu2_rownorm"): ("tile analysis", (128, 128)),
+    ("n02_relu_kept_length", "relu_kept_length"): ("tile analysis", (128, 128)),
     ("n02_relu_length", "relu_length"): ("no mask", (128, 128)),
+    ("n14_cosine_signed", "cosine_signed"): ("tile analysis", (128, 128)),
     ("s02_log_buckets", "log_buckets"): ("no mask", (128, 128)),
     ("s02_rel_bias_clipped", "rel_bias_clipped"): ("no mask", (128, 128)),
     ("s02_rel_table", "rel_table"): ("no mask", (128, 128)),
@@ -84,13 +84,8 @@ PATHS = {
 _MODULES: dict = {}
 
 
-def every_example_spec() -> list[tuple[str, str]]:
-    return [(path.stem, spec.name) for path in sorted(EXAMPLES.glob("*.attn")) for spec in load_program(path).specs]
-
-
 def example_specs() -> list[tuple[str, str]]:
-    """The example specs the flex target lowers."""
-    return [key for key in every_example_spec() if key not in FLEX_REFUSED]
+    return [(path.stem, spec.name) for path in sorted(EXAMPLES.glob("*.attn")) for spec in load_program(path).specs]
 
 
 def pair(stem: str, name: str):
@@ -112,15 +107,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def test_every_example_is_in_the_path_table():
     assert sorted(PATHS) == sorted(example_specs())
-    assert set(FLEX_REFUSED) <= set(every_example_spec())
-
-
-@pytest.mark.parametrize("stem, name", sorted(FLEX_REFUSED), ids=lambda x: str(x))
-def test_refused_examples_are_refused_at_their_normalization(stem, name):
-    spec = next(s for s in load_program(EXAMPLES / f"{stem}.attn").specs if s.name == name)
-    with pytest.raises(AttnError, match=re.escape(FLEX_REFUSED[stem, name])) as info:
-        build_module(lower(spec, passes=passes_for("flex")), "flex", f"{stem}.attn")
-    assert info.value.span.line == spec.normalize.span.line
 
 
 @pytest.mark.parametrize("stem, name", sorted(PATHS), ids=lambda x: str(x))

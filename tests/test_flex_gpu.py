@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from attnspec.sample import Sizes, sample_arguments
-from test_flex import EXAMPLES, F64, FLEX_REFUSED, assert_agrees, fits, modules, run_both
+from test_flex import EXAMPLES, F64, assert_agrees, fits, modules, run_both
 from test_triton_gpu import example_specs, on_gpu
 
 pytestmark = pytest.mark.cuda
@@ -29,7 +29,7 @@ def _room_to_recompile():
         yield
 
 
-@pytest.mark.parametrize("stem, name", example_specs(skip=FLEX_REFUSED), ids=lambda x: str(x))
+@pytest.mark.parametrize("stem, name", example_specs(), ids=lambda x: str(x))
 def test_example_compiled_on_gpu(stem, name, _room_to_recompile):
     reference, flex, spec = modules(stem, name)
     sizes = SHAPE if fits(spec, SHAPE) else Sizes(B=2, H=4 * int(spec.gqa_group.literal), HKV=4, SQ=1000, SKV=1100, D=64, DV=64)

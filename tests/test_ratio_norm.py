@@ -3,10 +3,10 @@ terms f >= 0 on the kept keys.
 
 The examples that use it (N01 softpick, N02 over the kept length, N14 signed cosine) are checked
 against hand-written formulas in test_examples_formulas.py and on every target by the suites that run
-every example; the flex target refuses the form (test_flex_blockmask.py). Here: what those do not
-reach, on the reference and the triton target: rows whose denominator is 0 while g is not, learnable
-inputs read by g and by f (gradient sites of both), a negative denominator term, a weight that is not
-finite, and the printer.
+every example. Here: what those do not reach, on the flex and triton targets against the reference:
+rows whose denominator is 0 while g is not, learnable inputs read by g and by f (gradient sites of
+both), a negative denominator term, a weight that is not finite, the flex target's refusal of an f it
+cannot prove >= 0, and the printer.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import attnspec
+from attnspec.diagnostics import AttnError
 from attnspec.fuzz.accuracy import check
 
 # g may be negative; f = relu(score - t_h) is 0 on every kept key of a row whose scores stay below t_h
@@ -65,9 +66,10 @@ def test_the_reference_computes_the_hand_formula_and_zero_rows():
     assert torch.equal(out[:, 1], torch.zeros_like(out[:, 1])) and (lse[:, 1] == -math.inf).all()
 
 
-def test_triton_forward_and_every_gradient_agree_with_the_reference():
+@pytest.mark.parametrize("target", ["flex", "triton"])
+def test_forward_and_every_gradient_agree_with_the_reference(target):
     qkv, inputs = _arguments(seed=1)
-    out, lse, leaves = _call("triton", qkv, inputs, torch.float32, grad=True)
+    out, lse, leaves = _call(target, qkv, inputs, torch.float32, grad=True)
     low, _, low_leaves = _call("reference", qkv, inputs, torch.float32, grad=True)
     ref, ref_lse, ref_leaves = _call("reference", qkv, inputs, torch.float64, grad=True)
     assert check(out, low, ref, "out").ok
@@ -78,7 +80,7 @@ def test_triton_forward_and_every_gradient_agree_with_the_reference():
         (result.double() * weights).sum().backward()
     for name, mine, lows, exact in zip(["q", "k", "v", "bias", "t"], leaves, low_leaves, ref_leaves):
         verdict = check(mine.grad.float(), lows.grad.float(), exact.grad, f"d{name}")
-        assert verdict.ok, f"triton: {verdict}"
+        assert verdict.ok, f"{target}: {verdict}"
     assert leaves[3].grad[1] == 0 and leaves[4].grad[1] == 0  # head 1's rows are 0 whatever bias and t
 
 
@@ -90,7 +92,7 @@ def test_a_negative_denominator_term_is_an_error(target):
         module.attention(q, k, -k)
 
 
-@pytest.mark.parametrize("target", ["reference", "triton"])
+@pytest.mark.parametrize("target", ["reference", "triton"])  # flex keeps weights in log space (docs/flex.md)
 def test_a_weight_that_is_not_finite_makes_its_row_undefined(target):
     module = attnspec.compile("attention n {\n mask kv <= q\n normalize rownorm(exp(score * 2.0), den = 1.0)\n}", target)
     gen = torch.Generator().manual_seed(4)
@@ -99,6 +101,14 @@ def test_a_weight_that_is_not_finite_makes_its_row_undefined(target):
     out = module.attention(q, k, val)
     assert torch.isnan(out[0, 0, 5]).all()
     assert not torch.isnan(out[0, 0, :5]).any()  # the other rows' scores stay near 1
+
+
+def test_flex_refuses_a_denominator_it_cannot_prove_nonnegative():
+    source = "attention n {\n    mask kv <= q\n    normalize rownorm(score, den = score + 1.0)\n}\n"
+    with pytest.raises(AttnError, match="f is not provably >= 0") as info:
+        attnspec.compile(source, "flex")
+    assert (info.value.span.line, info.value.span.col) == (3, 36)
+    assert "--target triton" in info.value.hint
 
 
 def test_the_printed_spec_reads_back_with_its_denominator():

@@ -73,7 +73,7 @@ def run_both(reference, kernel, spec, args64: dict, dtype):
     return got, low_ref, ref64
 
 
-@pytest.mark.parametrize("stem, name, runs", spec_cases(DTYPES, EDGE_SHAPES, MAIN_SHAPE, skip=()))
+@pytest.mark.parametrize("stem, name, runs", spec_cases(DTYPES, EDGE_SHAPES, MAIN_SHAPE))
 def test_example_agrees_with_reference(stem, name, runs):
     reference, kernel, spec = modules(stem, name)
     for seed, (sizes, dtype) in enumerate(runs):

@@ -8,9 +8,12 @@ can return the lse. Every normalization attnspec lowers to it rests on an exact 
 - softmax(sink = c):       score_mod = s'                      out * sigmoid(lse - c), lse = logaddexp(lse, c)
 - rownorm(f), f >= 0:      score_mod = log f(s')               out as returned, lse = log sum f
 - elementwise(f), f >= 0:  score_mod = log f(s')               out * exp(lse)
+- rownorm(g, den = f), g >= 0:  score_mods log g and log f      out_g * exp(lse_g - lse_f), lse = lse_f
+- rownorm(g, den = f):     log relu(g), log relu(-g), log f    out_+ exp(lse_+ - lse_f) - out_- exp(lse_- - lse_f)
 
 f >= 0 must be proved (analysis/sign.py) for every score; otherwise there is no exact lowering
-and compilation stops at the normalization's line.
+and compilation stops at the normalization's line. A separate denominator costs one more
+flex_attention call (only its lse is used), a numerator that may be negative one more again.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ IDENTITIES = {
     "sink": "softmax, then out * sigmoid(lse - sink) and lse = logaddexp(lse, sink)",
     "rownorm": "softmax of score_mod = log f(s)",
     "elementwise": "softmax of score_mod = log f(s), then out * exp(lse)",
+    "ratio": "softmaxes of score_mods log g(s) and log f(s): out_g * exp(lse_g - lse_f), lse = lse_f",
+    "ratio_signed": "softmaxes of score_mods log relu(g(s)), log relu(-g(s)) and log f(s): "
+                    "out_+ * exp(lse_+ - lse_f) - out_- * exp(lse_- - lse_f), lse = lse_f",
 }
 
 
@@ -35,13 +41,15 @@ def flex_identity(spec: Spec) -> str:
     if norm.kind == "softmax":
         return "sink" if norm.sink is not None else "softmax"
     if norm.denominator is not None:
-        raise AttnError(
-            "the flex target cannot lower rownorm(g, den = f): FlexAttention's one softmax weighs the values "
-            "and sums the denominator with the same exp(score_mod), so a separate denominator has no "
-            "one-call identity",
-            norm.denominator.span,
-            hint="compile with --target triton or --target reference; where g = f, write rownorm(f)",
-        )
+        if not nonnegative(norm.denominator, spec):
+            raise AttnError(
+                "the flex target cannot lower rownorm(g, den = f) here: f is not provably >= 0 for every score, "
+                "and FlexAttention sums exp(log f), so no exact identity applies",
+                norm.denominator.span,
+                hint="compile with --target triton or --target reference, or write f so it cannot be negative "
+                "(abs, relu, softplus, sigmoid, exp, even powers)",
+            )
+        return "ratio" if nonnegative(norm.weight, spec) else "ratio_signed"
     if not nonnegative(norm.weight, spec):
         raise AttnError(
             f"the flex target cannot lower {norm.kind}(f) here: f is not provably >= 0 for every score, "
@@ -75,6 +83,11 @@ def token_mask(spec: Spec) -> Expr | None:
     if len(parts) < 2:
         return parts[0] if parts else None
     return Expr("and", tuple(parts), span=parts[0].span)
+
+
+def signed_parts(g: Expr) -> tuple[Expr, Expr]:
+    """relu(g) and relu(-g): g = relu(g) - relu(-g), both >= 0."""
+    return Expr("relu", (g,), span=g.span), Expr("relu", (_neg(g),), span=g.span)
 
 
 def log_weight(f: Expr, spec: Spec) -> Expr:

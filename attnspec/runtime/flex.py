@@ -173,3 +173,27 @@ def _compiled(name, fn):
     if name not in _COMPILED:
         _COMPILED[name] = torch.compile(fn, dynamic=False)
     return _COMPILED[name]
+
+
+def ratio(positive, den_lse, negative=None, out_dtype=None):
+    """rownorm(g, den = f) from flex_attention calls (docs/flex.md): `positive` = (out, lse) of the
+    softmax of log g (log relu(g) when g has both signs), `negative` that of log relu(-g), den_lse the
+    lse of the softmax of log f. sum g v / sum f = out_+ exp(lse_+ - lse_f) - out_- exp(lse_- - lse_f);
+    0 where sum f = 0. Returns (out in out_dtype, lse = lse_f), the lse NaN where a weight is NaN or
+    +inf (an undefined row, which the caller tells by it)."""
+    dtype = torch.float64 if den_lse.dtype == torch.float64 else torch.float32
+    den = den_lse.to(dtype)
+    live = den > -math.inf  # a row with terms in its denominator
+
+    def part(out, lse):
+        lse = lse.to(dtype)
+        return out.to(dtype) * torch.exp(torch.where(live, lse - den, -math.inf)).unsqueeze(-1)
+
+    out, undefined = part(*positive), _not_finite(positive[1])
+    if negative is not None:
+        out, undefined = out - part(*negative), undefined | _not_finite(negative[1])
+    return out.to(out_dtype or dtype), torch.where(undefined, math.nan, den)
+
+
+def _not_finite(lse: torch.Tensor) -> torch.Tensor:
+    return torch.isnan(lse) | (lse == math.inf)
