@@ -65,7 +65,7 @@ def test_float_slots_cse_roots_and_differentiated_slots():
     assert any(e is spec.normalize.sink for e in floats) and any(e is spec.selection.score for e in floats)
     assert not any(e is spec.mask for e in floats)
     assert list(stages.cse_roots(spec)) == ["score", "mask", "sink"]
-    assert [what for what, _ in stages.differentiated(spec)] == ["score", "weight", "sink"]
+    assert [what for what, _ in stages.differentiated(spec)] == ["score", "weight", "denominator", "sink"]
 
 
 @pytest.mark.parametrize("slot, expr, message", [
