@@ -146,6 +146,9 @@ class _ExprBuilder:
 
     def _prologue_name(self, name: str, span: Span) -> Expr | None:
         scope = self.prologue
+        decl = self.spec.inputs.get(name)
+        if scope.statement == "epilogue" and decl is not None and decl.computed is not None:
+            return self._epilogue_row_value(decl, span)
         if name == scope.row:
             return Expr("row", span=span, name=name)
         if name == scope.feature:
@@ -158,6 +161,23 @@ class _ExprBuilder:
         if name in bi.INDEX_VARS + bi.BLOCK_VARS:
             _check_prologue(Expr("index_var", value=name, span=span), scope)
         return None
+
+    def _epilogue_row_value(self, decl, span: Span) -> Expr:
+        """A per-row value of q in the epilogue: its number at the output row's query."""
+        if decl.computed.target != "q":
+            raise AttnError(f"the per-row value '{decl.name}' is one number per key; the epilogue reads a query row",
+                            span, f"compute it per query: let {decl.name} per q[i, f] = ...")
+        index = (Expr("index_var", value="b", span=span), Expr("index_var", value="h", span=span), Expr("row", span=span))
+        return Expr("load", index, decl.name, span)
+
+    def _kept_sum(self, arg_trees, span) -> Expr:
+        """sum_kept(v): the sum of v over the keys the output row keeps, a vector over its features."""
+        if self.prologue is None or self.prologue.statement != "epilogue":
+            raise AttnError("sum_kept(v) sums v over a query row's kept keys: only in the epilogue", span,
+                            "epilogue out[i, f] = alpha * out + beta * sum_kept(v)")
+        if len(arg_trees) != 1 or arg_trees[0].data != "name" or str(arg_trees[0].children[0]) != "v":
+            raise AttnError("sum_kept takes the bare tensor v", span, "write sum_kept(v)")
+        return Expr("kept_sum", span=span)
 
     def _undefined(self, name: str, span: Span) -> AttnError:
         known = list(self.spec.params) + list(self.spec.inputs) + list(self.spec.lets)
@@ -185,6 +205,8 @@ class _ExprBuilder:
         arg_trees = [a for a in arg_trees if a is not None]
         if name in PROLOGUE_FUNCTIONS and self.prologue is not None:
             return self._feature_function(name, arg_trees, span)
+        if name == "sum_kept":
+            return self._kept_sum(arg_trees, span)
         if self._is_pooling(name, arg_trees):
             return self._pool(name, arg_trees, span)
         fn = bi.FUNCTIONS.get(name)

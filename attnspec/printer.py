@@ -101,6 +101,8 @@ def _expr(e: Expr) -> str:
         return e.value
     if op == "vector":
         return e.value
+    if op == "kept_sum":
+        return "sum_kept(v)"
     if op in ("row", "feature"):
         return e.name or (_ROW if op == "row" else _FEATURE)
     if op in _FEATURE_FUNCTIONS:

@@ -10,7 +10,7 @@ every target's gradients through it to q, k, v and the inputs it reads.
 
 from __future__ import annotations
 
-from attnspec.ir import Expr, RowMap, Spec
+from attnspec.ir import Expr, RowMap, Spec, walk
 
 from .dense import DenseRenderer
 
@@ -40,6 +40,9 @@ class RowMapRenderer(DenseRenderer):
     def render_rope(self, e: Expr) -> str:
         return f"_fn.rope({', '.join(self.render(a) for a in e.args)})"
 
+    def render_kept_sum(self, e: Expr) -> str:
+        return "_vsum"
+
 
 def prologue_plan(spec: Spec) -> list[dict]:
     """{target, code} of each prologue step, in the order q, k, v."""
@@ -47,8 +50,16 @@ def prologue_plan(spec: Spec) -> list[dict]:
 
 
 def epilogue_plan(spec: Spec) -> dict | None:
-    """{target, code} of the epilogue."""
-    return None if spec.epilogue is None else _step(spec, spec.epilogue)
+    """{target, code, reads, kept_sum} of the epilogue: besides the caller's inputs, it reads the per-row
+    values in `reads` and, where kept_sum, _vsum, the sum of v over each row's kept keys."""
+    if spec.epilogue is None:
+        return None
+    nodes = list(walk(spec.epilogue.value))
+    computed = [i.name for i in spec.inputs if i.computed is not None]
+    read = {n.value for n in nodes if n.op == "load"}
+    kept_sum = any(n.op == "kept_sum" for n in nodes)
+    reads = [name for name in computed if name in read] + (["_vsum"] if kept_sum else [])
+    return {**_step(spec, spec.epilogue), "reads": reads, "kept_sum": kept_sum}
 
 
 def row_value_plan(spec: Spec) -> list[dict]:

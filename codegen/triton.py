@@ -27,7 +27,7 @@ from attnspec.analysis.bands import key_bands
 from attnspec.analysis.sign import nonnegative, nonzero, positive
 from attnspec.builtins import DTYPES, GENERATED_NAMES
 from attnspec.diagnostics import AttnError
-from attnspec.ir import Expr, Spec, inline_bindings, uses
+from attnspec.ir import Expr, Spec, inline_bindings, uses, walk
 from attnspec.ops import OPS
 from attnspec.passes.flex import token_mask
 from attnspec.passes.symbolic import NotRepresentable, SymbolTable, to_sympy
@@ -198,6 +198,7 @@ class TritonPlan(ModulePlan, BackwardPlan):
     k_mask: str | None
     k_sink: str | None
     fold_log2e: bool  # log2(e) and the scale fold into the products q.k
+    kept_sum: bool  # the epilogue reads sum_kept(v): the forward kernel sums v over each row's kept keys
     check_nonnegative: str | None  # rownorm's rule, where its denominator terms are not provably >= 0: the kernel flags a negative one
     score_full: bool  # the score mod reads the score: it already has the tile's shape
     weight_full: bool
@@ -243,6 +244,7 @@ def triton_plan(spec: Spec, source_name: str) -> TritonPlan:
         k_sink=None if norm.sink is None else r.render(norm.sink),
         fold_log2e=plain_score,
         check_nonnegative=_nonnegative_rule(spec),
+        kept_sum=spec.epilogue is not None and any(n.op == "kept_sum" for n in walk(spec.epilogue.value)),
         score_full=uses(spec.score, "score"),
         weight_full=norm.weight is not None and uses(norm.weight, "score"),
         denominator_full=norm.denominator is not None and uses(norm.denominator, "score"),

@@ -300,6 +300,16 @@ def f_query_temperature(q, k, v, w):
     return softmax_attn(logits(q, k) * t[..., None], j <= i + (k.shape[2] - q.shape[2]), v)
 
 
+def f_affine_scaled(q, k, v, w_alpha, w_beta):
+    alpha = 1.0 + torch.tanh((q * w_alpha.to(F64)[None, :, None, :]).sum(-1, keepdim=True))  # [B, H, SQ, 1]
+    beta = 0.25 * torch.tanh((q * w_beta.to(F64)[None, :, None, :]).sum(-1, keepdim=True))
+    _, _, i, j = grid(q, k)
+    keep = j <= i + (k.shape[2] - q.shape[2])
+    soft = softmax_attn(logits(q, k), keep, v)
+    kept_v = torch.matmul(keep.to(F64).expand(q.shape[0], q.shape[1], -1, -1), per_query_head(v, q.shape[1]))
+    return Result(alpha * soft.out + beta * kept_v, soft.lse, soft.empty)
+
+
 def f_rope(q, k, v, base=10000.0):
     SQ, SKV, D = q.shape[2], k.shape[2], q.shape[-1]
     inv_freq = 1.0 / base ** (torch.arange(0, D, 2, dtype=F64) / D)
@@ -621,6 +631,10 @@ def query_weight_inputs(case, gen):
     return {"w": randn(gen, case.H, case.D) * 0.5}
 
 
+def affine_inputs(case, gen):
+    return {"w_alpha": randn(gen, case.H, case.D) * 0.5, "w_beta": randn(gen, case.H, case.D) * 0.5}
+
+
 def gate_inputs(case, gen):
     return {"gate": randn(gen, case.B, case.H, case.SQ) * 3}
 
@@ -778,6 +792,9 @@ REGISTRY: dict[str, Example] = {
         Case("zero-row", empty_rows=True, tweak=first_row_sees_only_negative_scores),
     ]),
     "N02-len": Example("n02_relu_length.attn", f_relu_length, STANDARD, lse=False),
+    "N09": Example("n09_affine_scaled.attn", f_affine_scaled, STANDARD + [
+        Case("sq>skv", SQ=63, SKV=29, empty_rows=True), Case("decode", SQ=1, SKV=40),
+    ], affine_inputs),
     "N02-kept": Example("n02_relu_kept_length.attn", f_relu_kept_length, STANDARD + [
         Case("sq>skv", SQ=63, SKV=29, empty_rows=True),
     ]),

@@ -34,7 +34,7 @@ KEYWORDS = (
     "attention", "param", "input", "let", "score", "mask", "normalize", "scale", "gqa", "group", "select",
     "blocks", "keep", "by", "per", "always", "causal", "runtime", "learnable", "true", "false", "and", "or",
     "not", "softmax", "elementwise", "rownorm", "sink", "top", "threshold", "share", "head", "kv_head",
-    "linear", "int", "float", "bool", "float32", "int32", "mean", "dot",
+    "linear", "int", "float", "bool", "float32", "int32", "mean", "dot", "den", "sum_kept",
 )
 OPERATORS = (
     "+", "-", "*", "/", "//", "%", "**", "<", "<=", ">", ">=", "==", "!=", "=", ",", ":", "&&", "||", "!", "->", ".",

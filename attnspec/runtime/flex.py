@@ -97,6 +97,19 @@ def run(q, k, v, score_mod, block_mask, scale, need_lse, compiled, needs_grad=Fa
         return _call(fn, q, k, v, kwargs, need_lse)
 
 
+def _zero_score(score, b, h, q_idx, kv_idx):
+    return torch.zeros_like(score)
+
+
+def kept_sum(q, k, v, block_mask, compiled, needs_grad=False, key=""):
+    """sum_kept(v): v summed over each query row's kept keys [B, H, SQ, DV], in the compute dtype. With
+    every score 0, flex_attention returns the mean of the kept v and lse = log(the number kept), so
+    out * exp(lse) is their sum (0 for a row without keys)."""
+    out, lse = run(q, k, v, _zero_score, block_mask, 1.0, True, compiled, needs_grad, key + ":kept_sum", epilogue=True)
+    dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    return out.to(dtype) * torch.exp(lse.to(dtype)).unsqueeze(-1)
+
+
 def _call(fn, q, k, v, kwargs, need_lse):
     if not need_lse:
         return fn(q, k, v, **kwargs), None

@@ -27,6 +27,7 @@ class Kernels:
     norm: str  # softmax | elementwise | rownorm
     closed_form: bool  # the forward and dQ kernels compute their key tiles (no block tables)
     check_nonnegative: str | None  # the rule a negative denominator term breaks, where the kernel checks it
+    kept_sum: bool  # the epilogue reads sum_kept(v): the forward kernel also returns it, the dK/dV kernel takes its gradient
     kernel_tiles: tuple[int, int] | None  # a data-dependent selection's blocks, which kernel tiles divide
     logit_scale: Callable  # (q, k, params) -> the scale
     input_names: tuple[str, ...]  # the spec's inputs, in kernel-argument order
@@ -72,9 +73,10 @@ def _input_arguments(kernels: Kernels, inputs, params) -> list:
 
 
 def forward(kernels: Kernels, q, k, v, inputs, params, schedule, return_lse, for_backward=False):
-    """The forward kernel: (out in q's dtype, lse float32 [B, H, SQ] written when return_lse, what the
-    backward needs when for_backward: out in float32, for rowsum(dO * out), and per row the max and
-    the sum of the normalization [B, H, SQ, 2])."""
+    """The forward kernel: (out in q's dtype, lse float32 [B, H, SQ] written when return_lse, sum_kept(v)
+    float32 [B, H, SQ, DV] where the epilogue reads it (else an empty tensor), what the backward needs
+    when for_backward: out in float32, for rowsum(dO * out), and per row the max and the sum of the
+    normalization [B, H, SQ, 2])."""
     B, H, SQ, D = q.shape
     HKV, SKV = k.shape[1], k.shape[2]
     # the interpreter rounds float32 -> half by truncation: it writes float32, torch rounds to nearest
@@ -83,6 +85,7 @@ def forward(kernels: Kernels, q, k, v, inputs, params, schedule, return_lse, for
     lse = _rt.output_buffer((B, H, SQ), torch.float32, q.device)
     stats = _rt.output_buffer((B, H, SQ, 2), torch.float32, q.device) if for_backward else lse  # unwritten without WRITE_STATS
     err = (torch.zeros(1, dtype=torch.int32, device=q.device),) if kernels.check_nonnegative else ()  # set by a program that met f < 0
+    vsum = _rt.output_buffer((B, H, SQ, v.shape[-1]) if kernels.kept_sum else (0,), torch.float32, q.device)
     scale = kernels.logit_scale(q, k, params)
     write_lse = return_lse and kernels.norm != "elementwise"
 
@@ -91,7 +94,7 @@ def forward(kernels: Kernels, q, k, v, inputs, params, schedule, return_lse, for
         grid = (triton.cdiv(SQ, config.block_m), B * H)
         _rt.start(
             jit(kernels.forward), grid,
-            q, k, v, out, lse, stats, *err, *q.stride(), *k.stride(), *v.stride(), *out.stride(), *tables,
+            q, k, v, out, lse, stats, *err, *((vsum,) if kernels.kept_sum else ()), *q.stride(), *k.stride(), *v.stride(), *out.stride(), *tables,
             *_input_arguments(kernels, inputs, params), B, H, HKV, SQ, SKV, D, v.shape[-1], scale,
             BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=config.block_d, BLOCK_DV=config.block_dv,
             IEEE=config.ieee, UPCAST=config.upcast, WRITE_LSE=write_lse,
@@ -101,7 +104,7 @@ def forward(kernels: Kernels, q, k, v, inputs, params, schedule, return_lse, for
     _rt.launch(run, kernels.spec_name, q, v, kernels.kernel_tiles, (SQ, SKV))
     if err and bool(err[0].item()):  # the reference's check, made by the kernel (one host sync per call)
         raise ValueError(f"{kernels.spec_name}: {kernels.check_nonnegative} on kept pairs, but f was negative")
-    return out.to(q.dtype), lse, ((out, stats) if for_backward else None)
+    return out.to(q.dtype), lse, vsum, ((out, stats) if for_backward else None)
 
 
 class Differentiable(torch.autograd.Function):
@@ -109,25 +112,28 @@ class Differentiable(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, kernels, schedule, params, q, k, v, *inputs):
-        out, lse, (wide, stats) = forward(kernels, q, k, v, inputs, params, schedule, kernels.norm != "elementwise", True)
+        out, lse, vsum, (wide, stats) = forward(kernels, q, k, v, inputs, params, schedule, kernels.norm != "elementwise", True)
         # rowsum(dO * out) from the float32 out: from out rounded to a half type, its error would
         # reach every input gradient summed over many pairs (a per-head slope's, say)
         ctx.save_for_backward(q, k, v, wide, stats, *inputs)
         ctx.kernels, ctx.schedule, ctx.params = kernels, schedule, params
         if kernels.norm == "elementwise":
             ctx.mark_non_differentiable(lse)
-        return out, lse
+        if not kernels.kept_sum:
+            ctx.mark_non_differentiable(vsum)
+        return out, lse, vsum
 
     @staticmethod
     @torch.autograd.function.once_differentiable  # the kernels' gradients are not differentiable again
-    def backward(ctx, dout, dlse):
+    def backward(ctx, dout, dlse, dvsum):
         q, k, v, out, stats, *inputs = ctx.saved_tensors
-        grads = backward(ctx.kernels, q, k, v, out, stats, dout, dlse, inputs, ctx.params, ctx.schedule)
+        grads = backward(ctx.kernels, q, k, v, out, stats, dout, dlse, dvsum, inputs, ctx.params, ctx.schedule)
         return (None, None, None, *grads)
 
 
-def backward(kernels: Kernels, q, k, v, out, stats, dout, dlse, inputs, params, schedule):
-    """(dq, dk, dv, d<input>...) from the dQ and dK/dV kernels; None for inputs without a gradient."""
+def backward(kernels: Kernels, q, k, v, out, stats, dout, dlse, dvsum, inputs, params, schedule):
+    """(dq, dk, dv, d<input>...) from the dQ and dK/dV kernels; None for inputs without a gradient.
+    dvsum: the gradient of sum_kept(v) (None: zero), which the dK/dV kernel adds to dv."""
     if kernels.backward_error is not None:
         raise NotImplementedError(f"{kernels.spec_name}: {kernels.backward_error}")
     B, H, SQ, D = q.shape
@@ -144,6 +150,10 @@ def backward(kernels: Kernels, q, k, v, out, stats, dout, dlse, inputs, params, 
     gq = torch.empty((B, H, SQ, D), dtype=torch.float32, device=q.device)
     gk = torch.empty((B, HKV, SKV, D), dtype=torch.float32, device=q.device)
     gv = torch.empty((B, HKV, SKV, DV), dtype=torch.float32, device=q.device)
+    gvsum = ()
+    if kernels.kept_sum:
+        gvsum = (torch.zeros((B, H, SQ, DV), dtype=torch.float32, device=q.device) if dvsum is None or dvsum.numel() == 0
+                 else dvsum.float().contiguous(),)
     grads = {
         name: torch.zeros(_rt.readable(by_name[name]).shape, dtype=torch.float32, device=q.device)
         for name in kernels.grad_inputs
@@ -165,7 +175,7 @@ def backward(kernels: Kernels, q, k, v, out, stats, dout, dlse, inputs, params, 
         _rt.start(jit(kernels.dq), (triton.cdiv(SQ, bm), B * H),
                   q, k, v, do, stats, delta, gq, *strides, *tables, *common, **meta)
         _rt.start(jit(kernels.dkdv), (triton.cdiv(SKV, bn), B * HKV),
-                  q, k, v, do, stats, delta, gk, gv, *strides, *schedule.transposed(bm, bn).arguments(), *common, **meta)
+                  q, k, v, do, stats, delta, gk, gv, *gvsum, *strides, *schedule.transposed(bm, bn).arguments(), *common, **meta)
         _rt.add_partials([grads[name] for name in kernels.site_inputs], parts)
 
     _rt.launch(run, kernels.spec_name + " backward", q, v, kernels.kernel_tiles, (SQ, SKV), backward=True)
@@ -177,7 +187,7 @@ def backward(kernels: Kernels, q, k, v, out, stats, dout, dlse, inputs, params, 
 
 @torch.compiler.disable  # a schedule or selection passed in: the host code runs eagerly, outside any graph
 def with_schedule(kernels: Kernels, q, k, v, inputs, params, selection, schedule, grad: bool, return_lse: bool):
-    """attention() with a caller's schedule (from build_schedule) or selection: (out, lse)."""
+    """attention() with a caller's schedule (from build_schedule) or selection: (out, lse, sum_kept(v))."""
     problem = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
     if schedule is None:
         schedule = _schedule(kernels, q, k, inputs, params, selection)
@@ -186,8 +196,8 @@ def with_schedule(kernels: Kernels, q, k, v, inputs, params, selection, schedule
     _rt.check_schedule(kernels.spec_name, schedule, problem, q.device)
     if grad:
         return Differentiable.apply(kernels, schedule, params, q, k, v, *inputs)
-    out, lse, _ = forward(kernels, q, k, v, inputs, params, schedule, return_lse)
-    return out, lse
+    out, lse, vsum, _ = forward(kernels, q, k, v, inputs, params, schedule, return_lse)
+    return out, lse, vsum
 
 
 # ---------------------------------------------------------------- torch.library operators
@@ -201,7 +211,8 @@ def operator(kernels: Kernels, key: str) -> Callable:
     traces a call as one node of its graph, forward and backward, without a break: the host work
     (schedule, autotuning, launches) runs when the graph runs. `key` names the module's source (one
     registration per process and source). Returns call(q, k, v, inputs, params, for_backward) ->
-    (out, lse, stats): out in float32 with for_backward (what the backward reads), else in q's dtype."""
+    (out, lse, stats, sum_kept(v)): out in float32 with for_backward (what the backward reads), else in
+    q's dtype."""
     base = f"attnspec::{kernels.spec_name}_{re.sub(r'[^0-9a-zA-Z_]', '_', key)}"
     name, n = base, 0
     while name in _OPERATORS and _OPERATORS[name][0].forward is not kernels.forward:
@@ -226,9 +237,9 @@ def _schedule(kernels: Kernels, q, k, inputs, params, selection=None):
     return kernels.build_schedule(q, k, **named, selection=selection)
 
 
-FORWARD_SCHEMA = "(Tensor q, Tensor k, Tensor v, Tensor[] inputs, float[] params, bool for_backward) -> (Tensor, Tensor, Tensor)"
+FORWARD_SCHEMA = "(Tensor q, Tensor k, Tensor v, Tensor[] inputs, float[] params, bool for_backward) -> (Tensor, Tensor, Tensor, Tensor)"
 BACKWARD_SCHEMA = (
-    "(Tensor q, Tensor k, Tensor v, Tensor out, Tensor stats, Tensor dout, Tensor? dlse, Tensor[] inputs, "
+    "(Tensor q, Tensor k, Tensor v, Tensor out, Tensor stats, Tensor dout, Tensor? dlse, Tensor? dvsum, Tensor[] inputs, "
     "float[] params) -> Tensor[]"
 )
 
@@ -238,42 +249,43 @@ def _register(kernels: Kernels, name: str) -> Callable:
     def forward_op(q, k, v, inputs, params, for_backward):
         typed = _typed(kernels, params)
         schedule = _schedule(kernels, q, k, inputs, typed)
-        out, lse, extra = forward(kernels, q, k, v, tuple(inputs), typed, schedule, kernels.norm != "elementwise", for_backward)
+        out, lse, vsum, extra = forward(kernels, q, k, v, tuple(inputs), typed, schedule, kernels.norm != "elementwise", for_backward)
         if for_backward:
-            return extra[0], lse, extra[1]
-        return out, lse, q.new_empty(0, dtype=torch.float32)
+            return extra[0], lse, extra[1], vsum
+        return out, lse, q.new_empty(0, dtype=torch.float32), vsum
 
     @forward_op.register_fake
     def _(q, k, v, inputs, params, for_backward):
         B, H, SQ = q.shape[:3]
         out = q.new_empty((B, H, SQ, v.shape[-1]), dtype=torch.float32 if for_backward else q.dtype)
         stats = q.new_empty((B, H, SQ, 2) if for_backward else (0,), dtype=torch.float32)
-        return out, q.new_empty((B, H, SQ), dtype=torch.float32), stats
+        vsum = q.new_empty((B, H, SQ, v.shape[-1]) if kernels.kept_sum else (0,), dtype=torch.float32)
+        return out, q.new_empty((B, H, SQ), dtype=torch.float32), stats, vsum
 
     @torch.library.custom_op(f"{name}_backward", mutates_args=(), schema=BACKWARD_SCHEMA)
-    def backward_op(q, k, v, out, stats, dout, dlse, inputs, params):
+    def backward_op(q, k, v, out, stats, dout, dlse, dvsum, inputs, params):
         typed = _typed(kernels, params)
         schedule = _schedule(kernels, q, k, inputs, typed)
-        grads = backward(kernels, q, k, v, out, stats, dout, dlse, tuple(inputs), typed, schedule)
+        grads = backward(kernels, q, k, v, out, stats, dout, dlse, dvsum, tuple(inputs), typed, schedule)
         return [g if g is not None else q.new_empty(0) for g in grads]
 
     @backward_op.register_fake
-    def _(q, k, v, out, stats, dout, dlse, inputs, params):
+    def _(q, k, v, out, stats, dout, dlse, dvsum, inputs, params):
         grads = {n: t for n, t in zip(kernels.input_names, inputs) if n in kernels.grad_inputs}
         return [torch.empty_like(q), torch.empty_like(k), torch.empty_like(v),
                 *(torch.empty_like(t) if n in grads else q.new_empty(0) for n, t in zip(kernels.input_names, inputs))]
 
     def setup_context(ctx, inputs, output):
         q, k, v, tensors, params, for_backward = inputs
-        out, _lse, stats = output
+        out, _lse, stats, _vsum = output
         ctx.save_for_backward(q, k, v, out, stats, *tensors)
         ctx.params = params
 
-    def backward_fn(ctx, dout, dlse, _dstats):
+    def backward_fn(ctx, dout, dlse, _dstats, dvsum):
         q, k, v, out, stats, *tensors = ctx.saved_tensors
         if kernels.norm == "elementwise":
             dlse = None
-        grads = backward_op(q, k, v, out, stats, dout.to(q.dtype), dlse, tensors, ctx.params)
+        grads = backward_op(q, k, v, out, stats, dout.to(q.dtype), dlse, dvsum if kernels.kept_sum else None, tensors, ctx.params)
         dq, dk, dv, *dinputs = grads
         named = [g if n in kernels.grad_inputs else None for n, g in zip(kernels.input_names, dinputs)]
         return dq, dk, dv, named, (None if ctx.params else []), None  # the structure of the arguments' tree

@@ -15,7 +15,7 @@ What a drawn spec covers:
 - score mods (zero to three `score =` statements): biases, slopes, soft-caps, temperatures, length
   scaling, `where` gates, and now and then a random (wild) float expression of the score;
 - prologues of q, k and v (RoPE, unit norm, RMS norm with a gain, affine maps) and an output epilogue
-  (gates, norms, offsets per feature);
+  (gates, norms, offsets per feature, N09's affine form over sum_kept(v) with per-query values);
 - `scale =`, `gqa group =`, every normalization (softmax with or without a sink, elementwise,
   rownorm, now and then a rownorm weight that can be negative, rownorm(g, den = f)) and static and data-dependent block
   selection (top / threshold / share, pooled block scores, causal, per head / kv_head, always).

@@ -276,7 +276,16 @@ def _epilogue(draw, env: Env) -> str | None:
         (2, lambda: f"epilogue out = out * sigmoid({float_expr(draw, view, 1).text})"),
         (1, lambda: "epilogue out = out / max(norm(out), 1e-06)"),
         (1, lambda: f"epilogue out[{ROW_INDEX}, {FEATURE_INDEX}] = out + 0.01 * float({FEATURE_INDEX} + {ROW_INDEX})"),
+        (3, lambda: _affine_epilogue(draw, env)),
     )()
+
+
+def _affine_epilogue(draw, env: Env) -> str:
+    """N09's form: out scaled and shifted by sum_kept(v), with per-query values where there are some."""
+    per_query = [t.text for t in env.floats if t.needs == frozenset({"q", "row_value"})]
+    factors = per_query + ["0.5", "2.0", "-1.0"]
+    alpha, beta = draw(st.sampled_from(factors)), draw(st.sampled_from(factors + ["0.1"]))
+    return f"epilogue out = {alpha} * out + {beta} * sum_kept(v)"
 
 
 # ------------------------------------------------------------------ block selection

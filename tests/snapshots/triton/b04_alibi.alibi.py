@@ -256,10 +256,10 @@ def attention(q, k, v, *, slope, selection=None, schedule=None, return_lse=False
     _inputs = (slope, )
     _params = ()
     if schedule is None and selection is None:  # one custom operator: torch.compile traces it as one node
-        _out, _lse, _ = OPERATOR(q, k, v, list(_inputs), [float(p) for p in _params], _grad)
+        _out, _lse, _, _ = OPERATOR(q, k, v, list(_inputs), [float(p) for p in _params], _grad)
         _out = _out.to(q.dtype)
     else:
-        _out, _lse = _launch.with_schedule(KERNELS, q, k, v, _inputs, _params, selection, schedule, _grad, return_lse)
+        _out, _lse, _ = _launch.with_schedule(KERNELS, q, k, v, _inputs, _params, selection, schedule, _grad, return_lse)
     return (_out, _lse) if return_lse else _out
 
 
@@ -399,6 +399,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     norm="softmax",
     closed_form=True,
     check_nonnegative=None,
+    kept_sum=False,
     kernel_tiles=KERNEL_TILES,
     logit_scale=_logit_scale,
     input_names=("slope", ),
