@@ -26,3 +26,16 @@ def test_smoke_run(script):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "section writer: ok" in done.stdout
     assert (ROOT / "benchmarks" / "RESULTS.md").read_text() == results
+
+
+def test_kernel_work_prints_the_row_map_model():
+    """kernel_work.py runs to the end (a model: small sizes are enough) and its row-map table says
+    what the cost model says: RoPE on k is cheaper as a pass, q's prologue fused only without gradients."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kernel_work.py"), "--tokens", "512"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in done.stdout.splitlines() if line.startswith("|")]
+    choice = {(cells[0], cells[1]): cells[-1] for cells in rows}
+    assert choice["b10_rope", "prologue k"] == "prologue / prologue"
+    assert choice["b10_rope", "prologue q"] == "fused / prologue"
