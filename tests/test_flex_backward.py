@@ -98,3 +98,15 @@ def test_a_weight_that_underflows_to_zero_has_a_zero_gradient_not_nan(tmp_path):
     report = replay(path, "target=flex,dtype=float32,B=1,H=1,HKV=1,SQ=1,SKV=135,D=16,DV=16,seed=0,logits=huge,"
                           "inputs=typical,trace=static,grad=1")
     assert report.status == "ok"
+
+
+def test_a_nan_weight_leaves_its_row_undefined_not_empty(tmp_path):
+    """rownorm(relu(score) ** 2) with a NaN score: log_weight kept NaN apart from 0, whose log is -inf
+    (found by attnspec fuzz: the row came out empty, 0, where the reference's is undefined, NaN)."""
+    from attnspec.testing import replay
+
+    path = tmp_path / "nan.attn"
+    path.write_text("attention n {\n    score = score + ((0.0 / 0.0) + 0.0)\n    normalize rownorm(relu(score) ** 2)\n}\n")
+    report = replay(path, "target=flex,dtype=float32,B=1,H=1,HKV=1,SQ=1,SKV=1,D=16,DV=16,seed=0,logits=normal,"
+                          "inputs=typical,trace=static,grad=1")
+    assert report.status == "ok"

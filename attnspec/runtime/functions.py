@@ -80,11 +80,12 @@ def ceildiv(a, b):
 def log_weight(f):
     """log f of a weight f >= 0 (the flex target's score_mod for rownorm and elementwise weights): -inf
     where f == 0, with gradient 0 there. A weight that is 0 is at its minimum, so f' == 0 and log's
-    f' / f would be 0 / 0 (NaN where softplus of a very negative score underflows)."""
+    f' / f would be 0 / 0 (NaN where softplus of a very negative score underflows). A NaN weight
+    stays NaN: its row is undefined, not empty."""
     if not isinstance(f, torch.Tensor):
-        return math.log(f) if f > 0 else -math.inf
+        return math.log(f) if f > 0 else (f if f != f else -math.inf)
     positive = f > 0
-    return torch.where(positive, torch.log(torch.where(positive, f, torch.ones_like(f))), -math.inf)
+    return torch.where(positive, torch.log(torch.where(positive, f, torch.ones_like(f))), torch.where(f == 0, -math.inf, f))
 
 
 def xor(a, b):
