@@ -184,7 +184,7 @@ def report(path_or_source, *, spec: str | None = None, consts: dict | None = Non
            tf32: bool = False) -> list[KernelReport]:
     """Every kernel a call of one spec (and with backward, its gradient) launches, compiled for each
     architecture, dtype and head dim: the default candidate, or every autotune candidate. kernels:
-    only these (forward, dq, dkdv). tf32: float32 products as under set_float32_matmul_precision("high")."""
+    only these (forward, dq, dkdv, kept: sum_kept(v)'s gradient). tf32: float32 products as under set_float32_matmul_precision("high")."""
     from . import api
 
     if tf32:
@@ -195,7 +195,8 @@ def report(path_or_source, *, spec: str | None = None, consts: dict | None = Non
     module = api.build_module(lowered, "triton", source_name)
     if backward and module.BACKWARD_ERROR is not None:
         raise AttnError(f"{lowered.name}: the triton target has no backward for this spec ({module.BACKWARD_ERROR})")
-    names = {getattr(f, "__name__", None): kind for kind, f in (("forward", module.KERNELS.forward), ("dq", module.KERNELS.dq), ("dkdv", module.KERNELS.dkdv))}
+    kinds = (("forward", module.KERNELS.forward), ("dq", module.KERNELS.dq), ("dkdv", module.KERNELS.dkdv), ("kept", module.KERNELS.kept))
+    names = {getattr(f, "__name__", None): kind for kind, f in kinds}
     reports, seen = [], set()
     for dtype in dtypes:
         for head_dim in head_dims:

@@ -24,10 +24,11 @@ class Kernels:
     forward: Callable  # the forward kernel (a triton JITFunction)
     dq: Callable | None  # the backward kernels; None where the spec has no backward
     dkdv: Callable | None
+    kept: Callable | None  # the dV share of sum_kept(v)'s gradient, launched after dkdv with its arguments
     norm: str  # softmax | elementwise | rownorm
     closed_form: bool  # the forward and dQ kernels compute their key tiles (no block tables)
     check_nonnegative: str | None  # the rule a negative denominator term breaks, where the kernel checks it
-    kept_sum: bool  # the epilogue reads sum_kept(v): the forward kernel also returns it, the dK/dV kernel takes its gradient
+    kept_sum: bool  # the epilogue reads sum_kept(v): the forward kernel also returns it, the kept kernel takes its gradient
     kernel_tiles: tuple[int, int] | None  # a data-dependent selection's blocks, which kernel tiles divide
     logit_scale: Callable  # (q, k, params) -> the scale
     input_names: tuple[str, ...]  # the spec's inputs, in kernel-argument order
@@ -174,8 +175,10 @@ def backward(kernels: Kernels, q, k, v, out, stats, dout, dlse, dvsum, inputs, p
         tables = () if kernels.closed_form else schedule.tables(bm, bn).arguments()
         _rt.start(jit(kernels.dq), (triton.cdiv(SQ, bm), B * H),
                   q, k, v, do, stats, delta, gq, *strides, *tables, *common, **meta)
-        _rt.start(jit(kernels.dkdv), (triton.cdiv(SKV, bn), B * HKV),
-                  q, k, v, do, stats, delta, gk, gv, *gvsum, *strides, *schedule.transposed(bm, bn).arguments(), *common, **meta)
+        dkdv_args = (q, k, v, do, stats, delta, gk, gv, *strides, *schedule.transposed(bm, bn).arguments(), *common)
+        _rt.start(jit(kernels.dkdv), (triton.cdiv(SKV, bn), B * HKV), *dkdv_args, **meta)
+        if kernels.kept is not None:
+            _rt.start(jit(kernels.kept), (triton.cdiv(SKV, bn), B * HKV), *gvsum, *dkdv_args, **meta)
         _rt.add_partials([grads[name] for name in kernels.site_inputs], parts)
 
     _rt.launch(run, kernels.spec_name + " backward", q, v, kernels.kernel_tiles, (SQ, SKV), backward=True)

@@ -397,6 +397,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     forward=_causal_forward,
     dq=_causal_backward_dq,
     dkdv=_causal_backward_dkdv,
+    kept=None,
     norm="softmax",
     closed_form=True,
     check_nonnegative=None,

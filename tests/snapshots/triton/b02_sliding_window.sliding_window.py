@@ -392,6 +392,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     forward=_sliding_window_forward,
     dq=_sliding_window_backward_dq,
     dkdv=_sliding_window_backward_dkdv,
+    kept=None,
     norm="softmax",
     closed_form=True,
     check_nonnegative=None,

@@ -453,6 +453,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     forward=_streaming_sink_forward,
     dq=_streaming_sink_backward_dq,
     dkdv=_streaming_sink_backward_dkdv,
+    kept=None,
     norm="softmax",
     closed_form=True,
     check_nonnegative=None,

@@ -430,6 +430,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     forward=_query_temperature_forward,
     dq=_query_temperature_backward_dq,
     dkdv=_query_temperature_backward_dkdv,
+    kept=None,
     norm="softmax",
     closed_form=True,
     check_nonnegative=None,

@@ -393,6 +393,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     forward=_temperature_forward,
     dq=_temperature_backward_dq,
     dkdv=_temperature_backward_dkdv,
+    kept=None,
     norm="softmax",
     closed_form=True,
     check_nonnegative=None,

@@ -388,6 +388,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     forward=_softcap_forward,
     dq=_softcap_backward_dq,
     dkdv=_softcap_backward_dkdv,
+    kept=None,
     norm="softmax",
     closed_form=True,
     check_nonnegative=None,

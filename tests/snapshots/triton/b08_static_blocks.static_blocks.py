@@ -416,6 +416,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     forward=_static_blocks_forward,
     dq=_static_blocks_backward_dq,
     dkdv=_static_blocks_backward_dkdv,
+    kept=None,
     norm="softmax",
     closed_form=False,
     check_nonnegative=None,

@@ -414,6 +414,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     forward=_rope_forward,
     dq=_rope_backward_dq,
     dkdv=_rope_backward_dkdv,
+    kept=None,
     norm="softmax",
     closed_form=True,
     check_nonnegative=None,

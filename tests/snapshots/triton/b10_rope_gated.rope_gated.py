@@ -430,6 +430,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     forward=_rope_gated_forward,
     dq=_rope_gated_backward_dq,
     dkdv=_rope_gated_backward_dkdv,
+    kept=None,
     norm="softmax",
     closed_form=True,
     check_nonnegative=None,

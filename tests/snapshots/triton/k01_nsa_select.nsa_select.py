@@ -452,6 +452,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     forward=_nsa_select_forward,
     dq=_nsa_select_backward_dq,
     dkdv=_nsa_select_backward_dkdv,
+    kept=None,
     norm="softmax",
     closed_form=False,
     check_nonnegative=None,

@@ -448,6 +448,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     forward=_moba_forward,
     dq=_moba_backward_dq,
     dkdv=_moba_backward_dkdv,
+    kept=None,
     norm="softmax",
     closed_form=False,
     check_nonnegative=None,

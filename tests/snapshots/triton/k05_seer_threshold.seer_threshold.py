@@ -454,6 +454,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     forward=_seer_threshold_forward,
     dq=_seer_threshold_backward_dq,
     dkdv=_seer_threshold_backward_dkdv,
+    kept=None,
     norm="softmax",
     closed_form=False,
     check_nonnegative=None,

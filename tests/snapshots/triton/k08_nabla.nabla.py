@@ -411,6 +411,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     forward=_nabla_forward,
     dq=_nabla_backward_dq,
     dkdv=_nabla_backward_dkdv,
+    kept=None,
     norm="softmax",
     closed_form=False,
     check_nonnegative=None,

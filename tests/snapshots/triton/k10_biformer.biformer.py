@@ -409,6 +409,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     forward=_biformer_forward,
     dq=_biformer_backward_dq,
     dkdv=_biformer_backward_dkdv,
+    kept=None,
     norm="softmax",
     closed_form=False,
     check_nonnegative=None,

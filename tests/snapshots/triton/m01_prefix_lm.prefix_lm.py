@@ -441,6 +441,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     forward=_prefix_lm_forward,
     dq=_prefix_lm_backward_dq,
     dkdv=_prefix_lm_backward_dkdv,
+    kept=None,
     norm="softmax",
     closed_form=True,
     check_nonnegative=None,

@@ -422,6 +422,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     forward=_natten2d_forward,
     dq=_natten2d_backward_dq,
     dkdv=_natten2d_backward_dkdv,
+    kept=None,
     norm="softmax",
     closed_form=False,
     check_nonnegative=None,

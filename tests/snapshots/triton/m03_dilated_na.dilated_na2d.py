@@ -449,6 +449,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     forward=_dilated_na2d_forward,
     dq=_dilated_na2d_backward_dq,
     dkdv=_dilated_na2d_backward_dkdv,
+    kept=None,
     norm="softmax",
     closed_form=False,
     check_nonnegative=None,

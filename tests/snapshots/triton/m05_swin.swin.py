@@ -431,6 +431,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     forward=_swin_forward,
     dq=_swin_backward_dq,
     dkdv=_swin_backward_dkdv,
+    kept=None,
     norm="softmax",
     closed_form=False,
     check_nonnegative=None,

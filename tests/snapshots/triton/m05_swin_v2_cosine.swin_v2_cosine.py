@@ -433,6 +433,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     forward=_swin_v2_cosine_forward,
     dq=_swin_v2_cosine_backward_dq,
     dkdv=_swin_v2_cosine_backward_dkdv,
+    kept=None,
     norm="softmax",
     closed_form=False,
     check_nonnegative=None,

@@ -402,6 +402,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     forward=_maxvit_grid_forward,
     dq=_maxvit_grid_backward_dq,
     dkdv=_maxvit_grid_backward_dkdv,
+    kept=None,
     norm="softmax",
     closed_form=False,
     check_nonnegative=None,

@@ -396,6 +396,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     forward=_criss_cross_forward,
     dq=_criss_cross_backward_dq,
     dkdv=_criss_cross_backward_dkdv,
+    kept=None,
     norm="softmax",
     closed_form=False,
     check_nonnegative=None,

@@ -401,6 +401,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     forward=_timesformer_forward,
     dq=_timesformer_backward_dq,
     dkdv=_timesformer_backward_dkdv,
+    kept=None,
     norm="softmax",
     closed_form=False,
     check_nonnegative=None,

@@ -403,6 +403,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     forward=_power_attention_forward,
     dq=_power_attention_backward_dq,
     dkdv=_power_attention_backward_dkdv,
+    kept=None,
     norm="softmax",
     closed_form=False,
     check_nonnegative=None,

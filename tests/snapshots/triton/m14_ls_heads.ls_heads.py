@@ -437,6 +437,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     forward=_ls_heads_forward,
     dq=_ls_heads_backward_dq,
     dkdv=_ls_heads_backward_dkdv,
+    kept=None,
     norm="softmax",
     closed_form=True,
     check_nonnegative=None,

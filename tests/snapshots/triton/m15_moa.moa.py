@@ -401,6 +401,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     forward=_moa_forward,
     dq=_moa_backward_dq,
     dkdv=_moa_backward_dkdv,
+    kept=None,
     norm="softmax",
     closed_form=False,
     check_nonnegative=None,

@@ -459,6 +459,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     forward=_sinklora_forward,
     dq=_sinklora_backward_dq,
     dkdv=_sinklora_backward_dkdv,
+    kept=None,
     norm="softmax",
     closed_form=True,
     check_nonnegative=None,

@@ -396,6 +396,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     forward=_block_causal_forward,
     dq=_block_causal_backward_dq,
     dkdv=_block_causal_backward_dkdv,
+    kept=None,
     norm="softmax",
     closed_form=True,
     check_nonnegative=None,

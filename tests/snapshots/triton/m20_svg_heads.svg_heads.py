@@ -425,6 +425,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     forward=_svg_heads_forward,
     dq=_svg_heads_backward_dq,
     dkdv=_svg_heads_backward_dkdv,
+    kept=None,
     norm="softmax",
     closed_form=False,
     check_nonnegative=None,

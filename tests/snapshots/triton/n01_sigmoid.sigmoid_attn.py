@@ -393,6 +393,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     forward=_sigmoid_attn_forward,
     dq=_sigmoid_attn_backward_dq,
     dkdv=_sigmoid_attn_backward_dkdv,
+    kept=None,
     norm="elementwise",
     closed_form=True,
     check_nonnegative=None,

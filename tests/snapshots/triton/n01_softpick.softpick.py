@@ -400,6 +400,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     forward=_softpick_forward,
     dq=_softpick_backward_dq,
     dkdv=_softpick_backward_dkdv,
+    kept=None,
     norm="rownorm",
     closed_form=True,
     check_nonnegative=None,

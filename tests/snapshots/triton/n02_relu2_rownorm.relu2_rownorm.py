@@ -383,6 +383,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     forward=_relu2_rownorm_forward,
     dq=_relu2_rownorm_backward_dq,
     dkdv=_relu2_rownorm_backward_dkdv,
+    kept=None,
     norm="rownorm",
     closed_form=True,
     check_nonnegative=None,

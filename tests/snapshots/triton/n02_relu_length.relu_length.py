@@ -375,6 +375,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     forward=_relu_length_forward,
     dq=_relu_length_backward_dq,
     dkdv=_relu_length_backward_dkdv,
+    kept=None,
     norm="elementwise",
     closed_form=True,
     check_nonnegative=None,

@@ -144,7 +144,7 @@ def _affine_scaled_forward_tile(
     if not UPCAST:  # the weights enter the second product in v's dtype, as in FlashAttention
         _p = _p.to(_v.dtype)
     _acc = _kernel.mma(_p, _v, _acc, IEEE)
-    _kept = tl.where(_keep, 1.0, 0.0) + tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)  # 1 on the kept pairs: sum_kept(v)
+    _kept = tl.broadcast_to(_keep, (BLOCK_M, BLOCK_N))  # the kept pairs: sum_kept(v)
     _accv = _kernel.mma(_kept.to(_v.dtype), _v, _accv, IEEE)
     return _m, _l, _acc, _accv
 
@@ -188,7 +188,7 @@ def _affine_scaled_dkdv_tile(
 ):
     """Query tile _pid_m of the dK/dV kernel: dV += P^T . dO, dK += dX^T . Q, the per-column sites' sums."""
     _b, _h, w_alpha, _w_alpha_n0, _w_alpha_n1, _w_alpha_s0, _w_alpha_s1, w_beta, _w_beta_n0, _w_beta_n1, _w_beta_s0, _w_beta_s1, alpha, _alpha_n0, _alpha_n1, _alpha_n2, _alpha_s0, _alpha_s1, _alpha_s2, beta, _beta_n0, _beta_n1, _beta_n2, _beta_s0, _beta_s1, _beta_s2, _t0, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale = _ctx
-    _Qb, _sqm, _sqd, _DO, _Stats, _Delta, _GVS, _pid_bh, _offs_d, _offs_dv, _DV = _queries
+    _Qb, _sqm, _sqd, _DO, _Stats, _Delta, _pid_bh, _offs_d, _offs_dv, _DV = _queries
     _offs_m = _pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     _q = _offs_m[:, None]
     _q_tile = _kernel.load_tile(_Qb, _offs_m, _offs_d, _sqm, _sqd, _SQ, _D, UPCAST)
@@ -199,7 +199,6 @@ def _affine_scaled_dkdv_tile(
     _inv_l = tl.where(_lrow > 0, 1.0 / _lrow, 0.0)
     _delta = tl.load(_Delta + _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], mask=_offs_m[:, None] < _SQ, other=0.0)
     _do = _kernel.load_tile(_DO + _pid_bh.to(tl.int64) * _SQ * _DV, _offs_m, _offs_dv, _DV, 1, _SQ, _DV, UPCAST)
-    _gvs = _kernel.load_tile(_GVS + _pid_bh.to(tl.int64) * _SQ * _DV, _offs_m, _offs_dv, _DV, 1, _SQ, _DV, True).to(_do.dtype)  # d loss / d sum_kept(v)
     _t1 = (_q + _t0)
     _ctx = (_b, _h, w_alpha, _w_alpha_n0, _w_alpha_n1, _w_alpha_s0, _w_alpha_s1, w_beta, _w_beta_n0, _w_beta_n1, _w_beta_s0, _w_beta_s1, alpha, _alpha_n0, _alpha_n1, _alpha_n2, _alpha_s0, _alpha_s1, _alpha_s2, beta, _beta_n0, _beta_n1, _beta_n2, _beta_s0, _beta_s1, _beta_s2, _t0, _t1, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale)
     _qk = _kernel.mma(_q_tile, _kT, None, IEEE)
@@ -209,10 +208,24 @@ def _affine_scaled_dkdv_tile(
         _p = _p.to(_q_tile.dtype)
         _dx = _dx.to(_q_tile.dtype)
     _dv = _kernel.mma(tl.trans(_p), _do, _dv, IEEE)
-    _kept = tl.where(_keep, 1.0, 0.0).to(_do.dtype)  # sum_kept(v) adds the gradient of each kept row's sum
-    _dv = _kernel.mma(tl.trans(_kept), _gvs, _dv, IEEE)
     _dk = _kernel.mma(tl.trans(_dx), _q_tile, _dk, IEEE)
     return _dk, _dv
+
+@_launch.kernel
+def _affine_scaled_kept_tile(_pid_m, _dv, _GVS, _V, _pid_bh, _offs_dv, _DV, _kv, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, MASKED: tl.constexpr):
+    """Query tile _pid_m's share of the gradient of sum_kept(v): dV += K^T . dS, K the tile's kept pairs
+    and dS the gradient of each query row's sum (in v's dtype, as dO enters dV)."""
+    _b, _h, w_alpha, _w_alpha_n0, _w_alpha_n1, _w_alpha_s0, _w_alpha_s1, w_beta, _w_beta_n0, _w_beta_n1, _w_beta_s0, _w_beta_s1, alpha, _alpha_n0, _alpha_n1, _alpha_n2, _alpha_s0, _alpha_s1, _alpha_s2, beta, _beta_n0, _beta_n1, _beta_n2, _beta_s0, _beta_s1, _beta_s2, _t0, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale = _ctx
+    _offs_m = _pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    _q = _offs_m[:, None]
+    _t1 = (_q + _t0)
+    _ctx = (_b, _h, w_alpha, _w_alpha_n0, _w_alpha_n1, _w_alpha_s0, _w_alpha_s1, w_beta, _w_beta_n0, _w_beta_n1, _w_beta_s0, _w_beta_s1, alpha, _alpha_n0, _alpha_n1, _alpha_n2, _alpha_s0, _alpha_s1, _alpha_s2, beta, _beta_n0, _beta_n1, _beta_n2, _beta_s0, _beta_s1, _beta_s2, _t0, _t1, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale)
+    _qk = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)  # the scores are not needed, only the kept pairs
+    _keep, _s, _x = _affine_scaled_scores(_qk, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED, True)
+    _gvs = _kernel.load_tile(_GVS + _pid_bh.to(tl.int64) * _SQ * _DV, _offs_m, _offs_dv, _DV, 1, _SQ, _DV, True)
+    _dtype = tl.float32 if UPCAST else _V.dtype.element_ty
+    return _kernel.mma(tl.trans(_keep.to(_dtype)), _gvs.to(_dtype), _dv, IEEE)
+
 
 
 @_launch.kernel
@@ -389,7 +402,7 @@ def _affine_scaled_backward_dq(
 
 @_launch.kernel
 def _affine_scaled_backward_dkdv(
-    _Q, _K, _V, _DO, _Stats, _Delta, _GK, _GV, _GVS,
+    _Q, _K, _V, _DO, _Stats, _Delta, _GK, _GV,
     _sqb, _sqh, _sqm, _sqd, _skb, _skh, _skn, _skd, _svb, _svh, _svn, _svd,
     _FullNumT, _FullIdxT, _PartNumT, _PartIdxT, _stb, _sth, _stq, _sib, _sih, _siq,
     w_alpha, _w_alpha_n0, _w_alpha_n1, _w_alpha_s0, _w_alpha_s1,
@@ -423,7 +436,7 @@ def _affine_scaled_backward_dkdv(
         _qbase = _b.to(tl.int64) * _sqb + _h.to(tl.int64) * _sqh
         _t0 = (_SKV - _SQ)
         _ctx = (_b, _h, w_alpha, _w_alpha_n0, _w_alpha_n1, _w_alpha_s0, _w_alpha_s1, w_beta, _w_beta_n0, _w_beta_n1, _w_beta_s0, _w_beta_s1, alpha, _alpha_n0, _alpha_n1, _alpha_n2, _alpha_s0, _alpha_s1, _alpha_s2, beta, _beta_n0, _beta_n1, _beta_n2, _beta_s0, _beta_s1, _beta_s2, _t0, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale)
-        _queries = (_Q + _qbase, _sqm, _sqd, _DO, _Stats, _Delta, _GVS, _pid_bh, _offs_d, _offs_dv, _DV)
+        _queries = (_Q + _qbase, _sqm, _sqd, _DO, _Stats, _Delta, _pid_bh, _offs_d, _offs_dv, _DV)
         _tnum = _b * _stb + _h * _sth + _pid_n * _stq
         _tidx = _b * _sib + _h * _sih + _pid_n * _siq
         # full query tiles of this key tile
@@ -443,11 +456,56 @@ def _affine_scaled_backward_dkdv(
              mask=(_offs_n[:, None] < _SKV) & (_offs_dv[None, :] < _DV))
 
 
+@_launch.kernel
+def _affine_scaled_backward_kept(
+    _GVS,
+    _Q, _K, _V, _DO, _Stats, _Delta, _GK, _GV,
+    _sqb, _sqh, _sqm, _sqd, _skb, _skh, _skn, _skd, _svb, _svh, _svn, _svd,
+    _FullNumT, _FullIdxT, _PartNumT, _PartIdxT, _stb, _sth, _stq, _sib, _sih, _siq,
+    w_alpha, _w_alpha_n0, _w_alpha_n1, _w_alpha_s0, _w_alpha_s1,
+    w_beta, _w_beta_n0, _w_beta_n1, _w_beta_s0, _w_beta_s1,
+    alpha, _alpha_n0, _alpha_n1, _alpha_n2, _alpha_s0, _alpha_s1, _alpha_s2,
+    beta, _beta_n0, _beta_n1, _beta_n2, _beta_s0, _beta_s1, _beta_s2,
+    _B, _H, _HKV, _SQ, _SKV, _D, _DV, _sm_scale,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr,
+):
+    """The gradient of sum_kept(v) into dV, launched after the dK/dV kernel with its arguments: per key
+    tile, every query tile the transposed schedule lists adds K^T . dS (K the kept pairs, dS the gradient
+    of each query row's sum). A launch of its own, so that neither kernel holds the other's tiles."""
+    _pid_n = tl.program_id(0)
+    _pid_bhkv = tl.program_id(1)
+    _b = _pid_bhkv // _HKV
+    _hkv = _pid_bhkv % _HKV
+    _offs_n = _pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    _offs_dv = tl.arange(0, BLOCK_DV)
+    _kv = _offs_n[None, :]
+    _dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
+    _group = _H // _HKV
+    for _g in range(0, _group):
+        _h = _hkv * _group + _g
+        _pid_bh = _b * _H + _h
+        _t0 = (_SKV - _SQ)
+        _ctx = (_b, _h, w_alpha, _w_alpha_n0, _w_alpha_n1, _w_alpha_s0, _w_alpha_s1, w_beta, _w_beta_n0, _w_beta_n1, _w_beta_s0, _w_beta_s1, alpha, _alpha_n0, _alpha_n1, _alpha_n2, _alpha_s0, _alpha_s1, _alpha_s2, beta, _beta_n0, _beta_n1, _beta_n2, _beta_s0, _beta_s1, _beta_s2, _t0, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale)
+        _tnum = _b * _stb + _h * _sth + _pid_n * _stq
+        _tidx = _b * _sib + _h * _sih + _pid_n * _siq
+        for _i in range(0, tl.load(_FullNumT + _tnum)):  # full query tiles
+            _dv = _affine_scaled_kept_tile(tl.load(_FullIdxT + _tidx + _i), _dv, _GVS, _V, _pid_bh, _offs_dv, _DV, _kv, _ctx,
+                                        BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False)
+        for _i in range(0, tl.load(_PartNumT + _tnum)):  # partial query tiles
+            _dv = _affine_scaled_kept_tile(tl.load(_PartIdxT + _tidx + _i), _dv, _GVS, _V, _pid_bh, _offs_dv, _DV, _kv, _ctx,
+                                        BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
+    _at = _GV + (_pid_bhkv.to(tl.int64) * _SKV + _offs_n[:, None]) * _DV + _offs_dv[None, :]
+    _in = (_offs_n[:, None] < _SKV) & (_offs_dv[None, :] < _DV)
+    tl.store(_at, tl.load(_at, mask=_in, other=0.0) + _dv, mask=_in)  # dV of the dK/dV kernel, plus this
+
+
 KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py launches
     spec_name=SPEC_NAME,
     forward=_affine_scaled_forward,
     dq=_affine_scaled_backward_dq,
     dkdv=_affine_scaled_backward_dkdv,
+    kept=_affine_scaled_backward_kept,
     norm="softmax",
     closed_form=True,
     check_nonnegative=None,

@@ -415,6 +415,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     forward=_cosine_signed_forward,
     dq=_cosine_signed_backward_dq,
     dkdv=_cosine_signed_backward_dkdv,
+    kept=None,
     norm="rownorm",
     closed_form=True,
     check_nonnegative=None,

@@ -392,6 +392,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     forward=_log_buckets_forward,
     dq=_log_buckets_backward_dq,
     dkdv=_log_buckets_backward_dkdv,
+    kept=None,
     norm="softmax",
     closed_form=True,
     check_nonnegative=None,

@@ -390,6 +390,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     forward=_rel_bias_clipped_forward,
     dq=_rel_bias_clipped_backward_dq,
     dkdv=_rel_bias_clipped_backward_dkdv,
+    kept=None,
     norm="softmax",
     closed_form=True,
     check_nonnegative=None,

@@ -388,6 +388,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     forward=_rel_table_forward,
     dq=_rel_table_backward_dq,
     dkdv=_rel_table_backward_dkdv,
+    kept=None,
     norm="softmax",
     closed_form=True,
     check_nonnegative=None,
