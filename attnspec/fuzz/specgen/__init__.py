@@ -11,7 +11,8 @@ What a drawn spec covers:
 - `let` bindings: 2D grids (`let (qy, qx) = (q // W, q % W)`), int, bool and float lets, tuples,
   and lets of the score, each used only where its free variables are allowed;
 - masks (zero to three `mask` statements): causal, windows, prefixes, chunks, dilation, sink tokens,
-  documents, 2D neighborhoods, and random boolean expressions over the integer terms in scope;
+  documents, 2D neighborhoods, token pruning by a per-row value (where no data-dependent selection is
+  drawn), and random boolean expressions over the integer terms in scope;
 - score mods (zero to three `score =` statements): biases, slopes, soft-caps, temperatures, length
   scaling, `where` gates, and now and then a random (wild) float expression of the score;
 - prologues of q, k and v (RoPE, unit norm, RMS norm with a gain, affine maps) and an output epilogue
@@ -115,8 +116,6 @@ def _declarations(draw, env: Env) -> list[str]:
 
 
 def _body(draw, env: Env) -> list[str]:
-    masks = _several(draw, lambda d: _mask(d, env), 3, 75)
-    mods = _several(draw, lambda d: _score_mod(d, env), 3, 60)
     singles = [
         _scale(draw, env) if _chance(draw, 12) else None,
         _gqa(draw, env) if _chance(draw, 10) else None,
@@ -124,6 +123,9 @@ def _body(draw, env: Env) -> list[str]:
         _select(draw, env),
     ]
     pooled = bool(singles[3]) and " by " in singles[3]  # a data-dependent selection pools q and k
+    env.values_in_masks = not pooled  # its eligible blocks come from the mask before the vectors are known
+    masks = _several(draw, lambda d: _mask(d, env), 3, 75)
+    mods = _several(draw, lambda d: _score_mod(d, env), 3, 60)
     prologues, epilogue = _prologues(draw, env, pooled), _epilogue(draw, env)
     return prologues + masks + mods + [s for s in singles + [epilogue] if s]
 

@@ -106,12 +106,22 @@ def _mask_template(draw, env: Env) -> str:
     return template(draw, env)
 
 
+def _row_value_mask(draw, env: Env) -> str:
+    """Token pruning: a causal mask that also drops the pairs whose per-row value (of the query or the
+    key) is below a threshold; a causal mask where no per-row value may be read."""
+    values = [t.text for t in env.floats if "row_value" in t.needs] if env.values_in_masks else []
+    if not values:
+        return _causal(draw, env)
+    return f"{_causal(draw, env)} and {draw(st.sampled_from(values))} >= {_float_literal(draw, -1.0, 1.0).text}"
+
+
 def _mask(draw, env: Env) -> str:
     body = _pick(
         draw,
         (6, lambda: _mask_template(draw, env)),
         (2, lambda: _random_mask(draw, env)),
         (2, lambda: _combined_mask(draw, env)),
+        (1, lambda: _row_value_mask(draw, env)),
     )()
     return f"mask {body}"
 
