@@ -116,6 +116,8 @@ def _declarations(draw, env: Env) -> list[str]:
 
 
 def _body(draw, env: Env) -> list[str]:
+    masks = _several(draw, lambda d: _mask(d, env), 3, 75)
+    mods = _several(draw, lambda d: _score_mod(d, env), 3, 60)
     singles = [
         _scale(draw, env) if _chance(draw, 12) else None,
         _gqa(draw, env) if _chance(draw, 10) else None,
@@ -123,9 +125,6 @@ def _body(draw, env: Env) -> list[str]:
         _select(draw, env),
     ]
     pooled = bool(singles[3]) and " by " in singles[3]  # a data-dependent selection pools q and k
-    env.values_in_masks = not pooled  # its eligible blocks come from the mask before the vectors are known
-    masks = _several(draw, lambda d: _mask(d, env), 3, 75)
-    mods = _several(draw, lambda d: _score_mod(d, env), 3, 60)
     prologues, epilogue = _prologues(draw, env, pooled), _epilogue(draw, env)
     return prologues + masks + mods + [s for s in singles + [epilogue] if s]
 
