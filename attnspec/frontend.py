@@ -404,17 +404,21 @@ def _check_reduced(value: Expr) -> None:
 
 
 def _computed_reads(spec: Spec) -> None:
-    """Per-row values are read by the score mod, the sink and the weight; not (yet) by masks or a block
-    selection, whose block structure is found before the vectors are known."""
+    """Per-row values are read by the score mod, the sink, the weight and the mask; not (yet) by a block
+    selection, nor by the mask of a spec whose data-dependent selection finds its eligible blocks from
+    the mask before the vectors are known."""
     computed = {i.name for i in spec.inputs if i.computed is not None}
-    places = [("a mask", spec.mask)]
+    places = []
     if spec.selection is not None:
         places += [("a block selection", e) for e in spec_exprs(spec.selection)]
+        if spec.selection.dynamic:
+            places.append(("the mask of a spec with a data-dependent block selection", spec.mask))
     for what, expr in places:
         for node in walk(expr) if expr is not None else ():
             if node.op == "load" and node.value in computed:
                 raise AttnError(f"the per-row value '{node.value}' cannot be read in {what} yet", node.span,
-                                "use it in a score mod, a sink or a normalization weight")
+                                "use it in a score mod, a sink, a normalization weight or the mask of a spec "
+                                "without a data-dependent selection")
 
 
 def _article(word: str) -> str:

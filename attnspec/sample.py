@@ -66,11 +66,18 @@ def sample_arguments(spec: Spec, sizes: Sizes = Sizes(), dtype=torch.float64, de
     return args
 
 
-def sample_inputs(spec: Spec, sizes: Sizes = Sizes(), device="cpu", seed: int = 0) -> dict:
+def sample_inputs(spec: Spec, sizes: Sizes = Sizes(), device="cpu", seed: int = 0, row_values: bool = False) -> dict:
     """Every input and runtime param of a lowered spec, without q, k and v (whose size grows with the
-    lengths and the head dim). Drawn from a stream of their own: not the values sample_arguments gives."""
+    lengths and the head dim). Drawn from a stream of their own: not the values sample_arguments gives.
+    With row_values, also stand-ins for the per-row values the module computes from q and k (random
+    floats of their shapes), for analyses of a mask that reads them."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    return _params_and_inputs(spec, sizes, gen, device)
+    args = _params_and_inputs(spec, sizes, gen, device)
+    if row_values:
+        for decl in spec.inputs:
+            if decl.computed is not None:
+                args[decl.name] = _tensor(decl.dtype, tuple(int(evaluate_static(d, sizes)) for d in decl.shape), gen, device)
+    return args
 
 
 def input_shapes(spec: Spec, sizes: Sizes) -> dict[str, tuple[int, ...]]:

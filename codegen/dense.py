@@ -131,6 +131,7 @@ class ModulePlan(Plan):
     gqa_group: str | None
     score: str
     mask_bindings: list[tuple[str, str]]  # (name, code) of the bindings the mask reads
+    mask_values: list[str]  # the per-row values the mask reads: the mask depends on q and k
     attention_bindings: list[tuple[str, str]]  # those the score mod, sink, weight and denominator read
     mask: str | None
     norm: str  # softmax | elementwise | rownorm
@@ -168,6 +169,7 @@ def module_plan(spec: Spec, source_name: str) -> ModulePlan:
         gqa_group=_optional(r, spec.gqa_group),
         score=r.render(spec.score),
         mask_bindings=bindings_for(spec, [spec.mask], r),
+        mask_values=_mask_values(spec),
         attention_bindings=bindings_for(spec, [spec.score, norm.sink, norm.weight, norm.denominator], r),
         mask=_optional(r, spec.mask),
         norm=norm.kind,
@@ -179,6 +181,14 @@ def module_plan(spec: Spec, source_name: str) -> ModulePlan:
         epilogue=epilogue_plan(spec),
         row_values=row_value_plan(spec),
     )
+
+
+def _mask_values(spec: Spec) -> list[str]:
+    """The per-row values (inputs the module computes) that the mask reads, in declaration order."""
+    if spec.mask is None:
+        return []
+    read = {n.value for n in walk(inline_bindings(spec.mask, spec)) if n.op == "load"}
+    return [i.name for i in spec.inputs if i.computed is not None and i.name in read]
 
 
 def _optional(r: ExprRenderer, e: Expr | None) -> str | None:

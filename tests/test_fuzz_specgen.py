@@ -106,6 +106,10 @@ COVERAGE = {
     "gqa": r"^\s*gqa group = ",
     "0-dim input": r"^\s*input \w+: \w+\[\]",
     "per scope": r" per (head|kv_head)",
+    "separate denominator": r"normalize rownorm\(.*, den = ",
+    "per-row value": r"^\s*let \w+ per (q|k)\b",
+    "sum_kept in the epilogue": r"^\s*epilogue .*sum_kept\(v\)",
+    "per-row value in a mask": r"^\s*mask .* and (warmth|gain_row|focus)\d+ >= ",  # ROW_VALUE_NAMES
 }
 
 

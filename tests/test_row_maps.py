@@ -133,3 +133,85 @@ def test_the_printed_spec_reads_back_as_the_same_prologue():
     assert again.specs[0].epilogue == program.specs[0].epilogue
     assert "prologue q[i, f] = q * g[h, f] / sqrt(sum(q * q) / float(D) + 1e-06)" in print_program(program)
     assert "epilogue out[i, f] = out * sigmoid(gate[b, h, i]) + 0.01 * float(f) / norm(out + 1.0)" in print_program(program)
+
+
+# token pruning: a mask that reads per-row values of q and k (after k's prologue); rows whose keys are
+# all pruned are empty
+PRUNED = """
+attention pruned {
+    param ratio: float runtime = 0.8
+    input g: float32[HKV, D] learnable
+    prologue k[j, f] = k * g[h, f]
+    let kn per k = norm(k)
+    let qn per q = norm(q)
+    mask kv <= q + (SKV - SQ) and kn >= ratio * qn
+    score = score + 0.1 * kn
+}
+"""
+
+
+def _pruned_arguments(seed=0, SQ=19, SKV=23):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(2, 4, SQ, 16, generator=gen)
+    k = torch.randn(2, 2, SKV, 16, generator=gen)
+    v = torch.randn(2, 2, SKV, 8, generator=gen)
+    return (q, k, v), {"g": torch.rand(2, 16, generator=gen) + 0.5}
+
+
+def _hand_pruned(q, k, v, g, ratio):
+    SQ, SKV = q.shape[2], k.shape[2]
+    k = k * g[None, :, None, :]
+    kn = k.norm(dim=-1).repeat_interleave(2, dim=1)[:, :, None, :]  # [B, H, 1, SKV]
+    qn = q.norm(dim=-1)[..., None]  # [B, H, SQ, 1]
+    k, v = k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1)
+    s = q @ k.transpose(-1, -2) / 4.0 + 0.1 * kn
+    keep = (torch.arange(SKV)[None, :] <= torch.arange(SQ)[:, None] + (SKV - SQ)) & (kn >= ratio * qn)
+    w = torch.softmax(s.masked_fill(~keep, -torch.inf), -1).nan_to_num(0.0)  # an empty row: 0
+    return w @ v, keep.any(-1)
+
+
+def _pruned_call(target, qkv, inputs, dtype, ratio, grad=False):
+    module = attnspec.compile(PRUNED, target)
+    qkv = [x.detach().to(dtype).clone().requires_grad_(grad) for x in qkv]
+    inputs = {n: x.detach().to(torch.float64 if dtype == torch.float64 else torch.float32).clone().requires_grad_(grad)
+              for n, x in inputs.items()}
+    return module.attention(*qkv, **inputs, ratio=ratio), qkv + list(inputs.values())
+
+
+@pytest.mark.parametrize("ratio", [0.8, 1.3])
+def test_a_mask_reading_per_row_values_computes_the_hand_formula(ratio):
+    qkv, inputs = _pruned_arguments()
+    out, _ = _pruned_call("reference", qkv, inputs, torch.float64, ratio)
+    expected, nonempty = _hand_pruned(*(x.double() for x in qkv), inputs["g"].double(), ratio)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+    if ratio > 1:
+        assert not nonempty.all()  # some rows lose every key
+
+
+@pytest.mark.parametrize("target", ["flex", "triton"])
+@pytest.mark.parametrize("ratio", [0.8, 1.3])
+def test_a_mask_reading_per_row_values_agrees_on_every_target(target, ratio):
+    qkv, inputs = _pruned_arguments(seed=1)
+    out, leaves = _pruned_call(target, qkv, inputs, torch.float32, ratio, grad=True)
+    low, low_leaves = _pruned_call("reference", qkv, inputs, torch.float32, ratio, grad=True)
+    ref, ref_leaves = _pruned_call("reference", qkv, inputs, torch.float64, ratio, grad=True)
+    assert check(out, low, ref, "out").ok
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    for result in (out, low, ref):
+        (result.double() * weights).sum().backward()
+    for name, mine, lows, exact in zip(["q", "k", "v", "g"], leaves, low_leaves, ref_leaves):
+        verdict = check(mine.grad.float(), lows.grad.float(), exact.grad, f"d{name}")
+        assert verdict.ok, f"{target}: {verdict}"
+
+
+def test_the_block_mask_and_schedule_take_q_and_k_as_attention_does():
+    """build_block_mask / build_schedule compute the mask's per-row values from the q and k the caller
+    passes (after the prologue); built once and passed back, they give attention's own result."""
+    qkv, inputs = _pruned_arguments(seed=3, SQ=40, SKV=40)
+    flex, triton = attnspec.compile(PRUNED, "flex"), attnspec.compile(PRUNED, "triton")
+    block_mask = flex.build_block_mask(qkv[0], qkv[1], **inputs, ratio=1.1)
+    torch.testing.assert_close(flex.attention(*qkv, **inputs, ratio=1.1, block_mask=block_mask),
+                               flex.attention(*qkv, **inputs, ratio=1.1), rtol=0, atol=0)
+    schedule = triton.build_schedule(qkv[0], qkv[1], **inputs, ratio=1.1)
+    torch.testing.assert_close(triton.attention(*qkv, **inputs, ratio=1.1, schedule=schedule),
+                               triton.attention(*qkv, **inputs, ratio=1.1), rtol=0, atol=0)

@@ -42,9 +42,9 @@ def tile_agreement(spec: Spec, mask: Expr, bq: int, bk: int, sizes: Sizes, seed:
     default PROBE_WORK, pair x node evaluations)."""
     work = PROBE_WORK if work is None else work
     masked = replace(spec, mask=mask, selection=None)
-    args = sample_inputs(spec, sizes, seed=seed)  # the mask reads inputs and params, never q, k, v
+    args = sample_inputs(spec, sizes, seed=seed, row_values=True)  # the mask reads inputs and params, never q, k, v
     runtime = {p.name: args[p.name] for p in spec.runtime_params}
-    inputs = {i.name: args[i.name] for i in spec.arguments}
+    inputs = {i.name: args[i.name] for i in spec.inputs}
     found = classify_tiles(masked, bq, bk, sizes.symbols(), runtime, inputs).classes
     partial = (found == PARTIAL).nonzero()  # [P, 4]: (b, h, query block, key block), Bm / Hm may be 1
     if len(partial) == 0:

@@ -33,6 +33,7 @@ class Kernels:
     logit_scale: Callable  # (q, k, params) -> the scale
     input_names: tuple[str, ...]  # the spec's inputs, in kernel-argument order
     computed_inputs: tuple[str, ...]  # those the module computes (per-row values): not build_schedule's
+    schedule_reads_values: bool  # the mask reads per-row values: build_schedule takes them as _row_values
     param_names: tuple[str, ...]  # the spec's runtime params, in kernel-argument order
     param_types: tuple[str, ...]  # per runtime param: int, float or bool (a bool travels as int32)
     build_schedule: Callable  # the module's build_schedule(q, k, *, <inputs and params>, selection=None)
@@ -235,8 +236,9 @@ def _typed(kernels: Kernels, params: list[float]) -> tuple:
 def _schedule(kernels: Kernels, q, k, inputs, params, selection=None):
     """The module's build_schedule, called with the inputs and params by name."""
     named = dict(zip(kernels.input_names + kernels.param_names, tuple(inputs) + tuple(params)))
-    for name in kernels.computed_inputs:
-        del named[name]
+    computed = tuple(named.pop(name) for name in kernels.computed_inputs)  # from q and k after the prologue
+    if kernels.schedule_reads_values:
+        return kernels.build_schedule(q, k, **named, selection=selection, _row_values=computed)
     return kernels.build_schedule(q, k, **named, selection=selection)
 
 

@@ -106,12 +106,23 @@ def _mask_template(draw, env: Env) -> str:
     return template(draw, env)
 
 
+def _row_value_mask(draw, env: Env) -> str:
+    """Token pruning: a causal mask that also drops the pairs whose per-row value (of the query or the
+    key) is below a threshold; a causal mask where no per-row value may be read."""
+    values = [t.text for t in env.floats if "row_value" in t.needs]
+    if not values:
+        return _causal(draw, env)
+    env.masks_read_values = True
+    return f"{_causal(draw, env)} and {draw(st.sampled_from(values))} >= {_float_literal(draw, -1.0, 1.0).text}"
+
+
 def _mask(draw, env: Env) -> str:
     body = _pick(
         draw,
         (6, lambda: _mask_template(draw, env)),
         (2, lambda: _random_mask(draw, env)),
         (2, lambda: _combined_mask(draw, env)),
+        (3, lambda: _row_value_mask(draw, env)),
     )()
     return f"mask {body}"
 
@@ -385,7 +396,9 @@ def _blocks(draw, env: Env) -> str:
 
 
 def _select(draw, env: Env) -> str | None:
-    return _pick(draw, (4, lambda: None), (3, lambda: _static_select(draw, env)), (4, lambda: _dynamic_select(draw, env)))()
+    """No selection, a static one, or a data-dependent one (not where a mask reads a per-row value)."""
+    dynamic = (lambda: _static_select(draw, env)) if env.masks_read_values else (lambda: _dynamic_select(draw, env))
+    return _pick(draw, (4, lambda: None), (3, lambda: _static_select(draw, env)), (4, dynamic))()
 
 
 # ------------------------------------------------------------------ flaws (deliberately invalid specs)

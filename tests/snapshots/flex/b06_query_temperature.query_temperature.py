@@ -131,10 +131,10 @@ def attention(q, k, v, *, w, selection=None, block_mask=None, return_lse=False, 
     torch.compile'd flex_attention (on the CPU, the eager one where the lse or a gradient is needed).
     """
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, v, w)
+    if block_mask is None:  # from q and k as given: build_block_mask applies what the mask needs of the prologue
+        block_mask = build_block_mask(q, k, w=w, selection=selection, compiled=compiled)
     t, = _row_values(q, k, w)
     _dtype = _dense.compute_dtype(q)
-    if block_mask is None:
-        block_mask = build_block_mask(q, k, w=w, selection=selection, compiled=compiled)
     _scale = 1.0 / math.sqrt(_D)
     _score_mod = _make_score_mod(t=t, dtype=_dtype)
     _needs_grad = w.requires_grad or t.requires_grad or False

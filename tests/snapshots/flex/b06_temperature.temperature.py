@@ -93,9 +93,9 @@ def attention(q, k, v, *, tau=0.7, selection=None, block_mask=None, return_lse=F
     """
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, v, tau)
     tau = _dense.check_scalar(SPEC_NAME, "tau", tau, "float")
-    _dtype = _dense.compute_dtype(q)
-    if block_mask is None:
+    if block_mask is None:  # from q and k as given: build_block_mask applies what the mask needs of the prologue
         block_mask = build_block_mask(q, k, tau=tau, selection=selection, compiled=compiled)
+    _dtype = _dense.compute_dtype(q)
     _scale = 1.0 / math.sqrt(_D)
     _score_mod = _make_score_mod(tau=tau, SKV=_SKV, dtype=_dtype)
     _needs_grad = False

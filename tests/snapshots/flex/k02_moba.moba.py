@@ -160,11 +160,11 @@ def attention(q, k, v, *, selection=None, block_mask=None, return_lse=False, com
     torch.compile'd flex_attention (on the CPU, the eager one where the lse or a gradient is needed).
     """
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, v)
-    _dtype = _dense.compute_dtype(q)
     if block_mask is None and selection is None:
         selection = select(q, k)
-    if block_mask is None:
+    if block_mask is None:  # from q and k as given: build_block_mask applies what the mask needs of the prologue
         block_mask = build_block_mask(q, k, selection=selection, compiled=compiled)
+    _dtype = _dense.compute_dtype(q)
     _scale = 1.0 / math.sqrt(_D)
     _score_mod = _make_score_mod(dtype=_dtype)
     _needs_grad = False

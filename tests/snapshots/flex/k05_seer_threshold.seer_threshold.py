@@ -163,11 +163,11 @@ def attention(q, k, v, *, t=0.0, selection=None, block_mask=None, return_lse=Fal
     """
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, v, t)
     t = _dense.check_scalar(SPEC_NAME, "t", t, "float")
-    _dtype = _dense.compute_dtype(q)
     if block_mask is None and selection is None:
         selection = select(q, k, t=t)
-    if block_mask is None:
+    if block_mask is None:  # from q and k as given: build_block_mask applies what the mask needs of the prologue
         block_mask = build_block_mask(q, k, t=t, selection=selection, compiled=compiled)
+    _dtype = _dense.compute_dtype(q)
     _scale = 1.0 / math.sqrt(_D)
     _score_mod = _make_score_mod(dtype=_dtype)
     _needs_grad = False

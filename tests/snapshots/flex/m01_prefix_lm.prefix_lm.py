@@ -120,9 +120,9 @@ def attention(q, k, v, *, prefix=16, selection=None, block_mask=None, return_lse
     """
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, v, prefix)
     prefix = _dense.check_scalar(SPEC_NAME, "prefix", prefix, "int")
-    _dtype = _dense.compute_dtype(q)
-    if block_mask is None:
+    if block_mask is None:  # from q and k as given: build_block_mask applies what the mask needs of the prologue
         block_mask = build_block_mask(q, k, prefix=prefix, selection=selection, compiled=compiled)
+    _dtype = _dense.compute_dtype(q)
     _scale = 1.0 / math.sqrt(_D)
     _score_mod = _make_score_mod(dtype=_dtype)
     _needs_grad = False

@@ -147,10 +147,10 @@ def attention(q, k, v, *, tau, selection=None, block_mask=None, return_lse=False
     torch.compile'd flex_attention (on the CPU, the eager one where the lse or a gradient is needed).
     """
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, v, tau)
+    if block_mask is None:  # from q and k as given: build_block_mask applies what the mask needs of the prologue
+        block_mask = build_block_mask(q, k, tau=tau, selection=selection, compiled=compiled)
     q, k, v = _prologue(q, k, v, tau)
     _dtype = _dense.compute_dtype(q)
-    if block_mask is None:
-        block_mask = build_block_mask(q, k, tau=tau, selection=selection, compiled=compiled)
     _scale = 1.0
     _score_mod = _make_score_mod(tau=tau, dtype=_dtype)
     _needs_grad = tau.requires_grad or False

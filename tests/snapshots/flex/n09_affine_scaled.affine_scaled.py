@@ -145,10 +145,10 @@ def attention(q, k, v, *, w_alpha, w_beta, selection=None, block_mask=None, retu
     torch.compile'd flex_attention (on the CPU, the eager one where the lse or a gradient is needed).
     """
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, v, w_alpha, w_beta)
+    if block_mask is None:  # from q and k as given: build_block_mask applies what the mask needs of the prologue
+        block_mask = build_block_mask(q, k, w_alpha=w_alpha, w_beta=w_beta, selection=selection, compiled=compiled)
     alpha, beta = _row_values(q, k, w_alpha, w_beta)
     _dtype = _dense.compute_dtype(q)
-    if block_mask is None:
-        block_mask = build_block_mask(q, k, w_alpha=w_alpha, w_beta=w_beta, selection=selection, compiled=compiled)
     _scale = 1.0 / math.sqrt(_D)
     _score_mod = _make_score_mod(dtype=_dtype)
     _needs_grad = w_alpha.requires_grad or w_beta.requires_grad or alpha.requires_grad or beta.requires_grad or False

@@ -400,6 +400,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     kernel_tiles=KERNEL_TILES,
     logit_scale=_logit_scale,
     input_names=(),
+    schedule_reads_values=False,
     computed_inputs=(),
     param_names=(),
     param_types=(),

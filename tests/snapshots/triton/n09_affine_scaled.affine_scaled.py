@@ -513,6 +513,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     kernel_tiles=KERNEL_TILES,
     logit_scale=_logit_scale,
     input_names=("w_alpha", "w_beta", "alpha", "beta", ),
+    schedule_reads_values=False,
     computed_inputs=("alpha", "beta", ),
     param_names=(),
     param_types=(),
