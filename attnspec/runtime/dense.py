@@ -100,8 +100,22 @@ def full(x, shape, dtype, device):
 
 
 def tensor_like(x, like, dtype=None):
-    """A mod must return a tensor, even where the spec's expression folded to a number."""
-    return x if isinstance(x, torch.Tensor) else torch.full_like(like, x, dtype=dtype)
+    """A mod must return a tensor of its argument's dtype (or `dtype`), even where the spec's expression
+    folded to a number, or met a 0-dim float64 constant (what a built-in of sizes or params gives
+    while FlexAttention traces the mod: runtime/functions.py lift)."""
+    if isinstance(x, torch.Tensor):
+        return x.to(dtype or like.dtype)
+    return torch.full_like(like, x, dtype=dtype)
+
+
+def check_nonnegative(f: torch.Tensor, message: str) -> None:
+    """The rownorm rule: ValueError(message) where a term is negative. Inside torch.compile the check
+    is an asynchronous assert in the graph (a RuntimeError with the message, raised where the graph
+    runs), not a data-dependent branch, which would break the graph."""
+    if torch.compiler.is_compiling():
+        torch._assert_async(~(f < 0).any(), message)
+    elif bool((f < 0).any()):
+        raise ValueError(message)
 
 
 def undefined(x, rows):

@@ -19,13 +19,16 @@ from ..ops import OPS, true_divide
 def lift(fn, scalar=None):
     """Apply a torch function to tensors, Python scalars alike: scalars stay scalars, computed with the
     op's scalar semantics where it has them (constant folding's, attnspec/ops.py: no tensor round
-    trip). Inside torch.compile they take the tensor path: the scalar semantics' NaN tests cannot be
-    traced inside FlexAttention's score_mod, and sizes may be symbolic there."""
+    trip). Inside torch.compile they take the tensor path and give a 0-dim tensor (no .item(), which
+    would break the graph): the scalar semantics' NaN tests cannot be traced inside FlexAttention's
+    score_mod, and sizes may be symbolic there."""
 
     def apply(*args):
         like = next((a for a in args if isinstance(a, torch.Tensor)), None)
         if like is None:
-            if scalar is not None and not torch.compiler.is_compiling():
+            if torch.compiler.is_compiling():
+                return fn(*[torch.tensor(a, dtype=_scalar_dtype(a)) for a in args])
+            if scalar is not None:
                 return scalar(*args)
             return fn(*[torch.tensor(a, dtype=_scalar_dtype(a)) for a in args]).item()
         return fn(*[a if isinstance(a, torch.Tensor) else _as_tensor(a, like) for a in args])

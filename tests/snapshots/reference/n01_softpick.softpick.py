@@ -50,8 +50,7 @@ def attention(q, k, v, *, selection=None, return_lse=False):
         raise ValueError(f"{SPEC_NAME}: this spec has no block selection, but a selection was passed")
     _f = torch.where(_keep, _dense.full(_fn.relu((_fn.exp(_s) - 1.0)), _full_shape, _dtype, _device), 0.0)
     _g = torch.where(_keep, _dense.full(_fn.abs((_fn.exp(_s) - 1.0)), _full_shape, _dtype, _device), 0.0)  # what the denominator sums
-    if bool((_g < 0).any()):
-        raise ValueError(f"{SPEC_NAME}: rownorm(g, den = f) needs f >= 0 on kept pairs, but f was negative")
+    _dense.check_nonnegative(_g, f"{SPEC_NAME}: rownorm(g, den = f) needs f >= 0 on kept pairs, but f was negative")
     _den = _g.sum(-1, keepdim=True)
     # a NaN or +inf denominator term, a sum beyond the dtype, or a weight that is not finite: the row is undefined
     _undef = ~(_den < math.inf) | ~torch.isfinite(_f).all(-1, keepdim=True)

@@ -49,8 +49,7 @@ def attention(q, k, v, *, selection=None, return_lse=False):
     if selection is not None:
         raise ValueError(f"{SPEC_NAME}: this spec has no block selection, but a selection was passed")
     _f = torch.where(_keep, _dense.full(_fn.pow(_fn.relu(_s), 2.0), _full_shape, _dtype, _device), 0.0)
-    if bool((_f < 0).any()):
-        raise ValueError(f"{SPEC_NAME}: rownorm(f) needs f >= 0 on kept pairs, but f was negative")
+    _dense.check_nonnegative(_f, f"{SPEC_NAME}: rownorm(f) needs f >= 0 on kept pairs, but f was negative")
     _den = _f.sum(-1, keepdim=True)
     _undef = ~(_den < math.inf)  # a NaN or +inf weight, or a sum beyond the dtype: the row is undefined
     _w = _f / torch.where(_den > 0, _den, 1.0)
