@@ -56,17 +56,43 @@ def compile(path_or_source, target: str = "reference", spec: str | None = None, 
 
     Compile-time params are keyword arguments (`window=256`), or `consts={...}`.
     """
-    lowered, source_name = _lowered(path_or_source, target, spec, {**(consts or {}), **more_consts})
-    return build_module(lowered, target, source_name, cache=cache)
+    consts = {**(consts or {}), **more_consts}
+    if not cache:
+        lowered, source_name = _lowered(path_or_source, target, spec, consts)
+        return build_module(lowered, target, source_name, cache=False)
+    from .runtime import loader
+
+    text, name = _read(path_or_source)
+
+    def generate() -> str:
+        lowered, source_name = _lowered(text, target, spec, consts, name)
+        return _generate(lowered, target, source_name)
+
+    indexed = loader.source_key(text, Path(name).name, spec, target, consts)
+    key = loader.lookup(indexed)
+    if key is not None:  # the module this very text compiled to: no parsing or lowering (unless it vanished)
+        return loader.load_module(key, generate)
+    lowered, source_name = _lowered(text, target, spec, consts, name)
+    key = module_key(lowered, target, source_name)
+    module = loader.load_module(key, lambda: _generate(lowered, target, source_name))
+    loader.remember(indexed, key)
+    return module
 
 
 def build_module(lowered: Spec, target: str, source_name: str, *, cache: bool = True) -> ModuleType:
     """The loaded module of a lowered spec, generated only on a cache miss."""
-    from .printer import print_spec
-    from .runtime.loader import cache_key, load_module
+    from .runtime.loader import load_module
 
-    key = cache_key(print_spec(lowered) + _constant_names(lowered), target, source_name)
+    key = module_key(lowered, target, source_name)
     return load_module(key, lambda: _generate(lowered, target, source_name), cache=cache)
+
+
+def module_key(lowered: Spec, target: str, source_name: str) -> str:
+    """The cache key of a lowered spec's module: its normalized IR, target and source name."""
+    from .printer import print_spec
+    from .runtime.loader import cache_key
+
+    return cache_key(print_spec(lowered) + _constant_names(lowered), target, source_name)
 
 
 def _constant_names(lowered: Spec) -> str:
@@ -78,14 +104,16 @@ def _constant_names(lowered: Spec) -> str:
     return "\n# named constants: " + repr(named)
 
 
-def _lowered(path_or_source, target: str, spec: str | None, consts: dict) -> tuple[Spec, str]:
+def _lowered(path_or_source, target: str, spec: str | None, consts: dict, name: str | None = None) -> tuple[Spec, str]:
+    """The spec lowered for the target, and its source's file name. With `name`, path_or_source is the
+    text of the file of that name, already read."""
     from .codegen import TARGETS
 
     if target not in TARGETS:
         raise AttnError(f"unknown target '{target}'", hint="targets: " + ", ".join(TARGETS))
     from .codegen import passes_for
 
-    program = load_program(path_or_source)
+    program = verify_program(parse_program(path_or_source, name)) if name is not None else load_program(path_or_source)
     return lower(pick_spec(program, spec), consts, passes=passes_for(target)), Path(program.source_name).name
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import os
 import shutil
@@ -15,6 +16,7 @@ import pytest
 import torch
 
 import attnspec
+from attnspec import api
 from attnspec.runtime import loader
 
 SPEC = """\
@@ -45,10 +47,14 @@ def cached_files(directory: Path) -> list[Path]:
 
 
 def leftovers(directory: Path) -> list[Path]:
-    """Temp files of an interrupted or racing write (anything but NAME.py and __pycache__)."""
+    """Temp files of an interrupted or racing write (anything but NAME.py, its bytecode NAME.code, the
+    text index's entries and __pycache__)."""
     if not directory.exists():
         return []
-    return [p for p in directory.iterdir() if not (p.suffix == ".py" and not p.name.startswith(".")) and p.name != "__pycache__"]
+    found = [p for p in directory.iterdir()
+             if not (p.suffix in (".py", ".code") and not p.name.startswith(".")) and p.name not in ("__pycache__", "index")]
+    index = directory / "index"
+    return found + ([p for p in index.iterdir() if p.name.startswith(".")] if index.exists() else [])
 
 
 def only_file(directory: Path) -> Path:
@@ -286,3 +292,46 @@ def test_generator_change_invalidates_the_cache(cache, tmp_path):
     template.write_text(template.read_text(encoding="utf-8") + "\n# GENERATOR CHANGED\n", encoding="utf-8")
     second = compile_in_copy()
     assert "GENERATOR CHANGED" in second.read_text(encoding="utf-8")
+
+
+# ---------------------------------------------------------------- the text index and the bytecode
+
+
+def test_a_known_text_loads_without_parsing_or_lowering(cache, monkeypatch):
+    window = fresh_window()
+    first = attnspec.compile(SPEC, window=window)
+    loader._loaded.clear()  # as a new process would start
+
+    def no_parsing(*args, **kwargs):
+        raise AssertionError("parsed a text the index knows")
+
+    monkeypatch.setattr(api, "parse_program", no_parsing)
+    monkeypatch.setattr(api, "load_program", no_parsing)
+    again = attnspec.compile(SPEC, window=window)
+    assert again.__file__ == first.__file__ and again is not first
+    check_runs(again, window)
+    with pytest.raises(AssertionError, match="parsed a text"):  # a new text or param is compiled
+        attnspec.compile(SPEC.replace("window", "width"), width=window)
+
+
+def test_the_index_falls_back_to_compiling_when_its_module_is_gone(cache):
+    window = fresh_window()
+    path = Path(attnspec.compile(SPEC, window=window).__file__)
+    loader._loaded.clear()
+    path.unlink()
+    again = attnspec.compile(SPEC, window=window)
+    assert Path(again.__file__) == path and loader._valid(path)
+    check_runs(again, window)
+
+
+def test_damaged_bytecode_is_compiled_again(cache):
+    window = fresh_window()
+    path = Path(attnspec.compile(SPEC, window=window).__file__)
+    code = path.with_suffix(".code")
+    assert code.exists()
+    for garbage in (b"", b"junk", code.read_bytes()[:40]):
+        code.write_bytes(garbage)
+        loader._loaded.clear()
+        check_runs(attnspec.compile(SPEC, window=window), window)
+        assert code.read_bytes().startswith(importlib.util.MAGIC_NUMBER)
+    assert leftovers(cache) == []
