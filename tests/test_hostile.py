@@ -618,7 +618,9 @@ def _unique_spec(tag: str) -> str:
 
 
 def _leftovers(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir() if not (p.suffix == ".py" and not p.name.startswith(".")))
+    from test_cache import leftovers  # one definition of what a finished write leaves behind
+
+    return sorted(p.name for p in leftovers(directory))
 
 
 def test_compile_writes_the_cache_atomically(tmp_path, monkeypatch):
@@ -626,8 +628,10 @@ def test_compile_writes_the_cache_atomically(tmp_path, monkeypatch):
     monkeypatch.setenv("ATTNSPEC_CACHE_DIR", str(cache))
     text = _unique_spec("atomic")
     module = attnspec.compile(text)
-    files = sorted(cache.iterdir())
+    files = sorted(cache.glob("*.py"))
     assert len(files) == 1 and _leftovers(cache) == []
+    assert [p.name for p in cache.glob("*.code")] == [files[0].with_suffix(".code").name]  # its bytecode
+    assert len(list((cache / "index").iterdir())) == 1  # the text's index entry
     assert Path(module.__file__).resolve() == files[0].resolve()
     ast.parse(files[0].read_text(encoding="utf-8"))
     q, k, v = tiny_qkv()
