@@ -169,7 +169,7 @@ def module_plan(spec: Spec, source_name: str) -> ModulePlan:
         gqa_group=_optional(r, spec.gqa_group),
         score=r.render(spec.score),
         mask_bindings=bindings_for(spec, [spec.mask], r),
-        mask_values=_mask_values(spec),
+        mask_values=row_values_read(spec, spec.mask),
         attention_bindings=bindings_for(spec, [spec.score, norm.sink, norm.weight, norm.denominator], r),
         mask=_optional(r, spec.mask),
         norm=norm.kind,
@@ -183,11 +183,11 @@ def module_plan(spec: Spec, source_name: str) -> ModulePlan:
     )
 
 
-def _mask_values(spec: Spec) -> list[str]:
-    """The per-row values (inputs the module computes) that the mask reads, in declaration order."""
-    if spec.mask is None:
+def row_values_read(spec: Spec, expr: Expr | None) -> list[str]:
+    """The per-row values (inputs the module computes) that an expression reads, in declaration order."""
+    if expr is None:
         return []
-    read = {n.value for n in walk(inline_bindings(spec.mask, spec)) if n.op == "load"}
+    read = {n.value for n in walk(inline_bindings(expr, spec)) if n.op == "load"}
     return [i.name for i in spec.inputs if i.computed is not None and i.name in read]
 
 

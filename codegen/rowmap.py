@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from attnspec.ir import Expr, RowMap, Spec, walk
 
-from .dense import DenseRenderer
+from .dense import DenseRenderer, row_values_read
 
 
 class RowMapRenderer(DenseRenderer):
@@ -54,12 +54,14 @@ def epilogue_plan(spec: Spec) -> dict | None:
     values in `reads` and, where kept_sum, _vsum, the sum of v over each row's kept keys."""
     if spec.epilogue is None:
         return None
-    nodes = list(walk(spec.epilogue.value))
-    computed = [i.name for i in spec.inputs if i.computed is not None]
-    read = {n.value for n in nodes if n.op == "load"}
-    kept_sum = any(n.op == "kept_sum" for n in nodes)
-    reads = [name for name in computed if name in read] + (["_vsum"] if kept_sum else [])
+    kept_sum = reads_kept_sum(spec)
+    reads = row_values_read(spec, spec.epilogue.value) + (["_vsum"] if kept_sum else [])
     return {**_step(spec, spec.epilogue), "reads": reads, "kept_sum": kept_sum}
+
+
+def reads_kept_sum(spec: Spec) -> bool:
+    """Whether the epilogue reads sum_kept(v), which the attention then computes beside its output."""
+    return spec.epilogue is not None and any(n.op == "kept_sum" for n in walk(spec.epilogue.value))
 
 
 def row_value_plan(spec: Spec) -> list[dict]:

@@ -27,7 +27,7 @@ from attnspec.analysis.bands import key_bands
 from attnspec.analysis.sign import nonnegative, nonzero, positive
 from attnspec.builtins import DTYPES, GENERATED_NAMES
 from attnspec.diagnostics import AttnError
-from attnspec.ir import Expr, Spec, inline_bindings, uses, walk
+from attnspec.ir import Expr, Spec, inline_bindings, uses
 from attnspec.ops import OPS
 from attnspec.passes.flex import token_mask
 from attnspec.passes.symbolic import NotRepresentable, SymbolTable, to_sympy
@@ -36,6 +36,7 @@ from attnspec.types import infer
 from .dense import ModulePlan, bindings_for, module_plan
 from .mods import mod_plan
 from .render import ExprRenderer, python_literal, template_environment
+from .rowmap import reads_kept_sum
 from .tiles import TileRenderer
 from .triton_backward import BackwardPlan, backward_plan
 
@@ -244,7 +245,7 @@ def triton_plan(spec: Spec, source_name: str) -> TritonPlan:
         k_sink=None if norm.sink is None else r.render(norm.sink),
         fold_log2e=plain_score,
         check_nonnegative=_nonnegative_rule(spec),
-        kept_sum=spec.epilogue is not None and any(n.op == "kept_sum" for n in walk(spec.epilogue.value)),
+        kept_sum=reads_kept_sum(spec),
         score_full=uses(spec.score, "score"),
         weight_full=norm.weight is not None and uses(norm.weight, "score"),
         denominator_full=norm.denominator is not None and uses(norm.denominator, "score"),

@@ -202,18 +202,16 @@ def ratio(positive, den_lse, negative=None, out_dtype=None):
         lse = lse.to(dtype)
         return out.to(dtype) * torch.exp(torch.where(live, lse - den, -math.inf)).unsqueeze(-1)
 
-    out, undefined = part(*positive), _not_finite(positive[1]) | beyond_range(positive[1], dtype)
+    out, undefined = part(*positive), undefined_rows(positive[1], dtype)
     if negative is not None:
-        out, undefined = out - part(*negative), undefined | _not_finite(negative[1]) | beyond_range(negative[1], dtype)
+        out, undefined = out - part(*negative), undefined | undefined_rows(negative[1], dtype)
     return out.to(out_dtype or dtype), torch.where(undefined, math.nan, den)
 
 
-def beyond_range(lse: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Where a sum of weights exp(lse) is beyond the compute dtype's range: the reference's weights
-    (or their sum) are +inf there, which makes the row undefined (language.md section 8), while the
+def undefined_rows(lse: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The rows an lse says are undefined (language.md section 8): NaN or +inf, from a NaN or +inf logit,
+    weight or sink. With the compute dtype of weights f (log f the score_mod), also where their sum
+    exp(lse) is beyond its range: the reference's weights (or their sum) are +inf there, while the
     log-space lse is finite."""
-    return lse > math.log(torch.finfo(dtype).max)
-
-
-def _not_finite(lse: torch.Tensor) -> torch.Tensor:
-    return torch.isnan(lse) | (lse == math.inf)
+    undefined = torch.isnan(lse) | (lse == math.inf)
+    return undefined if dtype is None else undefined | (lse > math.log(torch.finfo(dtype).max))

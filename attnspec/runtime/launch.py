@@ -135,7 +135,7 @@ class Differentiable(torch.autograd.Function):
 
 def backward(kernels: Kernels, q, k, v, out, stats, dout, dlse, dvsum, inputs, params, schedule):
     """(dq, dk, dv, d<input>...) from the dQ and dK/dV kernels; None for inputs without a gradient.
-    dvsum: the gradient of sum_kept(v) (None: zero), which the dK/dV kernel adds to dv."""
+    dvsum: the gradient of sum_kept(v) (None: zero), which the kept kernel adds to dv after the dK/dV kernel."""
     if kernels.backward_error is not None:
         raise NotImplementedError(f"{kernels.spec_name}: {kernels.backward_error}")
     B, H, SQ, D = q.shape

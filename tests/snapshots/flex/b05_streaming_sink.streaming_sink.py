@@ -135,8 +135,8 @@ def attention(q, k, v, *, sink_logit, selection=None, block_mask=None, return_ls
     _lse = _lse.to(_dtype)
     _out = (_out.to(_dtype) * torch.sigmoid(_lse - _sink).unsqueeze(-1)).to(q.dtype)
     _lse = torch.logaddexp(_lse, _sink)
-    if _lse is not None:  # a NaN or +inf logit, weight or sink leaves lse NaN or +inf: the row is undefined
-        _undef = torch.isnan(_lse) | (_lse == math.inf)
+    if _lse is not None:  # a NaN or +inf logit, weight or sink leaves the row undefined
+        _undef = _flex.undefined_rows(_lse)
         _out, _lse = _dense.undefined(_out, _undef.unsqueeze(-1)), _dense.undefined(_lse, _undef)
     return (_out, _lse.float()) if return_lse else _out
 

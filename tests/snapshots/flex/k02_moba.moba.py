@@ -169,8 +169,8 @@ def attention(q, k, v, *, selection=None, block_mask=None, return_lse=False, com
     _score_mod = _make_score_mod(dtype=_dtype)
     _needs_grad = False
     _out, _lse = _flex.run(q, k, v, _score_mod, block_mask, float(_scale), return_lse, compiled, _needs_grad, __name__)
-    if _lse is not None:  # a NaN or +inf logit, weight or sink leaves lse NaN or +inf: the row is undefined
-        _undef = torch.isnan(_lse) | (_lse == math.inf)
+    if _lse is not None:  # a NaN or +inf logit, weight or sink leaves the row undefined
+        _undef = _flex.undefined_rows(_lse)
         _out, _lse = _dense.undefined(_out, _undef.unsqueeze(-1)), _dense.undefined(_lse, _undef)
     return (_out, _lse.float()) if return_lse else _out
 

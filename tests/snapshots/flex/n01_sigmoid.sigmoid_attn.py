@@ -129,9 +129,8 @@ def attention(q, k, v, *, selection=None, block_mask=None, return_lse=False, com
     _out, _lse = _flex.run(q, k, v, _score_mod, block_mask, float(_scale), True, compiled, _needs_grad, __name__, epilogue=True)
     # elementwise f >= 0 through softmax of log f: out * exp(lse) = sum f(s) v
     _out = (_out.to(_dtype) * torch.exp(_lse.to(_dtype)).unsqueeze(-1)).to(q.dtype)
-    if _lse is not None:  # a NaN or +inf logit, weight or sink leaves lse NaN or +inf: the row is undefined
-        # and so does a sum of weights beyond the compute dtype, where the reference's weights overflow
-        _undef = torch.isnan(_lse) | (_lse == math.inf) | _flex.beyond_range(_lse, _dtype)
+    if _lse is not None:  # a NaN or +inf logit, weight or sink, or a sum of weights beyond the compute dtype, leaves the row undefined
+        _undef = _flex.undefined_rows(_lse, _dtype)
         _out, _lse = _dense.undefined(_out, _undef.unsqueeze(-1)), _dense.undefined(_lse, _undef)
     return _out
 

@@ -139,9 +139,8 @@ def attention(q, k, v, *, selection=None, block_mask=None, return_lse=False, com
     _den_mod = relu_kept_length_denominator_mod(dtype=_dtype)
     _, _den_lse = _flex.run(q, k, v, _den_mod, block_mask, float(_scale), True, compiled, _needs_grad, __name__ + ":den", epilogue=True)
     _out, _lse = _flex.ratio((_out, _lse), _den_lse, out_dtype=q.dtype)
-    if _lse is not None:  # a NaN or +inf logit, weight or sink leaves lse NaN or +inf: the row is undefined
-        # and so does a sum of weights beyond the compute dtype, where the reference's weights overflow
-        _undef = torch.isnan(_lse) | (_lse == math.inf) | _flex.beyond_range(_lse, _dtype)
+    if _lse is not None:  # a NaN or +inf logit, weight or sink, or a sum of weights beyond the compute dtype, leaves the row undefined
+        _undef = _flex.undefined_rows(_lse, _dtype)
         _out, _lse = _dense.undefined(_out, _undef.unsqueeze(-1)), _dense.undefined(_lse, _undef)
     return (_out, _lse.float()) if return_lse else _out
 

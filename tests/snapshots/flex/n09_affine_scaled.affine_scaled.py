@@ -153,8 +153,8 @@ def attention(q, k, v, *, w_alpha, w_beta, selection=None, block_mask=None, retu
     _score_mod = _make_score_mod(dtype=_dtype)
     _needs_grad = w_alpha.requires_grad or w_beta.requires_grad or alpha.requires_grad or beta.requires_grad or False
     _out, _lse = _flex.run(q, k, v, _score_mod, block_mask, float(_scale), return_lse, compiled, _needs_grad, __name__)
-    if _lse is not None:  # a NaN or +inf logit, weight or sink leaves lse NaN or +inf: the row is undefined
-        _undef = torch.isnan(_lse) | (_lse == math.inf)
+    if _lse is not None:  # a NaN or +inf logit, weight or sink leaves the row undefined
+        _undef = _flex.undefined_rows(_lse)
         _out, _lse = _dense.undefined(_out, _undef.unsqueeze(-1)), _dense.undefined(_lse, _undef)
     _vsum = _flex.kept_sum(q, k, v, block_mask, compiled, _needs_grad, __name__)  # sum_kept(v), a second flex_attention call
     _out = _epilogue(_out, (_B, _H, _HKV, _SQ, _SKV, _D), w_alpha, w_beta, alpha, beta, _vsum)
