@@ -39,6 +39,7 @@ class RowScope:
     row: str | None
     feature: str | None
     statement: str = "prologue"  # prologue | epilogue | per-row value
+    entry: str | None = None  # a per-row table's entry index (`let t[r: N] per q`)
 
     @property
     def what(self) -> str:
@@ -71,6 +72,28 @@ def _check_prologue(expr: Expr, scope: RowScope) -> None:
         if node.op in ("score", "pool"):
             when = "after the normalization" if scope.statement == "epilogue" else "before the logit"
             raise AttnError(f"{scope.what} is computed {when} and cannot read the score", node.span)
+
+
+def is_row_table(decl) -> bool:
+    """A per-row table (`let t[r: N] per q`): a computed input with an entry index beyond its row."""
+    return decl.computed is not None and decl.computed.entry is not None
+
+
+def _unread_table(decl, span: Span) -> AttnError:
+    return AttnError(f"the per-row table '{decl.name}' holds several numbers per row; read one entry",
+                     span, f"write {decl.name}[index], e.g. {decl.name}[clamp(kv - q, -W, W) + W]")
+
+
+def row_value_index(target: str, span: Span) -> tuple[Expr, ...]:
+    """Where a per-row value is read: at (b, h, q) for one of q; at (b, h // (H // HKV), kv) for one of
+    k (the query head's kv head). Its tensor is [B, H, SQ] or [B, HKV, SKV] (and a table's entries)."""
+    def var(name):
+        return Expr("index_var", value=name, span=span)
+
+    if target == "q":
+        return var("b"), var("h"), var("q")
+    group = Expr("floordiv", (Expr("shape", value="H", span=span), Expr("shape", value="HKV", span=span)), span=span)
+    return var("b"), Expr("floordiv", (var("h"), group), span=span), var("kv")
 
 
 @dataclass
@@ -139,6 +162,8 @@ class _ExprBuilder:
             return Expr("param", value=name, span=span)
         decl = self.spec.inputs.get(name)
         if decl is not None:
+            if is_row_table(decl):
+                raise _unread_table(decl, span)
             if decl.shape:
                 raise AttnError(f"input '{name}' has {len(decl.shape)} dimension(s); index it", span, f"write {name}[...]")
             return Expr("load", value=name, span=span)
@@ -148,11 +173,15 @@ class _ExprBuilder:
         scope = self.prologue
         decl = self.spec.inputs.get(name)
         if scope.statement == "epilogue" and decl is not None and decl.computed is not None:
+            if is_row_table(decl):
+                raise _unread_table(decl, span)
             return self._epilogue_row_value(decl, span)
         if name == scope.row:
             return Expr("row", span=span, name=name)
         if name == scope.feature:
             return Expr("feature", span=span, name=name)
+        if name == scope.entry:
+            return Expr("entry", span=span, name=name)
         if name in ROW_MAP_READS[scope.target]:
             return Expr("vector", value=name, span=span)
         if name in PROLOGUE_TARGETS + EPILOGUE_TARGETS:
@@ -162,13 +191,29 @@ class _ExprBuilder:
             _check_prologue(Expr("index_var", value=name, span=span), scope)
         return None
 
-    def _epilogue_row_value(self, decl, span: Span) -> Expr:
-        """A per-row value of q in the epilogue: its number at the output row's query."""
+    def _epilogue_row_value(self, decl, span: Span, entry: tuple[Expr, ...] = ()) -> Expr:
+        """A per-row value of q in the epilogue: its number (or its table's entry) at the output row's query."""
         if decl.computed.target != "q":
-            raise AttnError(f"the per-row value '{decl.name}' is one number per key; the epilogue reads a query row",
-                            span, f"compute it per query: let {decl.name} per q[i, f] = ...")
+            table = "" if decl.computed.entry is None else f"[{decl.computed.entry}: ...]"
+            raise AttnError(f"the per-row value '{decl.name}' is computed per key; the epilogue reads a query row",
+                            span, f"compute it per query: let {decl.name}{table} per q[i, f] = ...")
         index = (Expr("index_var", value="b", span=span), Expr("index_var", value="h", span=span), Expr("row", span=span))
-        return Expr("load", index, decl.name, span)
+        return Expr("load", index + entry, decl.name, span)
+
+    def _table_entry(self, decl, index_trees, span: Span) -> Expr:
+        """t[e] of a per-row table: entry e of the current query's (or key's) row."""
+        if len(index_trees) == len(decl.shape):  # every index written out, as the printer does
+            return Expr("load", tuple(self.build(t) for t in index_trees), decl.name, span)
+        if len(index_trees) != 1:
+            raise AttnError(f"the per-row table '{decl.name}' is read at one entry, got {len(index_trees)} indices",
+                            span, f"write {decl.name}[index] (the row is the current query's or key's)")
+        entry = (self.build(index_trees[0]),)
+        scope = self.prologue
+        if scope is not None and scope.statement == "epilogue":
+            return self._epilogue_row_value(decl, span, entry)
+        if scope is not None:
+            raise AttnError(f"{scope.what} is computed from the vectors; it cannot read the per-row table '{decl.name}'", span)
+        return Expr("load", row_value_index(decl.computed.target, span) + entry, decl.name, span)
 
     def _kept_sum(self, arg_trees, span) -> Expr:
         """sum_kept(v): the sum of v over the keys the output row keeps, a vector over its features."""
@@ -191,6 +236,8 @@ class _ExprBuilder:
             if name in self.spec.params or name in self.spec.lets or name in bi.SHAPE_SYMBOLS + bi.INDEX_VARS:
                 raise AttnError(f"'{name}' is not an input tensor and cannot be indexed", span)
             raise self._undefined(name, self.spec.span_of(name_tok))
+        if is_row_table(decl):
+            return self._table_entry(decl, index_trees, span)
         if len(index_trees) != len(decl.shape):
             raise AttnError(
                 f"input '{name}' has {len(decl.shape)} dimension(s) but is indexed with {len(index_trees)}",

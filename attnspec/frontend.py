@@ -13,7 +13,7 @@ from lark import Token, Tree
 
 from . import builtins as bi
 from .diagnostics import AttnError, Source, Span
-from .expressions import EPILOGUE_TARGETS, PROLOGUE_TARGETS, RowScope, build_expr
+from .expressions import EPILOGUE_TARGETS, PROLOGUE_TARGETS, RowScope, build_expr, row_value_index
 from .ir import Expr, Input, Normalize, Param, Program, RowMap, Selection, Spec, const, spec_exprs, uses, walk
 from .parser import parse_tree
 from .types import infer
@@ -316,22 +316,31 @@ class _SpecBuilder:
         self._single("epilogue", tree, self._row_map(tree, "epilogue", EPILOGUE_TARGETS))
 
     def row_value_stmt(self, tree: Tree) -> None:
-        """`let t per q[i, f] = ...`: one number per row of q (or k), read as t wherever its index is."""
-        name_tok, *parts = tree.children
+        """`let t per q[i, f] = ...`: one number per row of q (or k), read as t wherever its index is;
+        `let t[r: N] per q[i, f] = ...`: a table of N numbers per row, read as t[index]."""
+        name_tok, table, *parts = tree.children
         self._declare(name_tok, "let")
-        step = self._row_map_parts(*parts, span_of(self.source, tree), "per-row value", ROW_VALUE_TARGETS)
+        entry, extent = (None, None) if table is None else self._row_table(table)
+        step = self._row_map_parts(*parts, span_of(self.source, tree), "per-row value", ROW_VALUE_TARGETS, entry)
         _check_reduced(step.value)
         name, span = str(name_tok), span_of(self.source, name_tok)
         shape, index = _row_value_layout(step.target, span)
-        self.inputs[name] = Input(name, "float32", shape, False, span, computed=step)
-        self.lets[name] = _Let(Expr("load", index, name, span), False, span)
+        self.inputs[name] = Input(name, "float32", shape + ((extent,) if table is not None else ()), False, span, computed=step)
+        if table is None:
+            self.lets[name] = _Let(Expr("load", index, name, span), False, span)
+
+    def _row_table(self, tree: Tree) -> tuple[str, Expr]:
+        """`[r: N]` of a per-row table: the entry index's name and the number of entries."""
+        entry_tok, extent_tree = tree.children
+        self._declare(entry_tok, "per-row table index")
+        return str(entry_tok), self.expr(extent_tree)
 
     def _row_map(self, tree: Tree, statement: str, targets: tuple[str, ...]) -> RowMap:
         """`prologue q[i, f] = ...` or `epilogue out[i, f] = ...`: the target, the index names, the value."""
         return self._row_map_parts(*tree.children, span_of(self.source, tree), statement, targets)
 
     def _row_map_parts(self, target_tok, row_tok, feature_tok, value_tree, span: Span, statement: str,
-                       targets: tuple[str, ...]) -> RowMap:
+                       targets: tuple[str, ...], entry: str | None = None) -> RowMap:
         target = str(target_tok)
         if target not in targets:
             choices = " or ".join(", ".join(targets).rsplit(", ", 1))
@@ -345,9 +354,12 @@ class _SpecBuilder:
             self._declare(tok, f"{statement} index")  # local to the statement, but never a shadow
         if len(names) == 2 and str(row_tok) == str(feature_tok):
             raise AttnError("the row and feature indices need two names", span_of(self.source, feature_tok))
-        scope = RowScope(target, str(row_tok) if row_tok else None, str(feature_tok) if feature_tok else None, statement)
+        if entry is not None and entry in map(str, names):
+            tok = next(t for t in names if str(t) == entry)
+            raise AttnError("the table's entry index and the row's indices need different names", span_of(self.source, tok))
+        scope = RowScope(target, str(row_tok) if row_tok else None, str(feature_tok) if feature_tok else None, statement, entry)
         value = build_expr(self, value_tree, prologue=scope)
-        return RowMap(target, value, scope.row, scope.feature, span)
+        return RowMap(target, value, scope.row, scope.feature, span, entry)
 
     def _unknown(self, tok: Token, what: str, choices) -> AttnError:
         close = difflib.get_close_matches(str(tok), choices, n=1)
@@ -378,16 +390,8 @@ ROW_VALUE_TARGETS = ("q", "k")
 def _row_value_layout(target: str, span: Span) -> tuple[tuple[Expr, ...], tuple[Expr, ...]]:
     """A per-row value's tensor shape, and its read where it is used: [B, H, SQ] read at (b, h, q) for
     q; [B, HKV, SKV] read at (b, h // (H // HKV), kv) for k (the query head's kv head)."""
-    def var(name):
-        return Expr("index_var", value=name, span=span)
-
-    def shape(name):
-        return Expr("shape", value=name, span=span)
-
-    if target == "q":
-        return (shape("B"), shape("H"), shape("SQ")), (var("b"), var("h"), var("q"))
-    kv_head = Expr("floordiv", (var("h"), Expr("floordiv", (shape("H"), shape("HKV")), span=span)), span=span)
-    return (shape("B"), shape("HKV"), shape("SKV")), (var("b"), kv_head, var("kv"))
+    rows = ("B", "H", "SQ") if target == "q" else ("B", "HKV", "SKV")
+    return tuple(Expr("shape", value=n, span=span) for n in rows), row_value_index(target, span)
 
 
 def _check_reduced(value: Expr) -> None:

@@ -25,7 +25,7 @@ _span = field(default=NO_SPAN, compare=False, hash=False, repr=False)
 # Every other op is a built-in operator or function named in builtins.py.
 
 
-LEAF_OPS = ("const", "index_var", "shape", "param", "score", "temp", "pool", "vector", "row", "feature")  # ops that compute nothing
+LEAF_OPS = ("const", "index_var", "shape", "param", "score", "temp", "pool", "vector", "row", "feature", "entry")  # ops that compute nothing
 
 
 @dataclass(frozen=True)
@@ -86,8 +86,9 @@ class Input:
     shape: tuple[Expr, ...]
     learnable: bool
     span: Span = _span
-    # a per-row value (`let t = per q: ...`): computed by the module from the vectors, never passed by the
-    # caller; its RowMap's value gives one number per row of q ([B, H, SQ]) or of k ([B, HKV, SKV])
+    # a per-row value (`let t per q = ...`): computed by the module from the vectors, never passed by the
+    # caller; its RowMap's value gives one number per row of q ([B, H, SQ]) or of k ([B, HKV, SKV]), or,
+    # for a per-row table (`let t[r: N] per q = ...`), N numbers per row (a last dimension N)
     computed: "RowMap | None" = None
 
 
@@ -117,6 +118,8 @@ class RowMap:
     out, the key index for k and v), Expr("feature") the feature index; `h` is the query head for q and
     out, the kv head for k and v. The reductions over features (`feature_sum`, `feature_norm`) and
     `rope` exist only here. `row` and `feature` keep the user's names for them (printing only).
+    A per-row table (`let t[r: N] per q`) is evaluated for each entry too: Expr("entry") is the
+    entry's index, named `entry` by the user.
     """
 
     target: str  # "q" | "k" | "v" | "out"
@@ -124,6 +127,7 @@ class RowMap:
     row: str | None = None
     feature: str | None = None
     span: Span = _span
+    entry: str | None = None
 
 
 @dataclass(frozen=True)

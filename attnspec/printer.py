@@ -56,7 +56,8 @@ def _input(i) -> str:
 def _row_value(i) -> str:
     step = i.computed
     indices = f"[{step.row or _ROW}, {step.feature or _FEATURE}]" if step.row or step.feature else ""
-    return f"let {i.name} per {step.target}{indices} = {expr_text(step.value)}"
+    table = f"[{step.entry}: {expr_text(i.shape[-1])}]" if step.entry is not None else ""
+    return f"let {i.name}{table} per {step.target}{indices} = {expr_text(step.value)}"
 
 
 def _row_map(statement: str, step: RowMap) -> str:
@@ -103,7 +104,7 @@ def _expr(e: Expr) -> str:
         return e.value
     if op == "kept_sum":
         return "sum_kept(v)"
-    if op in ("row", "feature"):
+    if op in ("row", "feature", "entry"):
         return e.name or (_ROW if op == "row" else _FEATURE)
     if op in _FEATURE_FUNCTIONS:
         return f"{_FEATURE_FUNCTIONS[op]}({', '.join(_expr(a) for a in e.args)})"

@@ -54,6 +54,7 @@ CONSTANT = Context("a compile-time constant", NONE, loads=False, runtime_params=
 BLOCK_SIZE = dataclasses.replace(CONSTANT, what="a block size")
 GQA_GROUP = dataclasses.replace(CONSTANT, what="the GQA group")
 SHAPE = Context("an input shape", NONE, loads=False, runtime_params=False)
+ENTRIES = dataclasses.replace(SHAPE, what="the number of entries of a per-row table")
 
 
 def _always(value):

@@ -35,7 +35,7 @@ def _rule(expr: Expr, types: list[str], spec: Spec) -> str:
         return spec.param(expr.value).type
     if op == "pool":
         return "vec"
-    if op in ("vector", "row", "feature", "feature_sum", "feature_norm", "rope", "kept_sum"):
+    if op in ("vector", "row", "feature", "entry", "feature_sum", "feature_norm", "rope", "kept_sum"):
         return _prologue_op(expr, types)
     if op == "log_weight":  # made by the flex lowering (passes/flex.py), never written
         return "float"
@@ -126,7 +126,7 @@ def _function(expr: Expr, types: list[str]) -> str:
 def _prologue_op(expr: Expr, types: list[str]) -> str:
     """A prologue's leaves and functions over the feature axis (ir.RowMap): a vector's element is a
     float, positions and features are ints; sum, norm and rope take numbers and give a float."""
-    if expr.op in ("row", "feature"):
+    if expr.op in ("row", "feature", "entry"):
         return "int"
     if expr.op not in ("vector", "kept_sum"):
         _expect(expr, types, NUMERIC, "numbers")

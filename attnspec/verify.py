@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .diagnostics import AttnError
 from .ir import Expr, Program, Spec, inline_bindings, level_of, spec_exprs, uses, walk
-from .stages import BLOCK_RULE, SHAPE, Context, filled
+from .stages import BLOCK_RULE, ENTRIES, SHAPE, Context, filled
 from .types import NUMERIC, infer
 
 # Blocks are tiles of queries and keys: the reference pads the mask to whole tiles and the fast targets
@@ -27,8 +27,9 @@ def verify_program(program: Program) -> Program:
 def verify(spec: Spec) -> Spec:
     """Raise AttnError on the first broken invariant; return spec unchanged otherwise."""
     for inp in spec.inputs:
-        for dim in inp.shape:
-            _check(spec, dim, SHAPE, "int")
+        for d, dim in enumerate(inp.shape):
+            table = inp.computed is not None and inp.computed.entry is not None and d == len(inp.shape) - 1
+            _check(spec, dim, ENTRIES if table else SHAPE, "int")
             _dimension_range(inp.name, dim)
     for slot, expr in filled(spec):
         _check(spec, expr, slot.context, slot.want(spec))

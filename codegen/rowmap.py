@@ -10,6 +10,8 @@ every target's gradients through it to q, k, v and the inputs it reads.
 
 from __future__ import annotations
 
+import functools
+
 from attnspec.ir import Expr, RowMap, Spec, walk
 
 from .dense import DenseRenderer, row_values_read
@@ -23,7 +25,8 @@ class RowMapRenderer(DenseRenderer):
         self.step = step
 
     def render_vector(self, e: Expr) -> str:
-        return e.value
+        # a per-row table is evaluated on a grid with an entry axis before the features
+        return e.value if self.step.entry is None else f"{e.value}[..., None, :]"
 
     def render_row(self, e: Expr) -> str:
         return "_row"
@@ -31,11 +34,27 @@ class RowMapRenderer(DenseRenderer):
     def render_feature(self, e: Expr) -> str:
         return "_feature"
 
+    def render_entry(self, e: Expr) -> str:
+        return "_entry"
+
     def render_feature_sum(self, e: Expr) -> str:
-        return f"_fn.feature_sum({self.render(e.args[0])}, {self.step.target})"
+        """sum(x); in a per-row table, sum(a * b) with b reading the entry and a not is a contraction
+        (q . table[r] for every r), never the [rows, entries, features] product."""
+        factors = _factors(e.args[0])
+        of_entry = [f for f in factors if any(n.op == "entry" for n in walk(f))]
+        if self.step.entry is not None and of_entry and len(of_entry) < len(factors):
+            rest = [f for f in factors if f not in of_entry]
+            return f"_fn.feature_dot({self._product(rest)}, {self._product(of_entry)}, {self._like()})"
+        return f"_fn.feature_sum({self.render(e.args[0])}, {self._like()})"
 
     def render_feature_norm(self, e: Expr) -> str:
-        return f"_fn.feature_norm({self.render(e.args[0])}, {self.step.target})"
+        return f"_fn.feature_norm({self.render(e.args[0])}, {self._like()})"
+
+    def _like(self) -> str:
+        return self.render_vector(Expr("vector", value=self.step.target))
+
+    def _product(self, factors: list[Expr]) -> str:
+        return self.render(functools.reduce(lambda a, b: Expr("mul", (a, b), span=a.span), factors))
 
     def render_rope(self, e: Expr) -> str:
         return f"_fn.rope({', '.join(self.render(a) for a in e.args)})"
@@ -65,8 +84,19 @@ def reads_kept_sum(spec: Spec) -> bool:
 
 
 def row_value_plan(spec: Spec) -> list[dict]:
-    """{name, target, code} of each per-row value (an input the module computes)."""
-    return [{"name": i.name, **_step(spec, i.computed)} for i in spec.inputs if i.computed is not None]
+    """{name, target, code, entries} of each per-row value (an input the module computes); entries is the
+    code of a per-row table's number of entries, None for one number per row."""
+    return [{"name": i.name, **_step(spec, i.computed), "entries": _entries(spec, i)}
+            for i in spec.inputs if i.computed is not None]
+
+
+def _entries(spec: Spec, decl) -> str | None:
+    return None if decl.computed.entry is None else RowMapRenderer(spec, decl.computed).render(decl.shape[-1])
+
+
+def _factors(e: Expr) -> list[Expr]:
+    """The factors of a product a * b * c (e itself if it is not one)."""
+    return _factors(e.args[0]) + _factors(e.args[1]) if e.op == "mul" else [e]
 
 
 def _step(spec: Spec, step: RowMap) -> dict:

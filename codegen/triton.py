@@ -37,6 +37,7 @@ from .dense import ModulePlan, bindings_for, module_plan
 from .mods import mod_plan
 from .render import ExprRenderer, python_literal, template_environment
 from .rowmap import reads_kept_sum
+from .table_tiles import from_tile, gathered, table_tiles, tile_binding
 from .tiles import TileRenderer
 from .triton_backward import BackwardPlan, backward_plan
 
@@ -53,6 +54,7 @@ class TritonRenderer(ExprRenderer):
     def __init__(self, spec: Spec):
         super().__init__(spec)
         self.constants = {param: kernel_name for kernel_name, param in kernel_constants(spec)}
+        self.tables = table_tiles(spec)
 
     def render_const(self, e: Expr) -> str:
         if e.name in self.constants:
@@ -83,6 +85,9 @@ class TritonRenderer(ExprRenderer):
 
     def render_load(self, e: Expr) -> str:
         name = e.value
+        table = self.tables.get(name)
+        if table is not None and from_tile(table, e, self.spec):
+            return gathered(table, self.render(e.args[3]))  # a pair's entry of a per-row table, from its tile
         kind = DTYPES[self.spec.input(name).dtype]
         loaded = f"tl.load({name} + {self.render_offset(e, f'_{name}_s')})"
         if kind == "float":
@@ -192,6 +197,7 @@ class TritonPlan(ModulePlan, BackwardPlan):
     ctx_outer: str  # ctx without the row-level bindings (the dK/dV tile computes them per query tile)
     scores_out: str  # what the scores function returns, in order
     selection_tiles: tuple[int, int] | None  # a data-dependent selection's blocks, which kernel tiles divide
+    table_tiles: list[str]  # the per-row tables the kernels read per pair from tiles (codegen/table_tiles.py)
     heaviest_first: bool  # query tiles in reverse order: a row's key work grows with q (causal)
     k_score: str
     k_weight: str | None
@@ -229,7 +235,8 @@ def triton_plan(spec: Spec, source_name: str) -> TritonPlan:
     plain_score = plain_score and (spec.scale is None or positive(spec.scale, spec))
     program = _leveled(spec, score_roots + [mask, norm.sink], r, ("program",))
     row = _leveled(spec, score_roots + [mask, norm.sink], r, ("row",))
-    per_pair = _leveled(spec, score_roots, r, ("col", "element"))
+    tiles = [tile_binding(t, r.render) for t in r.tables.values()]  # before the pairs that pick from them
+    per_pair = tiles + _leveled(spec, score_roots, r, ("col", "element"))
     return TritonPlan(
         **module_plan(spec, source_name).fields(),
         **backward_plan(spec, TritonRenderer).fields(),
@@ -238,6 +245,7 @@ def triton_plan(spec: Spec, source_name: str) -> TritonPlan:
         scores_out=", ".join(["_keep", "_s", "_x"] + (["_w"] if norm.kind != "softmax" else []) + (["_wd"] if norm.denominator else [])
                              + [t for t, _ in per_pair]),
         selection_tiles=selection_tiles(spec),
+        table_tiles=list(r.tables),
         k_score=r.render(spec.score),
         k_weight=None if norm.weight is None else r.render(norm.weight),
         k_denominator=None if norm.denominator is None else r.render(norm.denominator),

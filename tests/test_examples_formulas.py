@@ -277,6 +277,20 @@ def f_rel_table(q, k, v, table):
     return softmax_attn(s, torch.ones_like(s, dtype=torch.bool), v)
 
 
+def f_deberta(q, k, v, kr, qr, W=8):
+    """Written per pair as in the paper: each (i, j) gathers its relative embedding rows and dots them."""
+    _, _, i, j = grid(q, k)
+    H, HKV, D = q.shape[1], k.shape[1], q.shape[-1]
+    to_ij = (i - j + W).clamp(0, 2 * W - 1)[0, 0]  # delta(i, j), [SQ, SKV]
+    to_ji = (j - i + W).clamp(0, 2 * W - 1)[0, 0]  # delta(j, i)
+    kx = per_query_head(k, H)
+    qr_of_head = qr.to(F64)[torch.arange(H) // (H // HKV)]  # each query head reads its kv head's table
+    c2p = torch.einsum("bhid,hijd->bhij", q, kr.to(F64)[:, to_ij])
+    p2c = torch.einsum("bhjd,hijd->bhij", kx, qr_of_head[:, to_ji])
+    s = (torch.matmul(q, kx.transpose(-1, -2)) + c2p + p2c) / math.sqrt(3 * D)
+    return softmax_attn(s, torch.ones_like(s, dtype=torch.bool), v)
+
+
 def f_log_buckets(q, k, v, table, NE=8, NB=16):
     _, _, i, j = grid(q, k)
     d = (i - j).abs()[0, 0]  # [SQ, SKV]
@@ -623,6 +637,11 @@ def rel_table_inputs(case, gen):
     return {"table": randn(gen, case.H, 2 * case.SQ - 1)}
 
 
+def deberta_inputs(case, gen):
+    W = const(case, "W", 8)
+    return {"kr": randn(gen, case.H, 2 * W, case.D) * 0.5, "qr": randn(gen, case.HKV, 2 * W, case.D) * 0.5}
+
+
 def log_bucket_inputs(case, gen):
     return {"table": randn(gen, case.H, 2 * const(case, "NB", 16))}
 
@@ -718,6 +737,9 @@ REGISTRY: dict[str, Example] = {
     "S02-clipped": Example("s02_rel_bias_clipped.attn", f_rel_bias_clipped,
                            STANDARD + [Case("maxd", consts={"maxd": 3})], rel_clipped_inputs),
     "S02-table": Example("s02_rel_table.attn", f_rel_table, STANDARD, rel_table_inputs),
+    "S02-deberta": Example("s02_deberta.attn", f_deberta, STANDARD + [
+        Case("W", consts={"W": 3}), Case("decode", SQ=1, SKV=40),
+    ], deberta_inputs),
     "B10": Example("b10_rope.attn", f_rope, STANDARD + [
         Case("decode", SQ=1, SKV=40), Case("base", D=32, DV=8, consts={"base": 500.0}),
     ]),

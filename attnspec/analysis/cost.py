@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..ir import LEAF_OPS, Expr, RowMap, Spec, walk
+from ..sample import Sizes, evaluate_static
 from .tiles import EMPTY, FULL, PARTIAL, Tiles
 
 
@@ -90,16 +91,25 @@ def row_map_work(spec: Spec, tiles: Tiles, features: int, group: int = 1) -> lis
     `features` per row and `group` query heads per kv head (a key row's prologue serves the group)."""
     heads = tiles.classes.shape[0] * tiles.classes.shape[1]
     visited = (tiles.count(FULL) + tiles.count(PARTIAL)) / heads  # per (batch, head)
-    steps = [(f"prologue {s.target}", s, s.target) for s in spec.prologue]
-    steps += [(f"per-row value {i.name} of {i.computed.target}", i.computed, i.computed.target + "_value")
+    steps = [(f"prologue {s.target}", s, s.target, 1) for s in spec.prologue]
+    steps += [(f"per-row value {i.name} of {i.computed.target}", i.computed, i.computed.target + "_value", _entries(i, tiles, features))
               for i in spec.inputs if i.computed is not None]
-    steps += [("epilogue out", spec.epilogue, "out")] if spec.epilogue is not None else []
-    return [_row_map_work(what, step, kind, tiles, visited, features, group) for what, step, kind in steps]
+    steps += [("epilogue out", spec.epilogue, "out", 1)] if spec.epilogue is not None else []
+    return [_row_map_work(what, step, kind, tiles, visited, features, group, entries) for what, step, kind, entries in steps]
 
 
-def _row_map_work(what: str, step: RowMap, kind: str, tiles: Tiles, visited: float, features: int, group: int) -> RowMapWork:
-    per_row = _ops(step.value) * features
-    width = 1 if kind.endswith("_value") else features  # a per-row value stores one number per row
+def _entries(decl, tiles: Tiles, features: int) -> int:
+    """How many numbers a per-row value holds per row: a table's entries, else 1."""
+    if decl.computed.entry is None:
+        return 1
+    sizes = Sizes(SQ=tiles.sq, SKV=tiles.skv, D=features, DV=features)
+    return int(evaluate_static(decl.shape[-1], sizes))
+
+
+def _row_map_work(what: str, step: RowMap, kind: str, tiles: Tiles, visited: float, features: int, group: int,
+                  entries: int = 1) -> RowMapWork:
+    per_row = _ops(step.value) * features * entries  # a table's value is computed for each entry
+    width = entries if kind.endswith("_value") else features  # a per-row value stores its numbers per row
     if kind.startswith("q") or kind == "out":
         rows = tiles.sq
         forward = per_row * rows  # each query tile is loaded once per forward program

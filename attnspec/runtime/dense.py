@@ -84,10 +84,10 @@ def compute_dtype(q):
 
 
 def grid(sizes, device):
-    """One broadcastable index tensor per axis of a rank-4 grid."""
+    """One broadcastable index tensor per axis of a grid of these sizes."""
     grids = []
     for axis, size in enumerate(sizes):
-        view = [1, 1, 1, 1]
+        view = [1] * len(sizes)
         view[axis] = size
         grids.append(torch.arange(size, device=device).view(view))
     return grids

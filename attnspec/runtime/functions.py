@@ -127,7 +127,19 @@ def load(table, *index):
 
 def feature_sum(x, vector: torch.Tensor) -> torch.Tensor:
     """sum(x) in a prologue: over the features of `vector`'s rows, the axis kept ([..., 1])."""
-    return torch.broadcast_to(torch.as_tensor(x, dtype=vector.dtype, device=vector.device), vector.shape).sum(-1, keepdim=True)
+    x = torch.as_tensor(x, dtype=vector.dtype, device=vector.device)
+    return torch.broadcast_to(x, torch.broadcast_shapes(x.shape, vector.shape)).sum(-1, keepdim=True)
+
+
+def feature_dot(x, y, vector: torch.Tensor) -> torch.Tensor:
+    """sum(x * y) over the features of `vector`'s rows, as a contraction: where x varies over rows and y
+    over a table's entries, the [rows, entries, features] product is never formed."""
+    x, y = (torch.as_tensor(t, dtype=vector.dtype, device=vector.device) for t in (x, y))
+    if x.dim() == 0 or y.dim() == 0:
+        return feature_sum(x * y, vector)
+    features = vector.shape[-1]
+    x, y = (t.expand(*t.shape[:-1], features) for t in (x, y))  # a factor without the feature axis
+    return torch.einsum("...f,...f->...", x, y).unsqueeze(-1)
 
 
 def feature_norm(x, vector: torch.Tensor) -> torch.Tensor:

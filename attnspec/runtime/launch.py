@@ -30,6 +30,7 @@ class Kernels:
     check_nonnegative: str | None  # the rule a negative denominator term breaks, where the kernel checks it
     kept_sum: bool  # the epilogue reads sum_kept(v): the forward kernel also returns it, the kept kernel takes its gradient
     kernel_tiles: tuple[int, int] | None  # a data-dependent selection's blocks, which kernel tiles divide
+    table_tiles: bool  # the kernels pick per-pair entries of per-row tables from tiles: narrower backward tiles
     logit_scale: Callable  # (q, k, params) -> the scale
     input_names: tuple[str, ...]  # the spec's inputs, in kernel-argument order
     computed_inputs: tuple[str, ...]  # those the module computes (per-row values): not build_schedule's
@@ -182,7 +183,8 @@ def backward(kernels: Kernels, q, k, v, out, stats, dout, dlse, dvsum, inputs, p
             _rt.start(jit(kernels.kept), (triton.cdiv(SKV, bn), B * HKV), *gvsum, *dkdv_args, **meta)
         _rt.add_partials([grads[name] for name in kernels.site_inputs], parts)
 
-    _rt.launch(run, kernels.spec_name + " backward", q, v, kernels.kernel_tiles, (SQ, SKV), backward=True)
+    _rt.launch(run, kernels.spec_name + " backward", q, v, kernels.kernel_tiles, (SQ, SKV), backward=True,
+               narrow=kernels.table_tiles)
     return (
         gq.to(q.dtype), gk.to(k.dtype), gv.to(v.dtype),
         *(_rt.input_gradient(grads[name], t) if name in grads else None for name, t in by_name.items()),

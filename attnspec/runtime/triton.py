@@ -165,9 +165,16 @@ _GPU_BACKWARD_CANDIDATES = {
 }
 
 
-def candidate_configs(q, v, tiles=None, backward: bool = False) -> list[Config]:
+# A spec whose kernels pick entries of per-row tables for each pair (tl.gather, codegen/table_tiles.py)
+# holds more per pair: at D = 128, DeBERTa's two tables spill 124-140 bytes in the backward's 64 x 32
+# tiles on 4 warps, and 64 x 16 on 4 warps or 128 x 16 on 8 do not; those come first for such a spec.
+_GPU_BACKWARD_NARROW = {64: (), 128: ((64, 16, 4, 2), (128, 16, 8, 2)), 256: ()}
+
+
+def candidate_configs(q, v, tiles=None, backward: bool = False, narrow: bool = False) -> list[Config]:
     """The configurations worth trying: on a GPU a small space per head dim, elsewhere the one
-    configuration the interpreter runs; tiles no larger than a selection's blocks (`tiles`)."""
+    configuration the interpreter runs; tiles no larger than a selection's blocks (`tiles`); with
+    `narrow` (per-pair table reads), the backward's narrow key tiles first."""
     d, dv = q.shape[-1], v.shape[-1]
     block_d, block_dv = max(16, _next_power_of_two(d)), max(16, _next_power_of_two(dv))
     upcast = upcasts(q)
@@ -177,6 +184,8 @@ def candidate_configs(q, v, tiles=None, backward: bool = False) -> list[Config]:
     else:  # by bytes per row: float32 takes the candidates of a half type with twice the head dim
         width = max(64, block_d, block_dv) * (2 if q.dtype == torch.float32 else 1)
         shapes = (_GPU_BACKWARD_CANDIDATES if backward else _GPU_CANDIDATES)[min(width, 256)]
+        if backward and narrow:
+            shapes = tuple(dict.fromkeys(_GPU_BACKWARD_NARROW[min(width, 256)] + shapes))
     if tiles is not None:  # a selection's blocks: kernel tiles divide them (a block is walked tile by tile)
         shapes = tuple(dict.fromkeys(_clipped(shape, tiles) for shape in shapes))
     return [Config(m, n, block_d, block_dv, warps, stages, ieee, upcast) for m, n, warps, stages in shapes]
@@ -198,13 +207,14 @@ def autotuning() -> bool:
     return os.environ.get("ATTNSPEC_AUTOTUNE", "1") != "0"
 
 
-def launch(run, name: str, q, v, tiles, lengths, backward: bool = False) -> None:
+def launch(run, name: str, q, v, tiles, lengths, backward: bool = False, narrow: bool = False) -> None:
     """Call run(config) once with the best configuration for this problem: on CUDA the candidates are
     timed on the first call of each (spec, dtype, head dims, length bucket) and the fastest is kept
     for the process (the first, with ATTNSPEC_AUTOTUNE=0). Candidates whose compiled kernels spill or
     exceed the GPU's shared memory are not tried (`fits`), unless none fits. `backward`: the backward
-    kernels' candidates (each run recomputes every gradient, so timing runs are harmless)."""
-    configs = candidate_configs(q, v, tiles, backward)
+    kernels' candidates (each run recomputes every gradient, so timing runs are harmless); `narrow`:
+    the kernels read per-pair entries of per-row tables (candidate_configs)."""
+    configs = candidate_configs(q, v, tiles, backward, narrow)
     if _RECORDING[0] is not None:
         _record(run, configs)
         return

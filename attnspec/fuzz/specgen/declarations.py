@@ -38,6 +38,7 @@ PARAM_NAMES = {
 INPUT_NAMES = ("bias", "table", "doc", "docs", "keep_key", "gate", "kind", "rel", "gains", "shift")
 LET_NAMES = ("dist", "near", "band", "seg", "pos", "lag", "part", "cell", "step", "mix")
 ROW_VALUE_NAMES = ("warmth", "gain_row", "focus")
+ROW_TABLE_NAMES = ("rel_logit", "dist_row")
 GRID_NAMES = (("qy", "qx"), ("ky", "kx"))
 FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
 INT_DTYPES = ("int32", "int64")
@@ -262,4 +263,20 @@ def _row_value_let(draw, env: Env) -> list[str]:
     return [f"let {name} per {target} = {value}"]
 
 
-LET_KINDS = (_plain_let, _grid_let, _tuple_let, _row_value_let)
+def _row_table_let(draw, env: Env) -> list[str]:
+    """A table per row of q or k over clipped distances (relative logits with a fixed smooth embedding
+    of each distance, as Transformer-XL's sinusoids are), offered to the score mod, the weight and masks as its entry at each pair's
+    distance; small tables are picked from tiles by the triton kernels, long ones loaded per pair."""
+    target = draw(st.sampled_from(("q", "k")))
+    name = env.fresh(draw(st.sampled_from(ROW_TABLE_NAMES)))
+    reach = draw(st.sampled_from(("2", "5", "SQ")))  # SQ: a table too long for a tile
+    rate = _float_knob(draw, env, env.view(ROW_MAP), 0.05, 0.5)
+    distance = "kv - q" if target == "q" else "q - kv"
+    line = (f"let {name}[r: 2 * {reach} + 1] per {target}[i, f] = "
+            f"sum({target} * tanh({rate.wrapped()} * float((r + 1) * (f + 1) % 7 - 3))) / sqrt(float(D))")
+    read = f"{name}[clamp({distance}, -{reach}, {reach}) + {reach}]"
+    env.floats.append(Term(read, frozenset({"q", "kv", "row_value"} | ({"shape"} if reach == "SQ" else set()) | rate.needs)))
+    return [line]
+
+
+LET_KINDS = (_plain_let, _grid_let, _tuple_let, _row_value_let, _row_table_let)

@@ -37,7 +37,7 @@ def _token_mask(q, k, w_alpha, w_beta):
 
 def _row_values(q, k, w_alpha, w_beta):
     """The per-row values alpha, beta: one number per row of q ([B, H, SQ]) or of k ([B, HKV, SKV]),
-    computed in the compute dtype from the vectors after the prologue."""
+    or a table of numbers per row ([..., entries]), computed in the compute dtype from the vectors after the prologue."""
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, k, w_alpha, w_beta)
     _dtype = _dense.compute_dtype(q)
     q, k = q.to(_dtype), k.to(_dtype)

@@ -409,6 +409,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     check_nonnegative=None,
     kept_sum=False,
     kernel_tiles=KERNEL_TILES,
+    table_tiles=False,
     logit_scale=_logit_scale,
     input_names=("doc_q", "doc_kv", ),
     schedule_reads_values=False,

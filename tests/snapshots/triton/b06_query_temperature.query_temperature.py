@@ -61,7 +61,7 @@ def _token_mask(q, k, w):
 
 def _row_values(q, k, w):
     """The per-row values t: one number per row of q ([B, H, SQ]) or of k ([B, HKV, SKV]),
-    computed in the compute dtype from the vectors after the prologue."""
+    or a table of numbers per row ([..., entries]), computed in the compute dtype from the vectors after the prologue."""
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, k, w)
     _dtype = _dense.compute_dtype(q)
     q, k = q.to(_dtype), k.to(_dtype)
@@ -436,6 +436,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     check_nonnegative=None,
     kept_sum=False,
     kernel_tiles=KERNEL_TILES,
+    table_tiles=False,
     logit_scale=_logit_scale,
     input_names=("w", "t", ),
     schedule_reads_values=False,
