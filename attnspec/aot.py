@@ -150,7 +150,8 @@ def report_launch(launch, spec_name: str, kernel: str, arch: str, dtype: str, he
     meta = launch.meta
     head = dict(
         spec=spec_name, kernel=kernel, arch=arch, dtype=dtype, head_dim=head_dim, candidate=launch.candidate,
-        block_m=meta["BLOCK_M"], block_n=meta["BLOCK_N"], num_warps=meta["num_warps"], num_stages=meta["num_stages"],
+        block_m=meta["BLOCK_M"], block_n=meta.get("BLOCK_N", meta.get("BLOCK_F")), num_warps=meta["num_warps"],
+        num_stages=meta.get("num_stages", 3),  # a prologue kernel (rows x features) is launched with Triton's default
         shared_limit=ARCHS[arch][1],
     )
     started = time.perf_counter()
@@ -184,7 +185,7 @@ def report(path_or_source, *, spec: str | None = None, consts: dict | None = Non
            tf32: bool = False) -> list[KernelReport]:
     """Every kernel a call of one spec (and with backward, its gradient) launches, compiled for each
     architecture, dtype and head dim: the default candidate, or every autotune candidate. kernels:
-    only these (forward, dq, dkdv, kept: sum_kept(v)'s gradient). tf32: float32 products as under set_float32_matmul_precision("high")."""
+    only these (forward, dq, dkdv, kept: sum_kept(v)'s gradient, prologue: the passes over q, k, v). tf32: float32 products as under set_float32_matmul_precision("high")."""
     from . import api
 
     if tf32:
@@ -197,6 +198,7 @@ def report(path_or_source, *, spec: str | None = None, consts: dict | None = Non
         raise AttnError(f"{lowered.name}: the triton target has no backward for this spec ({module.BACKWARD_ERROR})")
     kinds = (("forward", module.KERNELS.forward), ("dq", module.KERNELS.dq), ("dkdv", module.KERNELS.dkdv), ("kept", module.KERNELS.kept))
     names = {getattr(f, "__name__", None): kind for kind, f in kinds}
+    names.update({fn.__name__: "prologue" for fn in module.KERNELS.prologue})
     reports, seen = [], set()
     for dtype in dtypes:
         for head_dim in head_dims:

@@ -198,6 +198,7 @@ class TritonPlan(ModulePlan, BackwardPlan):
     scores_out: str  # what the scores function returns, in order
     selection_tiles: tuple[int, int] | None  # a data-dependent selection's blocks, which kernel tiles divide
     table_tiles: list[str]  # the per-row tables the kernels read per pair from tiles (codegen/table_tiles.py)
+    prologue_kernels: list[dict]  # each prologue statement as a kernel's code (codegen/rowmap_triton.py)
     heaviest_first: bool  # query tiles in reverse order: a row's key work grows with q (causal)
     k_score: str
     k_weight: str | None
@@ -225,6 +226,8 @@ class TritonPlan(ModulePlan, BackwardPlan):
 
 
 def triton_plan(spec: Spec, source_name: str) -> TritonPlan:
+    from .rowmap_triton import prologue_kernel_plan  # it renders with TritonRenderer, defined here
+
     r = TritonRenderer(spec)
     norm = spec.normalize
     mask = token_mask(spec)
@@ -246,6 +249,7 @@ def triton_plan(spec: Spec, source_name: str) -> TritonPlan:
                              + [t for t, _ in per_pair]),
         selection_tiles=selection_tiles(spec),
         table_tiles=list(r.tables),
+        prologue_kernels=prologue_kernel_plan(spec),
         k_score=r.render(spec.score),
         k_weight=None if norm.weight is None else r.render(norm.weight),
         k_denominator=None if norm.denominator is None else r.render(norm.denominator),

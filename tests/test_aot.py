@@ -45,7 +45,15 @@ def _aot(tmp_path_factory, name: str, files, *options) -> dict:
 
 @pytest.fixture(scope="module")
 def forward(tmp_path_factory):
-    return _aot(tmp_path_factory, "forward", EXAMPLES)
+    return _aot(tmp_path_factory, "forward", EXAMPLES, "--kernel", "forward")
+
+
+PROLOGUES = sorted({path for path in EXAMPLES for spec in load_program(path).specs if spec.prologue})
+
+
+@pytest.fixture(scope="module")
+def prologues(tmp_path_factory):
+    return _aot(tmp_path_factory, "prologue", PROLOGUES, "--kernel", "prologue")
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +131,16 @@ def test_forward_compiles_for_hopper_on_tensor_cores_without_spills(forward, ste
         assert r["spill_stores"] == 0 and r["shared"] <= r["shared_limit"] and r["fits"], where
         # wgmma needs 64-row tiles: a selection's blocks narrower than that run on mma.sync
         assert r["mma"] == ("wgmma" if r["block_m"] >= 64 else "mma.sync") and r["mma_count"] >= 2, where
+
+
+def test_the_prologue_passes_compile_for_hopper_without_spills(prologues):
+    """One pass per prologue statement over q, k or v (runtime/prologue.py): every example's compiles,
+    at both head dims, and holds its tile in registers."""
+    assert len(PROLOGUES) >= 4 and prologues["rc"] == 0, prologues["table"]
+    statements = sum(len(spec.prologue) for path in PROLOGUES for spec in load_program(path).specs)
+    assert len(prologues["reports"]) == 2 * statements, prologues["table"]
+    for r in prologues["reports"]:
+        assert r["kernel"] == "prologue" and r["error"] is None and r["spill_stores"] == 0 and r["fits"], r
 
 
 def test_fp16_forward_uses_wgmma_without_spills(half):

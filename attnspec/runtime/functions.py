@@ -148,12 +148,17 @@ def feature_norm(x, vector: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(feature_sum(x * x, vector))
 
 
+def check_pairs(features: int) -> int:
+    """rope pairs the features: their number must be even (a ValueError otherwise, on every target)."""
+    if features % 2:
+        raise ValueError(f"rope(x, angle) pairs features: it needs an even number of them, got {features}")
+    return features
+
+
 def rope(x: torch.Tensor, angle) -> torch.Tensor:
     """Rotary embedding of the rows of x ([..., D], D even), features paired as (f, f + D/2): pair f
     turns by the angle at feature f (f < D/2), as rotate_half implementations do."""
-    features = x.shape[-1]
-    if features % 2:
-        raise ValueError(f"rope(x, angle) pairs features: it needs an even number of them, got {features}")
+    features = check_pairs(x.shape[-1])
     half = features // 2
     angle = torch.broadcast_to(torch.as_tensor(angle, dtype=x.dtype, device=x.device), x.shape)[..., :half]
     cos, sin = torch.cos(angle), torch.sin(angle)

@@ -159,6 +159,19 @@ def softplus(x):
 
 
 @triton.jit
+def feature_sum(x, in_f):
+    """sum(x) over a prologue tile's features (in_f: the features inside the row), one per row [R, 1]."""
+    return tl.sum(tl.where(in_f, x, 0.0), 1)[:, None]
+
+
+@triton.jit
+def rope_pair(x, xp, angle, first):
+    """rope at one feature of a pair (f, f + F/2): x its value, xp its partner's, angle the pair's;
+    x cos a - xp sin a at the first feature, x cos a + xp sin a at the second."""
+    return x * tl.cos(angle) + tl.where(first, -xp, xp) * tl.sin(angle)
+
+
+@triton.jit
 def load_tile(base, rows, cols, row_stride, col_stride, n_rows, n_cols, UPCAST: tl.constexpr):
     """The [len(rows), len(cols)] tile of a strided matrix at `base`, 0 outside [n_rows, n_cols): every
     Q, K, V and dO tile of the kernels (K^T and V^T by swapping the axes); float32 with UPCAST."""

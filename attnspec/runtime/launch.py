@@ -25,6 +25,7 @@ class Kernels:
     dq: Callable | None  # the backward kernels; None where the spec has no backward
     dkdv: Callable | None
     kept: Callable | None  # the dV share of sum_kept(v)'s gradient, launched after dkdv with its arguments
+    prologue: tuple[Callable, ...]  # the prologue's passes over q, k or v (runtime/prologue.py), one per statement
     norm: str  # softmax | elementwise | rownorm
     closed_form: bool  # the forward and dQ kernels compute their key tiles (no block tables)
     check_nonnegative: str | None  # the rule a negative denominator term breaks, where the kernel checks it

@@ -71,6 +71,11 @@ def start(kernel, grid, *args, **meta) -> None:
     kernel[grid](*args, **meta)
 
 
+def kernels_run(q) -> bool:
+    """Whether kernels launch for these tensors: on CUDA, in the interpreter, or recorded (aot)."""
+    return q.device.type == "cuda" or interpreting() or _RECORDING[0] is not None
+
+
 def _on_gpu(q) -> bool:
     """Whether kernels run (or, recording, would run) compiled for a GPU rather than interpreted."""
     return _RECORDING[0] is not None or (q.device.type == "cuda" and not interpreting())

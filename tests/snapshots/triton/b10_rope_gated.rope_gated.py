@@ -21,6 +21,7 @@ from attnspec.runtime import dense as _dense
 from attnspec.runtime import functions as _fn
 from attnspec.runtime import kernel as _kernel
 from attnspec.runtime import launch as _launch
+from attnspec.runtime import prologue as _prologue_rt
 from attnspec.runtime import triton as _rt
 
 _apply = _iv.apply
@@ -84,6 +85,60 @@ def _epilogue(out, _sizes, gate):
     _b, _h, _row, _feature = _dense.grid(out.shape, out.device)
     out = _dense.full((out * _fn.sigmoid(_fn.load(gate, _b, _h, _row))), out.shape, _dtype, out.device).to(_own_dtype).contiguous()
     return out
+
+
+@_launch.kernel
+def _rope_gated_prologue_q(
+    _X, _Y, _sb, _sh, _sr, _sf, _HEADS, _ROWS, _F, _B, _H, _HKV, _SQ, _SKV, _D,
+    BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr,
+):
+    """q replaced row by row: a [BLOCK_M, BLOCK_F] tile of one (batch, head) per program."""
+    _bh = tl.program_id(1)
+    _b, _h = _bh // _HEADS, _bh % _HEADS
+    _row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
+    _f = tl.arange(0, BLOCK_F)[None, :]
+    _in_f = _f < _F
+    _in = (_row < _ROWS) & _in_f
+    _base = _X + _b.to(tl.int64) * _sb + _h.to(tl.int64) * _sh + _row.to(tl.int64) * _sr
+    _x = tl.load(_base + _f * _sf, mask=_in, other=0.0).to(tl.float32)
+    _HALF = _F // 2
+    _fp = tl.where(_f < _HALF, _f + _HALF, _f - _HALF)
+    _xp = tl.load(_base + _fp * _sf, mask=_in, other=0.0).to(tl.float32)
+    _y = _kernel.rope_pair(_x, _xp, tl.where((_f < _HALF), (_kernel.as_float(((_row + _SKV) - _SQ)) * _kernel.powf(BASE, (_kernel.as_float((-2.0 * _kernel.as_float(_f))) / _kernel.as_float(_D)))), (_kernel.as_float(((_row + _SKV) - _SQ)) * _kernel.powf(BASE, (_kernel.as_float((-2.0 * _kernel.as_float(_fp))) / _kernel.as_float(_D))))), (_f < _HALF))
+    _out = _Y + (_bh.to(tl.int64) * _ROWS + _row.to(tl.int64)) * _F + _f
+    tl.store(_out, (_y + tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.float32)).to(_Y.dtype.element_ty), mask=_in)
+
+
+@_launch.kernel
+def _rope_gated_prologue_k(
+    _X, _Y, _sb, _sh, _sr, _sf, _HEADS, _ROWS, _F, _B, _H, _HKV, _SQ, _SKV, _D,
+    BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr,
+):
+    """k replaced row by row: a [BLOCK_M, BLOCK_F] tile of one (batch, head) per program."""
+    _bh = tl.program_id(1)
+    _b, _h = _bh // _HEADS, _bh % _HEADS
+    _row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
+    _f = tl.arange(0, BLOCK_F)[None, :]
+    _in_f = _f < _F
+    _in = (_row < _ROWS) & _in_f
+    _base = _X + _b.to(tl.int64) * _sb + _h.to(tl.int64) * _sh + _row.to(tl.int64) * _sr
+    _x = tl.load(_base + _f * _sf, mask=_in, other=0.0).to(tl.float32)
+    _HALF = _F // 2
+    _fp = tl.where(_f < _HALF, _f + _HALF, _f - _HALF)
+    _xp = tl.load(_base + _fp * _sf, mask=_in, other=0.0).to(tl.float32)
+    _y = _kernel.rope_pair(_x, _xp, tl.where((_f < _HALF), (_kernel.as_float(_row) * _kernel.powf(BASE, (_kernel.as_float((-2.0 * _kernel.as_float(_f))) / _kernel.as_float(_D)))), (_kernel.as_float(_row) * _kernel.powf(BASE, (_kernel.as_float((-2.0 * _kernel.as_float(_fp))) / _kernel.as_float(_D))))), (_f < _HALF))
+    _out = _Y + (_bh.to(tl.int64) * _ROWS + _row.to(tl.int64)) * _F + _f
+    tl.store(_out, (_y + tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.float32)).to(_Y.dtype.element_ty), mask=_in)
+
+
+def _prologue_kernels(q, k, v, gate):
+    """The prologue in one pass per statement (q, k): what _prologue computes, in the tensors' dtypes."""
+    _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, v, gate)
+    _fn.check_pairs(q.shape[-1])
+    q = _prologue_rt.row_pass(_rope_gated_prologue_q, q, (_B, _H, _HKV, _SQ, _SKV, _D))
+    _fn.check_pairs(k.shape[-1])
+    k = _prologue_rt.row_pass(_rope_gated_prologue_k, k, (_B, _H, _HKV, _SQ, _SKV, _D))
+    return q, k, v
 
 
 # ---------------------------------------------------------------- the tile schedule
@@ -291,7 +346,7 @@ def attention(q, k, v, *, gate, selection=None, schedule=None, return_lse=False)
     the call is one autograd operation whose backward runs the dQ and dK/dV kernels.
     schedule: from build_schedule, to reuse the key-tile tables across calls (built here when None)."""
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, v, gate)
-    q, k, v = _prologue(q, k, v, gate)
+    q, k, v = _prologue_rt.prologue(_prologue_kernels, _prologue, q, k, v, (gate, ))
     _grad = _rt.check_launch(SPEC_NAME, q, k, v, (gate, ), BACKWARD_ERROR)
     _inputs = (gate, )
     _params = ()
@@ -431,6 +486,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     dq=_rope_gated_backward_dq,
     dkdv=_rope_gated_backward_dkdv,
     kept=None,
+    prologue=(_rope_gated_prologue_q, _rope_gated_prologue_k, ),
     norm="softmax",
     closed_form=True,
     check_nonnegative=None,

@@ -21,6 +21,7 @@ from attnspec.runtime import dense as _dense
 from attnspec.runtime import functions as _fn
 from attnspec.runtime import kernel as _kernel
 from attnspec.runtime import launch as _launch
+from attnspec.runtime import prologue as _prologue_rt
 from attnspec.runtime import triton as _rt
 
 _apply = _iv.apply
@@ -426,6 +427,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     dq=_svg_heads_backward_dq,
     dkdv=_svg_heads_backward_dkdv,
     kept=None,
+    prologue=(),
     norm="softmax",
     closed_form=False,
     check_nonnegative=None,

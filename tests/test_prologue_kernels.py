@@ -1,0 +1,118 @@
+"""The triton target's prologue passes (codegen/rowmap_triton.py, runtime/prologue.py): one generated
+kernel per prologue statement replaces q, k or v, where the other targets run tensor code. Checked
+against that tensor code (the module's own `_prologue`, which the reference target runs too) on the
+forms a kernel computes differently: rope pairs at the partner feature (of an expression, nested),
+reductions over features, inputs indexed by head and feature, bool runtime params, v with DV != D,
+non-contiguous and half-precision tensors; and that the attention uses the kernels, not the tensor code,
+with gradients from the tensor code.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import attnspec
+
+FORMS = {
+    "rope of an expression": """
+attention a {
+    input g: float32[H, D]
+    param base: float = 100.0
+    prologue q[i, f] = rope(q * g[h, f] + 0.5, float(i) * base ** (-2.0 * float(f) / float(D)))
+}""",
+    "nested rope, reductions": """
+attention a {
+    prologue k[j, f] = rope(rope(k, 0.3 * float(j + f)), 0.1 * float(f)) / max(norm(k), 1e-6) + 0.01 * sum(k * k)
+}""",
+    "norms with gains, v affine": """
+attention a {
+    input g: float32[HKV, D]
+    input a: float32[HKV]
+    input s: float32[]
+    prologue k[j, f] = k * g[h, f] / sqrt(sum(k * k) / float(D) + 1e-6)
+    prologue v[j, f] = v * a[h] + s * float(f % 3) - float(b)
+}""",
+    "bool runtime param, integer built-ins": """
+attention a {
+    param flip: bool runtime = true
+    param w: float runtime = 0.75
+    prologue q[i, f] = where(flip, -q, q * w) + float(ilog2(i + 1) + ceildiv(f, 3))
+}""",
+}
+
+
+def _inputs_for(source: str, D: int, gen) -> dict:
+    found = {}
+    if "input g: float32[H, D]" in source:
+        found["g"] = torch.randn(4, D, generator=gen)
+    if "input g: float32[HKV, D]" in source:
+        found["g"] = torch.randn(2, D, generator=gen)
+    if "input a:" in source:
+        found["a"] = torch.randn(2, generator=gen)
+    if "input s:" in source:
+        found["s"] = torch.randn((), generator=gen)
+    return found
+
+
+def _tensors(dtype=torch.float32, seed=0, D=16, DV=12, contiguous=True):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(2, 4, 19, D, generator=gen)
+    k = torch.randn(2, 2, 23, D, generator=gen)
+    v = torch.randn(2, 2, 23, DV, generator=gen)
+    if not contiguous:  # [B, S, H, D] memory, as a model's projections give
+        q, k, v = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v))
+    return [x.to(dtype) for x in (q, k, v)], gen
+
+
+def _both(source: str, dtype=torch.float32, contiguous=True, **params):
+    module = attnspec.compile(source, "triton")
+    (q, k, v), gen = _tensors(dtype, contiguous=contiguous)
+    inputs = _inputs_for(source, q.shape[-1], gen)
+    rest = [*inputs.values(), *params.values()]
+    return module._prologue_kernels(q, k, v, *rest), module._prologue(q, k, v, *rest)
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("contiguous", [True, False], ids=["contiguous", "strided"])
+def test_a_pass_computes_the_tensor_code(form, contiguous):
+    params = {"flip": False, "w": 0.75} if "flip" in FORMS[form] else {}
+    kernels, dense = _both(FORMS[form], contiguous=contiguous, **params)
+    for mine, theirs in zip(kernels, dense):
+        assert mine.shape == theirs.shape and mine.dtype == theirs.dtype
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_a_bool_runtime_param_takes_either_branch():
+    for flip in (True, False):
+        kernels, dense = _both(FORMS["bool runtime param, integer built-ins"], flip=flip, w=0.75)
+        torch.testing.assert_close(kernels[0], dense[0], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_half_tensors_round_as_the_tensor_code_does(dtype):
+    kernels, dense = _both(FORMS["rope of an expression"], dtype=dtype)
+    assert kernels[0].dtype == dtype
+    # both compute in float32 and round once; sin and cos may differ in the last float32 bits
+    assert (kernels[0].float() - dense[0].float()).abs().max() <= 2 * torch.finfo(dtype).eps * dense[0].float().abs().max()
+
+
+def test_the_attention_runs_the_passes_and_differentiates_the_tensor_code(monkeypatch):
+    source = FORMS["norms with gains, v affine"]
+    module = attnspec.compile(source, "triton")
+    (q, k, v), gen = _tensors()
+    inputs = _inputs_for(source, 16, gen)
+    dense = module._prologue
+    calls = []
+    monkeypatch.setattr(module, "_prologue", lambda *a: calls.append(1) or dense(*a))
+    with torch.no_grad():
+        expected = attnspec.compile(source, "reference").attention(q, k, v, **inputs)
+        torch.testing.assert_close(module.attention(q, k, v, **inputs), expected, rtol=1e-4, atol=1e-5)
+    assert not calls  # inference: the kernels alone
+    leaves = [x.clone().requires_grad_() for x in (q, k, v, *inputs.values())]
+    module.attention(*leaves[:3], **dict(zip(inputs, leaves[3:]))).square().sum().backward()
+    assert calls == [1]  # the backward recomputes the tensor code once
+    ref = [x.detach().double().requires_grad_() for x in leaves]
+    attnspec.compile(source, "reference").attention(*ref[:3], **dict(zip(inputs, ref[3:]))).square().sum().backward()
+    for name, mine, exact in zip(["q", "k", "v", *inputs], leaves, ref):
+        torch.testing.assert_close(mine.grad.double(), exact.grad, rtol=1e-3, atol=1e-4, msg=name)
