@@ -225,7 +225,7 @@ def mask_mods(name: str, n: int, c: dict, inputs: dict, spec) -> tuple[Callable,
     """A hand-written FlexAttention mask_mod equal to the example's mask (and static rule), and
     whether it reads the head index. None where none was written."""
     p = {**{q.name: q.default.literal for q in spec.params if q.default is not None}, **c}
-    if name in ("b01_causal", "b09_gqa"):
+    if name in ("b01_causal", "b09_gqa", "b10_rope"):  # B10 at SQ = SKV: plain causal
         return (lambda b, h, q, kv: kv <= q), False
     if name == "b02_sliding_window":
         w = p["window"]
@@ -294,6 +294,7 @@ class Variant:
     sdpa_note: str = ""
     compile_s: float = 0.0  # attnspec.compile, uncached
     params: dict = field(default_factory=dict)
+    prologue: Callable | None = None  # (q, k) -> (q, k) in torch before the anchors' attention (B10's RoPE)
 
 
 def make_variant(name: str, n: int, device: str, heads: int, batch: int) -> Variant:
@@ -340,9 +341,25 @@ def make_variant(name: str, n: int, device: str, heads: int, batch: int) -> Vari
 
         v.score_mod = natten_bias
         v.bias, v.sdpa_note = True, "float bias [1, H, N, N], -inf outside the window"
+    elif name == "b10_rope":
+        base = float(p["base"])
+        v.prologue = lambda q, k: (torch_rope(q, base), torch_rope(k, base))
+        v.sdpa_note = "RoPE in torch, then is_causal=True"
     if not v.sdpa_note:
         v.sdpa_note = "bool mask [1, 1, N, N]"
     return v
+
+
+def torch_rope(x: torch.Tensor, base: float) -> torch.Tensor:
+    """RoPE as models apply it before their attention (rotate_half pairing, position i, frequencies
+    base^(-2f / D)): B10's prologue for SQ = SKV, written directly in torch."""
+    n, d = x.shape[-2], x.shape[-1]
+    half = d // 2
+    angle = torch.arange(n, device=x.device, dtype=torch.float32)[:, None] * base ** (
+        -2.0 * torch.arange(half, device=x.device, dtype=torch.float32) / d)
+    cos, sin = angle.cos(), angle.sin()
+    first, second = x[..., :half].float(), x[..., half:].float()
+    return torch.cat([first * cos - second * sin, second * cos + first * sin], dim=-1).to(x.dtype)
 
 
 DENSE_CHUNK = 1 << 24  # elements of one row chunk of a dense mask: its int64 temporaries stay ~128 MiB

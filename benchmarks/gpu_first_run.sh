@@ -11,8 +11,8 @@
 #   stage 0  the machine and versions                                                  10 s
 #   stage 1  forward correctness, 7 benchmark variants x bf16/fp16/fp32, no autotune   150 s
 #   stage 2  gradients of b01 and m02 (q, k, v, the relative-position table)           90 s
-#   stage 3  speed, autotuned: causal and natten2d at 4k and 16k, D = 64 and 128,
-#            against compiled FlexAttention and SDPA                                   200 s
+#   stage 3  speed, autotuned: causal, natten2d and causal RoPE (B10) at 4k and 16k,
+#            D = 64 and 128, against compiled FlexAttention and SDPA                   200 s
 set -u
 OUT_DIR=${OUT:-gpu-logs}
 mkdir -p "$OUT_DIR"
@@ -74,7 +74,7 @@ stage stage1 150 env ATTNSPEC_AUTOTUNE=0 $PY -m pytest tests/test_triton_gpu.py 
     -k "test_example_on_gpu and ($VARIANTS)"
 stage stage2 90 env ATTNSPEC_AUTOTUNE=0 $PY -m pytest tests/test_triton_gpu.py -q -p no:cacheprovider \
     -k "test_example_gradients_on_gpu and (b01_causal or m02_natten2d)"
-stage stage3 200 $PY benchmarks/triton_attention.py --only b01_causal,m02_natten2d --sizes 4096,16384 \
+stage stage3 200 $PY benchmarks/triton_attention.py --only b01_causal,m02_natten2d,b10_rope --sizes 4096,16384 \
     --dims 64,128 --reps 10 --max-minutes 3
 echo "[$(elapsed)s] done: $RESULTS"
 exit $FAILED

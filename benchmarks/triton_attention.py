@@ -3,7 +3,9 @@ TFLOP/s over the pairs the mask keeps, agreement of the outputs.
 
 Variants: causal B01, sliding window B02 (window 256), ALiBi B04, soft-cap B07, document mask B03
 (random documents of about 2k tokens), prefix-LM M01 (prefix N / 4), 2D neighborhood M02 (5 x 5 on an
-HT x W = N image), sigmoid N01, MoBA K02 (top-k key blocks of 16); the params of flex_attention.py.
+HT x W = N image), sigmoid N01, MoBA K02 (top-k key blocks of 16), causal RoPE B10 (the triton module
+applies RoPE in its prologue pass; flex and SDPA get q and k rotated by torch inside each timed call,
+as a model does); the params of flex_attention.py.
 Default sizes: bf16, B = 4, H = 16, D in {64, 128}, SQ = SKV = N in {2k, 4k, 8k, 16k, 32k}. Three
 contenders run on the same q, k, v:
 
@@ -98,7 +100,7 @@ from common import (
 
 VARIANTS = (
     "b01_causal", "b02_sliding_window", "b04_alibi", "b07_softcap", "b03_document", "m01_prefix_lm",
-    "m02_natten2d", "n01_sigmoid", "k02_moba",
+    "m02_natten2d", "n01_sigmoid", "k02_moba", "b10_rope",
 )
 GENERATED_FLEX = ("n01_sigmoid", "k02_moba")  # no hand-written FlexAttention form: attnspec's flex module runs
 SMOKE_VARIANTS = ("b01_causal", "b04_alibi", "k02_moba")
@@ -233,7 +235,7 @@ def add_sdpa(cell: Cell, cfg: Config, q, k, val, token_mask: Callable | None) ->
         cell.sdpa_form, cell.sdpa_same = "n/a: sigmoid attention has no SDPA form", False
         cell.skipped["sdpa"] = Sample(skipped="n/a")
         return
-    causal = name in ("b01_causal", "b07_softcap")
+    causal = name in ("b01_causal", "b07_softcap", "b10_rope")
     if causal:
         mask, form = None, "is_causal=True"
         if name == "b07_softcap":
@@ -254,7 +256,8 @@ def add_sdpa(cell: Cell, cfg: Config, q, k, val, token_mask: Callable | None) ->
 
     def call():
         with limit():
-            return F.scaled_dot_product_attention(q, k, val, attn_mask=mask, is_causal=causal, scale=v.scale)
+            qr, kr = v.prologue(q, k) if v.prologue else (q, k)
+            return F.scaled_dot_product_attention(qr, kr, val, attn_mask=mask, is_causal=causal, scale=v.scale)
 
     with limit():
         cell.sdpa_form = f"{form} ({backend_name(q, k, val, mask, causal, v.scale)})"
@@ -284,7 +287,8 @@ def add_flex(cell: Cell, cfg: Config, q, k, val, selection, hand_fn: Callable) -
     build = lambda: create_block_mask(v.mask_mod, None, None, v.n, v.n, device=cfg.device,  # noqa: E731
                                       _compile=cfg.device == "cuda" and v.n > 16384)
     block_mask = build() if v.mask_mod else None
-    cell.fns["flex"] = lambda: hand_fn(q, k, val, score_mod=v.score_mod, block_mask=block_mask, scale=v.scale)
+    rotated = v.prologue or (lambda q, k: (q, k))
+    cell.fns["flex"] = lambda: hand_fn(*rotated(q, k), val, score_mod=v.score_mod, block_mask=block_mask, scale=v.scale)
 
 
 def check_selection(triton: ModuleType, selection, q, k) -> None:
