@@ -4,7 +4,9 @@ Before: every tile visited, every mask and score-mod operation evaluated per (qu
 After: the tile analysis skips empty tiles and evaluates the mask only on partial tiles, and the
 hoist/CSE passes move terms to their level (program, row, column). Prints a markdown table, then a
 second one for the examples with row maps (prologues, per-row values, the epilogue): their work as a
-prologue pass before the kernel against fused into the kernels, and the model's choice.
+prologue pass before the kernel against fused into the kernels, and the model's choice; a third for the
+examples with prologues: the tensor operations their prologue takes as tensor code (what the reference
+and flex targets run, counted as dispatched), against the triton target's generated passes.
 
     python benchmarks/kernel_work.py [--tokens 4096] [--block 128]
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 from pathlib import Path
 
 import torch
@@ -56,6 +59,32 @@ def row_map_rows(path: Path, tokens: int, block: int) -> list[list[str]]:
     return lines
 
 
+def prologue_passes(path: Path, rows: int = 64, features: int = 64) -> list[str] | None:
+    """The tensor operations of the example's prologue as tensor code (those writing a tensor of at
+    least half a row block's size), against the triton module's passes; None without a prologue."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    spec = lower(pick_spec(attnspec.load_program(path), None))
+    if not spec.prologue:
+        return None
+    module = attnspec.compile(path, "triton")
+    sizes = Sizes(B=2, H=4, HKV=2, SQ=rows, SKV=rows, D=features, DV=features)
+    args = sample_arguments(spec, sizes, torch.float32)
+    rest = [args[name] for name in list(inspect.signature(module._prologue).parameters)[3:]]
+    ops: list[bool] = []
+    big = sizes.B * sizes.HKV * rows * features // 2
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            ops.append(isinstance(out, torch.Tensor) and out.numel() >= big)
+            return out
+
+    with Count():
+        module._prologue(args["q"], args["k"], args["v"], *rest)
+    return [path.stem, str(len(ops)), str(sum(ops)), str(len(module.KERNELS.prologue))]
+
+
 def measure(path: Path, tokens: int, block: int) -> tuple[str, list[str]]:
     spec = pick_spec(attnspec.load_program(path), None)
     plain, fast = lower(spec, passes=STANDARD), lower(spec, passes=OPTIMIZE)
@@ -88,6 +117,15 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for path in sorted((ROOT / "examples").glob("*.attn")):
         for cells in row_map_rows(path, args.tokens, args.block):
+            print("| " + " | ".join(cells) + " |")
+    print("\nPrologues as tensor code (tensor operations dispatched; those writing at least half the rows'"
+          " elements, i.e. passes over memory) against the triton target's generated passes (one per"
+          " statement):\n")
+    print("| example | tensor operations | of them passes over the rows | triton passes |")
+    print("|---|---|---|---|")
+    for path in sorted((ROOT / "examples").glob("*.attn")):
+        cells = prologue_passes(path)
+        if cells is not None:
             print("| " + " | ".join(cells) + " |")
 
 
