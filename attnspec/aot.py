@@ -46,7 +46,7 @@ class KernelReport:
     """One kernel of one autotune candidate, compiled for one architecture."""
 
     spec: str
-    kernel: str  # forward, dq or dkdv
+    kernel: str  # forward, dq, dkdv, kept, or prologue_q, prologue_k, prologue_v
     arch: str
     dtype: str
     head_dim: int
@@ -185,7 +185,8 @@ def report(path_or_source, *, spec: str | None = None, consts: dict | None = Non
            tf32: bool = False) -> list[KernelReport]:
     """Every kernel a call of one spec (and with backward, its gradient) launches, compiled for each
     architecture, dtype and head dim: the default candidate, or every autotune candidate. kernels:
-    only these (forward, dq, dkdv, kept: sum_kept(v)'s gradient, prologue: the passes over q, k, v). tf32: float32 products as under set_float32_matmul_precision("high")."""
+    only these (forward, dq, dkdv, kept: sum_kept(v)'s gradient, prologue: the passes over q, k, v, reported
+    as prologue_q, prologue_k, prologue_v). tf32: float32 products as under set_float32_matmul_precision("high")."""
     from . import api
 
     if tf32:
@@ -198,7 +199,7 @@ def report(path_or_source, *, spec: str | None = None, consts: dict | None = Non
         raise AttnError(f"{lowered.name}: the triton target has no backward for this spec ({module.BACKWARD_ERROR})")
     kinds = (("forward", module.KERNELS.forward), ("dq", module.KERNELS.dq), ("dkdv", module.KERNELS.dkdv), ("kept", module.KERNELS.kept))
     names = {getattr(f, "__name__", None): kind for kind, f in kinds}
-    names.update({fn.__name__: "prologue" for fn in module.KERNELS.prologue})
+    names.update({fn.__name__: "prologue_" + fn.__name__.rsplit("_", 1)[-1] for fn in module.KERNELS.prologue})  # prologue_q ...
     reports, seen = [], set()
     for dtype in dtypes:
         for head_dim in head_dims:
@@ -206,7 +207,7 @@ def report(path_or_source, *, spec: str | None = None, consts: dict | None = Non
             for launch in launches:
                 name = names[launch.kernel.fn.__name__]
                 key = (name, dtype, head_dim, launch.candidate)
-                if key in seen or (kernels is not None and name not in kernels):
+                if key in seen or (kernels is not None and name.split("_")[0] not in kernels):
                     continue  # the backward's forward launch is the forward's, writing what the backward reads
                 seen.add(key)
                 reports += [report_launch(launch, lowered.name, name, arch, dtype, head_dim) for arch in archs]
@@ -239,11 +240,11 @@ def _check_names(archs, dtypes) -> None:
 
 def render_table(reports: list[KernelReport]) -> str:
     """One line per kernel and candidate."""
-    header = f"{'spec':<16} {'kernel':<8} {'arch':<7} {'dtype':<5} {'D':>4} {'cand':>4} {'tile':>8} {'w/s':>4}  {'regs':>4} {'spill':>6} {'smem KiB':>9}  {'mma':<13} {'tma':<3}  result"
+    header = f"{'spec':<16} {'kernel':<10} {'arch':<7} {'dtype':<5} {'D':>4} {'cand':>4} {'tile':>8} {'w/s':>4}  {'regs':>4} {'spill':>6} {'smem KiB':>9}  {'mma':<13} {'tma':<3}  result"
     lines = [header, "-" * len(header)]
     for r in reports:
         tile, ws = f"{r.block_m}x{r.block_n}", f"{r.num_warps}/{r.num_stages}"
-        head = f"{r.spec[:16]:<16} {r.kernel:<8} {r.arch:<7} {r.dtype:<5} {r.head_dim:>4} {r.candidate:>4} {tile:>8} {ws:>4}"
+        head = f"{r.spec[:16]:<16} {r.kernel:<10} {r.arch:<7} {r.dtype:<5} {r.head_dim:>4} {r.candidate:>4} {tile:>8} {ws:>4}"
         if r.error is not None:
             lines.append(f"{head}  {'':>4} {'':>6} {'':>9}  {'':<13} {'':<3}  error: {r.error}")
             continue

@@ -37,6 +37,9 @@ class RowMapKernelRenderer(TritonRenderer):
     def render_feature(self, e: Expr) -> str:
         return "_fp" if self.partner else "_f"
 
+    def render_kept_sum(self, e: Expr) -> str:
+        return "_vsum"  # the forward kernel's sum of v over the row's kept keys
+
     def render_feature_sum(self, e: Expr) -> str:
         return f"_kernel.feature_sum({self.render(e.args[0])}, _in_f)"
 
@@ -59,6 +62,27 @@ def prologue_kernel_plan(spec: Spec) -> list[dict]:
     value, the inputs ({name, rank}) and runtime params ({name, bool}) it reads, and whether it pairs
     features (rope)."""
     return [_kernel_step(spec, step) for step in spec.prologue]
+
+
+def fused_q_prologue(spec: Spec) -> dict | None:
+    """{code, rope} of the q prologue as the forward kernel applies it to its resident Q tile when no
+    gradient is needed (the kernel-work model's choice in inference: the pass's round trip saved, the
+    same operations). None without a q prologue, or where per-row values of q need q after it anyway."""
+    step = next((s for s in spec.prologue if s.target == "q"), None)
+    if step is None or any(i.computed is not None and i.computed.target == "q" for i in spec.inputs):
+        return None
+    return _fused(spec, step)
+
+
+def fused_epilogue(spec: Spec) -> dict | None:
+    """{code, rope} of the epilogue as the forward kernel applies it before its store when no gradient is
+    needed (in training the kernel stores the output the backward reads, and the epilogue follows)."""
+    return None if spec.epilogue is None else _fused(spec, spec.epilogue)
+
+
+def _fused(spec: Spec, step: RowMap) -> dict:
+    value = inline_bindings(step.value, spec)
+    return {"code": RowMapKernelRenderer(spec).render(value), "rope": any(n.op == "rope" for n in walk(value))}
 
 
 def _kernel_step(spec: Spec, step: RowMap) -> dict:

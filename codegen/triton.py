@@ -199,6 +199,8 @@ class TritonPlan(ModulePlan, BackwardPlan):
     selection_tiles: tuple[int, int] | None  # a data-dependent selection's blocks, which kernel tiles divide
     table_tiles: list[str]  # the per-row tables the kernels read per pair from tiles (codegen/table_tiles.py)
     prologue_kernels: list[dict]  # each prologue statement as a kernel's code (codegen/rowmap_triton.py)
+    fused_q: dict | None  # the q prologue in the forward kernel, without gradients (codegen/rowmap_triton.py)
+    fused_epilogue: dict | None  # the epilogue in the forward kernel, without gradients
     heaviest_first: bool  # query tiles in reverse order: a row's key work grows with q (causal)
     k_score: str
     k_weight: str | None
@@ -226,7 +228,7 @@ class TritonPlan(ModulePlan, BackwardPlan):
 
 
 def triton_plan(spec: Spec, source_name: str) -> TritonPlan:
-    from .rowmap_triton import prologue_kernel_plan  # it renders with TritonRenderer, defined here
+    from .rowmap_triton import fused_epilogue, fused_q_prologue, prologue_kernel_plan  # they render with TritonRenderer
 
     r = TritonRenderer(spec)
     norm = spec.normalize
@@ -250,6 +252,8 @@ def triton_plan(spec: Spec, source_name: str) -> TritonPlan:
         selection_tiles=selection_tiles(spec),
         table_tiles=list(r.tables),
         prologue_kernels=prologue_kernel_plan(spec),
+        fused_q=fused_q_prologue(spec),
+        fused_epilogue=fused_epilogue(spec),
         k_score=r.render(spec.score),
         k_weight=None if norm.weight is None else r.render(norm.weight),
         k_denominator=None if norm.denominator is None else r.render(norm.denominator),

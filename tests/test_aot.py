@@ -53,7 +53,8 @@ PROLOGUES = sorted({path for path in EXAMPLES for spec in load_program(path).spe
 
 @pytest.fixture(scope="module")
 def prologues(tmp_path_factory):
-    return _aot(tmp_path_factory, "prologue", PROLOGUES, "--kernel", "prologue")
+    # with gradients every statement is a pass (without, the forward kernel applies q's itself)
+    return _aot(tmp_path_factory, "prologue", PROLOGUES, "--kernel", "prologue", "--backward")
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +141,8 @@ def test_the_prologue_passes_compile_for_hopper_without_spills(prologues):
     statements = sum(len(spec.prologue) for path in PROLOGUES for spec in load_program(path).specs)
     assert len(prologues["reports"]) == 2 * statements, prologues["table"]
     for r in prologues["reports"]:
-        assert r["kernel"] == "prologue" and r["error"] is None and r["spill_stores"] == 0 and r["fits"], r
+        assert r["kernel"] in ("prologue_q", "prologue_k", "prologue_v") and r["error"] is None, r
+        assert r["spill_stores"] == 0 and r["fits"], r
 
 
 def test_fp16_forward_uses_wgmma_without_spills(half):

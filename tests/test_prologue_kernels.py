@@ -5,6 +5,10 @@ forms a kernel computes differently: rope pairs at the partner feature (of an ex
 reductions over features, inputs indexed by head and feature, bool runtime params, v with DV != D,
 non-contiguous and half-precision tensors; and that the attention uses the kernels, not the tensor code,
 with gradients from the tensor code.
+
+Without gradients the forward kernel applies the q prologue to its resident Q tile and the epilogue
+before its store (no q pass, no epilogue after the kernel): checked against the reference, and against
+the same module with gradients (passes and tensor code).
 """
 
 from __future__ import annotations
@@ -116,3 +120,101 @@ def test_the_attention_runs_the_passes_and_differentiates_the_tensor_code(monkey
     attnspec.compile(source, "reference").attention(*ref[:3], **dict(zip(inputs, ref[3:]))).square().sum().backward()
     for name, mine, exact in zip(["q", "k", "v", *inputs], leaves, ref):
         torch.testing.assert_close(mine.grad.double(), exact.grad, rtol=1e-3, atol=1e-4, msg=name)
+
+
+# ---------------------------------------------------------------- fused into the forward kernel
+
+# a q prologue with rope of an expression and a reduction, a per-key value, an epilogue that turns the
+# output's features (rope), reads an input per row and sum_kept(v), under a bool runtime param
+FUSED = """
+attention fused {
+    input g: float32[H, D]
+    input gate: float32[B, H, SQ]
+    param on: bool runtime = true
+    prologue q[i, f] = rope(q * g[h, f], 0.2 * float(i + f)) / max(norm(q), 1e-6)
+    prologue k[j, f] = k * 0.5
+    let kn per k = norm(k)
+    mask kv <= q + (SKV - SQ)
+    score = score + 0.1 * kn
+    epilogue out[i, f] = where(on, rope(out, 0.3 * float(i)), out) * sigmoid(gate[b, h, i]) + 0.01 * sum_kept(v) / (1.0 + norm(out))
+}
+"""
+
+# a per-query value reads q after its prologue: the q pass stays, the epilogue is still fused
+QVALUE = """
+attention qvalue {
+    prologue q[i, f] = q * 2.0
+    let t per q = 1.0 + sigmoid(sum(q))
+    score = score * t
+    epilogue out[i, f] = out * t
+}
+"""
+
+
+@pytest.mark.parametrize("on", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_without_gradients_the_forward_kernel_applies_the_q_prologue_and_the_epilogue(monkeypatch, on, dtype):
+    from attnspec.fuzz.accuracy import check
+
+    module = attnspec.compile(FUSED, "triton")
+    assert module.KERNELS.fused_q and module.KERNELS.fused_epilogue
+    (q, k, v), gen = _tensors(dtype, D=16, DV=16)
+    inputs = {"g": torch.randn(4, 16, generator=gen), "gate": torch.randn(2, 4, 19, generator=gen)}
+    skipped, epilogues = [], []
+    kernels, epilogue = module._prologue_kernels, module._epilogue
+    monkeypatch.setattr(module, "_prologue_kernels", lambda *a, skip=(): skipped.append(skip) or kernels(*a, skip=skip))
+    monkeypatch.setattr(module, "_epilogue", lambda *a: epilogues.append(1) or epilogue(*a))
+    with torch.no_grad():
+        out = module.attention(q, k, v, **inputs, on=on)
+    assert skipped == [("q",)] and not epilogues  # no q pass, no epilogue after the kernel
+    low = attnspec.compile(FUSED, "reference").attention(q, k, v, **inputs, on=on)
+    exact = attnspec.compile(FUSED, "reference").attention(*(x.double() for x in (q, k, v)),
+                                                         **{n: x.double() for n, x in inputs.items()}, on=on)
+    assert out.dtype == dtype
+    verdict = check(out.float(), low.float(), exact, "out")
+    assert verdict.ok, verdict
+
+
+def test_with_gradients_the_passes_run_and_the_results_agree():
+    module = attnspec.compile(FUSED, "triton")
+    (q, k, v), gen = _tensors(D=16, DV=16)
+    inputs = {"g": torch.randn(4, 16, generator=gen), "gate": torch.randn(2, 4, 19, generator=gen)}
+    with torch.no_grad():
+        fused = module.attention(q, k, v, **inputs)
+    leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+    unfused = module.attention(*leaves, **inputs)
+    torch.testing.assert_close(unfused.detach(), fused, rtol=2e-5, atol=2e-6)
+
+
+def test_a_per_query_value_keeps_the_q_pass():
+    module = attnspec.compile(QVALUE, "triton")
+    assert not module.KERNELS.fused_q and module.KERNELS.fused_epilogue
+    (q, k, v), _ = _tensors(D=16, DV=16)
+    with torch.no_grad():
+        out = module.attention(q, k, v)
+    torch.testing.assert_close(out, attnspec.compile(QVALUE, "reference").attention(q, k, v).float(), rtol=1e-4, atol=1e-5)
+
+
+def test_an_unfused_configuration_runs_the_q_pass_and_the_epilogue_after_the_kernel(monkeypatch):
+    """On a GPU the autotuner also tries configurations that leave the q prologue to its pass and the
+    epilogue to tensor code (the fused kernel may not fit its registers): they compute the same."""
+    from dataclasses import replace
+
+    from attnspec.runtime import triton as triton_runtime
+
+    module = attnspec.compile(FUSED, "triton")
+    (q, k, v), gen = _tensors(D=16, DV=16)
+    inputs = {"g": torch.randn(4, 16, generator=gen), "gate": torch.randn(2, 4, 19, generator=gen)}
+    with torch.no_grad():
+        fused = module.attention(q, k, v, **inputs)
+    configs = triton_runtime.candidate_configs
+    monkeypatch.setattr(triton_runtime, "candidate_configs",
+                        lambda *a, **kw: [replace(c, fused=False) for c in configs(*a, **kw)])
+    skipped, epilogues = [], []
+    kernels, epilogue = module._prologue_kernels, module._epilogue
+    monkeypatch.setattr(module, "_prologue_kernels", lambda *a, skip=(): skipped.append(skip) or kernels(*a, skip=skip))
+    monkeypatch.setattr(module, "_epilogue", lambda *a: epilogues.append(1) or epilogue(*a))
+    with torch.no_grad():
+        unfused = module.attention(q, k, v, **inputs)
+    assert skipped == [("q",), ("k", "v")] and epilogues == [1]  # k's pass, then q's for the kernel
+    torch.testing.assert_close(unfused, fused, rtol=2e-5, atol=2e-6)

@@ -308,7 +308,7 @@ def test_launch_keeps_the_fastest_configuration_per_problem(monkeypatch):
         fn()
         return costs[launched[-1].block_m]
 
-    monkeypatch.setattr(triton_runtime, "candidate_configs", lambda q, v, tiles, backward=False: configs)
+    monkeypatch.setattr(triton_runtime, "candidate_configs", lambda q, v, tiles, backward=False, *options: configs)
     monkeypatch.setattr(triton.testing, "do_bench", fake_bench)
     monkeypatch.setattr(triton_runtime, "_TUNED", {})
     q = torch.empty(1, 1, 100, 64)

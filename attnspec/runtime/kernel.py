@@ -223,12 +223,10 @@ def softmax_update(t, m, l, acc, scale):
 
 
 @triton.jit
-def finish_rows(m, l, acc, out_ptrs, out_mask, Lse, Stats, row, rows, m_scale,
-                NORM: tl.constexpr, FOLDED: tl.constexpr, WRITE_LSE: tl.constexpr, WRITE_STATS: tl.constexpr):
-    """The forward's epilogue for a query tile: out (and lse, and the row statistics the backward reads)
-    from the running state. A row is undefined (language.md section 8, NaN) where a NaN or +inf logit or
-    sink left m at +inf or NaN or l at NaN (softmax), or a NaN or infinite weight left l NaN or infinite.
-    row: each row's index into [B * H * SQ]; m_scale turns a max over raw products (FOLDED) into natural units."""
+def normalized_rows(m, l, acc, NORM: tl.constexpr):
+    """A query tile's output from the running state (float32), and its undefined rows (language.md
+    section 8, NaN): where a NaN or +inf logit or sink left m at +inf or NaN or l at NaN (softmax), or a
+    NaN or infinite weight left l NaN or infinite."""
     if NORM == "softmax":
         undef = (m != m) | (m == float("inf")) | (l != l)
     elif NORM == "rownorm":
@@ -239,6 +237,14 @@ def finish_rows(m, l, acc, out_ptrs, out_mask, Lse, Stats, row, rows, m_scale,
         o = tl.where(undef, float("nan"), acc)
     else:
         o = tl.where(undef, float("nan"), tl.where(l > 0, acc / l, 0.0))
+    return o, undef
+
+
+@triton.jit
+def store_rows(o, undef, m, l, out_ptrs, out_mask, Lse, Stats, row, rows, m_scale,
+               NORM: tl.constexpr, FOLDED: tl.constexpr, WRITE_LSE: tl.constexpr, WRITE_STATS: tl.constexpr):
+    """The forward's end for a query tile: out (and lse, and the row statistics the backward reads).
+    row: each row's index into [B * H * SQ]; m_scale turns a max over raw products (FOLDED) into natural units."""
     tl.store(out_ptrs, o.to(out_ptrs.dtype.element_ty), mask=out_mask)
     if FOLDED:
         m = m * m_scale

@@ -26,6 +26,10 @@ class Kernels:
     dkdv: Callable | None
     kept: Callable | None  # the dV share of sum_kept(v)'s gradient, launched after dkdv with its arguments
     prologue: tuple[Callable, ...]  # the prologue's passes over q, k or v (runtime/prologue.py), one per statement
+    fused_q: bool  # without gradients, the forward kernel can apply the q prologue to its Q tile
+    fused_epilogue: bool  # without gradients, the forward kernel can apply the epilogue before its store
+    q_pass: Callable | None  # (q, k, v, inputs, params) -> q after its prologue, for an unfused configuration
+    epilogue: Callable | None  # (out, vsum, q, k, inputs, params) -> out after the epilogue, likewise
     norm: str  # softmax | elementwise | rownorm
     closed_form: bool  # the forward and dQ kernels compute their key tiles (no block tables)
     check_nonnegative: str | None  # the rule a negative denominator term breaks, where the kernel checks it
@@ -80,7 +84,9 @@ def forward(kernels: Kernels, q, k, v, inputs, params, schedule, return_lse, for
     """The forward kernel: (out in q's dtype, lse float32 [B, H, SQ] written when return_lse, sum_kept(v)
     float32 [B, H, SQ, DV] where the epilogue reads it (else an empty tensor), what the backward needs
     when for_backward: out in float32, for rowsum(dO * out), and per row the max and the sum of the
-    normalization [B, H, SQ, 2])."""
+    normalization [B, H, SQ, 2]). Without for_backward, q is taken before its prologue where the spec
+    has fused_q, and out is returned after the epilogue where it has one: the kernel applies them
+    (a fused configuration), or else the q pass runs before it and the epilogue's tensor code after."""
     B, H, SQ, D = q.shape
     HKV, SKV = k.shape[1], k.shape[2]
     # the interpreter rounds float32 -> half by truncation: it writes float32, torch rounds to nearest
@@ -92,20 +98,26 @@ def forward(kernels: Kernels, q, k, v, inputs, params, schedule, return_lse, for
     vsum = _rt.output_buffer((B, H, SQ, v.shape[-1]) if kernels.kept_sum else (0,), torch.float32, q.device)
     scale = kernels.logit_scale(q, k, params)
     write_lse = return_lse and kernels.norm != "elementwise"
+    fusable = not for_backward and (kernels.fused_q or kernels.fused_epilogue)
 
     def run(config):
         tables = () if kernels.closed_form else schedule.tables(config.block_m, config.block_n).arguments()
         grid = (triton.cdiv(SQ, config.block_m), B * H)
+        unfused = fusable and not config.fused  # this configuration leaves them to the pass and the tensor code
+        q_in = kernels.q_pass(q, k, v, inputs, params) if unfused and kernels.fused_q else q
         _rt.start(
             jit(kernels.forward), grid,
-            q, k, v, out, lse, stats, *err, *((vsum,) if kernels.kept_sum else ()), *q.stride(), *k.stride(), *v.stride(), *out.stride(), *tables,
+            q_in, k, v, out, lse, stats, *err, *((vsum,) if kernels.kept_sum else ()), *q.stride(), *k.stride(), *v.stride(), *out.stride(), *tables,
             *_input_arguments(kernels, inputs, params), B, H, HKV, SQ, SKV, D, v.shape[-1], scale,
             BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=config.block_d, BLOCK_DV=config.block_dv,
             IEEE=config.ieee, UPCAST=config.upcast, WRITE_LSE=write_lse,
-            WRITE_STATS=for_backward, num_warps=config.num_warps, num_stages=config.num_stages,
+            WRITE_STATS=for_backward, PROLOGUE_Q=config.fused and kernels.fused_q,
+            EPILOGUE=config.fused and kernels.fused_epilogue, num_warps=config.num_warps, num_stages=config.num_stages,
         )
+        if unfused and kernels.fused_epilogue and _rt.recording_launches() is None:
+            out.copy_(kernels.epilogue(out, vsum, q, k, inputs, params))
 
-    _rt.launch(run, kernels.spec_name, q, v, kernels.kernel_tiles, (SQ, SKV))
+    _rt.launch(run, kernels.spec_name, q, v, kernels.kernel_tiles, (SQ, SKV), fusable=fusable)
     if err and bool(err[0].item()):  # the reference's check, made by the kernel (one host sync per call)
         raise ValueError(f"{kernels.spec_name}: {kernels.check_nonnegative} on kept pairs, but f was negative")
     return out.to(q.dtype), lse, vsum, ((out, stats) if for_backward else None)

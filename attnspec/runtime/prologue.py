@@ -37,16 +37,18 @@ def row_pass(kernel, x: torch.Tensor, args: tuple) -> torch.Tensor:
     return y.to(x.dtype)
 
 
-def prologue(fused: Callable, dense: Callable, q, k, v, rest: tuple):
+def prologue(fused: Callable, dense: Callable, q, k, v, rest: tuple, skip: tuple[str, ...] = ()):
     """q, k, v after the prologue: `fused(q, k, v, *rest)` (the kernels) where they run, differentiated
     through `dense(q, k, v, *rest)` (the tensor code); the tensor code alone under torch.compile or where
-    no kernel runs (the attention then says why)."""
+    no kernel runs (the attention then says why). The tensors named in `skip` are returned as they are
+    (without gradients, the forward kernel applies the q prologue itself)."""
     if torch.compiler.is_compiling() or not _rt.kernels_run(q):
-        return dense(q, k, v, *rest)
+        after = dense(q, k, v, *rest)
+        return tuple(x if name in skip else y for name, x, y in zip("qkv", (q, k, v), after))
     tensors = [q, k, v, *rest]
     needs_grad = torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
     if not needs_grad:
-        return fused(q, k, v, *rest)
+        return fused(q, k, v, *rest, skip=skip)
     return _Prologue.apply(fused, dense, *tensors)
 
 

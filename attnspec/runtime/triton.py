@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -69,6 +69,11 @@ def start(kernel, grid, *args, **meta) -> None:
         rec.launches.append(Launch(kernel, tuple(grid), args, meta, rec.candidate))
         return
     kernel[grid](*args, **meta)
+
+
+def recording_launches():
+    """The recording in progress (launches are collected, not made), or None."""
+    return _RECORDING[0]
 
 
 def kernels_run(q) -> bool:
@@ -142,6 +147,7 @@ class Config:
     num_stages: int
     ieee: bool  # float32 products without TF32 (unless torch allows TF32, see tf32_products)
     upcast: bool  # half tiles computed in float32 (the interpreter, which has no half-precision products)
+    fused: bool = False  # the forward kernel applies the q prologue and the epilogue (runtime/launch.py forward)
 
 
 def kernel_config(q, v, tiles=None) -> Config:
@@ -176,10 +182,14 @@ _GPU_BACKWARD_CANDIDATES = {
 _GPU_BACKWARD_NARROW = {64: (), 128: ((64, 16, 4, 2), (128, 16, 8, 2)), 256: ()}
 
 
-def candidate_configs(q, v, tiles=None, backward: bool = False, narrow: bool = False) -> list[Config]:
+def candidate_configs(q, v, tiles=None, backward: bool = False, narrow: bool = False, fusable: bool = False) -> list[Config]:
     """The configurations worth trying: on a GPU a small space per head dim, elsewhere the one
     configuration the interpreter runs; tiles no larger than a selection's blocks (`tiles`); with
-    `narrow` (per-pair table reads), the backward's narrow key tiles first."""
+    `narrow` (per-pair table reads), the backward's narrow key tiles first. With `fusable` (a forward
+    without gradients whose kernel can apply the q prologue and the epilogue) each shape also comes
+    fused, after the unfused ones on a GPU (the fused kernel holds the rows' vectors and their
+    functions in registers too: it is timed where it fits, the default where none of the others
+    does) and alone in the interpreter (which has no registers to spill)."""
     d, dv = q.shape[-1], v.shape[-1]
     block_d, block_dv = max(16, _next_power_of_two(d)), max(16, _next_power_of_two(dv))
     upcast = upcasts(q)
@@ -193,7 +203,11 @@ def candidate_configs(q, v, tiles=None, backward: bool = False, narrow: bool = F
             shapes = tuple(dict.fromkeys(_GPU_BACKWARD_NARROW[min(width, 256)] + shapes))
     if tiles is not None:  # a selection's blocks: kernel tiles divide them (a block is walked tile by tile)
         shapes = tuple(dict.fromkeys(_clipped(shape, tiles) for shape in shapes))
-    return [Config(m, n, block_d, block_dv, warps, stages, ieee, upcast) for m, n, warps, stages in shapes]
+    configs = [Config(m, n, block_d, block_dv, warps, stages, ieee, upcast) for m, n, warps, stages in shapes]
+    if not fusable:
+        return configs
+    fused = [replace(c, fused=True) for c in configs]
+    return configs + fused if _on_gpu(q) else fused
 
 
 def _clipped(shape, blocks):
@@ -212,14 +226,16 @@ def autotuning() -> bool:
     return os.environ.get("ATTNSPEC_AUTOTUNE", "1") != "0"
 
 
-def launch(run, name: str, q, v, tiles, lengths, backward: bool = False, narrow: bool = False) -> None:
+def launch(run, name: str, q, v, tiles, lengths, backward: bool = False, narrow: bool = False,
+           fusable: bool = False) -> None:
     """Call run(config) once with the best configuration for this problem: on CUDA the candidates are
     timed on the first call of each (spec, dtype, head dims, length bucket) and the fastest is kept
     for the process (the first, with ATTNSPEC_AUTOTUNE=0). Candidates whose compiled kernels spill or
     exceed the GPU's shared memory are not tried (`fits`), unless none fits. `backward`: the backward
     kernels' candidates (each run recomputes every gradient, so timing runs are harmless); `narrow`:
-    the kernels read per-pair entries of per-row tables (candidate_configs)."""
-    configs = candidate_configs(q, v, tiles, backward, narrow)
+    the kernels read per-pair entries of per-row tables; `fusable`: the forward kernel may apply the q
+    prologue and the epilogue (candidate_configs)."""
+    configs = candidate_configs(q, v, tiles, backward, narrow, fusable)
     if _RECORDING[0] is not None:
         _record(run, configs)
         return

@@ -119,13 +119,16 @@ def _rope_prologue_k(
     tl.store(_out, (_y + tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.float32)).to(_Y.dtype.element_ty), mask=_in)
 
 
-def _prologue_kernels(q, k, v):
-    """The prologue in one pass per statement (q, k): what _prologue computes, in the tensors' dtypes."""
+def _prologue_kernels(q, k, v, skip=()):
+    """The prologue in one pass per statement (q, k): what _prologue computes, in the tensors' dtypes;
+    the tensors named in `skip` are left as they are (the forward kernel applies their statement)."""
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, v)
     _fn.check_pairs(q.shape[-1])
-    q = _prologue_rt.row_pass(_rope_prologue_q, q, (_B, _H, _HKV, _SQ, _SKV, _D))
+    if "q" not in skip:
+        q = _prologue_rt.row_pass(_rope_prologue_q, q, (_B, _H, _HKV, _SQ, _SKV, _D))
     _fn.check_pairs(k.shape[-1])
-    k = _prologue_rt.row_pass(_rope_prologue_k, k, (_B, _H, _HKV, _SQ, _SKV, _D))
+    if "k" not in skip:
+        k = _prologue_rt.row_pass(_rope_prologue_k, k, (_B, _H, _HKV, _SQ, _SKV, _D))
     return q, k, v
 
 
@@ -259,6 +262,7 @@ def _rope_forward(
     _B, _H, _HKV, _SQ, _SKV, _D, _DV, _sm_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr, WRITE_LSE: tl.constexpr, WRITE_STATS: tl.constexpr,
+    PROLOGUE_Q: tl.constexpr, EPILOGUE: tl.constexpr,
 ):
     _pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # the last query tiles, the longest rows, start first
     _pid_bh = tl.program_id(1)
@@ -275,6 +279,19 @@ def _rope_forward(
     _vbase = _b.to(tl.int64) * _svb + _hkv.to(tl.int64) * _svh
     _qk_scale = _sm_scale * 1.4426950408889634
     _q_tile = _kernel.load_tile(_Q + _qbase, _offs_m, _offs_d, _sqm, _sqd, _SQ, _D, UPCAST)
+    if PROLOGUE_Q:  # the q prologue on the resident tile (without gradients; a pass before the kernel otherwise)
+        _x = _q_tile.to(tl.float32)  # the rows' vectors, as a prologue or the epilogue reads them
+        _row = _offs_m[:, None]
+        _f = _offs_d[None, :]
+        _in_f = _f < _D
+        _HALF = _D // 2
+        _fp = tl.where(_f < _HALF, _f + _HALF, _f - _HALF)  # each feature's rope partner
+        _xp = tl.gather(_x, _fp + tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.int32), 1)
+        _y = tl.where(_in_f, _kernel.rope_pair(_x, _xp, tl.where((_f < _HALF), (_kernel.as_float(((_row + _SKV) - _SQ)) * _kernel.powf(BASE, (_kernel.as_float((-2.0 * _kernel.as_float(_f))) / _kernel.as_float(_D)))), (_kernel.as_float(((_row + _SKV) - _SQ)) * _kernel.powf(BASE, (_kernel.as_float((-2.0 * _kernel.as_float(_fp))) / _kernel.as_float(_D))))), (_f < _HALF)), 0.0)
+        if UPCAST:
+            _q_tile = _y
+        else:
+            _q_tile = _y.to(_Q.dtype.element_ty)  # rounded as the pass would store it
     _t0 = (_SKV - _SQ)
     _t1 = (_q + _t0)
     _ctx = (_b, _h, _t0, _t1, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale)  # what the tile functions read of the spec's expressions
@@ -300,8 +317,9 @@ def _rope_forward(
             _j, _m, _l, _acc, _q_tile, _keys, _q, _ctx, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True,
             BOUNDS=True)
     _out_ptrs = _Out + _b.to(tl.int64) * _sob + _h.to(tl.int64) * _soh + _offs_m[:, None] * _som + _offs_dv[None, :] * _sod
-    _kernel.finish_rows(_m, _l, _acc, _out_ptrs, _rows & (_offs_dv[None, :] < _DV), _Lse, _Stats, _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], _rows,
-                        _sm_scale, "softmax", True, WRITE_LSE, WRITE_STATS)
+    _o, _undef = _kernel.normalized_rows(_m, _l, _acc, "softmax")
+    _kernel.store_rows(_o, _undef, _m, _l, _out_ptrs, _rows & (_offs_dv[None, :] < _DV), _Lse, _Stats, _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], _rows,
+                       _sm_scale, "softmax", True, WRITE_LSE, WRITE_STATS)
 
 
 # ---------------------------------------------------------------- the schedule and attention
@@ -333,8 +351,8 @@ def attention(q, k, v, *, selection=None, schedule=None, return_lse=False):
     the call is one autograd operation whose backward runs the dQ and dK/dV kernels.
     schedule: from build_schedule, to reuse the key-tile tables across calls (built here when None)."""
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, v)
-    q, k, v = _prologue_rt.prologue(_prologue_kernels, _prologue, q, k, v, ())
     _grad = _rt.check_launch(SPEC_NAME, q, k, v, (), BACKWARD_ERROR)
+    q, k, v = _prologue_rt.prologue(_prologue_kernels, _prologue, q, k, v, (), skip=() if _grad else ("q",))
     _inputs = ()
     _params = ()
     if schedule is None and selection is None:  # one custom operator: torch.compile traces it as one node
@@ -343,6 +361,11 @@ def attention(q, k, v, *, selection=None, schedule=None, return_lse=False):
     else:
         _out, _lse, _ = _launch.with_schedule(KERNELS, q, k, v, _inputs, _params, selection, schedule, _grad, return_lse)
     return (_out, _lse) if return_lse else _out
+
+
+def _q_pass(q, k, v, _inputs, _params):
+    """q after its prologue, for a forward kernel that does not apply it (from the kernel's arguments)."""
+    return _prologue_kernels(q, k, v, skip=("k", "v"))[0]
 
 
 def _logit_scale(q, k, _params):
@@ -471,6 +494,10 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     dkdv=_rope_backward_dkdv,
     kept=None,
     prologue=(_rope_prologue_q, _rope_prologue_k, ),
+    fused_q=True,
+    fused_epilogue=False,
+    q_pass=_q_pass,
+    epilogue=None,
     norm="softmax",
     closed_form=True,
     check_nonnegative=None,

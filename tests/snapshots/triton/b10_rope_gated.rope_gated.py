@@ -131,13 +131,16 @@ def _rope_gated_prologue_k(
     tl.store(_out, (_y + tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.float32)).to(_Y.dtype.element_ty), mask=_in)
 
 
-def _prologue_kernels(q, k, v, gate):
-    """The prologue in one pass per statement (q, k): what _prologue computes, in the tensors' dtypes."""
+def _prologue_kernels(q, k, v, gate, skip=()):
+    """The prologue in one pass per statement (q, k): what _prologue computes, in the tensors' dtypes;
+    the tensors named in `skip` are left as they are (the forward kernel applies their statement)."""
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, v, gate)
     _fn.check_pairs(q.shape[-1])
-    q = _prologue_rt.row_pass(_rope_gated_prologue_q, q, (_B, _H, _HKV, _SQ, _SKV, _D))
+    if "q" not in skip:
+        q = _prologue_rt.row_pass(_rope_gated_prologue_q, q, (_B, _H, _HKV, _SQ, _SKV, _D))
     _fn.check_pairs(k.shape[-1])
-    k = _prologue_rt.row_pass(_rope_gated_prologue_k, k, (_B, _H, _HKV, _SQ, _SKV, _D))
+    if "k" not in skip:
+        k = _prologue_rt.row_pass(_rope_gated_prologue_k, k, (_B, _H, _HKV, _SQ, _SKV, _D))
     return q, k, v
 
 
@@ -272,6 +275,7 @@ def _rope_gated_forward(
     _B, _H, _HKV, _SQ, _SKV, _D, _DV, _sm_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr, WRITE_LSE: tl.constexpr, WRITE_STATS: tl.constexpr,
+    PROLOGUE_Q: tl.constexpr, EPILOGUE: tl.constexpr,
 ):
     _pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # the last query tiles, the longest rows, start first
     _pid_bh = tl.program_id(1)
@@ -288,6 +292,19 @@ def _rope_gated_forward(
     _vbase = _b.to(tl.int64) * _svb + _hkv.to(tl.int64) * _svh
     _qk_scale = _sm_scale * 1.4426950408889634
     _q_tile = _kernel.load_tile(_Q + _qbase, _offs_m, _offs_d, _sqm, _sqd, _SQ, _D, UPCAST)
+    if PROLOGUE_Q:  # the q prologue on the resident tile (without gradients; a pass before the kernel otherwise)
+        _x = _q_tile.to(tl.float32)  # the rows' vectors, as a prologue or the epilogue reads them
+        _row = _offs_m[:, None]
+        _f = _offs_d[None, :]
+        _in_f = _f < _D
+        _HALF = _D // 2
+        _fp = tl.where(_f < _HALF, _f + _HALF, _f - _HALF)  # each feature's rope partner
+        _xp = tl.gather(_x, _fp + tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.int32), 1)
+        _y = tl.where(_in_f, _kernel.rope_pair(_x, _xp, tl.where((_f < _HALF), (_kernel.as_float(((_row + _SKV) - _SQ)) * _kernel.powf(BASE, (_kernel.as_float((-2.0 * _kernel.as_float(_f))) / _kernel.as_float(_D)))), (_kernel.as_float(((_row + _SKV) - _SQ)) * _kernel.powf(BASE, (_kernel.as_float((-2.0 * _kernel.as_float(_fp))) / _kernel.as_float(_D))))), (_f < _HALF)), 0.0)
+        if UPCAST:
+            _q_tile = _y
+        else:
+            _q_tile = _y.to(_Q.dtype.element_ty)  # rounded as the pass would store it
     _t0 = (_SKV - _SQ)
     _t1 = (_q + _t0)
     _ctx = (_b, _h, gate, _gate_n0, _gate_n1, _gate_n2, _gate_s0, _gate_s1, _gate_s2, _t0, _t1, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale)  # what the tile functions read of the spec's expressions
@@ -313,8 +330,15 @@ def _rope_gated_forward(
             _j, _m, _l, _acc, _q_tile, _keys, _q, _ctx, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True,
             BOUNDS=True)
     _out_ptrs = _Out + _b.to(tl.int64) * _sob + _h.to(tl.int64) * _soh + _offs_m[:, None] * _som + _offs_dv[None, :] * _sod
-    _kernel.finish_rows(_m, _l, _acc, _out_ptrs, _rows & (_offs_dv[None, :] < _DV), _Lse, _Stats, _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], _rows,
-                        _sm_scale, "softmax", True, WRITE_LSE, WRITE_STATS)
+    _o, _undef = _kernel.normalized_rows(_m, _l, _acc, "softmax")
+    if EPILOGUE:  # the epilogue before the store (without gradients; tensor code after the kernel otherwise)
+        _x = _o.to(tl.float32)  # the rows' vectors, as a prologue or the epilogue reads them
+        _row = _offs_m[:, None]
+        _f = _offs_dv[None, :]
+        _in_f = _f < _DV
+        _o = (_x * tl.sigmoid(tl.load(gate + _kernel.clamp(_b, 0, _gate_n0 - 1) * _gate_s0 + _kernel.clamp(_h, 0, _gate_n1 - 1) * _gate_s1 + _kernel.clamp(_row, 0, _gate_n2 - 1) * _gate_s2).to(tl.float32))) + tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+    _kernel.store_rows(_o, _undef, _m, _l, _out_ptrs, _rows & (_offs_dv[None, :] < _DV), _Lse, _Stats, _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], _rows,
+                       _sm_scale, "softmax", True, WRITE_LSE, WRITE_STATS)
 
 
 # ---------------------------------------------------------------- the schedule and attention
@@ -346,8 +370,8 @@ def attention(q, k, v, *, gate, selection=None, schedule=None, return_lse=False)
     the call is one autograd operation whose backward runs the dQ and dK/dV kernels.
     schedule: from build_schedule, to reuse the key-tile tables across calls (built here when None)."""
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, v, gate)
-    q, k, v = _prologue_rt.prologue(_prologue_kernels, _prologue, q, k, v, (gate, ))
     _grad = _rt.check_launch(SPEC_NAME, q, k, v, (gate, ), BACKWARD_ERROR)
+    q, k, v = _prologue_rt.prologue(_prologue_kernels, _prologue, q, k, v, (gate, ), skip=() if _grad else ("q",))
     _inputs = (gate, )
     _params = ()
     if schedule is None and selection is None:  # one custom operator: torch.compile traces it as one node
@@ -355,8 +379,23 @@ def attention(q, k, v, *, gate, selection=None, schedule=None, return_lse=False)
         _out = _out.to(q.dtype)
     else:
         _out, _lse, _ = _launch.with_schedule(KERNELS, q, k, v, _inputs, _params, selection, schedule, _grad, return_lse)
-    _out = _epilogue(_out, (_B, _H, _HKV, _SQ, _SKV, _D), gate)
+    if _grad:  # without gradients, the forward kernel applied the epilogue before its store
+        _out = _epilogue(_out, (_B, _H, _HKV, _SQ, _SKV, _D), gate)
     return (_out, _lse) if return_lse else _out
+
+
+def _q_pass(q, k, v, _inputs, _params):
+    """q after its prologue, for a forward kernel that does not apply it (from the kernel's arguments)."""
+    gate, = _inputs
+    return _prologue_kernels(q, k, v, gate, skip=("k", "v"))[0]
+
+
+def _epilogue_after(_out, _vsum, q, k, _inputs, _params):
+    """The epilogue as tensor code after a forward kernel that does not apply it (from its arguments)."""
+    gate, = _inputs
+    _B, _H, _SQ, _D = q.shape
+    _HKV, _SKV = k.shape[1], k.shape[2]
+    return _epilogue(_out, (_B, _H, _HKV, _SQ, _SKV, _D), gate)
 
 
 def _logit_scale(q, k, _params):
@@ -487,6 +526,10 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     dkdv=_rope_gated_backward_dkdv,
     kept=None,
     prologue=(_rope_gated_prologue_q, _rope_gated_prologue_k, ),
+    fused_q=True,
+    fused_epilogue=True,
+    q_pass=_q_pass,
+    epilogue=_epilogue_after,
     norm="softmax",
     closed_form=True,
     check_nonnegative=None,

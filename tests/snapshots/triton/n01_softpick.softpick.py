@@ -195,6 +195,7 @@ def _softpick_forward(
     _B, _H, _HKV, _SQ, _SKV, _D, _DV, _sm_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr, WRITE_LSE: tl.constexpr, WRITE_STATS: tl.constexpr,
+    PROLOGUE_Q: tl.constexpr, EPILOGUE: tl.constexpr,
 ):
     _pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # the last query tiles, the longest rows, start first
     _pid_bh = tl.program_id(1)
@@ -235,8 +236,9 @@ def _softpick_forward(
             _j, _m, _l, _acc, _q_tile, _keys, _q, _ctx, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True,
             BOUNDS=True)
     _out_ptrs = _Out + _b.to(tl.int64) * _sob + _h.to(tl.int64) * _soh + _offs_m[:, None] * _som + _offs_dv[None, :] * _sod
-    _kernel.finish_rows(_m, _l, _acc, _out_ptrs, _rows & (_offs_dv[None, :] < _DV), _Lse, _Stats, _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], _rows,
-                        _sm_scale, "rownorm", False, WRITE_LSE, WRITE_STATS)
+    _o, _undef = _kernel.normalized_rows(_m, _l, _acc, "rownorm")
+    _kernel.store_rows(_o, _undef, _m, _l, _out_ptrs, _rows & (_offs_dv[None, :] < _DV), _Lse, _Stats, _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], _rows,
+                       _sm_scale, "rownorm", False, WRITE_LSE, WRITE_STATS)
 
 
 # ---------------------------------------------------------------- the schedule and attention
@@ -403,6 +405,10 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     dkdv=_softpick_backward_dkdv,
     kept=None,
     prologue=(),
+    fused_q=False,
+    fused_epilogue=False,
+    q_pass=None,
+    epilogue=None,
     norm="rownorm",
     closed_form=True,
     check_nonnegative=None,

@@ -240,6 +240,7 @@ def _affine_scaled_forward(
     _B, _H, _HKV, _SQ, _SKV, _D, _DV, _sm_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr, WRITE_LSE: tl.constexpr, WRITE_STATS: tl.constexpr,
+    PROLOGUE_Q: tl.constexpr, EPILOGUE: tl.constexpr,
 ):
     _pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # the last query tiles, the longest rows, start first
     _pid_bh = tl.program_id(1)
@@ -284,8 +285,16 @@ def _affine_scaled_forward(
     tl.store(_VSum + _pid_bh.to(tl.int64) * _SQ * _DV + _offs_m[:, None] * _DV + _offs_dv[None, :], _accv,
              mask=_rows & (_offs_dv[None, :] < _DV))
     _out_ptrs = _Out + _b.to(tl.int64) * _sob + _h.to(tl.int64) * _soh + _offs_m[:, None] * _som + _offs_dv[None, :] * _sod
-    _kernel.finish_rows(_m, _l, _acc, _out_ptrs, _rows & (_offs_dv[None, :] < _DV), _Lse, _Stats, _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], _rows,
-                        _sm_scale, "softmax", True, WRITE_LSE, WRITE_STATS)
+    _o, _undef = _kernel.normalized_rows(_m, _l, _acc, "softmax")
+    if EPILOGUE:  # the epilogue before the store (without gradients; tensor code after the kernel otherwise)
+        _x = _o.to(tl.float32)  # the rows' vectors, as a prologue or the epilogue reads them
+        _row = _offs_m[:, None]
+        _f = _offs_dv[None, :]
+        _in_f = _f < _DV
+        _vsum = _accv
+        _o = ((tl.load(alpha + _kernel.clamp(_b, 0, _alpha_n0 - 1) * _alpha_s0 + _kernel.clamp(_h, 0, _alpha_n1 - 1) * _alpha_s1 + _kernel.clamp(_row, 0, _alpha_n2 - 1) * _alpha_s2).to(tl.float32) * _x) + (tl.load(beta + _kernel.clamp(_b, 0, _beta_n0 - 1) * _beta_s0 + _kernel.clamp(_h, 0, _beta_n1 - 1) * _beta_s1 + _kernel.clamp(_row, 0, _beta_n2 - 1) * _beta_s2).to(tl.float32) * _vsum)) + tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+    _kernel.store_rows(_o, _undef, _m, _l, _out_ptrs, _rows & (_offs_dv[None, :] < _DV), _Lse, _Stats, _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], _rows,
+                       _sm_scale, "softmax", True, WRITE_LSE, WRITE_STATS)
 
 
 # ---------------------------------------------------------------- the schedule and attention
@@ -317,8 +326,8 @@ def attention(q, k, v, *, w_alpha, w_beta, selection=None, schedule=None, return
     the call is one autograd operation whose backward runs the dQ and dK/dV kernels.
     schedule: from build_schedule, to reuse the key-tile tables across calls (built here when None)."""
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, v, w_alpha, w_beta)
+    _grad = _rt.check_launch(SPEC_NAME, q, k, v, (w_alpha, w_beta, ), BACKWARD_ERROR)
     alpha, beta = _row_values(q, k, w_alpha, w_beta)
-    _grad = _rt.check_launch(SPEC_NAME, q, k, v, (w_alpha, w_beta, alpha, beta, ), BACKWARD_ERROR)
     _inputs = (w_alpha, w_beta, alpha, beta, )
     _params = ()
     if schedule is None and selection is None:  # one custom operator: torch.compile traces it as one node
@@ -326,8 +335,17 @@ def attention(q, k, v, *, w_alpha, w_beta, selection=None, schedule=None, return
         _out = _out.to(q.dtype)
     else:
         _out, _lse, _vsum = _launch.with_schedule(KERNELS, q, k, v, _inputs, _params, selection, schedule, _grad, return_lse)
-    _out = _epilogue(_out, (_B, _H, _HKV, _SQ, _SKV, _D), w_alpha, w_beta, alpha, beta, _vsum)
+    if _grad:  # without gradients, the forward kernel applied the epilogue before its store
+        _out = _epilogue(_out, (_B, _H, _HKV, _SQ, _SKV, _D), w_alpha, w_beta, alpha, beta, _vsum)
     return (_out, _lse) if return_lse else _out
+
+
+def _epilogue_after(_out, _vsum, q, k, _inputs, _params):
+    """The epilogue as tensor code after a forward kernel that does not apply it (from its arguments)."""
+    w_alpha, w_beta, alpha, beta, = _inputs
+    _B, _H, _SQ, _D = q.shape
+    _HKV, _SKV = k.shape[1], k.shape[2]
+    return _epilogue(_out, (_B, _H, _HKV, _SQ, _SKV, _D), w_alpha, w_beta, alpha, beta, _vsum)
 
 
 def _logit_scale(q, k, _params):
@@ -508,6 +526,10 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     dkdv=_affine_scaled_backward_dkdv,
     kept=_affine_scaled_backward_kept,
     prologue=(),
+    fused_q=False,
+    fused_epilogue=True,
+    q_pass=None,
+    epilogue=_epilogue_after,
     norm="softmax",
     closed_form=True,
     check_nonnegative=None,
