@@ -142,7 +142,13 @@ class TritonRenderer(ExprRenderer):
         return f"{helper}_or_zero({self.render(a)}, {self.render(b)})"
 
     def render_truediv(self, e: Expr) -> str:
+        """A quotient; by a constant (a literal or compile-time param) whose reciprocal is a normal
+        float32, a product by the reciprocal, which Triton folds at compile time: one multiply per
+        element where a division takes a reciprocal on the special-function units and a multiply
+        (both round: within 1.5 ulp of the exact quotient, as the division's approximation is within 2)."""
         a, b = (self.render(x) for x in e.args)
+        if _reciprocal_is_normal(e.args[1]):
+            return f"(_kernel.as_float({a}) * (1.0 / {b}))"
         return f"(_kernel.as_float({a}) / {b})"
 
     def render_pow(self, e: Expr) -> str:
@@ -159,6 +165,16 @@ class TritonRenderer(ExprRenderer):
         if not spelling:
             raise AttnError(f"the triton target cannot compute '{e.op}' in a kernel", e.span)
         return f"{spelling}({', '.join(self.render(a) for a in e.args)})"
+
+
+FLOAT32_NORMAL = (2.0**-126, (2.0 - 2.0**-23) * 2.0**127)  # the least and the greatest normal float32
+
+
+def _reciprocal_is_normal(divisor: Expr) -> bool:
+    if divisor.op != "const" or isinstance(divisor.literal, bool):
+        return False
+    value = abs(float(divisor.literal))
+    return 0.0 < value < math.inf and FLOAT32_NORMAL[0] <= 1.0 / value <= FLOAT32_NORMAL[1]
 
 
 # Integers have no NaN and no -0.0: Triton's own min and max compute the language's there.

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import random
 
+import numpy as np
 import pytest
 import sympy
 import torch
@@ -263,3 +264,35 @@ def test_signed_zeros_fold_to_the_targets_answer():
     for text, sign in (("min(-0.0, float(q - q))", -1), ("max(-0.0, float(q - q))", 1), ("min(-0.0, -1.0)", -1)):
         sink = lower(load_program(f"attention z {{\n normalize softmax(sink = {text})\n}}\n").specs[0], passes=OPTIMIZE).normalize.sink
         assert sink.op == "const" and math.copysign(1, sink.literal) == sign, text
+
+def test_the_kernels_tanh_is_within_a_few_ulp():
+    """The kernels' tanh (a rational function: one division, no exponential) against float64 tanh on a
+    dense float32 grid, tiny and huge values, infinities, signed zeros and NaN."""
+    import os
+
+    import triton
+
+    from attnspec.runtime import interpreter
+
+    if not os.environ.get("TRITON_INTERPRET"):
+        pytest.skip("runs the helper in Triton's interpreter")
+    interpreter.mend()
+
+    @triton.jit
+    def apply(x_ptr, y_ptr, N: tl.constexpr):
+        i = tl.arange(0, N)
+        tl.store(y_ptr + i, kernel.tanh(tl.load(x_ptr + i)))
+
+    n = 1 << 16
+    special = torch.tensor([0.0, -0.0, 1e-30, -1e-30, 3.9e-4, 4.1e-4, 7.9, 7.91, 9.0, 88.0, 1e30, -1e30,
+                            math.inf, -math.inf, math.nan])
+    grid = torch.cat([torch.linspace(-10, 10, n - 2 * 1024 - len(special)), torch.logspace(-8, 1, 1024),
+                      -torch.logspace(-8, 1, 1024), special])
+    y = torch.empty_like(grid)
+    apply[(1,)](grid, y, N=n)
+    exact = torch.tanh(grid.double())
+    ulp = torch.tensor(np.spacing(exact.abs().float().numpy())).double()
+    finite = ~grid.isnan()
+    assert float(((y.double() - exact).abs() / ulp)[finite].max()) <= 8
+    assert y[grid.isnan()].isnan().all()
+    assert torch.equal(torch.signbit(y[grid == 0]), torch.signbit(grid[grid == 0]))

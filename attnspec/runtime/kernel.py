@@ -141,14 +141,27 @@ def powf(x, y):
 
 @triton.jit
 def tanh(x):
-    """tanh without cancellation near 0 (a short series there, exp(-2|x|) elsewhere)."""
+    """tanh as a rational function: odd of degree 13 over even of degree 6 (Eigen's float coefficients),
+    x clamped into +-7.905 (where tanh rounds to 1 in float32), x itself below 4e-4. One division per
+    call where the exponential form takes an exponential and a division (both on the special-function
+    units, which soft-capping keeps busy beside the softmax's exponential): within 6 ulp of tanh in
+    float32 against 9 for that form, NaN kept, -0.0 kept."""
     x = as_float(x)
-    a = tl.abs(x)
-    e = tl.exp(-2.0 * a)
-    x2 = x * x
-    series = a * (1.0 + x2 * (-1.0 / 3.0 + x2 * (2.0 / 15.0 + x2 * (-17.0 / 315.0))))
-    t = tl.where(a < 0.125, series, (1.0 - e) / (1.0 + e))
-    return tl.where(x < 0, -t, t)
+    c = tl.minimum(tl.maximum(x, -7.90531110763549805, propagate_nan=tl.PropagateNan.ALL), 7.90531110763549805,
+                   propagate_nan=tl.PropagateNan.ALL)
+    c2 = c * c
+    p = -2.76076847742355e-16
+    p = p * c2 + 2.00018790482477e-13
+    p = p * c2 - 8.60467152213735e-11
+    p = p * c2 + 5.12229709037114e-08
+    p = p * c2 + 1.48572235717979e-05
+    p = p * c2 + 6.37261928875436e-04
+    p = p * c2 + 4.89352455891786e-03
+    q = 1.19825839466702e-06
+    q = q * c2 + 1.18534705686654e-04
+    q = q * c2 + 2.26843463243900e-03
+    q = q * c2 + 4.89352518554385e-03
+    return tl.where(tl.abs(x) < 0.0004, x, c * p / q)
 
 
 @triton.jit

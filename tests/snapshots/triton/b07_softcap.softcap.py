@@ -91,7 +91,7 @@ def _softcap_scores(_qk, _q, _kv, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.const
         _keep = _keep & ((_kv <= _q))
     _s = _qk * _sm_scale
     _x = _s  # the score before its mod: where the mod's derivative is taken
-    _s = (CAP * _kernel.tanh((_kernel.as_float(_s) / CAP)))
+    _s = (CAP * _kernel.tanh((_kernel.as_float(_s) * (1.0 / CAP))))
     return _keep, _s, _x
 
 
