@@ -196,6 +196,26 @@ def load_tile(base, rows, cols, row_stride, col_stride, n_rows, n_cols, UPCAST: 
 
 
 @triton.jit
+def load_inner_tile(base, rows, cols, row_stride, col_stride, n_rows, n_cols, UPCAST: tl.constexpr,
+                    ROWS_INSIDE: tl.constexpr, COLS_INSIDE: tl.constexpr):
+    """load_tile where the caller knows that every row (ROWS_INSIDE) or every column (COLS_INSIDE) is
+    inside the matrix: a full key tile's keys, features where the head dim is its tile's. No bound is
+    computed for those, and with both no mask at all."""
+    ptrs = base + rows[:, None] * row_stride + cols[None, :] * col_stride
+    if ROWS_INSIDE and COLS_INSIDE:
+        tile = tl.load(ptrs)
+    elif ROWS_INSIDE:
+        tile = tl.load(ptrs, mask=cols[None, :] < n_cols, other=0.0)
+    elif COLS_INSIDE:
+        tile = tl.load(ptrs, mask=rows[:, None] < n_rows, other=0.0)
+    else:
+        tile = tl.load(ptrs, mask=(rows[:, None] < n_rows) & (cols[None, :] < n_cols), other=0.0)
+    if UPCAST:
+        tile = tile.to(tl.float32)
+    return tile
+
+
+@triton.jit
 def mma(a, b, acc, IEEE: tl.constexpr):
     """a @ b (+ acc): float32 products in full precision with IEEE (no TF32)."""
     if IEEE:

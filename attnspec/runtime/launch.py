@@ -112,7 +112,8 @@ def forward(kernels: Kernels, q, k, v, inputs, params, schedule, return_lse, for
             BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=config.block_d, BLOCK_DV=config.block_dv,
             IEEE=config.ieee, UPCAST=config.upcast, WRITE_LSE=write_lse,
             WRITE_STATS=for_backward, PROLOGUE_Q=config.fused and kernels.fused_q,
-            EPILOGUE=config.fused and kernels.fused_epilogue, num_warps=config.num_warps, num_stages=config.num_stages,
+            EPILOGUE=config.fused and kernels.fused_epilogue, EVEN=D == config.block_d and v.shape[-1] == config.block_dv,
+            num_warps=config.num_warps, num_stages=config.num_stages,
         )
         if unfused and kernels.fused_epilogue and _rt.recording_launches() is None:
             out.copy_(kernels.epilogue(out, vsum, q, k, inputs, params))

@@ -130,14 +130,17 @@ def _static_blocks_scores(_qk, _q, _kv, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl
 @_launch.kernel
 def _static_blocks_forward_tile(
     _j, _m, _l, _acc, _q_tile, _keys, _q, _ctx, _qk_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, MASKED: tl.constexpr, BOUNDS: tl.constexpr,
+    EVEN: tl.constexpr,
 ):
     """Key tile _j: its scores, then the online softmax update of the running max _m, sum _l and output _acc."""
     _b, _h, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale = _ctx
     _Kb, _Vb, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV = _keys
     _offs_n = _j * BLOCK_N + tl.arange(0, BLOCK_N)
     _kv = _offs_n[None, :]
-    _kT = _kernel.load_tile(_Kb, _offs_d, _offs_n, _skd, _skn, _D, _SKV, UPCAST)
-    _v = _kernel.load_tile(_Vb, _offs_n, _offs_dv, _svn, _svd, _SKV, _DV, UPCAST)
+    # a full tile's keys are inside SKV (one reaching past it is walked as partial): no bound for them,
+    # nor for the features where the head dims are their tiles' (EVEN)
+    _kT = _kernel.load_inner_tile(_Kb, _offs_d, _offs_n, _skd, _skn, _D, _SKV, UPCAST, EVEN, not BOUNDS)
+    _v = _kernel.load_inner_tile(_Vb, _offs_n, _offs_dv, _svn, _svd, _SKV, _DV, UPCAST, not BOUNDS, EVEN)
     _qk = _kernel.mma(_q_tile, _kT, None, IEEE)
     _keep, _s, _x = _static_blocks_scores(_qk, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED, BOUNDS)
     _t = _qk  # the raw products: log2(e) and the scale fold into _qk_scale
@@ -219,7 +222,7 @@ def _static_blocks_forward(
     _B, _H, _HKV, _SQ, _SKV, _D, _DV, _sm_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr, WRITE_LSE: tl.constexpr, WRITE_STATS: tl.constexpr,
-    PROLOGUE_Q: tl.constexpr, EPILOGUE: tl.constexpr,
+    PROLOGUE_Q: tl.constexpr, EPILOGUE: tl.constexpr, EVEN: tl.constexpr,
 ):
     _pid_m = tl.program_id(0)
     _pid_bh = tl.program_id(1)
@@ -247,12 +250,12 @@ def _static_blocks_forward(
     for _i in range(0, tl.load(_FullNum + _tnum)):
         _m, _l, _acc = _static_blocks_forward_tile(
             tl.load(_FullIdx + _tidx + _i), _m, _l, _acc, _q_tile, _keys, _q, _ctx, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False,
-            BOUNDS=False)
+            BOUNDS=False, EVEN=EVEN)
     # partial key tiles: the mask decides per pair
     for _i in range(0, tl.load(_PartNum + _tnum)):
         _m, _l, _acc = _static_blocks_forward_tile(
             tl.load(_PartIdx + _tidx + _i), _m, _l, _acc, _q_tile, _keys, _q, _ctx, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True,
-            BOUNDS=True)
+            BOUNDS=True, EVEN=EVEN)
     _out_ptrs = _Out + _b.to(tl.int64) * _sob + _h.to(tl.int64) * _soh + _offs_m[:, None] * _som + _offs_dv[None, :] * _sod
     _o, _undef = _kernel.normalized_rows(_m, _l, _acc, "softmax")
     _kernel.store_rows(_o, _undef, _m, _l, _out_ptrs, _rows & (_offs_dv[None, :] < _DV), _Lse, _Stats, _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], _rows,

@@ -105,14 +105,17 @@ def _ls_heads_scores(_qk, _q, _kv, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.cons
 @_launch.kernel
 def _ls_heads_forward_tile(
     _j, _m, _l, _acc, _q_tile, _keys, _q, _ctx, _qk_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, MASKED: tl.constexpr, BOUNDS: tl.constexpr,
+    EVEN: tl.constexpr,
 ):
     """Key tile _j: its scores, then the online softmax update of the running max _m, sum _l and output _acc."""
     _b, _h, _t0, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale = _ctx
     _Kb, _Vb, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV = _keys
     _offs_n = _j * BLOCK_N + tl.arange(0, BLOCK_N)
     _kv = _offs_n[None, :]
-    _kT = _kernel.load_tile(_Kb, _offs_d, _offs_n, _skd, _skn, _D, _SKV, UPCAST)
-    _v = _kernel.load_tile(_Vb, _offs_n, _offs_dv, _svn, _svd, _SKV, _DV, UPCAST)
+    # a full tile's keys are inside SKV (one reaching past it is walked as partial): no bound for them,
+    # nor for the features where the head dims are their tiles' (EVEN)
+    _kT = _kernel.load_inner_tile(_Kb, _offs_d, _offs_n, _skd, _skn, _D, _SKV, UPCAST, EVEN, not BOUNDS)
+    _v = _kernel.load_inner_tile(_Vb, _offs_n, _offs_dv, _svn, _svd, _SKV, _DV, UPCAST, not BOUNDS, EVEN)
     _qk = _kernel.mma(_q_tile, _kT, None, IEEE)
     _keep, _s, _x = _ls_heads_scores(_qk, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED, BOUNDS)
     _t = _qk  # the raw products: log2(e) and the scale fold into _qk_scale
@@ -193,7 +196,7 @@ def _ls_heads_forward(
     _B, _H, _HKV, _SQ, _SKV, _D, _DV, _sm_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr, WRITE_LSE: tl.constexpr, WRITE_STATS: tl.constexpr,
-    PROLOGUE_Q: tl.constexpr, EPILOGUE: tl.constexpr,
+    PROLOGUE_Q: tl.constexpr, EPILOGUE: tl.constexpr, EVEN: tl.constexpr,
 ):
     _pid_m = tl.program_id(0)
     _pid_bh = tl.program_id(1)
@@ -222,36 +225,36 @@ def _ls_heads_forward(
     for _j in range(_start0, _fs0):
         _m, _l, _acc = _ls_heads_forward_tile(
             _j, _m, _l, _acc, _q_tile, _keys, _q, _ctx, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True,
-            BOUNDS=True)
+            BOUNDS=True, EVEN=EVEN)
     # band 0: full key tiles
     for _j in range(_fs0, _fe0):
         _m, _l, _acc = _ls_heads_forward_tile(
             _j, _m, _l, _acc, _q_tile, _keys, _q, _ctx, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False,
-            BOUNDS=False)
+            BOUNDS=False, EVEN=EVEN)
     # band 0: partial key tiles
     for _j in range(_fe0, _end0):
         _m, _l, _acc = _ls_heads_forward_tile(
             _j, _m, _l, _acc, _q_tile, _keys, _q, _ctx, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True,
-            BOUNDS=True)
+            BOUNDS=True, EVEN=EVEN)
     _start1, _fs1, _fe1, _end1 = _kernel.band_tiles((_q - 7), _q, _rows, _SKV, BLOCK_M, BLOCK_N)
     # band 1: partial key tiles
     for _j in range(_start1, _fs1):
         if ((_j < _start0) | (_j >= _end0)):
             _m, _l, _acc = _ls_heads_forward_tile(
                 _j, _m, _l, _acc, _q_tile, _keys, _q, _ctx, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True,
-                BOUNDS=True)
+                BOUNDS=True, EVEN=EVEN)
     # band 1: full key tiles
     for _j in range(_fs1, _fe1):
         if ((_j < _start0) | (_j >= _end0)):
             _m, _l, _acc = _ls_heads_forward_tile(
                 _j, _m, _l, _acc, _q_tile, _keys, _q, _ctx, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False,
-                BOUNDS=False)
+                BOUNDS=False, EVEN=EVEN)
     # band 1: partial key tiles
     for _j in range(_fe1, _end1):
         if ((_j < _start0) | (_j >= _end0)):
             _m, _l, _acc = _ls_heads_forward_tile(
                 _j, _m, _l, _acc, _q_tile, _keys, _q, _ctx, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True,
-                BOUNDS=True)
+                BOUNDS=True, EVEN=EVEN)
     _out_ptrs = _Out + _b.to(tl.int64) * _sob + _h.to(tl.int64) * _soh + _offs_m[:, None] * _som + _offs_dv[None, :] * _sod
     _o, _undef = _kernel.normalized_rows(_m, _l, _acc, "softmax")
     _kernel.store_rows(_o, _undef, _m, _l, _out_ptrs, _rows & (_offs_dv[None, :] < _DV), _Lse, _Stats, _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], _rows,

@@ -110,14 +110,17 @@ def _deberta_scores(_qk, _q, _kv, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.const
 @_launch.kernel
 def _deberta_forward_tile(
     _j, _m, _l, _acc, _q_tile, _keys, _q, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, MASKED: tl.constexpr, BOUNDS: tl.constexpr,
+    EVEN: tl.constexpr,
 ):
     """Key tile _j: its scores, then the online softmax update of the running max _m, sum _l and output _acc."""
     _b, _h, kr, _kr_n0, _kr_n1, _kr_n2, _kr_s0, _kr_s1, _kr_s2, qr, _qr_n0, _qr_n1, _qr_n2, _qr_s0, _qr_s1, _qr_s2, c2p, _c2p_n0, _c2p_n1, _c2p_n2, _c2p_n3, _c2p_s0, _c2p_s1, _c2p_s2, _c2p_s3, p2c, _p2c_n0, _p2c_n1, _p2c_n2, _p2c_n3, _p2c_s0, _p2c_s1, _p2c_s2, _p2c_s3, _t0, c, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale = _ctx
     _Kb, _Vb, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV = _keys
     _offs_n = _j * BLOCK_N + tl.arange(0, BLOCK_N)
     _kv = _offs_n[None, :]
-    _kT = _kernel.load_tile(_Kb, _offs_d, _offs_n, _skd, _skn, _D, _SKV, UPCAST)
-    _v = _kernel.load_tile(_Vb, _offs_n, _offs_dv, _svn, _svd, _SKV, _DV, UPCAST)
+    # a full tile's keys are inside SKV (one reaching past it is walked as partial): no bound for them,
+    # nor for the features where the head dims are their tiles' (EVEN)
+    _kT = _kernel.load_inner_tile(_Kb, _offs_d, _offs_n, _skd, _skn, _D, _SKV, UPCAST, EVEN, not BOUNDS)
+    _v = _kernel.load_inner_tile(_Vb, _offs_n, _offs_dv, _svn, _svd, _SKV, _DV, UPCAST, not BOUNDS, EVEN)
     _qk = _kernel.mma(_q_tile, _kT, None, IEEE)
     _keep, _s, _x, _tile_c2p, _tile_p2c = _deberta_scores(_qk, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED, BOUNDS)
     _t = _s
@@ -208,7 +211,7 @@ def _deberta_forward(
     _B, _H, _HKV, _SQ, _SKV, _D, _DV, _sm_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr, WRITE_LSE: tl.constexpr, WRITE_STATS: tl.constexpr,
-    PROLOGUE_Q: tl.constexpr, EPILOGUE: tl.constexpr,
+    PROLOGUE_Q: tl.constexpr, EPILOGUE: tl.constexpr, EVEN: tl.constexpr,
 ):
     _pid_m = tl.program_id(0)
     _pid_bh = tl.program_id(1)
@@ -237,17 +240,17 @@ def _deberta_forward(
     for _j in range(_start0, _fs0):
         _m, _l, _acc = _deberta_forward_tile(
             _j, _m, _l, _acc, _q_tile, _keys, _q, _ctx, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True,
-            BOUNDS=True)
+            BOUNDS=True, EVEN=EVEN)
     # band 0: full key tiles
     for _j in range(_fs0, _fe0):
         _m, _l, _acc = _deberta_forward_tile(
             _j, _m, _l, _acc, _q_tile, _keys, _q, _ctx, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False,
-            BOUNDS=False)
+            BOUNDS=False, EVEN=EVEN)
     # band 0: partial key tiles
     for _j in range(_fe0, _end0):
         _m, _l, _acc = _deberta_forward_tile(
             _j, _m, _l, _acc, _q_tile, _keys, _q, _ctx, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True,
-            BOUNDS=True)
+            BOUNDS=True, EVEN=EVEN)
     _out_ptrs = _Out + _b.to(tl.int64) * _sob + _h.to(tl.int64) * _soh + _offs_m[:, None] * _som + _offs_dv[None, :] * _sod
     _o, _undef = _kernel.normalized_rows(_m, _l, _acc, "softmax")
     _kernel.store_rows(_o, _undef, _m, _l, _out_ptrs, _rows & (_offs_dv[None, :] < _DV), _Lse, _Stats, _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], _rows,
