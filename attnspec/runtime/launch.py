@@ -186,7 +186,8 @@ def backward(kernels: Kernels, q, k, v, out, stats, dout, dlse, dvsum, inputs, p
         grad_args = [a for g in grads.values() for a in (g, *g.stride())]
         common = (*_input_arguments(kernels, inputs, params), *grad_args, *flat_parts, B, H, HKV, SQ, SKV, D, DV, scale)
         meta = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=config.block_d, BLOCK_DV=config.block_dv,
-                    IEEE=config.ieee, UPCAST=config.upcast, num_warps=config.num_warps, num_stages=config.num_stages)
+                    IEEE=config.ieee, UPCAST=config.upcast, EVEN=D == config.block_d and DV == config.block_dv,
+                    num_warps=config.num_warps, num_stages=config.num_stages)
         strides = (*q.stride(), *k.stride(), *v.stride())
         tables = () if kernels.closed_form else schedule.tables(bm, bn).arguments()
         _rt.start(jit(kernels.dq), (triton.cdiv(SQ, bm), B * H),

@@ -137,6 +137,7 @@ def _causal_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _ctx, BLOCK_M: 
 @_launch.kernel
 def _causal_dq_tile(
     _j, _dq, _q_tile, _do, _mrow, _inv_l, _delta, _keys, _q, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, MASKED: tl.constexpr,
+    EVEN: tl.constexpr,
 ):
     """Key tile _j of the dQ kernel: dQ += dX . K, the per-program and per-row sites' sums, the per-pair
     sites' atomic adds."""
@@ -144,8 +145,9 @@ def _causal_dq_tile(
     _Kb, _Vb, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV = _keys
     _offs_n = _j * BLOCK_N + tl.arange(0, BLOCK_N)
     _kv = _offs_n[None, :]
-    _kT = _kernel.load_tile(_Kb, _offs_d, _offs_n, _skd, _skn, _D, _SKV, UPCAST)
-    _vT = _kernel.load_tile(_Vb, _offs_dv, _offs_n, _svd, _svn, _DV, _SKV, UPCAST)
+    # a full tile's keys are inside SKV: no bound for them, nor for the features where EVEN (as the forward)
+    _kT = _kernel.load_inner_tile(_Kb, _offs_d, _offs_n, _skd, _skn, _D, _SKV, UPCAST, EVEN, not MASKED)
+    _vT = _kernel.load_inner_tile(_Vb, _offs_dv, _offs_n, _svd, _svn, _DV, _SKV, UPCAST, EVEN, not MASKED)
     _qk = _kernel.mma(_q_tile, _kT, None, IEEE)
     _dp = _kernel.mma(_do, _vT, None, IEEE)
     _keep, _p, _dx = _causal_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED)
@@ -295,7 +297,7 @@ def _causal_backward_dq(
     _sqb, _sqh, _sqm, _sqd, _skb, _skh, _skn, _skd, _svb, _svh, _svn, _svd,
     _B, _H, _HKV, _SQ, _SKV, _D, _DV, _sm_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr, EVEN: tl.constexpr,
 ):
     """dQ of one query tile, walking the forward's key tiles; per-program, per-row and per-pair
     gradients of the inputs."""
@@ -331,17 +333,17 @@ def _causal_backward_dq(
     for _j in range(_start0, _fs0):
         _dq = _causal_dq_tile(
             _j, _dq, _q_tile, _do, _mrow, _inv_l, _delta, _keys,
-            _q, _ctx, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
+            _q, _ctx, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True, EVEN=EVEN)
     # band 0: full key tiles
     for _j in range(_fs0, _fe0):
         _dq = _causal_dq_tile(
             _j, _dq, _q_tile, _do, _mrow, _inv_l, _delta, _keys,
-            _q, _ctx, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False)
+            _q, _ctx, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False, EVEN=EVEN)
     # band 0: partial key tiles
     for _j in range(_fe0, _end0):
         _dq = _causal_dq_tile(
             _j, _dq, _q_tile, _do, _mrow, _inv_l, _delta, _keys,
-            _q, _ctx, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True)
+            _q, _ctx, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True, EVEN=EVEN)
     tl.store(_GQ + _pid_bh.to(tl.int64) * _SQ * _D + _offs_m[:, None] * _D + _offs_d[None, :], _dq * _sm_scale,
              mask=(_offs_m[:, None] < _SQ) & (_offs_d[None, :] < _D))
 
@@ -353,7 +355,7 @@ def _causal_backward_dkdv(
     _FullNumT, _FullIdxT, _PartNumT, _PartIdxT, _stb, _sth, _stq, _sib, _sih, _siq,
     _B, _H, _HKV, _SQ, _SKV, _D, _DV, _sm_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr, EVEN: tl.constexpr,
 ):
     """dK and dV of one key tile: every query head of its kv head, the query tiles the transposed
     schedule lists (the forward's tiles); per-column gradients of the inputs."""
