@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The short GPU check: run first whenever an H100/H200 is available, from the repository root, with the
-# dependencies importable (on a machine without a package index, lark's wheel on PYTHONPATH). About 7
-# minutes; every stage has its own timeout, so a slow stage costs only itself. `make gpu-check` is the
+# dependencies importable (on a machine without a package index, lark's wheel on PYTHONPATH). At most
+# about 8 minutes (the stages' limits sum to 470 s); every stage has its own timeout, so a slow stage
+# costs only itself. `make gpu-check` is the
 # long version (every GPU test, then the forward and backward benchmarks).
 #
 # Writes to $OUT (default gpu-logs/): one log per stage, and gpu-results.md, a RESULTS.md section with
