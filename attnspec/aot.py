@@ -64,6 +64,8 @@ class KernelReport:
     mma: str = ""  # wgmma, mma.sync or fma: how q.k and p.v are multiplied
     mma_count: int = 0  # tensor-core instructions in the PTX
     tma: bool = False  # any load through the tensor-memory copy engine
+    instructions: int = 0  # PTX instructions (a proxy for the machine code's size, not its run time)
+    special: int = 0  # of them, those on the special-function units: exponentials, reciprocals, roots, ...
     seconds: float = 0.0  # compile time on this machine
 
     @property
@@ -146,6 +148,26 @@ def products(ptx: str) -> tuple[str, int]:
     return "fma", 0
 
 
+# PTX opcodes that run on the special-function units (MUFU): approximate transcendentals, reciprocals,
+# roots, and the approximate division (a reciprocal and a multiply)
+SPECIAL_OPCODES = ("ex2", "lg2", "sin", "cos", "rcp", "sqrt", "rsqrt", "tanh", "div.full", "div.approx")
+
+
+def instruction_counts(ptx: str) -> tuple[int, int]:
+    """The PTX's instructions, and those on the special-function units (SPECIAL_OPCODES)."""
+    total = special = 0
+    for line in ptx.splitlines():
+        text = line.strip()
+        if text.startswith("@"):  # a predicated instruction
+            text = text.split(None, 1)[1] if " " in text else ""
+        if not text or not text[0].isalpha() or text.endswith(":"):
+            continue  # directives, labels, braces, comments
+        total += 1
+        opcode = text.split()[0]
+        special += opcode.startswith(SPECIAL_OPCODES)
+    return total, special
+
+
 def report_launch(launch, spec_name: str, kernel: str, arch: str, dtype: str, head_dim: int) -> KernelReport:
     meta = launch.meta
     head = dict(
@@ -161,9 +183,11 @@ def report_launch(launch, spec_name: str, kernel: str, arch: str, dtype: str, he
         return KernelReport(**head, error=_first_line(err), seconds=time.perf_counter() - started)
     ptx = compiled.asm["ptx"]
     mma, count = products(ptx)
+    instructions, special = instruction_counts(ptx)
     return KernelReport(
         **head, **ptxas_usage(ptx, arch), shared=compiled.metadata.shared, mma=mma, mma_count=count,
-        tma="cp.async.bulk.tensor" in ptx, seconds=time.perf_counter() - started,
+        tma="cp.async.bulk.tensor" in ptx, instructions=instructions, special=special,
+        seconds=time.perf_counter() - started,
     )
 
 
@@ -240,16 +264,18 @@ def _check_names(archs, dtypes) -> None:
 
 def render_table(reports: list[KernelReport]) -> str:
     """One line per kernel and candidate."""
-    header = f"{'spec':<16} {'kernel':<10} {'arch':<7} {'dtype':<5} {'D':>4} {'cand':>4} {'tile':>8} {'w/s':>4}  {'regs':>4} {'spill':>6} {'smem KiB':>9}  {'mma':<13} {'tma':<3}  result"
+    header = (f"{'spec':<16} {'kernel':<10} {'arch':<7} {'dtype':<5} {'D':>4} {'cand':>4} {'tile':>8} {'w/s':>4}  {'regs':>4} "
+              f"{'spill':>6} {'smem KiB':>9}  {'mma':<13} {'tma':<3} {'ptx':>6} {'sfu':>5}  result")
     lines = [header, "-" * len(header)]
     for r in reports:
         tile, ws = f"{r.block_m}x{r.block_n}", f"{r.num_warps}/{r.num_stages}"
         head = f"{r.spec[:16]:<16} {r.kernel:<10} {r.arch:<7} {r.dtype:<5} {r.head_dim:>4} {r.candidate:>4} {tile:>8} {ws:>4}"
         if r.error is not None:
-            lines.append(f"{head}  {'':>4} {'':>6} {'':>9}  {'':<13} {'':<3}  error: {r.error}")
+            lines.append(f"{head}  {'':>4} {'':>6} {'':>9}  {'':<13} {'':<3} {'':>6} {'':>5}  error: {r.error}")
             continue
         mma = f"{r.mma} x{r.mma_count}" if r.mma_count else r.mma
         verdict = "ok" if r.fits else ("spills" if r.spill_stores else "too much shared memory")
         smem = f"{r.shared / 1024:.0f}/{r.shared_limit // 1024}"
-        lines.append(f"{head}  {r.registers:>4} {r.spill_stores:>6} {smem:>9}  {mma:<13} {'yes' if r.tma else 'no':<3}  {verdict}")
+        lines.append(f"{head}  {r.registers:>4} {r.spill_stores:>6} {smem:>9}  {mma:<13} {'yes' if r.tma else 'no':<3} "
+                     f"{r.instructions:>6} {r.special:>5}  {verdict}")
     return "\n".join(lines)

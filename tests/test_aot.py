@@ -132,6 +132,7 @@ def test_forward_compiles_for_hopper_on_tensor_cores_without_spills(forward, ste
         assert r["spill_stores"] == 0 and r["shared"] <= r["shared_limit"] and r["fits"], where
         # wgmma needs 64-row tiles: a selection's blocks narrower than that run on mma.sync
         assert r["mma"] == ("wgmma" if r["block_m"] >= 64 else "mma.sync") and r["mma_count"] >= 2, where
+        assert r["instructions"] > r["special"] > 0, where  # every normalization takes an exponential or a reciprocal
 
 
 def test_the_prologue_passes_compile_for_hopper_without_spills(prologues):
@@ -195,6 +196,29 @@ def test_recorded_launches_are_the_host_codes():
     assert [(launch.meta["BLOCK_M"], launch.meta["num_warps"]) for launch in launches] == [(c.block_m, c.num_warps) for c in configs]
     assert len(one) == 1 and one[0].grid == (-(-300 // configs[0].block_m), 8)
     assert one[0].args[0] is args["q"] and one[0].meta["BLOCK_D"] == 64
+
+
+def test_instructions_are_counted_by_opcode():
+    from attnspec.aot import instruction_counts
+
+    ptx = """
+.visible .entry k(
+    .param .u64 k_param_0
+)
+{
+    .reg .f32 %f<4>;
+$L__BB0_1:
+    // a comment
+    ld.global.f32 %f1, [%rd1];
+    ex2.approx.f32 %f2, %f1;
+    @%p1 div.full.f32 %f3, %f2, %f1;
+    @%p2 bra $L__BB0_1;
+    tanh.approx.f32 %f3, %f3;
+    fma.rn.f32 %f3, %f3, %f1, %f2;
+    ret;
+}
+"""
+    assert instruction_counts(ptx) == (7, 3)
 
 
 def test_unknown_architecture_is_a_clear_error():
