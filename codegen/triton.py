@@ -27,7 +27,7 @@ from attnspec.analysis.bands import key_bands
 from attnspec.analysis.sign import nonnegative, nonzero, positive
 from attnspec.builtins import DTYPES, GENERATED_NAMES
 from attnspec.diagnostics import AttnError
-from attnspec.ir import Expr, Spec, inline_bindings, uses
+from attnspec.ir import Expr, Spec, const, inline_bindings, level_of, uses
 from attnspec.ops import OPS
 from attnspec.passes.flex import token_mask
 from attnspec.passes.symbolic import NotRepresentable, SymbolTable, to_sympy
@@ -224,6 +224,7 @@ class TritonPlan(ModulePlan, BackwardPlan):
     k_mask: str | None
     k_sink: str | None
     fold_log2e: bool  # log2(e) and the scale fold into the products q.k
+    k_log2_score: str | None  # an affine score mod (score + b): the forward's score in log2 units, fused
     kept_sum: bool  # the epilogue reads sum_kept(v): the forward kernel sums v over each row's kept keys
     check_nonnegative: str | None  # rownorm's rule, where its denominator terms are not provably >= 0: the kernel flags a negative one
     score_full: bool  # the score mod reads the score: it already has the tile's shape
@@ -276,6 +277,7 @@ def triton_plan(spec: Spec, source_name: str) -> TritonPlan:
         k_mask=None if mask is None else r.render(mask),
         k_sink=None if norm.sink is None else r.render(norm.sink),
         fold_log2e=plain_score,
+        k_log2_score=_log2_score(spec, r) if not plain_score and norm.kind == "softmax" and norm.sink is None else None,
         check_nonnegative=_nonnegative_rule(spec),
         kept_sum=reads_kept_sum(spec),
         score_full=uses(spec.score, "score"),
@@ -295,6 +297,41 @@ def triton_plan(spec: Spec, source_name: str) -> TritonPlan:
         kernel_bool_params=[p.name for p in spec.runtime_params if p.type == "bool"],
         kernel_constants=kernel_constants(spec),
     )
+
+
+LOG2E = 1.4426950408889634
+
+
+def _log2_score(spec: Spec, r: TritonRenderer) -> str | None:
+    """For a score mod `score + b` or `score - b` (b not reading the score), the modified score times
+    log2(e) as the forward kernel computes it: `qk * (scale log2 e) + b log2 e`, one multiply-add, with
+    log2(e) folded into b's factor that varies least (the slope of ALiBi, once per program) or into b's
+    sign. The running max is kept in these units (no sink: its logit would need them too). None for
+    any other score mod."""
+    score = spec.score
+    if score.op == "add" and "score" in (score.args[0].op, score.args[1].op):
+        bias, factor = (score.args[1] if score.args[0].op == "score" else score.args[0]), LOG2E
+    elif score.op == "sub" and score.args[0].op == "score":
+        bias, factor = score.args[1], -LOG2E
+    else:
+        return None
+    if uses(inline_bindings(bias, spec), "score"):
+        return None
+    return f"_qk * (_sm_scale * {LOG2E!r}) + {r.render(_scaled(bias, factor, spec))}"
+
+
+def _scaled(e: Expr, factor: float, spec: Spec) -> Expr:
+    """e * factor, the factor folded into a constant of e, or into the factor of a product that varies
+    least (computed once per program or row rather than per pair)."""
+    if e.op == "const" and not isinstance(e.literal, bool) and isinstance(e.literal, (int, float)):
+        return const(float(e.literal) * factor, e.span)
+    if e.op == "neg":
+        return _scaled(e.args[0], -factor, spec)
+    if e.op == "mul":
+        order = ("program", "row", "col", "element")
+        a, b = sorted(e.args, key=lambda x: -1 if x.op == "const" else order.index(level_of(x, spec)))
+        return Expr("mul", (_scaled(a, factor, spec), b), span=e.span)
+    return Expr("mul", (e, const(factor, e.span)), span=e.span)
 
 
 def _nonnegative_rule(spec: Spec) -> str | None:

@@ -77,7 +77,8 @@ def _tile_classes(_B, _H, _HKV, _SQ, _SKV, _D, _bq, _bk):
 
 
 @_launch.kernel
-def _softcap_scores(_qk, _q, _kv, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, BOUNDS: tl.constexpr):
+def _softcap_scores(_qk, _q, _kv, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, BOUNDS: tl.constexpr,
+                      LOG2: tl.constexpr = False):
     """The kept pairs of a tile (inside the lengths, and in a partial tile kept by the mask), the score
     before its mod (_x = scale * q.k) and after it (_s), and the per-pair bindings.
     Without BOUNDS (a full tile, inside SKV, whose rows past SQ are never stored) every pair is kept."""
@@ -232,7 +233,7 @@ def _softcap_forward(
     _out_ptrs = _Out + _b.to(tl.int64) * _sob + _h.to(tl.int64) * _soh + _offs_m[:, None] * _som + _offs_dv[None, :] * _sod
     _o, _undef = _kernel.normalized_rows(_m, _l, _acc, "softmax")
     _kernel.store_rows(_o, _undef, _m, _l, _out_ptrs, _rows & (_offs_dv[None, :] < _DV), _Lse, _Stats, _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], _rows,
-                       _sm_scale, "softmax", False, WRITE_LSE, WRITE_STATS)
+                       0.6931471805599453, "softmax", False, WRITE_LSE, WRITE_STATS)
 
 
 # ---------------------------------------------------------------- the schedule and attention

@@ -107,7 +107,8 @@ def _tile_classes(_B, _H, _HKV, _SQ, _SKV, _D, _bq, _bk):
 
 
 @_launch.kernel
-def _biformer_scores(_qk, _q, _kv, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, BOUNDS: tl.constexpr):
+def _biformer_scores(_qk, _q, _kv, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, BOUNDS: tl.constexpr,
+                      LOG2: tl.constexpr = False):
     """The kept pairs of a tile (inside the lengths, and in a partial tile kept by the mask), the score
     before its mod (_x = scale * q.k) and after it (_s), and the per-pair bindings.
     Without BOUNDS (a full tile, inside SKV, whose rows past SQ are never stored) every pair is kept."""

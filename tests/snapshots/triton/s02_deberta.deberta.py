@@ -89,10 +89,11 @@ def _tile_classes(_B, _H, _HKV, _SQ, _SKV, _D, _bq, _bk, kr, qr):
 
 
 @_launch.kernel
-def _deberta_scores(_qk, _q, _kv, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, BOUNDS: tl.constexpr):
+def _deberta_scores(_qk, _q, _kv, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, BOUNDS: tl.constexpr,
+                      LOG2: tl.constexpr = False):
     """The kept pairs of a tile (inside the lengths, and in a partial tile kept by the mask), the score
     before its mod (_x = scale * q.k) and after it (_s), and the per-pair bindings.
-    Without BOUNDS (a full tile, inside SKV, whose rows past SQ are never stored) every pair is kept."""
+    Without BOUNDS (a full tile, inside SKV, whose rows past SQ are never stored) every pair is kept.    With LOG2 (the forward), _s is the modified score times log2(e), the affine mod fused with the scale."""
     _b, _h, kr, _kr_n0, _kr_n1, _kr_n2, _kr_s0, _kr_s1, _kr_s2, qr, _qr_n0, _qr_n1, _qr_n2, _qr_s0, _qr_s1, _qr_s2, c2p, _c2p_n0, _c2p_n1, _c2p_n2, _c2p_n3, _c2p_s0, _c2p_s1, _c2p_s2, _c2p_s3, p2c, _p2c_n0, _p2c_n1, _p2c_n2, _p2c_n3, _p2c_s0, _p2c_s1, _p2c_s2, _p2c_s3, _t0, c, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale = _ctx
     _zero = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     if BOUNDS:
@@ -103,7 +104,10 @@ def _deberta_scores(_qk, _q, _kv, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.const
     _tile_p2c = tl.load(p2c + _kernel.clamp(_b, 0, _p2c_n0 - 1) * _p2c_s0 + _kernel.clamp(_t0, 0, _p2c_n1 - 1) * _p2c_s1 + _kernel.clamp(_kv, 0, _p2c_n2 - 1) * _p2c_s2 + tl.arange(0, 16)[:, None] * _p2c_s3, mask=tl.arange(0, 16)[:, None] < _p2c_n3, other=0.0).to(tl.float32)
     _s = _qk * _sm_scale
     _x = _s  # the score before its mod: where the mod's derivative is taken
-    _s = (_s + ((tl.gather(_tile_c2p, _kernel.clamp(_kernel.clamp(((_q - _kv) + 8), 0, 15), 0, _c2p_n3 - 1) + tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32), 1) + tl.gather(_tile_p2c, _kernel.clamp(_kernel.clamp(((_kv - _q) + 8), 0, 15), 0, _p2c_n3 - 1) + tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32), 0)) * c))
+    if LOG2:
+        _s = _qk * (_sm_scale * 1.4426950408889634) + ((c * 1.4426950408889634) * (tl.gather(_tile_c2p, _kernel.clamp(_kernel.clamp(((_q - _kv) + 8), 0, 15), 0, _c2p_n3 - 1) + tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32), 1) + tl.gather(_tile_p2c, _kernel.clamp(_kernel.clamp(((_kv - _q) + 8), 0, 15), 0, _p2c_n3 - 1) + tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32), 0)))
+    else:
+        _s = (_s + ((tl.gather(_tile_c2p, _kernel.clamp(_kernel.clamp(((_q - _kv) + 8), 0, 15), 0, _c2p_n3 - 1) + tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32), 1) + tl.gather(_tile_p2c, _kernel.clamp(_kernel.clamp(((_kv - _q) + 8), 0, 15), 0, _p2c_n3 - 1) + tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32), 0)) * c))
     return _keep, _s, _x, _tile_c2p, _tile_p2c
 
 
@@ -122,11 +126,11 @@ def _deberta_forward_tile(
     _kT = _kernel.load_inner_tile(_Kb, _offs_d, _offs_n, _skd, _skn, _D, _SKV, UPCAST, EVEN, not BOUNDS)
     _v = _kernel.load_inner_tile(_Vb, _offs_n, _offs_dv, _svn, _svd, _SKV, _DV, UPCAST, not BOUNDS, EVEN)
     _qk = _kernel.mma(_q_tile, _kT, None, IEEE)
-    _keep, _s, _x, _tile_c2p, _tile_p2c = _deberta_scores(_qk, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED, BOUNDS)
-    _t = _s
+    _keep, _s, _x, _tile_c2p, _tile_p2c = _deberta_scores(_qk, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED, BOUNDS, LOG2=True)
+    _t = _s  # in log2 units: log2(e) folded into the scale and the affine mod's term
     if BOUNDS:  # a partial tile, or a full one whose rows past SQ matter
         _t = tl.where(_keep, _t, -float("inf"))
-    _m, _l, _acc, _p = _kernel.softmax_update(_t, _m, _l, _acc, 1.4426950408889634)
+    _m, _l, _acc, _p = _kernel.softmax_update(_t, _m, _l, _acc, 1.0)
     if not UPCAST:  # the weights enter the second product in v's dtype, as in FlashAttention
         _p = _p.to(_v.dtype)
     _acc = _kernel.mma(_p, _v, _acc, IEEE)
@@ -256,7 +260,7 @@ def _deberta_forward(
     _out_ptrs = _Out + _b.to(tl.int64) * _sob + _h.to(tl.int64) * _soh + _offs_m[:, None] * _som + _offs_dv[None, :] * _sod
     _o, _undef = _kernel.normalized_rows(_m, _l, _acc, "softmax")
     _kernel.store_rows(_o, _undef, _m, _l, _out_ptrs, _rows & (_offs_dv[None, :] < _DV), _Lse, _Stats, _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], _rows,
-                       _sm_scale, "softmax", False, WRITE_LSE, WRITE_STATS)
+                       0.6931471805599453, "softmax", True, WRITE_LSE, WRITE_STATS)
 
 
 # ---------------------------------------------------------------- the schedule and attention

@@ -73,10 +73,11 @@ def _tile_classes(_B, _H, _HKV, _SQ, _SKV, _D, _bq, _bk, table):
 
 
 @_launch.kernel
-def _log_buckets_scores(_qk, _q, _kv, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, BOUNDS: tl.constexpr):
+def _log_buckets_scores(_qk, _q, _kv, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, BOUNDS: tl.constexpr,
+                      LOG2: tl.constexpr = False):
     """The kept pairs of a tile (inside the lengths, and in a partial tile kept by the mask), the score
     before its mod (_x = scale * q.k) and after it (_s), and the per-pair bindings.
-    Without BOUNDS (a full tile, inside SKV, whose rows past SQ are never stored) every pair is kept."""
+    Without BOUNDS (a full tile, inside SKV, whose rows past SQ are never stored) every pair is kept.    With LOG2 (the forward), _s is the modified score times log2(e), the affine mod fused with the scale."""
     _b, _h, table, _table_n0, _table_n1, _table_s0, _table_s1, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale = _ctx
     _zero = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     if BOUNDS:
@@ -87,7 +88,10 @@ def _log_buckets_scores(_qk, _q, _kv, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.c
     d = tl.abs(_t0)
     _s = _qk * _sm_scale
     _x = _s  # the score before its mod: where the mod's derivative is taken
-    _s = (_s + tl.load(table + _kernel.clamp(_h, 0, _table_n0 - 1) * _table_s0 + _kernel.clamp((tl.where((d < 8), d, tl.minimum((_kernel.ilog2(d) + 5), 15)) + tl.where((_kv > _q), 16, 0)), 0, _table_n1 - 1) * _table_s1).to(tl.float32))
+    if LOG2:
+        _s = _qk * (_sm_scale * 1.4426950408889634) + (tl.load(table + _kernel.clamp(_h, 0, _table_n0 - 1) * _table_s0 + _kernel.clamp((tl.where((d < 8), d, tl.minimum((_kernel.ilog2(d) + 5), 15)) + tl.where((_kv > _q), 16, 0)), 0, _table_n1 - 1) * _table_s1).to(tl.float32) * 1.4426950408889634)
+    else:
+        _s = (_s + tl.load(table + _kernel.clamp(_h, 0, _table_n0 - 1) * _table_s0 + _kernel.clamp((tl.where((d < 8), d, tl.minimum((_kernel.ilog2(d) + 5), 15)) + tl.where((_kv > _q), 16, 0)), 0, _table_n1 - 1) * _table_s1).to(tl.float32))
     return _keep, _s, _x, _t0, d
 
 
@@ -106,11 +110,11 @@ def _log_buckets_forward_tile(
     _kT = _kernel.load_inner_tile(_Kb, _offs_d, _offs_n, _skd, _skn, _D, _SKV, UPCAST, EVEN, not BOUNDS)
     _v = _kernel.load_inner_tile(_Vb, _offs_n, _offs_dv, _svn, _svd, _SKV, _DV, UPCAST, not BOUNDS, EVEN)
     _qk = _kernel.mma(_q_tile, _kT, None, IEEE)
-    _keep, _s, _x, _t0, d = _log_buckets_scores(_qk, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED, BOUNDS)
-    _t = _s
+    _keep, _s, _x, _t0, d = _log_buckets_scores(_qk, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED, BOUNDS, LOG2=True)
+    _t = _s  # in log2 units: log2(e) folded into the scale and the affine mod's term
     if BOUNDS:  # a partial tile, or a full one whose rows past SQ matter
         _t = tl.where(_keep, _t, -float("inf"))
-    _m, _l, _acc, _p = _kernel.softmax_update(_t, _m, _l, _acc, 1.4426950408889634)
+    _m, _l, _acc, _p = _kernel.softmax_update(_t, _m, _l, _acc, 1.0)
     if not UPCAST:  # the weights enter the second product in v's dtype, as in FlashAttention
         _p = _p.to(_v.dtype)
     _acc = _kernel.mma(_p, _v, _acc, IEEE)
@@ -232,7 +236,7 @@ def _log_buckets_forward(
     _out_ptrs = _Out + _b.to(tl.int64) * _sob + _h.to(tl.int64) * _soh + _offs_m[:, None] * _som + _offs_dv[None, :] * _sod
     _o, _undef = _kernel.normalized_rows(_m, _l, _acc, "softmax")
     _kernel.store_rows(_o, _undef, _m, _l, _out_ptrs, _rows & (_offs_dv[None, :] < _DV), _Lse, _Stats, _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], _rows,
-                       _sm_scale, "softmax", False, WRITE_LSE, WRITE_STATS)
+                       0.6931471805599453, "softmax", True, WRITE_LSE, WRITE_STATS)
 
 
 # ---------------------------------------------------------------- the schedule and attention
