@@ -110,8 +110,9 @@ COVERAGE = {
     "per-row value": r"^\s*let \w+ per (q|k)\b",
     "sum_kept in the epilogue": r"^\s*epilogue .*sum_kept\(v\)",
     "per-row value in a mask": r"^\s*mask .* and (warmth|gain_row|focus)\d+ >= ",  # ROW_VALUE_NAMES
-    "per-row table": r"^\s*let \w+\[r: 2 \* \d+ \+ 1\] per (q|k)\b",
-    "long per-row table": r"^\s*let \w+\[r: 2 \* SQ \+ 1\] per (q|k)\b",
+    # small tables (picked from tiles by the triton kernels) or ones as long as the queries (read per
+    # pair from memory; test_row_tables.py checks that form on every target)
+    "per-row table": r"^\s*let \w+\[r: 2 \* (\d+|SQ) \+ 1\] per (q|k)\b",
     "per-row table read per pair": r"^\s*(score = |mask ).*(rel_logit|dist_row)\d+\[clamp\(",  # ROW_TABLE_NAMES
 }
 
