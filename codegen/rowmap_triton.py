@@ -81,19 +81,18 @@ def fused_epilogue(spec: Spec) -> dict | None:
 
 
 def _fused(spec: Spec, step: RowMap) -> dict:
+    """{code, rope}: the statement's value as Triton code over a tile, and whether it pairs features."""
     value = inline_bindings(step.value, spec)
     return {"code": RowMapKernelRenderer(spec).render(value), "rope": any(n.op == "rope" for n in walk(value))}
 
 
 def _kernel_step(spec: Spec, step: RowMap) -> dict:
-    value = inline_bindings(step.value, spec)
-    nodes = list(walk(value))
+    nodes = list(walk(inline_bindings(step.value, spec)))
     return {
+        **_fused(spec, step),
         "target": step.target,
-        "code": RowMapKernelRenderer(spec).render(value),
         "inputs": [{"name": i.name, "rank": len(i.shape)} for i in spec.inputs
                    if any(n.op == "load" and n.value == i.name for n in nodes)],
         "params": [{"name": p.name, "bool": p.type == "bool"} for p in spec.runtime_params
                    if any(n.op == "param" and n.value == p.name for n in nodes)],
-        "rope": any(n.op == "rope" for n in nodes),
     }
