@@ -79,9 +79,10 @@ class KernelReport:
 # ---------------------------------------------------------------- which launches
 
 
-def recorded_launches(module, spec, dtype: torch.dtype, head_dim: int, *, backward: bool, every_candidate: bool, length: int = 1024):
+def recorded_launches(module, spec, dtype: torch.dtype, head_dim: int, *, backward: bool, every_candidate: bool, length: int = 1024,
+                      arch: str = "sm_90a"):
     """The kernel launches one call of a generated triton module makes (its backward's too) at these
-    sizes, recorded for every autotune candidate or only the default one."""
+    sizes on a GPU of this architecture, recorded for every autotune candidate or only the default one."""
     from .runtime import triton as _rt
     from .sample import Sizes, sample_arguments
 
@@ -90,7 +91,7 @@ def recorded_launches(module, spec, dtype: torch.dtype, head_dim: int, *, backwa
     tensors = [args[name] for name in ("q", "k", "v")] + [args[i.name] for i in spec.arguments if args[i.name].is_floating_point()]
     for t in tensors:
         t.requires_grad_(backward)
-    with _rt.recording(every_candidate) as launches, torch.set_grad_enabled(backward):
+    with _rt.recording(every_candidate, ARCHS[arch][0]) as launches, torch.set_grad_enabled(backward):
         out = module.attention(**args)
         if backward:
             out.float().sum().backward()
@@ -227,14 +228,16 @@ def report(path_or_source, *, spec: str | None = None, consts: dict | None = Non
     reports, seen = [], set()
     for dtype in dtypes:
         for head_dim in head_dims:
-            launches = recorded_launches(module, lowered, DTYPES[dtype], head_dim, backward=backward, every_candidate=every_candidate)
-            for launch in launches:
-                name = names[launch.kernel.fn.__name__]
-                key = (name, dtype, head_dim, launch.candidate)
-                if key in seen or (kernels is not None and name.split("_")[0] not in kernels):
-                    continue  # the backward's forward launch is the forward's, writing what the backward reads
-                seen.add(key)
-                reports += [report_launch(launch, lowered.name, name, arch, dtype, head_dim) for arch in archs]
+            for arch in archs:  # the candidates differ by architecture (tensor descriptors from sm_90)
+                launches = recorded_launches(module, lowered, DTYPES[dtype], head_dim, backward=backward,
+                                             every_candidate=every_candidate, arch=arch)
+                for launch in launches:
+                    name = names[launch.kernel.fn.__name__]
+                    key = (name, dtype, head_dim, arch, launch.candidate)
+                    if key in seen or (kernels is not None and name.split("_")[0] not in kernels):
+                        continue  # the backward's forward launch is the forward's, writing what the backward reads
+                    seen.add(key)
+                    reports.append(report_launch(launch, lowered.name, name, arch, dtype, head_dim))
     return reports
 
 

@@ -216,6 +216,21 @@ def load_inner_tile(base, rows, cols, row_stride, col_stride, n_rows, n_cols, UP
 
 
 @triton.jit
+def load_described(desc, b, h, first, UPCAST: tl.constexpr, TRANSPOSE: tl.constexpr):
+    """The tile of matrix (b, h) of a [B, H, rows, features] tensor whose first row is `first`, through
+    the tensor's descriptor (runtime/triton.py `descriptors`: its block is [1, 1, rows, features]). On
+    Hopper the tensor-memory copy engine (TMA) fetches it and fills rows and features past the tensor's
+    ends with zeros, so no bound is computed at all. [features, rows] with TRANSPOSE; float32 with UPCAST."""
+    block = desc.load([b, h, first, 0])
+    tile = tl.reshape(block, [block.shape[2], block.shape[3]])
+    if UPCAST:
+        tile = tile.to(tl.float32)
+    if TRANSPOSE:
+        tile = tl.trans(tile)
+    return tile
+
+
+@triton.jit
 def mma(a, b, acc, IEEE: tl.constexpr):
     """a @ b (+ acc): float32 products in full precision with IEEE (no TF32)."""
     if IEEE:

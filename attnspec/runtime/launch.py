@@ -105,15 +105,18 @@ def forward(kernels: Kernels, q, k, v, inputs, params, schedule, return_lse, for
         grid = (triton.cdiv(SQ, config.block_m), B * H)
         unfused = fusable and not config.fused  # this configuration leaves them to the pass and the tensor code
         q_in = kernels.q_pass(q, k, v, inputs, params) if unfused and kernels.fused_q else q
+        described = _rt.descriptors(config.tma, (q_in, config.block_m, config.block_d), (k, config.block_n, config.block_d),
+                                    (v, config.block_n, config.block_dv))
         _rt.start(
             jit(kernels.forward), grid,
-            q_in, k, v, out, lse, stats, *err, *((vsum,) if kernels.kept_sum else ()), *q.stride(), *k.stride(), *v.stride(), *out.stride(), *tables,
+            q_in, k, v, out, lse, stats, *err, *((vsum,) if kernels.kept_sum else ()), *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+            *described, *tables,
             *_input_arguments(kernels, inputs, params), B, H, HKV, SQ, SKV, D, v.shape[-1], scale,
             BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=config.block_d, BLOCK_DV=config.block_dv,
             IEEE=config.ieee, UPCAST=config.upcast, WRITE_LSE=write_lse,
             WRITE_STATS=for_backward, PROLOGUE_Q=config.fused and kernels.fused_q,
             EPILOGUE=config.fused and kernels.fused_epilogue, EVEN=D == config.block_d and v.shape[-1] == config.block_dv,
-            num_warps=config.num_warps, num_stages=config.num_stages,
+            TMA=described[0] is not None, num_warps=config.num_warps, num_stages=config.num_stages,
         )
         if unfused and kernels.fused_epilogue and _rt.recording_launches() is None:
             out.copy_(kernels.epilogue(out, vsum, q, k, inputs, params))
@@ -185,10 +188,12 @@ def backward(kernels: Kernels, q, k, v, out, stats, dout, dlse, dvsum, inputs, p
         flat_parts = [t for pair in parts for t in pair]
         grad_args = [a for g in grads.values() for a in (g, *g.stride())]
         common = (*_input_arguments(kernels, inputs, params), *grad_args, *flat_parts, B, H, HKV, SQ, SKV, D, DV, scale)
+        described = _rt.descriptors(config.tma, (q, bm, config.block_d), (k, bn, config.block_d), (v, bn, config.block_dv),
+                                    (do, bm, config.block_dv))
         meta = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=config.block_d, BLOCK_DV=config.block_dv,
                     IEEE=config.ieee, UPCAST=config.upcast, EVEN=D == config.block_d and DV == config.block_dv,
-                    num_warps=config.num_warps, num_stages=config.num_stages)
-        strides = (*q.stride(), *k.stride(), *v.stride())
+                    TMA=described[0] is not None, num_warps=config.num_warps, num_stages=config.num_stages)
+        strides = (*q.stride(), *k.stride(), *v.stride(), *described)
         tables = () if kernels.closed_form else schedule.tables(bm, bn).arguments()
         _rt.start(jit(kernels.dq), (triton.cdiv(SQ, bm), B * H),
                   q, k, v, do, stats, delta, gq, *strides, *tables, *common, **meta)

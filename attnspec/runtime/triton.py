@@ -45,17 +45,18 @@ class Recording:
     every_candidate: bool  # record the launches of every autotune candidate, or only the default's
     launches: list
     candidate: int = 0
+    capability: int = 90  # the compute capability the launches are compiled for (90: Hopper, sm_90a)
 
 
 _RECORDING: list[Recording | None] = [None]
 
 
 @contextmanager
-def recording(every_candidate: bool = False):
-    """Within this block the host code runs as on a GPU, on tensors of any device, but its kernel
-    launches are collected (yielded list of Launch) instead of made: nothing is computed, the outputs
-    hold whatever torch.empty gave them."""
-    before, _RECORDING[0] = _RECORDING[0], Recording(every_candidate, [])
+def recording(every_candidate: bool = False, capability: int = 90):
+    """Within this block the host code runs as on a GPU of this compute capability (90: Hopper), on
+    tensors of any device, but its kernel launches are collected (yielded list of Launch) instead of
+    made: nothing is computed, the outputs hold whatever torch.empty gave them."""
+    before, _RECORDING[0] = _RECORDING[0], Recording(every_candidate, [], capability=capability)
     try:
         yield _RECORDING[0].launches
     finally:
@@ -148,6 +149,72 @@ class Config:
     ieee: bool  # float32 products without TF32 (unless torch allows TF32, see tf32_products)
     upcast: bool  # half tiles computed in float32 (the interpreter, which has no half-precision products)
     fused: bool = False  # the forward kernel applies the q prologue and the epilogue (runtime/launch.py forward)
+    tma: bool = False  # Q, K, V and dO tiles through tensor descriptors (Hopper's copy engine), see descriptors
+
+
+# ---------------------------------------------------------------- tensor descriptors (TMA)
+
+
+def tma_mode() -> str:
+    """ATTNSPEC_TMA: "auto" (the default: tensor descriptors on GPUs with the copy engine, compute
+    capability 9 and up), "0" (never), "1" (wherever the tensors allow, the interpreter included)."""
+    mode = os.environ.get("ATTNSPEC_TMA", "auto")
+    return mode if mode in ("0", "1") else "auto"
+
+
+def tma_capable(q) -> bool:
+    """Whether the kernels for q load their tiles through tensor descriptors: on Hopper and later (or
+    recording for it), where Triton has host-side descriptors; never with ATTNSPEC_TMA=0, also in the
+    interpreter with ATTNSPEC_TMA=1 (which checks the descriptors' semantics on the CPU)."""
+    mode = tma_mode()
+    if mode == "0" or not _has_descriptors():
+        return False
+    rec = _RECORDING[0]
+    if rec is not None:
+        return rec.capability >= 90
+    if q.device.type == "cuda" and not interpreting():
+        return torch.cuda.get_device_capability(q.device)[0] >= 9
+    return mode == "1" and interpreting()
+
+
+def _has_descriptors() -> bool:
+    try:
+        from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: F401
+    except ImportError:  # a Triton before host-side descriptors: pointers only
+        return False
+    return True
+
+
+def describable(t: torch.Tensor) -> bool:
+    """Whether the copy engine can read t [B, H, rows, features] as it is: the features contiguous,
+    the start and every other stride 16-byte aligned, no broadcast (stride 0) axis of more than one
+    element. Where it cannot, the kernels take pointers (the same tile shapes)."""
+    if t.dim() != 4 or t.stride(-1) != 1 or t.data_ptr() % 16:
+        return False
+    return all(stride > 0 and stride * t.element_size() % 16 == 0 for stride in _packed_strides(t)[:-1])
+
+
+def descriptors(use: bool, *tiles) -> tuple:
+    """One tensor descriptor per (tensor [B, H, rows, features], rows per tile, features per tile):
+    its block is one tile of one (batch, head) matrix, [1, 1, rows, features], the features padded to
+    their tile with zeros as the loads' masks would. (None, ...) where `use` is false or any tensor is
+    not describable: the kernels then take pointers."""
+    tensors = [t for t, _rows, _cols in tiles]
+    if not use or not all(describable(t) for t in tensors):
+        return (None,) * len(tiles)
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    return tuple(TensorDescriptor(t, list(t.shape), _packed_strides(t), [1, 1, rows, cols]) for t, rows, cols in tiles)
+
+
+def _packed_strides(t: torch.Tensor) -> list[int]:
+    """t's strides, those of single-element axes (never stepped along, but checked by the copy engine's
+    encoding) replaced by the packed stride."""
+    strides = list(t.stride())
+    for axis in range(t.dim() - 2, -1, -1):
+        if t.shape[axis] == 1:
+            strides[axis] = strides[axis + 1] * t.shape[axis + 1]
+    return strides
 
 
 def kernel_config(q, v, tiles=None) -> Config:
@@ -189,7 +256,9 @@ def candidate_configs(q, v, tiles=None, backward: bool = False, narrow: bool = F
     without gradients whose kernel can apply the q prologue and the epilogue) each shape also comes
     fused, after the unfused ones on a GPU (the fused kernel holds the rows' vectors and their
     functions in registers too: it is timed where it fits, the default where none of the others
-    does) and alone in the interpreter (which has no registers to spill)."""
+    does) and alone in the interpreter (which has no registers to spill). Where the GPU has the copy
+    engine (tma_capable), every candidate comes first with tensor descriptors, then with pointers: the
+    autotuner takes the descriptors' tier where any of it fits and runs (launch)."""
     d, dv = q.shape[-1], v.shape[-1]
     block_d, block_dv = max(16, _next_power_of_two(d)), max(16, _next_power_of_two(dv))
     upcast = upcasts(q)
@@ -204,10 +273,13 @@ def candidate_configs(q, v, tiles=None, backward: bool = False, narrow: bool = F
     if tiles is not None:  # a selection's blocks: kernel tiles divide them (a block is walked tile by tile)
         shapes = tuple(dict.fromkeys(_clipped(shape, tiles) for shape in shapes))
     configs = [Config(m, n, block_d, block_dv, warps, stages, ieee, upcast) for m, n, warps, stages in shapes]
-    if not fusable:
+    if fusable:
+        fused = [replace(c, fused=True) for c in configs]
+        configs = configs + fused if _on_gpu(q) else fused
+    if not tma_capable(q):
         return configs
-    fused = [replace(c, fused=True) for c in configs]
-    return configs + fused if _on_gpu(q) else fused
+    described = [replace(c, tma=True) for c in configs]
+    return described + configs if _on_gpu(q) else described
 
 
 def _clipped(shape, blocks):
@@ -244,9 +316,24 @@ def launch(run, name: str, q, v, tiles, lengths, backward: bool = False, narrow:
         return
     key = (name, q.dtype, q.shape[-1], v.shape[-1], tiles, *(_next_power_of_two(n) for n in lengths))
     if key not in _TUNED:
-        fitting = [config for config in configs if _fits_here(run, config, q.device)] or configs
-        _TUNED[key] = _fastest(run, fitting) if autotuning() else fitting[0]
+        _TUNED[key] = _chosen(run, configs, q.device)
     run(_TUNED[key])
+
+
+def _chosen(run, configs: list[Config], device) -> Config:
+    """The configuration kept for a problem: from the first tier (tensor descriptors, then pointers)
+    where a candidate fits and runs, the fastest (the first without autotuning); where none fits, the
+    fastest of all that run."""
+    for tma in dict.fromkeys(c.tma for c in configs):
+        fitting = [c for c in configs if c.tma == tma and _fits_here(run, c, device)]
+        if fitting and not autotuning():
+            return fitting[0]
+        if fitting:
+            try:
+                return _fastest(run, fitting)
+            except RuntimeError:  # none of the tier runs here: the next tier
+                continue
+    return _fastest(run, configs) if autotuning() else configs[0]
 
 
 def fits(compiled: bool, spill_stores: int, shared: int, shared_limit: int) -> bool:
@@ -260,7 +347,8 @@ def _fits_here(run, config: Config, device) -> bool:
     (compiled now, as the first launch would): spilling candidates are not timed."""
     import triton
 
-    with recording() as launches:
+    major, minor = torch.cuda.get_device_capability(device)
+    with recording(capability=10 * major + minor) as launches:
         run(config)
     limit = triton.runtime.driver.active.utils.get_device_properties(device.index or 0)["max_shared_mem"]
     for launch in launches:

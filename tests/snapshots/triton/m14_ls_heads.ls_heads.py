@@ -106,17 +106,20 @@ def _ls_heads_scores(_qk, _q, _kv, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.cons
 @_launch.kernel
 def _ls_heads_forward_tile(
     _j, _m, _l, _acc, _q_tile, _keys, _q, _ctx, _qk_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, MASKED: tl.constexpr, BOUNDS: tl.constexpr,
-    EVEN: tl.constexpr,
+    EVEN: tl.constexpr, TMA: tl.constexpr,
 ):
     """Key tile _j: its scores, then the online softmax update of the running max _m, sum _l and output _acc."""
     _b, _h, _t0, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale = _ctx
-    _Kb, _Vb, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV = _keys
+    _Kb, _Vb, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV, _Kd, _Vd, _hkv = _keys
     _offs_n = _j * BLOCK_N + tl.arange(0, BLOCK_N)
     _kv = _offs_n[None, :]
-    # a full tile's keys are inside SKV (one reaching past it is walked as partial): no bound for them,
-    # nor for the features where the head dims are their tiles' (EVEN)
-    _kT = _kernel.load_inner_tile(_Kb, _offs_d, _offs_n, _skd, _skn, _D, _SKV, UPCAST, EVEN, not BOUNDS)
-    _v = _kernel.load_inner_tile(_Vb, _offs_n, _offs_dv, _svn, _svd, _SKV, _DV, UPCAST, not BOUNDS, EVEN)
+    if TMA:  # the copy engine fetches the tiles, zeros past the ends: no bound at all
+        _kT = _kernel.load_described(_Kd, _b, _hkv, _j * BLOCK_N, UPCAST, True)
+        _v = _kernel.load_described(_Vd, _b, _hkv, _j * BLOCK_N, UPCAST, False)
+    else:  # a full tile's keys are inside SKV (one reaching past it is walked as partial): no bound for
+        # them, nor for the features where the head dims are their tiles' (EVEN)
+        _kT = _kernel.load_inner_tile(_Kb, _offs_d, _offs_n, _skd, _skn, _D, _SKV, UPCAST, EVEN, not BOUNDS)
+        _v = _kernel.load_inner_tile(_Vb, _offs_n, _offs_dv, _svn, _svd, _SKV, _DV, UPCAST, not BOUNDS, EVEN)
     _qk = _kernel.mma(_q_tile, _kT, None, IEEE)
     _keep, _s, _x = _ls_heads_scores(_qk, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED, BOUNDS)
     _t = _qk  # the raw products: log2(e) and the scale fold into _qk_scale
@@ -144,17 +147,20 @@ def _ls_heads_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _ctx, BLOCK_M
 @_launch.kernel
 def _ls_heads_dq_tile(
     _j, _dq, _q_tile, _do, _mrow, _inv_l, _delta, _keys, _q, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, MASKED: tl.constexpr,
-    EVEN: tl.constexpr,
+    EVEN: tl.constexpr, TMA: tl.constexpr,
 ):
     """Key tile _j of the dQ kernel: dQ += dX . K, the per-program and per-row sites' sums, the per-pair
     sites' atomic adds."""
     _b, _h, _t0, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale = _ctx
-    _Kb, _Vb, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV = _keys
+    _Kb, _Vb, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV, _Kd, _Vd, _hkv = _keys
     _offs_n = _j * BLOCK_N + tl.arange(0, BLOCK_N)
     _kv = _offs_n[None, :]
-    # a full tile's keys are inside SKV: no bound for them, nor for the features where EVEN (as the forward)
-    _kT = _kernel.load_inner_tile(_Kb, _offs_d, _offs_n, _skd, _skn, _D, _SKV, UPCAST, EVEN, not MASKED)
-    _vT = _kernel.load_inner_tile(_Vb, _offs_dv, _offs_n, _svd, _svn, _DV, _SKV, UPCAST, EVEN, not MASKED)
+    if TMA:  # as the forward
+        _kT = _kernel.load_described(_Kd, _b, _hkv, _j * BLOCK_N, UPCAST, True)
+        _vT = _kernel.load_described(_Vd, _b, _hkv, _j * BLOCK_N, UPCAST, True)
+    else:  # a full tile's keys are inside SKV: no bound for them, nor for the features where EVEN (as the forward)
+        _kT = _kernel.load_inner_tile(_Kb, _offs_d, _offs_n, _skd, _skn, _D, _SKV, UPCAST, EVEN, not MASKED)
+        _vT = _kernel.load_inner_tile(_Vb, _offs_dv, _offs_n, _svd, _svn, _DV, _SKV, UPCAST, EVEN, not MASKED)
     _qk = _kernel.mma(_q_tile, _kT, None, IEEE)
     _dp = _kernel.mma(_do, _vT, None, IEEE)
     _keep, _p, _dx = _ls_heads_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED)
@@ -168,7 +174,9 @@ def _ls_heads_dq_tile(
 def _ls_heads_dkdv_tile(
     _pid_m, _dk, _dv, _kT, _vT, _queries, _kv, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, MASKED: tl.constexpr,
 ):
-    """Query tile _pid_m of the dK/dV kernel: dV += P^T . dO, dK += dX^T . Q, the per-column sites' sums."""
+    """Query tile _pid_m of the dK/dV kernel: dV += P^T . dO, dK += dX^T . Q, the per-column sites' sums.
+    Q and dO come through pointers even where the kernel has descriptors: on sm_90a their copies,
+    pipelined across query tiles, cost 30-70 more registers at D = 128 and spill (docs/triton.md)."""
     _b, _h, _t0, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale = _ctx
     _Qb, _sqm, _sqd, _DO, _Stats, _Delta, _pid_bh, _offs_d, _offs_dv, _DV = _queries
     _offs_m = _pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -181,6 +189,7 @@ def _ls_heads_dkdv_tile(
     _inv_l = tl.where(_lrow > 0, 1.0 / _lrow, 0.0)
     _delta = tl.load(_Delta + _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], mask=_offs_m[:, None] < _SQ, other=0.0)
     _do = _kernel.load_tile(_DO + _pid_bh.to(tl.int64) * _SQ * _DV, _offs_m, _offs_dv, _DV, 1, _SQ, _DV, UPCAST)
+
     _qk = _kernel.mma(_q_tile, _kT, None, IEEE)
     _dp = _kernel.mma(_do, _vT, None, IEEE)
     _keep, _p, _dx = _ls_heads_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED)
@@ -196,10 +205,11 @@ def _ls_heads_dkdv_tile(
 def _ls_heads_forward(
     _Q, _K, _V, _Out, _Lse, _Stats,
     _sqb, _sqh, _sqm, _sqd, _skb, _skh, _skn, _skd, _svb, _svh, _svn, _svd, _sob, _soh, _som, _sod,
+    _Qd, _Kd, _Vd,
     _B, _H, _HKV, _SQ, _SKV, _D, _DV, _sm_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr, WRITE_LSE: tl.constexpr, WRITE_STATS: tl.constexpr,
-    PROLOGUE_Q: tl.constexpr, EPILOGUE: tl.constexpr, EVEN: tl.constexpr,
+    PROLOGUE_Q: tl.constexpr, EPILOGUE: tl.constexpr, EVEN: tl.constexpr, TMA: tl.constexpr,
 ):
     _pid_m = tl.program_id(0)
     _pid_bh = tl.program_id(1)
@@ -215,10 +225,13 @@ def _ls_heads_forward(
     _kbase = _b.to(tl.int64) * _skb + _hkv.to(tl.int64) * _skh
     _vbase = _b.to(tl.int64) * _svb + _hkv.to(tl.int64) * _svh
     _qk_scale = _sm_scale * 1.4426950408889634
-    _q_tile = _kernel.load_tile(_Q + _qbase, _offs_m, _offs_d, _sqm, _sqd, _SQ, _D, UPCAST)
+    if TMA:  # Hopper: the tensor-memory copy engine loads Q, K and V through their descriptors
+        _q_tile = _kernel.load_described(_Qd, _b, _h, _pid_m * BLOCK_M, UPCAST, False)
+    else:
+        _q_tile = _kernel.load_tile(_Q + _qbase, _offs_m, _offs_d, _sqm, _sqd, _SQ, _D, UPCAST)
     _t0 = (_h >= N_LOCAL)
     _ctx = (_b, _h, _t0, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale)  # what the tile functions read of the spec's expressions
-    _keys = (_K + _kbase, _V + _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV)  # where the K and V tiles are
+    _keys = (_K + _kbase, _V + _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV, _Kd, _Vd, _hkv)  # where the K and V tiles are
     _m = tl.full([BLOCK_M, 1], -float("inf"), dtype=tl.float32)
     _l = tl.zeros([BLOCK_M, 1], dtype=tl.float32)
     _acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
@@ -228,36 +241,36 @@ def _ls_heads_forward(
     for _j in range(_start0, _fs0):
         _m, _l, _acc = _ls_heads_forward_tile(
             _j, _m, _l, _acc, _q_tile, _keys, _q, _ctx, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True,
-            BOUNDS=True, EVEN=EVEN)
+            BOUNDS=True, EVEN=EVEN, TMA=TMA)
     # band 0: full key tiles
     for _j in range(_fs0, _fe0):
         _m, _l, _acc = _ls_heads_forward_tile(
             _j, _m, _l, _acc, _q_tile, _keys, _q, _ctx, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False,
-            BOUNDS=False, EVEN=EVEN)
+            BOUNDS=False, EVEN=EVEN, TMA=TMA)
     # band 0: partial key tiles
     for _j in range(_fe0, _end0):
         _m, _l, _acc = _ls_heads_forward_tile(
             _j, _m, _l, _acc, _q_tile, _keys, _q, _ctx, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True,
-            BOUNDS=True, EVEN=EVEN)
+            BOUNDS=True, EVEN=EVEN, TMA=TMA)
     _start1, _fs1, _fe1, _end1 = _kernel.band_tiles((_q - 7), _q, _rows, _SKV, BLOCK_M, BLOCK_N)
     # band 1: partial key tiles
     for _j in range(_start1, _fs1):
         if ((_j < _start0) | (_j >= _end0)):
             _m, _l, _acc = _ls_heads_forward_tile(
                 _j, _m, _l, _acc, _q_tile, _keys, _q, _ctx, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True,
-                BOUNDS=True, EVEN=EVEN)
+                BOUNDS=True, EVEN=EVEN, TMA=TMA)
     # band 1: full key tiles
     for _j in range(_fs1, _fe1):
         if ((_j < _start0) | (_j >= _end0)):
             _m, _l, _acc = _ls_heads_forward_tile(
                 _j, _m, _l, _acc, _q_tile, _keys, _q, _ctx, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False,
-                BOUNDS=False, EVEN=EVEN)
+                BOUNDS=False, EVEN=EVEN, TMA=TMA)
     # band 1: partial key tiles
     for _j in range(_fe1, _end1):
         if ((_j < _start0) | (_j >= _end0)):
             _m, _l, _acc = _ls_heads_forward_tile(
                 _j, _m, _l, _acc, _q_tile, _keys, _q, _ctx, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True,
-                BOUNDS=True, EVEN=EVEN)
+                BOUNDS=True, EVEN=EVEN, TMA=TMA)
     _out_ptrs = _Out + _b.to(tl.int64) * _sob + _h.to(tl.int64) * _soh + _offs_m[:, None] * _som + _offs_dv[None, :] * _sod
     _o, _undef = _kernel.normalized_rows(_m, _l, _acc, "softmax")
     _kernel.store_rows(_o, _undef, _m, _l, _out_ptrs, _rows & (_offs_dv[None, :] < _DV), _Lse, _Stats, _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], _rows,
@@ -317,10 +330,10 @@ def _logit_scale(q, k, _params):
 @_launch.kernel
 def _ls_heads_backward_dq(
     _Q, _K, _V, _DO, _Stats, _Delta, _GQ,
-    _sqb, _sqh, _sqm, _sqd, _skb, _skh, _skn, _skd, _svb, _svh, _svn, _svd,
+    _sqb, _sqh, _sqm, _sqd, _skb, _skh, _skn, _skd, _svb, _svh, _svn, _svd, _Qd, _Kd, _Vd, _DOd,
     _B, _H, _HKV, _SQ, _SKV, _D, _DV, _sm_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    IEEE: tl.constexpr, UPCAST: tl.constexpr, EVEN: tl.constexpr,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr, EVEN: tl.constexpr, TMA: tl.constexpr,
 ):
     """dQ of one query tile, walking the forward's key tiles; per-program, per-row and per-pair
     gradients of the inputs."""
@@ -337,17 +350,24 @@ def _ls_heads_backward_dq(
     _qbase = _b.to(tl.int64) * _sqb + _h.to(tl.int64) * _sqh
     _kbase = _b.to(tl.int64) * _skb + _hkv.to(tl.int64) * _skh
     _vbase = _b.to(tl.int64) * _svb + _hkv.to(tl.int64) * _svh
-    _q_tile = _kernel.load_tile(_Q + _qbase, _offs_m, _offs_d, _sqm, _sqd, _SQ, _D, UPCAST)
+    if TMA:
+        _q_tile = _kernel.load_described(_Qd, _b, _h, _pid_m * BLOCK_M, UPCAST, False)
+    else:
+        _q_tile = _kernel.load_tile(_Q + _qbase, _offs_m, _offs_d, _sqm, _sqd, _SQ, _D, UPCAST)
     _stat = (_pid_bh.to(tl.int64) * _SQ + _offs_m[:, None]) * 2
     _lrow = tl.load(_Stats + _stat + 1, mask=_offs_m[:, None] < _SQ, other=0.0)
     _mrow = tl.load(_Stats + _stat, mask=_offs_m[:, None] < _SQ, other=0.0)
     _mrow = tl.where(_mrow == -float("inf"), 0.0, _mrow)  # a row without keys: no weight at all
     _inv_l = tl.where(_lrow > 0, 1.0 / _lrow, 0.0)
     _delta = tl.load(_Delta + _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], mask=_offs_m[:, None] < _SQ, other=0.0)
-    _do = _kernel.load_tile(_DO + _pid_bh.to(tl.int64) * _SQ * _DV, _offs_m, _offs_dv, _DV, 1, _SQ, _DV, UPCAST)
+    if TMA:
+        _do = _kernel.load_described(_DOd, _b, _h, _pid_m * BLOCK_M, UPCAST, False)
+    else:
+        _do = _kernel.load_tile(_DO + _pid_bh.to(tl.int64) * _SQ * _DV, _offs_m, _offs_dv, _DV, 1, _SQ, _DV, UPCAST)
+
     _t0 = (_h >= N_LOCAL)
     _ctx = (_b, _h, _t0, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale)
-    _keys = (_K + _kbase, _V + _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV)
+    _keys = (_K + _kbase, _V + _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV, _Kd, _Vd, _hkv)
     _dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     # closed form: row q keeps kv iff lo_k(q) <= kv <= hi_k(q) for a band k; a band skips earlier bands' tiles
     _start0, _fs0, _fe0, _end0 = _kernel.band_tiles(0, tl.where((_h >= N_LOCAL), _q, -1), _rows, _SKV, BLOCK_M, BLOCK_N)
@@ -355,36 +375,36 @@ def _ls_heads_backward_dq(
     for _j in range(_start0, _fs0):
         _dq = _ls_heads_dq_tile(
             _j, _dq, _q_tile, _do, _mrow, _inv_l, _delta, _keys,
-            _q, _ctx, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True, EVEN=EVEN)
+            _q, _ctx, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True, EVEN=EVEN, TMA=TMA)
     # band 0: full key tiles
     for _j in range(_fs0, _fe0):
         _dq = _ls_heads_dq_tile(
             _j, _dq, _q_tile, _do, _mrow, _inv_l, _delta, _keys,
-            _q, _ctx, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False, EVEN=EVEN)
+            _q, _ctx, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False, EVEN=EVEN, TMA=TMA)
     # band 0: partial key tiles
     for _j in range(_fe0, _end0):
         _dq = _ls_heads_dq_tile(
             _j, _dq, _q_tile, _do, _mrow, _inv_l, _delta, _keys,
-            _q, _ctx, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True, EVEN=EVEN)
+            _q, _ctx, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True, EVEN=EVEN, TMA=TMA)
     _start1, _fs1, _fe1, _end1 = _kernel.band_tiles((_q - 7), _q, _rows, _SKV, BLOCK_M, BLOCK_N)
     # band 1: partial key tiles
     for _j in range(_start1, _fs1):
         if ((_j < _start0) | (_j >= _end0)):
             _dq = _ls_heads_dq_tile(
                 _j, _dq, _q_tile, _do, _mrow, _inv_l, _delta, _keys,
-                _q, _ctx, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True, EVEN=EVEN)
+                _q, _ctx, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True, EVEN=EVEN, TMA=TMA)
     # band 1: full key tiles
     for _j in range(_fs1, _fe1):
         if ((_j < _start0) | (_j >= _end0)):
             _dq = _ls_heads_dq_tile(
                 _j, _dq, _q_tile, _do, _mrow, _inv_l, _delta, _keys,
-                _q, _ctx, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False, EVEN=EVEN)
+                _q, _ctx, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False, EVEN=EVEN, TMA=TMA)
     # band 1: partial key tiles
     for _j in range(_fe1, _end1):
         if ((_j < _start0) | (_j >= _end0)):
             _dq = _ls_heads_dq_tile(
                 _j, _dq, _q_tile, _do, _mrow, _inv_l, _delta, _keys,
-                _q, _ctx, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True, EVEN=EVEN)
+                _q, _ctx, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True, EVEN=EVEN, TMA=TMA)
     tl.store(_GQ + _pid_bh.to(tl.int64) * _SQ * _D + _offs_m[:, None] * _D + _offs_d[None, :], _dq * _sm_scale,
              mask=(_offs_m[:, None] < _SQ) & (_offs_d[None, :] < _D))
 
@@ -392,11 +412,11 @@ def _ls_heads_backward_dq(
 @_launch.kernel
 def _ls_heads_backward_dkdv(
     _Q, _K, _V, _DO, _Stats, _Delta, _GK, _GV,
-    _sqb, _sqh, _sqm, _sqd, _skb, _skh, _skn, _skd, _svb, _svh, _svn, _svd,
+    _sqb, _sqh, _sqm, _sqd, _skb, _skh, _skn, _skd, _svb, _svh, _svn, _svd, _Qd, _Kd, _Vd, _DOd,
     _FullNumT, _FullIdxT, _PartNumT, _PartIdxT, _stb, _sth, _stq, _sib, _sih, _siq,
     _B, _H, _HKV, _SQ, _SKV, _D, _DV, _sm_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    IEEE: tl.constexpr, UPCAST: tl.constexpr, EVEN: tl.constexpr,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr, EVEN: tl.constexpr, TMA: tl.constexpr,
 ):
     """dK and dV of one key tile: every query head of its kv head, the query tiles the transposed
     schedule lists (the forward's tiles); per-column gradients of the inputs."""
@@ -410,8 +430,12 @@ def _ls_heads_backward_dkdv(
     _kv = _offs_n[None, :]
     _kbase = _b.to(tl.int64) * _skb + _hkv.to(tl.int64) * _skh
     _vbase = _b.to(tl.int64) * _svb + _hkv.to(tl.int64) * _svh
-    _kT = _kernel.load_tile(_K + _kbase, _offs_d, _offs_n, _skd, _skn, _D, _SKV, UPCAST)
-    _vT = _kernel.load_tile(_V + _vbase, _offs_dv, _offs_n, _svd, _svn, _DV, _SKV, UPCAST)
+    if TMA:
+        _kT = _kernel.load_described(_Kd, _b, _hkv, _pid_n * BLOCK_N, UPCAST, True)
+        _vT = _kernel.load_described(_Vd, _b, _hkv, _pid_n * BLOCK_N, UPCAST, True)
+    else:
+        _kT = _kernel.load_tile(_K + _kbase, _offs_d, _offs_n, _skd, _skn, _D, _SKV, UPCAST)
+        _vT = _kernel.load_tile(_V + _vbase, _offs_dv, _offs_n, _svd, _svn, _DV, _SKV, UPCAST)
     _dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     _dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
     _group = _H // _HKV
