@@ -50,7 +50,7 @@ class KernelReport:
     arch: str
     dtype: str
     head_dim: int
-    candidate: int  # the autotuner's order: 0 is the default, tried first
+    candidate: int  # the autotuner's order: 0 is tried first (the report's default: the first that fits)
     block_m: int
     block_n: int
     num_warps: int
@@ -209,7 +209,8 @@ def report(path_or_source, *, spec: str | None = None, consts: dict | None = Non
            head_dims=(64, 128), backward: bool = False, every_candidate: bool = False, kernels=None,
            tf32: bool = False) -> list[KernelReport]:
     """Every kernel a call of one spec (and with backward, its gradient) launches, compiled for each
-    architecture, dtype and head dim: the default candidate, or every autotune candidate. kernels:
+    architecture, dtype and head dim: the default candidate (the one a launch without autotuning runs:
+    the first that fits, see _default), or every autotune candidate. kernels:
     only these (forward, dq, dkdv, kept: sum_kept(v)'s gradient, prologue: the passes over q, k, v, reported
     as prologue_q, prologue_k, prologue_v). tf32: float32 products as under set_float32_matmul_precision("high")."""
     from . import api
@@ -230,15 +231,32 @@ def report(path_or_source, *, spec: str | None = None, consts: dict | None = Non
         for head_dim in head_dims:
             for arch in archs:  # the candidates differ by architecture (tensor descriptors from sm_90)
                 launches = recorded_launches(module, lowered, DTYPES[dtype], head_dim, backward=backward,
-                                             every_candidate=every_candidate, arch=arch)
-                for launch in launches:
-                    name = names[launch.kernel.fn.__name__]
-                    key = (name, dtype, head_dim, arch, launch.candidate)
-                    if key in seen or (kernels is not None and name.split("_")[0] not in kernels):
-                        continue  # the backward's forward launch is the forward's, writing what the backward reads
-                    seen.add(key)
-                    reports.append(report_launch(launch, lowered.name, name, arch, dtype, head_dim))
+                                             every_candidate=True, arch=arch)
+                wanted = [launch for launch in launches
+                          if kernels is None or names[launch.kernel.fn.__name__].split("_")[0] in kernels]
+                for group in dict.fromkeys(launch.group for launch in wanted):
+                    tried = [launch for launch in wanted if launch.group == group]
+                    compile_one = lambda launch: report_launch(launch, lowered.name, names[launch.kernel.fn.__name__], arch, dtype, head_dim)  # noqa: E731
+                    found = [compile_one(launch) for launch in tried] if every_candidate else _default(tried, compile_one)
+                    for r in found:
+                        key = (r.kernel, dtype, head_dim, arch, r.candidate)
+                        if key not in seen:  # with --backward, the forward's launch is the one the backward reads
+                            seen.add(key)
+                            reports.append(r)
     return reports
+
+
+def _default(launches, compile_one) -> list[KernelReport]:
+    """The reports of the candidate a launch without autotuning runs (runtime/triton.py `_chosen`): the
+    first whose kernels all fit, in the autotuner's order (tensor descriptors first on sm_90a); the
+    first candidate where none fits. Candidates are compiled in order until one fits."""
+    first = None
+    for candidate in dict.fromkeys(launch.candidate for launch in launches):
+        found = [compile_one(launch) for launch in launches if launch.candidate == candidate]
+        if all(r.fits for r in found):
+            return found
+        first = first or found
+    return first or []
 
 
 def report_files(paths, *, jobs: int = 1, **options) -> list[KernelReport]:

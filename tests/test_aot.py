@@ -3,7 +3,7 @@
 
 - the forward kernel of every example, at D = 64 and 128 in bf16 (and five of them in fp16), with the
   candidate the autotuner tries first, compiles, multiplies q.k and p.v on the tensor cores (wgmma where the tiles allow it),
-  spills nothing and fits the shared memory of a block;
+  loads its tiles with the copy engine (TMA), spills nothing and fits the shared memory of a block;
 - the dQ and dK/dV kernels of the examples with learnable inputs compile and fit the same way;
 - the report's rule is the autotuner's, and a recorded launch is the launch the host code makes.
 
@@ -121,6 +121,11 @@ def test_every_example_has_learnable_inputs_or_not():
     assert len(LEARNABLE) >= 4  # the backward check below is about something
 
 
+# kernels at 255 registers whose first candidate spills with tensor descriptors (by 48 bytes: N09 holds a
+# second accumulator, sum_kept(v), at D = 128): the default is the first candidate that fits (64 x 32)
+FIRST_SPILLS = {("affine_scaled", 128)}
+
+
 @pytest.mark.parametrize("stem, name", SPECS)
 def test_forward_compiles_for_hopper_on_tensor_cores_without_spills(forward, stem, name):
     reports = _of(forward, name)
@@ -128,11 +133,13 @@ def test_forward_compiles_for_hopper_on_tensor_cores_without_spills(forward, ste
     for r in reports:
         where = f"{name} D={r['head_dim']}: {r}"
         assert r["error"] is None, where
-        assert r["candidate"] == 0 and r["kernel"] == "forward" and r["arch"] == "sm_90a", where
+        assert r["kernel"] == "forward" and r["arch"] == "sm_90a", where
+        assert r["candidate"] == 0 or (name, r["head_dim"]) in FIRST_SPILLS, where
         assert r["spill_stores"] == 0 and r["shared"] <= r["shared_limit"] and r["fits"], where
         # wgmma needs 64-row tiles: a selection's blocks narrower than that run on mma.sync
         assert r["mma"] == ("wgmma" if r["block_m"] >= 64 else "mma.sync") and r["mma_count"] >= 2, where
         assert r["instructions"] > r["special"] > 0, where  # every normalization takes an exponential or a reciprocal
+        assert r["tma"], where  # Q, K and V through their tensor descriptors (the copy engine)
 
 
 def test_the_prologue_passes_compile_for_hopper_without_spills(prologues):
@@ -158,7 +165,7 @@ def test_backward_of_learnable_examples_compiles_without_spills(backward, path):
         reports = _of(backward, spec.name)
         assert sorted((r["kernel"], r["head_dim"]) for r in reports) == [("dkdv", 64), ("dkdv", 128), ("dq", 64), ("dq", 128)]
         for r in reports:
-            assert r["error"] is None and r["fits"] and r["mma"] == "wgmma", r
+            assert r["error"] is None and r["fits"] and r["mma"] == "wgmma" and r["tma"], r
 
 
 def test_the_command_fails_on_a_kernel_that_does_not_compile(forward):

@@ -105,8 +105,7 @@ def forward(kernels: Kernels, q, k, v, inputs, params, schedule, return_lse, for
         grid = (triton.cdiv(SQ, config.block_m), B * H)
         unfused = fusable and not config.fused  # this configuration leaves them to the pass and the tensor code
         q_in = kernels.q_pass(q, k, v, inputs, params) if unfused and kernels.fused_q else q
-        described = _rt.descriptors(config.tma, (q_in, config.block_m, config.block_d), (k, config.block_n, config.block_d),
-                                    (v, config.block_n, config.block_dv))
+        described = _rt.descriptors(config.tma, (k, config.block_n, config.block_d), (v, config.block_n, config.block_dv))
         _rt.start(
             jit(kernels.forward), grid,
             q_in, k, v, out, lse, stats, *err, *((vsum,) if kernels.kept_sum else ()), *q.stride(), *k.stride(), *v.stride(), *out.stride(),

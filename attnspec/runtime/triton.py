@@ -37,7 +37,8 @@ class Launch:
     grid: tuple
     args: tuple
     meta: dict  # constexprs and launch options (num_warps, num_stages)
-    candidate: int  # which of the autotuner's candidates this launch belongs to (0: the default)
+    candidate: int  # which of the autotuner's candidates this launch belongs to (0: the first)
+    group: int = 0  # which autotuned launch (one per `launch` call; a launch made outside one has its own)
 
 
 @dataclass
@@ -46,6 +47,8 @@ class Recording:
     launches: list
     candidate: int = 0
     capability: int = 90  # the compute capability the launches are compiled for (90: Hopper, sm_90a)
+    group: int = 0  # the current autotuned launch (see Launch.group)
+    tuning: bool = False  # within one (every launch has the group of its call)
 
 
 _RECORDING: list[Recording | None] = [None]
@@ -67,7 +70,9 @@ def start(kernel, grid, *args, **meta) -> None:
     """Launch a kernel on a grid (or record the launch, see recording)."""
     rec = _RECORDING[0]
     if rec is not None:
-        rec.launches.append(Launch(kernel, tuple(grid), args, meta, rec.candidate))
+        if not rec.tuning:
+            rec.group += 1
+        rec.launches.append(Launch(kernel, tuple(grid), args, meta, rec.candidate, rec.group))
         return
     kernel[grid](*args, **meta)
 
@@ -178,11 +183,13 @@ def tma_capable(q) -> bool:
 
 
 def _has_descriptors() -> bool:
+    """Whether this Triton has host-side tensor descriptors (before them: pointers only)."""
+    import importlib.util
+
     try:
-        from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: F401
-    except ImportError:  # a Triton before host-side descriptors: pointers only
+        return importlib.util.find_spec("triton.tools.tensor_descriptor") is not None
+    except ImportError:
         return False
-    return True
 
 
 def describable(t: torch.Tensor) -> bool:
@@ -364,10 +371,11 @@ def _fits_here(run, config: Config, device) -> bool:
 
 def _record(run, configs: list[Config]) -> None:
     rec = _RECORDING[0]
+    rec.group, rec.tuning = rec.group + 1, True
     for i, config in enumerate(configs if rec.every_candidate else configs[:1]):
         rec.candidate = i
         run(config)
-    rec.candidate = 0
+    rec.candidate, rec.tuning = 0, False
 
 
 def _fastest(run, configs: list[Config]) -> Config:

@@ -207,7 +207,7 @@ def _document_dkdv_tile(
 def _document_forward(
     _Q, _K, _V, _Out, _Lse, _Stats,
     _sqb, _sqh, _sqm, _sqd, _skb, _skh, _skn, _skd, _svb, _svh, _svn, _svd, _sob, _soh, _som, _sod,
-    _Qd, _Kd, _Vd,
+    _Kd, _Vd,
     _FullNum, _FullIdx, _PartNum, _PartIdx, _stb, _sth, _stq, _sib, _sih, _siq,
     doc_q, _doc_q_n0, _doc_q_n1, _doc_q_s0, _doc_q_s1,
     doc_kv, _doc_kv_n0, _doc_kv_n1, _doc_kv_s0, _doc_kv_s1,
@@ -230,10 +230,8 @@ def _document_forward(
     _kbase = _b.to(tl.int64) * _skb + _hkv.to(tl.int64) * _skh
     _vbase = _b.to(tl.int64) * _svb + _hkv.to(tl.int64) * _svh
     _qk_scale = _sm_scale * 1.4426950408889634
-    if TMA:  # Hopper: the tensor-memory copy engine loads Q, K and V through their descriptors
-        _q_tile = _kernel.load_described(_Qd, _b, _h, _pid_m * BLOCK_M, UPCAST, False)
-    else:
-        _q_tile = _kernel.load_tile(_Q + _qbase, _offs_m, _offs_d, _sqm, _sqd, _SQ, _D, UPCAST)
+    # Q through pointers even with TMA: once per program, and its copy costs the heaviest kernels registers
+    _q_tile = _kernel.load_tile(_Q + _qbase, _offs_m, _offs_d, _sqm, _sqd, _SQ, _D, UPCAST)
     _t2 = (_SKV - _SQ)
     _t0 = tl.load(doc_q + _kernel.clamp(_b, 0, _doc_q_n0 - 1) * _doc_q_s0 + _kernel.clamp(_q, 0, _doc_q_n1 - 1) * _doc_q_s1)
     _t3 = (_q + _t2)

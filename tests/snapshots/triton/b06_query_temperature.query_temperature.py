@@ -218,7 +218,7 @@ def _query_temperature_dkdv_tile(
 def _query_temperature_forward(
     _Q, _K, _V, _Out, _Lse, _Stats,
     _sqb, _sqh, _sqm, _sqd, _skb, _skh, _skn, _skd, _svb, _svh, _svn, _svd, _sob, _soh, _som, _sod,
-    _Qd, _Kd, _Vd,
+    _Kd, _Vd,
     w, _w_n0, _w_n1, _w_s0, _w_s1,
     t, _t_n0, _t_n1, _t_n2, _t_s0, _t_s1, _t_s2,
     _B, _H, _HKV, _SQ, _SKV, _D, _DV, _sm_scale,
@@ -239,10 +239,8 @@ def _query_temperature_forward(
     _qbase = _b.to(tl.int64) * _sqb + _h.to(tl.int64) * _sqh
     _kbase = _b.to(tl.int64) * _skb + _hkv.to(tl.int64) * _skh
     _vbase = _b.to(tl.int64) * _svb + _hkv.to(tl.int64) * _svh
-    if TMA:  # Hopper: the tensor-memory copy engine loads Q, K and V through their descriptors
-        _q_tile = _kernel.load_described(_Qd, _b, _h, _pid_m * BLOCK_M, UPCAST, False)
-    else:
-        _q_tile = _kernel.load_tile(_Q + _qbase, _offs_m, _offs_d, _sqm, _sqd, _SQ, _D, UPCAST)
+    # Q through pointers even with TMA: once per program, and its copy costs the heaviest kernels registers
+    _q_tile = _kernel.load_tile(_Q + _qbase, _offs_m, _offs_d, _sqm, _sqd, _SQ, _D, UPCAST)
     _t1 = (_SKV - _SQ)
     _t0 = tl.load(t + _kernel.clamp(_b, 0, _t_n0 - 1) * _t_s0 + _kernel.clamp(_h, 0, _t_n1 - 1) * _t_s1 + _kernel.clamp(_q, 0, _t_n2 - 1) * _t_s2).to(tl.float32)
     _t2 = (_q + _t1)

@@ -230,7 +230,7 @@ def _natten2d_dkdv_tile(
 def _natten2d_forward(
     _Q, _K, _V, _Out, _Lse, _Stats,
     _sqb, _sqh, _sqm, _sqd, _skb, _skh, _skn, _skd, _svb, _svh, _svn, _svd, _sob, _soh, _som, _sod,
-    _Qd, _Kd, _Vd,
+    _Kd, _Vd,
     _FullNum, _FullIdx, _PartNum, _PartIdx, _stb, _sth, _stq, _sib, _sih, _siq,
     rpb, _rpb_n0, _rpb_n1, _rpb_n2, _rpb_s0, _rpb_s1, _rpb_s2,
     _B, _H, _HKV, _SQ, _SKV, _D, _DV, _sm_scale,
@@ -251,10 +251,8 @@ def _natten2d_forward(
     _qbase = _b.to(tl.int64) * _sqb + _h.to(tl.int64) * _sqh
     _kbase = _b.to(tl.int64) * _skb + _hkv.to(tl.int64) * _skh
     _vbase = _b.to(tl.int64) * _svb + _hkv.to(tl.int64) * _svh
-    if TMA:  # Hopper: the tensor-memory copy engine loads Q, K and V through their descriptors
-        _q_tile = _kernel.load_described(_Qd, _b, _h, _pid_m * BLOCK_M, UPCAST, False)
-    else:
-        _q_tile = _kernel.load_tile(_Q + _qbase, _offs_m, _offs_d, _sqm, _sqd, _SQ, _D, UPCAST)
+    # Q through pointers even with TMA: once per program, and its copy costs the heaviest kernels registers
+    _q_tile = _kernel.load_tile(_Q + _qbase, _offs_m, _offs_d, _sqm, _sqd, _SQ, _D, UPCAST)
     qy = (_q // 8)
     qx = (_q % 8)
     _t0 = _kernel.clamp(qy, R, 5)

@@ -209,7 +209,7 @@ def _criss_cross_dkdv_tile(
 def _criss_cross_forward(
     _Q, _K, _V, _Out, _Lse, _Stats,
     _sqb, _sqh, _sqm, _sqd, _skb, _skh, _skn, _skd, _svb, _svh, _svn, _svd, _sob, _soh, _som, _sod,
-    _Qd, _Kd, _Vd,
+    _Kd, _Vd,
     _FullNum, _FullIdx, _PartNum, _PartIdx, _stb, _sth, _stq, _sib, _sih, _siq,
     _B, _H, _HKV, _SQ, _SKV, _D, _DV, _sm_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
@@ -230,10 +230,8 @@ def _criss_cross_forward(
     _kbase = _b.to(tl.int64) * _skb + _hkv.to(tl.int64) * _skh
     _vbase = _b.to(tl.int64) * _svb + _hkv.to(tl.int64) * _svh
     _qk_scale = _sm_scale * 1.4426950408889634
-    if TMA:  # Hopper: the tensor-memory copy engine loads Q, K and V through their descriptors
-        _q_tile = _kernel.load_described(_Qd, _b, _h, _pid_m * BLOCK_M, UPCAST, False)
-    else:
-        _q_tile = _kernel.load_tile(_Q + _qbase, _offs_m, _offs_d, _sqm, _sqd, _SQ, _D, UPCAST)
+    # Q through pointers even with TMA: once per program, and its copy costs the heaviest kernels registers
+    _q_tile = _kernel.load_tile(_Q + _qbase, _offs_m, _offs_d, _sqm, _sqd, _SQ, _D, UPCAST)
     qy = (_q // 7)
     qx = (_q % 7)
     _ctx = (_b, _h, qy, qx, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale)  # what the tile functions read of the spec's expressions

@@ -248,7 +248,7 @@ def _affine_scaled_kept_tile(_pid_m, _dv, _GVS, _V, _pid_bh, _offs_dv, _DV, _kv,
 def _affine_scaled_forward(
     _Q, _K, _V, _Out, _Lse, _Stats, _VSum,
     _sqb, _sqh, _sqm, _sqd, _skb, _skh, _skn, _skd, _svb, _svh, _svn, _svd, _sob, _soh, _som, _sod,
-    _Qd, _Kd, _Vd,
+    _Kd, _Vd,
     w_alpha, _w_alpha_n0, _w_alpha_n1, _w_alpha_s0, _w_alpha_s1,
     w_beta, _w_beta_n0, _w_beta_n1, _w_beta_s0, _w_beta_s1,
     alpha, _alpha_n0, _alpha_n1, _alpha_n2, _alpha_s0, _alpha_s1, _alpha_s2,
@@ -272,10 +272,8 @@ def _affine_scaled_forward(
     _kbase = _b.to(tl.int64) * _skb + _hkv.to(tl.int64) * _skh
     _vbase = _b.to(tl.int64) * _svb + _hkv.to(tl.int64) * _svh
     _qk_scale = _sm_scale * 1.4426950408889634
-    if TMA:  # Hopper: the tensor-memory copy engine loads Q, K and V through their descriptors
-        _q_tile = _kernel.load_described(_Qd, _b, _h, _pid_m * BLOCK_M, UPCAST, False)
-    else:
-        _q_tile = _kernel.load_tile(_Q + _qbase, _offs_m, _offs_d, _sqm, _sqd, _SQ, _D, UPCAST)
+    # Q through pointers even with TMA: once per program, and its copy costs the heaviest kernels registers
+    _q_tile = _kernel.load_tile(_Q + _qbase, _offs_m, _offs_d, _sqm, _sqd, _SQ, _D, UPCAST)
     _t0 = (_SKV - _SQ)
     _t1 = (_q + _t0)
     _ctx = (_b, _h, w_alpha, _w_alpha_n0, _w_alpha_n1, _w_alpha_s0, _w_alpha_s1, w_beta, _w_beta_n0, _w_beta_n1, _w_beta_s0, _w_beta_s1, alpha, _alpha_n0, _alpha_n1, _alpha_n2, _alpha_s0, _alpha_s1, _alpha_s2, beta, _beta_n0, _beta_n1, _beta_n2, _beta_s0, _beta_s1, _beta_s2, _t0, _t1, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale)  # what the tile functions read of the spec's expressions

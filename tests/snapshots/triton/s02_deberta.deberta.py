@@ -219,7 +219,7 @@ def _deberta_dkdv_tile(
 def _deberta_forward(
     _Q, _K, _V, _Out, _Lse, _Stats,
     _sqb, _sqh, _sqm, _sqd, _skb, _skh, _skn, _skd, _svb, _svh, _svn, _svd, _sob, _soh, _som, _sod,
-    _Qd, _Kd, _Vd,
+    _Kd, _Vd,
     kr, _kr_n0, _kr_n1, _kr_n2, _kr_s0, _kr_s1, _kr_s2,
     qr, _qr_n0, _qr_n1, _qr_n2, _qr_s0, _qr_s1, _qr_s2,
     c2p, _c2p_n0, _c2p_n1, _c2p_n2, _c2p_n3, _c2p_s0, _c2p_s1, _c2p_s2, _c2p_s3,
@@ -242,10 +242,8 @@ def _deberta_forward(
     _qbase = _b.to(tl.int64) * _sqb + _h.to(tl.int64) * _sqh
     _kbase = _b.to(tl.int64) * _skb + _hkv.to(tl.int64) * _skh
     _vbase = _b.to(tl.int64) * _svb + _hkv.to(tl.int64) * _svh
-    if TMA:  # Hopper: the tensor-memory copy engine loads Q, K and V through their descriptors
-        _q_tile = _kernel.load_described(_Qd, _b, _h, _pid_m * BLOCK_M, UPCAST, False)
-    else:
-        _q_tile = _kernel.load_tile(_Q + _qbase, _offs_m, _offs_d, _sqm, _sqd, _SQ, _D, UPCAST)
+    # Q through pointers even with TMA: once per program, and its copy costs the heaviest kernels registers
+    _q_tile = _kernel.load_tile(_Q + _qbase, _offs_m, _offs_d, _sqm, _sqd, _SQ, _D, UPCAST)
     _t0 = _kernel.floordiv_or_zero(_h, (_H // _HKV))
     c = (_kernel.as_float(1.0) / tl.sqrt((3.0 * _kernel.as_float(_D))))
     _ctx = (_b, _h, kr, _kr_n0, _kr_n1, _kr_n2, _kr_s0, _kr_s1, _kr_s2, qr, _qr_n0, _qr_n1, _qr_n2, _qr_s0, _qr_s1, _qr_s2, c2p, _c2p_n0, _c2p_n1, _c2p_n2, _c2p_n3, _c2p_s0, _c2p_s1, _c2p_s2, _c2p_s3, p2c, _p2c_n0, _p2c_n1, _p2c_n2, _p2c_n3, _p2c_s0, _p2c_s1, _p2c_s2, _p2c_s3, _t0, c, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale)  # what the tile functions read of the spec's expressions

@@ -196,7 +196,7 @@ def _rel_table_dkdv_tile(
 def _rel_table_forward(
     _Q, _K, _V, _Out, _Lse, _Stats,
     _sqb, _sqh, _sqm, _sqd, _skb, _skh, _skn, _skd, _svb, _svh, _svn, _svd, _sob, _soh, _som, _sod,
-    _Qd, _Kd, _Vd,
+    _Kd, _Vd,
     table, _table_n0, _table_n1, _table_s0, _table_s1,
     _B, _H, _HKV, _SQ, _SKV, _D, _DV, _sm_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
@@ -216,10 +216,8 @@ def _rel_table_forward(
     _qbase = _b.to(tl.int64) * _sqb + _h.to(tl.int64) * _sqh
     _kbase = _b.to(tl.int64) * _skb + _hkv.to(tl.int64) * _skh
     _vbase = _b.to(tl.int64) * _svb + _hkv.to(tl.int64) * _svh
-    if TMA:  # Hopper: the tensor-memory copy engine loads Q, K and V through their descriptors
-        _q_tile = _kernel.load_described(_Qd, _b, _h, _pid_m * BLOCK_M, UPCAST, False)
-    else:
-        _q_tile = _kernel.load_tile(_Q + _qbase, _offs_m, _offs_d, _sqm, _sqd, _SQ, _D, UPCAST)
+    # Q through pointers even with TMA: once per program, and its copy costs the heaviest kernels registers
+    _q_tile = _kernel.load_tile(_Q + _qbase, _offs_m, _offs_d, _sqm, _sqd, _SQ, _D, UPCAST)
     _ctx = (_b, _h, table, _table_n0, _table_n1, _table_s0, _table_s1, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale)  # what the tile functions read of the spec's expressions
     _keys = (_K + _kbase, _V + _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV, _Kd, _Vd, _hkv)  # where the K and V tiles are
     _m = tl.full([BLOCK_M, 1], -float("inf"), dtype=tl.float32)
