@@ -178,8 +178,16 @@ def tma_capable(q) -> bool:
     if rec is not None:
         return rec.capability >= 90
     if q.device.type == "cuda" and not interpreting():
-        return torch.cuda.get_device_capability(q.device)[0] >= 9
+        return capability(q.device) >= 90
     return mode == "1" and interpreting()
+
+
+def capability(device) -> int:
+    """A CUDA device's compute capability as one number (90: Hopper), 0 where CUDA is not available."""
+    if not torch.cuda.is_available():
+        return 0
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor
 
 
 def _has_descriptors() -> bool:
@@ -354,8 +362,7 @@ def _fits_here(run, config: Config, device) -> bool:
     (compiled now, as the first launch would): spilling candidates are not timed."""
     import triton
 
-    major, minor = torch.cuda.get_device_capability(device)
-    with recording(capability=10 * major + minor) as launches:
+    with recording(capability=capability(device)) as launches:
         run(config)
     limit = triton.runtime.driver.active.utils.get_device_properties(device.index or 0)["max_shared_mem"]
     for launch in launches:
