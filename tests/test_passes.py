@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -128,7 +129,11 @@ def test_fold_matches_torch(text):
     got = folded(text)
     want = torch_value(text)
     if isinstance(got, float):
-        assert same_value(got, float(want)), f"{text}: folded {got!r}, torch {want!r}"
+        # libm and torch's vectorized transcendentals are not correctly rounded, and torch's result
+        # depends on the CPU's vector code path: for those, a finite value may differ by one ulp
+        near = (re.search(r"\b(tanh|sigmoid|softplus|exp|log)\(", text) is not None and math.isfinite(got)
+                and math.isfinite(float(want)) and abs(got - float(want)) <= math.ulp(float(want)))
+        assert same_value(got, float(want)) or near, f"{text}: folded {got!r}, torch {want!r}"
     else:
         assert got == want and type(got) is type(want)
 
