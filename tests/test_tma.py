@@ -10,6 +10,7 @@ path for the others), the tiers of the autotuner, and the candidates per archite
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -124,17 +125,17 @@ def test_candidates_come_with_descriptors_first_on_hopper_only(monkeypatch):
         hopper = triton_runtime.candidate_configs(q, q)
     with triton_runtime.recording(capability=80):
         ampere = triton_runtime.candidate_configs(q, q)
-    half = len(hopper) // 2
     assert not any(c.tma for c in ampere) and len(hopper) == 2 * len(ampere)
-    assert all(c.tma for c in hopper[:half]) and not any(c.tma for c in hopper[half:])
-    assert [(c.block_m, c.block_n) for c in hopper[:half]] == [(c.block_m, c.block_n) for c in ampere]
+    assert all(c.tma for c in hopper[0::2]) and not any(c.tma for c in hopper[1::2])  # each shape, then its twin
+    assert hopper[1::2] == ampere and [replace(c, tma=False) for c in hopper[0::2]] == ampere
     monkeypatch.setenv("ATTNSPEC_TMA", "0")
     with triton_runtime.recording(capability=90):
         assert not any(c.tma for c in triton_runtime.candidate_configs(q, q))
 
 
-def test_the_autotuner_takes_the_descriptor_tier_where_it_runs(monkeypatch):
-    """The pointer tier is timed only where no descriptor candidate fits and runs."""
+def test_the_autotuner_takes_descriptors_per_shape_where_they_fit_and_run(monkeypatch):
+    """Per tile shape the descriptor version, unless it does not fit (then its pointer twin is the
+    shape's) or fails to run (then its twin is timed instead)."""
     import triton.testing
 
     configs = [triton_runtime.Config(m, 64, 64, 64, 4, 3, False, False, tma=tma) for tma in (True, False) for m in (128, 64)]
@@ -156,6 +157,11 @@ def test_the_autotuner_takes_the_descriptor_tier_where_it_runs(monkeypatch):
     fails.update({(128, True), (64, True)})  # no descriptor candidate runs here: the pointer tier
     timed.clear()
     assert triton_runtime._chosen(run, configs, None) == configs[3]
+    fails.clear()
+    timed.clear()  # 64 x 64 does not fit with descriptors: its pointer twin (6.0) against 128 x 64's 2.0
+    monkeypatch.setattr(triton_runtime, "_fits_here", lambda run, config, device: (config.block_m, config.tma) != (64, True))
+    assert triton_runtime._chosen(run, configs, None) == configs[0]
+    assert sorted((c.block_m, c.tma) for c in timed) == [(64, False), (128, True)]
     monkeypatch.setenv("ATTNSPEC_AUTOTUNE", "0")
     monkeypatch.setattr(triton_runtime, "_fits_here", lambda run, config, device: not config.tma)
     assert triton_runtime._chosen(run, configs, None) == configs[2]

@@ -272,8 +272,8 @@ def candidate_configs(q, v, tiles=None, backward: bool = False, narrow: bool = F
     fused, after the unfused ones on a GPU (the fused kernel holds the rows' vectors and their
     functions in registers too: it is timed where it fits, the default where none of the others
     does) and alone in the interpreter (which has no registers to spill). Where the GPU has the copy
-    engine (tma_capable), every candidate comes first with tensor descriptors, then with pointers: the
-    autotuner takes the descriptors' tier where any of it fits and runs (launch)."""
+    engine (tma_capable), every candidate comes with tensor descriptors, then with pointers: the
+    autotuner takes, per shape, the first version that fits and runs (_chosen)."""
     d, dv = q.shape[-1], v.shape[-1]
     block_d, block_dv = max(16, _next_power_of_two(d)), max(16, _next_power_of_two(dv))
     upcast = upcasts(q)
@@ -293,8 +293,9 @@ def candidate_configs(q, v, tiles=None, backward: bool = False, narrow: bool = F
         configs = configs + fused if _on_gpu(q) else fused
     if not tma_capable(q):
         return configs
-    described = [replace(c, tma=True) for c in configs]
-    return described + configs if _on_gpu(q) else described
+    if not _on_gpu(q):
+        return [replace(c, tma=True) for c in configs]
+    return [version for c in configs for version in (replace(c, tma=True), c)]  # each shape: descriptors, then pointers
 
 
 def _clipped(shape, blocks):
@@ -336,19 +337,21 @@ def launch(run, name: str, q, v, tiles, lengths, backward: bool = False, narrow:
 
 
 def _chosen(run, configs: list[Config], device) -> Config:
-    """The configuration kept for a problem: from the first tier (tensor descriptors, then pointers)
-    where a candidate fits and runs, the fastest (the first without autotuning); where none fits, the
-    fastest of all that run."""
-    for tma in dict.fromkeys(c.tma for c in configs):
-        fitting = [c for c in configs if c.tma == tma and _fits_here(run, c, device)]
-        if fitting and not autotuning():
-            return fitting[0]
-        if fitting:
-            try:
-                return _fastest(run, fitting)
-            except RuntimeError:  # none of the tier runs here: the next tier
-                continue
-    return _fastest(run, configs) if autotuning() else configs[0]
+    """The configuration kept for a problem. Per tile shape (a candidate with descriptors and its pointer
+    twin), the first version that fits: descriptors where they fit, pointers otherwise. Of those, the
+    fastest (a version that fails to run gives way to the next of its shape), or the first without
+    autotuning; where no version of any shape fits, the fastest of all that run."""
+    shapes: dict[Config, list[Config]] = {}
+    for config in configs:
+        shapes.setdefault(replace(config, tma=False), []).append(config)
+    fitting = []
+    for versions in shapes.values():
+        first = next((i for i, c in enumerate(versions) if _fits_here(run, c, device)), None)
+        if first is not None:
+            fitting.append(versions[first:])
+    if not fitting:
+        return _fastest(run, [[c] for c in configs]) if autotuning() else configs[0]
+    return _fastest(run, fitting) if autotuning() else fitting[0][0]
 
 
 def fits(compiled: bool, spill_stores: int, shared: int, shared_limit: int) -> bool:
@@ -385,15 +388,18 @@ def _record(run, configs: list[Config]) -> None:
     rec.candidate, rec.tuning = 0, False
 
 
-def _fastest(run, configs: list[Config]) -> Config:
+def _fastest(run, candidates: list[list[Config]]) -> Config:
+    """The fastest of the candidates, each timed in its first version that runs."""
     from triton.testing import do_bench
 
     timed = []
-    for config in configs:
-        try:
-            timed.append((do_bench(lambda: run(config), warmup=3, rep=10), config.block_m, config.block_n, config))
-        except Exception:  # noqa: BLE001 - out of shared memory or registers: not a candidate here
-            continue
+    for versions in candidates:
+        for config in versions:
+            try:
+                timed.append((do_bench(lambda: run(config), warmup=3, rep=10), config.block_m, config.block_n, config))
+                break
+            except Exception:  # noqa: BLE001 - out of shared memory or registers: not a version that runs here
+                continue
     if not timed:
         raise RuntimeError("no kernel configuration runs on this GPU for these head dims")
     return min(timed, key=lambda t: t[:3])[-1]
