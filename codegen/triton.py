@@ -224,7 +224,8 @@ class TritonPlan(ModulePlan, BackwardPlan):
     k_mask: str | None
     k_sink: str | None
     fold_log2e: bool  # log2(e) and the scale fold into the products q.k
-    k_log2_score: str | None  # an affine score mod (score + b): the forward's score in log2 units, fused
+    k_log2_score: str | None  # softmax without fold_log2e: the forward's modified score in log2 units (_log2_score)
+    k_log2_sink: str | None  # with k_log2_score, the sink logit in log2 units (where the running max starts)
     kept_sum: bool  # the epilogue reads sum_kept(v): the forward kernel sums v over each row's kept keys
     check_nonnegative: str | None  # rownorm's rule, where its denominator terms are not provably >= 0: the kernel flags a negative one
     score_full: bool  # the score mod reads the score: it already has the tile's shape
@@ -277,7 +278,8 @@ def triton_plan(spec: Spec, source_name: str) -> TritonPlan:
         k_mask=None if mask is None else r.render(mask),
         k_sink=None if norm.sink is None else r.render(norm.sink),
         fold_log2e=plain_score,
-        k_log2_score=_log2_score(spec, r) if not plain_score and norm.kind == "softmax" and norm.sink is None else None,
+        k_log2_score=_log2_score(spec, r) if not plain_score and norm.kind == "softmax" else None,
+        k_log2_sink=None if plain_score or norm.sink is None else r.render(_scaled(norm.sink, LOG2E, spec)),
         check_nonnegative=_nonnegative_rule(spec),
         kept_sum=reads_kept_sum(spec),
         score_full=uses(spec.score, "score"),
@@ -302,31 +304,39 @@ def triton_plan(spec: Spec, source_name: str) -> TritonPlan:
 LOG2E = 1.4426950408889634
 
 
-def _log2_score(spec: Spec, r: TritonRenderer) -> str | None:
-    """For a score mod `score + b` or `score - b` (b not reading the score), the modified score times
-    log2(e) as the forward kernel computes it: `qk * (scale log2 e) + b log2 e`, one multiply-add, with
-    log2(e) folded into b's factor that varies least (the slope of ALiBi, once per program) or into b's
-    sign. The running max is kept in these units (no sink: its logit would need them too). None for
-    any other score mod."""
-    score = spec.score
+def _log2_score(spec: Spec, r: TritonRenderer) -> str:
+    """The modified score times log2(e) as the forward kernel computes it, for a softmax whose log2(e)
+    does not fold into the scale (a sink, a mod, a scale not known to be positive): the running max is
+    kept in these units (the sink logit too), and the weights are exp2(t - m) with no multiply per pair.
+    - `score + b`, `score - b` (b not reading the score) and a plain score: `qk * (scale log2 e) + b log2 e`,
+      one multiply-add, log2(e) folded into b's factor that varies least (the slope of ALiBi, once per
+      program) or into b's sign;
+    - any other mod f: log2(e) folded into f's constant factor or the one that varies least
+      (`cap * tanh(score / cap)` becomes `(cap log2 e) * tanh(score / cap)`), else one multiply."""
+    score, scaled = spec.score, f"_qk * (_sm_scale * {LOG2E!r})"
+    if score.op == "score":
+        return scaled
+    bias = None
     if score.op == "add" and "score" in (score.args[0].op, score.args[1].op):
         bias, factor = (score.args[1] if score.args[0].op == "score" else score.args[0]), LOG2E
     elif score.op == "sub" and score.args[0].op == "score":
         bias, factor = score.args[1], -LOG2E
-    else:
-        return None
-    if uses(inline_bindings(bias, spec), "score"):
-        return None
-    return f"_qk * (_sm_scale * {LOG2E!r}) + {r.render(_scaled(bias, factor, spec))}"
+    if bias is not None and not uses(inline_bindings(bias, spec), "score"):
+        return f"{scaled} + {r.render(_scaled(bias, factor, spec))}"
+    return r.render(_scaled(score, LOG2E, spec))
 
 
 def _scaled(e: Expr, factor: float, spec: Spec) -> Expr:
     """e * factor, the factor folded into a constant of e, or into the factor of a product that varies
     least (computed once per program or row rather than per pair)."""
     if e.op == "const" and not isinstance(e.literal, bool) and isinstance(e.literal, (int, float)):
+        if e.name is not None:  # a param's value keeps its name: `CAP * 1.44...`, folded when Triton compiles
+            return Expr("mul", (e, const(factor, e.span)), span=e.span)
         return const(float(e.literal) * factor, e.span)
     if e.op == "neg":
         return _scaled(e.args[0], -factor, spec)
+    if e.op == "truediv":  # (a factor) / b: into the numerator
+        return Expr("truediv", (_scaled(e.args[0], factor, spec), e.args[1]), span=e.span)
     if e.op == "mul":
         order = ("program", "row", "col", "element")
         a, b = sorted(e.args, key=lambda x: -1 if x.op == "const" else order.index(level_of(x, spec)))

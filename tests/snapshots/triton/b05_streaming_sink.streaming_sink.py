@@ -90,7 +90,8 @@ def _streaming_sink_scores(_qk, _q, _kv, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: t
                       LOG2: tl.constexpr = False):
     """The kept pairs of a tile (inside the lengths, and in a partial tile kept by the mask), the score
     before its mod (_x = scale * q.k) and after it (_s), and the per-pair bindings.
-    Without BOUNDS (a full tile, inside SKV, whose rows past SQ are never stored) every pair is kept."""
+    Without BOUNDS (a full tile, inside SKV, whose rows past SQ are never stored) every pair is kept.
+    With LOG2 (the forward), _s is the modified score times log2(e), log2(e) folded into the mod."""
     _b, _h, sink_logit, _sink_logit_n0, _sink_logit_s0, _t1, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale = _ctx
     _zero = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     if BOUNDS:
@@ -102,6 +103,8 @@ def _streaming_sink_scores(_qk, _q, _kv, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: t
         _keep = _keep & (((_kv <= _q) & (((_q - _kv) < WINDOW) | _t0)))
     _s = _qk * _sm_scale
     _x = _s  # the score before its mod: where the mod's derivative is taken
+    if LOG2:
+        _s = _qk * (_sm_scale * 1.4426950408889634)
     return _keep, _s, _x
 
 
@@ -123,11 +126,11 @@ def _streaming_sink_forward_tile(
         _kT = _kernel.load_inner_tile(_Kb, _offs_d, _offs_n, _skd, _skn, _D, _SKV, UPCAST, EVEN, not BOUNDS)
         _v = _kernel.load_inner_tile(_Vb, _offs_n, _offs_dv, _svn, _svd, _SKV, _DV, UPCAST, not BOUNDS, EVEN)
     _qk = _kernel.mma(_q_tile, _kT, None, IEEE)
-    _keep, _s, _x = _streaming_sink_scores(_qk, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED, BOUNDS)
-    _t = _s
+    _keep, _s, _x = _streaming_sink_scores(_qk, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED, BOUNDS, LOG2=True)
+    _t = _s  # in log2 units: log2(e) folded into the score mod
     if BOUNDS:  # a partial tile, or a full one whose rows past SQ matter
         _t = tl.where(_keep, _t, -float("inf"))
-    _m, _l, _acc, _p = _kernel.softmax_update(_t, _m, _l, _acc, 1.4426950408889634)
+    _m, _l, _acc, _p = _kernel.softmax_update(_t, _m, _l, _acc, 1.0)
     if not UPCAST:  # the weights enter the second product in v's dtype, as in FlashAttention
         _p = _p.to(_v.dtype)
     _acc = _kernel.mma(_p, _v, _acc, IEEE)
@@ -233,7 +236,7 @@ def _streaming_sink_forward(
     _ctx = (_b, _h, sink_logit, _sink_logit_n0, _sink_logit_s0, _t1, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale)  # what the tile functions read of the spec's expressions
     _keys = (_K + _kbase, _V + _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV, _Kd, _Vd, _hkv)  # where the K and V tiles are
     # the sink logit c enters as if seen first: running max c, running sum exp(c - c) = 1
-    _m = (_t1) + tl.zeros([BLOCK_M, 1], dtype=tl.float32)
+    _m = ((_t1 * 1.4426950408889634)) + tl.zeros([BLOCK_M, 1], dtype=tl.float32)  # in log2 units, as the scores
     _l = tl.full([BLOCK_M, 1], 1.0, dtype=tl.float32)
     _acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
     # closed form: row q keeps kv iff lo_k(q) <= kv <= hi_k(q) for a band k; a band skips earlier bands' tiles
@@ -275,7 +278,7 @@ def _streaming_sink_forward(
     _out_ptrs = _Out + _b.to(tl.int64) * _sob + _h.to(tl.int64) * _soh + _offs_m[:, None] * _som + _offs_dv[None, :] * _sod
     _o, _undef = _kernel.normalized_rows(_m, _l, _acc, "softmax")
     _kernel.store_rows(_o, _undef, _m, _l, _out_ptrs, _rows & (_offs_dv[None, :] < _DV), _Lse, _Stats, _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], _rows,
-                       0.6931471805599453, "softmax", False, WRITE_LSE, WRITE_STATS)
+                       0.6931471805599453, "softmax", True, WRITE_LSE, WRITE_STATS)
 
 
 # ---------------------------------------------------------------- the schedule and attention

@@ -76,7 +76,8 @@ def _temperature_scores(_qk, _q, _kv, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.c
                       LOG2: tl.constexpr = False):
     """The kept pairs of a tile (inside the lengths, and in a partial tile kept by the mask), the score
     before its mod (_x = scale * q.k) and after it (_s), and the per-pair bindings.
-    Without BOUNDS (a full tile, inside SKV, whose rows past SQ are never stored) every pair is kept."""
+    Without BOUNDS (a full tile, inside SKV, whose rows past SQ are never stored) every pair is kept.
+    With LOG2 (the forward), _s is the modified score times log2(e), log2(e) folded into the mod."""
     _b, _h, tau, _t0, _t1, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale = _ctx
     _zero = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     if BOUNDS:
@@ -85,7 +86,10 @@ def _temperature_scores(_qk, _q, _kv, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.c
         _keep = _kv >= 0  # not read: the caller skips its selects
     _s = _qk * _sm_scale
     _x = _s  # the score before its mod: where the mod's derivative is taken
-    _s = (_kernel.as_float((_s * _t0)) / _t1)
+    if LOG2:
+        _s = (_kernel.as_float(((_t0 * 1.4426950408889634) * _s)) / _t1)
+    else:
+        _s = (_kernel.as_float((_s * _t0)) / _t1)
     return _keep, _s, _x
 
 
@@ -107,11 +111,11 @@ def _temperature_forward_tile(
         _kT = _kernel.load_inner_tile(_Kb, _offs_d, _offs_n, _skd, _skn, _D, _SKV, UPCAST, EVEN, not BOUNDS)
         _v = _kernel.load_inner_tile(_Vb, _offs_n, _offs_dv, _svn, _svd, _SKV, _DV, UPCAST, not BOUNDS, EVEN)
     _qk = _kernel.mma(_q_tile, _kT, None, IEEE)
-    _keep, _s, _x = _temperature_scores(_qk, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED, BOUNDS)
-    _t = _s
+    _keep, _s, _x = _temperature_scores(_qk, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED, BOUNDS, LOG2=True)
+    _t = _s  # in log2 units: log2(e) folded into the score mod
     if BOUNDS:  # a partial tile, or a full one whose rows past SQ matter
         _t = tl.where(_keep, _t, -float("inf"))
-    _m, _l, _acc, _p = _kernel.softmax_update(_t, _m, _l, _acc, 1.4426950408889634)
+    _m, _l, _acc, _p = _kernel.softmax_update(_t, _m, _l, _acc, 1.0)
     if not UPCAST:  # the weights enter the second product in v's dtype, as in FlashAttention
         _p = _p.to(_v.dtype)
     _acc = _kernel.mma(_p, _v, _acc, IEEE)
@@ -240,7 +244,7 @@ def _temperature_forward(
     _out_ptrs = _Out + _b.to(tl.int64) * _sob + _h.to(tl.int64) * _soh + _offs_m[:, None] * _som + _offs_dv[None, :] * _sod
     _o, _undef = _kernel.normalized_rows(_m, _l, _acc, "softmax")
     _kernel.store_rows(_o, _undef, _m, _l, _out_ptrs, _rows & (_offs_dv[None, :] < _DV), _Lse, _Stats, _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], _rows,
-                       0.6931471805599453, "softmax", False, WRITE_LSE, WRITE_STATS)
+                       0.6931471805599453, "softmax", True, WRITE_LSE, WRITE_STATS)
 
 
 # ---------------------------------------------------------------- the schedule and attention

@@ -77,7 +77,8 @@ def _log_buckets_scores(_qk, _q, _kv, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.c
                       LOG2: tl.constexpr = False):
     """The kept pairs of a tile (inside the lengths, and in a partial tile kept by the mask), the score
     before its mod (_x = scale * q.k) and after it (_s), and the per-pair bindings.
-    Without BOUNDS (a full tile, inside SKV, whose rows past SQ are never stored) every pair is kept.    With LOG2 (the forward), _s is the modified score times log2(e), the affine mod fused with the scale."""
+    Without BOUNDS (a full tile, inside SKV, whose rows past SQ are never stored) every pair is kept.
+    With LOG2 (the forward), _s is the modified score times log2(e), log2(e) folded into the mod."""
     _b, _h, table, _table_n0, _table_n1, _table_s0, _table_s1, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale = _ctx
     _zero = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     if BOUNDS:
@@ -114,7 +115,7 @@ def _log_buckets_forward_tile(
         _v = _kernel.load_inner_tile(_Vb, _offs_n, _offs_dv, _svn, _svd, _SKV, _DV, UPCAST, not BOUNDS, EVEN)
     _qk = _kernel.mma(_q_tile, _kT, None, IEEE)
     _keep, _s, _x, _t0, d = _log_buckets_scores(_qk, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED, BOUNDS, LOG2=True)
-    _t = _s  # in log2 units: log2(e) folded into the scale and the affine mod's term
+    _t = _s  # in log2 units: log2(e) folded into the score mod
     if BOUNDS:  # a partial tile, or a full one whose rows past SQ matter
         _t = tl.where(_keep, _t, -float("inf"))
     _m, _l, _acc, _p = _kernel.softmax_update(_t, _m, _l, _acc, 1.0)
