@@ -151,6 +151,50 @@ def test_kernel_helpers_keep_the_language_semantics(dtype):
     assert_agrees(*run_both(reference, kernel, spec, args64, dtype), f"semantics {dtype}")
 
 
+# the forward keeps these softmaxes in log2 units, log2(e) folded into the mod (codegen/triton.py
+# _log2_score): a sink with a non-affine mod, a scale that may be negative, a mod that does not read the
+# score, a quotient whose numerator takes log2(e), a param's factor; rows without keys included
+LOG2_UNITS = {
+    "sink_tanh": "param cap: float = 3.0\n score = cap * tanh(score / cap)\n mask kv <= q - 5\n normalize softmax(sink = 0.5 - float(h))",
+    "negative_scale": "param t: float runtime = -0.75\n scale = t\n mask kv <= q",
+    "constant_mod": "score = float((q - kv) % 3) - 1.0\n mask kv <= q + 2",
+    "quotient": "score = score * log(float(SKV)) / (1.0 + float(h))\n normalize softmax(sink = -1.0)",
+}
+
+
+@pytest.mark.parametrize("name", sorted(LOG2_UNITS))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_in_log2_units_agrees_with_reference(name, dtype):
+    source = f"attention {name} {{\n {LOG2_UNITS[name]}\n}}\n"
+    spec = lower(load_program(source).specs[0], passes=passes_for("triton"))
+    assert spec.normalize.kind == "softmax"
+    kernel, reference = attnspec.compile(source, "triton"), attnspec.compile(source, "reference")
+    assert "LOG2=True" in kernel.__loader__.get_source(kernel.__name__)  # the log2 path is the one tested
+    args64 = sample_arguments(spec, Sizes(B=1, H=3, HKV=1, SQ=70, SKV=50, D=16, DV=8), F64)
+    assert_agrees(*run_both(reference, kernel, spec, args64, dtype), f"{name} {dtype}")
+
+
+@pytest.mark.parametrize("name", ["sink_tanh", "quotient"])
+def test_gradients_after_a_log2_forward_agree_with_reference(name):
+    """The backward reads the forward's row max converted back to natural units."""
+    from test_triton_backward import assert_gradients_agree, subject_of
+
+    subject = subject_of(f"attention {name} {{\n {LOG2_UNITS[name]}\n}}\n")
+    assert_gradients_agree(subject, Sizes(B=1, H=3, HKV=1, SQ=70, SKV=50, D=16, DV=8), "float32")
+
+
+def test_full_backward_tiles_without_bounds_never_reach_stored_gradients():
+    """A mod that is NaN past the lengths (log of 0 or less): the backward's full tiles keep every pair
+    without bounds, so those NaNs must stay in rows of dQ, dK and dV that are never stored."""
+    from test_triton_backward import assert_gradients_agree, subject_of
+
+    source = "attention past_lengths {\n score = score + 0.1 * log(float(SQ - q)) + 0.1 * log(float(SKV - kv))\n}\n"
+    subject = subject_of(source)
+    for sizes in (Sizes(B=1, H=2, HKV=1, SQ=70, SKV=50, D=16, DV=8), Sizes(B=1, H=2, HKV=2, SQ=37, SKV=100, D=16, DV=8)):
+        assert_gradients_agree(subject, sizes, "float32")
+        assert_gradients_agree(subject, sizes, "bfloat16", seed=4)
+
+
 # ------------------------------------------------------------------ what the kernel refuses
 
 

@@ -453,6 +453,8 @@ class Schedule:
         key = (block_m, block_n, transposed)
         if key not in self._tables:
             classes, selected = _last_key_tile_partial(self.classify(block_m, block_n), self.problem[3], block_n), self.selected
+            if transposed:  # likewise the last query tile for the dK/dV kernel, which sums over rows
+                classes = _last_key_tile_partial(classes.transpose(-1, -2), self.problem[2], block_m).transpose(-1, -2)
             if selected is not None:
                 selected = selected_tiles(selected, self.blocks, (block_m, block_n), self.problem[2:])
             if transposed:
@@ -464,7 +466,8 @@ class Schedule:
 
 def _last_key_tile_partial(classes: torch.Tensor, skv: int, block_n: int) -> torch.Tensor:
     """A key tile that reaches past SKV - 1 is walked as a partial tile, where the kernel applies the
-    length bound: full tiles then need none (no per-element arithmetic at all)."""
+    length bound: full tiles then need none (no per-element arithmetic at all). Of the transposed
+    classes, the same for the last query tile."""
     if skv % block_n == 0 or classes.shape[-1] == 0:
         return classes
     classes = classes.clone()

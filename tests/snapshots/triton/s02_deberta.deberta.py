@@ -100,7 +100,7 @@ def _deberta_scores(_qk, _q, _kv, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.const
     if BOUNDS:
         _keep = (_kv < _SKV) & (_q < _SQ)
     else:
-        _keep = _kv >= 0  # not read: the caller skips its selects
+        _keep = tl.full([1, 1], True, tl.int1)  # every pair: the selects on it fold away
     _tile_c2p = tl.load(c2p + _kernel.clamp(_b, 0, _c2p_n0 - 1) * _c2p_s0 + _kernel.clamp(_h, 0, _c2p_n1 - 1) * _c2p_s1 + _kernel.clamp(_q, 0, _c2p_n2 - 1) * _c2p_s2 + tl.arange(0, 16)[None, :] * _c2p_s3, mask=tl.arange(0, 16)[None, :] < _c2p_n3, other=0.0).to(tl.float32)
     _tile_p2c = tl.load(p2c + _kernel.clamp(_b, 0, _p2c_n0 - 1) * _p2c_s0 + _kernel.clamp(_t0, 0, _p2c_n1 - 1) * _p2c_s1 + _kernel.clamp(_kv, 0, _p2c_n2 - 1) * _p2c_s2 + tl.arange(0, 16)[:, None] * _p2c_s3, mask=tl.arange(0, 16)[:, None] < _p2c_n3, other=0.0).to(tl.float32)
     _s = _qk * _sm_scale
@@ -142,11 +142,14 @@ def _deberta_forward_tile(
 
 
 @_launch.kernel
-def _deberta_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _ctx, _d_c2p_s0, _d_c2p_s1, _d_c2p_s2, _d_c2p_s3, _d_p2c_s0, _d_p2c_s1, _d_p2c_s2, _d_p2c_s3, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
+def _deberta_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _ctx, _d_c2p_s0, _d_c2p_s1, _d_c2p_s2, _d_c2p_s3, _d_p2c_s0, _d_p2c_s1, _d_p2c_s2, _d_p2c_s3, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+                          BOUNDS: tl.constexpr):
     """A tile's weights _p as the forward used them, the gradient _dx of the scaled product, and each
-    input site's contribution _c<n> (with, for a per-pair site, the offsets _o<n> it adds into)."""
+    input site's contribution _c<n> (with, for a per-pair site, the offsets _o<n> it adds into).
+    Without BOUNDS (a full tile whose pairs past the lengths only reach gradients that are never
+    stored) every pair is kept."""
     _b, _h, kr, _kr_n0, _kr_n1, _kr_n2, _kr_s0, _kr_s1, _kr_s2, qr, _qr_n0, _qr_n1, _qr_n2, _qr_s0, _qr_s1, _qr_s2, c2p, _c2p_n0, _c2p_n1, _c2p_n2, _c2p_n3, _c2p_s0, _c2p_s1, _c2p_s2, _c2p_s3, p2c, _p2c_n0, _p2c_n1, _p2c_n2, _p2c_n3, _p2c_s0, _p2c_s1, _p2c_s2, _p2c_s3, _t0, c, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale = _ctx
-    _keep, _s, _x, _tile_c2p, _tile_p2c = _deberta_scores(_qk, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED, True)
+    _keep, _s, _x, _tile_c2p, _tile_p2c = _deberta_scores(_qk, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED, BOUNDS)
     _p = tl.where(_keep, tl.exp2((_s - _mrow) * 1.4426950408889634) * _inv_l, 0.0)
     _ds = _p * (_dp - _delta)
     _dx = _ds
@@ -176,7 +179,10 @@ def _deberta_dq_tile(
         _vT = _kernel.load_inner_tile(_Vb, _offs_dv, _offs_n, _svd, _svn, _DV, _SKV, UPCAST, EVEN, not MASKED)
     _qk = _kernel.mma(_q_tile, _kT, None, IEEE)
     _dp = _kernel.mma(_do, _vT, None, IEEE)
-    _keep, _p, _dx, _c0, _o0, _c1, _o1 = _deberta_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _ctx, _d_c2p_s0, _d_c2p_s1, _d_c2p_s2, _d_c2p_s3, _d_p2c_s0, _d_p2c_s1, _d_p2c_s2, _d_p2c_s3, BLOCK_M, BLOCK_N, MASKED)
+    # a full key tile is inside SKV; its rows past SQ reach only dQ rows that are not stored, unless an
+    # input's gradient sums over rows
+    _keep, _p, _dx, _c0, _o0, _c1, _o1 = _deberta_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _ctx, _d_c2p_s0, _d_c2p_s1, _d_c2p_s2, _d_c2p_s3, _d_p2c_s0, _d_p2c_s1, _d_p2c_s2, _d_p2c_s3, BLOCK_M, BLOCK_N, MASKED,
+                                           True)
     tl.atomic_add(_d_c2p + _o0, _c0, mask=_keep)
     tl.atomic_add(_d_p2c + _o1, _c1, mask=_keep)
     if not UPCAST:
@@ -207,7 +213,10 @@ def _deberta_dkdv_tile(
 
     _qk = _kernel.mma(_q_tile, _kT, None, IEEE)
     _dp = _kernel.mma(_do, _vT, None, IEEE)
-    _keep, _p, _dx, _c0, _o0, _c1, _o1 = _deberta_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _ctx, _d_c2p_s0, _d_c2p_s1, _d_c2p_s2, _d_c2p_s3, _d_p2c_s0, _d_p2c_s1, _d_p2c_s2, _d_p2c_s3, BLOCK_M, BLOCK_N, MASKED)
+    # a full query tile is inside SQ (one reaching past it is walked as partial); keys past SKV reach
+    # only dK and dV rows that are not stored, unless an input's gradient sums over columns
+    _keep, _p, _dx, _c0, _o0, _c1, _o1 = _deberta_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _ctx, _d_c2p_s0, _d_c2p_s1, _d_c2p_s2, _d_c2p_s3, _d_p2c_s0, _d_p2c_s1, _d_p2c_s2, _d_p2c_s3, BLOCK_M, BLOCK_N, MASKED,
+                                           MASKED)
     if not UPCAST:
         _p = _p.to(_q_tile.dtype)
         _dx = _dx.to(_q_tile.dtype)

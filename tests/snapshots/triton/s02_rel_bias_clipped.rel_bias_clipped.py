@@ -84,7 +84,7 @@ def _rel_bias_clipped_scores(_qk, _q, _kv, _ctx, BLOCK_M: tl.constexpr, BLOCK_N:
     if BOUNDS:
         _keep = (_kv < _SKV) & (_q < _SQ)
     else:
-        _keep = _kv >= 0  # not read: the caller skips its selects
+        _keep = tl.full([1, 1], True, tl.int1)  # every pair: the selects on it fold away
     _s = _qk * _sm_scale
     _x = _s  # the score before its mod: where the mod's derivative is taken
     if LOG2:
@@ -124,11 +124,14 @@ def _rel_bias_clipped_forward_tile(
 
 
 @_launch.kernel
-def _rel_bias_clipped_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _ctx, _d_rel_s0, _d_rel_s1, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
+def _rel_bias_clipped_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _ctx, _d_rel_s0, _d_rel_s1, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+                          BOUNDS: tl.constexpr):
     """A tile's weights _p as the forward used them, the gradient _dx of the scaled product, and each
-    input site's contribution _c<n> (with, for a per-pair site, the offsets _o<n> it adds into)."""
+    input site's contribution _c<n> (with, for a per-pair site, the offsets _o<n> it adds into).
+    Without BOUNDS (a full tile whose pairs past the lengths only reach gradients that are never
+    stored) every pair is kept."""
     _b, _h, rel, _rel_n0, _rel_n1, _rel_s0, _rel_s1, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale = _ctx
-    _keep, _s, _x = _rel_bias_clipped_scores(_qk, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED, True)
+    _keep, _s, _x = _rel_bias_clipped_scores(_qk, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED, BOUNDS)
     _p = tl.where(_keep, tl.exp2((_s - _mrow) * 1.4426950408889634) * _inv_l, 0.0)
     _ds = _p * (_dp - _delta)
     _dx = _ds
@@ -156,7 +159,10 @@ def _rel_bias_clipped_dq_tile(
         _vT = _kernel.load_inner_tile(_Vb, _offs_dv, _offs_n, _svd, _svn, _DV, _SKV, UPCAST, EVEN, not MASKED)
     _qk = _kernel.mma(_q_tile, _kT, None, IEEE)
     _dp = _kernel.mma(_do, _vT, None, IEEE)
-    _keep, _p, _dx, _c0, _o0 = _rel_bias_clipped_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _ctx, _d_rel_s0, _d_rel_s1, BLOCK_M, BLOCK_N, MASKED)
+    # a full key tile is inside SKV; its rows past SQ reach only dQ rows that are not stored, unless an
+    # input's gradient sums over rows
+    _keep, _p, _dx, _c0, _o0 = _rel_bias_clipped_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _ctx, _d_rel_s0, _d_rel_s1, BLOCK_M, BLOCK_N, MASKED,
+                                           True)
     tl.atomic_add(_d_rel + _o0, _c0, mask=_keep)
     if not UPCAST:
         _dx = _dx.to(_q_tile.dtype)
@@ -186,7 +192,10 @@ def _rel_bias_clipped_dkdv_tile(
 
     _qk = _kernel.mma(_q_tile, _kT, None, IEEE)
     _dp = _kernel.mma(_do, _vT, None, IEEE)
-    _keep, _p, _dx, _c0, _o0 = _rel_bias_clipped_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _ctx, _d_rel_s0, _d_rel_s1, BLOCK_M, BLOCK_N, MASKED)
+    # a full query tile is inside SQ (one reaching past it is walked as partial); keys past SKV reach
+    # only dK and dV rows that are not stored, unless an input's gradient sums over columns
+    _keep, _p, _dx, _c0, _o0 = _rel_bias_clipped_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _ctx, _d_rel_s0, _d_rel_s1, BLOCK_M, BLOCK_N, MASKED,
+                                           MASKED)
     if not UPCAST:
         _p = _p.to(_q_tile.dtype)
         _dx = _dx.to(_q_tile.dtype)
