@@ -159,13 +159,20 @@ def test_fp16_forward_uses_wgmma_without_spills(half):
         assert r["dtype"] == "fp16" and r["error"] is None and r["fits"] and r["mma"] == "wgmma", r
 
 
+# DeBERTa's narrow 64 x 16 backward tiles at D = 128 sit at 254-255 registers: with descriptors they
+# spill, so that shape runs on pointers (its twin)
+BACKWARD_TWINS = {("deberta", 128)}
+
+
 @pytest.mark.parametrize("path", LEARNABLE, ids=lambda p: p.stem)
 def test_backward_of_learnable_examples_compiles_without_spills(backward, path):
     for spec in load_program(path).specs:
         reports = _of(backward, spec.name)
         assert sorted((r["kernel"], r["head_dim"]) for r in reports) == [("dkdv", 64), ("dkdv", 128), ("dq", 64), ("dq", 128)]
         for r in reports:
-            assert r["error"] is None and r["fits"] and r["mma"] == "wgmma" and r["tma"], r
+            twin = (spec.name, r["head_dim"]) in BACKWARD_TWINS
+            assert r["error"] is None and r["fits"] and r["mma"] == "wgmma" and r["tma"] != twin, r
+            assert r["candidate"] == (1 if twin else 0), r
 
 
 def test_the_command_fails_on_a_kernel_that_does_not_compile(forward):

@@ -152,7 +152,10 @@ def _affine_scaled_forward_tile(
     if not UPCAST:  # the weights enter the second product in v's dtype, as in FlashAttention
         _p = _p.to(_v.dtype)
     _acc = _kernel.mma(_p, _v, _acc, IEEE)
-    _kept = tl.broadcast_to(_keep, (BLOCK_M, BLOCK_N))  # the kept pairs: sum_kept(v)
+    if BOUNDS:
+        _kept = tl.broadcast_to(_keep, (BLOCK_M, BLOCK_N))  # the kept pairs: sum_kept(v)
+    else:  # every pair, computed: as a constant tile of ones it costs N09's kernel 16-96 bytes of spills
+        _kept = tl.broadcast_to(_kv >= 0, (BLOCK_M, BLOCK_N))
     _accv = _kernel.mma(_kept.to(_v.dtype), _v, _accv, IEEE)
     return _m, _l, _acc, _accv
 
