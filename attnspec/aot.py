@@ -234,9 +234,12 @@ def report(path_or_source, *, spec: str | None = None, consts: dict | None = Non
                                              every_candidate=True, arch=arch)
                 wanted = [launch for launch in launches
                           if kernels is None or names[launch.kernel.fn.__name__].split("_")[0] in kernels]
+
+                def compile_one(launch, arch=arch, dtype=dtype, head_dim=head_dim):
+                    return report_launch(launch, lowered.name, names[launch.kernel.fn.__name__], arch, dtype, head_dim)
+
                 for group in dict.fromkeys(launch.group for launch in wanted):
                     tried = [launch for launch in wanted if launch.group == group]
-                    compile_one = lambda launch: report_launch(launch, lowered.name, names[launch.kernel.fn.__name__], arch, dtype, head_dim)  # noqa: E731
                     found = [compile_one(launch) for launch in tried] if every_candidate else _default(tried, compile_one)
                     for r in found:
                         key = (r.kernel, dtype, head_dim, arch, r.candidate)

@@ -50,6 +50,8 @@ class BackwardPlan(Plan):
     element_grads: str  # the gradient buffers (pointer, strides) per-pair sites add into
     element_strides_args: str  # their strides alone
     col_site_bindings: list[tuple[str, str]]  # column bindings the per-column sites index with
+    dq_full_bounds: bool  # an input's gradient sums the dQ kernel's pairs: its full tiles keep the length bounds
+    dkdv_full_bounds: bool  # the same for the dK/dV kernel (per-column sites)
     backward_error_literal: str  # module constants: BACKWARD_ERROR, SITE_INPUTS, SITE_KERNELS
     site_inputs: str
     site_kernels: str
@@ -72,6 +74,8 @@ def backward_plan(spec: Spec, renderer_class) -> BackwardPlan:
         element_grads="".join(f" _d_{n}," for n in element_inputs) + strides,
         element_strides_args=strides,
         col_site_bindings=_col_site_bindings(spec, sites, renderer_class(spec)),
+        dq_full_bounds=any(s["kernel"] == "dq" for s in pairs),
+        dkdv_full_bounds=any(s["kernel"] == "dkdv" for s in sites),
         backward_error_literal=repr(parts["backward_error"]),
         site_inputs=repr(tuple(s["input"] for s in summed)),
         site_kernels=repr(tuple((s["kernel"], s["level"]) for s in summed)),

@@ -6,6 +6,7 @@ Kept here rather than in every generated module: one implementation, tested once
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from contextlib import contextmanager
@@ -154,7 +155,7 @@ class Config:
     ieee: bool  # float32 products without TF32 (unless torch allows TF32, see tf32_products)
     upcast: bool  # half tiles computed in float32 (the interpreter, which has no half-precision products)
     fused: bool = False  # the forward kernel applies the q prologue and the epilogue (runtime/launch.py forward)
-    tma: bool = False  # Q, K, V and dO tiles through tensor descriptors (Hopper's copy engine), see descriptors
+    tma: bool = False  # K, V (and the dQ kernel's Q, dO) tiles through tensor descriptors (Hopper's copy engine)
 
 
 # ---------------------------------------------------------------- tensor descriptors (TMA)
@@ -190,6 +191,7 @@ def capability(device) -> int:
     return 10 * major + minor
 
 
+@functools.cache
 def _has_descriptors() -> bool:
     """Whether this Triton has host-side tensor descriptors (before them: pointers only)."""
     import importlib.util
@@ -452,9 +454,9 @@ class Schedule:
     def _built(self, block_m: int, block_n: int, transposed: bool) -> Tables:
         key = (block_m, block_n, transposed)
         if key not in self._tables:
-            classes, selected = _last_key_tile_partial(self.classify(block_m, block_n), self.problem[3], block_n), self.selected
+            classes, selected = _last_tile_partial(self.classify(block_m, block_n), self.problem[3], block_n), self.selected
             if transposed:  # likewise the last query tile for the dK/dV kernel, which sums over rows
-                classes = _last_key_tile_partial(classes.transpose(-1, -2), self.problem[2], block_m).transpose(-1, -2)
+                classes = _last_tile_partial(classes, self.problem[2], block_m, axis=-2)
             if selected is not None:
                 selected = selected_tiles(selected, self.blocks, (block_m, block_n), self.problem[2:])
             if transposed:
@@ -464,14 +466,15 @@ class Schedule:
         return self._tables[key]
 
 
-def _last_key_tile_partial(classes: torch.Tensor, skv: int, block_n: int) -> torch.Tensor:
-    """A key tile that reaches past SKV - 1 is walked as a partial tile, where the kernel applies the
-    length bound: full tiles then need none (no per-element arithmetic at all). Of the transposed
-    classes, the same for the last query tile."""
-    if skv % block_n == 0 or classes.shape[-1] == 0:
+def _last_tile_partial(classes: torch.Tensor, length: int, block: int, axis: int = -1) -> torch.Tensor:
+    """The tile that reaches past a length (SKV for key tiles, axis -1; SQ for query tiles, axis -2) is
+    walked as a partial tile, where the kernel applies the length bound: full tiles then need none (no
+    per-element arithmetic at all)."""
+    if length % block == 0 or classes.shape[axis] == 0:
         return classes
     classes = classes.clone()
-    classes[..., -1] = torch.where(classes[..., -1] == FULL, PARTIAL, classes[..., -1])
+    last = classes.select(axis, -1)
+    last.copy_(torch.where(last == FULL, PARTIAL, last))
     return classes
 
 

@@ -159,7 +159,7 @@ def _alibi_dq_tile(
     # a full key tile is inside SKV; its rows past SQ reach only dQ rows that are not stored, unless an
     # input's gradient sums over rows
     _keep, _p, _dx, _c0 = _alibi_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED,
-                                           True)
+                                           BOUNDS=True)
     _g0 += tl.sum(_c0, 1)[:, None]
     if not UPCAST:
         _dx = _dx.to(_q_tile.dtype)
@@ -192,7 +192,7 @@ def _alibi_dkdv_tile(
     # a full query tile is inside SQ (one reaching past it is walked as partial); keys past SKV reach
     # only dK and dV rows that are not stored, unless an input's gradient sums over columns
     _keep, _p, _dx, _c0 = _alibi_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED,
-                                           MASKED)
+                                           BOUNDS=MASKED)
     if not UPCAST:
         _p = _p.to(_q_tile.dtype)
         _dx = _dx.to(_q_tile.dtype)

@@ -161,7 +161,7 @@ def _gqa2_dq_tile(
     # a full key tile is inside SKV; its rows past SQ reach only dQ rows that are not stored, unless an
     # input's gradient sums over rows
     _keep, _p, _dx = _gqa2_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED,
-                                           MASKED)
+                                           BOUNDS=MASKED)
     if not UPCAST:
         _dx = _dx.to(_q_tile.dtype)
     _dq = _kernel.mma(_dx, tl.trans(_kT), _dq, IEEE)
@@ -193,7 +193,7 @@ def _gqa2_dkdv_tile(
     # a full query tile is inside SQ (one reaching past it is walked as partial); keys past SKV reach
     # only dK and dV rows that are not stored, unless an input's gradient sums over columns
     _keep, _p, _dx = _gqa2_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED,
-                                           MASKED)
+                                           BOUNDS=MASKED)
     if not UPCAST:
         _p = _p.to(_q_tile.dtype)
         _dx = _dx.to(_q_tile.dtype)

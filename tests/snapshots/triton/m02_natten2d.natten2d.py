@@ -189,7 +189,7 @@ def _natten2d_dq_tile(
     # a full key tile is inside SKV; its rows past SQ reach only dQ rows that are not stored, unless an
     # input's gradient sums over rows
     _keep, _p, _dx, _c0, _o0 = _natten2d_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _ctx, _d_rpb_s0, _d_rpb_s1, _d_rpb_s2, BLOCK_M, BLOCK_N, MASKED,
-                                           True)
+                                           BOUNDS=True)
     tl.atomic_add(_d_rpb + _o0, _c0, mask=_keep)
     if not UPCAST:
         _dx = _dx.to(_q_tile.dtype)
@@ -227,7 +227,7 @@ def _natten2d_dkdv_tile(
     # a full query tile is inside SQ (one reaching past it is walked as partial); keys past SKV reach
     # only dK and dV rows that are not stored, unless an input's gradient sums over columns
     _keep, _p, _dx, _c0, _o0 = _natten2d_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _ctx, _d_rpb_s0, _d_rpb_s1, _d_rpb_s2, BLOCK_M, BLOCK_N, MASKED,
-                                           MASKED)
+                                           BOUNDS=MASKED)
     if not UPCAST:
         _p = _p.to(_q_tile.dtype)
         _dx = _dx.to(_q_tile.dtype)
