@@ -11,7 +11,11 @@ f - F/2), so an expression under rope is also rendered at the partner (`_xp`, `_
 
 from __future__ import annotations
 
-from attnspec.ir import Expr, RowMap, Spec, inline_bindings, walk
+from collections import Counter
+
+from attnspec.ir import LEAF_OPS, Expr, RowMap, Spec, inline_bindings, rewrite, walk
+from attnspec.passes.adjoint import ROW_SEED, SEED, row_map_adjoint, varies
+from attnspec.passes.symbolic import NotRepresentable, exact_key
 
 from .triton import TritonRenderer
 
@@ -24,11 +28,34 @@ class RowMapKernelRenderer(TritonRenderer):
         super().__init__(spec)
         self.partner = partner
         self.tables = {}  # a prologue reads no per-row table
+        self.shared: dict[tuple, str] = {}  # the backward pass's shared terms by exact_key (_shared_terms)
+        self.fixed: set[tuple] = set()  # those of them that are one number per row
 
     def at_partner(self) -> "RowMapKernelRenderer":
-        return RowMapKernelRenderer(self.spec, not self.partner)
+        other = RowMapKernelRenderer(self.spec, not self.partner)
+        # a term that varies over the features holds its value at the feature, not at the partner
+        other.shared = {key: name for key, name in self.shared.items() if key in self.fixed}
+        other.fixed = self.fixed
+        return other
+
+    def render(self, e: Expr) -> str:
+        name = self.shared.get(exact_key(e)) if self.shared else None
+        return name if name is not None else super().render(e)
+
+    def render_term(self, e: Expr) -> str:
+        """A shared term's own value (its arguments by their names where shared)."""
+        key = exact_key(e)
+        name = self.shared.pop(key)
+        try:
+            return super().render(e)
+        finally:
+            self.shared[key] = name
 
     def render_vector(self, e: Expr) -> str:
+        if e.value == ROW_SEED:
+            return "_dy"  # one number per row: the same at a feature and at its partner
+        if e.value == SEED:
+            return "_dyp" if self.partner else "_dy"
         return "_xp" if self.partner else "_x"
 
     def render_row(self, e: Expr) -> str:
@@ -78,6 +105,92 @@ def fused_epilogue(spec: Spec) -> dict | None:
     """{code, rope} of the epilogue as the forward kernel applies it before its store when no gradient is
     needed (in training the kernel stores the output the backward reads, and the epilogue follows)."""
     return None if spec.epilogue is None else _fused(spec, spec.epilogue)
+
+
+def row_value_kernel_plan(spec: Spec) -> list[dict]:
+    """{name, target, code, inputs, params, rope} of each per-row value: its pass over the rows of q or
+    k. Empty where a per-row table is among them (the values stay tensor code, computed together)."""
+    values = [i for i in spec.inputs if i.computed is not None]
+    if any(i.computed.entry is not None for i in values):
+        return []
+    return [{**_kernel_step(spec, i.computed), "name": i.name} for i in values]
+
+
+def backward_kernel_plan(spec: Spec) -> dict | None:
+    """The backward passes of the prologue and of the per-row values: {prologue, row_values}, each a
+    list of {target, name, terms, code, row_seed, rope, partner_x, partner_dy, inputs, params, sites} (sites: {input, level, code,
+    offset} per float load, the gradient of its value and where it adds). None where a row map has no
+    rule in passes/adjoint.py (the module then differentiates the tensor code), and for the per-row
+    values, where they have no passes (row_value_kernel_plan)."""
+    values = [i for i in spec.inputs if i.computed is not None]
+    if values and not row_value_kernel_plan(spec):
+        return None
+    try:
+        return {"prologue": [_backward_step(spec, step, step.target, False) for step in spec.prologue],
+                "row_values": [_backward_step(spec, i.computed, i.name, True) for i in values]}
+    except NotRepresentable:
+        return None
+
+
+def _backward_step(spec: Spec, step: RowMap, name: str, per_row: bool) -> dict:
+    adjoint = row_map_adjoint(step, spec, per_row)
+    r = RowMapKernelRenderer(spec)
+    nodes = list(walk(inline_bindings(step.value, spec)))
+    grads = [adjoint.vector] + [grad for _, grad in adjoint.loads]
+    terms = _shared_terms([g for g in grads if g is not None])
+    r.shared = {exact_key(node): name for name, node in terms}
+    r.fixed = {exact_key(node) for _, node in terms if not varies(node)}
+    ropes = [n for g in grads if g is not None for n in walk(g) if n.op == "rope"]
+    return {
+        "target": step.target,
+        "name": name,
+        "terms": [(name, r.render_term(node)) for name, node in terms],
+        "code": None if adjoint.vector is None else r.render(adjoint.vector),
+        "row_seed": per_row,
+        "rope": bool(ropes),
+        "partner_x": any(n.op == "vector" and n.value == step.target for r in ropes for n in walk(r.args[0])),
+        "partner_dy": any(n.op == "vector" and n.value == SEED for r in ropes for n in walk(r.args[0])),
+        "inputs": [{"name": i.name, "rank": len(i.shape)} for i in spec.inputs
+                   if any(n.op == "load" and n.value == i.name for n in nodes)],
+        "params": [{"name": p.name, "bool": p.type == "bool"} for p in spec.runtime_params
+                   if any(n.op == "param" and n.value == p.name for n in nodes)],
+        "sites": [_site(spec, r, load, grad) for load, grad in adjoint.loads],
+    }
+
+
+def _shared_terms(exprs: list[Expr]) -> list[tuple[str, Expr]]:
+    """(name, subexpression) of those that occur more than once among exprs, named `_r0, _r1, ...`,
+    each after those it contains: the derivative repeats the forward's terms."""
+    counts = Counter(exact_key(n) for e in exprs for n in walk(e) if n.op not in LEAF_OPS)
+    terms: dict[tuple, tuple[str, Expr]] = {}
+
+    def visit(node: Expr) -> None:
+        for arg in node.args:
+            visit(arg)
+        key = exact_key(node)
+        if node.op not in LEAF_OPS and counts[key] > 1 and key not in terms:
+            terms[key] = (f"_r{len(terms)}", node)
+
+    for e in exprs:
+        visit(e)
+    return list(terms.values())
+
+
+def _site(spec: Spec, r: RowMapKernelRenderer, load: Expr, grad: Expr) -> dict:
+    """A float load's gradient, summed in the tile over the axes its index does not read (rows,
+    features) before it is stored with the offset it adds at (in the input's contiguous layout)."""
+    reads = {n.op for index in load.args for n in walk(index)}
+    level = {(False, False): "program", (True, False): "row", (False, True): "feature",
+             (True, True): "element"}[("row" in reads, "feature" in reads)]
+    name = load.value
+    offset = ""
+    for i, index in enumerate(load.args):  # Horner over the dimensions, each index clamped into its own
+        clamped = f"_kernel.clamp({r.render(index)}, 0, _{name}_n{i} - 1)"
+        offset = f"({offset}) * _{name}_n{i} + {clamped}" if offset else clamped
+    offset = offset or "0"
+    # a gradient that varies over neither the features nor the index is one number per row, counted once
+    per_feature = varies(grad) or "feature" in reads
+    return {"input": name, "level": level, "code": r.render(grad), "offset": offset, "per_feature": per_feature}
 
 
 def _fused(spec: Spec, step: RowMap) -> dict:

@@ -4,7 +4,8 @@ against that tensor code (the module's own `_prologue`, which the reference targ
 forms a kernel computes differently: rope pairs at the partner feature (of an expression, nested),
 reductions over features, inputs indexed by head and feature, bool runtime params, v with DV != D,
 non-contiguous and half-precision tensors; and that the attention uses the kernels, not the tensor code,
-with gradients from the tensor code.
+forward and backward (the backward passes of passes/adjoint.py), with the tensor code's gradients only
+where a row map has no backward rule.
 
 Without gradients the forward kernel applies the q prologue to its resident Q tile and the epilogue
 before its store (no q pass, no epilogue after the kernel): checked against the reference, and against
@@ -36,6 +37,11 @@ attention a {
     input s: float32[]
     prologue k[j, f] = k * g[h, f] / sqrt(sum(k * k) / float(D) + 1e-6)
     prologue v[j, f] = v * a[h] + s * float(f % 3) - float(b)
+}""",
+    "the same value at every feature": """
+attention a {
+    prologue q = norm(q) * 0.1
+    prologue k[j, f] = sum(k) * 0.5 + float(j % 4)
 }""",
     "bool runtime param, integer built-ins": """
 attention a {
@@ -101,25 +107,66 @@ def test_half_tensors_round_as_the_tensor_code_does(dtype):
     assert (kernels[0].float() - dense[0].float()).abs().max() <= 2 * torch.finfo(dtype).eps * dense[0].float().abs().max()
 
 
-def test_the_attention_runs_the_passes_and_differentiates_the_tensor_code(monkeypatch):
+def _gradients(source: str, target: str, leaves: list, names: list[str]) -> list:
+    module = attnspec.compile(source, target)
+    module.attention(*leaves[:3], **dict(zip(names, leaves[3:]))).square().sum().backward()
+    return [x.grad for x in leaves]
+
+
+def test_the_attention_runs_the_passes_forward_and_backward(monkeypatch):
     source = FORMS["norms with gains, v affine"]
     module = attnspec.compile(source, "triton")
     (q, k, v), gen = _tensors()
     inputs = _inputs_for(source, 16, gen)
-    dense = module._prologue
-    calls = []
+    dense, backward = module._prologue, module._prologue_backward
+    calls, passes = [], []
     monkeypatch.setattr(module, "_prologue", lambda *a: calls.append(1) or dense(*a))
+    monkeypatch.setattr(module, "_prologue_backward", lambda *a: passes.append(1) or backward(*a))
     with torch.no_grad():
         expected = attnspec.compile(source, "reference").attention(q, k, v, **inputs)
         torch.testing.assert_close(module.attention(q, k, v, **inputs), expected, rtol=1e-4, atol=1e-5)
-    assert not calls  # inference: the kernels alone
     leaves = [x.clone().requires_grad_() for x in (q, k, v, *inputs.values())]
-    module.attention(*leaves[:3], **dict(zip(inputs, leaves[3:]))).square().sum().backward()
-    assert calls == [1]  # the backward recomputes the tensor code once
+    mine = _gradients(source, "triton", leaves, list(inputs))
+    assert not calls and passes == [1]  # the kernels alone, forward and backward
     ref = [x.detach().double().requires_grad_() for x in leaves]
-    attnspec.compile(source, "reference").attention(*ref[:3], **dict(zip(inputs, ref[3:]))).square().sum().backward()
-    for name, mine, exact in zip(["q", "k", "v", *inputs], leaves, ref):
-        torch.testing.assert_close(mine.grad.double(), exact.grad, rtol=1e-3, atol=1e-4, msg=name)
+    for name, got, exact in zip(["q", "k", "v", *inputs], mine, _gradients(source, "reference", ref, list(inputs))):
+        torch.testing.assert_close(got.double(), exact, rtol=1e-3, atol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+def test_the_backward_passes_give_the_reference_gradients(form):
+    """Every gradient of every form (rope's transpose at the partner, nested; reductions; inputs summed
+    over rows, features or both; bool params) against the float64 reference."""
+    source = FORMS[form].replace("input g: float32[H, D]", "input g: float32[H, D] learnable")
+    (q, k, v), gen = _tensors()
+    inputs = _inputs_for(source, 16, gen)
+    leaves = [x.clone().requires_grad_() for x in (q, k, v, *inputs.values())]
+    mine = _gradients(source, "triton", leaves, list(inputs))
+    ref = [x.detach().double().requires_grad_() for x in leaves]
+    for name, got, exact in zip(["q", "k", "v", *inputs], mine, _gradients(source, "reference", ref, list(inputs))):
+        torch.testing.assert_close(got.double(), exact, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_a_row_map_without_a_backward_rule_differentiates_the_tensor_code(monkeypatch):
+    """A rope angle that reads a float input has no backward pass (passes/adjoint.py): the forward
+    still runs the kernels, the backward recomputes the tensor code once, and agrees."""
+    source = """
+attention a {
+    input freq: float32[D] learnable
+    prologue k[j, f] = rope(k, float(j) * freq[f])
+}"""
+    module = attnspec.compile(source, "triton")
+    assert not hasattr(module, "_prologue_backward")
+    (q, k, v), gen = _tensors()
+    freq = torch.rand(16, generator=gen)
+    dense, calls = module._prologue, []
+    monkeypatch.setattr(module, "_prologue", lambda *a: calls.append(1) or dense(*a))
+    leaves = [x.clone().requires_grad_() for x in (q, k, v, freq)]
+    mine = _gradients(source, "triton", leaves, ["freq"])
+    assert calls == [1]
+    ref = [x.detach().double().requires_grad_() for x in leaves]
+    for name, got, exact in zip("qkv", mine, _gradients(source, "reference", ref, ["freq"])):
+        torch.testing.assert_close(got.double(), exact, rtol=1e-4, atol=1e-5, msg=name)
 
 
 # ---------------------------------------------------------------- fused into the forward kernel

@@ -1,10 +1,12 @@
-"""The host side of the triton target's prologue kernels (templates/triton/prologue.py.jinja): one pass
-over the rows of q, k or v per prologue statement, and autograd through the passes.
+"""The host side of the triton target's passes over rows (templates/triton/prologue.py.jinja,
+row_values.py.jinja, rowmap_backward.py.jinja): one pass over the rows of q, k or v per prologue
+statement or per-row value, and autograd through the passes.
 
-The kernels compute the forward; the backward differentiates the module's tensor code of the same
-prologue (`_prologue`, which the reference and flex targets run), recomputed from the saved inputs, so
-the gradients are the reference's own. Under torch.compile the tensor code runs instead: Inductor fuses
-it by itself, and a Triton launch would break the graph.
+The kernels compute the forward. The backward runs the generated backward passes (passes/adjoint.py:
+each turns the gradient of a result into those of its row and of the float inputs it reads); where a
+row map has no such pass, it differentiates the module's tensor code of the same row maps (which the
+reference and flex targets run), recomputed from the saved inputs. Under torch.compile the tensor code
+runs instead: Inductor fuses it by itself, and a Triton launch would break the graph.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Callable
 
 import torch
 import triton
+from torch.autograd.function import once_differentiable
 
 from . import triton as _rt
 from .launch import jit
@@ -23,49 +26,121 @@ VALUES_PER_PROGRAM = 2048  # rows x features of a program's tile: 16 values a th
 def row_pass(kernel, x: torch.Tensor, args: tuple) -> torch.Tensor:
     """x [B, heads, rows, F] replaced by one launch of a prologue kernel (args: the shape symbols, then
     the inputs and params it reads); the result is contiguous, in x's dtype."""
-    batch, heads, rows, features = x.shape
-    # the interpreter's float32 -> bf16 conversion truncates: there the kernel stores float32 and torch rounds
-    stored = torch.float32 if _rt.interpreting() and x.dtype != torch.float32 else x.dtype
-    y = torch.empty((batch, heads, rows, features), dtype=stored, device=x.device)
-    if y.numel() == 0:
-        return y.to(x.dtype)
-    block_f = max(16, triton.next_power_of_2(features))
-    block_m = max(1, VALUES_PER_PROGRAM // block_f)
-    grid = (triton.cdiv(rows, block_m), batch * heads)
-    _rt.start(jit(kernel), grid, x, y, *x.stride(), heads, rows, features, *args,
-              BLOCK_M=block_m, BLOCK_F=block_f, num_warps=4)
+    y = torch.empty(x.shape, dtype=_stored(x.dtype), device=x.device)
+    _launch_rows(kernel, x, (y,), args)
     return y.to(x.dtype)
 
 
-def prologue(fused: Callable, dense: Callable, q, k, v, rest: tuple, skip: tuple[str, ...] = ()):
+def value_pass(kernel, x: torch.Tensor, args: tuple) -> torch.Tensor:
+    """A per-row value of x [B, heads, rows, F]: one number per row ([B, heads, rows], float32) by one
+    launch of its kernel (args as for row_pass)."""
+    y = torch.empty(x.shape[:3], dtype=torch.float32, device=x.device)
+    _launch_rows(kernel, x, (y,), args)
+    return y
+
+
+def row_pass_backward(kernel, x: torch.Tensor, dy: torch.Tensor, args: tuple, levels: tuple[str, ...], sites: bool):
+    """One launch of a row map's backward pass: the gradient of x ([B, heads, rows, F], x's dtype) from
+    dy, that of the map's result, and with `sites`, per float load of an input (its level: where the
+    kernel sums it, see rowmap_backward.py.jinja), the (partial sums, offsets) add_sites adds."""
+    batch, heads, rows, features = x.shape
+    block_m, block_f = _blocks(features)
+    programs = triton.cdiv(rows, block_m) * batch * heads
+    slots = {"program": 1, "row": block_m, "feature": block_f, "element": block_m * block_f}
+    parts = [(torch.zeros(programs * slots[level] if sites else 1, dtype=torch.float32, device=x.device),
+              torch.zeros(programs * slots[level] if sites else 1, dtype=torch.int64, device=x.device)) for level in levels]
+    dx = torch.empty(x.shape, dtype=_stored(x.dtype), device=x.device)
+    _launch_rows(kernel, x, (dy.contiguous(), dx), args + tuple(t for part in parts for t in part), SITES=sites)
+    return dx.to(x.dtype), (parts if sites else [])
+
+
+def add_sites(grads: dict, sites: tuple, parts: list) -> None:
+    """Add each site's partial sums into its input's gradient (float32, made at the first site of the
+    input), in a fixed order (runtime/triton.py add_partials)."""
+    for (name, tensor), part in zip(sites, parts):
+        if name not in grads:
+            grads[name] = torch.zeros(tensor.shape, dtype=torch.float32, device=tensor.device)
+        _rt.add_partials([grads[name]], [part])
+
+
+def summed(grad: torch.Tensor | None, more: torch.Tensor) -> torch.Tensor:
+    """A gradient that several row maps add to (a per-row value's to its row, which others read too)."""
+    return more if grad is None else grad + more
+
+
+def _stored(dtype: torch.dtype) -> torch.dtype:
+    """What a pass stores for a tensor of this dtype: the interpreter's float32 -> bf16 conversion
+    truncates, so there the kernel stores float32 and torch rounds."""
+    return torch.float32 if _rt.interpreting() and dtype != torch.float32 else dtype
+
+
+def _blocks(features: int) -> tuple[int, int]:
+    block_f = max(16, triton.next_power_of_2(features))
+    return max(1, VALUES_PER_PROGRAM // block_f), block_f
+
+
+def _launch_rows(kernel, x: torch.Tensor, outputs: tuple, args: tuple, **constants) -> None:
+    """One program per BLOCK_M rows of one (batch, head) of x, with all the features."""
+    batch, heads, rows, features = x.shape
+    if x.numel() == 0:
+        return
+    block_m, block_f = _blocks(features)
+    grid = (triton.cdiv(rows, block_m), batch * heads)
+    _rt.start(jit(kernel), grid, x, *outputs, *x.stride(), heads, rows, features, *args,
+              BLOCK_M=block_m, BLOCK_F=block_f, num_warps=4, **constants)
+
+
+def prologue(fused: Callable, dense: Callable, q, k, v, rest: tuple, skip: tuple[str, ...] = (), backward: Callable | None = None):
     """q, k, v after the prologue: `fused(q, k, v, *rest)` (the kernels) where they run, differentiated
-    through `dense(q, k, v, *rest)` (the tensor code); the tensor code alone under torch.compile or where
-    no kernel runs (the attention then says why). The tensors named in `skip` are returned as they are
-    (without gradients, the forward kernel applies the q prologue itself)."""
+    by `backward` (the backward passes) or else through `dense(q, k, v, *rest)` (the tensor code); the
+    tensor code alone under torch.compile or where no kernel runs (the attention then says why). The
+    tensors named in `skip` are returned as they are (without gradients, the forward kernel applies the
+    q prologue itself)."""
     if torch.compiler.is_compiling() or not _rt.kernels_run(q):
         after = dense(q, k, v, *rest)
         return tuple(x if name in skip else y for name, x, y in zip("qkv", (q, k, v), after))
-    tensors = [q, k, v, *rest]
-    needs_grad = torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
-    if not needs_grad:
-        return fused(q, k, v, *rest, skip=skip)
-    return _Prologue.apply(fused, dense, *tensors)
+    tensors = (q, k, v, *rest)
+    if not _needs_grad(tensors):
+        return fused(*tensors, skip=skip)
+    return _RowMaps.apply(fused, dense, backward, *tensors)
 
 
-class _Prologue(torch.autograd.Function):
-    """The prologue kernels forward; the tensor code's gradients backward (recomputed)."""
+def row_values(fused: Callable, dense: Callable, backward: Callable | None, q, k, rest: tuple) -> tuple:
+    """The per-row values of q and k (after the prologue), as prologue() computes the prologue: by their
+    kernels where they run, differentiated by their backward passes or through the tensor code."""
+    if torch.compiler.is_compiling() or not _rt.kernels_run(q):
+        return dense(q, k, *rest)
+    tensors = (q, k, *rest)
+    if not _needs_grad(tensors):
+        return fused(*tensors)
+    return _RowMaps.apply(fused, dense, backward, *tensors)
+
+
+def _needs_grad(tensors: tuple) -> bool:
+    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
+
+
+class _RowMaps(torch.autograd.Function):
+    """Row maps by their kernels forward; backward, their backward passes, or the tensor code's
+    gradients (recomputed)."""
 
     @staticmethod
-    def forward(ctx, fused, dense, *tensors):
-        ctx.dense = dense
+    def forward(ctx, fused, dense, backward, *tensors):
+        ctx.dense, ctx.backward = dense, backward
         ctx.plain = [None if isinstance(t, torch.Tensor) else t for t in tensors]  # runtime params
         ctx.save_for_backward(*(t for t in tensors if isinstance(t, torch.Tensor)))
         return fused(*tensors)
 
     @staticmethod
+    @once_differentiable  # the passes' gradients are not differentiated again: a second derivative is refused
     def backward(ctx, *grads):
         saved = iter(ctx.saved_tensors)
         tensors = [next(saved) if plain is None else plain for plain in ctx.plain]
+        if ctx.backward is not None:
+            needs = ctx.needs_input_grad[3:]
+            found = ctx.backward(tuple(tensors), grads, needs)
+            return (None, None, None, *(g.to(t.dtype) if need and g is not None else None
+                                        for g, t, need in zip(found, tensors, needs)))
         with torch.enable_grad():
             leaves = [t.detach().requires_grad_(t.requires_grad) if isinstance(t, torch.Tensor) else t for t in tensors]
             outputs = ctx.dense(*leaves)
@@ -73,4 +148,5 @@ class _Prologue(torch.autograd.Function):
             pairs = [(o, g) for o, g in zip(outputs, grads) if g is not None and o.requires_grad]
             found = torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True)
         by_leaf = dict(zip(map(id, wanted), found))
-        return (None, None, *(by_leaf.get(id(t)) for t in leaves))
+        return (None, None, None, *(by_leaf.get(id(t)) for t in leaves))
+

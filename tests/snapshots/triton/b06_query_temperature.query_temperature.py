@@ -72,6 +72,82 @@ def _row_values(q, k, w):
 
 
 
+@_launch.kernel
+def _query_temperature_value_t(
+    _X, _Y, _sb, _sh, _sr, _sf, _HEADS, _ROWS, _F, _B, _H, _HKV, _SQ, _SKV, _D, w, _w_n0, _w_n1, _w_s0, _w_s1,
+    BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr,
+):
+    """t, one number per row of q: a [BLOCK_M, BLOCK_F] tile of one (batch, head) per program."""
+    _bh = tl.program_id(1)
+    _b, _h = _bh // _HEADS, _bh % _HEADS
+    _row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
+    _f = tl.arange(0, BLOCK_F)[None, :]
+    _in_f = _f < _F
+    _in = (_row < _ROWS) & _in_f
+    _base = _X + _b.to(tl.int64) * _sb + _h.to(tl.int64) * _sh + _row.to(tl.int64) * _sr
+    _x = tl.load(_base + _f * _sf, mask=_in, other=0.0).to(tl.float32)
+    _y = (1.0 + _kernel.softplus(_kernel.feature_sum((_x * tl.load(w + _kernel.clamp(_h, 0, _w_n0 - 1) * _w_s0 + _kernel.clamp(_f, 0, _w_n1 - 1) * _w_s1).to(tl.float32)), _in_f)))
+    _out = _Y + _bh.to(tl.int64) * _ROWS + _row
+    tl.store(_out, (_y + tl.zeros([BLOCK_M, 1], dtype=tl.float32)).to(_Y.dtype.element_ty), mask=_row < _ROWS)
+
+
+def _row_value_kernels(q, k, w):
+    """The per-row values in one pass each (t): what _row_values computes, in float32."""
+    _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, k, w)
+    t = _prologue_rt.value_pass(_query_temperature_value_t, q, (_B, _H, _HKV, _SQ, _SKV, _D, *_rt.input_arguments(w)))
+    return t,
+
+
+@_launch.kernel
+def _query_temperature_value_t_backward(
+    _X, _DY, _DX, _sb, _sh, _sr, _sf, _HEADS, _ROWS, _F, _B, _H, _HKV, _SQ, _SKV, _D, w, _w_n0, _w_n1, _w_s0, _w_s1, _g0, _o0,
+    BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, SITES: tl.constexpr,
+):
+    """The gradient of q, of w from that of t: a [BLOCK_M, BLOCK_F] tile of one (batch, head) per program."""
+    _bh = tl.program_id(1)
+    _b, _h = _bh // _HEADS, _bh % _HEADS
+    _row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
+    _f = tl.arange(0, BLOCK_F)[None, :]
+    _in_f = _f < _F
+    _in = (_row < _ROWS) & _in_f
+    _base = _X + _b.to(tl.int64) * _sb + _h.to(tl.int64) * _sh + _row.to(tl.int64) * _sr
+    _x = tl.load(_base + _f * _sf, mask=_in, other=0.0).to(tl.float32)
+    _at = _bh.to(tl.int64) * _ROWS + _row.to(tl.int64)
+    _dy = tl.load(_DY + _at, mask=_row < _ROWS, other=0.0).to(tl.float32)
+    _r0 = tl.load(w + _kernel.clamp(_h, 0, _w_n0 - 1) * _w_s0 + _kernel.clamp(_f, 0, _w_n1 - 1) * _w_s1).to(tl.float32)
+    _r1 = (_x * _r0)
+    _r2 = _kernel.feature_sum(_r1, _in_f)
+    _r3 = tl.sigmoid(_r2)
+    _r4 = (_dy * _r3)
+    _dx = (_r4 * _r0)
+    tl.store(_DX + _at * _F + _f, (_dx + tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.float32)).to(_DX.dtype.element_ty), mask=_in)
+    if SITES:
+        _slot = _bh.to(tl.int64) * tl.num_programs(0) + tl.program_id(0)
+        _c = tl.where(_in, (_r4 * _x) + tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.float32), 0.0)  # w
+        _o = ((_kernel.clamp(_h, 0, _w_n0 - 1)) * _w_n1 + _kernel.clamp(_f, 0, _w_n1 - 1)) + tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.int64)
+        _slots = _slot * BLOCK_F + tl.arange(0, BLOCK_F)
+        tl.store(_g0 + _slots, tl.sum(_c, 0))
+        tl.store(_o0 + _slots, tl.max(_o, 0))
+
+
+def _row_values_backward(_tensors, _grads, _wanted):
+    """The gradients of q, k and the inputs from those of t, by the backward
+    passes (_wanted: whether each of the tensors needs its gradient)."""
+    q, k, w = _tensors
+    _wanted = dict(zip(("q", "k", "w", ), _wanted))
+    _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, k, w)
+    _d = dict(zip(("q", "k", ), (None, None)))
+    _inputs = {}  # the inputs' gradients, by name
+    _grad = _grads[0]
+    if _grad is not None:
+        _dx, _parts = _prologue_rt.row_pass_backward(
+            _query_temperature_value_t_backward, q, _grad, (_B, _H, _HKV, _SQ, _SKV, _D, *_rt.input_arguments(w)),
+            ("feature", ), any(_wanted[n] for n in ("w",)))
+        _d["q"] = _prologue_rt.summed(_d["q"], _dx)
+        _prologue_rt.add_sites(_inputs, (("w", w), ), _parts)
+    return tuple(_d.values()) + tuple(_inputs.get(n) for n in ("w", ))
+
+
 # ---------------------------------------------------------------- the tile schedule
 # closed form (SCHEDULE = "bands"): the forward and dQ kernels compute their key tiles from the mask's
 # bands; the dK/dV kernel walks the query tiles of each key tile from the (transposed) tile classes
@@ -315,7 +391,7 @@ def attention(q, k, v, *, w, selection=None, schedule=None, return_lse=False):
     schedule: from build_schedule, to reuse the key-tile tables across calls (built here when None)."""
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, v, w)
     _grad = _rt.check_launch(SPEC_NAME, q, k, v, (w, ), BACKWARD_ERROR)
-    t, = _row_values(q, k, w)
+    t, = _prologue_rt.row_values(_row_value_kernels, _row_values, _row_values_backward, q, k, (w, ))
     _inputs = (w, t, )
     _params = ()
     if schedule is None and selection is None:  # one custom operator: torch.compile traces it as one node

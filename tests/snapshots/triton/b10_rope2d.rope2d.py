@@ -129,6 +129,77 @@ def _prologue_kernels(q, k, v, skip=()):
     return q, k, v
 
 
+@_launch.kernel
+def _rope2d_prologue_q_backward(
+    _X, _DY, _DX, _sb, _sh, _sr, _sf, _HEADS, _ROWS, _F, _B, _H, _HKV, _SQ, _SKV, _D,
+    BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, SITES: tl.constexpr,
+):
+    """The gradient of q before its statement from that of its result: a [BLOCK_M, BLOCK_F] tile of one (batch, head) per program."""
+    _bh = tl.program_id(1)
+    _b, _h = _bh // _HEADS, _bh % _HEADS
+    _row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
+    _f = tl.arange(0, BLOCK_F)[None, :]
+    _in_f = _f < _F
+    _in = (_row < _ROWS) & _in_f
+    _base = _X + _b.to(tl.int64) * _sb + _h.to(tl.int64) * _sh + _row.to(tl.int64) * _sr
+    _x = tl.load(_base + _f * _sf, mask=_in, other=0.0).to(tl.float32)
+    _HALF = _F // 2
+    _fp = tl.where(_f < _HALF, _f + _HALF, _f - _HALF)
+    _at = _bh.to(tl.int64) * _ROWS + _row.to(tl.int64)
+    _dy = tl.load(_DY + _at * _F + _f, mask=_in, other=0.0).to(tl.float32)
+    _dyp = tl.load(_DY + _at * _F + _fp, mask=_in, other=0.0).to(tl.float32)
+    _r0 = (_D // 4)
+    _dx = _kernel.rope_pair(_dy, _dyp, tl.where((_f < _HALF), ((tl.where((_f < _r0), _kernel.as_float((_row // 8)), _kernel.as_float((_row % 8))) * _kernel.powf(BASE, (_kernel.as_float((-4.0 * _kernel.as_float(_kernel.floormod_or_zero(_f, _r0)))) / _kernel.as_float(_D)))) * -1.0), ((tl.where((_fp < _r0), _kernel.as_float((_row // 8)), _kernel.as_float((_row % 8))) * _kernel.powf(BASE, (_kernel.as_float((-4.0 * _kernel.as_float(_kernel.floormod_or_zero(_fp, _r0)))) / _kernel.as_float(_D)))) * -1.0)), (_f < _HALF))
+    tl.store(_DX + _at * _F + _f, (_dx + tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.float32)).to(_DX.dtype.element_ty), mask=_in)
+
+
+@_launch.kernel
+def _rope2d_prologue_k_backward(
+    _X, _DY, _DX, _sb, _sh, _sr, _sf, _HEADS, _ROWS, _F, _B, _H, _HKV, _SQ, _SKV, _D,
+    BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, SITES: tl.constexpr,
+):
+    """The gradient of k before its statement from that of its result: a [BLOCK_M, BLOCK_F] tile of one (batch, head) per program."""
+    _bh = tl.program_id(1)
+    _b, _h = _bh // _HEADS, _bh % _HEADS
+    _row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
+    _f = tl.arange(0, BLOCK_F)[None, :]
+    _in_f = _f < _F
+    _in = (_row < _ROWS) & _in_f
+    _base = _X + _b.to(tl.int64) * _sb + _h.to(tl.int64) * _sh + _row.to(tl.int64) * _sr
+    _x = tl.load(_base + _f * _sf, mask=_in, other=0.0).to(tl.float32)
+    _HALF = _F // 2
+    _fp = tl.where(_f < _HALF, _f + _HALF, _f - _HALF)
+    _at = _bh.to(tl.int64) * _ROWS + _row.to(tl.int64)
+    _dy = tl.load(_DY + _at * _F + _f, mask=_in, other=0.0).to(tl.float32)
+    _dyp = tl.load(_DY + _at * _F + _fp, mask=_in, other=0.0).to(tl.float32)
+    _r0 = (_D // 4)
+    _dx = _kernel.rope_pair(_dy, _dyp, tl.where((_f < _HALF), ((tl.where((_f < _r0), _kernel.as_float((_row // 8)), _kernel.as_float((_row % 8))) * _kernel.powf(BASE, (_kernel.as_float((-4.0 * _kernel.as_float(_kernel.floormod_or_zero(_f, _r0)))) / _kernel.as_float(_D)))) * -1.0), ((tl.where((_fp < _r0), _kernel.as_float((_row // 8)), _kernel.as_float((_row % 8))) * _kernel.powf(BASE, (_kernel.as_float((-4.0 * _kernel.as_float(_kernel.floormod_or_zero(_fp, _r0)))) / _kernel.as_float(_D)))) * -1.0)), (_f < _HALF))
+    tl.store(_DX + _at * _F + _f, (_dx + tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.float32)).to(_DX.dtype.element_ty), mask=_in)
+
+
+def _prologue_backward(_tensors, _grads, _wanted):
+    """The gradients of q, k, v and the inputs from those of q, k, by the backward
+    passes (_wanted: whether each of the tensors needs its gradient)."""
+    q, k, v = _tensors
+    _wanted = dict(zip(("q", "k", "v", ), _wanted))
+    _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, v)
+    _d = dict(zip(("q", "k", "v", ), _grads))
+    _inputs = {}  # the inputs' gradients, by name
+    _grad = _d["q"]  # of q after its statement
+    if _grad is not None:
+        _dx, _parts = _prologue_rt.row_pass_backward(
+            _rope2d_prologue_q_backward, q, _grad, (_B, _H, _HKV, _SQ, _SKV, _D),
+            (), False)
+        _d["q"] = _dx
+    _grad = _d["k"]  # of k after its statement
+    if _grad is not None:
+        _dx, _parts = _prologue_rt.row_pass_backward(
+            _rope2d_prologue_k_backward, k, _grad, (_B, _H, _HKV, _SQ, _SKV, _D),
+            (), False)
+        _d["k"] = _dx
+    return tuple(_d.values()) + tuple(_inputs.get(n) for n in ())
+
+
 # ---------------------------------------------------------------- the tile schedule
 # closed form (SCHEDULE = "bands"): the forward and dQ kernels compute their key tiles from the mask's
 # bands; the dK/dV kernel walks the query tiles of each key tile from the (transposed) tile classes
@@ -364,7 +435,7 @@ def attention(q, k, v, *, selection=None, schedule=None, return_lse=False):
     schedule: from build_schedule, to reuse the key-tile tables across calls (built here when None)."""
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, v)
     _grad = _rt.check_launch(SPEC_NAME, q, k, v, (), BACKWARD_ERROR)
-    q, k, v = _prologue_rt.prologue(_prologue_kernels, _prologue, q, k, v, (), skip=() if _grad else ("q",))
+    q, k, v = _prologue_rt.prologue(_prologue_kernels, _prologue, q, k, v, (), skip=() if _grad else ("q",), backward=_prologue_backward)
     _inputs = ()
     _params = ()
     if schedule is None and selection is None:  # one custom operator: torch.compile traces it as one node

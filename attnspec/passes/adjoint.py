@@ -1,0 +1,179 @@
+"""Reverse-mode derivatives of row maps (ir.RowMap: prologues and per-row values), for the triton
+target's backward passes over rows.
+
+`row_map_adjoint(step, spec, per_row)` is what a pass over the rows needs to turn the gradient of a row map's
+result (a leaf standing for it: a vector over the features, or one number per row) into the gradients of what it reads: its vector (the row of q, k or v before the map) and each
+float input it loads. It is a pure function of the IR; the results are IR expressions over the same
+leaves as the row map (the vector, its rope partner inside `rope`, positions, features, inputs) and
+the seed, rendered by codegen/rowmap_triton.py.
+
+The walk goes from the result down to the leaves, one node at a time:
+- a built-in or operator takes each argument's partial derivative from passes/derivative.py (the
+  other arguments stand for themselves), so kinks follow torch's autograd as the reference does;
+- `sum(a)` hands its (per-row) gradient to every feature of a; `norm(a)` is `sqrt(sum(a * a))`, so a
+  row of zeros has the reference's gradient (NaN through sqrt at 0, unless masked above it);
+- `rope(a, angle)` is a rotation per feature pair: its transpose, `rope(g, -angle)`, carries g to a;
+- a per-row quantity (a reduction, an input not indexed by the feature) read inside a vector
+  expression gathers its gradient from every feature: `sum(g * partial)`.
+
+NotRepresentable is raised for what has no rule here (a rope angle that reads a float input, a
+per-row table, `sum_kept`, the sum of a number that does not vary over the features): the caller then
+differentiates the dense tensor code instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..diagnostics import AttnError
+from ..ir import Expr, RowMap, Spec, inline_bindings, substitute, walk
+from ..types import infer
+from .derivative import derivative
+from .symbolic import NotRepresentable, exact_key
+
+SEED = "_seed"  # Expr("vector", value=SEED): the result's gradient at the feature
+ROW_SEED = "_seed_row"  # the same for a result that is one number per row (a per-row value)
+_REDUCTIONS = ("feature_sum", "feature_norm")
+
+
+@dataclass(frozen=True)
+class Adjoint:
+    """The gradients a row map hands back: `vector` to its row (None where it does not read it), and
+    per float load of an input (loads with equal indices are one), the gradient of that load's value
+    at each (row, feature) the map reads it."""
+
+    vector: Expr | None
+    loads: tuple[tuple[Expr, Expr], ...]
+
+
+def row_map_adjoint(step: RowMap, spec: Spec, per_row: bool = False) -> Adjoint:
+    """The gradients of what `step` reads, given its result's gradient: the leaf named SEED for a
+    prologue or the epilogue (a vector, even where the value is the same at every feature), ROW_SEED
+    for a per-row value (`per_row`: one number per row). NotRepresentable where a construct has no rule
+    here."""
+    if step.entry is not None:
+        raise NotRepresentable("a per-row table")
+    walker = _Walker(spec, step.target)
+    expr = _expanded(inline_bindings(step.value, spec))
+    walker.push(expr, Expr("vector", value=ROW_SEED if per_row else SEED, span=expr.span))
+    vector = _total(walker.found.get(("vector", step.target)))
+    loads = tuple((walker.leaves[key], _total(parts)) for key, parts in walker.found.items() if key[0] == "load")
+    return Adjoint(vector, loads)
+
+
+def varies(e: Expr) -> bool:
+    """Whether e differs between the features of one row (outside a reduction over them)."""
+    if e.op in _REDUCTIONS or (e.op == "vector" and e.value == ROW_SEED):
+        return False
+    if e.op in ("vector", "feature", "rope", "kept_sum"):
+        return True
+    return any(varies(a) for a in e.args)
+
+
+class _Walker:
+    def __init__(self, spec: Spec, target: str):
+        self.spec, self.target = spec, target
+        self.found: dict[tuple, list[Expr]] = {}
+        self.leaves: dict[tuple, Expr] = {}
+        self._depends: dict[tuple, bool] = {}
+
+    def is_variable(self, e: Expr) -> bool:
+        if e.op == "vector":
+            return e.value == self.target
+        return e.op == "load" and infer(e, self.spec) == "float"
+
+    def depends(self, e: Expr) -> bool:
+        key = exact_key(e)
+        if key not in self._depends:
+            self._depends[key] = any(self.is_variable(n) for n in walk(e))
+        return self._depends[key]
+
+    def push(self, e: Expr, grad: Expr) -> None:
+        """Hand `grad` (the gradient of e's value, at the feature or per row) down to e's leaves."""
+        if not self.depends(e):
+            return
+        if self.is_variable(e):
+            key = ("vector", e.value) if e.op == "vector" else ("load", exact_key(e))
+            self.leaves.setdefault(key, e)
+            self.found.setdefault(key, []).append(grad)
+            return
+        method = getattr(self, f"_{e.op}", None)
+        if method is not None:
+            return method(e, grad)
+        if e.op in ("entry", "kept_sum", "pool", "score"):
+            raise NotRepresentable(f"no row-map derivative for '{e.op}'")
+        self._elementwise(e, grad)
+
+    def _feature_sum(self, e: Expr, grad: Expr) -> None:
+        (arg,) = e.args
+        if not varies(arg):
+            raise NotRepresentable("the sum over features of a number that does not vary over them")
+        self.push(arg, grad)  # every feature of the row gets the row's gradient
+
+    def _rope(self, e: Expr, grad: Expr) -> None:
+        x, angle = e.args
+        if self.depends(angle):
+            raise NotRepresentable("a rope angle that reads a float input")
+        self.push(x, Expr("rope", (grad, _neg(angle)), span=e.span))  # the rotation's transpose
+
+    def _elementwise(self, e: Expr, grad: Expr) -> None:
+        """Each float argument that depends on a variable gets grad * d e / d argument."""
+        # booleans and integers are piecewise constant: only float arguments that depend on a variable
+        # become holes, each differentiated while the others stand for themselves
+        wanted = [self.depends(a) and infer(a, self.spec) == "float" for a in e.args]
+        holes = tuple(Expr("vector", value=f"_arg{i}", span=a.span) if w else a
+                      for i, (a, w) in enumerate(zip(e.args, wanted)))
+        shell = Expr(e.op, holes, e.value, e.span, e.name)
+        back = {h.value: a for h, a, w in zip(holes, e.args, wanted) if w}
+        for hole, arg, w in zip(holes, e.args, wanted):
+            if not w:
+                continue
+            try:
+                partial = derivative(shell, hole, self.spec)
+            except AttnError as error:
+                raise NotRepresentable(error.message) from None
+            partial = substitute(partial, lambda n: back.get(n.value) if n.op == "vector" else None)
+            self.push(arg, _gathered(_mul(grad, partial), arg, e.span))
+
+
+def _expanded(e: Expr) -> Expr:
+    """norm(a) as sqrt(sum(a * a)): the reference's own chain, so its gradient at a row of zeros."""
+    def expand(node: Expr):
+        if node.op != "feature_norm":
+            return None
+        (arg,) = node.args
+        arg = _expanded(arg)
+        return Expr("sqrt", (Expr("feature_sum", (Expr("mul", (arg, arg), span=node.span),), span=node.span),), span=node.span)
+    return substitute(e, expand)
+
+
+def _gathered(grad: Expr, arg: Expr, span) -> Expr:
+    """A gradient that varies over the features, for an argument that does not: summed over them."""
+    return Expr("feature_sum", (grad,), span=span) if varies(grad) and not varies(arg) else grad
+
+
+def _is(e: Expr, number: float) -> bool:
+    return e.op == "const" and isinstance(e.literal, (int, float)) and not isinstance(e.literal, bool) and e.literal == number
+
+
+def _mul(a: Expr, b: Expr) -> Expr:
+    if _is(b, 1.0):
+        return a
+    if _is(a, 1.0):
+        return b
+    if _is(b, -1.0):
+        return _neg(a)
+    return Expr("mul", (a, b), span=a.span)
+
+
+def _neg(a: Expr) -> Expr:
+    return a.args[0] if a.op == "neg" else Expr("neg", (a,), span=a.span)
+
+
+def _total(parts: list[Expr] | None) -> Expr | None:
+    if not parts:
+        return None
+    total = parts[0]
+    for part in parts[1:]:
+        total = Expr("add", (total, part), span=total.span)
+    return total
