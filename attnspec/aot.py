@@ -46,7 +46,7 @@ class KernelReport:
     """One kernel of one autotune candidate, compiled for one architecture."""
 
     spec: str
-    kernel: str  # forward, dq, dkdv, kept, or prologue_q, prologue_k, prologue_v
+    kernel: str  # forward, dq, dkdv, kept, or a pass over rows: prologue_q ..., value_t ..., prologue_q_bwd ..., value_t_bwd ...
     arch: str
     dtype: str
     head_dim: int
@@ -211,8 +211,9 @@ def report(path_or_source, *, spec: str | None = None, consts: dict | None = Non
     """Every kernel a call of one spec (and with backward, its gradient) launches, compiled for each
     architecture, dtype and head dim: the default candidate (the one a launch without autotuning runs:
     the first that fits, see _default), or every autotune candidate. kernels:
-    only these (forward, dq, dkdv, kept: sum_kept(v)'s gradient, prologue: the passes over q, k, v, reported
-    as prologue_q, prologue_k, prologue_v). tf32: float32 products as under set_float32_matmul_precision("high")."""
+    only these (forward, dq, dkdv, kept: sum_kept(v)'s gradient, prologue: the passes over rows, reported
+    as prologue_q ... for the prologue's statements, value_t ... for per-row values, and with backward,
+    prologue_q_bwd ..., value_t_bwd ... for their backward passes). tf32: float32 products as under set_float32_matmul_precision("high")."""
     from . import api
 
     if tf32:
@@ -225,7 +226,7 @@ def report(path_or_source, *, spec: str | None = None, consts: dict | None = Non
         raise AttnError(f"{lowered.name}: the triton target has no backward for this spec ({module.BACKWARD_ERROR})")
     kinds = (("forward", module.KERNELS.forward), ("dq", module.KERNELS.dq), ("dkdv", module.KERNELS.dkdv), ("kept", module.KERNELS.kept))
     names = {getattr(f, "__name__", None): kind for kind, f in kinds}
-    names.update({fn.__name__: "prologue_" + fn.__name__.rsplit("_", 1)[-1] for fn in module.KERNELS.prologue})  # prologue_q ...
+    names.update({fn.__name__: name for name, fn in module.KERNELS.row_passes})  # prologue_q, value_t, prologue_q_bwd ...
     reports, seen = [], set()
     for dtype in dtypes:
         for head_dim in head_dims:
@@ -233,7 +234,7 @@ def report(path_or_source, *, spec: str | None = None, consts: dict | None = Non
                 launches = recorded_launches(module, lowered, DTYPES[dtype], head_dim, backward=backward,
                                              every_candidate=True, arch=arch)
                 wanted = [launch for launch in launches
-                          if kernels is None or names[launch.kernel.fn.__name__].split("_")[0] in kernels]
+                          if kernels is None or _kind(names[launch.kernel.fn.__name__]) in kernels]
 
                 def compile_one(launch, arch=arch, dtype=dtype, head_dim=head_dim):
                     return report_launch(launch, lowered.name, names[launch.kernel.fn.__name__], arch, dtype, head_dim)
@@ -247,6 +248,13 @@ def report(path_or_source, *, spec: str | None = None, consts: dict | None = Non
                             seen.add(key)
                             reports.append(r)
     return reports
+
+
+def _kind(name: str) -> str:
+    """What --kernel calls a reported kernel: forward, dq, dkdv, kept, or prologue for every pass over
+    rows (prologue statements, per-row values, and their backward passes)."""
+    kind = name.split("_")[0]
+    return "prologue" if kind == "value" else kind
 
 
 def _default(launches, compile_one) -> list[KernelReport]:
@@ -288,12 +296,12 @@ def _check_names(archs, dtypes) -> None:
 
 def render_table(reports: list[KernelReport]) -> str:
     """One line per kernel and candidate."""
-    header = (f"{'spec':<16} {'kernel':<10} {'arch':<7} {'dtype':<5} {'D':>4} {'cand':>4} {'tile':>8} {'w/s':>4}  {'regs':>4} "
+    header = (f"{'spec':<16} {'kernel':<15} {'arch':<7} {'dtype':<5} {'D':>4} {'cand':>4} {'tile':>8} {'w/s':>4}  {'regs':>4} "
               f"{'spill':>6} {'smem KiB':>9}  {'mma':<13} {'tma':<3} {'ptx':>6} {'sfu':>5}  result")
     lines = [header, "-" * len(header)]
     for r in reports:
         tile, ws = f"{r.block_m}x{r.block_n}", f"{r.num_warps}/{r.num_stages}"
-        head = f"{r.spec[:16]:<16} {r.kernel:<10} {r.arch:<7} {r.dtype:<5} {r.head_dim:>4} {r.candidate:>4} {tile:>8} {ws:>4}"
+        head = f"{r.spec[:16]:<16} {r.kernel:<15} {r.arch:<7} {r.dtype:<5} {r.head_dim:>4} {r.candidate:>4} {tile:>8} {ws:>4}"
         if r.error is not None:
             lines.append(f"{head}  {'':>4} {'':>6} {'':>9}  {'':<13} {'':<3} {'':>6} {'':>5}  error: {r.error}")
             continue

@@ -5,8 +5,9 @@ After: the tile analysis skips empty tiles and evaluates the mask only on partia
 hoist/CSE passes move terms to their level (program, row, column). Prints a markdown table, then a
 second one for the examples with row maps (prologues, per-row values, the epilogue): their work as a
 prologue pass before the kernel against fused into the kernels, and the model's choice; a third for the
-examples with prologues: the tensor operations their prologue takes as tensor code (what the reference
-and flex targets run, counted as dispatched), against the triton target's generated passes.
+examples with prologues or per-row values: the tensor operations they take as tensor code, forward and
+backward (what the reference and flex targets run, counted as dispatched), against the triton target's
+generated passes.
 
     python benchmarks/kernel_work.py [--tokens 4096] [--block 128]
 """
@@ -59,30 +60,47 @@ def row_map_rows(path: Path, tokens: int, block: int) -> list[list[str]]:
     return lines
 
 
-def prologue_passes(path: Path, rows: int = 64, features: int = 64) -> list[str] | None:
-    """The tensor operations of the example's prologue as tensor code (those writing a tensor of at
-    least half a row block's size), against the triton module's passes; None without a prologue."""
+def row_map_passes(path: Path, rows: int = 64, features: int = 64) -> list[str] | None:
+    """The tensor operations of the example's prologue and per-row values as tensor code (those writing
+    a tensor of at least half a row block's size), forward and backward (autograd, recomputing the
+    forward), against the triton module's passes; None without either."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     spec = lower(pick_spec(attnspec.load_program(path), None))
-    if not spec.prologue:
+    values = [i for i in spec.inputs if i.computed is not None and i.computed.entry is None]
+    if not spec.prologue and not values:
         return None
     module = attnspec.compile(path, "triton")
     sizes = Sizes(B=2, H=4, HKV=2, SQ=rows, SKV=rows, D=features, DV=features)
     args = sample_arguments(spec, sizes, torch.float32)
-    rest = [args[name] for name in list(inspect.signature(module._prologue).parameters)[3:]]
-    ops: list[bool] = []
+    leaves = {n: t.detach().clone().requires_grad_(t.is_floating_point()) if isinstance(t, torch.Tensor) else t
+              for n, t in args.items()}
     big = sizes.B * sizes.HKV * rows * features // 2
+    forward: list[bool] = []
+    backward: list[bool] = []
+    counted = forward
 
     class Count(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
-            ops.append(isinstance(out, torch.Tensor) and out.numel() >= big)
+            counted.append(isinstance(out, torch.Tensor) and out.numel() >= big)
             return out
 
+    def call(name: str, tensors):
+        rest = [leaves[n] for n in list(inspect.signature(getattr(module, name)).parameters)[len(tensors):]]
+        return getattr(module, name)(*tensors, *rest)
+
     with Count():
-        module._prologue(args["q"], args["k"], args["v"], *rest)
-    return [path.stem, str(len(ops)), str(sum(ops)), str(len(module.KERNELS.prologue))]
+        q, k, v = call("_prologue", (leaves["q"], leaves["k"], leaves["v"])) if spec.prologue else (leaves["q"], leaves["k"], leaves["v"])
+        results = [q, k, v] + (list(call("_row_values", (q, k))) if values else [])
+        counted = backward
+        wanted = [t for t in leaves.values() if isinstance(t, torch.Tensor) and t.requires_grad]
+        changed = [r for r in results if r.grad_fn is not None]
+        torch.autograd.grad(changed, wanted, [torch.ones_like(r) for r in changed], allow_unused=True)
+    passes = dict(module.KERNELS.row_passes)
+    forward_passes = sum(not name.endswith("_bwd") for name in passes)
+    return [path.stem, str(len(forward)), str(sum(forward)), str(forward_passes),
+            str(len(backward)), str(sum(backward)), str(len(passes) - forward_passes)]
 
 
 def measure(path: Path, tokens: int, block: int) -> tuple[str, list[str]]:
@@ -118,16 +136,16 @@ def main() -> None:
     for path in sorted((ROOT / "examples").glob("*.attn")):
         for cells in row_map_rows(path, args.tokens, args.block):
             print("| " + " | ".join(cells) + " |")
-    print("\nPrologues as tensor code (tensor operations dispatched; those writing at least half the rows'"
-          " elements, i.e. passes over memory) against the triton target's generated passes (one per"
-          " statement):\n")
-    print("| example | tensor operations | of them passes over the rows | triton passes |")
-    print("|---|---|---|---|")
+    print("\nPrologues and per-row values as tensor code (tensor operations dispatched; those writing at least"
+          " half the rows' elements, i.e. passes over memory), forward and backward (autograd of the tensor"
+          " code), against the triton target's generated passes (one per statement or value, each way):\n")
+    print("| example | forward: tensor operations | of them passes over the rows | triton passes | "
+          "backward: tensor operations | of them passes over the rows | triton passes |")
+    print("|---|---|---|---|---|---|---|")
     for path in sorted((ROOT / "examples").glob("*.attn")):
-        cells = prologue_passes(path)
+        cells = row_map_passes(path)
         if cells is not None:
             print("| " + " | ".join(cells) + " |")
-
 
 if __name__ == "__main__":
     main()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from attnspec.ir import LEAF_OPS, Expr, RowMap, Spec, inline_bindings, rewrite, walk
+from attnspec.ir import LEAF_OPS, Expr, RowMap, Spec, inline_bindings, walk
 from attnspec.passes.adjoint import ROW_SEED, SEED, row_map_adjoint, varies
 from attnspec.passes.symbolic import NotRepresentable, exact_key
 

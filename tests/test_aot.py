@@ -48,13 +48,21 @@ def forward(tmp_path_factory):
     return _aot(tmp_path_factory, "forward", EXAMPLES, "--kernel", "forward")
 
 
-PROLOGUES = sorted({path for path in EXAMPLES for spec in load_program(path).specs if spec.prologue})
+def _row_maps(spec) -> int:
+    """The passes over rows one direction of a spec takes: one per prologue statement and per-row value
+    (none for values beside a per-row table: those stay tensor code)."""
+    values = [i.computed for i in spec.inputs if i.computed is not None]
+    return len(spec.prologue) + (0 if any(v.entry is not None for v in values) else len(values))
+
+
+ROW_MAPS = sorted({path for path in EXAMPLES for spec in load_program(path).specs if _row_maps(spec)})
 
 
 @pytest.fixture(scope="module")
 def prologues(tmp_path_factory):
-    # with gradients every statement is a pass (without, the forward kernel applies q's itself)
-    return _aot(tmp_path_factory, "prologue", PROLOGUES, "--kernel", "prologue", "--backward")
+    # with gradients every statement is a pass (without, the forward kernel applies q's itself), and
+    # so is the backward of every statement and value
+    return _aot(tmp_path_factory, "prologue", ROW_MAPS, "--kernel", "prologue", "--backward")
 
 
 @pytest.fixture(scope="module")
@@ -142,14 +150,17 @@ def test_forward_compiles_for_hopper_on_tensor_cores_without_spills(forward, ste
         assert r["instructions"] > r["special"] > 0, where  # every normalization takes an exponential or a reciprocal
 
 
-def test_the_prologue_passes_compile_for_hopper_without_spills(prologues):
-    """One pass per prologue statement over q, k or v (runtime/prologue.py): every example's compiles,
-    at both head dims, and holds its tile in registers."""
-    assert len(PROLOGUES) >= 4 and prologues["rc"] == 0, prologues["table"]
-    statements = sum(len(spec.prologue) for path in PROLOGUES for spec in load_program(path).specs)
-    assert len(prologues["reports"]) == 2 * statements, prologues["table"]
+def test_the_passes_over_rows_compile_for_hopper_without_spills(prologues):
+    """One pass per prologue statement over q, k or v and per per-row value, and one backward pass of
+    each (runtime/prologue.py): every example's compiles, at both head dims, and holds its tile in
+    registers."""
+    assert len(ROW_MAPS) >= 6 and prologues["rc"] == 0, prologues["table"]
+    passes = sum(_row_maps(spec) for path in ROW_MAPS for spec in load_program(path).specs)
+    assert len(prologues["reports"]) == 2 * 2 * passes, prologues["table"]
+    kinds = {r["kernel"] for r in prologues["reports"]}
+    assert {"prologue_q", "prologue_k", "prologue_q_bwd", "value_t", "value_t_bwd"} <= kinds, kinds
     for r in prologues["reports"]:
-        assert r["kernel"] in ("prologue_q", "prologue_k", "prologue_v") and r["error"] is None, r
+        assert r["kernel"].startswith(("prologue_", "value_")) and r["error"] is None, r
         assert r["spill_stores"] == 0 and r["fits"], r
 
 

@@ -25,7 +25,9 @@ class Kernels:
     dq: Callable | None  # the backward kernels; None where the spec has no backward
     dkdv: Callable | None
     kept: Callable | None  # the dV share of sum_kept(v)'s gradient, launched after dkdv with its arguments
-    prologue: tuple[Callable, ...]  # the prologue's passes over q, k or v (runtime/prologue.py), one per statement
+    # (report name, kernel) of every pass over rows (runtime/prologue.py): the prologue's statements
+    # (prologue_q ...), the per-row values (value_t ...) and the backward passes of both (..._bwd)
+    row_passes: tuple[tuple[str, Callable], ...]
     fused_q: bool  # without gradients, the forward kernel can apply the q prologue to its Q tile
     fused_epilogue: bool  # without gradients, the forward kernel can apply the epilogue before its store
     q_pass: Callable | None  # (q, k, v, inputs, params) -> q after its prologue, for an unfused configuration
