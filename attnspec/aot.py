@@ -252,9 +252,9 @@ def report(path_or_source, *, spec: str | None = None, consts: dict | None = Non
 
 def _kind(name: str) -> str:
     """What --kernel calls a reported kernel: forward, dq, dkdv, kept, or prologue for every pass over
-    rows (prologue statements, per-row values, and their backward passes)."""
+    rows (prologue statements, per-row values, the epilogue, and their backward passes)."""
     kind = name.split("_")[0]
-    return "prologue" if kind == "value" else kind
+    return "prologue" if kind in ("value", "epilogue") else kind
 
 
 def _default(launches, compile_one) -> list[KernelReport]:

@@ -65,7 +65,8 @@ class RowMapKernelRenderer(TritonRenderer):
         return "_fp" if self.partner else "_f"
 
     def render_kept_sum(self, e: Expr) -> str:
-        return "_vsum"  # the forward kernel's sum of v over the row's kept keys
+        # the sum of v over the row's kept keys (the forward kernel's, or the epilogue pass's tile of it)
+        return "_vsump" if self.partner else "_vsum"
 
     def render_feature_sum(self, e: Expr) -> str:
         return f"_kernel.feature_sum({self.render(e.args[0])}, _in_f)"
@@ -103,8 +104,22 @@ def fused_q_prologue(spec: Spec) -> dict | None:
 
 def fused_epilogue(spec: Spec) -> dict | None:
     """{code, rope} of the epilogue as the forward kernel applies it before its store when no gradient is
-    needed (in training the kernel stores the output the backward reads, and the epilogue follows)."""
+    needed (in training the kernel stores the output the backward reads, and the epilogue's pass follows)."""
     return None if spec.epilogue is None else _fused(spec, spec.epilogue)
+
+
+def epilogue_kernel_plan(spec: Spec) -> dict | None:
+    """{code, inputs, params, rope, kept_partner} of the epilogue as a pass over the rows of the output
+    (with gradients: the attention kernel stores the output the backward reads, then the pass runs);
+    None without an epilogue, or where its backward has no pass (the tensor code then runs, and autograd
+    differentiates it)."""
+    if spec.epilogue is None:
+        return None
+    try:
+        row_map_adjoint(spec.epilogue, spec)
+    except NotRepresentable:
+        return None
+    return _kernel_step(spec, spec.epilogue)
 
 
 def row_value_kernel_plan(spec: Spec) -> list[dict]:
@@ -116,27 +131,32 @@ def row_value_kernel_plan(spec: Spec) -> list[dict]:
     return [{**_kernel_step(spec, i.computed), "name": i.name} for i in values]
 
 
-def backward_kernel_plan(spec: Spec) -> dict | None:
-    """The backward passes of the prologue and of the per-row values: {prologue, row_values}, each a
-    list of {target, name, terms, code, row_seed, rope, partner_x, partner_dy, inputs, params, sites} (sites: {input, level, code,
-    offset} per float load, the gradient of its value and where it adds). None where a row map has no
-    rule in passes/adjoint.py (the module then differentiates the tensor code), and for the per-row
-    values, where they have no passes (row_value_kernel_plan)."""
+def backward_kernel_plan(spec: Spec) -> dict:
+    """The backward passes of the prologue, the per-row values and the epilogue: {prologue, row_values,
+    epilogue}, each a list of {target, name, terms, code, kept_sum (the gradient of sum_kept(v), which
+    the epilogue reads where reads_kept), row_seed, rope, partner_x, partner_dy, kept_partner, inputs,
+    params, sites} (sites: {input, level, code, offset, per_feature} per float load, the gradient of
+    its value and where it adds). An empty list: no passes, the module differentiates the tensor code.
+    The prologue and the per-row values have passes together or not at all (not where a row map has no
+    rule in passes/adjoint.py, or the per-row values no passes: row_value_kernel_plan); the epilogue on
+    its own."""
     values = [i for i in spec.inputs if i.computed is not None]
-    if values and not row_value_kernel_plan(spec):
-        return None
+    rows = {"prologue": [], "row_values": []}
     try:
-        return {"prologue": [_backward_step(spec, step, step.target, False) for step in spec.prologue],
-                "row_values": [_backward_step(spec, i.computed, i.name, True) for i in values]}
+        if not values or row_value_kernel_plan(spec):
+            rows = {"prologue": [_backward_step(spec, step, step.target, False) for step in spec.prologue],
+                    "row_values": [_backward_step(spec, i.computed, i.name, True) for i in values]}
     except NotRepresentable:
-        return None
+        pass
+    epilogue = epilogue_kernel_plan(spec) and [_backward_step(spec, spec.epilogue, "out", False)]
+    return {**rows, "epilogue": epilogue or []}
 
 
 def _backward_step(spec: Spec, step: RowMap, name: str, per_row: bool) -> dict:
     adjoint = row_map_adjoint(step, spec, per_row)
     r = RowMapKernelRenderer(spec)
     nodes = list(walk(inline_bindings(step.value, spec)))
-    grads = [adjoint.vector] + [grad for _, grad in adjoint.loads]
+    grads = [adjoint.vector, adjoint.kept_sum] + [grad for _, grad in adjoint.loads]
     terms = _shared_terms([g for g in grads if g is not None])
     r.shared = {exact_key(node): name for name, node in terms}
     r.fixed = {exact_key(node) for _, node in terms if not varies(node)}
@@ -146,9 +166,12 @@ def _backward_step(spec: Spec, step: RowMap, name: str, per_row: bool) -> dict:
         "name": name,
         "terms": [(name, r.render_term(node)) for name, node in terms],
         "code": None if adjoint.vector is None else r.render(adjoint.vector),
+        "kept_sum": None if adjoint.kept_sum is None else r.render(adjoint.kept_sum),
+        "reads_kept": any(n.op == "kept_sum" for n in nodes),
         "row_seed": per_row,
         "rope": bool(ropes),
         "partner_x": any(n.op == "vector" and n.value == step.target for r in ropes for n in walk(r.args[0])),
+        "kept_partner": any(n.op == "kept_sum" for r in ropes for n in walk(r.args[0])),
         "partner_dy": any(n.op == "vector" and n.value == SEED for r in ropes for n in walk(r.args[0])),
         "inputs": [{"name": i.name, "rank": len(i.shape)} for i in spec.inputs
                    if any(n.op == "load" and n.value == i.name for n in nodes)],
@@ -194,15 +217,19 @@ def _site(spec: Spec, r: RowMapKernelRenderer, load: Expr, grad: Expr) -> dict:
 
 
 def _fused(spec: Spec, step: RowMap) -> dict:
-    """{code, rope}: the statement's value as Triton code over a tile, and whether it pairs features."""
+    """{code, rope, kept_partner}: the statement's value as Triton code over a tile, whether it pairs
+    features, and whether it reads sum_kept(v) at a rope partner (`_vsump`)."""
     value = inline_bindings(step.value, spec)
-    return {"code": RowMapKernelRenderer(spec).render(value), "rope": any(n.op == "rope" for n in walk(value))}
+    ropes = [n for n in walk(value) if n.op == "rope"]
+    return {"code": RowMapKernelRenderer(spec).render(value), "rope": bool(ropes),
+            "kept_partner": any(n.op == "kept_sum" for r in ropes for n in walk(r.args[0]))}
 
 
 def _kernel_step(spec: Spec, step: RowMap) -> dict:
     nodes = list(walk(inline_bindings(step.value, spec)))
     return {
         **_fused(spec, step),
+        "reads_kept": any(n.op == "kept_sum" for n in nodes),
         "target": step.target,
         "inputs": [{"name": i.name, "rank": len(i.shape)} for i in spec.inputs
                    if any(n.op == "load" and n.value == i.name for n in nodes)],

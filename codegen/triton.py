@@ -217,7 +217,8 @@ class TritonPlan(ModulePlan, BackwardPlan):
     prologue_kernels: list[dict]  # each prologue statement as a kernel's code (codegen/rowmap_triton.py)
     fused_q: dict | None  # the q prologue in the forward kernel, without gradients (codegen/rowmap_triton.py)
     row_value_kernels: list[dict]  # each per-row value as a pass's code; empty: tensor code (a per-row table)
-    rowmap_backward: dict | None  # the backward passes of the prologue and per-row values; None: autograd of the tensor code
+    rowmap_backward: dict  # the backward passes of the prologue, per-row values and epilogue (empty lists: autograd of the tensor code)
+    epilogue_kernel: dict | None  # the epilogue as a pass over the output's rows, with gradients; None: tensor code
     fused_epilogue: dict | None  # the epilogue in the forward kernel, without gradients
     heaviest_first: bool  # query tiles in reverse order: a row's key work grows with q (causal)
     k_score: str
@@ -248,8 +249,8 @@ class TritonPlan(ModulePlan, BackwardPlan):
 
 
 def triton_plan(spec: Spec, source_name: str) -> TritonPlan:
-    from .rowmap_triton import (backward_kernel_plan, fused_epilogue, fused_q_prologue, prologue_kernel_plan,
-                                row_value_kernel_plan)  # they render with TritonRenderer
+    from .rowmap_triton import (backward_kernel_plan, epilogue_kernel_plan, fused_epilogue, fused_q_prologue,
+                                prologue_kernel_plan, row_value_kernel_plan)  # they render with TritonRenderer
 
     r = TritonRenderer(spec)
     norm = spec.normalize
@@ -276,6 +277,7 @@ def triton_plan(spec: Spec, source_name: str) -> TritonPlan:
         fused_q=fused_q_prologue(spec),
         row_value_kernels=row_value_kernel_plan(spec),
         rowmap_backward=backward_kernel_plan(spec),
+        epilogue_kernel=epilogue_kernel_plan(spec),
         fused_epilogue=fused_epilogue(spec),
         k_score=r.render(spec.score),
         k_weight=None if norm.weight is None else r.render(norm.weight),

@@ -9,7 +9,7 @@ where a row map has no backward rule.
 
 Without gradients the forward kernel applies the q prologue to its resident Q tile and the epilogue
 before its store (no q pass, no epilogue after the kernel): checked against the reference, and against
-the same module with gradients (passes and tensor code).
+the same module with gradients, where the epilogue is a pass after the kernel and its backward a pass.
 """
 
 from __future__ import annotations
@@ -231,6 +231,52 @@ def test_with_gradients_the_passes_run_and_the_results_agree():
     leaves = [x.clone().requires_grad_() for x in (q, k, v)]
     unfused = module.attention(*leaves, **inputs)
     torch.testing.assert_close(unfused.detach(), fused, rtol=2e-5, atol=2e-6)
+
+
+# the epilogue reads per-query values (learnable through w), an input per row, sum_kept(v) at the rope
+# partners, and the output's norm
+EPILOGUE = """
+attention epi {
+    input gate: float32[B, H, SQ] learnable
+    input w: float32[H, D] learnable
+    let alpha per q[i, f] = 1.0 + tanh(sum(q * w[h, f]))
+    mask kv <= q + (SKV - SQ)
+    epilogue out[i, f] = rope(out, 0.2 * float(i)) * sigmoid(gate[b, h, i]) * alpha + 0.1 * rope(sum_kept(v), 0.3 * float(i)) / (1.0 + norm(out))
+}
+"""
+
+
+@pytest.mark.parametrize("source", [FUSED, EPILOGUE], ids=["fused", "epilogue"])
+def test_with_gradients_the_epilogue_is_a_pass_and_its_backward_one_too(monkeypatch, source):
+    """The epilogue after the kernel that stores the output the backward reads: one pass, and one pass
+    back to the output, the inputs and per-row values it reads and sum_kept(v); no tensor code."""
+    module = attnspec.compile(source, "triton")
+    assert dict(module.KERNELS.row_passes).keys() >= {"epilogue", "epilogue_bwd"}
+    (q, k, v), gen = _tensors(D=16, DV=16)
+    inputs = {"gate": torch.randn(2, 4, 19, generator=gen)}
+    inputs.update({"g": torch.randn(4, 16, generator=gen)} if source is FUSED else {"w": torch.randn(4, 16, generator=gen)})
+    dense, calls = module._epilogue, []
+    monkeypatch.setattr(module, "_epilogue", lambda *a: calls.append(1) or dense(*a))
+    leaves = [x.clone().requires_grad_() for x in (q, k, v, *inputs.values())]
+    mine = _gradients(source, "triton", leaves, list(inputs))
+    assert not calls
+    ref = [x.detach().double().requires_grad_() for x in leaves]
+    for name, got, exact in zip(["q", "k", "v", *inputs], mine, _gradients(source, "reference", ref, list(inputs))):
+        if exact is None:
+            assert got is None or not got.any(), name
+            continue
+        torch.testing.assert_close(got.double(), exact, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_sum_kept_at_rope_partners_in_the_fused_epilogue():
+    """rope(sum_kept(v), ...) in the epilogue the forward kernel applies reads the sum at each feature's
+    partner (a gather of the second accumulator)."""
+    (q, k, v), gen = _tensors(D=16, DV=16)
+    inputs = {"gate": torch.randn(2, 4, 19, generator=gen), "w": torch.randn(4, 16, generator=gen)}
+    with torch.no_grad():
+        out = attnspec.compile(EPILOGUE, "triton").attention(q, k, v, **inputs)
+        expected = attnspec.compile(EPILOGUE, "reference").attention(q, k, v, **inputs)
+    torch.testing.assert_close(out, expected.float(), rtol=1e-4, atol=1e-5)
 
 
 def test_a_per_query_value_keeps_the_q_pass():

@@ -227,3 +227,21 @@ def test_a_second_derivative_is_refused_not_silently_wrong():
     (dq,) = torch.autograd.grad(module.attention(q, k, v).sum(), q, create_graph=True)
     with pytest.raises(RuntimeError):
         dq.sum().backward()
+
+
+@pytest.mark.parametrize("mod", ["score * 7.0", "score + 0.5 * float(kv)", "30.0 * tanh(score / 30.0)"])
+def test_a_row_with_one_key_has_weight_exactly_one_in_the_backward(mod):
+    """With one key per row the weight is exactly 1, so dv = dO and dq = dk = 0 (dS = P (dP - Delta)
+    with Delta = dP). The backward recomputes a modified score in log2 units by the forward's own code
+    against the forward's max in those units: converted to natural units the max would be off by
+    |s| ulps, which at |s| ~ 200 is a relative error of 1e-5 in every gradient."""
+    module = attnspec.compile(f"attention one {{ score = {mod} }}", "triton")
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 3, 1, 16, generator=gen) * 8.0 for _ in range(3))
+    leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+    out = module.attention(*leaves)
+    d_out = torch.randn(out.shape, generator=gen)
+    (out * d_out).sum().backward()
+    assert (q @ k.transpose(-1, -2)).abs().max() > 100  # large logits
+    torch.testing.assert_close(leaves[2].grad, d_out, rtol=0, atol=0)
+    assert leaves[0].grad.abs().max() <= 1e-6 and leaves[1].grad.abs().max() <= 1e-6

@@ -16,8 +16,9 @@ The walk goes from the result down to the leaves, one node at a time:
 - a per-row quantity (a reduction, an input not indexed by the feature) read inside a vector
   expression gathers its gradient from every feature: `sum(g * partial)`.
 
-NotRepresentable is raised for what has no rule here (a rope angle that reads a float input, a
-per-row table, `sum_kept`, the sum of a number that does not vary over the features): the caller then
+The epilogue's `sum_kept(v)` is a leaf too, whose gradient (`Adjoint.kept_sum`) the attention's
+backward takes on. NotRepresentable is raised for what has no rule here (a rope angle that reads a
+float input, a per-row table, the sum of a number that does not vary over the features): the caller then
 differentiates the dense tensor code instead.
 """
 
@@ -44,6 +45,7 @@ class Adjoint:
 
     vector: Expr | None
     loads: tuple[tuple[Expr, Expr], ...]
+    kept_sum: Expr | None = None  # the epilogue's: to sum_kept(v), a vector over the features
 
 
 def row_map_adjoint(step: RowMap, spec: Spec, per_row: bool = False) -> Adjoint:
@@ -58,7 +60,7 @@ def row_map_adjoint(step: RowMap, spec: Spec, per_row: bool = False) -> Adjoint:
     walker.push(expr, Expr("vector", value=ROW_SEED if per_row else SEED, span=expr.span))
     vector = _total(walker.found.get(("vector", step.target)))
     loads = tuple((walker.leaves[key], _total(parts)) for key, parts in walker.found.items() if key[0] == "load")
-    return Adjoint(vector, loads)
+    return Adjoint(vector, loads, _total(walker.found.get(("kept_sum",))))
 
 
 def varies(e: Expr) -> bool:
@@ -80,6 +82,8 @@ class _Walker:
     def is_variable(self, e: Expr) -> bool:
         if e.op == "vector":
             return e.value == self.target
+        if e.op == "kept_sum":
+            return True
         return e.op == "load" and infer(e, self.spec) == "float"
 
     def depends(self, e: Expr) -> bool:
@@ -93,14 +97,14 @@ class _Walker:
         if not self.depends(e):
             return
         if self.is_variable(e):
-            key = ("vector", e.value) if e.op == "vector" else ("load", exact_key(e))
+            key = ("vector", e.value) if e.op == "vector" else ("kept_sum",) if e.op == "kept_sum" else ("load", exact_key(e))
             self.leaves.setdefault(key, e)
             self.found.setdefault(key, []).append(grad)
             return
         method = getattr(self, f"_{e.op}", None)
         if method is not None:
             return method(e, grad)
-        if e.op in ("entry", "kept_sum", "pool", "score"):
+        if e.op in ("entry", "pool", "score"):
             raise NotRepresentable(f"no row-map derivative for '{e.op}'")
         self._elementwise(e, grad)
 

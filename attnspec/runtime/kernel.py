@@ -290,12 +290,18 @@ def normalized_rows(m, l, acc, NORM: tl.constexpr):
 
 @triton.jit
 def store_rows(o, undef, m, l, out_ptrs, out_mask, Lse, Stats, row, rows, m_scale,
-               NORM: tl.constexpr, FOLDED: tl.constexpr, WRITE_LSE: tl.constexpr, WRITE_STATS: tl.constexpr):
+               NORM: tl.constexpr, FOLDED: tl.constexpr, WRITE_LSE: tl.constexpr, WRITE_STATS: tl.constexpr,
+               STATS_LOG2: tl.constexpr = False):
     """The forward's end for a query tile: out (and lse, and the row statistics the backward reads).
-    row: each row's index into [B * H * SQ]; m_scale turns a max over raw products (FOLDED) into natural units."""
+    row: each row's index into [B * H * SQ]; m_scale turns a max over raw products (FOLDED) into natural units.
+    STATS_LOG2: the max is stored as the forward found it, in log2 units (the backward recomputes the
+    scores in those units with the same code, so a row's largest weight is exactly the forward's)."""
     tl.store(out_ptrs, o.to(out_ptrs.dtype.element_ty), mask=out_mask)
+    m_stats = m
     if FOLDED:
         m = m * m_scale
+    if not STATS_LOG2:
+        m_stats = m
     if WRITE_LSE:
         if NORM == "softmax":
             lse = tl.where(l > 0, m + tl.log(l), -float("inf"))
@@ -305,6 +311,6 @@ def store_rows(o, undef, m, l, out_ptrs, out_mask, Lse, Stats, row, rows, m_scal
         tl.store(Lse + row, lse, mask=rows)
     if WRITE_STATS:  # the backward's weights exp(s - m) / l round like the forward's (lse would add its own rounding)
         if NORM == "softmax":
-            tl.store(Stats + row * 2, m, mask=rows)
+            tl.store(Stats + row * 2, m_stats, mask=rows)
         if NORM != "elementwise":
             tl.store(Stats + row * 2 + 1, l, mask=rows)

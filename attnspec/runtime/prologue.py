@@ -39,10 +39,12 @@ def value_pass(kernel, x: torch.Tensor, args: tuple) -> torch.Tensor:
     return y
 
 
-def row_pass_backward(kernel, x: torch.Tensor, dy: torch.Tensor, args: tuple, levels: tuple[str, ...], sites: bool):
+def row_pass_backward(kernel, x: torch.Tensor, dy: torch.Tensor, args: tuple, levels: tuple[str, ...], sites: bool,
+                      kept: bool = False):
     """One launch of a row map's backward pass: the gradient of x ([B, heads, rows, F], x's dtype) from
     dy, that of the map's result, and with `sites`, per float load of an input (its level: where the
-    kernel sums it, see rowmap_backward.py.jinja), the (partial sums, offsets) add_sites adds."""
+    kernel sums it, see rowmap_backward.py.jinja), the (partial sums, offsets) add_sites adds; with
+    `kept` (an epilogue that reads sum_kept(v)), also the gradient of that sum (float32)."""
     batch, heads, rows, features = x.shape
     block_m, block_f = _blocks(features)
     programs = triton.cdiv(rows, block_m) * batch * heads
@@ -50,8 +52,9 @@ def row_pass_backward(kernel, x: torch.Tensor, dy: torch.Tensor, args: tuple, le
     parts = [(torch.zeros(programs * slots[level] if sites else 1, dtype=torch.float32, device=x.device),
               torch.zeros(programs * slots[level] if sites else 1, dtype=torch.int64, device=x.device)) for level in levels]
     dx = torch.empty(x.shape, dtype=_stored(x.dtype), device=x.device)
-    _launch_rows(kernel, x, (dy.contiguous(), dx), args + tuple(t for part in parts for t in part), SITES=sites)
-    return dx.to(x.dtype), (parts if sites else [])
+    dkept = (torch.empty(x.shape, dtype=torch.float32, device=x.device),) if kept else ()
+    _launch_rows(kernel, x, (dy.contiguous(), dx), args + tuple(t for part in parts for t in part) + dkept, SITES=sites)
+    return (dx.to(x.dtype), (parts if sites else [])) + dkept
 
 
 def add_sites(grads: dict, sites: tuple, parts: list) -> None:
@@ -114,6 +117,17 @@ def row_values(fused: Callable, dense: Callable, backward: Callable | None, q, k
     if not _needs_grad(tensors):
         return fused(*tensors)
     return _RowMaps.apply(fused, dense, backward, *tensors)
+
+
+def epilogue(fused: Callable, dense: Callable, backward: Callable, out, sizes: tuple, rest: tuple):
+    """The output after the epilogue, with gradients (without, the forward kernel applies it): its pass
+    where kernels run, differentiated by its backward pass; the tensor code under torch.compile."""
+    if torch.compiler.is_compiling() or not _rt.kernels_run(out):
+        return dense(out, sizes, *rest)
+    tensors = (out, sizes, *rest)
+    if not _needs_grad(tensors):
+        return fused(*tensors)[0]
+    return _RowMaps.apply(fused, dense, backward, *tensors)[0]
 
 
 def _needs_grad(tensors: tuple) -> bool:

@@ -129,8 +129,10 @@ def _alibi_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _ctx, BLOCK_M: t
     Without BOUNDS (a full tile whose pairs past the lengths only reach gradients that are never
     stored) every pair is kept."""
     _b, _h, slope, _slope_n0, _slope_s0, _t0, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale = _ctx
-    _keep, _s, _x = _alibi_scores(_qk, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED, BOUNDS)
-    _p = tl.where(_keep, tl.exp2((_s - _mrow) * 1.4426950408889634) * _inv_l, 0.0)
+    # the scores in log2 units by the forward's own code, against its max in those units: a row's
+    # largest weight is exactly the forward's (a max converted to natural units is off by |s| ulps)
+    _keep, _s, _x = _alibi_scores(_qk, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED, BOUNDS, LOG2=True)
+    _p = tl.where(_keep, tl.exp2(_s - _mrow) * _inv_l, 0.0)
     _ds = _p * (_dp - _delta)
     _dx = _ds
     _c0 = tl.where(_keep, _ds * ((_kernel.as_float(tl.abs((_q - _kv))) * -1.0)), 0.0)
@@ -253,7 +255,8 @@ def _alibi_forward(
     _out_ptrs = _Out + _b.to(tl.int64) * _sob + _h.to(tl.int64) * _soh + _offs_m[:, None] * _som + _offs_dv[None, :] * _sod
     _o, _undef = _kernel.normalized_rows(_m, _l, _acc, "softmax")
     _kernel.store_rows(_o, _undef, _m, _l, _out_ptrs, _rows & (_offs_dv[None, :] < _DV), _Lse, _Stats, _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], _rows,
-                       0.6931471805599453, "softmax", True, WRITE_LSE, WRITE_STATS)
+                       0.6931471805599453, "softmax", True, WRITE_LSE, WRITE_STATS,
+                       STATS_LOG2=True)
 
 
 # ---------------------------------------------------------------- the schedule and attention

@@ -145,8 +145,10 @@ def _streaming_sink_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _ctx, B
     Without BOUNDS (a full tile whose pairs past the lengths only reach gradients that are never
     stored) every pair is kept."""
     _b, _h, sink_logit, _sink_logit_n0, _sink_logit_s0, _t1, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale = _ctx
-    _keep, _s, _x = _streaming_sink_scores(_qk, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED, BOUNDS)
-    _p = tl.where(_keep, tl.exp2((_s - _mrow) * 1.4426950408889634) * _inv_l, 0.0)
+    # the scores in log2 units by the forward's own code, against its max in those units: a row's
+    # largest weight is exactly the forward's (a max converted to natural units is off by |s| ulps)
+    _keep, _s, _x = _streaming_sink_scores(_qk, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED, BOUNDS, LOG2=True)
+    _p = tl.where(_keep, tl.exp2(_s - _mrow) * _inv_l, 0.0)
     _ds = _p * (_dp - _delta)
     _dx = _ds
     return _keep, _p, _dx
@@ -287,7 +289,8 @@ def _streaming_sink_forward(
     _out_ptrs = _Out + _b.to(tl.int64) * _sob + _h.to(tl.int64) * _soh + _offs_m[:, None] * _som + _offs_dv[None, :] * _sod
     _o, _undef = _kernel.normalized_rows(_m, _l, _acc, "softmax")
     _kernel.store_rows(_o, _undef, _m, _l, _out_ptrs, _rows & (_offs_dv[None, :] < _DV), _Lse, _Stats, _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], _rows,
-                       0.6931471805599453, "softmax", True, WRITE_LSE, WRITE_STATS)
+                       0.6931471805599453, "softmax", True, WRITE_LSE, WRITE_STATS,
+                       STATS_LOG2=True)
 
 
 # ---------------------------------------------------------------- the schedule and attention
@@ -387,7 +390,7 @@ def _streaming_sink_backward_dq(
     _dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     _g0 = tl.zeros([BLOCK_M, 1], dtype=tl.float32)
     # d lse / d sink = the sink's weight exp(sink - m) / l, so d loss / d sink = -that * Delta
-    _dsink = tl.where(_offs_m[:, None] < _SQ, -tl.exp(((_t1) + tl.zeros([BLOCK_M, 1], dtype=tl.float32)) - _mrow) * _inv_l * _delta, 0.0)
+    _dsink = tl.where(_offs_m[:, None] < _SQ, -tl.exp2((((_t1 * 1.4426950408889634)) + tl.zeros([BLOCK_M, 1], dtype=tl.float32)) - _mrow) * _inv_l * _delta, 0.0)  # m in log2 units
     _g0 += _dsink
     # closed form: row q keeps kv iff lo_k(q) <= kv <= hi_k(q) for a band k; a band skips earlier bands' tiles
     _start0, _fs0, _fe0, _end0 = _kernel.band_tiles((_q - 15), _q, _rows, _SKV, BLOCK_M, BLOCK_N)

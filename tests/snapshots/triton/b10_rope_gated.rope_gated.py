@@ -145,8 +145,34 @@ def _prologue_kernels(q, k, v, gate, skip=()):
 
 
 @_launch.kernel
+def _rope_gated_epilogue(
+    _X, _Y, _sb, _sh, _sr, _sf, _HEADS, _ROWS, _F, _B, _H, _HKV, _SQ, _SKV, _D, gate, _gate_n0, _gate_n1, _gate_n2, _gate_s0, _gate_s1, _gate_s2,
+    BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr,
+):
+    """out replaced row by row after the normalization: a [BLOCK_M, BLOCK_F] tile of one (batch, head) per program."""
+    _bh = tl.program_id(1)
+    _b, _h = _bh // _HEADS, _bh % _HEADS
+    _row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
+    _f = tl.arange(0, BLOCK_F)[None, :]
+    _in_f = _f < _F
+    _in = (_row < _ROWS) & _in_f
+    _base = _X + _b.to(tl.int64) * _sb + _h.to(tl.int64) * _sh + _row.to(tl.int64) * _sr
+    _x = tl.load(_base + _f * _sf, mask=_in, other=0.0).to(tl.float32)
+    _y = (_x * tl.sigmoid(tl.load(gate + _kernel.clamp(_b, 0, _gate_n0 - 1) * _gate_s0 + _kernel.clamp(_h, 0, _gate_n1 - 1) * _gate_s1 + _kernel.clamp(_row, 0, _gate_n2 - 1) * _gate_s2).to(tl.float32)))
+    _out = _Y + (_bh.to(tl.int64) * _ROWS + _row.to(tl.int64)) * _F + _f
+    tl.store(_out, (_y + tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.float32)).to(_Y.dtype.element_ty), mask=_in)
+
+
+def _epilogue_kernels(out, _sizes, gate):
+    """The epilogue in one pass: what _epilogue computes, in the output's dtype."""
+    _B, _H, _HKV, _SQ, _SKV, _D = _sizes
+    return (_prologue_rt.row_pass(_rope_gated_epilogue, out, (_B, _H, _HKV, _SQ, _SKV, _D, *_rt.input_arguments(gate))),)
+
+
+@_launch.kernel
 def _rope_gated_prologue_q_backward(
     _X, _DY, _DX, _sb, _sh, _sr, _sf, _HEADS, _ROWS, _F, _B, _H, _HKV, _SQ, _SKV, _D,
+
     BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, SITES: tl.constexpr,
 ):
     """The gradient of q before its statement from that of its result: a [BLOCK_M, BLOCK_F] tile of one (batch, head) per program."""
@@ -170,6 +196,7 @@ def _rope_gated_prologue_q_backward(
 @_launch.kernel
 def _rope_gated_prologue_k_backward(
     _X, _DY, _DX, _sb, _sh, _sr, _sf, _HEADS, _ROWS, _F, _B, _H, _HKV, _SQ, _SKV, _D,
+
     BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, SITES: tl.constexpr,
 ):
     """The gradient of k before its statement from that of its result: a [BLOCK_M, BLOCK_F] tile of one (batch, head) per program."""
@@ -188,6 +215,36 @@ def _rope_gated_prologue_k_backward(
     _dyp = tl.load(_DY + _at * _F + _fp, mask=_in, other=0.0).to(tl.float32)
     _dx = _kernel.rope_pair(_dy, _dyp, tl.where((_f < _HALF), ((_kernel.as_float(_row) * _kernel.powf(BASE, (_kernel.as_float((-2.0 * _kernel.as_float(_f))) / _kernel.as_float(_D)))) * -1.0), ((_kernel.as_float(_row) * _kernel.powf(BASE, (_kernel.as_float((-2.0 * _kernel.as_float(_fp))) / _kernel.as_float(_D)))) * -1.0)), (_f < _HALF))
     tl.store(_DX + _at * _F + _f, (_dx + tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.float32)).to(_DX.dtype.element_ty), mask=_in)
+
+
+@_launch.kernel
+def _rope_gated_epilogue_backward(
+    _X, _DY, _DX, _sb, _sh, _sr, _sf, _HEADS, _ROWS, _F, _B, _H, _HKV, _SQ, _SKV, _D, gate, _gate_n0, _gate_n1, _gate_n2, _gate_s0, _gate_s1, _gate_s2, _g0, _o0,
+
+    BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, SITES: tl.constexpr,
+):
+    """The gradient of out before its statement, of gate from that of its result: a [BLOCK_M, BLOCK_F] tile of one (batch, head) per program."""
+    _bh = tl.program_id(1)
+    _b, _h = _bh // _HEADS, _bh % _HEADS
+    _row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
+    _f = tl.arange(0, BLOCK_F)[None, :]
+    _in_f = _f < _F
+    _in = (_row < _ROWS) & _in_f
+    _base = _X + _b.to(tl.int64) * _sb + _h.to(tl.int64) * _sh + _row.to(tl.int64) * _sr
+    _x = tl.load(_base + _f * _sf, mask=_in, other=0.0).to(tl.float32)
+    _at = _bh.to(tl.int64) * _ROWS + _row.to(tl.int64)
+    _dy = tl.load(_DY + _at * _F + _f, mask=_in, other=0.0).to(tl.float32)
+    _r0 = tl.load(gate + _kernel.clamp(_b, 0, _gate_n0 - 1) * _gate_s0 + _kernel.clamp(_h, 0, _gate_n1 - 1) * _gate_s1 + _kernel.clamp(_row, 0, _gate_n2 - 1) * _gate_s2).to(tl.float32)
+    _r1 = tl.sigmoid(_r0)
+    _dx = (_dy * _r1)
+    tl.store(_DX + _at * _F + _f, (_dx + tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.float32)).to(_DX.dtype.element_ty), mask=_in)
+    if SITES:
+        _slot = _bh.to(tl.int64) * tl.num_programs(0) + tl.program_id(0)
+        _c = tl.where(_row < _ROWS, (_kernel.feature_sum((_dy * _x), _in_f) * ((1.0 - _r1) * _r1)) + tl.zeros([BLOCK_M, 1], dtype=tl.float32), 0.0)  # gate
+        _o = (((_kernel.clamp(_b, 0, _gate_n0 - 1)) * _gate_n1 + _kernel.clamp(_h, 0, _gate_n1 - 1)) * _gate_n2 + _kernel.clamp(_row, 0, _gate_n2 - 1)) + tl.zeros([BLOCK_M, 1], dtype=tl.int64)
+        _slots = _slot * BLOCK_M + tl.arange(0, BLOCK_M)
+        tl.store(_g0 + _slots, tl.sum(_c, 1))
+        tl.store(_o0 + _slots, tl.max(_o, 1))
 
 
 def _prologue_backward(_tensors, _grads, _wanted):
@@ -211,6 +268,21 @@ def _prologue_backward(_tensors, _grads, _wanted):
             (), False)
         _d["k"] = _dx
     return tuple(_d.values()) + tuple(_inputs.get(n) for n in ("gate", ))
+
+
+def _epilogue_backward(_tensors, _grads, _wanted):
+    """The gradients of out before the epilogue, of the inputs and per-row values it reads, from that
+    of its result, by its backward pass (_wanted: whether each of the tensors needs its gradient)."""
+    out, _sizes, gate = _tensors
+    _wanted = dict(zip(("out", "_sizes", "gate", ), _wanted))
+    _B, _H, _HKV, _SQ, _SKV, _D = _sizes
+    _inputs = {}  # the inputs' (and per-row values') gradients, by name
+    (_grad,) = _grads
+    _dx, _parts = _prologue_rt.row_pass_backward(
+        _rope_gated_epilogue_backward, out, _grad, (_B, _H, _HKV, _SQ, _SKV, _D, *_rt.input_arguments(gate)),
+        ("row", ), any(_wanted[n] for n in ("gate",)))
+    _prologue_rt.add_sites(_inputs, (("gate", gate), ), _parts)
+    return (_dx, None) + tuple(_inputs.get(n) for n in ("gate", ))
 
 
 # ---------------------------------------------------------------- the tile schedule
@@ -426,14 +498,15 @@ def _rope_gated_forward(
             BOUNDS=True, EVEN=EVEN, TMA=TMA)
     _out_ptrs = _Out + _b.to(tl.int64) * _sob + _h.to(tl.int64) * _soh + _offs_m[:, None] * _som + _offs_dv[None, :] * _sod
     _o, _undef = _kernel.normalized_rows(_m, _l, _acc, "softmax")
-    if EPILOGUE:  # the epilogue before the store (without gradients; tensor code after the kernel otherwise)
+    if EPILOGUE:  # the epilogue before the store (without gradients; a pass after the kernel otherwise)
         _x = _o.to(tl.float32)  # the rows' vectors, as a prologue or the epilogue reads them
         _row = _offs_m[:, None]
         _f = _offs_dv[None, :]
         _in_f = _f < _DV
         _o = (_x * tl.sigmoid(tl.load(gate + _kernel.clamp(_b, 0, _gate_n0 - 1) * _gate_s0 + _kernel.clamp(_h, 0, _gate_n1 - 1) * _gate_s1 + _kernel.clamp(_row, 0, _gate_n2 - 1) * _gate_s2).to(tl.float32))) + tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
     _kernel.store_rows(_o, _undef, _m, _l, _out_ptrs, _rows & (_offs_dv[None, :] < _DV), _Lse, _Stats, _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], _rows,
-                       _sm_scale, "softmax", True, WRITE_LSE, WRITE_STATS)
+                       _sm_scale, "softmax", True, WRITE_LSE, WRITE_STATS,
+                       STATS_LOG2=False)
 
 
 # ---------------------------------------------------------------- the schedule and attention
@@ -475,7 +548,7 @@ def attention(q, k, v, *, gate, selection=None, schedule=None, return_lse=False)
     else:
         _out, _lse, _ = _launch.with_schedule(KERNELS, q, k, v, _inputs, _params, selection, schedule, _grad, return_lse)
     if _grad:  # without gradients, the forward kernel applied the epilogue before its store
-        _out = _epilogue(_out, (_B, _H, _HKV, _SQ, _SKV, _D), gate)
+        _out = _prologue_rt.epilogue(_epilogue_kernels, _epilogue, _epilogue_backward, _out, (_B, _H, _HKV, _SQ, _SKV, _D), (gate, ))
     return (_out, _lse) if return_lse else _out
 
 
@@ -631,7 +704,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     dq=_rope_gated_backward_dq,
     dkdv=_rope_gated_backward_dkdv,
     kept=None,
-    row_passes=(("prologue_q", _rope_gated_prologue_q), ("prologue_k", _rope_gated_prologue_k), ("prologue_q_bwd", _rope_gated_prologue_q_backward), ("prologue_k_bwd", _rope_gated_prologue_k_backward), ),
+    row_passes=(("prologue_q", _rope_gated_prologue_q), ("prologue_k", _rope_gated_prologue_k), ("epilogue", _rope_gated_epilogue), ("prologue_q_bwd", _rope_gated_prologue_q_backward), ("prologue_k_bwd", _rope_gated_prologue_k_backward), ("epilogue_bwd", _rope_gated_epilogue_backward), ),
     fused_q=True,
     fused_epilogue=True,
     q_pass=_q_pass,

@@ -158,8 +158,10 @@ def _natten2d_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _ctx, _d_rpb_
     Without BOUNDS (a full tile whose pairs past the lengths only reach gradients that are never
     stored) every pair is kept."""
     _b, _h, rpb, _rpb_n0, _rpb_n1, _rpb_n2, _rpb_s0, _rpb_s1, _rpb_s2, qy, qx, _t0, _t1, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale = _ctx
-    _keep, _s, _x, ky, kx = _natten2d_scores(_qk, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED, BOUNDS)
-    _p = tl.where(_keep, tl.exp2((_s - _mrow) * 1.4426950408889634) * _inv_l, 0.0)
+    # the scores in log2 units by the forward's own code, against its max in those units: a row's
+    # largest weight is exactly the forward's (a max converted to natural units is off by |s| ulps)
+    _keep, _s, _x, ky, kx = _natten2d_scores(_qk, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED, BOUNDS, LOG2=True)
+    _p = tl.where(_keep, tl.exp2(_s - _mrow) * _inv_l, 0.0)
     _ds = _p * (_dp - _delta)
     _dx = _ds
     _c0 = tl.where(_keep, _ds, 0.0)
@@ -287,7 +289,8 @@ def _natten2d_forward(
     _out_ptrs = _Out + _b.to(tl.int64) * _sob + _h.to(tl.int64) * _soh + _offs_m[:, None] * _som + _offs_dv[None, :] * _sod
     _o, _undef = _kernel.normalized_rows(_m, _l, _acc, "softmax")
     _kernel.store_rows(_o, _undef, _m, _l, _out_ptrs, _rows & (_offs_dv[None, :] < _DV), _Lse, _Stats, _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], _rows,
-                       0.6931471805599453, "softmax", True, WRITE_LSE, WRITE_STATS)
+                       0.6931471805599453, "softmax", True, WRITE_LSE, WRITE_STATS,
+                       STATS_LOG2=True)
 
 
 # ---------------------------------------------------------------- the schedule and attention

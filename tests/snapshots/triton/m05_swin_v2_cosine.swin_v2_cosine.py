@@ -130,6 +130,7 @@ def _prologue_kernels(q, k, v, tau, skip=()):
 @_launch.kernel
 def _swin_v2_cosine_prologue_q_backward(
     _X, _DY, _DX, _sb, _sh, _sr, _sf, _HEADS, _ROWS, _F, _B, _H, _HKV, _SQ, _SKV, _D,
+
     BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, SITES: tl.constexpr,
 ):
     """The gradient of q before its statement from that of its result: a [BLOCK_M, BLOCK_F] tile of one (batch, head) per program."""
@@ -167,6 +168,7 @@ def _swin_v2_cosine_prologue_q_backward(
 @_launch.kernel
 def _swin_v2_cosine_prologue_k_backward(
     _X, _DY, _DX, _sb, _sh, _sr, _sf, _HEADS, _ROWS, _F, _B, _H, _HKV, _SQ, _SKV, _D,
+
     BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, SITES: tl.constexpr,
 ):
     """The gradient of k before its statement from that of its result: a [BLOCK_M, BLOCK_F] tile of one (batch, head) per program."""
@@ -312,8 +314,10 @@ def _swin_v2_cosine_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _ctx, B
     Without BOUNDS (a full tile whose pairs past the lengths only reach gradients that are never
     stored) every pair is kept."""
     _b, _h, tau, _tau_n0, _tau_s0, _t0, _t1, _t3, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale = _ctx
-    _keep, _s, _x = _swin_v2_cosine_scores(_qk, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED, BOUNDS)
-    _p = tl.where(_keep, tl.exp2((_s - _mrow) * 1.4426950408889634) * _inv_l, 0.0)
+    # the scores in log2 units by the forward's own code, against its max in those units: a row's
+    # largest weight is exactly the forward's (a max converted to natural units is off by |s| ulps)
+    _keep, _s, _x = _swin_v2_cosine_scores(_qk, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED, BOUNDS, LOG2=True)
+    _p = tl.where(_keep, tl.exp2(_s - _mrow) * _inv_l, 0.0)
     _ds = _p * (_dp - _delta)
     _dx = tl.where(_keep, _ds * ((_kernel.as_float(1.0) / _t0)), 0.0)
     _c0 = tl.where(_keep, _ds * (((_kernel.as_float((tl.where(_kernel.truth((tl.load(tau + _kernel.clamp(_h, 0, _tau_n0 - 1) * _tau_s0).to(tl.float32) > 0.01)), 1.0, tl.where((tl.load(tau + _kernel.clamp(_h, 0, _tau_n0 - 1) * _tau_s0).to(tl.float32) == 0.01), 0.5, 0.0)) * _x)) / (_kernel.maximum(tl.load(tau + _kernel.clamp(_h, 0, _tau_n0 - 1) * _tau_s0).to(tl.float32), 0.01) * _kernel.maximum(tl.load(tau + _kernel.clamp(_h, 0, _tau_n0 - 1) * _tau_s0).to(tl.float32), 0.01))) * -1.0)), 0.0)
@@ -447,7 +451,8 @@ def _swin_v2_cosine_forward(
     _out_ptrs = _Out + _b.to(tl.int64) * _sob + _h.to(tl.int64) * _soh + _offs_m[:, None] * _som + _offs_dv[None, :] * _sod
     _o, _undef = _kernel.normalized_rows(_m, _l, _acc, "softmax")
     _kernel.store_rows(_o, _undef, _m, _l, _out_ptrs, _rows & (_offs_dv[None, :] < _DV), _Lse, _Stats, _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], _rows,
-                       0.6931471805599453, "softmax", True, WRITE_LSE, WRITE_STATS)
+                       0.6931471805599453, "softmax", True, WRITE_LSE, WRITE_STATS,
+                       STATS_LOG2=True)
 
 
 # ---------------------------------------------------------------- the schedule and attention

@@ -256,7 +256,8 @@ def _sigmoid_attn_forward(
     _out_ptrs = _Out + _b.to(tl.int64) * _sob + _h.to(tl.int64) * _soh + _offs_m[:, None] * _som + _offs_dv[None, :] * _sod
     _o, _undef = _kernel.normalized_rows(_m, _l, _acc, "elementwise")
     _kernel.store_rows(_o, _undef, _m, _l, _out_ptrs, _rows & (_offs_dv[None, :] < _DV), _Lse, _Stats, _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], _rows,
-                       0.6931471805599453, "elementwise", False, WRITE_LSE, WRITE_STATS)
+                       0.6931471805599453, "elementwise", False, WRITE_LSE, WRITE_STATS,
+                       STATS_LOG2=False)
 
 
 # ---------------------------------------------------------------- the schedule and attention

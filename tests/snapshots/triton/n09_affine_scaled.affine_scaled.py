@@ -135,8 +135,36 @@ def _row_value_kernels(q, k, w_alpha, w_beta):
 
 
 @_launch.kernel
+def _affine_scaled_epilogue(
+    _X, _Y, _sb, _sh, _sr, _sf, _HEADS, _ROWS, _F, _B, _H, _HKV, _SQ, _SKV, _D, alpha, _alpha_n0, _alpha_n1, _alpha_n2, _alpha_s0, _alpha_s1, _alpha_s2, beta, _beta_n0, _beta_n1, _beta_n2, _beta_s0, _beta_s1, _beta_s2, _VS,
+    BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr,
+):
+    """out replaced row by row after the normalization: a [BLOCK_M, BLOCK_F] tile of one (batch, head) per program."""
+    _bh = tl.program_id(1)
+    _b, _h = _bh // _HEADS, _bh % _HEADS
+    _row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
+    _f = tl.arange(0, BLOCK_F)[None, :]
+    _in_f = _f < _F
+    _in = (_row < _ROWS) & _in_f
+    _base = _X + _b.to(tl.int64) * _sb + _h.to(tl.int64) * _sh + _row.to(tl.int64) * _sr
+    _x = tl.load(_base + _f * _sf, mask=_in, other=0.0).to(tl.float32)
+    _kept = _VS + (_bh.to(tl.int64) * _ROWS + _row.to(tl.int64)) * _F
+    _vsum = tl.load(_kept + _f, mask=_in, other=0.0)
+    _y = ((tl.load(alpha + _kernel.clamp(_b, 0, _alpha_n0 - 1) * _alpha_s0 + _kernel.clamp(_h, 0, _alpha_n1 - 1) * _alpha_s1 + _kernel.clamp(_row, 0, _alpha_n2 - 1) * _alpha_s2).to(tl.float32) * _x) + (tl.load(beta + _kernel.clamp(_b, 0, _beta_n0 - 1) * _beta_s0 + _kernel.clamp(_h, 0, _beta_n1 - 1) * _beta_s1 + _kernel.clamp(_row, 0, _beta_n2 - 1) * _beta_s2).to(tl.float32) * _vsum))
+    _out = _Y + (_bh.to(tl.int64) * _ROWS + _row.to(tl.int64)) * _F + _f
+    tl.store(_out, (_y + tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.float32)).to(_Y.dtype.element_ty), mask=_in)
+
+
+def _epilogue_kernels(out, _sizes, w_alpha, w_beta, alpha, beta, _vsum):
+    """The epilogue in one pass: what _epilogue computes, in the output's dtype."""
+    _B, _H, _HKV, _SQ, _SKV, _D = _sizes
+    return (_prologue_rt.row_pass(_affine_scaled_epilogue, out, (_B, _H, _HKV, _SQ, _SKV, _D, *_rt.input_arguments(alpha), *_rt.input_arguments(beta), _vsum.float().contiguous())),)
+
+
+@_launch.kernel
 def _affine_scaled_value_alpha_backward(
     _X, _DY, _DX, _sb, _sh, _sr, _sf, _HEADS, _ROWS, _F, _B, _H, _HKV, _SQ, _SKV, _D, w_alpha, _w_alpha_n0, _w_alpha_n1, _w_alpha_s0, _w_alpha_s1, _g0, _o0,
+
     BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, SITES: tl.constexpr,
 ):
     """The gradient of q, of w_alpha from that of alpha: a [BLOCK_M, BLOCK_F] tile of one (batch, head) per program."""
@@ -171,6 +199,7 @@ def _affine_scaled_value_alpha_backward(
 @_launch.kernel
 def _affine_scaled_value_beta_backward(
     _X, _DY, _DX, _sb, _sh, _sr, _sf, _HEADS, _ROWS, _F, _B, _H, _HKV, _SQ, _SKV, _D, w_beta, _w_beta_n0, _w_beta_n1, _w_beta_s0, _w_beta_s1, _g0, _o0,
+
     BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, SITES: tl.constexpr,
 ):
     """The gradient of q, of w_beta from that of beta: a [BLOCK_M, BLOCK_F] tile of one (batch, head) per program."""
@@ -203,6 +232,42 @@ def _affine_scaled_value_beta_backward(
         tl.store(_o0 + _slots, tl.max(_o, 0))
 
 
+@_launch.kernel
+def _affine_scaled_epilogue_backward(
+    _X, _DY, _DX, _sb, _sh, _sr, _sf, _HEADS, _ROWS, _F, _B, _H, _HKV, _SQ, _SKV, _D, alpha, _alpha_n0, _alpha_n1, _alpha_n2, _alpha_s0, _alpha_s1, _alpha_s2, beta, _beta_n0, _beta_n1, _beta_n2, _beta_s0, _beta_s1, _beta_s2, _VS, _g0, _o0, _g1, _o1, _DVS,
+
+    BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, SITES: tl.constexpr,
+):
+    """The gradient of out before its statement, of alpha, of beta, of sum_kept(v) from that of its result: a [BLOCK_M, BLOCK_F] tile of one (batch, head) per program."""
+    _bh = tl.program_id(1)
+    _b, _h = _bh // _HEADS, _bh % _HEADS
+    _row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
+    _f = tl.arange(0, BLOCK_F)[None, :]
+    _in_f = _f < _F
+    _in = (_row < _ROWS) & _in_f
+    _base = _X + _b.to(tl.int64) * _sb + _h.to(tl.int64) * _sh + _row.to(tl.int64) * _sr
+    _x = tl.load(_base + _f * _sf, mask=_in, other=0.0).to(tl.float32)
+    _kept = _VS + (_bh.to(tl.int64) * _ROWS + _row.to(tl.int64)) * _F
+    _vsum = tl.load(_kept + _f, mask=_in, other=0.0)
+    _at = _bh.to(tl.int64) * _ROWS + _row.to(tl.int64)
+    _dy = tl.load(_DY + _at * _F + _f, mask=_in, other=0.0).to(tl.float32)
+    _dx = (_dy * tl.load(alpha + _kernel.clamp(_b, 0, _alpha_n0 - 1) * _alpha_s0 + _kernel.clamp(_h, 0, _alpha_n1 - 1) * _alpha_s1 + _kernel.clamp(_row, 0, _alpha_n2 - 1) * _alpha_s2).to(tl.float32))
+    tl.store(_DX + _at * _F + _f, (_dx + tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.float32)).to(_DX.dtype.element_ty), mask=_in)
+    tl.store(_DVS + _at * _F + _f, (_dy * tl.load(beta + _kernel.clamp(_b, 0, _beta_n0 - 1) * _beta_s0 + _kernel.clamp(_h, 0, _beta_n1 - 1) * _beta_s1 + _kernel.clamp(_row, 0, _beta_n2 - 1) * _beta_s2).to(tl.float32)) + tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.float32), mask=_in)
+    if SITES:
+        _slot = _bh.to(tl.int64) * tl.num_programs(0) + tl.program_id(0)
+        _c = tl.where(_row < _ROWS, _kernel.feature_sum((_dy * _x), _in_f) + tl.zeros([BLOCK_M, 1], dtype=tl.float32), 0.0)  # alpha
+        _o = (((_kernel.clamp(_b, 0, _alpha_n0 - 1)) * _alpha_n1 + _kernel.clamp(_h, 0, _alpha_n1 - 1)) * _alpha_n2 + _kernel.clamp(_row, 0, _alpha_n2 - 1)) + tl.zeros([BLOCK_M, 1], dtype=tl.int64)
+        _slots = _slot * BLOCK_M + tl.arange(0, BLOCK_M)
+        tl.store(_g0 + _slots, tl.sum(_c, 1))
+        tl.store(_o0 + _slots, tl.max(_o, 1))
+        _c = tl.where(_row < _ROWS, _kernel.feature_sum((_dy * _vsum), _in_f) + tl.zeros([BLOCK_M, 1], dtype=tl.float32), 0.0)  # beta
+        _o = (((_kernel.clamp(_b, 0, _beta_n0 - 1)) * _beta_n1 + _kernel.clamp(_h, 0, _beta_n1 - 1)) * _beta_n2 + _kernel.clamp(_row, 0, _beta_n2 - 1)) + tl.zeros([BLOCK_M, 1], dtype=tl.int64)
+        _slots = _slot * BLOCK_M + tl.arange(0, BLOCK_M)
+        tl.store(_g1 + _slots, tl.sum(_c, 1))
+        tl.store(_o1 + _slots, tl.max(_o, 1))
+
+
 def _row_values_backward(_tensors, _grads, _wanted):
     """The gradients of q, k and the inputs from those of alpha, beta, by the backward
     passes (_wanted: whether each of the tensors needs its gradient)."""
@@ -226,6 +291,21 @@ def _row_values_backward(_tensors, _grads, _wanted):
         _d["q"] = _prologue_rt.summed(_d["q"], _dx)
         _prologue_rt.add_sites(_inputs, (("w_beta", w_beta), ), _parts)
     return tuple(_d.values()) + tuple(_inputs.get(n) for n in ("w_alpha", "w_beta", ))
+
+
+def _epilogue_backward(_tensors, _grads, _wanted):
+    """The gradients of out before the epilogue, of the inputs and per-row values it reads and of sum_kept(v), from that
+    of its result, by its backward pass (_wanted: whether each of the tensors needs its gradient)."""
+    out, _sizes, w_alpha, w_beta, alpha, beta, _vsum = _tensors
+    _wanted = dict(zip(("out", "_sizes", "w_alpha", "w_beta", "alpha", "beta", "_vsum", ), _wanted))
+    _B, _H, _HKV, _SQ, _SKV, _D = _sizes
+    _inputs = {}  # the inputs' (and per-row values') gradients, by name
+    (_grad,) = _grads
+    _dx, _parts, _inputs["_vsum"] = _prologue_rt.row_pass_backward(
+        _affine_scaled_epilogue_backward, out, _grad, (_B, _H, _HKV, _SQ, _SKV, _D, *_rt.input_arguments(alpha), *_rt.input_arguments(beta), _vsum.float().contiguous()),
+        ("row", "row", ), any(_wanted[n] for n in ("alpha", "beta",)), kept=True)
+    _prologue_rt.add_sites(_inputs, (("alpha", alpha), ("beta", beta), ), _parts)
+    return (_dx, None) + tuple(_inputs.get(n) for n in ("w_alpha", "w_beta", "alpha", "beta", "_vsum", ))
 
 
 # ---------------------------------------------------------------- the tile schedule
@@ -455,7 +535,7 @@ def _affine_scaled_forward(
              mask=_rows & (_offs_dv[None, :] < _DV))
     _out_ptrs = _Out + _b.to(tl.int64) * _sob + _h.to(tl.int64) * _soh + _offs_m[:, None] * _som + _offs_dv[None, :] * _sod
     _o, _undef = _kernel.normalized_rows(_m, _l, _acc, "softmax")
-    if EPILOGUE:  # the epilogue before the store (without gradients; tensor code after the kernel otherwise)
+    if EPILOGUE:  # the epilogue before the store (without gradients; a pass after the kernel otherwise)
         _x = _o.to(tl.float32)  # the rows' vectors, as a prologue or the epilogue reads them
         _row = _offs_m[:, None]
         _f = _offs_dv[None, :]
@@ -463,7 +543,8 @@ def _affine_scaled_forward(
         _vsum = _accv
         _o = ((tl.load(alpha + _kernel.clamp(_b, 0, _alpha_n0 - 1) * _alpha_s0 + _kernel.clamp(_h, 0, _alpha_n1 - 1) * _alpha_s1 + _kernel.clamp(_row, 0, _alpha_n2 - 1) * _alpha_s2).to(tl.float32) * _x) + (tl.load(beta + _kernel.clamp(_b, 0, _beta_n0 - 1) * _beta_s0 + _kernel.clamp(_h, 0, _beta_n1 - 1) * _beta_s1 + _kernel.clamp(_row, 0, _beta_n2 - 1) * _beta_s2).to(tl.float32) * _vsum)) + tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
     _kernel.store_rows(_o, _undef, _m, _l, _out_ptrs, _rows & (_offs_dv[None, :] < _DV), _Lse, _Stats, _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], _rows,
-                       _sm_scale, "softmax", True, WRITE_LSE, WRITE_STATS)
+                       _sm_scale, "softmax", True, WRITE_LSE, WRITE_STATS,
+                       STATS_LOG2=False)
 
 
 # ---------------------------------------------------------------- the schedule and attention
@@ -505,7 +586,7 @@ def attention(q, k, v, *, w_alpha, w_beta, selection=None, schedule=None, return
     else:
         _out, _lse, _vsum = _launch.with_schedule(KERNELS, q, k, v, _inputs, _params, selection, schedule, _grad, return_lse)
     if _grad:  # without gradients, the forward kernel applied the epilogue before its store
-        _out = _epilogue(_out, (_B, _H, _HKV, _SQ, _SKV, _D), w_alpha, w_beta, alpha, beta, _vsum)
+        _out = _prologue_rt.epilogue(_epilogue_kernels, _epilogue, _epilogue_backward, _out, (_B, _H, _HKV, _SQ, _SKV, _D), (w_alpha, w_beta, alpha, beta, _vsum, ))
     return (_out, _lse) if return_lse else _out
 
 
@@ -705,7 +786,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     dq=_affine_scaled_backward_dq,
     dkdv=_affine_scaled_backward_dkdv,
     kept=_affine_scaled_backward_kept,
-    row_passes=(("value_alpha", _affine_scaled_value_alpha), ("value_beta", _affine_scaled_value_beta), ("value_alpha_bwd", _affine_scaled_value_alpha_backward), ("value_beta_bwd", _affine_scaled_value_beta_backward), ),
+    row_passes=(("value_alpha", _affine_scaled_value_alpha), ("value_beta", _affine_scaled_value_beta), ("epilogue", _affine_scaled_epilogue), ("value_alpha_bwd", _affine_scaled_value_alpha_backward), ("value_beta_bwd", _affine_scaled_value_beta_backward), ("epilogue_bwd", _affine_scaled_epilogue_backward), ),
     fused_q=False,
     fused_epilogue=True,
     q_pass=None,

@@ -125,6 +125,7 @@ def _prologue_kernels(q, k, v, skip=()):
 @_launch.kernel
 def _cosine_signed_prologue_q_backward(
     _X, _DY, _DX, _sb, _sh, _sr, _sf, _HEADS, _ROWS, _F, _B, _H, _HKV, _SQ, _SKV, _D,
+
     BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, SITES: tl.constexpr,
 ):
     """The gradient of q before its statement from that of its result: a [BLOCK_M, BLOCK_F] tile of one (batch, head) per program."""
@@ -162,6 +163,7 @@ def _cosine_signed_prologue_q_backward(
 @_launch.kernel
 def _cosine_signed_prologue_k_backward(
     _X, _DY, _DX, _sb, _sh, _sr, _sf, _HEADS, _ROWS, _F, _B, _H, _HKV, _SQ, _SKV, _D,
+
     BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, SITES: tl.constexpr,
 ):
     """The gradient of k before its statement from that of its result: a [BLOCK_M, BLOCK_F] tile of one (batch, head) per program."""
@@ -434,7 +436,8 @@ def _cosine_signed_forward(
     _out_ptrs = _Out + _b.to(tl.int64) * _sob + _h.to(tl.int64) * _soh + _offs_m[:, None] * _som + _offs_dv[None, :] * _sod
     _o, _undef = _kernel.normalized_rows(_m, _l, _acc, "rownorm")
     _kernel.store_rows(_o, _undef, _m, _l, _out_ptrs, _rows & (_offs_dv[None, :] < _DV), _Lse, _Stats, _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], _rows,
-                       0.6931471805599453, "rownorm", False, WRITE_LSE, WRITE_STATS)
+                       0.6931471805599453, "rownorm", False, WRITE_LSE, WRITE_STATS,
+                       STATS_LOG2=False)
 
 
 # ---------------------------------------------------------------- the schedule and attention
