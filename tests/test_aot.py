@@ -49,10 +49,11 @@ def forward(tmp_path_factory):
 
 
 def _row_maps(spec) -> int:
-    """The passes over rows one direction of a spec takes: one per prologue statement and per-row value
-    (none for values beside a per-row table: those stay tensor code)."""
+    """The passes over rows one direction of a spec takes (with gradients): one per prologue statement,
+    per-row value (none for values beside a per-row table: those stay tensor code) and epilogue."""
     values = [i.computed for i in spec.inputs if i.computed is not None]
-    return len(spec.prologue) + (0 if any(v.entry is not None for v in values) else len(values))
+    tables = any(v.entry is not None for v in values)
+    return len(spec.prologue) + (0 if tables else len(values)) + (spec.epilogue is not None)
 
 
 ROW_MAPS = sorted({path for path in EXAMPLES for spec in load_program(path).specs if _row_maps(spec)})
@@ -151,16 +152,16 @@ def test_forward_compiles_for_hopper_on_tensor_cores_without_spills(forward, ste
 
 
 def test_the_passes_over_rows_compile_for_hopper_without_spills(prologues):
-    """One pass per prologue statement over q, k or v and per per-row value, and one backward pass of
-    each (runtime/prologue.py): every example's compiles, at both head dims, and holds its tile in
-    registers."""
+    """One pass per prologue statement over q, k or v, per per-row value and for the epilogue, and one
+    backward pass of each (runtime/prologue.py): every example's compiles, at both head dims, and holds
+    its tile in registers."""
     assert len(ROW_MAPS) >= 6 and prologues["rc"] == 0, prologues["table"]
     passes = sum(_row_maps(spec) for path in ROW_MAPS for spec in load_program(path).specs)
     assert len(prologues["reports"]) == 2 * 2 * passes, prologues["table"]
     kinds = {r["kernel"] for r in prologues["reports"]}
-    assert {"prologue_q", "prologue_k", "prologue_q_bwd", "value_t", "value_t_bwd"} <= kinds, kinds
+    assert {"prologue_q", "prologue_k", "prologue_q_bwd", "value_t", "value_t_bwd", "epilogue", "epilogue_bwd"} <= kinds, kinds
     for r in prologues["reports"]:
-        assert r["kernel"].startswith(("prologue_", "value_")) and r["error"] is None, r
+        assert r["kernel"].startswith(("prologue_", "value_", "epilogue")) and r["error"] is None, r
         assert r["spill_stores"] == 0 and r["fits"], r
 
 
