@@ -37,6 +37,10 @@ def _rule(expr: Expr, types: list[str], spec: Spec) -> str:
         return "vec"
     if op in ("vector", "row", "feature", "entry", "feature_sum", "feature_norm", "rope", "kept_sum"):
         return _prologue_op(expr, types)
+    if op == "partner":  # passes/adjoint.py's: a value at the feature's rope partner
+        return types[0]
+    if op == "first_half":  # passes/adjoint.py's: the feature is the first of its rope pair
+        return "bool"
     if op == "log_weight":  # made by the flex lowering (passes/flex.py), never written
         return "float"
     if op == "temp":

@@ -59,6 +59,12 @@ class RowMapRenderer(DenseRenderer):
     def render_rope(self, e: Expr) -> str:
         return f"_fn.rope({', '.join(self.render(a) for a in e.args)})"
 
+    def render_partner(self, e: Expr) -> str:  # passes/adjoint.py's, in a rope angle's gradient
+        return f"_fn.partner({self.render(e.args[0])}, {self._like()})"
+
+    def render_first_half(self, e: Expr) -> str:
+        return f"_fn.first_half({self._like()})"
+
     def render_kept_sum(self, e: Expr) -> str:
         return "_vsum"
 

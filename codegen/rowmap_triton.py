@@ -75,6 +75,12 @@ class RowMapKernelRenderer(TritonRenderer):
         x = self.render(e.args[0])
         return f"tl.sqrt(_kernel.feature_sum({x} * {x}, _in_f))"
 
+    def render_partner(self, e: Expr) -> str:
+        return self.at_partner().render(e.args[0])
+
+    def render_first_half(self, e: Expr) -> str:
+        return "(_fp < _HALF)" if self.partner else "(_f < _HALF)"
+
     def render_rope(self, e: Expr) -> str:
         """Pair (f, f + F/2) turns by the angle at its first feature: x cos a - x' sin a there, and
         x cos a + x' sin a at the second, x' the value at the partner."""
@@ -160,7 +166,8 @@ def _backward_step(spec: Spec, step: RowMap, name: str, per_row: bool) -> dict:
     terms = _shared_terms([g for g in grads if g is not None])
     r.shared = {exact_key(node): name for name, node in terms}
     r.fixed = {exact_key(node) for _, node in terms if not varies(node)}
-    ropes = [n for g in grads if g is not None for n in walk(g) if n.op == "rope"]
+    # what is evaluated at rope partners: rope's first argument, and partner(e) (a rope angle's gradient)
+    ropes = [n for g in grads if g is not None for n in walk(g) if n.op in ("rope", "partner")]
     return {
         "target": step.target,
         "name": name,

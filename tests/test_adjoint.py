@@ -309,8 +309,9 @@ def test_a_per_row_table_is_not_representable():
             row_map_adjoint(step, spec)
 
 
-def test_a_rope_angle_that_reads_a_float_input_is_not_representable():
-    spec = lowered(_spec("input th: float32[H] learnable", "prologue q[i, f] = rope(q, th[h] * float(i))"))
-    ((_, step, _),) = row_maps(spec)
-    with pytest.raises(NotRepresentable):
-        row_map_adjoint(step, spec)
+@pytest.mark.parametrize("angle", ["th[h] * float(i)", "float(i) * fr[h, f] + th[h] * tanh(q)"])
+def test_a_rope_angle_that_reads_a_float_input_matches_autograd(angle):
+    """The angle of pair (f, f + D/2) is the angle at f: its gradient gathers both features there."""
+    spec = lowered(_spec("input th: float32[H] learnable\n    input fr: float32[H, D] learnable",
+                         f"prologue q[i, f] = rope(q * 0.5, {angle})"))
+    assert check(spec, seed=7) == 1

@@ -147,26 +147,51 @@ def test_the_backward_passes_give_the_reference_gradients(form):
         torch.testing.assert_close(got.double(), exact, rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_a_row_map_without_a_backward_rule_differentiates_the_tensor_code(monkeypatch):
-    """A rope angle that reads a float input has no backward pass (passes/adjoint.py): the forward
-    still runs the kernels, the backward recomputes the tensor code once, and agrees."""
+def test_learnable_rope_frequencies_get_their_gradient_from_the_pass(monkeypatch):
+    """A rope angle that reads a float input: its gradient gathers each pair's two features at the
+    pair's first (rope(x, angle + pi/2) times the result's gradient), in the backward pass."""
     source = """
 attention a {
-    input freq: float32[D] learnable
-    prologue k[j, f] = rope(k, float(j) * freq[f])
+    input freq: float32[H, D] learnable
+    prologue q[i, f] = rope(q * 0.5, float(i) * freq[h, f])
+    prologue k[j, f] = rope(k, float(j) * freq[0, f] + 0.1)
 }"""
     module = attnspec.compile(source, "triton")
-    assert not hasattr(module, "_prologue_backward")
     (q, k, v), gen = _tensors()
-    freq = torch.rand(16, generator=gen)
+    freq = torch.rand(4, 16, generator=gen)
     dense, calls = module._prologue, []
     monkeypatch.setattr(module, "_prologue", lambda *a: calls.append(1) or dense(*a))
     leaves = [x.clone().requires_grad_() for x in (q, k, v, freq)]
     mine = _gradients(source, "triton", leaves, ["freq"])
+    assert not calls
+    ref = [x.detach().double().requires_grad_() for x in leaves]
+    for name, got, exact in zip(["q", "k", "v", "freq"], mine, _gradients(source, "reference", ref, ["freq"])):
+        torch.testing.assert_close(got.double(), exact, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_a_row_map_without_a_backward_pass_differentiates_the_tensor_code(monkeypatch):
+    """Per-row tables stay tensor code (contractions, einsum's), and with them the prologue's backward:
+    the forward still runs the prologue's kernels, the backward recomputes the tensor code once."""
+    source = """
+attention a {
+    input rel: float32[HKV, 5, D] learnable
+    prologue k[j, f] = rope(k, 0.1 * float(j))
+    let t[r: 5] per k[j, f] = sum(k * rel[h, r, f])
+    score = score + t[clamp(kv - q + 2, 0, 4)]
+}"""
+    module = attnspec.compile(source, "triton")
+    assert not hasattr(module, "_prologue_backward")
+    (q, k, v), gen = _tensors()
+    rel = torch.randn(2, 5, 16, generator=gen)
+    dense, calls = module._prologue, []
+    monkeypatch.setattr(module, "_prologue", lambda *a: calls.append(1) or dense(*a))
+    leaves = [x.clone().requires_grad_() for x in (q, k, v, rel)]
+    mine = _gradients(source, "triton", leaves, ["rel"])
     assert calls == [1]
     ref = [x.detach().double().requires_grad_() for x in leaves]
-    for name, got, exact in zip("qkv", mine, _gradients(source, "reference", ref, ["freq"])):
-        torch.testing.assert_close(got.double(), exact, rtol=1e-4, atol=1e-5, msg=name)
+    for name, got, exact in zip(["q", "k", "v", "rel"], mine, _gradients(source, "reference", ref, ["rel"])):
+        # squared outputs of summed logits: gradients in the hundreds, float32 against float64
+        torch.testing.assert_close(got.double(), exact, rtol=1e-4, atol=1e-6 * float(exact.abs().max()), msg=name)
 
 
 # ---------------------------------------------------------------- fused into the forward kernel

@@ -17,17 +17,18 @@ The walk goes from the result down to the leaves, one node at a time:
   expression gathers its gradient from every feature: `sum(g * partial)`.
 
 The epilogue's `sum_kept(v)` is a leaf too, whose gradient (`Adjoint.kept_sum`) the attention's
-backward takes on. NotRepresentable is raised for what has no rule here (a rope angle that reads a
-float input, a per-row table, the sum of a number that does not vary over the features): the caller then
+backward takes on. NotRepresentable is raised for what has no rule here (a per-row table, the sum of a
+number that does not vary over the features): the caller then
 differentiates the dense tensor code instead.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..diagnostics import AttnError
-from ..ir import Expr, RowMap, Spec, inline_bindings, substitute, walk
+from ..ir import Expr, RowMap, Spec, const, inline_bindings, substitute, walk
 from ..types import infer
 from .derivative import derivative
 from .symbolic import NotRepresentable, exact_key
@@ -67,7 +68,7 @@ def varies(e: Expr) -> bool:
     """Whether e differs between the features of one row (outside a reduction over them)."""
     if e.op in _REDUCTIONS or (e.op == "vector" and e.value == ROW_SEED):
         return False
-    if e.op in ("vector", "feature", "rope", "kept_sum"):
+    if e.op in ("vector", "feature", "rope", "kept_sum", "partner", "first_half"):
         return True
     return any(varies(a) for a in e.args)
 
@@ -116,9 +117,13 @@ class _Walker:
 
     def _rope(self, e: Expr, grad: Expr) -> None:
         x, angle = e.args
-        if self.depends(angle):
-            raise NotRepresentable("a rope angle that reads a float input")
         self.push(x, Expr("rope", (grad, _neg(angle)), span=e.span))  # the rotation's transpose
+        if self.depends(angle):
+            # pair (f, f + F/2) turns by the angle at f: d/d angle of rope(x, angle) is
+            # rope(x, angle + pi/2), and the angle at f gathers the pair's two features
+            turned = Expr("mul", (grad, Expr("rope", (x, Expr("add", (angle, const(math.pi / 2)), span=e.span)), span=e.span)), span=e.span)
+            pair = Expr("add", (turned, Expr("partner", (turned,), span=e.span)), span=e.span)
+            self.push(angle, Expr("where", (Expr("first_half", span=e.span), pair, const(0.0)), span=e.span))
 
     def _elementwise(self, e: Expr, grad: Expr) -> None:
         """Each float argument that depends on a variable gets grad * d e / d argument."""

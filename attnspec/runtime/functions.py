@@ -164,3 +164,15 @@ def rope(x: torch.Tensor, angle) -> torch.Tensor:
     cos, sin = torch.cos(angle), torch.sin(angle)
     first, second = x[..., :half], x[..., half:]
     return torch.cat([first * cos - second * sin, second * cos + first * sin], dim=-1)
+
+
+def partner(x, vector: torch.Tensor) -> torch.Tensor:
+    """x at each feature's rope partner (f + D/2 or f - D/2) over the features of `vector`'s rows."""
+    x = torch.broadcast_to(torch.as_tensor(x, dtype=vector.dtype, device=vector.device), vector.shape)
+    half = check_pairs(vector.shape[-1]) // 2
+    return torch.cat([x[..., half:], x[..., :half]], dim=-1)
+
+
+def first_half(vector: torch.Tensor) -> torch.Tensor:
+    """Whether each feature of `vector`'s rows is the first of its rope pair (f < D/2)."""
+    return torch.arange(vector.shape[-1], device=vector.device) < vector.shape[-1] // 2
