@@ -26,8 +26,8 @@ DTYPES = {
     "int64": "int",
     "bool": "bool",
 }
-NORMALIZATIONS = ("softmax", "elementwise", "rownorm")
-UNSUPPORTED_NORMALIZATIONS = ("linear", "kernelized", "feature_map")
+NORMALIZATIONS = ("softmax", "elementwise", "rownorm", "linear")  # linear: rownorm or elementwise of the score
+UNSUPPORTED_NORMALIZATIONS = ("kernelized", "feature_map")
 SELECTION_CRITERIA = ("top", "threshold", "share")
 SELECTION_SCOPES = ("head", "kv_head")
 

@@ -56,6 +56,12 @@ class Softplus(sympy.Function):
         return Sigmoid(self.args[0])
 
 
+class Elu(sympy.Function):
+    def fdiff(self, argindex=1):
+        x = self.args[0]
+        return Where(Greater(x, 0), 1, sympy.exp(x))  # torch: 1 above 0, elu(x) + 1 = e^x at and below
+
+
 class Relu(sympy.Function):
     def fdiff(self, argindex=1):
         return _step(self.args[0])  # torch: the gradient passes where relu(x) > 0

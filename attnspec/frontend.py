@@ -14,7 +14,7 @@ from lark import Token, Tree
 from . import builtins as bi
 from .diagnostics import AttnError, Source, Span
 from .expressions import EPILOGUE_TARGETS, PROLOGUE_TARGETS, RowScope, build_expr, row_value_index
-from .ir import Expr, Input, Normalize, Param, Program, RowMap, Selection, Spec, const, spec_exprs, uses, walk
+from .ir import Expr, Input, Normalize, Param, Program, RowMap, Selection, Spec, const, level_of, spec_exprs, uses, walk
 from .parser import parse_tree
 from .types import infer
 
@@ -64,6 +64,7 @@ class _SpecBuilder:
     singles: dict[str, object] = field(default_factory=dict)
     single_lines: dict[str, int] = field(default_factory=dict)
     prologue: list[RowMap] = field(default_factory=list)
+    linear: bool = False  # normalize linear: the scale defaults to 1
 
     # ------------------------------------------------------------------ statements
 
@@ -80,7 +81,8 @@ class _SpecBuilder:
             name=str(name_tok),
             params=tuple(self.params.values()),
             inputs=tuple(self.inputs.values()),
-            scale=self.singles.get("scale"),
+            # linear attention's weights are the feature maps' products themselves: no 1/sqrt(D) unless written
+            scale=self.singles.get("scale", const(1.0, span_of(self.source, name_tok)) if self.linear else None),
             score=self.score,
             mask=_conjunction(self.masks),
             normalize=self.singles.get("normalize", Normalize("softmax")),
@@ -161,10 +163,15 @@ class _SpecBuilder:
         span = span_of(self.source, tree)
         if kind in bi.UNSUPPORTED_NORMALIZATIONS:
             raise AttnError(
-                f"'{kind}' normalization (feature maps on q and k) is not supported yet",
+                f"'{kind}' normalization is not a form of the language",
                 span_of(self.source, kind_tok),
-                "use softmax, elementwise(f(score)) or rownorm(f(score))",
+                "linear attention is `normalize linear`, with its feature maps as prologues: "
+                "prologue q = elu(q) + 1.0",
             )
+        if kind == "linear":
+            self._single("normalize", tree, self._linear(args, span))
+            self.linear = True
+            return
         if kind not in bi.NORMALIZATIONS:
             raise self._unknown(kind_tok, "normalization", bi.NORMALIZATIONS)
         if kind == "softmax":
@@ -205,6 +212,41 @@ class _SpecBuilder:
                 raise AttnError("'sink' given twice", span_of(self.source, arg))
             sink = self.expr(arg.children[1])
         return sink
+
+    def _linear(self, args, span) -> Normalize:
+        """normalize linear(decay = lam, normalized = true): the weight is the score itself (the feature
+        maps' product, phi(q).psi(k), once prologues replace q and k), times lam^|d| where a decay is
+        given, d the key's distance behind the query, (q + SKV - SQ) - kv; over the row's sum of those
+        weights where normalized (rownorm: they must be >= 0), alone where not (elementwise)."""
+        options = {}
+        for arg in args:
+            if arg.data != "kwarg":
+                raise AttnError("linear takes only keyword arguments", span_of(self.source, arg),
+                                "normalize linear(decay = lam[h], normalized = false)")
+            key = str(arg.children[0])
+            if key not in ("decay", "normalized"):
+                raise AttnError(f"linear takes no keyword argument '{key}'", span_of(self.source, arg),
+                                "its arguments are decay (per head, in (0, 1]) and normalized (true or false)")
+            if key in options:
+                raise AttnError(f"'{key}' given twice", span_of(self.source, arg))
+            options[key] = (self.expr(arg.children[1]), span_of(self.source, arg.children[1]))
+        weight = Expr("score", span=span)
+        if "decay" in options:
+            decay, where = options["decay"]
+            if level_of(decay, self._partial_spec()) != "program" or uses(decay, "score"):
+                raise AttnError("a decay is one number per batch and head: it may read b, h, inputs and params, not q, kv or score",
+                                where, "normalize linear(decay = lam[h])")
+            weight = Expr("mul", (weight, _decay_factor(decay, where)), span=span)
+        normalized, where = options.get("normalized", (const(True), span))
+        if normalized.op != "const" or not isinstance(normalized.literal, bool):
+            raise AttnError("normalized is true or false", where, "normalize linear(normalized = false)")
+        if normalized.literal:
+            return Normalize("rownorm", weight=weight, span=span)
+        return Normalize("elementwise", weight=weight, span=span)
+
+    def _partial_spec(self) -> Spec:
+        """The declarations so far, for the analyses a statement needs while the spec is being built."""
+        return Spec(name="_", params=tuple(self.params.values()), inputs=tuple(self.inputs.values()))
 
     def _rownorm_denominator(self, kind: str, kwargs) -> Expr | None:
         """rownorm(g, den = f): the expression the row's denominator sums, when it is not g itself."""
@@ -405,6 +447,17 @@ def _check_reduced(value: Expr) -> None:
         )
     for arg in value.args:
         _check_reduced(arg)
+
+
+def _decay_factor(decay: Expr, span: Span) -> Expr:
+    """decay^|d|, d = (q + SKV - SQ) - kv: how far the key lies behind the query (end-aligned, as a
+    causal mask writes it)."""
+    def node(op, *args, value=None):
+        return Expr(op, args, value, span)
+
+    behind = node("sub", node("add", node("index_var", value="q"), node("sub", node("shape", value="SKV"), node("shape", value="SQ"))),
+                  node("index_var", value="kv"))
+    return node("pow", decay, node("float", node("abs", behind)))
 
 
 def _computed_reads(spec: Spec) -> None:

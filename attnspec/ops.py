@@ -155,6 +155,12 @@ def _softplus(x):
     return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
 
 
+def _elu(x):
+    """x above 0, e^x - 1 at and below (torch's elu with alpha = 1)."""
+    x = float(x)
+    return x if x > 0 or _nan(x) else math.expm1(x)
+
+
 def _relu(x):
     return x if x > 0 or _nan(x) else type(x)(0)
 
@@ -254,6 +260,7 @@ OPS: dict[str, Op] = {
         Op("sigmoid", ("x",), "float", _sigmoid, torch.sigmoid, "tl.sigmoid", INCREASING, "Sigmoid"),
         Op("softplus", ("x",), "float", _softplus, _tensor_softplus, "_kernel.softplus", INCREASING, "Softplus"),
         Op("relu", ("x",), "same", _relu, _tensor_relu, "_kernel.relu", INCREASING, "Relu"),
+        Op("elu", ("x",), "float", _elu, torch.nn.functional.elu, "_kernel.elu", INCREASING, "Elu"),
         Op("float", ("x",), "float", float, lambda x: x, "_kernel.as_float", INCREASING, "identity"),
         Op("bitand", ("a", "b"), "int", lambda a, b: a & b, torch.bitwise_and, "", "bitand"),
         Op("ilog2", ("x",), "int", _ilog2, _tensor_ilog2, "_kernel.ilog2", INCREASING),

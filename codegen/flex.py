@@ -78,7 +78,7 @@ def flex_plan(spec: Spec, identity: str, source_name: str) -> FlexPlan:
     path, agreement = block_mask_path(spec)
     norm = spec.normalize
     weight, negative = norm.weight, None
-    if identity == "ratio_signed":
+    if identity in ("ratio_signed", "elementwise_signed"):
         weight, negative = signed_parts(norm.weight)
     weight = None if weight is None else log_weight(weight, spec)
 

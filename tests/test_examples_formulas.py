@@ -515,6 +515,21 @@ def f_cosine_signed(q, k, v):
     return ratio_attn(s, torch.ones_like(s), j <= i + (k.shape[2] - q.shape[2]), v)
 
 
+def f_linear_elu(q, k, v):
+    phi = lambda x: torch.nn.functional.elu(x) + 1.0  # noqa: E731
+    s = logits(phi(q), phi(k), scale=1.0)
+    _, _, i, j = grid(q, k)
+    return rownorm_attn(s, j <= i + (k.shape[2] - q.shape[2]), v)
+
+
+def f_lightning(q, k, v):
+    _, H, SQ, _ = q.shape
+    _, h, i, j = grid(q, k)
+    decay = 2.0 ** (-8.0 * (h + 1).double() / H)
+    behind = i + (k.shape[2] - SQ) - j
+    return elementwise_attn(logits(q, k, scale=1.0) * decay ** behind.abs().double(), behind >= 0, v)
+
+
 def f_nsa_select(q, k, v, n=2):
     _, _, i, j = grid(q, k)
     keep = select_blocks(
@@ -824,6 +839,8 @@ REGISTRY: dict[str, Example] = {
         Case("sq>skv", SQ=63, SKV=29, empty_rows=True),
     ]),
     "N14-cosine": Example("n14_cosine_signed.attn", f_cosine_signed, STANDARD + [Case("decode", SQ=1, SKV=40)]),
+    "N14-linear": Example("n14_linear_elu.attn", f_linear_elu, STANDARD + [Case("decode", SQ=1, SKV=40)]),
+    "N18": Example("n18_lightning.attn", f_lightning, STANDARD + [Case("decode", SQ=1, SKV=40)], lse=False),
     "K01": Example("k01_nsa_select.attn", f_nsa_select, [
         Case("self", SQ=100, SKV=100, D=8, DV=8),
         Case("mqa", H=4, HKV=1, SQ=63, SKV=63),

@@ -9,8 +9,9 @@ What is checked, and why:
   same BlockSelection goes to both targets (design.md section 2);
 - fully masked rows give out 0 and lse -inf (the sink logit with a sink), never NaN;
 - a representative subset under torch.compile (the path users take by default);
-- weights that are not provably >= 0 are refused by the flex target at the normalize line (with a
-  hint naming the targets that accept them), while the reference still compiles them;
+- rownorm weights that are not provably >= 0 are refused by the flex target at the normalize line
+  (with a hint naming the targets that accept them), while the reference still compiles them;
+  elementwise weights of either sign take one flex_attention call per sign;
 - the normalization identities (sink, rownorm, elementwise) against hand-written dense formulas, so
   an identity that the reference shared by mistake would still show;
 - the generated module: deterministic, valid Python, and its score_mod / mask_mod factories usable
@@ -302,12 +303,17 @@ def test_compiled_with_lse_falls_back_to_eager_and_agrees():
 # ------------------------------------------------------------------ what the flex target refuses
 
 REFUSED = {
-    "tanh can be negative": "normalize elementwise(tanh(score))",
     "the raw score can be negative": "normalize rownorm(score)",
-    "a scaled score can be negative": "normalize elementwise(score * 2.0)",
     "an odd power can be negative": "normalize rownorm(score ** 3)",
-    "exp minus one can be negative": "normalize elementwise(exp(score) - 1.0)",
     "a negated relu is <= 0": "normalize rownorm(-relu(score))",
+    "tanh can be negative": "normalize rownorm(tanh(score))",
+}
+
+# elementwise weights of either sign: two flex_attention calls, one per sign (no denominator to keep apart)
+SIGNED = {
+    "tanh can be negative": "normalize elementwise(tanh(score))",
+    "a scaled score can be negative": "normalize elementwise(score * 2.0)",
+    "exp minus one can be negative": "normalize elementwise(exp(score) - 1.0)",
 }
 
 
@@ -329,6 +335,19 @@ def test_flex_refuses_weights_not_provably_nonnegative(why):
     assert "^" * len(statement) in text
     assert "--target triton" in text and "reference" in text
     assert attnspec.compile(source, "reference").SPEC_NAME == "refused"
+
+
+@pytest.mark.parametrize("why", sorted(SIGNED))
+def test_flex_lowers_elementwise_weights_of_either_sign(why):
+    """sum f v = out_+ exp(lse_+) - out_- exp(lse_-), from the softmaxes of log relu(f) and log relu(-f)."""
+    source = refused_source(SIGNED[why]).replace("refused", "signed")
+    flex, reference = attnspec.compile(source, "flex"), attnspec.compile(source, "reference")
+    assert "relu(-f(s))" in flex.NORMALIZATION_IDENTITY
+    spec = lower(load_program(source).specs[0])
+    args64 = sample_arguments(spec, Sizes(B=1, H=2, HKV=1, SQ=37, SKV=50, D=8, DV=8), F64)
+    for dtype in (F64, torch.bfloat16):
+        got, low_ref, ref64 = run_both(reference, flex, spec, args64, dtype, compiled=False)
+        assert_agrees(got, low_ref, ref64, f"{why} {dtype}")
 
 
 ACCEPTED = {

@@ -77,6 +77,8 @@ PATHS = {
     ("n02_relu_length", "relu_length"): ("no mask", (128, 128)),
     ("n09_affine_scaled", "affine_scaled"): ("tile analysis", (128, 128)),
     ("n14_cosine_signed", "cosine_signed"): ("tile analysis", (128, 128)),
+    ("n14_linear_elu", "linear_elu"): ("tile analysis", (128, 128)),
+    ("n18_lightning", "lightning"): ("tile analysis", (128, 128)),
     ("s02_deberta", "deberta"): ("no mask", (128, 128)),
     ("s02_log_buckets", "log_buckets"): ("no mask", (128, 128)),
     ("s02_rel_bias_clipped", "rel_bias_clipped"): ("no mask", (128, 128)),

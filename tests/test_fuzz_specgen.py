@@ -96,6 +96,7 @@ COVERAGE = {
     "sink": r"softmax\(sink = ",
     "elementwise": r"normalize elementwise\(",
     "rownorm": r"normalize rownorm\(",
+    "linear": r"normalize linear",
     "static select": r"^\s*select blocks\(.*\) keep ",
     "dynamic select": r"^\s*select blocks\(.*\) (top|threshold|share)\(.* by ",
     "runtime param": r"^\s*param \w+: \w+ runtime",

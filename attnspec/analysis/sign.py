@@ -42,7 +42,20 @@ def _leaf(e: Expr, spec: Spec) -> Num | Bool:
         return num(0.0, torch.inf)
     if e.op == "shape":
         return num(1.0, torch.inf)
+    if e.op == "score" and _products_nonnegative(spec):
+        return num(0.0, torch.inf)
     return _unknown(e, spec)
+
+
+def _products_nonnegative(spec: Spec) -> bool:
+    """The score is >= 0 where it is scale * q.k (no score mod) with a scale >= 0 and prologues that make
+    every feature of q and of k >= 0 (the positive feature maps of linear attention: elu(x) + 1, relu,
+    exp): a dot product of such vectors is >= 0. (A score mod would make `score` mean two things: the
+    product in the mod, the modified score in a normalization.)"""
+    if spec.score.op != "score" or (spec.scale is not None and not nonnegative(spec.scale, spec)):
+        return False
+    maps = {step.target: step.value for step in spec.prologue}
+    return all(target in maps and nonnegative(maps[target], spec) for target in ("q", "k"))
 
 
 def _unknown(e: Expr, spec: Spec) -> Num | Bool:

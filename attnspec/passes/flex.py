@@ -29,6 +29,7 @@ IDENTITIES = {
     "sink": "softmax, then out * sigmoid(lse - sink) and lse = logaddexp(lse, sink)",
     "rownorm": "softmax of score_mod = log f(s)",
     "elementwise": "softmax of score_mod = log f(s), then out * exp(lse)",
+    "elementwise_signed": "softmaxes of score_mods log relu(f(s)) and log relu(-f(s)): out_+ * exp(lse_+) - out_- * exp(lse_-)",
     "ratio": "softmaxes of score_mods log g(s) and log f(s): out_g * exp(lse_g - lse_f), lse = lse_f",
     "ratio_signed": "softmaxes of score_mods log relu(g(s)), log relu(-g(s)) and log f(s): "
                     "out_+ * exp(lse_+ - lse_f) - out_- * exp(lse_- - lse_f), lse = lse_f",
@@ -50,6 +51,8 @@ def flex_identity(spec: Spec) -> str:
                 "(abs, relu, softplus, sigmoid, exp, even powers)",
             )
         return "ratio" if nonnegative(norm.weight, spec) else "ratio_signed"
+    if norm.kind == "elementwise" and not nonnegative(norm.weight, spec):
+        return "elementwise_signed"  # f = relu(f) - relu(-f): no denominator to keep apart
     if not nonnegative(norm.weight, spec):
         raise AttnError(
             f"the flex target cannot lower {norm.kind}(f) here: f is not provably >= 0 for every score, "

@@ -208,6 +208,21 @@ def ratio(positive, den_lse, negative=None, out_dtype=None):
     return out.to(out_dtype or dtype), torch.where(undefined, math.nan, den)
 
 
+def signed_sum(positive, negative, out_dtype=None):
+    """elementwise(f) of either sign from two flex_attention calls: `positive` = (out, lse) of the softmax
+    of log relu(f), `negative` that of log relu(-f); sum f v = out_+ exp(lse_+) - out_- exp(lse_-).
+    Returns (out in out_dtype, an lse that is NaN where either part says the row is undefined, for the
+    caller's check: a NaN or infinite weight, or a sum beyond the compute dtype)."""
+    dtype = torch.float64 if positive[1].dtype == torch.float64 else torch.float32
+
+    def part(out, lse):
+        return out.to(dtype) * torch.exp(lse.to(dtype)).unsqueeze(-1)
+
+    undefined = undefined_rows(positive[1], dtype) | undefined_rows(negative[1], dtype)
+    out = part(*positive) - part(*negative)
+    return out.to(out_dtype or dtype), torch.where(undefined, math.nan, torch.zeros_like(positive[1].to(dtype)))
+
+
 def undefined_rows(lse: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """The rows an lse says are undefined (language.md section 8): NaN or +inf, from a NaN or +inf logit,
     weight or sink. With the compute dtype of weights f (log f the score_mod), also where their sum

@@ -149,7 +149,8 @@ def _mod(a: Num, b: Num) -> Num:
 
 def _pow(a: Num, b: Num) -> Num:
     """x ** e for a point exponent e: rising on x >= 0 (e >= 0), falling there (e < 0), |x| ** e for an
-    even integer e, rising everywhere for an odd one; anything else is unbounded."""
+    even integer e, rising everywhere for an odd one; for any exponent, >= 0 on a base >= 0, and at
+    most 1 on a base in [0, 1] with exponents >= 0; anything else is unbounded."""
     e = b.lo
     point_e = b.lo == b.hi
     integer = point_e & (torch.floor(e) == e) & torch.isfinite(e)
@@ -162,6 +163,10 @@ def _pow(a: Num, b: Num) -> Num:
     hi = torch.where(rising, torch.pow(a.hi, e), torch.where(falling, torch.pow(a.lo, e), INF))
     lo = torch.where(even, torch.pow(m.lo, e), lo)
     hi = torch.where(even, torch.pow(m.hi, e), hi)
+    # any exponent: a base >= 0 gives >= 0 (0 ** -e = inf), a base in [0, 1] with exponents >= 0 at most 1
+    # (a decay lambda ** distance)
+    lo = torch.where(a.lo >= 0, torch.maximum(lo, torch.zeros_like(lo)), lo)
+    hi = torch.where((a.lo >= 0) & (a.hi <= 1) & (b.lo >= 0), torch.minimum(hi, torch.ones_like(hi)), hi)
     both_points = (a.lo == a.hi) & point_e
     exact = torch.pow(a.lo, e)
     return bounded(torch.where(both_points, exact, lo), torch.where(both_points, exact, hi))

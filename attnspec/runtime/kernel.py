@@ -165,6 +165,13 @@ def tanh(x):
 
 
 @triton.jit
+def elu(x):
+    """x above 0, e^x - 1 at and below (alpha = 1)."""
+    x = as_float(x)
+    return tl.where(x > 0, x, tl.exp(x) - 1.0)
+
+
+@triton.jit
 def softplus(x):
     """log(1 + exp(x)) = max(x, 0) + log(1 + exp(-|x|)): no overflow for large x."""
     x = as_float(x)

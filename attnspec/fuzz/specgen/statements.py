@@ -202,6 +202,9 @@ ROWNORM = (  # f >= 0
     "relu(score)",
 )
 NEGATIVE_ROWNORM = ("score", "tanh(score)", "score - 1.0")
+# linear attention: the weight is the score (positive where prologues make q and k so), decayed per head
+LINEAR = ("", "(decay = 0.9)", "(decay = 2.0 ** (-float(h + 1)))", "(normalized = false)",
+          "(decay = sigmoid(float(h) - 1.0), normalized = false)")
 DENOMINATOR = ("1.0", "abs(score)", "abs(tanh(score))", "exp(score)", "relu(score) + 1.0", "abs(exp(score) - 1.0)")  # f >= 0
 
 
@@ -234,6 +237,7 @@ def _normalize(draw, env: Env) -> str | None:
         (4, lambda: f"normalize rownorm({draw(st.sampled_from(ROWNORM))})"),
         (1, lambda: f"normalize rownorm({_weight(draw, env, NEGATIVE_ROWNORM)})"),
         (3, lambda: f"normalize rownorm({_weight(draw, env, NEGATIVE_ROWNORM)}, den = {_weight(draw, env, DENOMINATOR)})"),
+        (2, lambda: f"normalize linear{draw(st.sampled_from(LINEAR))}"),
     )()
 
 
