@@ -110,3 +110,21 @@ def test_a_nan_weight_leaves_its_row_undefined_not_empty(tmp_path):
     report = replay(path, "target=flex,dtype=float32,B=1,H=1,HKV=1,SQ=1,SKV=1,D=16,DV=16,seed=0,logits=normal,"
                           "inputs=typical,trace=static,grad=1")
     assert report.status == "ok"
+
+
+def test_a_mask_reading_a_per_row_table_of_q_takes_gradients(tmp_path):
+    """A mask that reads a per-row table computed from q: the BlockMask's mask_mod held the table with
+    its gradient, which FlexAttention's backward cannot vmap over (found by attnspec fuzz). The values a
+    mask reads are computed without gradients: a mask is piecewise constant."""
+    from attnspec.testing import replay
+
+    path = tmp_path / "table_mask.attn"
+    path.write_text(
+        "attention t {\n"
+        "    let rel[r: 5] per q[i, f] = sum(q * tanh(0.05 * float((r + 1) * (f + 1) % 7 - 3))) / sqrt(float(D))\n"
+        "    mask kv <= q and rel[clamp(kv - q, -2, 2) + 2] >= 0.1\n"
+        "}\n")
+    for sizes in ("B=1,H=1,HKV=1,SQ=1,SKV=1", "B=2,H=2,HKV=1,SQ=37,SKV=40"):
+        report = replay(path, f"target=flex,dtype=float32,{sizes},D=16,DV=16,seed=0,logits=normal,"
+                              "inputs=typical,trace=static,grad=1")
+        assert report.status == "ok", report

@@ -164,6 +164,9 @@ FOUND = [
     # the forward's weights exp2(qk * c - m * c) rounded each product of a huge logit (a 1e-4 error in
     # the sum l); exp2((qk - m) * c) rounds once
     ("k05_seer_threshold", "target=triton,dtype=float32,B=2,H=1,HKV=1,SQ=100,SKV=63,D=8,DV=8,seed=700,logits=huge,inputs=typical,trace=static,param.t=0.0,grad=1"),
+    # a score in log2 units against the max converted to natural units: a single key's weight was
+    # 1 + 1e-5 at |s| ~ 200; the backward recomputes the forward's log2 scores against its log2 max
+    ("b06_query_temperature", "target=triton,dtype=float32,B=1,H=3,HKV=3,SQ=1,SKV=1,D=16,DV=16,seed=35,logits=large,inputs=typical,trace=static,grad=1"),
 ]
 
 
