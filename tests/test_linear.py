@@ -1,9 +1,9 @@
-"""`normalize linear` (docs/language.md section 4): linear attention's weights are the feature maps'
-products themselves, w_ij = phi(q_i).psi(k_j) (times lambda^|d| with a decay), over their row sum where
-normalized. Checked against its causal recurrent form, which is how linear attention is usually
-defined and computed: a state S_t = lambda S_{t-1} + psi(k_t)^T v_t (and z_t = lambda z_{t-1} + psi(k_t)
-for the denominator), o_t = phi(q_t) S_t / phi(q_t) z_t, evaluated one key at a time in float64; and
-on every target against the reference, with gradients.
+"""`normalize linear` (docs/language.md section 3, `normalize`): linear attention's weights are the
+feature maps' products themselves, w_ij = phi(q_i).psi(k_j) (times lambda^|d| with a decay), over their
+row sum where normalized. Checked against its causal recurrent form, which is how linear attention is
+usually defined and computed: a state S_t = lambda S_{t-1} + psi(k_t)^T v_t (and z_t = lambda z_{t-1} +
+psi(k_t) for the denominator), o_t = phi(q_t) S_t / phi(q_t) z_t, evaluated one key at a time in
+float64; and on every target against the reference, with gradients.
 """
 
 from __future__ import annotations
