@@ -66,10 +66,10 @@ def mod_plan(spec: Spec, exprs: list[Expr], two_step: bool) -> dict:
 
 
 def _first_step(spec: Spec, score: Expr, r: ModRenderer) -> str:
-    """The modified score, which the second step reads as a tensor: a score mod that does not vary
-    over the pair (`score = 0.0`) is made one."""
-    code = r.render(score)
-    return code if _varies(spec, score) else f"_dense.tensor_like({code}, score)"
+    """The modified score, which the second step reads as a tensor of the argument's dtype: a score mod
+    that does not vary over the pair (`score = 0.0`) is made one, and one that met a float64 number (a
+    built-in of sizes, `where(q <= B, 0.0, -1.0)`) is cast back, or the weight would come out float64."""
+    return f"_dense.tensor_like({r.render(score)}, score)"
 
 
 def _separate_reads(spec: Spec, exprs: list[Expr]) -> tuple[dict, list[tuple[str, str]]]:

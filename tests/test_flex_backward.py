@@ -128,3 +128,17 @@ def test_a_mask_reading_a_per_row_table_of_q_takes_gradients(tmp_path):
         report = replay(path, f"target=flex,dtype=float32,{sizes},D=16,DV=16,seed=0,logits=normal,"
                               "inputs=typical,trace=static,grad=1")
         assert report.status == "ok", report
+
+
+def test_a_score_mod_meeting_a_float64_number_keeps_the_weights_dtype(tmp_path):
+    """`where(q <= B, 0.0, -1.0)` is a float64 number while FlexAttention traces the mod: a two-step mod
+    (score, then the weight) kept the modified score in float64, and the dense definition the backward
+    runs on the CPU multiplied float64 weights by float32 values (found by attnspec fuzz --generate)."""
+    from attnspec.testing import replay
+
+    path = tmp_path / "float64_mod.attn"
+    path.write_text("attention m {\n    mask kv <= q\n    score = score + where(q <= B, 0.0, -1.0)\n"
+                    "    normalize rownorm(score, den = 1.0)\n}\n")
+    report = replay(path, "target=flex,dtype=float32,B=1,H=2,HKV=1,SQ=9,SKV=9,D=16,DV=16,seed=0,logits=normal,"
+                          "inputs=typical,trace=static,grad=1")
+    assert report.status == "ok", report

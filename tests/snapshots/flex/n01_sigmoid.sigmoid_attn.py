@@ -59,7 +59,7 @@ def sigmoid_attn_score_mod(*, SKV, dtype=torch.float32):
     _t2 = _fn.log(_fn.to_float(SKV, _dtype))
 
     def score_mod(score, b, h, q_idx, kv_idx):
-        score = score
+        score = _dense.tensor_like(score, score)
         return _dense.tensor_like((-_fn.softplus((-(score - _t2)))), score)
 
     return score_mod

@@ -58,7 +58,7 @@ def softpick_score_mod(*, dtype=torch.float32):
     _dtype = dtype
 
     def score_mod(score, b, h, q_idx, kv_idx):
-        score = score
+        score = _dense.tensor_like(score, score)
         return _dense.tensor_like(_fn.log_weight(_fn.relu((_fn.exp(score) - 1.0))), score)
 
     return score_mod
@@ -69,7 +69,7 @@ def softpick_denominator_mod(*, dtype=torch.float32):
     _dtype = dtype
 
     def score_mod(score, b, h, q_idx, kv_idx):
-        score = score
+        score = _dense.tensor_like(score, score)
         return _dense.tensor_like(_fn.log_weight(_fn.abs((_fn.exp(score) - 1.0))), score)
 
     return score_mod

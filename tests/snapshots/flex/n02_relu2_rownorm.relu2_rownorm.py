@@ -56,7 +56,7 @@ def relu2_rownorm_score_mod(*, dtype=torch.float32):
     _dtype = dtype
 
     def score_mod(score, b, h, q_idx, kv_idx):
-        score = score
+        score = _dense.tensor_like(score, score)
         return _dense.tensor_like((2.0 * _fn.log_weight(_fn.relu(score))), score)
 
     return score_mod

@@ -55,7 +55,7 @@ def relu_length_score_mod(*, SKV, dtype=torch.float32):
     _t0 = _fn.to_float(SKV, _dtype)
 
     def score_mod(score, b, h, q_idx, kv_idx):
-        score = score
+        score = _dense.tensor_like(score, score)
         return _dense.tensor_like((_fn.log_weight(_fn.relu(score)) - _fn.log(_t0)), score)
 
     return score_mod

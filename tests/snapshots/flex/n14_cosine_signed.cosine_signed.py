@@ -72,7 +72,7 @@ def cosine_signed_score_mod(*, dtype=torch.float32):
     _dtype = dtype
 
     def score_mod(score, b, h, q_idx, kv_idx):
-        score = score
+        score = _dense.tensor_like(score, score)
         return _dense.tensor_like(_fn.log_weight(_fn.relu(score)), score)
 
     return score_mod
@@ -83,7 +83,7 @@ def cosine_signed_negative_mod(*, dtype=torch.float32):
     _dtype = dtype
 
     def score_mod(score, b, h, q_idx, kv_idx):
-        score = score
+        score = _dense.tensor_like(score, score)
         return _dense.tensor_like(_fn.log_weight(_fn.relu((-score))), score)
 
     return score_mod
@@ -94,7 +94,7 @@ def cosine_signed_denominator_mod(*, dtype=torch.float32):
     _dtype = dtype
 
     def score_mod(score, b, h, q_idx, kv_idx):
-        score = score
+        score = _dense.tensor_like(score, score)
         return _dense.tensor_like(0.0, score)
 
     return score_mod

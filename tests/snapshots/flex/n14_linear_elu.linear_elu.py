@@ -72,7 +72,7 @@ def linear_elu_score_mod(*, dtype=torch.float32):
     _dtype = dtype
 
     def score_mod(score, b, h, q_idx, kv_idx):
-        score = score
+        score = _dense.tensor_like(score, score)
         return _dense.tensor_like(_fn.log_weight(score), score)
 
     return score_mod

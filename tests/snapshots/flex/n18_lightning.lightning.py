@@ -61,7 +61,7 @@ def lightning_score_mod(*, H, SKV, SQ, dtype=torch.float32):
     def score_mod(score, b, h, q_idx, kv_idx):
         _t1 = (q_idx + _t0)
         _t2 = _fn.pow(2.0, ((-8.0 * _fn.to_float((h + 1), _dtype)) / _fn.to_float(H, _dtype)))
-        score = score
+        score = _dense.tensor_like(score, score)
         return _dense.tensor_like(_fn.log_weight(_fn.relu((score * _fn.pow(_t2, _fn.to_float(_fn.abs((_t1 - kv_idx)), _dtype))))), score)
 
     return score_mod
@@ -75,7 +75,7 @@ def lightning_negative_mod(*, H, SKV, SQ, dtype=torch.float32):
     def score_mod(score, b, h, q_idx, kv_idx):
         _t1 = (q_idx + _t0)
         _t2 = _fn.pow(2.0, ((-8.0 * _fn.to_float((h + 1), _dtype)) / _fn.to_float(H, _dtype)))
-        score = score
+        score = _dense.tensor_like(score, score)
         return _dense.tensor_like(_fn.log_weight(_fn.relu((-(score * _fn.pow(_t2, _fn.to_float(_fn.abs((_t1 - kv_idx)), _dtype)))))), score)
 
     return score_mod
