@@ -119,11 +119,7 @@ def epilogue_kernel_plan(spec: Spec) -> dict | None:
     (with gradients: the attention kernel stores the output the backward reads, then the pass runs);
     None without an epilogue, or where its backward has no pass (the tensor code then runs, and autograd
     differentiates it)."""
-    if spec.epilogue is None:
-        return None
-    try:
-        row_map_adjoint(spec.epilogue, spec)
-    except NotRepresentable:
+    if spec.epilogue is None or not _has_rule(spec, spec.epilogue):
         return None
     return _kernel_step(spec, spec.epilogue)
 
@@ -131,7 +127,7 @@ def epilogue_kernel_plan(spec: Spec) -> dict | None:
 def row_value_kernel_plan(spec: Spec) -> list[dict]:
     """{name, target, code, inputs, params, rope} of each per-row value: its pass over the rows of q or
     k. Empty where a per-row table is among them (the values stay tensor code, computed together)."""
-    values = [i for i in spec.inputs if i.computed is not None]
+    values = _row_values(spec)
     if any(i.computed.entry is not None for i in values):
         return []
     return [{**_kernel_step(spec, i.computed), "name": i.name} for i in values]
@@ -144,48 +140,63 @@ def backward_kernel_plan(spec: Spec) -> dict:
     params, sites} (sites: {input, level, code, offset, per_feature} per float load, the gradient of
     its value and where it adds). An empty list: no passes, the module differentiates the tensor code.
     The prologue and the per-row values have passes together or not at all (not where a row map has no
-    rule in passes/adjoint.py, or the per-row values no passes: row_value_kernel_plan); the epilogue on
-    its own."""
-    values = [i for i in spec.inputs if i.computed is not None]
-    rows = {"prologue": [], "row_values": []}
+    rule in passes/adjoint.py, or a per-row table keeps the values tensor code); the epilogue on its own."""
+    values = _row_values(spec)
+    steps = [(step, step.target, False) for step in spec.prologue] + [(i.computed, i.name, True) for i in values]
+    rows = [] if any(i.computed.entry is not None for i in values) else _backward_steps(spec, steps)
+    epilogue = [] if spec.epilogue is None else _backward_steps(spec, [(spec.epilogue, "out", False)])
+    return {"prologue": rows[:len(spec.prologue)], "row_values": rows[len(spec.prologue):], "epilogue": epilogue}
+
+
+def _row_values(spec: Spec) -> list:
+    return [i for i in spec.inputs if i.computed is not None]
+
+
+def _backward_steps(spec: Spec, steps: list) -> list:
+    """_backward_step of each (step, name, per_row), or [] where one has no rule in passes/adjoint.py."""
     try:
-        if not values or row_value_kernel_plan(spec):
-            rows = {"prologue": [_backward_step(spec, step, step.target, False) for step in spec.prologue],
-                    "row_values": [_backward_step(spec, i.computed, i.name, True) for i in values]}
+        return [_backward_step(spec, step, name, per_row) for step, name, per_row in steps]
     except NotRepresentable:
-        pass
-    epilogue = epilogue_kernel_plan(spec) and [_backward_step(spec, spec.epilogue, "out", False)]
-    return {**rows, "epilogue": epilogue or []}
+        return []
+
+
+def _has_rule(spec: Spec, step: RowMap) -> bool:
+    """Whether passes/adjoint.py differentiates the row map."""
+    try:
+        row_map_adjoint(step, spec)
+    except NotRepresentable:
+        return False
+    return True
 
 
 def _backward_step(spec: Spec, step: RowMap, name: str, per_row: bool) -> dict:
     adjoint = row_map_adjoint(step, spec, per_row)
     r = RowMapKernelRenderer(spec)
-    nodes = list(walk(inline_bindings(step.value, spec)))
-    grads = [adjoint.vector, adjoint.kept_sum] + [grad for _, grad in adjoint.loads]
-    terms = _shared_terms([g for g in grads if g is not None])
+    grads = [g for g in [adjoint.vector, adjoint.kept_sum] + [grad for _, grad in adjoint.loads] if g is not None]
+    terms = _shared_terms(grads)
     r.shared = {exact_key(node): name for name, node in terms}
     r.fixed = {exact_key(node) for _, node in terms if not varies(node)}
     # what is evaluated at rope partners: rope's first argument, and partner(e) (a rope angle's gradient)
-    ropes = [n for g in grads if g is not None for n in walk(g) if n.op in ("rope", "partner")]
+    ropes = [n for g in grads for n in walk(g) if n.op in ("rope", "partner")]
     return {
-        "target": step.target,
+        **_reads(spec, step),
         "name": name,
         "terms": [(name, r.render_term(node)) for name, node in terms],
         "code": None if adjoint.vector is None else r.render(adjoint.vector),
         "kept_sum": None if adjoint.kept_sum is None else r.render(adjoint.kept_sum),
-        "reads_kept": any(n.op == "kept_sum" for n in nodes),
         "row_seed": per_row,
         "rope": bool(ropes),
-        "partner_x": any(n.op == "vector" and n.value == step.target for r in ropes for n in walk(r.args[0])),
-        "kept_partner": any(n.op == "kept_sum" for r in ropes for n in walk(r.args[0])),
-        "partner_dy": any(n.op == "vector" and n.value == SEED for r in ropes for n in walk(r.args[0])),
-        "inputs": [{"name": i.name, "rank": len(i.shape)} for i in spec.inputs
-                   if any(n.op == "load" and n.value == i.name for n in nodes)],
-        "params": [{"name": p.name, "bool": p.type == "bool"} for p in spec.runtime_params
-                   if any(n.op == "param" and n.value == p.name for n in nodes)],
+        "partner_x": _at_partners(ropes, lambda n: n.op == "vector" and n.value == step.target),
+        "partner_dy": _at_partners(ropes, lambda n: n.op == "vector" and n.value == SEED),
+        "kept_partner": _at_partners(ropes, lambda n: n.op == "kept_sum"),
         "sites": [_site(spec, r, load, grad) for load, grad in adjoint.loads],
     }
+
+
+def _at_partners(ropes: list[Expr], found) -> bool:
+    """Whether a node `found` accepts is evaluated at rope partners: in the first argument of a rope
+    (or of partner(e))."""
+    return any(found(n) for rope in ropes for n in walk(rope.args[0]))
 
 
 def _shared_terms(exprs: list[Expr]) -> list[tuple[str, Expr]]:
@@ -229,17 +240,23 @@ def _fused(spec: Spec, step: RowMap) -> dict:
     value = inline_bindings(step.value, spec)
     ropes = [n for n in walk(value) if n.op == "rope"]
     return {"code": RowMapKernelRenderer(spec).render(value), "rope": bool(ropes),
-            "kept_partner": any(n.op == "kept_sum" for r in ropes for n in walk(r.args[0]))}
+            "kept_partner": _at_partners(ropes, lambda n: n.op == "kept_sum")}
 
 
 def _kernel_step(spec: Spec, step: RowMap) -> dict:
+    return {**_fused(spec, step), **_reads(spec, step)}
+
+
+def _reads(spec: Spec, step: RowMap) -> dict:
+    """{target, inputs, params, reads_kept}: what a pass over the rows of step's tensor takes besides
+    the tensor, the inputs ({name, rank}) and runtime params ({name, bool}) its value reads, and whether
+    it reads sum_kept(v)."""
     nodes = list(walk(inline_bindings(step.value, spec)))
     return {
-        **_fused(spec, step),
-        "reads_kept": any(n.op == "kept_sum" for n in nodes),
         "target": step.target,
         "inputs": [{"name": i.name, "rank": len(i.shape)} for i in spec.inputs
                    if any(n.op == "load" and n.value == i.name for n in nodes)],
         "params": [{"name": p.name, "bool": p.type == "bool"} for p in spec.runtime_params
                    if any(n.op == "param" and n.value == p.name for n in nodes)],
+        "reads_kept": any(n.op == "kept_sum" for n in nodes),
     }

@@ -11,6 +11,7 @@ runs instead: Inductor fuses it by itself, and a Triton launch would break the g
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -93,41 +94,23 @@ def _launch_rows(kernel, x: torch.Tensor, outputs: tuple, args: tuple, **constan
               BLOCK_M=block_m, BLOCK_F=block_f, num_warps=4, **constants)
 
 
-def prologue(fused: Callable, dense: Callable, q, k, v, rest: tuple, skip: tuple[str, ...] = (), backward: Callable | None = None):
-    """q, k, v after the prologue: `fused(q, k, v, *rest)` (the kernels) where they run, differentiated
-    by `backward` (the backward passes) or else through `dense(q, k, v, *rest)` (the tensor code); the
-    tensor code alone under torch.compile or where no kernel runs (the attention then says why). The
-    tensors named in `skip` are returned as they are (without gradients, the forward kernel applies the
-    q prologue itself)."""
-    if torch.compiler.is_compiling() or not _rt.kernels_run(q):
-        after = dense(q, k, v, *rest)
-        return tuple(x if name in skip else y for name, x, y in zip("qkv", (q, k, v), after))
-    tensors = (q, k, v, *rest)
-    if not _needs_grad(tensors):
-        return fused(*tensors, skip=skip)
-    return _RowMaps.apply(fused, dense, backward, *tensors)
-
-
-def row_values(fused: Callable, dense: Callable, backward: Callable | None, q, k, rest: tuple) -> tuple:
-    """The per-row values of q and k (after the prologue), as prologue() computes the prologue: by their
-    kernels where they run, differentiated by their backward passes or through the tensor code."""
-    if torch.compiler.is_compiling() or not _rt.kernels_run(q):
-        return dense(q, k, *rest)
-    tensors = (q, k, *rest)
+def row_maps(fused: Callable, dense: Callable, backward: Callable | None, tensors: tuple) -> tuple:
+    """Row maps of `tensors` (the prologue, the per-row values or the epilogue): `fused(*tensors)` (their
+    kernels) where kernels run, differentiated by `backward` (their backward passes) or else through
+    `dense(*tensors)` (the tensor code); the tensor code alone under torch.compile or where no kernel
+    runs (the attention then says why). Returns a tuple of results."""
+    if torch.compiler.is_compiling() or not _rt.kernels_run(tensors[0]):
+        return _results(dense(*tensors))
     if not _needs_grad(tensors):
         return fused(*tensors)
     return _RowMaps.apply(fused, dense, backward, *tensors)
 
 
-def epilogue(fused: Callable, dense: Callable, backward: Callable, out, sizes: tuple, rest: tuple):
-    """The output after the epilogue, with gradients (without, the forward kernel applies it): its pass
-    where kernels run, differentiated by its backward pass; the tensor code under torch.compile."""
-    if torch.compiler.is_compiling() or not _rt.kernels_run(out):
-        return dense(out, sizes, *rest)
-    tensors = (out, sizes, *rest)
-    if not _needs_grad(tensors):
-        return fused(*tensors)[0]
-    return _RowMaps.apply(fused, dense, backward, *tensors)[0]
+def prologue(fused: Callable, dense: Callable, q, k, v, rest: tuple, skip: tuple[str, ...] = (), backward: Callable | None = None):
+    """q, k, v after the prologue (row_maps). The tensors named in `skip` are returned as they are
+    (without gradients, the forward kernel applies the q prologue itself)."""
+    after = row_maps(functools.partial(fused, skip=skip), dense, backward, (q, k, v, *rest))
+    return tuple(x if name in skip else y for name, x, y in zip("qkv", (q, k, v), after))
 
 
 def _needs_grad(tensors: tuple) -> bool:
@@ -157,10 +140,14 @@ class _RowMaps(torch.autograd.Function):
                                         for g, t, need in zip(found, tensors, needs)))
         with torch.enable_grad():
             leaves = [t.detach().requires_grad_(t.requires_grad) if isinstance(t, torch.Tensor) else t for t in tensors]
-            outputs = ctx.dense(*leaves)
+            outputs = _results(ctx.dense(*leaves))
             wanted = [t for t in leaves if isinstance(t, torch.Tensor) and t.requires_grad]
             pairs = [(o, g) for o, g in zip(outputs, grads) if g is not None and o.requires_grad]
             found = torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True)
         by_leaf = dict(zip(map(id, wanted), found))
         return (None, None, None, *(by_leaf.get(id(t)) for t in leaves))
 
+
+def _results(found) -> tuple:
+    """Row maps' results as a tuple (the epilogue's tensor code returns the output alone)."""
+    return found if isinstance(found, tuple) else (found,)

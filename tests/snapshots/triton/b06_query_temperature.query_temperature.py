@@ -229,9 +229,9 @@ def _query_temperature_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _ctx
     Without BOUNDS (a full tile whose pairs past the lengths only reach gradients that are never
     stored) every pair is kept."""
     _b, _h, w, _w_n0, _w_n1, _w_s0, _w_s1, t, _t_n0, _t_n1, _t_n2, _t_s0, _t_s1, _t_s2, _t1, _t0, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale = _ctx
+    _keep, _s, _x = _query_temperature_scores(_qk, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED, BOUNDS, LOG2=True)
     # the scores in log2 units by the forward's own code, against its max in those units: a row's
     # largest weight is exactly the forward's (a max converted to natural units is off by |s| ulps)
-    _keep, _s, _x = _query_temperature_scores(_qk, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED, BOUNDS, LOG2=True)
     _p = tl.where(_keep, tl.exp2(_s - _mrow) * _inv_l, 0.0)
     _ds = _p * (_dp - _delta)
     _dx = tl.where(_keep, _ds * (_t0), 0.0)
@@ -395,7 +395,7 @@ def attention(q, k, v, *, w, selection=None, schedule=None, return_lse=False):
     schedule: from build_schedule, to reuse the key-tile tables across calls (built here when None)."""
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, v, w)
     _grad = _rt.check_launch(SPEC_NAME, q, k, v, (w, ), BACKWARD_ERROR)
-    t, = _prologue_rt.row_values(_row_value_kernels, _row_values, _row_values_backward, q, k, (w, ))
+    t, = _prologue_rt.row_maps(_row_value_kernels, _row_values, _row_values_backward, (q, k, w, ))
     _inputs = (w, t, )
     _params = ()
     if schedule is None and selection is None:  # one custom operator: torch.compile traces it as one node

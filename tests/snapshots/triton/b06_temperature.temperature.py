@@ -130,9 +130,9 @@ def _temperature_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _ctx, BLOC
     Without BOUNDS (a full tile whose pairs past the lengths only reach gradients that are never
     stored) every pair is kept."""
     _b, _h, tau, _t0, _t1, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale = _ctx
+    _keep, _s, _x = _temperature_scores(_qk, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED, BOUNDS, LOG2=True)
     # the scores in log2 units by the forward's own code, against its max in those units: a row's
     # largest weight is exactly the forward's (a max converted to natural units is off by |s| ulps)
-    _keep, _s, _x = _temperature_scores(_qk, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED, BOUNDS, LOG2=True)
     _p = tl.where(_keep, tl.exp2(_s - _mrow) * _inv_l, 0.0)
     _ds = _p * (_dp - _delta)
     _dx = tl.where(_keep, _ds * ((_kernel.as_float(_t0) / _t1)), 0.0)

@@ -548,7 +548,7 @@ def attention(q, k, v, *, gate, selection=None, schedule=None, return_lse=False)
     else:
         _out, _lse, _ = _launch.with_schedule(KERNELS, q, k, v, _inputs, _params, selection, schedule, _grad, return_lse)
     if _grad:  # without gradients, the forward kernel applied the epilogue before its store
-        _out = _prologue_rt.epilogue(_epilogue_kernels, _epilogue, _epilogue_backward, _out, (_B, _H, _HKV, _SQ, _SKV, _D), (gate, ))
+        (_out,) = _prologue_rt.row_maps(_epilogue_kernels, _epilogue, _epilogue_backward, (_out, (_B, _H, _HKV, _SQ, _SKV, _D), gate, ))
     return (_out, _lse) if return_lse else _out
 
 

@@ -577,7 +577,7 @@ def attention(q, k, v, *, w_alpha, w_beta, selection=None, schedule=None, return
     schedule: from build_schedule, to reuse the key-tile tables across calls (built here when None)."""
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, v, w_alpha, w_beta)
     _grad = _rt.check_launch(SPEC_NAME, q, k, v, (w_alpha, w_beta, ), BACKWARD_ERROR)
-    alpha, beta = _prologue_rt.row_values(_row_value_kernels, _row_values, _row_values_backward, q, k, (w_alpha, w_beta, ))
+    alpha, beta = _prologue_rt.row_maps(_row_value_kernels, _row_values, _row_values_backward, (q, k, w_alpha, w_beta, ))
     _inputs = (w_alpha, w_beta, alpha, beta, )
     _params = ()
     if schedule is None and selection is None:  # one custom operator: torch.compile traces it as one node
@@ -586,7 +586,7 @@ def attention(q, k, v, *, w_alpha, w_beta, selection=None, schedule=None, return
     else:
         _out, _lse, _vsum = _launch.with_schedule(KERNELS, q, k, v, _inputs, _params, selection, schedule, _grad, return_lse)
     if _grad:  # without gradients, the forward kernel applied the epilogue before its store
-        _out = _prologue_rt.epilogue(_epilogue_kernels, _epilogue, _epilogue_backward, _out, (_B, _H, _HKV, _SQ, _SKV, _D), (w_alpha, w_beta, alpha, beta, _vsum, ))
+        (_out,) = _prologue_rt.row_maps(_epilogue_kernels, _epilogue, _epilogue_backward, (_out, (_B, _H, _HKV, _SQ, _SKV, _D), w_alpha, w_beta, alpha, beta, _vsum, ))
     return (_out, _lse) if return_lse else _out
 
 

@@ -149,9 +149,9 @@ def _deberta_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _ctx, _d_c2p_s
     Without BOUNDS (a full tile whose pairs past the lengths only reach gradients that are never
     stored) every pair is kept."""
     _b, _h, kr, _kr_n0, _kr_n1, _kr_n2, _kr_s0, _kr_s1, _kr_s2, qr, _qr_n0, _qr_n1, _qr_n2, _qr_s0, _qr_s1, _qr_s2, c2p, _c2p_n0, _c2p_n1, _c2p_n2, _c2p_n3, _c2p_s0, _c2p_s1, _c2p_s2, _c2p_s3, p2c, _p2c_n0, _p2c_n1, _p2c_n2, _p2c_n3, _p2c_s0, _p2c_s1, _p2c_s2, _p2c_s3, _t0, c, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale = _ctx
+    _keep, _s, _x, _tile_c2p, _tile_p2c = _deberta_scores(_qk, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED, BOUNDS, LOG2=True)
     # the scores in log2 units by the forward's own code, against its max in those units: a row's
     # largest weight is exactly the forward's (a max converted to natural units is off by |s| ulps)
-    _keep, _s, _x, _tile_c2p, _tile_p2c = _deberta_scores(_qk, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED, BOUNDS, LOG2=True)
     _p = tl.where(_keep, tl.exp2(_s - _mrow) * _inv_l, 0.0)
     _ds = _p * (_dp - _delta)
     _dx = _ds

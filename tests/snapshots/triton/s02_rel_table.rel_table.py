@@ -129,9 +129,9 @@ def _rel_table_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _ctx, _d_tab
     Without BOUNDS (a full tile whose pairs past the lengths only reach gradients that are never
     stored) every pair is kept."""
     _b, _h, table, _table_n0, _table_n1, _table_s0, _table_s1, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale = _ctx
+    _keep, _s, _x = _rel_table_scores(_qk, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED, BOUNDS, LOG2=True)
     # the scores in log2 units by the forward's own code, against its max in those units: a row's
     # largest weight is exactly the forward's (a max converted to natural units is off by |s| ulps)
-    _keep, _s, _x = _rel_table_scores(_qk, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED, BOUNDS, LOG2=True)
     _p = tl.where(_keep, tl.exp2(_s - _mrow) * _inv_l, 0.0)
     _ds = _p * (_dp - _delta)
     _dx = _ds
