@@ -51,7 +51,7 @@ def test_every_command_on_the_example(path, tmp_path, monkeypatch):
     assert len(results) == 4 + len(TARGETS)
     for result in results:
         command = " ".join(result["argv"][:1] + result["argv"][2:])
-        assert result["status"] in (0, 2), f"attnspec {command}: exit {result['status']}\n{result['stderr']}"
+        assert result["status"] in (0, 2), f"attnspec {command}: exit {result['status']}\n{result['stdout']}\n{result['stderr']}"
         assert "Traceback" not in result["stdout"] + result["stderr"], f"attnspec {command}:\n{result['stderr']}"
         if result["status"] == 2:  # an error about the input names its place, or says which spec to pick
             assert result["stderr"].startswith(("error:", str(path.relative_to(REPO)), str(path))), result["stderr"]
