@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from attnspec import __version__
+from attnspec.analysis.linear import linear_form
 from attnspec.analysis.sign import nonzero
 from attnspec.builtins import DTYPES
 from attnspec.ir import Expr, Spec, inline_bindings, walk
@@ -142,6 +143,7 @@ class ModulePlan(Plan):
     prologue: list[dict]  # {target, code} of each prologue step (codegen/rowmap.py)
     epilogue: dict | None  # {target, code} of the epilogue
     row_values: list[dict]  # {name, target, code} of each per-row value: inputs the module computes
+    linear: dict | None  # {decay (code or None), normalized, causal}: the weights factor through a state (analysis/linear.py)
 
 
 def module_plan(spec: Spec, source_name: str) -> ModulePlan:
@@ -180,7 +182,16 @@ def module_plan(spec: Spec, source_name: str) -> ModulePlan:
         prologue=prologue_plan(spec),
         epilogue=epilogue_plan(spec),
         row_values=row_value_plan(spec),
+        linear=_linear_plan(spec, r),
     )
+
+
+def _linear_plan(spec: Spec, r: DenseRenderer) -> dict | None:
+    form = linear_form(spec)
+    if form is None:
+        return None
+    decay = None if form.decay is None else r.render(inline_bindings(form.decay, spec))
+    return {"decay": decay, "normalized": form.normalized, "causal": form.causal}
 
 
 def row_values_read(spec: Spec, expr: Expr | None) -> list[str]:

@@ -264,8 +264,10 @@ def triton_plan(spec: Spec, source_name: str) -> TritonPlan:
     row = _leveled(spec, score_roots + [mask, norm.sink], r, ("row",))
     tiles = [tile_binding(t, r.render) for t in r.tables.values()]  # before the pairs that pick from them
     per_pair = tiles + _leveled(spec, score_roots, r, ("col", "element"))
+    module = module_plan(spec, source_name).fields()
+    module["linear"] = _chunked_linear(spec, module["linear"])
     return TritonPlan(
-        **module_plan(spec, source_name).fields(),
+        **module,
         **backward_plan(spec, TritonRenderer).fields(),
         ctx=_context(spec, program, row),
         ctx_outer=_context(spec, program),
@@ -349,6 +351,14 @@ def _scaled(e: Expr, factor: float, spec: Spec) -> Expr:
         a, b = sorted(e.args, key=lambda x: -1 if x.op == "const" else order.index(level_of(x, spec)))
         return Expr("mul", (_scaled(a, factor, spec), b), span=e.span)
     return Expr("mul", (e, const(factor, e.span)), span=e.span)
+
+
+def _chunked_linear(spec: Spec, linear: dict | None) -> dict | None:
+    """The linear form where the chunked kernel (runtime/linear.py) computes it: not where the kernel would
+    have to check each weight's sign (rownorm's rule, unproved) or apply an epilogue."""
+    if linear is None or spec.epilogue is not None or _nonnegative_rule(spec) is not None:
+        return None
+    return linear
 
 
 def _nonnegative_rule(spec: Spec) -> str | None:

@@ -8,6 +8,7 @@ float64; and on every target against the reference, with gradients.
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import pytest
@@ -134,3 +135,166 @@ def test_flex_refuses_a_normalized_form_whose_weights_it_cannot_prove_nonnegativ
 def test_a_decay_reading_the_query_is_an_error():
     with pytest.raises(AttnError, match="one number per batch and head"):
         attnspec.compile(DECAYED.replace("lam[h]", "lam[h] * float(q)"), "reference")
+
+
+# ---------------------------------------------------------------- the forms that carry a state
+
+
+NONCAUSAL = """
+attention noncausal {
+    prologue q = elu(q) + 1.0
+    prologue k = elu(k) + 1.0
+    normalize linear
+}
+"""
+
+HAND_WRITTEN = """
+attention hand_written {
+    input lam: float32[H]
+    prologue q = relu(q)
+    prologue k = relu(k)
+    scale = 0.5
+    mask q - kv >= SQ - SKV
+    normalize rownorm(score * sigmoid(lam[h]) ** float(abs(kv - (q - SQ + SKV))))
+}
+"""
+
+SIGNED_DECAY = """
+attention signed_decay {
+    input lam: float32[H]
+    mask kv <= q + (SKV - SQ)
+    normalize linear(decay = lam[h] - 0.25, normalized = false)
+}
+"""
+
+STATE_FORMS = [ELU, DECAYED, UNNORMALIZED, NONCAUSAL, HAND_WRITTEN, SIGNED_DECAY]
+STATE_IDS = ["elu", "decayed", "unnormalized", "noncausal", "hand_written", "signed_decay"]
+
+
+def _linear_form(source):
+    from attnspec.analysis.linear import linear_form
+    from attnspec.api import _lowered
+
+    return linear_form(_lowered(source, "triton", None, {})[0])
+
+
+@pytest.mark.parametrize("source, normalized, causal, decay", [
+    (ELU, True, True, False), (DECAYED, True, True, True), (UNNORMALIZED, False, True, True),
+    (NONCAUSAL, True, False, False), (HAND_WRITTEN, True, True, True), (SIGNED_DECAY, False, True, True),
+], ids=STATE_IDS)
+def test_the_linear_form_is_recognized_in_the_ir(source, normalized, causal, decay):
+    form = _linear_form(source)
+    assert form is not None and (form.normalized, form.causal, form.decay is not None) == (normalized, causal, decay)
+
+
+@pytest.mark.parametrize("source", [
+    ELU.replace("normalize linear", "normalize softmax"),
+    ELU.replace("mask kv <= q + (SKV - SQ)", "mask kv <= q + (SKV - SQ) and kv + 8 > q + (SKV - SQ)"),  # a window
+    ELU.replace("mask kv <= q + (SKV - SQ)", "mask kv <= q"),  # start-aligned: not the state's order
+    NONCAUSAL.replace("normalize linear", "normalize linear(decay = 0.5)"),  # a decay both ways
+    HAND_WRITTEN.replace("abs(kv - (q - SQ + SKV))", "abs(kv - q)"),  # another distance
+    ELU.replace("normalize linear", "score = score + 1.0\n    normalize linear"),  # a score mod
+], ids=["softmax", "window", "start_aligned", "two_sided_decay", "other_distance", "score_mod"])
+def test_other_weights_and_masks_have_no_linear_form(source):
+    assert _linear_form(source) is None
+
+
+def _arguments(source, SQ, SKV, seed=0, H=4, HKV=2, lam=None):
+    q, k, v, drawn = _tensors(SQ, SKV, seed, H, HKV)
+    return q, k, v, ({"lam": drawn if lam is None else lam} if "lam" in source else {})
+
+
+@pytest.mark.parametrize("source", STATE_FORMS, ids=STATE_IDS)
+@pytest.mark.parametrize("SQ, SKV, H, HKV", [(23, 23, 4, 2), (5, 71, 4, 4), (70, 33, 2, 1), (1, 1, 4, 2)])
+def test_the_reference_recurrence_is_its_dense_form(source, SQ, SKV, H, HKV):
+    """The reference module's recurrent() (one key at a time) against its attention() (the score
+    matrix), in float64, with the lse where the form is normalized."""
+    q, k, v, inputs = _arguments(source, SQ, SKV, H=H, HKV=HKV)
+    module = attnspec.compile(source, "reference")
+    if _linear_form(source).normalized:
+        dense, lse = module.attention(q, k, v, **inputs, return_lse=True)
+        recurrent_out, recurrent_lse = module.recurrent(q, k, v, **inputs, return_lse=True)
+        torch.testing.assert_close(recurrent_lse, lse, rtol=1e-6, atol=1e-6)
+    else:
+        dense, recurrent_out = module.attention(q, k, v, **inputs), module.recurrent(q, k, v, **inputs)
+    torch.testing.assert_close(recurrent_out, dense, rtol=1e-10, atol=1e-10 * max(1.0, float(dense.abs().max())))
+
+
+@pytest.fixture
+def chunked_calls(monkeypatch):
+    """The calls of the chunked kernel's launcher, counted."""
+    from attnspec.runtime import linear
+
+    calls, original = [], linear.chunked
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].shape)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(linear, "chunked", counted)
+    return calls
+
+
+@pytest.mark.parametrize("source", STATE_FORMS, ids=STATE_IDS)
+@pytest.mark.parametrize("SQ, SKV, H, HKV", [(23, 23, 4, 2), (5, 71, 4, 4), (70, 33, 2, 1), (65, 97, 2, 2)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_chunked_kernel_agrees_with_the_reference(source, SQ, SKV, H, HKV, dtype, chunked_calls):
+    """Without gradients the triton module computes a linear form by chunks (runtime/linear.py): lengths
+    that are not a multiple of the chunk, more queries than keys (rows without keys) and fewer, GQA,
+    and bf16, under the accuracy rule (fuzz/accuracy.py)."""
+    from attnspec.fuzz.accuracy import check
+
+    q, k, v, inputs = _arguments(source, SQ, SKV, H=H, HKV=HKV)
+    low = [x.to(dtype) for x in (q, k, v)]
+    reference = attnspec.compile(source, "reference")
+    exact = reference.attention(q, k, v, **inputs)
+    rounded = reference.attention(*low, **{n: t.float() for n, t in inputs.items()})
+    got = attnspec.compile(source, "triton").attention(*low, **{n: t.float() for n, t in inputs.items()})
+    assert chunked_calls and got.dtype == dtype
+    verdict = check(got, rounded, exact, "out")
+    assert verdict.ok, verdict
+
+
+def test_gradients_and_schedules_take_the_tile_kernels(chunked_calls):
+    """The backward kernels read the forward's row statistics, which the tile kernel writes: a call that
+    needs gradients runs it instead of the chunks, and agrees with the chunked call."""
+    q, k, v, inputs = _arguments(DECAYED, 31, 40)
+    module = attnspec.compile(DECAYED, "triton")
+    args = [x.float() for x in (q, k, v)]
+    chunked = module.attention(*args, lam=inputs["lam"].float())
+    assert len(chunked_calls) == 1
+    leaves = [x.clone().requires_grad_() for x in args]
+    tiled = module.attention(*leaves, lam=inputs["lam"].float())
+    assert len(chunked_calls) == 1
+    torch.testing.assert_close(tiled.detach(), chunked, rtol=1e-5, atol=1e-6)
+
+
+def test_a_normalized_chunked_call_returns_the_lse(chunked_calls):
+    q, k, v, _ = _arguments(ELU, 40, 50)
+    out, lse = attnspec.compile(ELU, "triton").attention(q.float(), k.float(), v.float(), return_lse=True)
+    ref_out, ref_lse = attnspec.compile(ELU, "reference").attention(q, k, v, return_lse=True)
+    assert chunked_calls
+    torch.testing.assert_close(lse.double(), ref_lse.double(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.double(), ref_out, rtol=1e-5, atol=1e-6)
+
+
+def test_the_chunked_kernel_keeps_undefined_rows_and_rows_without_keys(chunked_calls):
+    """A NaN in a key poisons every row that sees it (and none before it), as in the dense form; with
+    more queries than keys the first rows see no key: 0 (and lse -inf where normalized)."""
+    q, k, v, _ = _arguments(ELU, 50, 40)
+    k[0, 1, 17, 3] = math.nan
+    module, reference = attnspec.compile(ELU, "triton"), attnspec.compile(ELU, "reference")
+    got, lse = module.attention(q.float(), k.float(), v.float(), return_lse=True)
+    exact, exact_lse = reference.attention(q, k, v, return_lse=True)
+    assert torch.equal(torch.isnan(got), torch.isnan(exact)) and bool(torch.isnan(got).any())
+    assert torch.equal(torch.isinf(lse), torch.isinf(exact_lse)) and bool(torch.isinf(lse).any())
+    finite = ~torch.isnan(exact)
+    torch.testing.assert_close(got.double()[finite], exact[finite], rtol=1e-5, atol=1e-6)
+
+
+def test_a_decay_of_zero_keeps_only_the_diagonal(chunked_calls):
+    q, k, v, _ = _arguments(UNNORMALIZED, 37, 37)
+    lam = torch.zeros(4, dtype=torch.float64)
+    got = attnspec.compile(UNNORMALIZED, "triton").attention(q.float(), k.float(), v.float(), lam=lam.float())
+    exact = attnspec.compile(UNNORMALIZED, "reference").attention(q, k, v, lam=lam)
+    torch.testing.assert_close(got.double(), exact, rtol=1e-5, atol=1e-5)

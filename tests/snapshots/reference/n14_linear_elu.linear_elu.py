@@ -7,6 +7,7 @@ import torch
 
 from attnspec.runtime import dense as _dense
 from attnspec.runtime import functions as _fn
+from attnspec.runtime import linear as _linear
 
 SPEC_NAME = "linear_elu"
 
@@ -72,6 +73,21 @@ def attention(q, k, v, *, selection=None, return_lse=False):
     _out = torch.matmul(_dense.undefined(_w, _undef), _vx).to(_out_dtype)
     _lse = _dense.undefined(_lse, _undef.squeeze(-1))
     return (_out, _lse.float()) if return_lse else _out
+
+
+def recurrent(q, k, v, *, return_lse=False):
+    """Attention `linear_elu` by its recurrence (normalize linear): a state S = S + k_t^T v_t carried
+    along the keys, each query reading it after the keys it sees, in O(SKV D DV) (attnspec/runtime/linear.py).
+    Returns what attention() returns, without its check that each weight is >= 0."""
+    _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, v)
+    q, k, v = _prologue(q, k, v)
+    _out_dtype, _dtype, _device = q.dtype, _dense.compute_dtype(q), q.device
+    q, k, v = q.to(_dtype), k.to(_dtype), v.to(_dtype)
+    _scale = 1.0
+    _decay = None
+    _out, _den = _linear.recurrent(q, k, v, _decay, _scale, causal=True, normalized=True)
+    _out = _out.to(_out_dtype)
+    return (_out, _linear.lse(_den)) if return_lse else _out
 
 
 class LinearEluAttention(torch.nn.Module):

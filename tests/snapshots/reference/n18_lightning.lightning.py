@@ -7,6 +7,7 @@ import torch
 
 from attnspec.runtime import dense as _dense
 from attnspec.runtime import functions as _fn
+from attnspec.runtime import linear as _linear
 
 SPEC_NAME = "lightning"
 
@@ -54,6 +55,26 @@ def attention(q, k, v, *, selection=None, return_lse=False):
     _undef = ~torch.isfinite(_f.sum(-1, keepdim=True))  # a weight that is NaN or infinite: the row is undefined
     _w = _f
     _out = torch.matmul(_dense.undefined(_w, _undef), _vx).to(_out_dtype)
+    return _out
+
+
+def _linear_decay(_B, _H, _HKV, _SQ, _SKV, _D, _dtype, _device):
+    """The decay of `normalize linear` for each batch and head: [B, H] in _dtype."""
+    _b, _h, _q, _kv = _dense.grid((_B, _H, 1, 1), _device)
+    return _dense.full(_fn.pow(2.0, ((-8.0 * _fn.to_float((_h + 1), _dtype)) / _fn.to_float(_H, _dtype))), (_B, _H, 1, 1), _dtype, _device).reshape(_B, _H)
+
+
+def recurrent(q, k, v):
+    """Attention `lightning` by its recurrence (normalize linear): a state S = decay * S + k_t^T v_t carried
+    along the keys, each query reading it after the keys it sees, in O(SKV D DV) (attnspec/runtime/linear.py).
+    Returns what attention() returns, without its check that each weight is >= 0."""
+    _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, v)
+    _out_dtype, _dtype, _device = q.dtype, _dense.compute_dtype(q), q.device
+    q, k, v = q.to(_dtype), k.to(_dtype), v.to(_dtype)
+    _scale = 1.0
+    _decay = _linear_decay(_B, _H, _HKV, _SQ, _SKV, _D, _dtype, _device)
+    _out, _den = _linear.recurrent(q, k, v, _decay, _scale, causal=True, normalized=False)
+    _out = _out.to(_out_dtype)
     return _out
 
 

@@ -21,6 +21,7 @@ from attnspec.runtime import dense as _dense
 from attnspec.runtime import functions as _fn
 from attnspec.runtime import kernel as _kernel
 from attnspec.runtime import launch as _launch
+from attnspec.runtime import linear as _linear
 from attnspec.runtime import prologue as _prologue_rt
 from attnspec.runtime import triton as _rt
 
@@ -430,10 +431,15 @@ def attention(q, k, v, *, selection=None, schedule=None, return_lse=False):
     schedule: from build_schedule, to reuse the key-tile tables across calls (built here when None)."""
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, v)
     _grad = _rt.check_launch(SPEC_NAME, q, k, v, (), BACKWARD_ERROR)
-    q, k, v = _prologue_rt.prologue(_prologue_kernels, _prologue, q, k, v, (), skip=() if _grad else ("q",), backward=_prologue_backward)
+    _chunked = _linear.takes_chunks(_grad, schedule, selection)  # normalize linear: a state carried along the keys
+    q, k, v = _prologue_rt.prologue(_prologue_kernels, _prologue, q, k, v, (), skip=() if _grad or _chunked else ("q",), backward=_prologue_backward)
     _inputs = ()
     _params = ()
-    if schedule is None and selection is None:  # one custom operator: torch.compile traces it as one node
+    if _chunked:  # O(SKV D DV) per head (attnspec/runtime/linear.py)
+        _decay = None
+        _out, _den = _linear.chunked(q, k, v, _decay, _logit_scale(q, k, _params), causal=True, normalized=True)
+        _out, _lse = _out.to(q.dtype), _linear.lse(_den)
+    elif schedule is None and selection is None:  # one custom operator: torch.compile traces it as one node
         _out, _lse, _, _ = OPERATOR(q, k, v, list(_inputs), [float(p) for p in _params], _grad)
         _out = _out.to(q.dtype)
     else:

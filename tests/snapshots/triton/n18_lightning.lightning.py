@@ -21,6 +21,7 @@ from attnspec.runtime import dense as _dense
 from attnspec.runtime import functions as _fn
 from attnspec.runtime import kernel as _kernel
 from attnspec.runtime import launch as _launch
+from attnspec.runtime import linear as _linear
 from attnspec.runtime import prologue as _prologue_rt
 from attnspec.runtime import triton as _rt
 
@@ -292,14 +293,25 @@ def attention(q, k, v, *, selection=None, schedule=None, return_lse=False):
         raise ValueError(f"{SPEC_NAME}: elementwise normalization has no denominator, so there is no lse")
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, v)
     _grad = _rt.check_launch(SPEC_NAME, q, k, v, (), BACKWARD_ERROR)
+    _chunked = _linear.takes_chunks(_grad, schedule, selection)  # normalize linear: a state carried along the keys
     _inputs = ()
     _params = ()
-    if schedule is None and selection is None:  # one custom operator: torch.compile traces it as one node
+    if _chunked:  # O(SKV D DV) per head (attnspec/runtime/linear.py)
+        _decay = _linear_decay(_B, _H, _HKV, _SQ, _SKV, _D, torch.float32, q.device)
+        _out, _den = _linear.chunked(q, k, v, _decay, _logit_scale(q, k, _params), causal=True, normalized=False)
+        _out, _lse = _out.to(q.dtype), _linear.lse(_den)
+    elif schedule is None and selection is None:  # one custom operator: torch.compile traces it as one node
         _out, _lse, _, _ = OPERATOR(q, k, v, list(_inputs), [float(p) for p in _params], _grad)
         _out = _out.to(q.dtype)
     else:
         _out, _lse, _ = _launch.with_schedule(KERNELS, q, k, v, _inputs, _params, selection, schedule, _grad, return_lse)
     return _out
+
+
+def _linear_decay(_B, _H, _HKV, _SQ, _SKV, _D, _dtype, _device):
+    """The decay of `normalize linear` for each batch and head: [B, H] in _dtype."""
+    _b, _h, _q, _kv = _dense.grid((_B, _H, 1, 1), _device)
+    return _dense.full(_fn.pow(2.0, ((-8.0 * _fn.to_float((_h + 1), _dtype)) / _fn.to_float(_H, _dtype))), (_B, _H, 1, 1), _dtype, _device).reshape(_B, _H)
 
 
 def _logit_scale(q, k, _params):

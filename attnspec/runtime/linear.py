@@ -1,0 +1,200 @@
+"""Linear attention through a state carried along the keys (analysis/linear.py, language.md section 3).
+
+For a spec whose weights are w_ij = scale * (q_i . k_j) * decay^|d_ij| (d_ij = i + SKV - SQ - j) under
+a causal mask, or scale * (q_i . k_j) over every key, the rows need no score matrix:
+
+    S_t = decay * S_{t-1} + k_t^T v_t,  z_t = decay * z_{t-1} + k_t,
+    o_i = scale * q_i S_t / (scale * q_i . z_t)   (t = i + SKV - SQ; without the division where not normalized)
+
+- `recurrent`: that recurrence one key at a time in torch (float64 where the inputs are), the
+  reference module's `recurrent()`, O(N d dv);
+- `chunked`: the Triton kernel that computes it a chunk of C rows at a time: inside a chunk the C x C
+  weights as a small matrix, the keys before it through the state, which then takes the chunk's keys
+  (one program per batch, head and block of value features, the chunks in order).
+
+Both return (out, den): den is the row's sum of weights (the rownorm denominator), and a row whose
+sum is NaN or infinite (a NaN or infinite weight) is undefined: NaN, as in the dense form.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from . import triton as _rt
+from .dense import log_denominator
+from .tracing import tracing
+
+
+def recurrent(q, k, v, decay, scale: float, *, causal: bool, normalized: bool):
+    """(out [B, H, SQ, DV], den [B, H, SQ]) in q's dtype, one key at a time. q [B, H, SQ, D] and k
+    [B, HKV, SKV, D] after their prologues, v [B, HKV, SKV, DV], decay [B, H] (or None: 1; only with
+    causal). GQA: query head h reads kv head h // (H // HKV)."""
+    B, H, SQ, D = q.shape
+    HKV, SKV, DV = k.shape[1], k.shape[2], v.shape[-1]
+    k, v = k.repeat_interleave(H // HKV, 1), v.repeat_interleave(H // HKV, 1)
+    if not causal:  # one state over every key
+        num = scale * torch.einsum("bhid,bhde->bhie", q, torch.einsum("bhjd,bhje->bhde", k, v))
+        den = scale * torch.einsum("bhid,bhd->bhi", q, k.sum(2))
+        return _finish(num, den, normalized)
+    lam = None if decay is None else decay.to(q.dtype)[:, :, None]
+    state = q.new_zeros(B, H, D, DV)
+    norm = q.new_zeros(B, H, D)
+    num, den = q.new_zeros(B, H, SQ, DV), q.new_zeros(B, H, SQ)
+    offset = SKV - SQ
+    for t in range(SKV):
+        if lam is not None:
+            state, norm = lam[..., None] * state, lam * norm
+        state = state + k[:, :, t, :, None] * v[:, :, t, None, :]
+        norm = norm + k[:, :, t]
+        i = t - offset
+        if i >= 0:  # query i sees the keys up to t
+            num[:, :, i] = scale * torch.einsum("bhd,bhde->bhe", q[:, :, i], state)
+            den[:, :, i] = scale * (q[:, :, i] * norm).sum(-1)
+    return _finish(num, den, normalized)
+
+
+def _finish(num, den, normalized: bool):
+    """out = num / den (normalized; 0 / 0 gives 0, as a row without weight does), NaN rows where the
+    sum of weights is NaN or infinite."""
+    undefined = ~torch.isfinite(den)[..., None]
+    out = num / torch.where(den > 0, den, 1.0)[..., None] if normalized else num
+    return torch.where(undefined, math.nan, out), den
+
+
+def lse(den) -> torch.Tensor:
+    """The rownorm lse, log(den) in float32: -inf for a row without weight, NaN for an undefined row."""
+    return torch.where(torch.isfinite(den), log_denominator(den, 0.0), math.nan).float()
+
+
+def takes_chunks(grad: bool, schedule, selection) -> bool:
+    """Whether the triton module runs the chunked kernel: not where gradients are needed (the backward
+    kernels take the row statistics of the tile kernel's forward), nor with a caller's schedule or
+    selection, nor inside torch.compile (which traces the module's custom operator)."""
+    return not grad and schedule is None and selection is None and not tracing()
+
+
+# ---------------------------------------------------------------- the chunked kernel
+
+
+@triton.jit
+def _power(log2_abs, sign, n):
+    """decay^n for integers n >= 0 (float32): exp2(n log2|decay|), times sign(decay) for odd n, 1 at
+    n = 0 (also for decay 0: 0^0 = 1, as pow says)."""
+    value = tl.exp2(n * log2_abs)
+    value = tl.where(n == 0, 1.0, value)
+    return tl.where((n.to(tl.int32) % 2) == 1, value * sign, value)
+
+
+@triton.jit
+def _absorb(state, norm, k_tile, v_tile, ahead, log2_abs, sign, HAS_DECAY: tl.constexpr, PRECISION: tl.constexpr):
+    """The state after a chunk of keys: decay^len * S + sum_j decay^(ahead_j) k_j^T v_j, where ahead_j
+    is how many keys of the chunk follow key j (keys outside the chunk are zero rows)."""
+    if HAS_DECAY:
+        weight = _power(log2_abs, sign, ahead.to(tl.float32))
+        k_weighted = k_tile * weight[:, None]
+    else:
+        k_weighted = k_tile
+    state = state + tl.dot(tl.trans(k_weighted), v_tile, input_precision=PRECISION)
+    norm = norm + tl.sum(k_weighted, 0)
+    return state, norm
+
+
+@triton.jit
+def chunked_kernel(
+    Q, K, V, Out, Den, Decay,
+    sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, som, sod, sdb, sdh, sdm,
+    H, HKV, SQ, SKV, D, DV, scale,
+    HAS_DECAY: tl.constexpr, CAUSAL: tl.constexpr, NORMALIZED: tl.constexpr, PRECISION: tl.constexpr,
+    CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+):
+    bh = tl.program_id(0)
+    b, h = bh // H, bh % H
+    hk = h // (H // HKV)
+    dv0 = tl.program_id(1) * BLOCK_DV
+    rows, feats, vfeats = tl.arange(0, CHUNK), tl.arange(0, BLOCK_D), dv0 + tl.arange(0, BLOCK_DV)
+    Q += b * sqb + h * sqh
+    K += b * skb + hk * skh
+    V += b * svb + hk * svh
+    if HAS_DECAY:
+        lam = tl.load(Decay + b * H + h)
+        log2_abs, sign = tl.log2(tl.abs(lam)), tl.where(lam < 0, -1.0, 1.0)
+    else:
+        log2_abs, sign = 0.0, 1.0
+    state = tl.zeros((BLOCK_D, BLOCK_DV), tl.float32)
+    norm = tl.zeros((BLOCK_D,), tl.float32)
+    offset = SKV - SQ if CAUSAL else SKV
+    # the keys every query sees (causal with SKV > SQ: the first SKV - SQ; without a mask: all of them)
+    for p0 in range(0, tl.maximum(offset, 0), CHUNK):
+        keys = p0 + rows
+        live = keys < tl.minimum(offset, SKV)
+        k_tile = tl.load(K + keys[:, None] * skn + feats[None, :] * skd, mask=live[:, None] & (feats[None, :] < D), other=0.0).to(tl.float32)
+        v_tile = tl.load(V + keys[:, None] * svn + vfeats[None, :] * svd, mask=live[:, None] & (vfeats[None, :] < DV), other=0.0).to(tl.float32)
+        end = tl.minimum(p0 + CHUNK, offset)
+        if HAS_DECAY:
+            length = (end - p0).to(tl.float32)
+            scaled = _power(log2_abs, sign, length + tl.zeros((1,), tl.float32))
+            state, norm = state * scaled[:, None], norm * scaled
+        state, norm = _absorb(state, norm, k_tile, v_tile, end - 1 - keys, log2_abs, sign, HAS_DECAY, PRECISION)
+    for i0 in range(0, SQ, CHUNK):
+        queries = i0 + rows
+        q_tile = tl.load(Q + queries[:, None] * sqm + feats[None, :] * sqd, mask=(queries[:, None] < SQ) & (feats[None, :] < D), other=0.0).to(tl.float32)
+        num = tl.dot(q_tile, state, input_precision=PRECISION)
+        den = tl.sum(q_tile * norm[None, :], 1)
+        if CAUSAL:
+            t0 = i0 + offset  # the chunk's first query sees the keys up to t0; the state holds those before t0
+            keys = t0 + rows
+            live = (keys >= 0) & (keys < SKV)
+            k_tile = tl.load(K + keys[:, None] * skn + feats[None, :] * skd, mask=live[:, None] & (feats[None, :] < D), other=0.0).to(tl.float32)
+            v_tile = tl.load(V + keys[:, None] * svn + vfeats[None, :] * svd, mask=live[:, None] & (vfeats[None, :] < DV), other=0.0).to(tl.float32)
+            behind = rows[:, None] - rows[None, :]  # d_ij = (t0 + i) - (t0 + j)
+            weights = tl.dot(q_tile, tl.trans(k_tile), input_precision=PRECISION)
+            if HAS_DECAY:
+                carried = _power(log2_abs, sign, (rows + 1).to(tl.float32))  # the state's keys are i + 1 .. behind
+                num, den = num * carried[:, None], den * carried
+                weights = weights * _power(log2_abs, sign, tl.maximum(behind, 0).to(tl.float32))
+            weights = tl.where((behind >= 0) & live[None, :], weights, 0.0)
+            num += tl.dot(weights, v_tile, input_precision=PRECISION)
+            den += tl.sum(weights, 1)
+            if HAS_DECAY:
+                whole = _power(log2_abs, sign, CHUNK + tl.zeros((1,), tl.float32))
+                state, norm = state * whole[:, None], norm * whole
+            state, norm = _absorb(state, norm, k_tile, v_tile, CHUNK - 1 - rows, log2_abs, sign, HAS_DECAY, PRECISION)
+        num, den = num * scale, den * scale
+        undefined = ~(tl.abs(den) < float("inf"))  # NaN or infinite: a weight that is
+        if NORMALIZED:
+            num = num / tl.where(den > 0, den, 1.0)[:, None]
+        num = tl.where(undefined[:, None], float("nan"), num)
+        live_rows = queries < SQ
+        tl.store(Out + b * sob + h * soh + queries[:, None] * som + vfeats[None, :] * sod, num,
+                 mask=live_rows[:, None] & (vfeats[None, :] < DV))
+        if tl.program_id(1) == 0:
+            tl.store(Den + b * sdb + h * sdh + queries * sdm, den, mask=live_rows)
+
+
+CHUNK = 32
+
+
+def chunked(q, k, v, decay, scale: float, *, causal: bool, normalized: bool):
+    """(out [B, H, SQ, DV] float32, den [B, H, SQ] float32) from the chunked kernel. q, k after their
+    prologues (float32, bfloat16 or float16), decay [B, H] float32 or None (only with causal)."""
+    B, H, SQ, D = q.shape
+    HKV, SKV, DV = k.shape[1], k.shape[2], v.shape[-1]
+    out = torch.empty(B, H, SQ, DV, dtype=torch.float32, device=q.device)
+    den = torch.empty(B, H, SQ, dtype=torch.float32, device=q.device)
+    block_d = max(16, triton.next_power_of_2(D))
+    block_dv = min(64, max(16, triton.next_power_of_2(DV)))
+    lam = torch.zeros(1, dtype=torch.float32, device=q.device) if decay is None else decay.to(torch.float32).contiguous()
+    exact = q.dtype == torch.float32 and not _rt.tf32_products()
+    grid = (B * H, triton.cdiv(DV, block_dv))
+    _rt.start(
+        chunked_kernel, grid, q, k, v, out, den, lam,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *den.stride(),
+        H, HKV, SQ, SKV, D, DV, float(scale),
+        HAS_DECAY=decay is not None, CAUSAL=causal, NORMALIZED=normalized, PRECISION="ieee" if exact else "tf32",
+        CHUNK=CHUNK, BLOCK_D=block_d, BLOCK_DV=block_dv,
+    )
+    return out, den
