@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .diagnostics import AttnError
+from .runtime.linear import chunked_kernel
 from .runtime.triton import fits
 
 # shared memory one block may use (opt-in maximum), bytes
@@ -227,6 +228,7 @@ def report(path_or_source, *, spec: str | None = None, consts: dict | None = Non
     kinds = (("forward", module.KERNELS.forward), ("dq", module.KERNELS.dq), ("dkdv", module.KERNELS.dkdv), ("kept", module.KERNELS.kept))
     names = {getattr(f, "__name__", None): kind for kind, f in kinds}
     names.update({fn.__name__: name for name, fn in module.KERNELS.row_passes})  # prologue_q, value_t, prologue_q_bwd ...
+    names[chunked_kernel.__name__] = "linear"  # normalize linear's chunks, where the spec has a linear form
     reports, seen = [], set()
     for dtype in dtypes:
         for head_dim in head_dims:
@@ -251,7 +253,7 @@ def report(path_or_source, *, spec: str | None = None, consts: dict | None = Non
 
 
 def _kind(name: str) -> str:
-    """What --kernel calls a reported kernel: forward, dq, dkdv, kept, or prologue for every pass over
+    """What --kernel calls a reported kernel: forward, dq, dkdv, kept, linear, or prologue for every pass over
     rows (prologue statements, per-row values, the epilogue, and their backward passes)."""
     kind = name.split("_")[0]
     return "prologue" if kind in ("value", "epilogue") else kind

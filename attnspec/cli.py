@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     aot.add_argument("--dtype", action="append", default=[], help="bf16 (default), fp16, fp32 (repeatable)")
     aot.add_argument("--head-dim", action="append", type=int, default=[], metavar="D", help="head dim (repeatable; default 64 and 128)")
     aot.add_argument("--backward", action="store_true", help="also the dQ and dK/dV kernels")
-    aot.add_argument("--kernel", action="append", choices=("forward", "dq", "dkdv", "kept", "prologue"), default=[], help="only these kernels (repeatable)")
+    aot.add_argument("--kernel", action="append", choices=("forward", "dq", "dkdv", "kept", "linear", "prologue"), default=[], help="only these kernels (repeatable)")
     aot.add_argument("--all-candidates", action="store_true", help="every autotune candidate, not only the default")
     aot.add_argument("--tf32", action="store_true", help="fp32 products on TF32 tensor cores, as under torch.set_float32_matmul_precision('high')")
     aot.add_argument("--strict", action="store_true", help="exit 1 when a default candidate spills or exceeds shared memory")

@@ -8,7 +8,7 @@ a causal mask, or scale * (q_i . k_j) over every key, the rows need no score mat
 
 - `recurrent`: that recurrence one key at a time in torch (float64 where the inputs are), the
   reference module's `recurrent()`, O(N d dv);
-- `chunked`: the Triton kernel that computes it a chunk of C rows at a time: inside a chunk the C x C
+- `chunked`: the Triton kernel (`attnspec aot` reports it as `linear`) that computes it a chunk of C rows at a time: inside a chunk the C x C
   weights as a small matrix, the keys before it through the state, which then takes the chunk's keys
   (one program per batch, head and block of value features, the chunks in order).
 
@@ -25,6 +25,7 @@ import triton
 import triton.language as tl
 
 from . import triton as _rt
+from .launch import jit, kernel
 from .dense import log_denominator
 from .tracing import tracing
 
@@ -80,7 +81,7 @@ def takes_chunks(grad: bool, schedule, selection) -> bool:
 # ---------------------------------------------------------------- the chunked kernel
 
 
-@triton.jit
+@kernel
 def _power(log2_abs, sign, n):
     """decay^n for integers n >= 0 (float32): exp2(n log2|decay|), times sign(decay) for odd n, 1 at
     n = 0 (also for decay 0: 0^0 = 1, as pow says)."""
@@ -89,7 +90,7 @@ def _power(log2_abs, sign, n):
     return tl.where((n.to(tl.int32) % 2) == 1, value * sign, value)
 
 
-@triton.jit
+@kernel
 def _absorb(state, norm, k_tile, v_tile, ahead, log2_abs, sign, HAS_DECAY: tl.constexpr, PRECISION: tl.constexpr):
     """The state after a chunk of keys: decay^len * S + sum_j decay^(ahead_j) k_j^T v_j, where ahead_j
     is how many keys of the chunk follow key j (keys outside the chunk are zero rows)."""
@@ -103,19 +104,19 @@ def _absorb(state, norm, k_tile, v_tile, ahead, log2_abs, sign, HAS_DECAY: tl.co
     return state, norm
 
 
-@triton.jit
+@kernel
 def chunked_kernel(
     Q, K, V, Out, Den, Decay,
     sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, som, sod, sdb, sdh, sdm,
     H, HKV, SQ, SKV, D, DV, scale,
     HAS_DECAY: tl.constexpr, CAUSAL: tl.constexpr, NORMALIZED: tl.constexpr, PRECISION: tl.constexpr,
-    CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
     bh = tl.program_id(0)
     b, h = bh // H, bh % H
     hk = h // (H // HKV)
     dv0 = tl.program_id(1) * BLOCK_DV
-    rows, feats, vfeats = tl.arange(0, CHUNK), tl.arange(0, BLOCK_D), dv0 + tl.arange(0, BLOCK_DV)
+    rows, feats, vfeats = tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_D), dv0 + tl.arange(0, BLOCK_DV)
     Q += b * sqb + h * sqh
     K += b * skb + hk * skh
     V += b * svb + hk * svh
@@ -128,18 +129,18 @@ def chunked_kernel(
     norm = tl.zeros((BLOCK_D,), tl.float32)
     offset = SKV - SQ if CAUSAL else SKV
     # the keys every query sees (causal with SKV > SQ: the first SKV - SQ; without a mask: all of them)
-    for p0 in range(0, tl.maximum(offset, 0), CHUNK):
+    for p0 in range(0, tl.maximum(offset, 0), BLOCK_M):
         keys = p0 + rows
         live = keys < tl.minimum(offset, SKV)
         k_tile = tl.load(K + keys[:, None] * skn + feats[None, :] * skd, mask=live[:, None] & (feats[None, :] < D), other=0.0).to(tl.float32)
         v_tile = tl.load(V + keys[:, None] * svn + vfeats[None, :] * svd, mask=live[:, None] & (vfeats[None, :] < DV), other=0.0).to(tl.float32)
-        end = tl.minimum(p0 + CHUNK, offset)
+        end = tl.minimum(p0 + BLOCK_M, offset)
         if HAS_DECAY:
             length = (end - p0).to(tl.float32)
             scaled = _power(log2_abs, sign, length + tl.zeros((1,), tl.float32))
             state, norm = state * scaled[:, None], norm * scaled
         state, norm = _absorb(state, norm, k_tile, v_tile, end - 1 - keys, log2_abs, sign, HAS_DECAY, PRECISION)
-    for i0 in range(0, SQ, CHUNK):
+    for i0 in range(0, SQ, BLOCK_M):
         queries = i0 + rows
         q_tile = tl.load(Q + queries[:, None] * sqm + feats[None, :] * sqd, mask=(queries[:, None] < SQ) & (feats[None, :] < D), other=0.0).to(tl.float32)
         num = tl.dot(q_tile, state, input_precision=PRECISION)
@@ -160,9 +161,9 @@ def chunked_kernel(
             num += tl.dot(weights, v_tile, input_precision=PRECISION)
             den += tl.sum(weights, 1)
             if HAS_DECAY:
-                whole = _power(log2_abs, sign, CHUNK + tl.zeros((1,), tl.float32))
+                whole = _power(log2_abs, sign, BLOCK_M + tl.zeros((1,), tl.float32))
                 state, norm = state * whole[:, None], norm * whole
-            state, norm = _absorb(state, norm, k_tile, v_tile, CHUNK - 1 - rows, log2_abs, sign, HAS_DECAY, PRECISION)
+            state, norm = _absorb(state, norm, k_tile, v_tile, BLOCK_M - 1 - rows, log2_abs, sign, HAS_DECAY, PRECISION)
         num, den = num * scale, den * scale
         undefined = ~(tl.abs(den) < float("inf"))  # NaN or infinite: a weight that is
         if NORMALIZED:
@@ -191,10 +192,10 @@ def chunked(q, k, v, decay, scale: float, *, causal: bool, normalized: bool):
     exact = q.dtype == torch.float32 and not _rt.tf32_products()
     grid = (B * H, triton.cdiv(DV, block_dv))
     _rt.start(
-        chunked_kernel, grid, q, k, v, out, den, lam,
+        jit(chunked_kernel), grid, q, k, v, out, den, lam,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *den.stride(),
         H, HKV, SQ, SKV, D, DV, float(scale),
         HAS_DECAY=decay is not None, CAUSAL=causal, NORMALIZED=normalized, PRECISION="ieee" if exact else "tf32",
-        CHUNK=CHUNK, BLOCK_D=block_d, BLOCK_DV=block_dv,
+        BLOCK_M=CHUNK, num_warps=8 if block_d >= 128 else 4, BLOCK_D=block_d, BLOCK_DV=block_dv,
     )
     return out, den
