@@ -39,3 +39,15 @@ def test_kernel_work_prints_the_row_map_model():
     choice = {(cells[0], cells[1]): cells[-1] for cells in rows}
     assert choice["b10_rope", "prologue k"] == "prologue / prologue"
     assert choice["b10_rope", "prologue q"] == "fused / prologue"
+
+
+def test_linear_scaling_compares_the_two_forms_of_the_reference():
+    """linear_scaling.py runs to the end on small lengths, and the recurrent and dense forms it times
+    agree (its last column)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "linear_scaling.py"), "--lengths", "32", "96", "--repeats", "1"],
+                          capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in done.stdout.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [r[0] for r in rows] == ["32", "96"]
+    assert all(float(r[-1]) < 1e-4 for r in rows), rows
