@@ -86,6 +86,11 @@ def run(q, k, v, score_mod, block_mask, scale, need_lse, compiled, needs_grad=Fa
         return _call(_fa.flex_attention, q, k, v, kwargs, need_lse)
     cpu_limits = q.device.type == "cpu" and (need_lse or q.dtype == torch.float64)
     use_compiled = compiled and not cpu_limits
+    if not use_compiled and epilogue and q.device.type == "cpu" and q.dtype != torch.float64:
+        # an identity's call: its output is rescaled by exp(lse), which multiplies the lse's rounding
+        # (|lse| * eps) and the eager implementation's into every row; on the CPU, where that dense
+        # implementation runs anyway, it computes in float64 (out and lse come back in float64)
+        return run(q.double(), k.double(), v.double(), score_mod, block_mask, scale, need_lse, False, needs_grad, key, epilogue=True)
     if not use_compiled and q.dtype in (torch.bfloat16, torch.float16):
         out, lse = run(q.float(), k.float(), v.float(), score_mod, block_mask, scale, need_lse, False, needs_grad, key)
         return (out if epilogue else out.to(q.dtype)), lse
@@ -106,7 +111,13 @@ def kept_sum(q, k, v, block_mask, compiled, needs_grad=False, key=""):
     every score 0, flex_attention returns the mean of the kept v and lse = log(the number kept), so
     out * exp(lse) is their sum (0 for a row without keys)."""
     out, lse = run(q, k, v, _zero_score, block_mask, 1.0, True, compiled, needs_grad, key + ":kept_sum", epilogue=True)
-    dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    return rescaled(out, lse).to(torch.float64 if q.dtype == torch.float64 else torch.float32)
+
+
+def rescaled(out, lse):
+    """out * exp(lse) (an identity's sum of weighted values), in float64 where the lse is (the CPU's
+    identity calls, see run) and in float32 otherwise."""
+    dtype = torch.float64 if lse.dtype == torch.float64 else torch.float32
     return out.to(dtype) * torch.exp(lse.to(dtype)).unsqueeze(-1)
 
 
@@ -194,18 +205,19 @@ def ratio(positive, den_lse, negative=None, out_dtype=None):
     lse of the softmax of log f. sum g v / sum f = out_+ exp(lse_+ - lse_f) - out_- exp(lse_- - lse_f);
     0 where sum f = 0. Returns (out in out_dtype, lse = lse_f), the lse NaN where a weight is NaN or
     +inf (an undefined row, which the caller tells by it)."""
-    dtype = torch.float64 if den_lse.dtype == torch.float64 else torch.float32
-    den = den_lse.to(dtype)
+    dtype = _compute_dtype(out_dtype, den_lse)
+    wide = torch.float64 if den_lse.dtype == torch.float64 else dtype  # see rescaled
+    den = den_lse.to(wide)
     live = den > -math.inf  # a row with terms in its denominator
 
     def part(out, lse):
-        lse = lse.to(dtype)
-        return out.to(dtype) * torch.exp(torch.where(live, lse - den, -math.inf)).unsqueeze(-1)
+        lse = lse.to(wide)
+        return out.to(wide) * torch.exp(torch.where(live, lse - den, -math.inf)).unsqueeze(-1)
 
     out, undefined = part(*positive), undefined_rows(positive[1], dtype)
     if negative is not None:
         out, undefined = out - part(*negative), undefined | undefined_rows(negative[1], dtype)
-    return out.to(out_dtype or dtype), torch.where(undefined, math.nan, den)
+    return out.to(out_dtype or dtype), torch.where(undefined, math.nan, den.to(dtype))
 
 
 def signed_sum(positive, negative, out_dtype=None):
@@ -213,14 +225,16 @@ def signed_sum(positive, negative, out_dtype=None):
     of log relu(f), `negative` that of log relu(-f); sum f v = out_+ exp(lse_+) - out_- exp(lse_-).
     Returns (out in out_dtype, an lse that is NaN where either part says the row is undefined, for the
     caller's check: a NaN or infinite weight, or a sum beyond the compute dtype)."""
-    dtype = torch.float64 if positive[1].dtype == torch.float64 else torch.float32
-
-    def part(out, lse):
-        return out.to(dtype) * torch.exp(lse.to(dtype)).unsqueeze(-1)
-
+    dtype = _compute_dtype(out_dtype, positive[1])
     undefined = undefined_rows(positive[1], dtype) | undefined_rows(negative[1], dtype)
-    out = part(*positive) - part(*negative)
+    out = rescaled(*positive) - rescaled(*negative)
     return out.to(out_dtype or dtype), torch.where(undefined, math.nan, torch.zeros_like(positive[1].to(dtype)))
+
+
+def _compute_dtype(out_dtype, lse) -> torch.dtype:
+    """The spec's compute dtype for these outputs: float64 only for float64 inputs (an lse in float64
+    may also come from an identity's call on the CPU, see run)."""
+    return torch.float64 if (out_dtype or lse.dtype) == torch.float64 else torch.float32
 
 
 def undefined_rows(lse: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:

@@ -18,6 +18,7 @@ sum is NaN or infinite (a NaN or infinite weight) is undefined: NaN, as in the d
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -71,11 +72,24 @@ def lse(den) -> torch.Tensor:
     return torch.where(torch.isfinite(den), log_denominator(den, 0.0), math.nan).float()
 
 
+_TILES_ONLY = [False]
+
+
+@contextlib.contextmanager
+def tile_kernels():
+    """Calls in this block run the tile kernels where the chunks would serve (`attnspec aot` reports both)."""
+    before, _TILES_ONLY[0] = _TILES_ONLY[0], True
+    try:
+        yield
+    finally:
+        _TILES_ONLY[0] = before
+
+
 def takes_chunks(grad: bool, schedule, selection) -> bool:
     """Whether the triton module runs the chunked kernel: not where gradients are needed (the backward
     kernels take the row statistics of the tile kernel's forward), nor with a caller's schedule or
     selection, nor inside torch.compile (which traces the module's custom operator)."""
-    return not grad and schedule is None and selection is None and not tracing()
+    return not (grad or _TILES_ONLY[0]) and schedule is None and selection is None and not tracing()
 
 
 # ---------------------------------------------------------------- the chunked kernel

@@ -128,7 +128,7 @@ def attention(q, k, v, *, selection=None, block_mask=None, return_lse=False, com
     _needs_grad = False
     _out, _lse = _flex.run(q, k, v, _score_mod, block_mask, float(_scale), True, compiled, _needs_grad, __name__, epilogue=True)
     # elementwise f >= 0 through softmax of log f: out * exp(lse) = sum f(s) v
-    _out = (_out.to(_dtype) * torch.exp(_lse.to(_dtype)).unsqueeze(-1)).to(q.dtype)
+    _out = _flex.rescaled(_out, _lse).to(q.dtype)
     if _lse is not None:  # a NaN or +inf logit, weight or sink, or a sum of weights beyond the compute dtype, leaves the row undefined
         _undef = _flex.undefined_rows(_lse, _dtype)
         _out, _lse = _dense.undefined(_out, _undef.unsqueeze(-1)), _dense.undefined(_lse, _undef)
