@@ -265,7 +265,8 @@ def triton_plan(spec: Spec, source_name: str) -> TritonPlan:
     tiles = [tile_binding(t, r.render) for t in r.tables.values()]  # before the pairs that pick from them
     per_pair = tiles + _leveled(spec, score_roots, r, ("col", "element"))
     module = module_plan(spec, source_name).fields()
-    module["linear"] = _chunked_linear(spec, module["linear"])
+    nonnegative_rule = _nonnegative_rule(spec)
+    module["linear"] = _chunked_linear(spec, module["linear"], nonnegative_rule)
     return TritonPlan(
         **module,
         **backward_plan(spec, TritonRenderer).fields(),
@@ -276,7 +277,7 @@ def triton_plan(spec: Spec, source_name: str) -> TritonPlan:
         selection_tiles=selection_tiles(spec),
         table_tiles=list(r.tables),
         prologue_kernels=prologue_kernel_plan(spec),
-        fused_q=fused_q_prologue(spec),
+        fused_q=None if module["linear"] else fused_q_prologue(spec),  # the chunks read q after its prologue
         row_value_kernels=row_value_kernel_plan(spec),
         rowmap_backward=backward_kernel_plan(spec),
         epilogue_kernel=epilogue_kernel_plan(spec),
@@ -289,7 +290,7 @@ def triton_plan(spec: Spec, source_name: str) -> TritonPlan:
         fold_log2e=plain_score,
         k_log2_score=_log2_score(spec, r) if not plain_score and norm.kind == "softmax" else None,
         k_log2_sink=None if plain_score or norm.sink is None else r.render(_scaled(norm.sink, LOG2E, spec)),
-        check_nonnegative=_nonnegative_rule(spec),
+        check_nonnegative=nonnegative_rule,
         kept_sum=reads_kept_sum(spec),
         score_full=uses(spec.score, "score"),
         weight_full=norm.weight is not None and uses(norm.weight, "score"),
@@ -353,10 +354,10 @@ def _scaled(e: Expr, factor: float, spec: Spec) -> Expr:
     return Expr("mul", (e, const(factor, e.span)), span=e.span)
 
 
-def _chunked_linear(spec: Spec, linear: dict | None) -> dict | None:
+def _chunked_linear(spec: Spec, linear: dict | None, nonnegative_rule: str | None) -> dict | None:
     """The linear form where the chunked kernel (runtime/linear.py) computes it: not where the kernel would
     have to check each weight's sign (rownorm's rule, unproved) or apply an epilogue."""
-    if linear is None or spec.epilogue is not None or _nonnegative_rule(spec) is not None:
+    if linear is None or spec.epilogue is not None or nonnegative_rule is not None:
         return None
     return linear
 

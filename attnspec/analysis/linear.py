@@ -23,8 +23,8 @@ from ..ir import Expr, Spec, inline_bindings, level_of, uses, walk
 from ..passes.symbolic import to_sympy
 from .bands import key_bands
 
-_DISTANCE = Expr("sub", (Expr("add", (Expr("index_var", value="q"), Expr("sub", (Expr("shape", value="SKV"), Expr("shape", value="SQ"))))),
-                         Expr("index_var", value="kv")))
+_EDGE = Expr("add", (Expr("index_var", value="q"), Expr("sub", (Expr("shape", value="SKV"), Expr("shape", value="SQ")))))  # the last key a query sees
+_DISTANCE = Expr("sub", (_EDGE, Expr("index_var", value="kv")))
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ def _causal(spec: Spec) -> bool | None:
         return None
     lo, hi = bands[0].lo, bands[0].hi
     hi_sym, table = to_sympy(hi, spec)
-    edge, _ = to_sympy(Expr("add", (Expr("index_var", value="q"), Expr("sub", (Expr("shape", value="SKV"), Expr("shape", value="SQ"))))), spec, table)
+    edge, _ = to_sympy(_EDGE, spec, table)
     if sympy.simplify(hi_sym - edge) != 0:
         return None
     if lo is None:

@@ -105,16 +105,22 @@ def _power(log2_abs, sign, n):
 
 
 @kernel
-def _absorb(state, norm, k_tile, v_tile, ahead, log2_abs, sign, HAS_DECAY: tl.constexpr, PRECISION: tl.constexpr):
-    """The state after a chunk of keys: decay^len * S + sum_j decay^(ahead_j) k_j^T v_j, where ahead_j
-    is how many keys of the chunk follow key j (keys outside the chunk are zero rows)."""
+def _tile(base, index, live, columns, row_stride, column_stride, width):
+    """Rows `index` (where live, else zeros) and columns `columns` (< width) of a [rows, width] tensor, in float32."""
+    mask = live[:, None] & (columns[None, :] < width)
+    return tl.load(base + index[:, None] * row_stride + columns[None, :] * column_stride, mask=mask, other=0.0).to(tl.float32)
+
+
+@kernel
+def _absorb(state, norm, k_tile, v_tile, length, ahead, log2_abs, sign, HAS_DECAY: tl.constexpr, PRECISION: tl.constexpr):
+    """The state after a chunk of `length` keys: decay^length * S + sum_j decay^(ahead_j) k_j^T v_j, where
+    ahead_j is how many keys of the chunk follow key j (keys outside the chunk are zero rows)."""
     if HAS_DECAY:
-        weight = _power(log2_abs, sign, ahead.to(tl.float32))
-        k_weighted = k_tile * weight[:, None]
-    else:
-        k_weighted = k_tile
-    state = state + tl.dot(tl.trans(k_weighted), v_tile, input_precision=PRECISION)
-    norm = norm + tl.sum(k_weighted, 0)
+        carried = _power(log2_abs, sign, tl.zeros((1,), tl.float32) + length)
+        state, norm = state * carried[:, None], norm * carried
+        k_tile = k_tile * _power(log2_abs, sign, ahead.to(tl.float32))[:, None]
+    state = state + tl.dot(tl.trans(k_tile), v_tile, input_precision=PRECISION)
+    norm = norm + tl.sum(k_tile, 0)
     return state, norm
 
 
@@ -146,25 +152,21 @@ def chunked_kernel(
     for p0 in range(0, tl.maximum(offset, 0), BLOCK_M):
         keys = p0 + rows
         live = keys < tl.minimum(offset, SKV)
-        k_tile = tl.load(K + keys[:, None] * skn + feats[None, :] * skd, mask=live[:, None] & (feats[None, :] < D), other=0.0).to(tl.float32)
-        v_tile = tl.load(V + keys[:, None] * svn + vfeats[None, :] * svd, mask=live[:, None] & (vfeats[None, :] < DV), other=0.0).to(tl.float32)
+        k_tile = _tile(K, keys, live, feats, skn, skd, D)
+        v_tile = _tile(V, keys, live, vfeats, svn, svd, DV)
         end = tl.minimum(p0 + BLOCK_M, offset)
-        if HAS_DECAY:
-            length = (end - p0).to(tl.float32)
-            scaled = _power(log2_abs, sign, length + tl.zeros((1,), tl.float32))
-            state, norm = state * scaled[:, None], norm * scaled
-        state, norm = _absorb(state, norm, k_tile, v_tile, end - 1 - keys, log2_abs, sign, HAS_DECAY, PRECISION)
+        state, norm = _absorb(state, norm, k_tile, v_tile, end - p0, end - 1 - keys, log2_abs, sign, HAS_DECAY, PRECISION)
     for i0 in range(0, SQ, BLOCK_M):
         queries = i0 + rows
-        q_tile = tl.load(Q + queries[:, None] * sqm + feats[None, :] * sqd, mask=(queries[:, None] < SQ) & (feats[None, :] < D), other=0.0).to(tl.float32)
+        q_tile = _tile(Q, queries, queries < SQ, feats, sqm, sqd, D)
         num = tl.dot(q_tile, state, input_precision=PRECISION)
         den = tl.sum(q_tile * norm[None, :], 1)
         if CAUSAL:
             t0 = i0 + offset  # the chunk's first query sees the keys up to t0; the state holds those before t0
             keys = t0 + rows
             live = (keys >= 0) & (keys < SKV)
-            k_tile = tl.load(K + keys[:, None] * skn + feats[None, :] * skd, mask=live[:, None] & (feats[None, :] < D), other=0.0).to(tl.float32)
-            v_tile = tl.load(V + keys[:, None] * svn + vfeats[None, :] * svd, mask=live[:, None] & (vfeats[None, :] < DV), other=0.0).to(tl.float32)
+            k_tile = _tile(K, keys, live, feats, skn, skd, D)
+            v_tile = _tile(V, keys, live, vfeats, svn, svd, DV)
             behind = rows[:, None] - rows[None, :]  # d_ij = (t0 + i) - (t0 + j)
             weights = tl.dot(q_tile, tl.trans(k_tile), input_precision=PRECISION)
             if HAS_DECAY:
@@ -174,10 +176,7 @@ def chunked_kernel(
             weights = tl.where((behind >= 0) & live[None, :], weights, 0.0)
             num += tl.dot(weights, v_tile, input_precision=PRECISION)
             den += tl.sum(weights, 1)
-            if HAS_DECAY:
-                whole = _power(log2_abs, sign, BLOCK_M + tl.zeros((1,), tl.float32))
-                state, norm = state * whole[:, None], norm * whole
-            state, norm = _absorb(state, norm, k_tile, v_tile, BLOCK_M - 1 - rows, log2_abs, sign, HAS_DECAY, PRECISION)
+            state, norm = _absorb(state, norm, k_tile, v_tile, BLOCK_M, BLOCK_M - 1 - rows, log2_abs, sign, HAS_DECAY, PRECISION)
         num, den = num * scale, den * scale
         undefined = ~(tl.abs(den) < float("inf"))  # NaN or infinite: a weight that is
         if NORMALIZED:

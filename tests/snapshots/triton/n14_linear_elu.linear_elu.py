@@ -360,16 +360,6 @@ def _linear_elu_forward(
     _vbase = _b.to(tl.int64) * _svb + _hkv.to(tl.int64) * _svh
     # Q through pointers even with TMA: once per program, and its copy costs the heaviest kernels registers
     _q_tile = _kernel.load_tile(_Q + _qbase, _offs_m, _offs_d, _sqm, _sqd, _SQ, _D, UPCAST)
-    if PROLOGUE_Q:  # the q prologue on the resident tile (without gradients; a pass before the kernel otherwise)
-        _x = _q_tile.to(tl.float32)  # the rows' vectors, as a prologue or the epilogue reads them
-        _row = _offs_m[:, None]
-        _f = _offs_d[None, :]
-        _in_f = _f < _D
-        _y = tl.where(_in_f, (_kernel.elu(_x) + 1.0), 0.0)
-        if UPCAST:
-            _q_tile = _y
-        else:
-            _q_tile = _y.to(_Q.dtype.element_ty)  # rounded as the pass would store it
     _t0 = (_SKV - _SQ)
     _t1 = (_q + _t0)
     _ctx = (_b, _h, _t0, _t1, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale)  # what the tile functions read of the spec's expressions
@@ -432,7 +422,7 @@ def attention(q, k, v, *, selection=None, schedule=None, return_lse=False):
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, v)
     _grad = _rt.check_launch(SPEC_NAME, q, k, v, (), BACKWARD_ERROR)
     _chunked = _linear.takes_chunks(_grad, schedule, selection)  # normalize linear: a state carried along the keys
-    q, k, v = _prologue_rt.prologue(_prologue_kernels, _prologue, q, k, v, (), skip=() if _grad or _chunked else ("q",), backward=_prologue_backward)
+    q, k, v = _prologue_rt.prologue(_prologue_kernels, _prologue, q, k, v, (), backward=_prologue_backward)
     _inputs = ()
     _params = ()
     if _chunked:  # O(SKV D DV) per head (attnspec/runtime/linear.py)
@@ -445,11 +435,6 @@ def attention(q, k, v, *, selection=None, schedule=None, return_lse=False):
     else:
         _out, _lse, _ = _launch.with_schedule(KERNELS, q, k, v, _inputs, _params, selection, schedule, _grad, return_lse)
     return (_out, _lse) if return_lse else _out
-
-
-def _q_pass(q, k, v, _inputs, _params):
-    """q after its prologue, for a forward kernel that does not apply it (from the kernel's arguments)."""
-    return _prologue_kernels(q, k, v, skip=("k", "v"))[0]
 
 
 def _logit_scale(q, k, _params):
@@ -587,9 +572,9 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     dkdv=_linear_elu_backward_dkdv,
     kept=None,
     row_passes=(("prologue_q", _linear_elu_prologue_q), ("prologue_k", _linear_elu_prologue_k), ("prologue_q_bwd", _linear_elu_prologue_q_backward), ("prologue_k_bwd", _linear_elu_prologue_k_backward), ),
-    fused_q=True,
+    fused_q=False,
     fused_epilogue=False,
-    q_pass=_q_pass,
+    q_pass=None,
     epilogue=None,
     norm="rownorm",
     closed_form=True,
