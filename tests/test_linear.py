@@ -255,18 +255,24 @@ def test_the_chunked_kernel_agrees_with_the_reference(source, SQ, SKV, H, HKV, d
     assert verdict.ok, verdict
 
 
-def test_gradients_and_schedules_take_the_tile_kernels(chunked_calls):
-    """The backward kernels read the forward's row statistics, which the tile kernel writes: a call that
-    needs gradients runs it instead of the chunks, and agrees with the chunked call."""
+def test_a_learnable_decay_and_schedules_take_the_tile_kernels(chunked_calls):
+    """The chunked backward gives q, k and v their gradients, not the decay: a call whose decay needs a
+    gradient runs the tile kernels, as does one with a caller's schedule, and both agree with the chunks."""
     q, k, v, inputs = _arguments(DECAYED, 31, 40)
     module = attnspec.compile(DECAYED, "triton")
     args = [x.float() for x in (q, k, v)]
     chunked = module.attention(*args, lam=inputs["lam"].float())
     assert len(chunked_calls) == 1
     leaves = [x.clone().requires_grad_() for x in args]
-    tiled = module.attention(*leaves, lam=inputs["lam"].float())
-    assert len(chunked_calls) == 1
+    module.attention(*leaves, lam=inputs["lam"].float())
+    assert len(chunked_calls) == 2  # gradients for q, k and v only: the chunks
+    tiled = module.attention(*leaves, lam=inputs["lam"].float().requires_grad_())
+    assert len(chunked_calls) == 2
     torch.testing.assert_close(tiled.detach(), chunked, rtol=1e-5, atol=1e-6)
+    lam = inputs["lam"].float()
+    scheduled = module.attention(*args, lam=lam, schedule=module.build_schedule(args[0], args[1], lam=lam))
+    assert len(chunked_calls) == 2
+    torch.testing.assert_close(scheduled, chunked, rtol=1e-5, atol=1e-6)
 
 
 def test_a_normalized_chunked_call_returns_the_lse(chunked_calls):
@@ -298,3 +304,111 @@ def test_a_decay_of_zero_keeps_only_the_diagonal(chunked_calls):
     got = attnspec.compile(UNNORMALIZED, "triton").attention(q.float(), k.float(), v.float(), lam=lam.float())
     exact = attnspec.compile(UNNORMALIZED, "reference").attention(q, k, v, lam=lam)
     torch.testing.assert_close(got.double(), exact, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- the chunked backward
+
+
+@pytest.fixture
+def backward_calls(monkeypatch):
+    """The calls of the chunked backward's launcher, counted."""
+    from attnspec.runtime import linear
+
+    calls, original = [], linear.chunked_backward
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].shape)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(linear, "chunked_backward", counted)
+    return calls
+
+
+def _grads(source, target, qkv, inputs, dtype, weights, lse_weights=None):
+    """(out, lse or None, [dq, dk, dv, d<input>...]) of sum(out * weights) (+ sum(lse * lse_weights))."""
+    leaves = [x.to(dtype).clone().requires_grad_() for x in qkv]
+    given = {n: t.to(torch.float64 if dtype == torch.float64 else torch.float32).clone().requires_grad_(n != "lam")
+             for n, t in inputs.items()}
+    module = attnspec.compile(source, target)
+    if lse_weights is None:
+        out, lse = module.attention(*leaves, **given), None
+        loss = (out.double() * weights).sum()
+    else:
+        out, lse = module.attention(*leaves, **given, return_lse=True)
+        loss = (out.double() * weights).sum() + (lse.double() * lse_weights).sum()
+    loss.backward()
+    return out.detach(), lse, [x.grad for x in leaves] + [t.grad for t in given.values() if t.requires_grad]
+
+
+def _agree(source, qkv, inputs, dtype, lse=False):
+    """The triton module's chunked forward and backward against the reference under the accuracy rule."""
+    from attnspec.fuzz.accuracy import check
+
+    B, H, SQ = qkv[0].shape[:3]
+    weights = torch.randn(B, H, SQ, qkv[2].shape[-1], generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    lse_weights = torch.randn(B, H, SQ, generator=torch.Generator().manual_seed(4), dtype=torch.float64) if lse else None
+    got = _grads(source, "triton", qkv, inputs, dtype, weights, lse_weights)
+    low = _grads(source, "reference", qkv, inputs, dtype, weights, lse_weights)
+    exact = _grads(source, "reference", qkv, inputs, torch.float64, weights, lse_weights)
+    assert got[0].dtype == dtype
+    verdicts = [check(got[0].float(), low[0].float(), exact[0], "out")]
+    names = ["q", "k", "v", *[n for n in inputs if n != "lam"]]
+    verdicts += [check(g.float(), lo.float(), ex, f"d{n}") for n, g, lo, ex in zip(names, got[2], low[2], exact[2])]
+    assert len(got[2]) == len(names)
+    assert all(v.ok for v in verdicts), [str(v) for v in verdicts]
+
+
+@pytest.mark.parametrize("source", STATE_FORMS, ids=STATE_IDS)
+@pytest.mark.parametrize("SQ, SKV, H, HKV", [(23, 23, 4, 2), (5, 71, 4, 4), (70, 33, 2, 1), (65, 97, 2, 2)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_the_chunked_backward_agrees_with_the_reference(source, SQ, SKV, H, HKV, dtype, chunked_calls, backward_calls):
+    """dq, dk and dv from the chunked kernels (runtime/linear.py): lengths off the chunk, more queries
+    than keys (rows without keys) and fewer, GQA (dk and dv summed over the group), fp32 and bf16."""
+    q, k, v, inputs = _arguments(source, SQ, SKV, H=H, HKV=HKV)
+    _agree(source, (q, k, v), inputs, dtype)
+    assert chunked_calls and backward_calls
+
+
+@pytest.mark.parametrize("source", [ELU, DECAYED, NONCAUSAL], ids=["elu", "decayed", "noncausal"])
+def test_the_lse_gradient_reaches_the_chunked_backward(source, backward_calls):
+    """A loss that reads the lse (log of the row sum) as well as the output."""
+    q, k, v, inputs = _arguments(source, 37, 45, seed=2)
+    _agree(source, (q, k, v), inputs, torch.float32, lse=True)
+    assert backward_calls
+
+
+def test_wide_and_padded_features_split_the_value_blocks(backward_calls):
+    """D = 40 pads to 64 features; DV = 80 takes two blocks of 64 value features, whose dq and dk
+    partials add up (the row-sum terms in the first block only)."""
+    gen = torch.Generator().manual_seed(7)
+    q, k = torch.randn(1, 2, 41, 40, generator=gen, dtype=torch.float64), torch.randn(1, 2, 50, 40, generator=gen, dtype=torch.float64)
+    v = torch.randn(1, 2, 50, 80, generator=gen, dtype=torch.float64)
+    lam = 0.5 + 0.5 * torch.rand(2, generator=gen, dtype=torch.float64)
+    for source, inputs in ((ELU, {}), (DECAYED, {"lam": lam})):
+        _agree(source, (q, k, v), inputs, torch.float32, lse=True)
+    assert len(backward_calls) == 2
+
+
+LEARNED_FEATURES = """
+attention learned_features {
+    input g: float32[H, D]
+    prologue q[i, f] = elu(q * g[h, f]) + 1.0
+    prologue k[j, f] = elu(k * g[h, f]) + 1.0
+    mask kv <= q + (SKV - SQ)
+    normalize linear
+}
+"""
+
+
+def test_a_learnable_feature_map_gets_its_gradient_through_the_chunks(backward_calls):
+    """The prologue's parameters get theirs from the chunked dq and dk, through the prologue's backward."""
+    q, k, v, _ = _tensors(29, 35, seed=3, H=2, HKV=2)
+    g = 0.5 + torch.rand(2, 16, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    _agree(LEARNED_FEATURES, (q, k, v), {"g": g}, torch.float32)
+    assert backward_calls
+
+
+def test_a_decay_of_zero_has_the_diagonal_gradients(backward_calls):
+    q, k, v, _ = _arguments(UNNORMALIZED, 37, 37)
+    _agree(UNNORMALIZED, (q, k, v), {"lam": torch.zeros(4, dtype=torch.float64)}, torch.float32)
+    assert backward_calls

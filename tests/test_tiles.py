@@ -465,6 +465,16 @@ def test_where_rule_contains_every_value(cond, a, b, flags):
     assert contains(RULES["where"](c, x, y), bools), f"where({cond}, {flags})"
 
 
+@pytest.mark.parametrize("a, b", [((-math.inf, math.inf), (-math.inf, math.inf)), ((-math.inf, -1.0), (2.0, math.inf)),
+                                  ((0.0, math.inf), (0.0, 3.0)), ((-math.inf, 0.0), (0.0, 0.0))])
+def test_products_of_unbounded_intervals_stay_unbounded(a, b):
+    """An infinite bound stays infinite: as the largest finite double it left `elu(q * g[h, f]) + 1.0 >= 0`
+    unproved (elu of a finite bound is not -1). 0 * inf is 0, the factor 0 winning."""
+    result = RULES["mul"](num(*a), num(*b))
+    values = [x * y for x in a for y in b if not (x == 0 or y == 0)] + ([0.0] if 0.0 in a + b else [])
+    assert float(result.lo) == min(values) and float(result.hi) == max(values)
+
+
 # ------------------------------------------------------------------ random masks (hypothesis)
 
 FUZZ_HEADER = """attention fuzz {{

@@ -104,7 +104,7 @@ def _neg(a: Num) -> Num:
 
 def _hull_of(values: list[torch.Tensor]) -> Num:
     stacked = torch.broadcast_tensors(*values)
-    cleaned = [torch.nan_to_num(v, nan=0.0) for v in stacked]  # 0 * inf: the factor 0 wins
+    cleaned = [torch.nan_to_num(v, nan=0.0, posinf=INF, neginf=-INF) for v in stacked]  # 0 * inf: the factor 0 wins
     return Num(torch.stack(cleaned).amin(0), torch.stack(cleaned).amax(0))
 
 

@@ -11,6 +11,9 @@ a causal mask, or scale * (q_i . k_j) over every key, the rows need no score mat
 - `chunked`: the Triton kernel (`attnspec aot` reports it as `linear`) that computes it a chunk of C rows at a time: inside a chunk the C x C
   weights as a small matrix, the keys before it through the state, which then takes the chunk's keys
   (one program per batch, head and block of value features, the chunks in order).
+- `attention`: `chunked` as one autograd operation, whose backward runs two more chunked kernels
+  (`chunked_backward`): dq with the forward's state, dk and dv with a state of the queries carried
+  backwards along the rows.
 
 Both return (out, den): den is the row's sum of weights (the rownorm denominator), and a row whose
 sum is NaN or infinite (a NaN or infinite weight) is undefined: NaN, as in the dense form.
@@ -85,11 +88,12 @@ def tile_kernels():
         _TILES_ONLY[0] = before
 
 
-def takes_chunks(grad: bool, schedule, selection) -> bool:
-    """Whether the triton module runs the chunked kernel: not where gradients are needed (the backward
-    kernels take the row statistics of the tile kernel's forward), nor with a caller's schedule or
-    selection, nor inside torch.compile (which traces the module's custom operator)."""
-    return not (grad or _TILES_ONLY[0]) and schedule is None and selection is None and not tracing()
+def takes_chunks(decay, schedule, selection) -> bool:
+    """Whether the triton module runs the chunked kernels: not with a caller's schedule or selection,
+    not inside torch.compile (which traces the module's custom operator), and not where the decay
+    needs a gradient (the chunked backward gives q, k and v theirs; the tile kernels give the decay's)."""
+    decay_grad = decay is not None and decay.requires_grad and torch.is_grad_enabled()
+    return not (decay_grad or _TILES_ONLY[0]) and schedule is None and selection is None and not tracing()
 
 
 # ---------------------------------------------------------------- the chunked kernel
@@ -192,6 +196,20 @@ def chunked_kernel(
 CHUNK = 32
 
 
+def _meta(q, D: int, DV: int):
+    """The chunked kernels' launch parameters: (grid's value blocks, meta)."""
+    block_d = max(16, triton.next_power_of_2(D))
+    block_dv = min(64, max(16, triton.next_power_of_2(DV)))
+    exact = q.dtype == torch.float32 and not _rt.tf32_products()
+    meta = dict(PRECISION="ieee" if exact else "tf32", BLOCK_M=CHUNK, num_warps=8 if block_d >= 128 else 4,
+                BLOCK_D=block_d, BLOCK_DV=block_dv)
+    return triton.cdiv(DV, block_dv), meta
+
+
+def _decay_argument(decay, q):
+    return torch.zeros(1, dtype=torch.float32, device=q.device) if decay is None else decay.detach().to(torch.float32).contiguous()
+
+
 def chunked(q, k, v, decay, scale: float, *, causal: bool, normalized: bool):
     """(out [B, H, SQ, DV] float32, den [B, H, SQ] float32) from the chunked kernel. q, k after their
     prologues (float32, bfloat16 or float16), decay [B, H] float32 or None (only with causal)."""
@@ -199,16 +217,230 @@ def chunked(q, k, v, decay, scale: float, *, causal: bool, normalized: bool):
     HKV, SKV, DV = k.shape[1], k.shape[2], v.shape[-1]
     out = torch.empty(B, H, SQ, DV, dtype=torch.float32, device=q.device)
     den = torch.empty(B, H, SQ, dtype=torch.float32, device=q.device)
-    block_d = max(16, triton.next_power_of_2(D))
-    block_dv = min(64, max(16, triton.next_power_of_2(DV)))
-    lam = torch.zeros(1, dtype=torch.float32, device=q.device) if decay is None else decay.to(torch.float32).contiguous()
-    exact = q.dtype == torch.float32 and not _rt.tf32_products()
-    grid = (B * H, triton.cdiv(DV, block_dv))
+    blocks, meta = _meta(q, D, DV)
     _rt.start(
-        jit(chunked_kernel), grid, q, k, v, out, den, lam,
+        jit(chunked_kernel), (B * H, blocks), q, k, v, out, den, _decay_argument(decay, q),
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *den.stride(),
-        H, HKV, SQ, SKV, D, DV, float(scale),
-        HAS_DECAY=decay is not None, CAUSAL=causal, NORMALIZED=normalized, PRECISION="ieee" if exact else "tf32",
-        BLOCK_M=CHUNK, num_warps=8 if block_d >= 128 else 4, BLOCK_D=block_d, BLOCK_DV=block_dv,
+        H, HKV, SQ, SKV, D, DV, float(scale), HAS_DECAY=decay is not None, CAUSAL=causal, NORMALIZED=normalized, **meta,
     )
     return out, den
+
+
+# ---------------------------------------------------------------- the chunked backward
+#
+# With a_ij = scale * decay^d_ij * (q_i . k_j) on the kept pairs, the loss reaches a_ij through
+# dL/da_ij = dn_i . v_j + dz_i: dn_i = dO_i / z_i and dz_i = (dlse_i - dO_i . o_i) / z_i where
+# normalized (z_i > 0; a row without weight, or an undefined one, keeps dn_i = dO_i and dz_i = 0, as
+# its output is the undivided sum), dn_i = dO_i and dz_i = 0 otherwise. Then
+#
+#     dq_i = scale sum_j decay^d_ij (dn_i . v_j + dz_i) k_j       the forward's state S and z, read by dn_i and dz_i
+#     dk_j = scale sum_i decay^d_ij (dn_i . v_j + dz_i) q_i       R = sum_i decay^.. q_i^T dn_i and r = sum_i decay^.. dz_i q_i,
+#     dv_j = scale sum_i decay^d_ij (q_i . k_j) dn_i              carried from the last row backwards, read by v_j and k_j
+#
+# Each kernel takes one block of value features (dz only in the first), so dq and dk are sums of
+# partials over the blocks; dk and dv are per query head, summed over a GQA group on the host.
+
+
+@kernel
+def chunked_dq_kernel(
+    K, V, DN, DZ, DQ, Decay,
+    skb, skh, skn, skd, svb, svh, svn, svd, snb, snh, snm, snd, szb, szh, szm, sgp, sgb, sgh, sgm, sgd,
+    H, HKV, SQ, SKV, D, DV,
+    HAS_DECAY: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+):
+    bh = tl.program_id(0)
+    b, h = bh // H, bh % H
+    hk = h // (H // HKV)
+    block = tl.program_id(1)
+    dv0 = block * BLOCK_DV
+    rows, feats, vfeats = tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_D), dv0 + tl.arange(0, BLOCK_DV)
+    K += b * skb + hk * skh
+    V += b * svb + hk * svh
+    DN += b * snb + h * snh
+    if HAS_DECAY:
+        lam = tl.load(Decay + b * H + h)
+        log2_abs, sign = tl.log2(tl.abs(lam)), tl.where(lam < 0, -1.0, 1.0)
+    else:
+        log2_abs, sign = 0.0, 1.0
+    state = tl.zeros((BLOCK_D, BLOCK_DV), tl.float32)
+    norm = tl.zeros((BLOCK_D,), tl.float32)
+    offset = SKV - SQ if CAUSAL else SKV
+    for p0 in range(0, tl.maximum(offset, 0), BLOCK_M):  # the keys every query sees, as in the forward
+        keys = p0 + rows
+        live = keys < tl.minimum(offset, SKV)
+        k_tile = _tile(K, keys, live, feats, skn, skd, D)
+        v_tile = _tile(V, keys, live, vfeats, svn, svd, DV)
+        end = tl.minimum(p0 + BLOCK_M, offset)
+        state, norm = _absorb(state, norm, k_tile, v_tile, end - p0, end - 1 - keys, log2_abs, sign, HAS_DECAY, PRECISION)
+    for i0 in range(0, SQ, BLOCK_M):
+        queries = i0 + rows
+        live_rows = queries < SQ
+        dn = _tile(DN, queries, live_rows, vfeats, snm, snd, DV)
+        dz = tl.load(DZ + b * szb + h * szh + queries * szm, mask=live_rows & (block == 0), other=0.0)
+        dq = tl.dot(dn, tl.trans(state), input_precision=PRECISION) + dz[:, None] * norm[None, :]
+        if CAUSAL:
+            t0 = i0 + offset
+            keys = t0 + rows
+            live = (keys >= 0) & (keys < SKV)
+            k_tile = _tile(K, keys, live, feats, skn, skd, D)
+            v_tile = _tile(V, keys, live, vfeats, svn, svd, DV)
+            behind = rows[:, None] - rows[None, :]
+            grads = tl.dot(dn, tl.trans(v_tile), input_precision=PRECISION) + dz[:, None]
+            if HAS_DECAY:
+                dq = dq * _power(log2_abs, sign, (rows + 1).to(tl.float32))[:, None]
+                grads = grads * _power(log2_abs, sign, tl.maximum(behind, 0).to(tl.float32))
+            grads = tl.where((behind >= 0) & live[None, :], grads, 0.0)
+            dq += tl.dot(grads, k_tile, input_precision=PRECISION)
+            state, norm = _absorb(state, norm, k_tile, v_tile, BLOCK_M, BLOCK_M - 1 - rows, log2_abs, sign, HAS_DECAY, PRECISION)
+        tl.store(DQ + block * sgp + b * sgb + h * sgh + queries[:, None] * sgm + feats[None, :] * sgd, dq,
+                 mask=live_rows[:, None] & (feats[None, :] < D))
+
+
+@kernel
+def _key_grads(dk_ptrs, dv_ptrs, k_tile, v_tile, dk, dv, state, norm, factor, live, D, DV, feats, vfeats, PRECISION: tl.constexpr):
+    """Stores dk and dv of a tile of keys: those from the queries' state (times factor per key) added
+    to the given ones (from the queries of the keys' own chunk)."""
+    dk += (tl.dot(v_tile, tl.trans(state), input_precision=PRECISION) + norm[None, :]) * factor[:, None]
+    dv += tl.dot(k_tile, state, input_precision=PRECISION) * factor[:, None]
+    tl.store(dk_ptrs, dk, mask=live[:, None] & (feats[None, :] < D))
+    tl.store(dv_ptrs, dv, mask=live[:, None] & (vfeats[None, :] < DV))
+
+
+@kernel
+def chunked_dkdv_kernel(
+    Q, K, V, DN, DZ, DK, DVout, Decay,
+    sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, snb, snh, snm, snd, szb, szh, szm,
+    sgp, sgb, sgh, sgn, sgd, swb, swh, swn, swd,
+    H, HKV, SQ, SKV, D, DV,
+    HAS_DECAY: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+):
+    bh = tl.program_id(0)
+    b, h = bh // H, bh % H
+    hk = h // (H // HKV)
+    block = tl.program_id(1)
+    dv0 = block * BLOCK_DV
+    rows, feats, vfeats = tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_D), dv0 + tl.arange(0, BLOCK_DV)
+    Q += b * sqb + h * sqh
+    K += b * skb + hk * skh
+    V += b * svb + hk * svh
+    DN += b * snb + h * snh
+    DK += block * sgp + b * sgb + h * sgh
+    DVout += b * swb + h * swh
+    if HAS_DECAY:
+        lam = tl.load(Decay + b * H + h)
+        log2_abs, sign = tl.log2(tl.abs(lam)), tl.where(lam < 0, -1.0, 1.0)
+    else:
+        log2_abs, sign = 0.0, 1.0
+    # R and r of the queries after the current chunk, decayed to the key just after the chunk's last
+    state = tl.zeros((BLOCK_D, BLOCK_DV), tl.float32)
+    norm = tl.zeros((BLOCK_D,), tl.float32)
+    offset = SKV - SQ if CAUSAL else SKV
+    chunks = tl.cdiv(SQ, BLOCK_M)
+    for n in range(0, chunks):  # the chunks of rows from the last
+        i0 = (chunks - 1 - n) * BLOCK_M
+        queries = i0 + rows
+        live_rows = queries < SQ
+        q_tile = _tile(Q, queries, live_rows, feats, sqm, sqd, D)
+        dn = _tile(DN, queries, live_rows, vfeats, snm, snd, DV)
+        dz = tl.load(DZ + b * szb + h * szh + queries * szm, mask=live_rows & (block == 0), other=0.0)
+        if CAUSAL:  # the keys t0 + c this chunk's rows reach last: their gradients are complete
+            t0 = i0 + offset
+            keys = t0 + rows
+            live = (keys >= 0) & (keys < SKV)
+            k_tile = _tile(K, keys, live, feats, skn, skd, D)
+            v_tile = _tile(V, keys, live, vfeats, svn, svd, DV)
+            behind = rows[:, None] - rows[None, :]  # [row, key]
+            within = tl.where((behind >= 0) & live_rows[:, None], 1.0, 0.0)
+            if HAS_DECAY:
+                within = within * _power(log2_abs, sign, tl.maximum(behind, 0).to(tl.float32))
+            grads = (tl.dot(dn, tl.trans(v_tile), input_precision=PRECISION) + dz[:, None]) * within
+            products = tl.dot(q_tile, tl.trans(k_tile), input_precision=PRECISION) * within
+            dk = tl.dot(tl.trans(grads), q_tile, input_precision=PRECISION)
+            dv = tl.dot(tl.trans(products), dn, input_precision=PRECISION)
+            factor = _power(log2_abs, sign, (BLOCK_M - rows).to(tl.float32)) if HAS_DECAY else tl.full((BLOCK_M,), 1.0, tl.float32)
+            _key_grads(DK + keys[:, None] * sgn + feats[None, :] * sgd, DVout + keys[:, None] * swn + vfeats[None, :] * swd,
+                       k_tile, v_tile, dk, dv, state, norm, factor, live, D, DV, feats, vfeats, PRECISION)
+        # the state takes the chunk's rows, decayed to t0 (row r lies r keys past it)
+        if HAS_DECAY:
+            carried = _power(log2_abs, sign, tl.zeros((1,), tl.float32) + BLOCK_M)
+            state, norm = state * carried[:, None], norm * carried
+            q_tile = q_tile * _power(log2_abs, sign, rows.to(tl.float32))[:, None]
+        state += tl.dot(tl.trans(q_tile), dn, input_precision=PRECISION)
+        norm += tl.sum(q_tile * dz[:, None], 0)
+    # the keys every query sees (causal with SKV > SQ: the first SKV - SQ; without a mask: all of them),
+    # decay^(offset - j) from the first query's edge
+    for p0 in range(0, tl.maximum(offset, 0), BLOCK_M):
+        keys = p0 + rows
+        live = keys < tl.minimum(offset, SKV)
+        k_tile = _tile(K, keys, live, feats, skn, skd, D)
+        v_tile = _tile(V, keys, live, vfeats, svn, svd, DV)
+        factor = _power(log2_abs, sign, (offset - keys).to(tl.float32)) if HAS_DECAY else tl.full((BLOCK_M,), 1.0, tl.float32)
+        _key_grads(DK + keys[:, None] * sgn + feats[None, :] * sgd, DVout + keys[:, None] * swn + vfeats[None, :] * swd,
+                   k_tile, v_tile, tl.zeros((BLOCK_M, BLOCK_D), tl.float32), tl.zeros((BLOCK_M, BLOCK_DV), tl.float32),
+                   state, norm, factor, live, D, DV, feats, vfeats, PRECISION)
+
+
+def chunked_backward(q, k, v, decay, scale: float, out, den, dout, dlse, *, causal: bool, normalized: bool):
+    """(dq, dk, dv) in float32 from the chunked backward kernels; out and den are the forward's (float32),
+    dlse the lse's gradient (None: zero; normalized forms only)."""
+    B, H, SQ, D = q.shape
+    HKV, SKV, DV = k.shape[1], k.shape[2], v.shape[-1]
+    dout = dout.float()
+    if normalized:
+        positive = (den > 0) & torch.isfinite(den)
+        inv = 1.0 / torch.where(positive, den, 1.0)
+        dz = -(dout * out).sum(-1) if dlse is None else dlse.float() - (dout * out).sum(-1)
+        dz = torch.where(positive, dz * inv, 0.0)
+        dn = dout * inv[..., None]
+    else:
+        dz, dn = torch.zeros(B, H, SQ, dtype=torch.float32, device=q.device), dout
+    dn, dz = dn.contiguous(), dz.contiguous()
+    blocks, meta = _meta(q, D, DV)
+    lam = _decay_argument(decay, q)
+    flags = dict(HAS_DECAY=decay is not None, CAUSAL=causal, **meta)
+    dq = torch.empty(blocks, B, H, SQ, D, dtype=torch.float32, device=q.device)
+    dk = torch.empty(blocks, B, H, SKV, D, dtype=torch.float32, device=q.device)
+    dv = torch.empty(B, H, SKV, DV, dtype=torch.float32, device=q.device)
+    grid = (B * H, blocks)
+    _rt.start(jit(chunked_dq_kernel), grid, k, v, dn, dz, dq, lam,
+              *k.stride(), *v.stride(), *dn.stride(), *dz.stride(), *dq.stride(), H, HKV, SQ, SKV, D, DV, **flags)
+    _rt.start(jit(chunked_dkdv_kernel), grid, q, k, v, dn, dz, dk, dv, lam,
+              *q.stride(), *k.stride(), *v.stride(), *dn.stride(), *dz.stride(), *dk.stride(), *dv.stride(),
+              H, HKV, SQ, SKV, D, DV, **flags)
+    group = H // HKV
+    dk = dk.sum(0).view(B, HKV, group, SKV, D).sum(2)
+    return dq.sum(0) * scale, dk * scale, dv.view(B, HKV, group, SKV, DV).sum(2) * scale
+
+
+class _Chunked(torch.autograd.Function):
+    """The chunked forward as one autograd operation; its backward runs the chunked dq and dk/dv kernels."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, decay, scale, causal, normalized):
+        out, den = chunked(q, k, v, decay, scale, causal=causal, normalized=normalized)
+        ctx.save_for_backward(q, k, v, decay, out, den)
+        ctx.form = (scale, causal, normalized)
+        row_lse = lse(den)
+        if not normalized:
+            ctx.mark_non_differentiable(row_lse)
+        return out.to(q.dtype), row_lse
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout, dlse):
+        q, k, v, decay, out, den = ctx.saved_tensors
+        scale, causal, normalized = ctx.form
+        dq, dk, dv = chunked_backward(q, k, v, decay, scale, out, den, dout, dlse if normalized else None,
+                                      causal=causal, normalized=normalized)
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None
+
+
+def attention(q, k, v, decay, scale: float, *, causal: bool, normalized: bool):
+    """(out [B, H, SQ, DV] in q's dtype, lse [B, H, SQ] float32) from the chunked kernels, differentiable
+    with respect to q, k and v (not the decay: takes_chunks). q, k after their prologues."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        return _Chunked.apply(q, k, v, decay, scale, causal, normalized)
+    out, den = chunked(q, k, v, decay, scale, causal=causal, normalized=normalized)
+    return out.to(q.dtype), lse(den)

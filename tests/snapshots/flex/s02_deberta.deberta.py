@@ -73,7 +73,7 @@ def deberta_score_mod(*, c2p, p2c, D, H, HKV, dtype=torch.float32):
     _dtype = dtype
     c2p = c2p.to(dtype) if c2p.is_floating_point() else c2p
     p2c = p2c.to(dtype) if p2c.is_floating_point() else p2c
-    c = _fn.truediv(1.0, _fn.sqrt((3.0 * _fn.to_float(D, _dtype))))
+    c = (1.0 / _fn.sqrt((3.0 * _fn.to_float(D, _dtype))))
 
     def score_mod(score, b, h, q_idx, kv_idx):
         _t0 = _fn.floordiv(h, (H // HKV))
@@ -115,7 +115,7 @@ def attention(q, k, v, *, kr, qr, selection=None, block_mask=None, return_lse=Fa
         block_mask = build_block_mask(q, k, kr=kr, qr=qr, selection=selection, compiled=compiled)
     c2p, p2c = _row_values(q, k, kr, qr)
     _dtype = _dense.compute_dtype(q)
-    _scale = _fn.truediv(1.0, _fn.sqrt((3.0 * _fn.to_float(_D, _dtype))))
+    _scale = (1.0 / _fn.sqrt((3.0 * _fn.to_float(_D, _dtype))))
     _score_mod = _make_score_mod(c2p=c2p, p2c=p2c, D=_D, H=_H, HKV=_HKV, dtype=_dtype)
     _needs_grad = kr.requires_grad or qr.requires_grad or c2p.requires_grad or p2c.requires_grad or False
     _out, _lse = _flex.run(q, k, v, _score_mod, block_mask, float(_scale), return_lse, compiled, _needs_grad, __name__)

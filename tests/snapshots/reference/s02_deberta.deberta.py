@@ -62,9 +62,9 @@ def attention(q, k, v, *, kr, qr, selection=None, return_lse=False):
     _G = _H // _HKV
     _kx, _vx = k.repeat_interleave(_G, dim=1), v.repeat_interleave(_G, dim=1)
     _b, _h, _q, _kv = _dense.grid(_full_shape, _device)
-    _scale = _fn.truediv(1.0, _fn.sqrt((3.0 * _fn.to_float(_D, _dtype))))
+    _scale = (1.0 / _fn.sqrt((3.0 * _fn.to_float(_D, _dtype))))
     _s = torch.matmul(q, _kx.transpose(-1, -2)) * _scale
-    _s = _dense.full((_s + ((_fn.load(c2p, _b, _h, _q, _fn.clamp(((_q - _kv) + W), 0, 15)) + _fn.load(p2c, _b, _fn.floordiv(_h, (_H // _HKV)), _kv, _fn.clamp(((_kv - _q) + W), 0, 15))) * _fn.truediv(1.0, _fn.sqrt((3.0 * _fn.to_float(_D, _dtype)))))), _full_shape, _dtype, _device)
+    _s = _dense.full((_s + ((_fn.load(c2p, _b, _h, _q, _fn.clamp(((_q - _kv) + W), 0, 15)) + _fn.load(p2c, _b, _fn.floordiv(_h, (_H // _HKV)), _kv, _fn.clamp(((_kv - _q) + W), 0, 15))) * (1.0 / _fn.sqrt((3.0 * _fn.to_float(_D, _dtype)))))), _full_shape, _dtype, _device)
     _keep = _token_mask(q, k, kr=kr, qr=qr)
     if selection is not None:
         raise ValueError(f"{SPEC_NAME}: this spec has no block selection, but a selection was passed")

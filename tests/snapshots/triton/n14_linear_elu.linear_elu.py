@@ -421,14 +421,12 @@ def attention(q, k, v, *, selection=None, schedule=None, return_lse=False):
     schedule: from build_schedule, to reuse the key-tile tables across calls (built here when None)."""
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, v)
     _grad = _rt.check_launch(SPEC_NAME, q, k, v, (), BACKWARD_ERROR)
-    _chunked = _linear.takes_chunks(_grad, schedule, selection)  # normalize linear: a state carried along the keys
     q, k, v = _prologue_rt.prologue(_prologue_kernels, _prologue, q, k, v, (), backward=_prologue_backward)
     _inputs = ()
     _params = ()
-    if _chunked:  # O(SKV D DV) per head (attnspec/runtime/linear.py)
-        _decay = None
-        _out, _den = _linear.chunked(q, k, v, _decay, _logit_scale(q, k, _params), causal=True, normalized=True)
-        _out, _lse = _out.to(q.dtype), _linear.lse(_den)
+    _decay = None
+    if _linear.takes_chunks(_decay, schedule, selection):  # a state carried along the keys: O(SKV D DV) per head, forward and backward (attnspec/runtime/linear.py)
+        _out, _lse = _linear.attention(q, k, v, _decay, _logit_scale(q, k, _params), causal=True, normalized=True)
     elif schedule is None and selection is None:  # one custom operator: torch.compile traces it as one node
         _out, _lse, _, _ = OPERATOR(q, k, v, list(_inputs), [float(p) for p in _params], _grad)
         _out = _out.to(q.dtype)

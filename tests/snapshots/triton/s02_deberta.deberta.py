@@ -333,7 +333,7 @@ def _logit_scale(q, k, _params):
     _B, _H, _SQ, _D = q.shape
     _HKV, _SKV = k.shape[1], k.shape[2]
     _dtype = _dense.compute_dtype(q)  # what a float(...) in the scale converts to
-    return float(_fn.truediv(1.0, _fn.sqrt((3.0 * _fn.to_float(_D, _dtype)))))
+    return float((1.0 / _fn.sqrt((3.0 * _fn.to_float(_D, _dtype)))))
 
 
 
