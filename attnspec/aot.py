@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .diagnostics import AttnError
-from .runtime.linear import chunked_kernel, tile_kernels
+from .runtime.linear import chunked_dkdv_kernel, chunked_dq_kernel, chunked_kernel, tile_kernels
 from .runtime.triton import fits
 
 # shared memory one block may use (opt-in maximum), bytes
@@ -93,13 +93,17 @@ def recorded_launches(module, spec, dtype: torch.dtype, head_dim: int, *, backwa
     for t in tensors:
         t.requires_grad_(backward)
     with _rt.recording(every_candidate, ARCHS[arch][0]) as launches, torch.set_grad_enabled(backward):
-        out = module.attention(**args)
-        if backward:
-            out.float().sum().backward()
-        elif any(launch.kernel.__name__ == chunked_kernel.__name__ for launch in launches):
-            with tile_kernels():  # a linear form's chunks: the tile kernel is the forward of other calls
-                module.attention(**args)
+        _call(module, args, backward)
+        if any(launch.kernel.__name__ == chunked_kernel.__name__ for launch in launches):
+            with tile_kernels():  # a linear form's chunks: the tile kernels run its other calls
+                _call(module, args, backward)
     return launches
+
+
+def _call(module, args, backward: bool) -> None:
+    out = module.attention(**args)
+    if backward:
+        out.float().sum().backward()
 
 
 # ---------------------------------------------------------------- compiling one launch
@@ -231,7 +235,8 @@ def report(path_or_source, *, spec: str | None = None, consts: dict | None = Non
     kinds = (("forward", module.KERNELS.forward), ("dq", module.KERNELS.dq), ("dkdv", module.KERNELS.dkdv), ("kept", module.KERNELS.kept))
     names = {getattr(f, "__name__", None): kind for kind, f in kinds}
     names.update({fn.__name__: name for name, fn in module.KERNELS.row_passes})  # prologue_q, value_t, prologue_q_bwd ...
-    names[chunked_kernel.__name__] = "linear"  # normalize linear's chunks, where the spec has a linear form
+    # normalize linear's chunks, where the spec has a linear form
+    names.update({chunked_kernel.__name__: "linear", chunked_dq_kernel.__name__: "linear_dq", chunked_dkdv_kernel.__name__: "linear_dkdv"})
     reports, seen = [], set()
     for dtype in dtypes:
         for head_dim in head_dims:

@@ -187,6 +187,30 @@ def test_backward_of_learnable_examples_compiles_without_spills(backward, path):
             assert r["candidate"] == (1 if twin else 0), r
 
 
+LINEAR = sorted(path for path in EXAMPLES if path.stem in ("n14_linear_elu", "n18_lightning"))
+
+
+@pytest.fixture(scope="module")
+def linear(tmp_path_factory):
+    return _aot(tmp_path_factory, "linear", LINEAR, "--backward", "--kernel", "linear")
+
+
+def test_the_chunked_linear_kernels_compile_for_hopper(linear):
+    """normalize linear's chunked forward, dq and dk/dv kernels (runtime/linear.py), bf16, at both head
+    dims, on wgmma. The forward and dq hold their state in registers; the dk/dv kernel, which holds the
+    queries' state, its chunk's four tiles and two 32 x 32 products, spills at 255 registers (40 bytes at
+    D = 64, 484 at D = 128: docs/triton.md)."""
+    assert linear["rc"] == 0 and len(LINEAR) == 2, linear["table"]
+    for path in LINEAR:
+        for spec in load_program(path).specs:
+            reports = _of(linear, spec.name)
+            assert sorted((r["kernel"], r["head_dim"]) for r in reports) == [
+                (kind, d) for kind in ("linear", "linear_dkdv", "linear_dq") for d in (64, 128)], linear["table"]
+            for r in reports:
+                assert r["error"] is None and r["mma"] == "wgmma" and r["arch"] == "sm_90a", r
+                assert r["kernel"] == "linear_dkdv" or (r["spill_stores"] == 0 and r["fits"]), r
+
+
 def test_the_command_fails_on_a_kernel_that_does_not_compile(forward):
     assert forward["rc"] == 0, forward["table"]
 

@@ -412,3 +412,12 @@ def test_a_decay_of_zero_has_the_diagonal_gradients(backward_calls):
     q, k, v, _ = _arguments(UNNORMALIZED, 37, 37)
     _agree(UNNORMALIZED, (q, k, v), {"lam": torch.zeros(4, dtype=torch.float64)}, torch.float32)
     assert backward_calls
+
+
+@pytest.mark.parametrize("SQ, SKV", [(1, 2), (5, 71), (40, 40)])
+def test_a_strong_decay_never_overflows_past_the_keys(SQ, SKV, backward_calls):
+    """Lightning's decay 2^-8: decay^-n on the zero rows past the last key overflowed float32, and 0 * inf
+    gave NaN rows where the keys before the queries run through the state (found by attnspec fuzz)."""
+    q, k, v, _ = _arguments(UNNORMALIZED, SQ, SKV)
+    _agree(UNNORMALIZED, (q, k, v), {"lam": torch.full((4,), 2.0**-8, dtype=torch.float64)}, torch.float32)
+    assert backward_calls

@@ -122,7 +122,8 @@ def _absorb(state, norm, k_tile, v_tile, length, ahead, log2_abs, sign, HAS_DECA
     if HAS_DECAY:
         carried = _power(log2_abs, sign, tl.zeros((1,), tl.float32) + length)
         state, norm = state * carried[:, None], norm * carried
-        k_tile = k_tile * _power(log2_abs, sign, ahead.to(tl.float32))[:, None]
+        # keys past the chunk's end are zero rows, but decay^(negative) may overflow (0 * inf)
+        k_tile = k_tile * _power(log2_abs, sign, tl.maximum(ahead, 0).to(tl.float32))[:, None]
     state = state + tl.dot(tl.trans(k_tile), v_tile, input_precision=PRECISION)
     norm = norm + tl.sum(k_tile, 0)
     return state, norm
@@ -201,7 +202,7 @@ def _meta(q, D: int, DV: int):
     block_d = max(16, triton.next_power_of_2(D))
     block_dv = min(64, max(16, triton.next_power_of_2(DV)))
     exact = q.dtype == torch.float32 and not _rt.tf32_products()
-    meta = dict(PRECISION="ieee" if exact else "tf32", BLOCK_M=CHUNK, num_warps=8 if block_d >= 128 else 4,
+    meta = dict(PRECISION="ieee" if exact else "tf32", BLOCK_M=CHUNK, num_warps=8, num_stages=1,
                 BLOCK_D=block_d, BLOCK_DV=block_dv)
     return triton.cdiv(DV, block_dv), meta
 
@@ -351,14 +352,14 @@ def chunked_dkdv_kernel(
             live = (keys >= 0) & (keys < SKV)
             k_tile = _tile(K, keys, live, feats, skn, skd, D)
             v_tile = _tile(V, keys, live, vfeats, svn, svd, DV)
-            behind = rows[:, None] - rows[None, :]  # [row, key]
-            within = tl.where((behind >= 0) & live_rows[:, None], 1.0, 0.0)
+            behind = rows[None, :] - rows[:, None]  # [key, row]: how far row r lies past key c
+            within = tl.where((behind >= 0) & live_rows[None, :], 1.0, 0.0)
             if HAS_DECAY:
                 within = within * _power(log2_abs, sign, tl.maximum(behind, 0).to(tl.float32))
-            grads = (tl.dot(dn, tl.trans(v_tile), input_precision=PRECISION) + dz[:, None]) * within
-            products = tl.dot(q_tile, tl.trans(k_tile), input_precision=PRECISION) * within
-            dk = tl.dot(tl.trans(grads), q_tile, input_precision=PRECISION)
-            dv = tl.dot(tl.trans(products), dn, input_precision=PRECISION)
+            grads = (tl.dot(v_tile, tl.trans(dn), input_precision=PRECISION) + dz[None, :]) * within
+            products = tl.dot(k_tile, tl.trans(q_tile), input_precision=PRECISION) * within
+            dk = tl.dot(grads, q_tile, input_precision=PRECISION)
+            dv = tl.dot(products, dn, input_precision=PRECISION)
             factor = _power(log2_abs, sign, (BLOCK_M - rows).to(tl.float32)) if HAS_DECAY else tl.full((BLOCK_M,), 1.0, tl.float32)
             _key_grads(DK + keys[:, None] * sgn + feats[None, :] * sgd, DVout + keys[:, None] * swn + vfeats[None, :] * swd,
                        k_tile, v_tile, dk, dv, state, norm, factor, live, D, DV, feats, vfeats, PRECISION)
@@ -376,7 +377,7 @@ def chunked_dkdv_kernel(
         live = keys < tl.minimum(offset, SKV)
         k_tile = _tile(K, keys, live, feats, skn, skd, D)
         v_tile = _tile(V, keys, live, vfeats, svn, svd, DV)
-        factor = _power(log2_abs, sign, (offset - keys).to(tl.float32)) if HAS_DECAY else tl.full((BLOCK_M,), 1.0, tl.float32)
+        factor = _power(log2_abs, sign, tl.maximum(offset - keys, 0).to(tl.float32)) if HAS_DECAY else tl.full((BLOCK_M,), 1.0, tl.float32)
         _key_grads(DK + keys[:, None] * sgn + feats[None, :] * sgd, DVout + keys[:, None] * swn + vfeats[None, :] * swd,
                    k_tile, v_tile, tl.zeros((BLOCK_M, BLOCK_D), tl.float32), tl.zeros((BLOCK_M, BLOCK_DV), tl.float32),
                    state, norm, factor, live, D, DV, feats, vfeats, PRECISION)
