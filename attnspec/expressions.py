@@ -13,7 +13,7 @@ from lark import Tree
 
 from . import builtins as bi
 from .diagnostics import AttnError, Span
-from .ir import Expr, const, walk
+from .ir import Expr, const, factors, walk
 
 INT64_MAX = 2**63 - 1
 # Limits that keep hostile specs cheap: lets and earlier scores are inlined, so a chain of lets that
@@ -27,7 +27,9 @@ EPILOGUE_TARGETS = ("out",)
 # what a row map reads: its own row of its own tensor
 ROW_MAP_READS = {"q": ("q",), "k": ("k",), "v": ("v",), "out": ("out",)}
 # functions over the feature axis, only in a row map: name -> (parameters, IR op)
-PROLOGUE_FUNCTIONS = {"sum": (("x",), "feature_sum"), "norm": (("x",), "feature_norm"), "rope": (("x", "angle"), "rope")}
+PROLOGUE_FUNCTIONS = {"sum": (("x",), "feature_sum"), "norm": (("x",), "feature_norm"), "rope": (("x", "angle"), "rope"),
+                      "softmax": (("x", "groups"), "feature_softmax")}
+MAX_SOFTMAX_GROUPS = 64
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class RowScope:
     feature: str | None
     statement: str = "prologue"  # prologue | epilogue | per-row value
     entry: str | None = None  # a per-row table's entry index (`let t[r: N] per q`)
+    summed: str | None = None  # inside `sum(... for g)`: the name of the feature it sums over
 
     @property
     def what(self) -> str:
@@ -182,6 +185,11 @@ class _ExprBuilder:
             return Expr("feature", span=span, name=name)
         if name == scope.entry:
             return Expr("entry", span=span, name=name)
+        if name == scope.summed:
+            return Expr("feature_in", span=span, name=name)
+        if name in ROW_MAP_READS[scope.target] and scope.summed is not None:
+            raise AttnError(f"inside sum(... for {scope.summed}), read the row at the summed feature", span,
+                            f"write {name}[{scope.summed}]")
         if name in ROW_MAP_READS[scope.target]:
             return Expr("vector", value=name, span=span)
         if name in PROLOGUE_TARGETS + EPILOGUE_TARGETS:
@@ -231,6 +239,8 @@ class _ExprBuilder:
     def _index(self, tree, span):
         name_tok, *index_trees = tree.children
         name = str(name_tok)
+        if self.prologue is not None and name in ROW_MAP_READS[self.prologue.target]:
+            return self._vector_at(name, index_trees, span)
         decl = self.spec.inputs.get(name)
         if decl is None:
             if name in self.spec.params or name in self.spec.lets or name in bi.SHAPE_SYMBOLS + bi.INDEX_VARS:
@@ -245,6 +255,36 @@ class _ExprBuilder:
                 f"declared at line {decl.span.line}",
             )
         return Expr("load", tuple(self.build(t) for t in index_trees), name, span)
+
+    def _vector_at(self, name: str, index_trees, span) -> Expr:
+        """q[g] inside sum(... for g): the row's vector at the summed feature."""
+        summed = self.prologue.summed
+        if summed is None or len(index_trees) != 1 or index_trees[0].data != "name" or str(index_trees[0].children[0]) != summed:
+            hint = (f"write {name}[{summed}]" if summed is not None else
+                    f"the bare '{name}' is the row's vector at the feature; sum(... for g) reads it at another: sum({name}[g] * w[h, g, f] for g)")
+            raise AttnError(f"the row's vector '{name}' is indexed only by the feature a sum runs over", span, hint)
+        return Expr("vector", value=name, span=span, name=summed)
+
+    def _comprehension(self, tree, span):
+        """sum(EXPR for g): a product of the row at g and a matrix of g and the feature, summed over g."""
+        name_tok, body_tree, var_tok = tree.children
+        scope, var = self.prologue, str(var_tok)
+        if str(name_tok) != "sum":
+            raise AttnError(f"only sum(... for {var}) runs over the features, not {name_tok}(...)", span)
+        if scope is None or scope.statement != "prologue":
+            raise AttnError("sum(... for g) mixes a row's features: only in a prologue", span,
+                            "prologue q[i, f] = sum(q[g] * w[h, g, f] for g)")
+        if scope.summed is not None:
+            raise AttnError(f"a sum over features inside sum(... for {scope.summed})", span, "one matrix per sum: mix in two prologue steps' worth by hand")
+        taken = {scope.row, scope.feature} | set(self.spec.params) | set(self.spec.inputs) | set(self.spec.lets)
+        if var in taken or var in bi.INDEX_VARS + bi.BLOCK_VARS + bi.SHAPE_SYMBOLS or var in PROLOGUE_TARGETS:
+            raise AttnError(f"the summed feature needs a name of its own; '{var}' is taken", self.spec.span_of(var_tok),
+                            "for example: sum(q[g] * w[h, g, f] for g)")
+        if scope.feature is None:
+            raise AttnError("sum(... for g) reads the feature it computes: name it", span,
+                            f"prologue {scope.target}[i, f] = sum({scope.target}[g] * w[h, g, f] for g)")
+        body = _ExprBuilder(self.spec, self.pool, self.normalize, dataclasses.replace(scope, summed=var)).build(body_tree)
+        return _contraction(body, var, span)
 
     def _call(self, tree, span):
         name_tok, *arg_trees = tree.children
@@ -273,10 +313,35 @@ class _ExprBuilder:
 
     def _feature_function(self, name: str, arg_trees, span):
         params, op = PROLOGUE_FUNCTIONS[name]
+        if self.prologue.summed is not None:
+            raise AttnError(f"{name}(...) inside sum(... for {self.prologue.summed})", span,
+                            "apply it to the whole sum: softmax(sum(q[g] * w[h, g, f] for g))")
+        if name == "softmax":
+            return self._softmax(arg_trees, span)
         if len(arg_trees) != len(params):
             raise AttnError(f"'{name}' takes {len(params)} argument(s), got {len(arg_trees)}", span,
                             f"write {name}({', '.join(params)})")
-        return Expr(op, tuple(self.build(a) for a in arg_trees), span=span)
+        args = tuple(self.build(a) for a in arg_trees)
+        whole = next((n for n in walk(args[0]) if n.op in ("feature_mix", "feature_softmax")), None) if name == "rope" else None
+        if whole is not None:
+            raise AttnError("rope of a softmax over features or a sum(... for g) is not supported yet", whole.span,
+                            "turn the vector first: softmax(rope(q, angle))")
+        return Expr(op, args, span=span)
+
+    def _softmax(self, arg_trees, span):
+        """softmax(x) over the row's features, or softmax(x, G) within each of G equal groups of them."""
+        if self.prologue.statement != "prologue":
+            raise AttnError(f"softmax over features works in a prologue only, not in {self.prologue.what}", span)
+        if len(arg_trees) not in (1, 2):
+            raise AttnError(f"'softmax' takes 1 or 2 arguments, got {len(arg_trees)}", span, "write softmax(x) or softmax(x, groups)")
+        groups = 1
+        if len(arg_trees) == 2:
+            tree = arg_trees[1]
+            if tree.data != "int_lit" or not 1 <= int(str(tree.children[0])) <= MAX_SOFTMAX_GROUPS:
+                raise AttnError(f"softmax's groups is an integer literal from 1 to {MAX_SOFTMAX_GROUPS}", self.spec.span_of(tree),
+                                "softmax(x, 2): a softmax over each half of the features")
+            groups = int(str(tree.children[0]))
+        return Expr("feature_softmax", (self.build(arg_trees[0]),), groups, span)
 
     def _is_pooling(self, name: str, arg_trees) -> bool:
         """mean(...) always pools; max and min with one argument pool q or k, or anything in a select score."""
@@ -324,6 +389,41 @@ class _ExprBuilder:
 
     def _or(self, tree, span):
         return Expr("or", tuple(self.build(c) for c in tree.children), span=span)
+
+
+def _contraction(body: Expr, var: str, span: Span) -> Expr:
+    """Expr("feature_mix", (row, weight), value=var) of sum(body for var): body's factors split into a
+    function of the row at var (`row`, on the feature axis as any prologue value, var read as the
+    feature) and a matrix of var and the feature (`weight`: var read as `feature_in`, the feature as
+    `feature`), so that out_f = sum_g row_g * weight_gf, a product of the row by a matrix."""
+    row, weight = [], []
+    for factor in factors(body):
+        ops = {n.op for n in walk(factor)}
+        if "vector" in ops and "feature" in ops:
+            raise AttnError(f"this factor reads the row at {var} and the feature the prologue computes", factor.span,
+                            f"write the sum as (a function of the row at {var}) * (a matrix of {var} and the feature)")
+        if "vector" in ops:
+            row.append(_renamed(factor, "feature_in", "feature"))
+        elif "row" in ops:
+            raise AttnError(f"the matrix in sum(... for {var}) cannot depend on the row", factor.span,
+                            "a matrix per batch and head: index it by b, h, the summed feature and the feature")
+        else:
+            weight.append(factor)
+    return Expr("feature_mix", (_product(row, span), _product(weight, span)), var, span)
+
+
+def _product(factors: list[Expr], span: Span) -> Expr:
+    result = factors[0] if factors else const(1.0, span)
+    for f in factors[1:]:
+        result = Expr("mul", (result, f), span=result.span.to(f.span))
+    return result
+
+
+def _renamed(e: Expr, old: str, new: str) -> Expr:
+    """e with its `old` leaves turned into `new` ones (names and spans kept)."""
+    if e.op == old:
+        return Expr(new, (), e.value, e.span, e.name)
+    return dataclasses.replace(e, args=tuple(_renamed(a, old, new) for a in e.args)) if e.args else e
 
 
 # The usual spellings of the built-in index variables and shape symbols (for-loops, papers,

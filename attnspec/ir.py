@@ -25,7 +25,7 @@ _span = field(default=NO_SPAN, compare=False, hash=False, repr=False)
 # Every other op is a built-in operator or function named in builtins.py.
 
 
-LEAF_OPS = ("const", "index_var", "shape", "param", "score", "temp", "pool", "vector", "row", "feature", "entry")  # ops that compute nothing
+LEAF_OPS = ("const", "index_var", "shape", "param", "score", "temp", "pool", "vector", "row", "feature", "entry", "feature_in")  # ops that compute nothing
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,10 @@ class RowMap:
     vector of the target at the feature, Expr("row") is the row's position (the query index for q and
     out, the key index for k and v), Expr("feature") the feature index; `h` is the query head for q and
     out, the kv head for k and v. The reductions over features (`feature_sum`, `feature_norm`) and
-    `rope` exist only here. `row` and `feature` keep the user's names for them (printing only).
+    `rope` exist only here, and so do `feature_softmax` (value: its number of groups) and
+    `feature_mix` (`sum(x[g] * w[g, f] for g)`: args (the row's function, on the feature axis as any
+    value, with g as `feature`; the matrix, with g as `feature_in` and f as `feature`), value: g's
+    name). `row` and `feature` keep the user's names for them (printing only).
     A per-row table (`let t[r: N] per q`) is evaluated for each entry too: Expr("entry") is the
     entry's index, named `entry` by the user.
     """
@@ -227,6 +230,11 @@ def walk(expr: Expr) -> Iterator[Expr]:
     yield expr
     for arg in expr.args:
         yield from walk(arg)
+
+
+def factors(e: Expr) -> list[Expr]:
+    """The factors of a product a * b * c (e itself if it is not one)."""
+    return factors(e.args[0]) + factors(e.args[1]) if e.op == "mul" else [e]
 
 
 def rewrite(expr: Expr, fn: Callable[[Expr], Expr]) -> Expr:

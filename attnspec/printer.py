@@ -101,7 +101,13 @@ def _expr(e: Expr) -> str:
     if op == "temp":
         return e.value
     if op == "vector":
-        return e.value
+        return e.value if e.name is None else f"{e.value}[{e.name}]"  # q[g] in sum(... for g)
+    if op == "feature_in":
+        return e.name
+    if op == "feature_mix":
+        return f"sum({_expr(Expr('mul', e.args))} for {e.value})"
+    if op == "feature_softmax":
+        return f"softmax({_expr(e.args[0])}{'' if e.value == 1 else f', {e.value}'})"
     if op == "kept_sum":
         return "sum_kept(v)"
     if op in ("row", "feature", "entry"):

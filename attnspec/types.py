@@ -35,7 +35,8 @@ def _rule(expr: Expr, types: list[str], spec: Spec) -> str:
         return spec.param(expr.value).type
     if op == "pool":
         return "vec"
-    if op in ("vector", "row", "feature", "entry", "feature_sum", "feature_norm", "rope", "kept_sum"):
+    if op in ("vector", "row", "feature", "entry", "feature_in", "feature_sum", "feature_norm", "rope", "kept_sum",
+              "feature_softmax", "feature_mix"):
         return _prologue_op(expr, types)
     if op == "partner":  # passes/adjoint.py's: a value at the feature's rope partner
         return types[0]
@@ -130,7 +131,7 @@ def _function(expr: Expr, types: list[str]) -> str:
 def _prologue_op(expr: Expr, types: list[str]) -> str:
     """A prologue's leaves and functions over the feature axis (ir.RowMap): a vector's element is a
     float, positions and features are ints; sum, norm and rope take numbers and give a float."""
-    if expr.op in ("row", "feature", "entry"):
+    if expr.op in ("row", "feature", "entry", "feature_in"):
         return "int"
     if expr.op not in ("vector", "kept_sum"):
         _expect(expr, types, NUMERIC, "numbers")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 
-from attnspec.ir import Expr, RowMap, Spec, walk
+from attnspec.ir import Expr, RowMap, Spec, factors, walk
 
 from .dense import DenseRenderer, row_values_read
 
@@ -40,12 +40,22 @@ class RowMapRenderer(DenseRenderer):
     def render_feature_sum(self, e: Expr) -> str:
         """sum(x); in a per-row table, sum(a * b) with b reading the entry and a not is a contraction
         (q . table[r] for every r), never the [rows, entries, features] product."""
-        factors = _factors(e.args[0])
-        of_entry = [f for f in factors if any(n.op == "entry" for n in walk(f))]
-        if self.step.entry is not None and of_entry and len(of_entry) < len(factors):
-            rest = [f for f in factors if f not in of_entry]
+        terms = factors(e.args[0])
+        of_entry = [f for f in terms if any(n.op == "entry" for n in walk(f))]
+        if self.step.entry is not None and of_entry and len(of_entry) < len(terms):
+            rest = [f for f in terms if f not in of_entry]
             return f"_fn.feature_dot({self._product(rest)}, {self._product(of_entry)}, {self._like()})"
         return f"_fn.feature_sum({self.render(e.args[0])}, {self._like()})"
+
+    def render_feature_in(self, e: Expr) -> str:
+        return "_feature.mT"  # the summed feature of sum(... for g): the matrix's rows, on the axis before the features
+
+    def render_feature_mix(self, e: Expr) -> str:
+        row, weight = e.args
+        return f"_fn.feature_mix({self.render(row)}, {self.render(weight)}, {self._like()})"
+
+    def render_feature_softmax(self, e: Expr) -> str:
+        return f"_fn.feature_softmax({self.render(e.args[0])}, {e.value}, {self._like()})"
 
     def render_feature_norm(self, e: Expr) -> str:
         return f"_fn.feature_norm({self.render(e.args[0])}, {self._like()})"
@@ -98,11 +108,6 @@ def row_value_plan(spec: Spec) -> list[dict]:
 
 def _entries(spec: Spec, decl) -> str | None:
     return None if decl.computed.entry is None else RowMapRenderer(spec, decl.computed).render(decl.shape[-1])
-
-
-def _factors(e: Expr) -> list[Expr]:
-    """The factors of a product a * b * c (e itself if it is not one)."""
-    return _factors(e.args[0]) + _factors(e.args[1]) if e.op == "mul" else [e]
 
 
 def _step(spec: Spec, step: RowMap) -> dict:

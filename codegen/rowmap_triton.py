@@ -75,6 +75,16 @@ class RowMapKernelRenderer(TritonRenderer):
         x = self.render(e.args[0])
         return f"tl.sqrt(_kernel.feature_sum({x} * {x}, _in_f))"
 
+    def render_feature_in(self, e: Expr) -> str:
+        return "tl.arange(0, BLOCK_F)[:, None]"  # the summed feature of sum(... for g): the matrix's rows
+
+    def render_feature_mix(self, e: Expr) -> str:
+        row, weight = (self.render(a) for a in e.args)
+        return f"_kernel.feature_mix({row}, {weight}, _in_f, _F, BLOCK_M, BLOCK_F)"
+
+    def render_feature_softmax(self, e: Expr) -> str:
+        return f"_kernel.feature_softmax({self.render(e.args[0])}, {e.value}, _f, _in_f, _F, BLOCK_M, BLOCK_F)"
+
     def render_partner(self, e: Expr) -> str:
         return self.at_partner().render(e.args[0])
 
@@ -105,6 +115,8 @@ def fused_q_prologue(spec: Spec) -> dict | None:
     step = next((s for s in spec.prologue if s.target == "q"), None)
     if step is None or any(i.computed is not None and i.computed.target == "q" for i in spec.inputs):
         return None
+    if any(n.op in ("feature_mix", "feature_softmax") for n in walk(inline_bindings(step.value, spec))):
+        return None  # a softmax over features or a matrix: the pass's [rows, features] tile, not the forward's
     return _fused(spec, step)
 
 
@@ -235,12 +247,14 @@ def _site(spec: Spec, r: RowMapKernelRenderer, load: Expr, grad: Expr) -> dict:
 
 
 def _fused(spec: Spec, step: RowMap) -> dict:
-    """{code, rope, kept_partner}: the statement's value as Triton code over a tile, whether it pairs
-    features, and whether it reads sum_kept(v) at a rope partner (`_vsump`)."""
+    """{code, rope, kept_partner, groups}: the statement's value as Triton code over a tile, whether it
+    pairs features, whether it reads sum_kept(v) at a rope partner (`_vsump`), and the group counts of
+    its softmaxes over features (the host checks that they divide the features)."""
     value = inline_bindings(step.value, spec)
     ropes = [n for n in walk(value) if n.op == "rope"]
     return {"code": RowMapKernelRenderer(spec).render(value), "rope": bool(ropes),
-            "kept_partner": _at_partners(ropes, lambda n: n.op == "kept_sum")}
+            "kept_partner": _at_partners(ropes, lambda n: n.op == "kept_sum"),
+            "groups": sorted({n.value for n in walk(value) if n.op == "feature_softmax"})}
 
 
 def _kernel_step(spec: Spec, step: RowMap) -> dict:

@@ -38,8 +38,10 @@ def nonzero(expr: Expr, spec: Spec) -> bool:
 
 
 def _leaf(e: Expr, spec: Spec) -> Num | Bool:
-    if e.op in ("index_var", "row", "feature", "entry", "feature_norm"):
+    if e.op in ("index_var", "row", "feature", "entry", "feature_in", "feature_norm"):
         return num(0.0, torch.inf)
+    if e.op == "feature_softmax":
+        return num(0.0, 1.0)
     if e.op == "shape":
         return num(1.0, torch.inf)
     if e.op == "score" and _products_nonnegative(spec):

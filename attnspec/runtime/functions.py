@@ -148,6 +148,32 @@ def feature_norm(x, vector: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(feature_sum(x * x, vector))
 
 
+def feature_mix(x, weight, vector: torch.Tensor) -> torch.Tensor:
+    """sum(x[g] * w[g, f] for g) in a prologue: x on the grid of `vector`'s rows ([..., D], over g), the
+    matrix w on [..., D, D] (over g, then f; broadcast over batches and heads), as one matmul."""
+    features = vector.shape[-1]
+    x = torch.broadcast_to(torch.as_tensor(x, dtype=vector.dtype, device=vector.device), vector.shape)
+    weight = torch.as_tensor(weight, dtype=vector.dtype, device=vector.device)
+    weight = weight.reshape((1,) * max(0, 2 - weight.dim()) + tuple(weight.shape))
+    return torch.matmul(x, weight.expand(*weight.shape[:-2], features, features))
+
+
+def check_groups(features: int, groups: int) -> int:
+    """softmax(x, groups) splits the features into equal groups (a ValueError otherwise, on every target)."""
+    if features % groups:
+        raise ValueError(f"softmax(x, {groups}) splits the features into {groups} equal groups; there are {features}")
+    return features
+
+
+def feature_softmax(x, groups: int, vector: torch.Tensor) -> torch.Tensor:
+    """softmax(x, groups) in a prologue: exp(x_f) / sum of exp(x) over f's group, stably (each group of
+    D / groups consecutive features on its own; NaN where the group holds a NaN or only -inf)."""
+    features = check_groups(vector.shape[-1], groups)
+    x = torch.broadcast_to(torch.as_tensor(x, dtype=vector.dtype, device=vector.device), vector.shape)
+    grouped = x.reshape(*x.shape[:-1], groups, features // groups)
+    return torch.softmax(grouped, -1).reshape(x.shape)
+
+
 def check_pairs(features: int) -> int:
     """rope pairs the features: their number must be even (a ValueError otherwise, on every target)."""
     if features % 2:

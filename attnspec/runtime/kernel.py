@@ -185,6 +185,31 @@ def feature_sum(x, in_f):
 
 
 @triton.jit
+def feature_mix(x, w, in_f, F, BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr):
+    """sum(x[g] * w[g, f] for g) over a prologue tile: x [R, F] at the features (the summed ones), w the
+    [F, F] matrix (rows g, columns f); the padding rows and columns count as 0."""
+    x = tl.where(in_f, x + tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.float32), 0.0)
+    rows = tl.arange(0, BLOCK_F)[:, None]
+    w = tl.where(rows < F, w + tl.zeros([BLOCK_F, BLOCK_F], dtype=tl.float32), 0.0)
+    return tl.dot(x, w, input_precision="ieee")
+
+
+@triton.jit
+def feature_softmax(x, GROUPS: tl.constexpr, f, in_f, F, BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr):
+    """softmax(x, GROUPS) over a prologue tile's features: within each group of F / GROUPS consecutive
+    ones, exp(x - its max) over their sum (NaN for a group of -inf, as torch's softmax)."""
+    x = x + tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.float32)
+    group = f // (F // GROUPS)
+    out = tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.float32)
+    for g in tl.static_range(GROUPS):
+        inside = in_f & (group == g)
+        top = tl.max(tl.where(inside, x, float("-inf")), 1)[:, None]
+        e = tl.where(inside, tl.exp(x - top), 0.0)
+        out = tl.where(inside, e / tl.sum(e, 1)[:, None], out)
+    return out
+
+
+@triton.jit
 def rope_pair(x, xp, angle, first):
     """rope at one feature of a pair (f, f + F/2): x its value, xp its partner's, angle the pair's;
     x cos a - xp sin a at the first feature, x cos a + xp sin a at the second."""

@@ -80,7 +80,7 @@ def _stored(dtype: torch.dtype) -> torch.dtype:
 
 def _blocks(features: int) -> tuple[int, int]:
     block_f = max(16, triton.next_power_of_2(features))
-    return max(1, VALUES_PER_PROGRAM // block_f), block_f
+    return max(16, VALUES_PER_PROGRAM // block_f), block_f  # 16 rows at least: tl.dot (a matrix over features)
 
 
 def _launch_rows(kernel, x: torch.Tensor, outputs: tuple, args: tuple, **constants) -> None:
