@@ -275,7 +275,7 @@ class _ExprBuilder:
             raise AttnError("sum(... for g) mixes a row's features: only in a prologue", span,
                             "prologue q[i, f] = sum(q[g] * w[h, g, f] for g)")
         if scope.summed is not None:
-            raise AttnError(f"a sum over features inside sum(... for {scope.summed})", span, "one matrix per sum: mix in two prologue steps' worth by hand")
+            raise AttnError(f"a sum over features inside sum(... for {scope.summed})", span, "one sum(... for g) at a time: nest none inside another")
         taken = {scope.row, scope.feature} | set(self.spec.params) | set(self.spec.inputs) | set(self.spec.lets)
         if var in taken or var in bi.INDEX_VARS + bi.BLOCK_VARS + bi.SHAPE_SYMBOLS or var in PROLOGUE_TARGETS:
             raise AttnError(f"the summed feature needs a name of its own; '{var}' is taken", self.spec.span_of(var_tok),

@@ -80,7 +80,7 @@ class RowMapKernelRenderer(TritonRenderer):
 
     def render_feature_mix(self, e: Expr) -> str:
         row, weight = (self.render(a) for a in e.args)
-        return f"_kernel.feature_mix({row}, {weight}, _in_f, _F, BLOCK_M, BLOCK_F)"
+        return f"_kernel.feature_mix({row}, {weight}, _in_f, _F, _X.dtype.element_ty != tl.float32, BLOCK_M, BLOCK_F)"
 
     def render_feature_softmax(self, e: Expr) -> str:
         return f"_kernel.feature_softmax({self.render(e.args[0])}, {e.value}, _f, _in_f, _F, BLOCK_M, BLOCK_F)"

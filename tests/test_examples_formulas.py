@@ -522,6 +522,18 @@ def f_linear_elu(q, k, v):
     return rownorm_attn(s, j <= i + (k.shape[2] - q.shape[2]), v)
 
 
+def f_hedgehog(q, k, v, wq, wk):
+    """phi(x) = [softmax(x W), softmax(-x W)] with W the first D/2 columns of the head's matrix."""
+    half = q.shape[-1] // 2
+
+    def phi(x, w):
+        y = torch.einsum("bhsd,hde->bhse", x, w.to(F64)[:, :, :half])
+        return torch.cat([torch.softmax(y, -1), torch.softmax(-y, -1)], -1)
+
+    _, _, i, j = grid(q, k)
+    return rownorm_attn(logits(phi(q, wq), phi(k, wk), scale=1.0), j <= i + (k.shape[2] - q.shape[2]), v)
+
+
 def f_lightning(q, k, v):
     _, H, SQ, _ = q.shape
     _, h, i, j = grid(q, k)
@@ -659,6 +671,10 @@ def deberta_inputs(case, gen):
 
 def log_bucket_inputs(case, gen):
     return {"table": randn(gen, case.H, 2 * const(case, "NB", 16))}
+
+
+def hedgehog_inputs(case, gen):
+    return {"wq": randn(gen, case.H, case.D, case.D) * 0.5, "wk": randn(gen, case.HKV, case.D, case.D) * 0.5}
 
 
 def query_weight_inputs(case, gen):
@@ -840,6 +856,7 @@ REGISTRY: dict[str, Example] = {
     ]),
     "N14-cosine": Example("n14_cosine_signed.attn", f_cosine_signed, STANDARD + [Case("decode", SQ=1, SKV=40)]),
     "N14-linear": Example("n14_linear_elu.attn", f_linear_elu, STANDARD + [Case("decode", SQ=1, SKV=40)]),
+    "N17": Example("n17_hedgehog.attn", f_hedgehog, STANDARD + [Case("decode", SQ=1, SKV=40)], hedgehog_inputs),
     "N18": Example("n18_lightning.attn", f_lightning, STANDARD + [Case("decode", SQ=1, SKV=40)], lse=False),
     "K01": Example("k01_nsa_select.attn", f_nsa_select, [
         Case("self", SQ=100, SKV=100, D=8, DV=8),

@@ -421,3 +421,18 @@ def test_a_strong_decay_never_overflows_past_the_keys(SQ, SKV, backward_calls):
     q, k, v, _ = _arguments(UNNORMALIZED, SQ, SKV)
     _agree(UNNORMALIZED, (q, k, v), {"lam": torch.full((4,), 2.0**-8, dtype=torch.float64)}, torch.float32)
     assert backward_calls
+
+
+def test_hedgehog_trains_through_the_chunks(backward_calls):
+    """N17's learned feature maps (a matrix per head, then a softmax over each half of the features):
+    the chunked kernels forward and backward, the matrices' gradients through the prologue."""
+    from pathlib import Path
+
+    source = (Path(__file__).resolve().parent.parent / "examples" / "n17_hedgehog.attn").read_text()
+    q, k, v, _ = _tensors(41, 50, seed=4)
+    gen = torch.Generator().manual_seed(9)
+    inputs = {"wq": torch.randn(4, 16, 16, generator=gen, dtype=torch.float64) * 0.5,
+              "wk": torch.randn(2, 16, 16, generator=gen, dtype=torch.float64) * 0.5}
+    for dtype in (torch.float32, torch.bfloat16):
+        _agree(source, (q, k, v), inputs, dtype, lse=dtype == torch.float32)
+    assert len(backward_calls) == 2
