@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The short GPU check: run first whenever an H100/H200 is available, from the repository root, with the
 # dependencies importable (on a machine without a package index, lark's wheel on PYTHONPATH). At most
-# about 8 minutes (the stages' limits sum to 480 s); every stage has its own timeout, so a slow stage
+# about 9 minutes (the stages' limits sum to 540 s); every stage has its own timeout, so a slow stage
 # costs only itself. `make gpu-check` is the
 # long version (every GPU test, then the forward and backward benchmarks).
 #
@@ -16,6 +16,8 @@
 #   stage 2  gradients of b01 and m02 (q, k, v, the relative-position table)           90 s
 #   stage 3  speed, autotuned: causal, natten2d and causal RoPE (B10) at 4k and 16k,
 #            D = 64 and 128, against compiled FlexAttention and SDPA                   160 s
+#   stage 4  linear attention (N18): the chunked kernels against the tile kernels and SDPA
+#            at 4k, 16k and 64k, D = 64, forward and forward + backward, no autotune    60 s
 set -u
 OUT_DIR=${OUT:-gpu-logs}
 mkdir -p "$OUT_DIR"
@@ -42,6 +44,12 @@ write_results() {
             echo "Speed (stage 3, the benchmark's table):"
             echo
             grep -E '^\|' "$OUT_DIR/stage3.log" | tail -40
+        fi
+        if [ -s "$OUT_DIR/stage4.log" ]; then
+            echo
+            echo "Linear attention (stage 4, linear_gpu.py's table):"
+            echo
+            grep -E '^\|' "$OUT_DIR/stage4.log" | tail -10
         fi
     } > "$RESULTS"
 }
@@ -83,5 +91,6 @@ stage stage2 90 env ATTNSPEC_AUTOTUNE=0 $PY -m pytest tests/test_triton_gpu.py -
     -k "test_example_gradients_on_gpu and (b01_causal or m02_natten2d)"
 stage stage3 160 $PY benchmarks/triton_attention.py --only b01_causal,m02_natten2d,b10_rope --sizes 4096,16384 \
     --dims 64,128 --reps 10 --max-minutes 2.4
+stage stage4 60 env ATTNSPEC_AUTOTUNE=0 $PY benchmarks/linear_gpu.py --lengths 4096 16384 65536 --dims 64 --reps 5
 echo "[$(elapsed)s] done: $RESULTS"
 exit $FAILED

@@ -41,6 +41,17 @@ def test_kernel_work_prints_the_row_map_model():
     assert choice["b10_rope", "prologue q"] == "fused / prologue"
 
 
+def test_linear_gpu_smoke_run():
+    """linear_gpu.py runs to the end small in the interpreter, and its chunked and tile forwards agree."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "linear_gpu.py"), "--smoke"],
+                          capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in done.stdout.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [r[1] for r in rows] == ["40", "72"]
+    assert all(float(r[-1]) < 1e-5 for r in rows), rows
+
+
 def test_linear_scaling_compares_the_two_forms_of_the_reference():
     """linear_scaling.py runs to the end on small lengths, and the recurrent and dense forms it times
     agree (its last column)."""
