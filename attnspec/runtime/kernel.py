@@ -173,9 +173,18 @@ def elu(x):
 
 @triton.jit
 def softplus(x):
-    """log(1 + exp(x)) = max(x, 0) + log(1 + exp(-|x|)): no overflow for large x."""
+    """log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)): no overflow for large x, and for x far below 0
+    the value exp(x) itself (log(1 + y) rounds 1 + y to 1 once y < 6e-8, which made softplus(-27) 0)."""
     x = as_float(x)
-    return tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))
+    return tl.maximum(x, 0.0) + log1p(tl.exp(-tl.abs(x)))
+
+
+@triton.jit
+def log1p(y):
+    """log(1 + y) to a few ulp for small y: log(u) * y / (u - 1) with u = 1 + y rounded (the rounding of u
+    cancels in the ratio), y itself where u rounds to 1."""
+    u = 1.0 + y
+    return tl.where(u == 1.0, y, tl.log(u) * (y / tl.where(u == 1.0, 1.0, u - 1.0)))
 
 
 @triton.jit

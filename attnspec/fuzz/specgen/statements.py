@@ -268,7 +268,19 @@ def _affine(draw, env: Env, target: str) -> str:
     return f"prologue {target} = {target} * {_float_knob(draw, env, view, 0.25, 2.0).wrapped()} + tanh({shift.text})"
 
 
-PROLOGUE_TEMPLATES = ((3, _rope), (2, _unit), (1, _rms), (2, _affine))
+def _mixed(draw, env: Env, target: str) -> str:
+    """The row times a fixed matrix of (g, f) (a learned projection's shape, without an input)."""
+    mix = draw(st.sampled_from(("3", "5", "7")))
+    return (f"prologue {target}[{ROW_INDEX}, {FEATURE_INDEX}] = sum({target}[g] * tanh(float((g * {mix} + {FEATURE_INDEX} * 2) % 11 - 5))"
+            f" for g) / sqrt(float(D))")
+
+
+def _softmax(draw, env: Env, target: str) -> str:
+    view = env.view(ROW_MAP)
+    return f"prologue {target} = softmax({target} * {_float_knob(draw, env, view, 0.25, 2.0).wrapped()})"
+
+
+PROLOGUE_TEMPLATES = ((3, _rope), (2, _unit), (1, _rms), (2, _affine), (1, _mixed), (1, _softmax))
 
 
 def _prologues(draw, env: Env, vectors_pooled: bool) -> list[str]:
