@@ -28,7 +28,8 @@ EPILOGUE_TARGETS = ("out",)
 ROW_MAP_READS = {"q": ("q",), "k": ("k",), "v": ("v",), "out": ("out",)}
 # functions over the feature axis, only in a row map: name -> (parameters, IR op)
 PROLOGUE_FUNCTIONS = {"sum": (("x",), "feature_sum"), "norm": (("x",), "feature_norm"), "rope": (("x", "angle"), "rope"),
-                      "softmax": (("x", "groups"), "feature_softmax")}
+                      "softmax": (("x", "groups"), "feature_softmax"), "softmax_rows": (("x",), "row_softmax")}
+WHOLE_ROW_OPS = ("feature_mix", "feature_softmax", "row_softmax")  # more than one feature of the row, or other rows
 MAX_SOFTMAX_GROUPS = 64
 
 
@@ -318,13 +319,15 @@ class _ExprBuilder:
                             "apply it to the whole sum: softmax(sum(q[g] * w[h, g, f] for g))")
         if name == "softmax":
             return self._softmax(arg_trees, span)
+        if name == "softmax_rows" and self.prologue.statement != "prologue":
+            raise AttnError(f"softmax_rows normalizes over the tensor's rows: only in a prologue, not in {self.prologue.what}", span)
         if len(arg_trees) != len(params):
             raise AttnError(f"'{name}' takes {len(params)} argument(s), got {len(arg_trees)}", span,
                             f"write {name}({', '.join(params)})")
         args = tuple(self.build(a) for a in arg_trees)
-        whole = next((n for n in walk(args[0]) if n.op in ("feature_mix", "feature_softmax")), None) if name == "rope" else None
+        whole = next((n for n in walk(args[0]) if n.op in WHOLE_ROW_OPS), None) if name == "rope" else None
         if whole is not None:
-            raise AttnError("rope of a softmax over features or a sum(... for g) is not supported yet", whole.span,
+            raise AttnError("rope of a softmax or a sum(... for g) is not supported yet", whole.span,
                             "turn the vector first: softmax(rope(q, angle))")
         return Expr(op, args, span=span)
 

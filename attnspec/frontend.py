@@ -440,7 +440,7 @@ def _check_reduced(value: Expr) -> None:
     """A per-row value is one number per row: its vector and feature index only inside sum or norm."""
     if value.op in ("feature_sum", "feature_norm"):
         return
-    if value.op in ("vector", "feature", "rope", "feature_softmax", "feature_mix"):
+    if value.op in ("vector", "feature", "rope", "feature_softmax", "feature_mix", "row_softmax"):
         raise AttnError(
             "a per-row value is one number per row, but this varies over the features", value.span,
             "reduce it over the features with sum(...) or norm(...)",

@@ -117,7 +117,8 @@ class RowMap:
     vector of the target at the feature, Expr("row") is the row's position (the query index for q and
     out, the key index for k and v), Expr("feature") the feature index; `h` is the query head for q and
     out, the kv head for k and v. The reductions over features (`feature_sum`, `feature_norm`) and
-    `rope` exist only here, and so do `feature_softmax` (value: its number of groups) and
+    `rope` exist only here, and so do `row_softmax` (over the tensor's rows, for each feature: the one
+    value that reads other rows), `feature_softmax` (value: its number of groups) and
     `feature_mix` (`sum(x[g] * w[g, f] for g)`: args (the row's function, on the feature axis as any
     value, with g as `feature`; the matrix, with g as `feature_in` and f as `feature`), value: g's
     name). `row` and `feature` keep the user's names for them (printing only).

@@ -36,7 +36,7 @@ def _rule(expr: Expr, types: list[str], spec: Spec) -> str:
     if op == "pool":
         return "vec"
     if op in ("vector", "row", "feature", "entry", "feature_in", "feature_sum", "feature_norm", "rope", "kept_sum",
-              "feature_softmax", "feature_mix"):
+              "feature_softmax", "feature_mix", "row_softmax"):
         return _prologue_op(expr, types)
     if op == "partner":  # passes/adjoint.py's: a value at the feature's rope partner
         return types[0]

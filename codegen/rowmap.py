@@ -57,6 +57,9 @@ class RowMapRenderer(DenseRenderer):
     def render_feature_softmax(self, e: Expr) -> str:
         return f"_fn.feature_softmax({self.render(e.args[0])}, {e.value}, {self._like()})"
 
+    def render_row_softmax(self, e: Expr) -> str:
+        return f"_fn.row_softmax({self.render(e.args[0])}, {self._like()})"
+
     def render_feature_norm(self, e: Expr) -> str:
         return f"_fn.feature_norm({self.render(e.args[0])}, {self._like()})"
 
@@ -81,7 +84,7 @@ class RowMapRenderer(DenseRenderer):
 
 def prologue_plan(spec: Spec) -> list[dict]:
     """{target, code} of each prologue step, in the order q, k, v."""
-    return [_step(spec, step) for step in spec.prologue]
+    return [dense_step(spec, step) for step in spec.prologue]
 
 
 def epilogue_plan(spec: Spec) -> dict | None:
@@ -91,7 +94,7 @@ def epilogue_plan(spec: Spec) -> dict | None:
         return None
     kept_sum = reads_kept_sum(spec)
     reads = row_values_read(spec, spec.epilogue.value) + (["_vsum"] if kept_sum else [])
-    return {**_step(spec, spec.epilogue), "reads": reads, "kept_sum": kept_sum}
+    return {**dense_step(spec, spec.epilogue), "reads": reads, "kept_sum": kept_sum}
 
 
 def reads_kept_sum(spec: Spec) -> bool:
@@ -102,7 +105,7 @@ def reads_kept_sum(spec: Spec) -> bool:
 def row_value_plan(spec: Spec) -> list[dict]:
     """{name, target, code, entries} of each per-row value (an input the module computes); entries is the
     code of a per-row table's number of entries, None for one number per row."""
-    return [{"name": i.name, **_step(spec, i.computed), "entries": _entries(spec, i)}
+    return [{"name": i.name, **dense_step(spec, i.computed), "entries": _entries(spec, i)}
             for i in spec.inputs if i.computed is not None]
 
 
@@ -110,5 +113,5 @@ def _entries(spec: Spec, decl) -> str | None:
     return None if decl.computed.entry is None else RowMapRenderer(spec, decl.computed).render(decl.shape[-1])
 
 
-def _step(spec: Spec, step: RowMap) -> dict:
+def dense_step(spec: Spec, step: RowMap) -> dict:
     return {"target": step.target, "code": RowMapRenderer(spec, step).render(step.value)}

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from collections import Counter
 
+from attnspec.expressions import WHOLE_ROW_OPS
 from attnspec.ir import LEAF_OPS, Expr, RowMap, Spec, inline_bindings, walk
 from attnspec.passes.adjoint import ROW_SEED, SEED, row_map_adjoint, varies
 from attnspec.passes.symbolic import NotRepresentable, exact_key
 
+from .rowmap import dense_step
 from .triton import TritonRenderer
 
 
@@ -102,10 +104,13 @@ class RowMapKernelRenderer(TritonRenderer):
 
 
 def prologue_kernel_plan(spec: Spec) -> list[dict]:
-    """{target, code, inputs, params, rope} of each prologue statement's kernel: the Triton code of its
-    value, the inputs ({name, rank}) and runtime params ({name, bool}) it reads, and whether it pairs
-    features (rope)."""
-    return [_kernel_step(spec, step) for step in spec.prologue]
+    """{target, code, inputs, params, rope, groups} of each prologue statement's kernel: the Triton code
+    of its value, the inputs ({name, rank}) and runtime params ({name, bool}) it reads, whether it pairs
+    features (rope), its softmaxes' groups. A statement that reads other rows (softmax_rows) has no pass
+    over rows: {target, dense}, its tensor code (codegen/rowmap.py)."""
+    return [{"target": step.target, "dense": dense_step(spec, step)["code"]}
+            if any(n.op == "row_softmax" for n in walk(inline_bindings(step.value, spec))) else {**_kernel_step(spec, step), "dense": None}
+            for step in spec.prologue]
 
 
 def fused_q_prologue(spec: Spec) -> dict | None:
@@ -115,7 +120,7 @@ def fused_q_prologue(spec: Spec) -> dict | None:
     step = next((s for s in spec.prologue if s.target == "q"), None)
     if step is None or any(i.computed is not None and i.computed.target == "q" for i in spec.inputs):
         return None
-    if any(n.op in ("feature_mix", "feature_softmax") for n in walk(inline_bindings(step.value, spec))):
+    if any(n.op in WHOLE_ROW_OPS for n in walk(inline_bindings(step.value, spec))):
         return None  # a softmax over features or a matrix: the pass's [rows, features] tile, not the forward's
     return _fused(spec, step)
 
@@ -254,7 +259,7 @@ def _fused(spec: Spec, step: RowMap) -> dict:
     ropes = [n for n in walk(value) if n.op == "rope"]
     return {"code": RowMapKernelRenderer(spec).render(value), "rope": bool(ropes),
             "kept_partner": _at_partners(ropes, lambda n: n.op == "kept_sum"),
-            "groups": sorted({n.value for n in walk(value) if n.op == "feature_softmax"})}
+            "groups": sorted({n.value for n in walk(value) if n.op == "feature_softmax" and n.value > 1})}
 
 
 def _kernel_step(spec: Spec, step: RowMap) -> dict:

@@ -522,6 +522,12 @@ def f_linear_elu(q, k, v):
     return rownorm_attn(s, j <= i + (k.shape[2] - q.shape[2]), v)
 
 
+def f_efficient(q, k, v):
+    """rho_q(Q) (rho_k(K)^T V): the product of the two normalized maps, in the paper's order."""
+    rho_q, rho_k = torch.softmax(q, -1), per_query_head(torch.softmax(k, -2), q.shape[1])
+    return elementwise_attn(rho_q @ rho_k.transpose(-1, -2), torch.ones(1, dtype=torch.bool), v)
+
+
 def f_hedgehog(q, k, v, wq, wk):
     """phi(x) = [softmax(x W), softmax(-x W)] with W the first D/2 columns of the head's matrix."""
     half = q.shape[-1] // 2
@@ -856,6 +862,7 @@ REGISTRY: dict[str, Example] = {
     ]),
     "N14-cosine": Example("n14_cosine_signed.attn", f_cosine_signed, STANDARD + [Case("decode", SQ=1, SKV=40)]),
     "N14-linear": Example("n14_linear_elu.attn", f_linear_elu, STANDARD + [Case("decode", SQ=1, SKV=40)]),
+    "N15": Example("n15_efficient.attn", f_efficient, STANDARD + [Case("decode", SQ=1, SKV=40)], lse=False),
     "N17": Example("n17_hedgehog.attn", f_hedgehog, STANDARD + [Case("decode", SQ=1, SKV=40)], hedgehog_inputs),
     "N18": Example("n18_lightning.attn", f_lightning, STANDARD + [Case("decode", SQ=1, SKV=40)], lse=False),
     "K01": Example("k01_nsa_select.attn", f_nsa_select, [

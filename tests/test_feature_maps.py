@@ -1,7 +1,7 @@
 """Feature maps that mix a row's features (docs/language.md section 3, `prologue`): `sum(x[g] * w[h, g, f]
-for g)`, the row times a matrix per batch and head, and `softmax(x[, groups])` over the features (Hedgehog,
-N17; Efficient Attention's softmax of q over its features, N15). Checked against hand formulas in float64
-and on every target against the reference, forward and every gradient, fp32 and bf16.
+for g)`, the row times a matrix per batch and head, `softmax(x[, groups])` over the features (Hedgehog,
+N17), and `softmax_rows(x)` over the tensor's rows (Efficient Attention, N15). Checked against hand
+formulas in float64 and on every target against the reference, forward and every gradient, fp32 and bf16.
 """
 
 from __future__ import annotations
@@ -37,7 +37,15 @@ attention mixed {
 }
 """
 
-SPECS = {"projected": PROJECTED, "softmax_features": SOFTMAX_FEATURES, "mixed": MIXED}
+OVER_ROWS = """
+attention over_rows {
+    input t: float32[HKV] learnable
+    prologue k = softmax_rows(k * t[h])
+    mask kv <= q + (SKV - SQ)
+}
+"""
+
+SPECS = {"projected": PROJECTED, "softmax_features": SOFTMAX_FEATURES, "mixed": MIXED, "over_rows": OVER_ROWS}
 
 
 def _inputs(name, H, HKV, D, gen):
@@ -45,6 +53,8 @@ def _inputs(name, H, HKV, D, gen):
         return {"w": torch.randn(H, D, D, generator=gen, dtype=torch.float64) / D ** 0.5}
     if name == "softmax_features":
         return {"t": 0.5 + torch.rand(H, generator=gen, dtype=torch.float64)}
+    if name == "over_rows":
+        return {"t": 0.5 + torch.rand(HKV, generator=gen, dtype=torch.float64)}
     return {"w": torch.randn(HKV, D, D, generator=gen, dtype=torch.float64) / D ** 0.5}
 
 
@@ -79,6 +89,8 @@ def hand(name, q, k, v, inputs):
         phi_k = torch.softmax(k.reshape(*k.shape[:-1], 4, D // 4), -1).reshape(k.shape)
         s = phi_q @ _expand(phi_k, q.shape[1]).transpose(-1, -2)
         return (s / s.sum(-1, keepdim=True)) @ _expand(v, q.shape[1])
+    if name == "over_rows":  # each feature of k a softmax over the keys (Efficient Attention's rho_k)
+        return _softmax_attention(q, torch.softmax(k * inputs["t"][None, :, None, None], -2), v, _causal(SQ, SKV))
     f = torch.arange(D, dtype=torch.float64)
     weight = torch.where(f[:, None] == f[None, :], 1.0, 0.25) * inputs["w"]  # [HKV, g, f]
     mixed = 0.5 * torch.einsum("bhsg,hgf->bhsf", torch.exp(0.5 * k), weight) + f
@@ -147,4 +159,4 @@ def test_printing_gives_back_the_same_spec(name):
     program = parse_program(SPECS[name], "<string>")
     printed = print_program(program)
     assert parse_program(printed, "<string>") == program, printed
-    assert ("for g)" in printed) == (name != "softmax_features") and ("softmax(k, 4)" in printed) == (name == "softmax_features")
+    assert ("for g)" in printed) == (name in ("projected", "mixed")) and ("softmax(k, 4)" in printed) == (name == "softmax_features")

@@ -40,7 +40,7 @@ def nonzero(expr: Expr, spec: Spec) -> bool:
 def _leaf(e: Expr, spec: Spec) -> Num | Bool:
     if e.op in ("index_var", "row", "feature", "entry", "feature_in", "feature_norm"):
         return num(0.0, torch.inf)
-    if e.op == "feature_softmax":
+    if e.op in ("feature_softmax", "row_softmax"):
         return num(0.0, 1.0)
     if e.op == "shape":
         return num(1.0, torch.inf)

@@ -68,7 +68,7 @@ def varies(e: Expr) -> bool:
     """Whether e differs between the features of one row (outside a reduction over them)."""
     if e.op in _REDUCTIONS or (e.op == "vector" and e.value == ROW_SEED):
         return False
-    if e.op in ("vector", "feature", "rope", "kept_sum", "partner", "first_half", "feature_softmax", "feature_mix"):
+    if e.op in ("vector", "feature", "rope", "kept_sum", "partner", "first_half", "feature_softmax", "feature_mix", "row_softmax"):
         return True
     return any(varies(a) for a in e.args)
 

@@ -174,6 +174,13 @@ def feature_softmax(x, groups: int, vector: torch.Tensor) -> torch.Tensor:
     return torch.softmax(grouped, -1).reshape(x.shape)
 
 
+def row_softmax(x, vector: torch.Tensor) -> torch.Tensor:
+    """softmax_rows(x) in a prologue: for each feature, exp(x) over its sum across the tensor's rows (the
+    sequence: Efficient Attention's softmax of k over positions), stably; NaN where the column is all -inf."""
+    x = torch.broadcast_to(torch.as_tensor(x, dtype=vector.dtype, device=vector.device), vector.shape)
+    return torch.softmax(x, -2)
+
+
 def check_pairs(features: int) -> int:
     """rope pairs the features: their number must be even (a ValueError otherwise, on every target)."""
     if features % 2:
