@@ -13,7 +13,7 @@ from lark import Tree
 
 from . import builtins as bi
 from .diagnostics import AttnError, Span
-from .ir import Expr, const, factors, walk
+from .ir import OTHER_ROW_OPS, WHOLE_ROW_OPS, Expr, const, factors, walk
 
 INT64_MAX = 2**63 - 1
 # Limits that keep hostile specs cheap: lets and earlier scores are inlined, so a chain of lets that
@@ -28,8 +28,8 @@ EPILOGUE_TARGETS = ("out",)
 ROW_MAP_READS = {"q": ("q",), "k": ("k",), "v": ("v",), "out": ("out",)}
 # functions over the feature axis, only in a row map: name -> (parameters, IR op)
 PROLOGUE_FUNCTIONS = {"sum": (("x",), "feature_sum"), "norm": (("x",), "feature_norm"), "rope": (("x", "angle"), "rope"),
-                      "softmax": (("x", "groups"), "feature_softmax"), "softmax_rows": (("x",), "row_softmax")}
-WHOLE_ROW_OPS = ("feature_mix", "feature_softmax", "row_softmax")  # more than one feature of the row, or other rows
+                      "softmax": (("x", "groups"), "feature_softmax"), "softmax_rows": (("x",), "row_softmax"),
+                      "sum_rows": (("x",), "row_sum")}
 MAX_SOFTMAX_GROUPS = 64
 
 
@@ -319,8 +319,8 @@ class _ExprBuilder:
                             "apply it to the whole sum: softmax(sum(q[g] * w[h, g, f] for g))")
         if name == "softmax":
             return self._softmax(arg_trees, span)
-        if name == "softmax_rows" and self.prologue.statement != "prologue":
-            raise AttnError(f"softmax_rows normalizes over the tensor's rows: only in a prologue, not in {self.prologue.what}", span)
+        if op in OTHER_ROW_OPS and self.prologue.statement != "prologue":
+            raise AttnError(f"{name} reads every row of the tensor: only in a prologue, not in {self.prologue.what}", span)
         if len(arg_trees) != len(params):
             raise AttnError(f"'{name}' takes {len(params)} argument(s), got {len(arg_trees)}", span,
                             f"write {name}({', '.join(params)})")

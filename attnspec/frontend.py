@@ -14,7 +14,7 @@ from lark import Token, Tree
 from . import builtins as bi
 from .diagnostics import AttnError, Source, Span
 from .expressions import EPILOGUE_TARGETS, PROLOGUE_TARGETS, RowScope, build_expr, row_value_index
-from .ir import Expr, Input, Normalize, Param, Program, RowMap, Selection, Spec, const, level_of, spec_exprs, uses, walk
+from .ir import WHOLE_ROW_OPS, Expr, Input, Normalize, Param, Program, RowMap, Selection, Spec, const, level_of, spec_exprs, uses, walk
 from .parser import parse_tree
 from .types import infer
 
@@ -440,7 +440,7 @@ def _check_reduced(value: Expr) -> None:
     """A per-row value is one number per row: its vector and feature index only inside sum or norm."""
     if value.op in ("feature_sum", "feature_norm"):
         return
-    if value.op in ("vector", "feature", "rope", "feature_softmax", "feature_mix", "row_softmax"):
+    if value.op in ("vector", "feature", "rope") + WHOLE_ROW_OPS:
         raise AttnError(
             "a per-row value is one number per row, but this varies over the features", value.span,
             "reduce it over the features with sum(...) or norm(...)",

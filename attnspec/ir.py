@@ -26,6 +26,10 @@ _span = field(default=NO_SPAN, compare=False, hash=False, repr=False)
 
 
 LEAF_OPS = ("const", "index_var", "shape", "param", "score", "temp", "pool", "vector", "row", "feature", "entry", "feature_in")  # ops that compute nothing
+# prologue values that read more than their own feature of the row (RowMap): those over the tensor's
+# rows (a softmax or a sum over the sequence, for each feature), and a matrix or a softmax over features
+OTHER_ROW_OPS = ("row_softmax", "row_sum")
+WHOLE_ROW_OPS = ("feature_mix", "feature_softmax") + OTHER_ROW_OPS
 
 
 @dataclass(frozen=True)
@@ -117,8 +121,8 @@ class RowMap:
     vector of the target at the feature, Expr("row") is the row's position (the query index for q and
     out, the key index for k and v), Expr("feature") the feature index; `h` is the query head for q and
     out, the kv head for k and v. The reductions over features (`feature_sum`, `feature_norm`) and
-    `rope` exist only here, and so do `row_softmax` (over the tensor's rows, for each feature: the one
-    value that reads other rows), `feature_softmax` (value: its number of groups) and
+    `rope` exist only here, and so do `row_softmax` and `row_sum` (over the tensor's rows, for each
+    feature: the values that read other rows), `feature_softmax` (value: its number of groups) and
     `feature_mix` (`sum(x[g] * w[g, f] for g)`: args (the row's function, on the feature axis as any
     value, with g as `feature`; the matrix, with g as `feature_in` and f as `feature`), value: g's
     name). `row` and `feature` keep the user's names for them (printing only).

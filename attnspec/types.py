@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from . import builtins as bi
 from .diagnostics import AttnError
-from .ir import Expr, Spec
+from .ir import WHOLE_ROW_OPS, Expr, Spec
 
 NUMERIC = ("int", "float")
 
@@ -35,8 +35,7 @@ def _rule(expr: Expr, types: list[str], spec: Spec) -> str:
         return spec.param(expr.value).type
     if op == "pool":
         return "vec"
-    if op in ("vector", "row", "feature", "entry", "feature_in", "feature_sum", "feature_norm", "rope", "kept_sum",
-              "feature_softmax", "feature_mix", "row_softmax"):
+    if op in ("vector", "row", "feature", "entry", "feature_in", "feature_sum", "feature_norm", "rope", "kept_sum") + WHOLE_ROW_OPS:
         return _prologue_op(expr, types)
     if op == "partner":  # passes/adjoint.py's: a value at the feature's rope partner
         return types[0]

@@ -60,6 +60,9 @@ class RowMapRenderer(DenseRenderer):
     def render_row_softmax(self, e: Expr) -> str:
         return f"_fn.row_softmax({self.render(e.args[0])}, {self._like()})"
 
+    def render_row_sum(self, e: Expr) -> str:
+        return f"_fn.row_sum({self.render(e.args[0])}, {self._like()})"
+
     def render_feature_norm(self, e: Expr) -> str:
         return f"_fn.feature_norm({self.render(e.args[0])}, {self._like()})"
 

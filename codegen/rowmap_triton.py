@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from attnspec.expressions import WHOLE_ROW_OPS
-from attnspec.ir import LEAF_OPS, Expr, RowMap, Spec, inline_bindings, walk
+from attnspec.ir import LEAF_OPS, OTHER_ROW_OPS, WHOLE_ROW_OPS, Expr, RowMap, Spec, inline_bindings, walk
 from attnspec.passes.adjoint import ROW_SEED, SEED, row_map_adjoint, varies
 from attnspec.passes.symbolic import NotRepresentable, exact_key
 
@@ -109,7 +108,7 @@ def prologue_kernel_plan(spec: Spec) -> list[dict]:
     features (rope), its softmaxes' groups. A statement that reads other rows (softmax_rows) has no pass
     over rows: {target, dense}, its tensor code (codegen/rowmap.py)."""
     return [{"target": step.target, "dense": dense_step(spec, step)["code"]}
-            if any(n.op == "row_softmax" for n in walk(inline_bindings(step.value, spec))) else {**_kernel_step(spec, step), "dense": None}
+            if any(n.op in OTHER_ROW_OPS for n in walk(inline_bindings(step.value, spec))) else {**_kernel_step(spec, step), "dense": None}
             for step in spec.prologue]
 
 

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from attnspec.api import load_program
-from attnspec.ir import walk
+from attnspec.ir import OTHER_ROW_OPS, WHOLE_ROW_OPS, walk
 
 pytest.importorskip("triton")
 
@@ -64,8 +64,8 @@ def _row_maps(spec, backward: bool = False) -> int:
     tensor code)."""
     values = [i.computed for i in spec.inputs if i.computed is not None]
     tables = any(v.entry is not None for v in values)
-    rows = [s for s in spec.prologue if not _reads(s, "row_softmax")] + ([] if tables else values)
-    if backward and any(_reads(s, "feature_mix", "feature_softmax", "row_softmax") for s in spec.prologue):
+    rows = [s for s in spec.prologue if not _reads(s, *OTHER_ROW_OPS)] + ([] if tables else values)
+    if backward and any(_reads(s, *WHOLE_ROW_OPS) for s in spec.prologue):
         rows = []
     return len(rows) + (spec.epilogue is not None)
 

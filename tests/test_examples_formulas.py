@@ -522,6 +522,13 @@ def f_linear_elu(q, k, v):
     return rownorm_attn(s, j <= i + (k.shape[2] - q.shape[2]), v)
 
 
+def f_inline(q, k, v):
+    """The weights as the paper writes them: each pair's product minus the row's mean product plus 1/n."""
+    s = logits(torch.relu(q), torch.relu(k), scale=1.0)
+    n = k.shape[2]
+    return elementwise_attn(s - s.mean(-1, keepdim=True) + 1.0 / n, torch.ones(1, dtype=torch.bool), v)
+
+
 def f_efficient(q, k, v):
     """rho_q(Q) (rho_k(K)^T V): the product of the two normalized maps, in the paper's order."""
     rho_q, rho_k = torch.softmax(q, -1), per_query_head(torch.softmax(k, -2), q.shape[1])
@@ -862,6 +869,7 @@ REGISTRY: dict[str, Example] = {
     ]),
     "N14-cosine": Example("n14_cosine_signed.attn", f_cosine_signed, STANDARD + [Case("decode", SQ=1, SKV=40)]),
     "N14-linear": Example("n14_linear_elu.attn", f_linear_elu, STANDARD + [Case("decode", SQ=1, SKV=40)]),
+    "N05": Example("n05_inline.attn", f_inline, STANDARD + [Case("decode", SQ=1, SKV=40)], lse=False),
     "N15": Example("n15_efficient.attn", f_efficient, STANDARD + [Case("decode", SQ=1, SKV=40)], lse=False),
     "N17": Example("n17_hedgehog.attn", f_hedgehog, STANDARD + [Case("decode", SQ=1, SKV=40)], hedgehog_inputs),
     "N18": Example("n18_lightning.attn", f_lightning, STANDARD + [Case("decode", SQ=1, SKV=40)], lse=False),

@@ -1,6 +1,7 @@
 """Feature maps that mix a row's features (docs/language.md section 3, `prologue`): `sum(x[g] * w[h, g, f]
 for g)`, the row times a matrix per batch and head, `softmax(x[, groups])` over the features (Hedgehog,
-N17), and `softmax_rows(x)` over the tensor's rows (Efficient Attention, N15). Checked against hand
+N17), and `softmax_rows(x)` and `sum_rows(x)` over the tensor's rows (Efficient Attention, N15; InLine,
+N05). Checked against hand
 formulas in float64 and on every target against the reference, forward and every gradient, fp32 and bf16.
 """
 
@@ -45,10 +46,19 @@ attention over_rows {
 }
 """
 
-SPECS = {"projected": PROJECTED, "softmax_features": SOFTMAX_FEATURES, "mixed": MIXED, "over_rows": OVER_ROWS}
+CENTERED = """
+attention centered {
+    prologue k = relu(k) - sum_rows(relu(k)) / float(SKV)
+    normalize linear(normalized = false)
+}
+"""
+
+SPECS = {"projected": PROJECTED, "softmax_features": SOFTMAX_FEATURES, "mixed": MIXED, "over_rows": OVER_ROWS, "centered": CENTERED}
 
 
 def _inputs(name, H, HKV, D, gen):
+    if name == "centered":
+        return {}
     if name == "projected":
         return {"w": torch.randn(H, D, D, generator=gen, dtype=torch.float64) / D ** 0.5}
     if name == "softmax_features":
@@ -89,6 +99,9 @@ def hand(name, q, k, v, inputs):
         phi_k = torch.softmax(k.reshape(*k.shape[:-1], 4, D // 4), -1).reshape(k.shape)
         s = phi_q @ _expand(phi_k, q.shape[1]).transpose(-1, -2)
         return (s / s.sum(-1, keepdim=True)) @ _expand(v, q.shape[1])
+    if name == "centered":  # k's features less their mean over the keys (InLine attention's, N05)
+        centered = torch.relu(k) - torch.relu(k).mean(-2, keepdim=True)
+        return q @ _expand(centered, q.shape[1]).transpose(-1, -2) @ _expand(v, q.shape[1])
     if name == "over_rows":  # each feature of k a softmax over the keys (Efficient Attention's rho_k)
         return _softmax_attention(q, torch.softmax(k * inputs["t"][None, :, None, None], -2), v, _causal(SQ, SKV))
     f = torch.arange(D, dtype=torch.float64)

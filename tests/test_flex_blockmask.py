@@ -78,6 +78,7 @@ PATHS = {
     ("n09_affine_scaled", "affine_scaled"): ("tile analysis", (128, 128)),
     ("n14_cosine_signed", "cosine_signed"): ("tile analysis", (128, 128)),
     ("n14_linear_elu", "linear_elu"): ("tile analysis", (128, 128)),
+    ("n05_inline", "inline"): ("no mask", (128, 128)),
     ("n15_efficient", "efficient"): ("no mask", (128, 128)),
     ("n17_hedgehog", "hedgehog"): ("tile analysis", (128, 128)),
     ("n18_lightning", "lightning"): ("tile analysis", (128, 128)),

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..ir import Expr
+from ..ir import WHOLE_ROW_OPS, Expr
 from ..runtime.intervals import Bool, Num, apply, boolean, num
 
 # what the evaluator's `leaf` bounds: the variables, a prologue's vectors, indices and functions over
 # features (ir.RowMap), and the flex lowering's log of a weight, which no interval rule covers
 LEAVES = ("index_var", "shape", "param", "score", "pool", "vector", "row", "feature", "entry", "feature_in", "feature_sum", "feature_norm",
-          "feature_softmax", "feature_mix", "row_softmax", "rope", "kept_sum", "log_weight")
+          "rope", "kept_sum", "log_weight") + WHOLE_ROW_OPS
 
 
 class Evaluator:

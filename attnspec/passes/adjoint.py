@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass
 
 from ..diagnostics import AttnError
-from ..ir import Expr, RowMap, Spec, const, inline_bindings, substitute, walk
+from ..ir import WHOLE_ROW_OPS, Expr, RowMap, Spec, const, inline_bindings, substitute, walk
 from ..types import infer
 from .derivative import derivative
 from .symbolic import NotRepresentable, exact_key
@@ -68,7 +68,7 @@ def varies(e: Expr) -> bool:
     """Whether e differs between the features of one row (outside a reduction over them)."""
     if e.op in _REDUCTIONS or (e.op == "vector" and e.value == ROW_SEED):
         return False
-    if e.op in ("vector", "feature", "rope", "kept_sum", "partner", "first_half", "feature_softmax", "feature_mix", "row_softmax"):
+    if e.op in ("vector", "feature", "rope", "kept_sum", "partner", "first_half") + WHOLE_ROW_OPS:
         return True
     return any(varies(a) for a in e.args)
 

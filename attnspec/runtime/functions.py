@@ -181,6 +181,12 @@ def row_softmax(x, vector: torch.Tensor) -> torch.Tensor:
     return torch.softmax(x, -2)
 
 
+def row_sum(x, vector: torch.Tensor) -> torch.Tensor:
+    """sum_rows(x) in a prologue: for each feature, the sum of x over the tensor's rows (the same for every row)."""
+    x = torch.broadcast_to(torch.as_tensor(x, dtype=vector.dtype, device=vector.device), vector.shape)
+    return x.sum(-2, keepdim=True)
+
+
 def check_pairs(features: int) -> int:
     """rope pairs the features: their number must be even (a ValueError otherwise, on every target)."""
     if features % 2:

@@ -280,7 +280,11 @@ def _softmax(draw, env: Env, target: str) -> str:
     return f"prologue {target} = softmax({target} * {_float_knob(draw, env, view, 0.25, 2.0).wrapped()})"
 
 
-PROLOGUE_TEMPLATES = ((3, _rope), (2, _unit), (1, _rms), (2, _affine), (1, _mixed), (1, _softmax))
+def _softmax_rows(draw, env: Env, target: str) -> str:
+    return f"prologue {target} = softmax_rows({target})"
+
+
+PROLOGUE_TEMPLATES = ((3, _rope), (2, _unit), (1, _rms), (2, _affine), (1, _mixed), (1, _softmax), (1, _softmax_rows))
 
 
 def _prologues(draw, env: Env, vectors_pooled: bool) -> list[str]:
