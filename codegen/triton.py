@@ -356,8 +356,8 @@ def _scaled(e: Expr, factor: float, spec: Spec) -> Expr:
 
 def _chunked_linear(spec: Spec, linear: dict | None, nonnegative_rule: str | None) -> dict | None:
     """The linear form where the chunked kernel (runtime/linear.py) computes it: not where the kernel would
-    have to check each weight's sign (rownorm's rule, unproved) or apply an epilogue."""
-    if linear is None or spec.epilogue is not None or nonnegative_rule is not None:
+    have to check each weight's sign (rownorm's rule, unproved). An epilogue follows the chunks as a pass."""
+    if linear is None or nonnegative_rule is not None:
         return None
     return linear
 

@@ -436,3 +436,18 @@ def test_hedgehog_trains_through_the_chunks(backward_calls):
     for dtype in (torch.float32, torch.bfloat16):
         _agree(source, (q, k, v), inputs, dtype, lse=dtype == torch.float32)
     assert len(backward_calls) == 2
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["inline", "causal"])
+def test_an_epilogue_follows_the_chunks(causal, chunked_calls, backward_calls):
+    """InLine attention (N05): keys centred by sum_rows, + 1/n through an epilogue reading sum_kept(v),
+    which the chunked path sums from v itself (a prefix sum where causal: rows without keys get 0)."""
+    from pathlib import Path
+
+    source = (Path(__file__).resolve().parent.parent / "examples" / "n05_inline.attn").read_text()
+    if causal:
+        source = source.replace("    normalize linear", "    mask kv <= q + (SKV - SQ)\n    normalize linear")
+    q, k, v, _ = _tensors(45, 38, seed=6)
+    for dtype in (torch.float32, torch.bfloat16):
+        _agree(source, (q, k, v), {}, dtype)
+    assert len(chunked_calls) == 2 and len(backward_calls) == 2

@@ -70,6 +70,18 @@ def _finish(num, den, normalized: bool):
     return torch.where(undefined, math.nan, out), den
 
 
+def kept_sum(v, H: int, SQ: int, *, causal: bool) -> torch.Tensor:
+    """sum_kept(v) of a linear form's rows, [B, H, SQ, DV] float32: the sum of v over the keys each query
+    keeps (end-aligned up to i + SKV - SQ where causal, every key otherwise; 0 for a row without keys)."""
+    B, HKV, SKV, DV = v.shape
+    v = v.float().repeat_interleave(H // HKV, 1)
+    if not causal:
+        return v.sum(2, keepdim=True).expand(B, H, SQ, DV)
+    edge = torch.arange(SQ, device=v.device) + (SKV - SQ)  # the last key each query keeps
+    prefix = torch.cat([v.new_zeros(B, H, 1, DV), v.cumsum(2)], 2)  # prefix[t] = sum of the keys before t
+    return prefix[:, :, (edge + 1).clamp(0, SKV)]
+
+
 def lse(den) -> torch.Tensor:
     """The rownorm lse, log(den) in float32: -inf for a row without weight, NaN for an undefined row."""
     return torch.where(torch.isfinite(den), log_denominator(den, 0.0), math.nan).float()

@@ -21,6 +21,7 @@ from attnspec.runtime import dense as _dense
 from attnspec.runtime import functions as _fn
 from attnspec.runtime import kernel as _kernel
 from attnspec.runtime import launch as _launch
+from attnspec.runtime import linear as _linear
 from attnspec.runtime import prologue as _prologue_rt
 from attnspec.runtime import triton as _rt
 
@@ -359,16 +360,6 @@ def _inline_forward(
     _vbase = _b.to(tl.int64) * _svb + _hkv.to(tl.int64) * _svh
     # Q through pointers even with TMA: once per program, and its copy costs the heaviest kernels registers
     _q_tile = _kernel.load_tile(_Q + _qbase, _offs_m, _offs_d, _sqm, _sqd, _SQ, _D, UPCAST)
-    if PROLOGUE_Q:  # the q prologue on the resident tile (without gradients; a pass before the kernel otherwise)
-        _x = _q_tile.to(tl.float32)  # the rows' vectors, as a prologue or the epilogue reads them
-        _row = _offs_m[:, None]
-        _f = _offs_d[None, :]
-        _in_f = _f < _D
-        _y = tl.where(_in_f, _kernel.relu(_x), 0.0)
-        if UPCAST:
-            _q_tile = _y
-        else:
-            _q_tile = _y.to(_Q.dtype.element_ty)  # rounded as the pass would store it
     _ctx = (_b, _h, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale)  # what the tile functions read of the spec's expressions
     _keys = (_K + _kbase, _V + _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV, _Kd, _Vd, _hkv)  # where the K and V tiles are
     _m = tl.full([BLOCK_M, 1], -float("inf"), dtype=tl.float32)
@@ -440,22 +431,22 @@ def attention(q, k, v, *, selection=None, schedule=None, return_lse=False):
         raise ValueError(f"{SPEC_NAME}: elementwise normalization has no denominator, so there is no lse")
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, v)
     _grad = _rt.check_launch(SPEC_NAME, q, k, v, (), BACKWARD_ERROR)
-    q, k, v = _prologue_rt.prologue(_prologue_kernels, _prologue, q, k, v, (), skip=() if _grad else ("q",), backward=None)
+    q, k, v = _prologue_rt.prologue(_prologue_kernels, _prologue, q, k, v, (), backward=None)
     _inputs = ()
     _params = ()
-    if schedule is None and selection is None:  # one custom operator: torch.compile traces it as one node
+    _decay = None
+    _chunked = _linear.takes_chunks(_decay, schedule, selection)
+    if _chunked:  # a state carried along the keys: O(SKV D DV) per head, forward and backward (attnspec/runtime/linear.py)
+        _out, _lse = _linear.attention(q, k, v, _decay, _logit_scale(q, k, _params), causal=False, normalized=False)
+        _vsum = _linear.kept_sum(v, _H, _SQ, causal=False)
+    elif schedule is None and selection is None:  # one custom operator: torch.compile traces it as one node
         _out, _lse, _, _vsum = OPERATOR(q, k, v, list(_inputs), [float(p) for p in _params], _grad)
         _out = _out.to(q.dtype)
     else:
         _out, _lse, _vsum = _launch.with_schedule(KERNELS, q, k, v, _inputs, _params, selection, schedule, _grad, return_lse)
-    if _grad:  # without gradients, the forward kernel applied the epilogue before its store
+    if _grad or _chunked:  # without gradients, the forward kernel applied the epilogue before its store
         (_out,) = _prologue_rt.row_maps(_epilogue_kernels, _epilogue, _epilogue_backward, (_out, (_B, _H, _HKV, _SQ, _SKV, _D), _vsum, ))
     return _out
-
-
-def _q_pass(q, k, v, _inputs, _params):
-    """q after its prologue, for a forward kernel that does not apply it (from the kernel's arguments)."""
-    return _prologue_kernels(q, k, v, skip=("k", "v"))[0]
 
 
 def _epilogue_after(_out, _vsum, q, k, _inputs, _params):
@@ -633,9 +624,9 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     dkdv=_inline_backward_dkdv,
     kept=_inline_backward_kept,
     row_passes=(("prologue_q", _inline_prologue_q), ("epilogue", _inline_epilogue), ("epilogue_bwd", _inline_epilogue_backward), ),
-    fused_q=True,
+    fused_q=False,
     fused_epilogue=True,
-    q_pass=_q_pass,
+    q_pass=None,
     epilogue=_epilogue_after,
     norm="elementwise",
     closed_form=True,
