@@ -142,6 +142,32 @@ def _absorb(state, norm, k_tile, v_tile, length, ahead, log2_abs, sign, HAS_DECA
 
 
 @kernel
+def _decay(Decay, index, HAS_DECAY: tl.constexpr):
+    """(log2 |decay|, sign(decay)) of this program's head, (0, 1) without a decay."""
+    if HAS_DECAY:
+        lam = tl.load(Decay + index)
+        return tl.log2(tl.abs(lam)), tl.where(lam < 0, -1.0, 1.0)
+    return 0.0, 1.0
+
+
+@kernel
+def _shared_keys(K, V, offset, SKV, rows, feats, vfeats, skn, skd, svn, svd, D, DV, log2_abs, sign,
+                 HAS_DECAY: tl.constexpr, PRECISION: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """The state (S, z) of the keys every query sees, decayed to the last of them: the first `offset`
+    keys (causal with SKV > SQ: SKV - SQ of them; without a mask: all of them)."""
+    state = tl.zeros((BLOCK_D, BLOCK_DV), tl.float32)
+    norm = tl.zeros((BLOCK_D,), tl.float32)
+    for p0 in range(0, tl.maximum(offset, 0), rows.shape[0]):
+        keys = p0 + rows
+        live = keys < tl.minimum(offset, SKV)
+        k_tile = _tile(K, keys, live, feats, skn, skd, D)
+        v_tile = _tile(V, keys, live, vfeats, svn, svd, DV)
+        end = tl.minimum(p0 + rows.shape[0], offset)
+        state, norm = _absorb(state, norm, k_tile, v_tile, end - p0, end - 1 - keys, log2_abs, sign, HAS_DECAY, PRECISION)
+    return state, norm
+
+
+@kernel
 def chunked_kernel(
     Q, K, V, Out, Den, Decay,
     sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, som, sod, sdb, sdh, sdm,
@@ -157,22 +183,10 @@ def chunked_kernel(
     Q += b * sqb + h * sqh
     K += b * skb + hk * skh
     V += b * svb + hk * svh
-    if HAS_DECAY:
-        lam = tl.load(Decay + b * H + h)
-        log2_abs, sign = tl.log2(tl.abs(lam)), tl.where(lam < 0, -1.0, 1.0)
-    else:
-        log2_abs, sign = 0.0, 1.0
-    state = tl.zeros((BLOCK_D, BLOCK_DV), tl.float32)
-    norm = tl.zeros((BLOCK_D,), tl.float32)
+    log2_abs, sign = _decay(Decay, b * H + h, HAS_DECAY)
     offset = SKV - SQ if CAUSAL else SKV
-    # the keys every query sees (causal with SKV > SQ: the first SKV - SQ; without a mask: all of them)
-    for p0 in range(0, tl.maximum(offset, 0), BLOCK_M):
-        keys = p0 + rows
-        live = keys < tl.minimum(offset, SKV)
-        k_tile = _tile(K, keys, live, feats, skn, skd, D)
-        v_tile = _tile(V, keys, live, vfeats, svn, svd, DV)
-        end = tl.minimum(p0 + BLOCK_M, offset)
-        state, norm = _absorb(state, norm, k_tile, v_tile, end - p0, end - 1 - keys, log2_abs, sign, HAS_DECAY, PRECISION)
+    state, norm = _shared_keys(K, V, offset, SKV, rows, feats, vfeats, skn, skd, svn, svd, D, DV, log2_abs, sign,
+                               HAS_DECAY, PRECISION, BLOCK_D, BLOCK_DV)
     for i0 in range(0, SQ, BLOCK_M):
         queries = i0 + rows
         q_tile = _tile(Q, queries, queries < SQ, feats, sqm, sqd, D)
@@ -271,21 +285,10 @@ def chunked_dq_kernel(
     K += b * skb + hk * skh
     V += b * svb + hk * svh
     DN += b * snb + h * snh
-    if HAS_DECAY:
-        lam = tl.load(Decay + b * H + h)
-        log2_abs, sign = tl.log2(tl.abs(lam)), tl.where(lam < 0, -1.0, 1.0)
-    else:
-        log2_abs, sign = 0.0, 1.0
-    state = tl.zeros((BLOCK_D, BLOCK_DV), tl.float32)
-    norm = tl.zeros((BLOCK_D,), tl.float32)
+    log2_abs, sign = _decay(Decay, b * H + h, HAS_DECAY)
     offset = SKV - SQ if CAUSAL else SKV
-    for p0 in range(0, tl.maximum(offset, 0), BLOCK_M):  # the keys every query sees, as in the forward
-        keys = p0 + rows
-        live = keys < tl.minimum(offset, SKV)
-        k_tile = _tile(K, keys, live, feats, skn, skd, D)
-        v_tile = _tile(V, keys, live, vfeats, svn, svd, DV)
-        end = tl.minimum(p0 + BLOCK_M, offset)
-        state, norm = _absorb(state, norm, k_tile, v_tile, end - p0, end - 1 - keys, log2_abs, sign, HAS_DECAY, PRECISION)
+    state, norm = _shared_keys(K, V, offset, SKV, rows, feats, vfeats, skn, skd, svn, svd, D, DV, log2_abs, sign,
+                               HAS_DECAY, PRECISION, BLOCK_D, BLOCK_DV)
     for i0 in range(0, SQ, BLOCK_M):
         queries = i0 + rows
         live_rows = queries < SQ
@@ -341,11 +344,7 @@ def chunked_dkdv_kernel(
     DN += b * snb + h * snh
     DK += block * sgp + b * sgb + h * sgh
     DVout += b * swb + h * swh
-    if HAS_DECAY:
-        lam = tl.load(Decay + b * H + h)
-        log2_abs, sign = tl.log2(tl.abs(lam)), tl.where(lam < 0, -1.0, 1.0)
-    else:
-        log2_abs, sign = 0.0, 1.0
+    log2_abs, sign = _decay(Decay, b * H + h, HAS_DECAY)
     # R and r of the queries after the current chunk, decayed to the key just after the chunk's last
     state = tl.zeros((BLOCK_D, BLOCK_DV), tl.float32)
     norm = tl.zeros((BLOCK_D,), tl.float32)
