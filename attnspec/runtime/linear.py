@@ -12,8 +12,8 @@ a causal mask, or scale * (q_i . k_j) over every key, the rows need no score mat
   weights as a small matrix, the keys before it through the state, which then takes the chunk's keys
   (one program per batch, head and block of value features, the chunks in order).
 - `attention`: `chunked` as one autograd operation, whose backward runs two more chunked kernels
-  (`chunked_backward`): dq with the forward's state, dk and dv with a state of the queries carried
-  backwards along the rows.
+  (`chunked_backward`): dq with the forward's state (and the decay's gradient, from an age-weighted
+  state, where it needs one), dk and dv with a state of the queries carried backwards along the rows.
 
 Both return (out, den): den is the row's sum of weights (the rownorm denominator), and a row whose
 sum is NaN or infinite (a NaN or infinite weight) is undefined: NaN, as in the dense form.
@@ -100,12 +100,10 @@ def tile_kernels():
         _TILES_ONLY[0] = before
 
 
-def takes_chunks(decay, schedule, selection) -> bool:
-    """Whether the triton module runs the chunked kernels: not with a caller's schedule or selection,
-    not inside torch.compile (which traces the module's custom operator), and not where the decay
-    needs a gradient (the chunked backward gives q, k and v theirs; the tile kernels give the decay's)."""
-    decay_grad = decay is not None and decay.requires_grad and torch.is_grad_enabled()
-    return not (decay_grad or _TILES_ONLY[0]) and schedule is None and selection is None and not tracing()
+def takes_chunks(schedule, selection) -> bool:
+    """Whether the triton module runs the chunked kernels: not with a caller's schedule or selection, nor
+    inside torch.compile (which traces the module's custom operator)."""
+    return not _TILES_ONLY[0] and schedule is None and selection is None and not tracing()
 
 
 # ---------------------------------------------------------------- the chunked kernel
@@ -151,20 +149,41 @@ def _decay(Decay, index, HAS_DECAY: tl.constexpr):
 
 
 @kernel
+def _age(aged, aged_norm, state, norm, k_tile, v_tile, length, ahead, log2_abs, sign, PRECISION: tl.constexpr):
+    """The age-weighted state S' = sum_j age_j decay^age_j k_j^T v_j (and z') after a chunk of `length`
+    keys, from both states before it: every older key ages by `length`, key j of the chunk is ahead_j old."""
+    length = tl.zeros((1,), tl.float32) + length
+    carried = _power(log2_abs, sign, length)
+    aged = (aged + length[:, None] * state) * carried[:, None]
+    aged_norm = (aged_norm + length * norm) * carried
+    ahead = tl.maximum(ahead, 0).to(tl.float32)
+    weighted = k_tile * (ahead * _power(log2_abs, sign, ahead))[:, None]
+    aged += tl.dot(tl.trans(weighted), v_tile, input_precision=PRECISION)
+    aged_norm += tl.sum(weighted, 0)
+    return aged, aged_norm
+
+
+@kernel
 def _shared_keys(K, V, offset, SKV, rows, feats, vfeats, skn, skd, svn, svd, D, DV, log2_abs, sign,
-                 HAS_DECAY: tl.constexpr, PRECISION: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+                 HAS_DECAY: tl.constexpr, AGED: tl.constexpr, PRECISION: tl.constexpr, BLOCK_D: tl.constexpr,
+                 BLOCK_DV: tl.constexpr):
     """The state (S, z) of the keys every query sees, decayed to the last of them: the first `offset`
-    keys (causal with SKV > SQ: SKV - SQ of them; without a mask: all of them)."""
+    keys (causal with SKV > SQ: SKV - SQ of them; without a mask: all of them); with AGED also their
+    age-weighted state (S', z'), zeros otherwise."""
     state = tl.zeros((BLOCK_D, BLOCK_DV), tl.float32)
     norm = tl.zeros((BLOCK_D,), tl.float32)
+    aged = tl.zeros((BLOCK_D, BLOCK_DV), tl.float32)
+    aged_norm = tl.zeros((BLOCK_D,), tl.float32)
     for p0 in range(0, tl.maximum(offset, 0), rows.shape[0]):
         keys = p0 + rows
         live = keys < tl.minimum(offset, SKV)
         k_tile = _tile(K, keys, live, feats, skn, skd, D)
         v_tile = _tile(V, keys, live, vfeats, svn, svd, DV)
         end = tl.minimum(p0 + rows.shape[0], offset)
+        if AGED:
+            aged, aged_norm = _age(aged, aged_norm, state, norm, k_tile, v_tile, end - p0, end - 1 - keys, log2_abs, sign, PRECISION)
         state, norm = _absorb(state, norm, k_tile, v_tile, end - p0, end - 1 - keys, log2_abs, sign, HAS_DECAY, PRECISION)
-    return state, norm
+    return state, norm, aged, aged_norm
 
 
 @kernel
@@ -185,8 +204,8 @@ def chunked_kernel(
     V += b * svb + hk * svh
     log2_abs, sign = _decay(Decay, b * H + h, HAS_DECAY)
     offset = SKV - SQ if CAUSAL else SKV
-    state, norm = _shared_keys(K, V, offset, SKV, rows, feats, vfeats, skn, skd, svn, svd, D, DV, log2_abs, sign,
-                               HAS_DECAY, PRECISION, BLOCK_D, BLOCK_DV)
+    state, norm, _, _ = _shared_keys(K, V, offset, SKV, rows, feats, vfeats, skn, skd, svn, svd, D, DV, log2_abs, sign,
+                                     HAS_DECAY, False, PRECISION, BLOCK_D, BLOCK_DV)
     for i0 in range(0, SQ, BLOCK_M):
         queries = i0 + rows
         q_tile = _tile(Q, queries, queries < SQ, feats, sqm, sqd, D)
@@ -270,10 +289,10 @@ def chunked(q, k, v, decay, scale: float, *, causal: bool, normalized: bool):
 
 @kernel
 def chunked_dq_kernel(
-    K, V, DN, DZ, DQ, Decay,
-    skb, skh, skn, skd, svb, svh, svn, svd, snb, snh, snm, snd, szb, szh, szm, sgp, sgb, sgh, sgm, sgd,
+    Q, K, V, DN, DZ, DQ, DL, Decay,
+    sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, snb, snh, snm, snd, szb, szh, szm, sgp, sgb, sgh, sgm, sgd,
     H, HKV, SQ, SKV, D, DV,
-    HAS_DECAY: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_DECAY: tl.constexpr, CAUSAL: tl.constexpr, DECAY_GRAD: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
     bh = tl.program_id(0)
@@ -282,13 +301,15 @@ def chunked_dq_kernel(
     block = tl.program_id(1)
     dv0 = block * BLOCK_DV
     rows, feats, vfeats = tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_D), dv0 + tl.arange(0, BLOCK_DV)
+    Q += b * sqb + h * sqh
     K += b * skb + hk * skh
     V += b * svb + hk * svh
     DN += b * snb + h * snh
     log2_abs, sign = _decay(Decay, b * H + h, HAS_DECAY)
     offset = SKV - SQ if CAUSAL else SKV
-    state, norm = _shared_keys(K, V, offset, SKV, rows, feats, vfeats, skn, skd, svn, svd, D, DV, log2_abs, sign,
-                               HAS_DECAY, PRECISION, BLOCK_D, BLOCK_DV)
+    state, norm, aged, aged_norm = _shared_keys(K, V, offset, SKV, rows, feats, vfeats, skn, skd, svn, svd, D, DV,
+                                                log2_abs, sign, HAS_DECAY, DECAY_GRAD, PRECISION, BLOCK_D, BLOCK_DV)
+    dl = tl.zeros((1,), tl.float32)  # this block's share of the loss's derivative by the decay
     for i0 in range(0, SQ, BLOCK_M):
         queries = i0 + rows
         live_rows = queries < SQ
@@ -302,7 +323,12 @@ def chunked_dq_kernel(
             k_tile = _tile(K, keys, live, feats, skn, skd, D)
             v_tile = _tile(V, keys, live, vfeats, svn, svd, DV)
             behind = rows[:, None] - rows[None, :]
-            grads = tl.dot(dn, tl.trans(v_tile), input_precision=PRECISION) + dz[:, None]
+            raw = tl.dot(dn, tl.trans(v_tile), input_precision=PRECISION) + dz[:, None]  # dL/da_ij
+            if DECAY_GRAD:
+                dl += _decay_grad(Q, queries, live_rows, feats, sqm, sqd, D, rows, behind, live, raw, dq, dn, dz,
+                                  aged, aged_norm, k_tile, log2_abs, sign, PRECISION)
+                aged, aged_norm = _age(aged, aged_norm, state, norm, k_tile, v_tile, BLOCK_M, BLOCK_M - 1 - rows, log2_abs, sign, PRECISION)
+            grads = raw
             if HAS_DECAY:
                 dq = dq * _power(log2_abs, sign, (rows + 1).to(tl.float32))[:, None]
                 grads = grads * _power(log2_abs, sign, tl.maximum(behind, 0).to(tl.float32))
@@ -311,6 +337,25 @@ def chunked_dq_kernel(
             state, norm = _absorb(state, norm, k_tile, v_tile, BLOCK_M, BLOCK_M - 1 - rows, log2_abs, sign, HAS_DECAY, PRECISION)
         tl.store(DQ + block * sgp + b * sgb + h * sgh + queries[:, None] * sgm + feats[None, :] * sgd, dq,
                  mask=live_rows[:, None] & (feats[None, :] < D))
+    if DECAY_GRAD:
+        tl.store(DL + block * tl.num_programs(0) + bh + tl.arange(0, 1), dl)
+
+
+@kernel
+def _decay_grad(Q, queries, live_rows, feats, sqm, sqd, D, rows, behind, live, raw, across, dn, dz, aged, aged_norm,
+                k_tile, log2_abs, sign, PRECISION: tl.constexpr):
+    """A chunk's rows' share of sum_ij d_ij decay^(d_ij - 1) (dL/da_ij) (q_i . k_j) (times scale on the host),
+    the loss's derivative by the decay: for the keys before the chunk, decay^r ((r + 1) S + S') read by
+    row r (`across` is dn S^T + dz z, S' the age-weighted state); for the chunk's own, each pair's."""
+    q_tile = _tile(Q, queries, live_rows, feats, sqm, sqd, D)
+    r = rows.to(tl.float32)
+    older = tl.dot(dn, tl.trans(aged), input_precision=PRECISION) + dz[:, None] * aged_norm[None, :]
+    before = tl.sum(q_tile * ((r + 1.0)[:, None] * across + older), 1) * _power(log2_abs, sign, r)
+    steps = behind.to(tl.float32)
+    slope = steps * _power(log2_abs, sign, tl.maximum(steps - 1.0, 0.0))  # d decay^d / d decay
+    pairs = tl.dot(q_tile, tl.trans(k_tile), input_precision=PRECISION) * raw * slope
+    pairs = tl.where((behind >= 1) & live[None, :] & live_rows[:, None], pairs, 0.0)
+    return tl.sum(before, 0) + tl.sum(tl.sum(pairs, 1), 0)
 
 
 @kernel
@@ -394,9 +439,11 @@ def chunked_dkdv_kernel(
                    state, norm, factor, live, D, DV, feats, vfeats, PRECISION)
 
 
-def chunked_backward(q, k, v, decay, scale: float, out, den, dout, dlse, *, causal: bool, normalized: bool):
-    """(dq, dk, dv) in float32 from the chunked backward kernels; out and den are the forward's (float32),
-    dlse the lse's gradient (None: zero; normalized forms only)."""
+def chunked_backward(q, k, v, decay, scale: float, out, den, dout, dlse, *, causal: bool, normalized: bool,
+                     decay_grad: bool = False):
+    """(dq, dk, dv, ddecay) in float32 from the chunked backward kernels; out and den are the forward's
+    (float32), dlse the lse's gradient (None: zero; normalized forms only); ddecay [B, H] with
+    `decay_grad` (the dq kernel then also carries the keys' age-weighted state), else None."""
     B, H, SQ, D = q.shape
     HKV, SKV, DV = k.shape[1], k.shape[2], v.shape[-1]
     dout = dout.float()
@@ -416,14 +463,17 @@ def chunked_backward(q, k, v, decay, scale: float, out, den, dout, dlse, *, caus
     dk = torch.empty(blocks, B, H, SKV, D, dtype=torch.float32, device=q.device)
     dv = torch.empty(B, H, SKV, DV, dtype=torch.float32, device=q.device)
     grid = (B * H, blocks)
-    _rt.start(jit(chunked_dq_kernel), grid, k, v, dn, dz, dq, lam,
-              *k.stride(), *v.stride(), *dn.stride(), *dz.stride(), *dq.stride(), H, HKV, SQ, SKV, D, DV, **flags)
+    dl = torch.zeros(blocks, B * H, dtype=torch.float32, device=q.device)
+    _rt.start(jit(chunked_dq_kernel), grid, q, k, v, dn, dz, dq, dl, lam,
+              *q.stride(), *k.stride(), *v.stride(), *dn.stride(), *dz.stride(), *dq.stride(), H, HKV, SQ, SKV, D, DV,
+              DECAY_GRAD=decay_grad and decay is not None, **flags)
     _rt.start(jit(chunked_dkdv_kernel), grid, q, k, v, dn, dz, dk, dv, lam,
               *q.stride(), *k.stride(), *v.stride(), *dn.stride(), *dz.stride(), *dk.stride(), *dv.stride(),
               H, HKV, SQ, SKV, D, DV, **flags)
     group = H // HKV
     dk = dk.sum(0).view(B, HKV, group, SKV, D).sum(2)
-    return dq.sum(0) * scale, dk * scale, dv.view(B, HKV, group, SKV, DV).sum(2) * scale
+    ddecay = dl.sum(0).view(B, H) * scale if decay_grad and decay is not None else None
+    return dq.sum(0) * scale, dk * scale, dv.view(B, HKV, group, SKV, DV).sum(2) * scale, ddecay
 
 
 class _Chunked(torch.autograd.Function):
@@ -444,15 +494,15 @@ class _Chunked(torch.autograd.Function):
     def backward(ctx, dout, dlse):
         q, k, v, decay, out, den = ctx.saved_tensors
         scale, causal, normalized = ctx.form
-        dq, dk, dv = chunked_backward(q, k, v, decay, scale, out, den, dout, dlse if normalized else None,
-                                      causal=causal, normalized=normalized)
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None
+        dq, dk, dv, ddecay = chunked_backward(q, k, v, decay, scale, out, den, dout, dlse if normalized else None,
+                                              causal=causal, normalized=normalized, decay_grad=ctx.needs_input_grad[3])
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), ddecay, None, None, None
 
 
 def attention(q, k, v, decay, scale: float, *, causal: bool, normalized: bool):
     """(out [B, H, SQ, DV] in q's dtype, lse [B, H, SQ] float32) from the chunked kernels, differentiable
-    with respect to q, k and v (not the decay: takes_chunks). q, k after their prologues."""
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+    with respect to q, k, v and the decay ([B, H] float32 or None). q, k after their prologues."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, decay)):
         return _Chunked.apply(q, k, v, decay, scale, causal, normalized)
     out, den = chunked(q, k, v, decay, scale, causal=causal, normalized=normalized)
     return out.to(q.dtype), lse(den)

@@ -296,7 +296,7 @@ def attention(q, k, v, *, selection=None, schedule=None, return_lse=False):
     _inputs = ()
     _params = ()
     _decay = _linear_decay(_B, _H, _HKV, _SQ, _SKV, _D, torch.float32, q.device)
-    _chunked = _linear.takes_chunks(_decay, schedule, selection)
+    _chunked = _linear.takes_chunks(schedule, selection)
     if _chunked:  # a state carried along the keys: O(SKV D DV) per head, forward and backward (attnspec/runtime/linear.py)
         _out, _lse = _linear.attention(q, k, v, _decay, _logit_scale(q, k, _params), causal=True, normalized=False)
     elif schedule is None and selection is None:  # one custom operator: torch.compile traces it as one node
