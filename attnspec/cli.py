@@ -31,25 +31,29 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from .codegen import TARGETS
+
     parser = argparse.ArgumentParser(prog="attnspec", description="Compile and verify attention variants written in .attn files.")
+    parser.add_argument("--version", action="version", version=f"attnspec {__version__}")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     check = sub.add_parser("check", help="parse and verify .attn files")
-    check.add_argument("files", nargs="+", metavar="FILE")
+    check.add_argument("files", nargs="+", metavar="FILE", help=".attn files (each spec of each is verified)")
     _const_option(check)
     check.set_defaults(run=cmd_check)
 
     comp = sub.add_parser("compile", help="print or write the generated module of a spec")
-    comp.add_argument("file", metavar="FILE")
-    comp.add_argument("--target", "-t", default="reference")
+    comp.add_argument("file", metavar="FILE", help="an .attn file")
+    comp.add_argument("--target", "-t", default="reference", help=f"{', '.join(TARGETS)} (default reference)")
     comp.add_argument("--spec", help="which spec of the file (needed when it has several)")
     comp.add_argument("-o", "--output", metavar="OUT.py", help="write here instead of printing")
     _const_option(comp)
     comp.set_defaults(run=cmd_compile)
 
     show = sub.add_parser("show", help="print the IR after passes and draw the mask")
-    show.add_argument("file", metavar="FILE")
-    show.add_argument("--spec")
+    show.add_argument("file", metavar="FILE", help="an .attn file")
+    show.add_argument("--spec", help="which spec of the file (needed when it has several)")
     show.add_argument("--sq", type=int, default=32, help="query length for the drawing (default 32)")
     show.add_argument("--skv", type=int, default=None, help="key length for the drawing (default: --sq)")
     show.add_argument("--png", metavar="PATH", help="also write the mask as a PNG")
@@ -85,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="compile specs to every target, run them, check against the float64 reference")
     demo.add_argument("files", nargs="*", metavar="FILE", help="default: examples/*.attn")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
     demo.set_defaults(run=cmd_demo)
     _fuzz_parser(sub)
     return parser
@@ -102,7 +106,7 @@ def _fuzz_parser(sub) -> None:
     fuzz.add_argument("--spec", help="only this spec of the file")
     fuzz.add_argument("--target", "-t", action="append", default=[], help="a target to check (repeatable; default: every fast target installed)")
     fuzz.add_argument("--trials", type=int, default=25, help="cases per spec and target (default 25)")
-    fuzz.add_argument("--seed", type=int, default=0)
+    fuzz.add_argument("--seed", type=int, default=0, help="seed of the drawn cases and specs (default 0)")
     fuzz.add_argument("--dtype", action="append", default=[], help="float32, bfloat16, float16 (repeatable; default: all three)")
     fuzz.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     fuzz.add_argument("--max-len", type=int, default=0, help="longest SQ / SKV drawn (default 300 on the CPU, 2048 on a GPU)")

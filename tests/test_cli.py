@@ -100,6 +100,28 @@ def test_python_dash_m_help(tmp_path):
         assert command in proc.stdout
 
 
+def test_version_prints_the_package_version(capsys):
+    import attnspec
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"attnspec {attnspec.__version__}"
+
+
+def test_every_argument_of_every_command_says_what_it_is():
+    """`attnspec COMMAND --help` describes every positional argument and option (FILE included)."""
+    import argparse
+
+    from attnspec.cli import _parser
+
+    commands = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert {"check", "compile", "show", "aot", "demo", "fuzz"} <= set(commands)
+    for name, command in commands.items():
+        for action in command._actions:
+            if not isinstance(action, argparse._HelpAction):
+                assert action.help, f"attnspec {name}: {action.dest} has no help text"
+
+
 def test_no_command_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exc:
         main([])
