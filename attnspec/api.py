@@ -57,12 +57,19 @@ def compile(path_or_source, target: str = "reference", spec: str | None = None, 
     Compile-time params are keyword arguments (`window=256`), or `consts={...}`.
     """
     consts = {**(consts or {}), **more_consts}
-    if not cache:
-        lowered, source_name = _lowered(path_or_source, target, spec, consts)
-        return build_module(lowered, target, source_name, cache=False)
-    from .runtime import loader
-
     text, name = _read(path_or_source)
+    return compile_text(text, name, target, spec, consts, cache=cache)
+
+
+def compile_text(text: str, name: str, target: str, spec: str | None, consts: dict, *, cache: bool = True) -> ModuleType:
+    """compile() of a file's text, already read (name: its file name). The module keeps these arguments
+    as the recipe its nn.Module pickles by (runtime/pickling.py)."""
+    from .runtime import loader, pickling
+
+    recipe = (text, name, target, spec, dict(consts))
+    if not cache:
+        lowered, source_name = _lowered(text, target, spec, consts, name)
+        return pickling.remember(build_module(lowered, target, source_name, cache=False), recipe)
 
     def generate() -> str:
         lowered, source_name = _lowered(text, target, spec, consts, name)
@@ -71,12 +78,12 @@ def compile(path_or_source, target: str = "reference", spec: str | None = None, 
     indexed = loader.source_key(text, Path(name).name, spec, target, consts)
     key = loader.lookup(indexed)
     if key is not None:  # the module this very text compiled to: no parsing or lowering (unless it vanished)
-        return loader.load_module(key, generate)
+        return pickling.remember(loader.load_module(key, generate), recipe)
     lowered, source_name = _lowered(text, target, spec, consts, name)
     key = module_key(lowered, target, source_name)
     module = loader.load_module(key, lambda: _generate(lowered, target, source_name))
     loader.remember(indexed, key)
-    return module
+    return pickling.remember(module, recipe)
 
 
 def build_module(lowered: Spec, target: str, source_name: str, *, cache: bool = True) -> ModuleType:

@@ -17,6 +17,7 @@ from attnspec.runtime import blocks as _blocks
 from attnspec.runtime import dense as _dense
 from attnspec.runtime import flex as _flex
 from attnspec.runtime import functions as _fn
+from attnspec.runtime import pickling as _pickling
 
 _apply = _iv.apply
 
@@ -161,6 +162,9 @@ class HedgehogAttention(torch.nn.Module):
         self.wk = torch.nn.Parameter(
             torch.zeros((_HKV, _D, _D, ), dtype=dtype or torch.float32, device=device)
         )
+
+    def __reduce__(self):  # by the recipe of this module: a process that never compiled it compiles it again
+        return _pickling.reduce(self)
 
     def forward(self, q, k, v, *, selection=None, return_lse=False, block_mask=None, compiled=True):
         return attention(

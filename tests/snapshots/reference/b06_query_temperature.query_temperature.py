@@ -7,6 +7,7 @@ import torch
 
 from attnspec.runtime import dense as _dense
 from attnspec.runtime import functions as _fn
+from attnspec.runtime import pickling as _pickling
 
 SPEC_NAME = "query_temperature"
 
@@ -86,6 +87,9 @@ class QueryTemperatureAttention(torch.nn.Module):
         self.w = torch.nn.Parameter(
             torch.zeros((_H, _D, ), dtype=dtype or torch.float32, device=device)
         )
+
+    def __reduce__(self):  # by the recipe of this module: a process that never compiled it compiles it again
+        return _pickling.reduce(self)
 
     def forward(self, q, k, v, *, selection=None, return_lse=False):
         return attention(

@@ -7,6 +7,7 @@ import torch
 
 from attnspec.runtime import dense as _dense
 from attnspec.runtime import functions as _fn
+from attnspec.runtime import pickling as _pickling
 
 SPEC_NAME = "natten3d"
 T = 4  # compile-time param
@@ -71,6 +72,9 @@ class Natten3dAttention(torch.nn.Module):
 
     def __init__(self, dtype=None, device=None):
         super().__init__()
+
+    def __reduce__(self):  # by the recipe of this module: a process that never compiled it compiles it again
+        return _pickling.reduce(self)
 
     def forward(self, q, k, v, *, selection=None, return_lse=False):
         return attention(

@@ -7,6 +7,7 @@ import torch
 
 from attnspec.runtime import dense as _dense
 from attnspec.runtime import functions as _fn
+from attnspec.runtime import pickling as _pickling
 
 SPEC_NAME = "swin_v2_cosine"
 W = 8  # compile-time param
@@ -89,6 +90,9 @@ class SwinV2CosineAttention(torch.nn.Module):
         self.tau = torch.nn.Parameter(
             torch.zeros((_H, ), dtype=dtype or torch.float32, device=device)
         )
+
+    def __reduce__(self):  # by the recipe of this module: a process that never compiled it compiles it again
+        return _pickling.reduce(self)
 
     def forward(self, q, k, v, *, selection=None, return_lse=False):
         return attention(

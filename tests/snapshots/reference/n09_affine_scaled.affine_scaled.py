@@ -7,6 +7,7 @@ import torch
 
 from attnspec.runtime import dense as _dense
 from attnspec.runtime import functions as _fn
+from attnspec.runtime import pickling as _pickling
 
 SPEC_NAME = "affine_scaled"
 
@@ -108,6 +109,9 @@ class AffineScaledAttention(torch.nn.Module):
         self.w_beta = torch.nn.Parameter(
             torch.zeros((_H, _D, ), dtype=dtype or torch.float32, device=device)
         )
+
+    def __reduce__(self):  # by the recipe of this module: a process that never compiled it compiles it again
+        return _pickling.reduce(self)
 
     def forward(self, q, k, v, *, selection=None, return_lse=False):
         return attention(

@@ -19,6 +19,7 @@ from attnspec.runtime import tiles as _tiles
 from attnspec.runtime import blocks as _blocks
 from attnspec.runtime import dense as _dense
 from attnspec.runtime import functions as _fn
+from attnspec.runtime import pickling as _pickling
 from attnspec.runtime import kernel as _kernel
 from attnspec.runtime import launch as _launch
 from attnspec.runtime import prologue as _prologue_rt
@@ -469,6 +470,9 @@ class BlockCausalAttention(torch.nn.Module):
 
     def __init__(self, dtype=None, device=None):
         super().__init__()
+
+    def __reduce__(self):  # by the recipe of this module: a process that never compiled it compiles it again
+        return _pickling.reduce(self)
 
     def forward(self, q, k, v, *, selection=None, return_lse=False, schedule=None):
         return attention(
