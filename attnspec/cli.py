@@ -151,11 +151,30 @@ def _literal(text: str, item: str):
 
 
 def cmd_check(args) -> int:
+    """Each file's specs verified; a -D applies to the specs that declare its param, and naming a param
+    that no spec of the files declares is a mistake (a misspelt -D would otherwise check nothing)."""
+    from .api import load_program
+
     consts = parse_consts(args.const)
-    failed = 0
+    programs = {}
     for name in args.files:
         try:
-            _check_file(name, consts)
+            programs[name] = load_program(Path(name))
+        except AttnError as err:
+            programs[name] = err
+    declared = {p.name for program in programs.values() if not isinstance(program, AttnError)
+                for s in program.specs for p in s.params}
+    unknown = sorted(set(consts) - declared)
+    if unknown and len(programs) > sum(isinstance(p, AttnError) for p in programs.values()):
+        files = "the file" if len(args.files) == 1 else f"the {len(args.files)} files"
+        raise AttnError(f"no spec of {files} declares a param '{unknown[0]}' (given with -D)",
+                        hint="a -D names a compile-time param: param NAME: TYPE = DEFAULT")
+    failed = 0
+    for name, program in programs.items():
+        try:
+            if isinstance(program, AttnError):
+                raise program
+            _check_program(name, program, consts)
         except AttnError as err:
             if os.environ.get("ATTNSPEC_TRACEBACK"):
                 raise
@@ -164,14 +183,9 @@ def cmd_check(args) -> int:
     return EXIT_INPUT if failed else 0
 
 
-def _check_file(name: str, consts: dict) -> None:
-    from .api import load_program, lower
+def _check_program(name: str, program, consts: dict) -> None:
+    from .api import lower
 
-    program = load_program(Path(name))
-    declared = {p.name for s in program.specs for p in s.params}
-    unknown = sorted(set(consts) - declared)
-    if unknown:
-        raise AttnError(f"{name}: no spec declares a param '{unknown[0]}' (given with -D)")
     for spec in program.specs:
         if _has_all_values(spec, consts):
             lower(spec, {k: v for k, v in consts.items() if spec.param(k)})

@@ -171,6 +171,16 @@ def test_check_with_const(tmp_path, capsys):
     assert code == 2 and "bad value" in err
 
 
+def test_a_const_applies_to_the_specs_that_declare_it(tmp_path, capsys):
+    """As docs/guide.md says: `check a.attn w.attn -D window=3` checks w with window = 3 and a as it is; a
+    param that no spec of the files declares is a mistake (a misspelt -D would check nothing)."""
+    a, w = write(tmp_path, "a.attn", CAUSAL), write(tmp_path, "w.attn", WINDOW)
+    code, out, err = run(capsys, "check", a, w, "-D", "window=3")
+    assert code == 0 and f"{a}: ok" in out and f"{w}: ok" in out, err
+    code, out, err = run(capsys, "check", a, w, "-D", "windw=3")
+    assert code == 2 and "no spec of the 2 files declares a param 'windw'" in err and not out
+
+
 # ---------------------------------------------------------------- compile
 
 
