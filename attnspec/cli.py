@@ -218,6 +218,21 @@ def _write_atomic(path: Path, text: str) -> None:
         raise AttnError(f"cannot write {path}: {err.strerror}") from None
 
 
+def _coloured(text: str) -> str:
+    """Spec text coloured for a terminal (attnspec/lexer.py), where stdout is one, NO_COLOR is unset and
+    Pygments is installed; as it is otherwise."""
+    if not sys.stdout.isatty() or os.environ.get("NO_COLOR"):
+        return text
+    try:
+        from pygments import highlight
+        from pygments.formatters import TerminalFormatter
+
+        from .lexer import AttnLexer
+    except ImportError:
+        return text
+    return highlight(text, AttnLexer(), TerminalFormatter()).rstrip("\n")
+
+
 def cmd_show(args) -> int:
     from .api import load_program, lower, pick_spec
     from .passes import OPTIMIZE
@@ -236,10 +251,10 @@ def cmd_show(args) -> int:
     consts = parse_consts(args.const)
     if args.passes is not None:
         names = [n.strip() for n in args.passes.split(",") if n.strip()] or OPTIMIZE
-        lower(spec, consts, trace=lambda name, s: print(f"# after {name}\n{print_spec(s)}"), passes=names)
+        lower(spec, consts, trace=lambda name, s: print(_coloured(f"# after {name}\n{print_spec(s)}")), passes=names)
     lowered = lower(spec, consts, passes=OPTIMIZE)
     if args.passes is None:
-        print(print_spec(lowered))
+        print(_coloured(print_spec(lowered)))
     drawing = draw_mask(lowered, drawing_sizes(lowered, args.sq, skv), Path(program.source_name).name)
     for line in drawing.describe():
         print(line)
