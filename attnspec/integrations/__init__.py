@@ -1,0 +1,1 @@
+"""attnspec specs inside other libraries' models (each integration imports its library only when used)."""
