@@ -62,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
         help="print the IR after every pass (or after the passes named, in that order)",
     )
     show.add_argument("--block", type=int, default=16, help="tile size for the drawing's tile analysis (default 16)")
+    show.add_argument("--head", type=int, default=0, help="the query head drawn (default 0)")
+    show.add_argument("--batch", type=int, default=0, help="the batch entry drawn (default 0)")
     _const_option(show)
     show.set_defaults(run=cmd_show)
 
@@ -246,6 +248,8 @@ def cmd_show(args) -> int:
         raise AttnError(f"--sq and --skv must be at most {MAX_LENGTH}")
     if args.block < 1:
         raise AttnError("--block must be positive")
+    if args.head < 0 or args.batch < 0 or args.head > 4096 or args.batch > 4096:
+        raise AttnError("--head and --batch are indices from 0 to 4096")
     program = load_program(Path(args.file))
     spec = pick_spec(program, args.spec)
     consts = parse_consts(args.const)
@@ -255,7 +259,8 @@ def cmd_show(args) -> int:
     lowered = lower(spec, consts, passes=OPTIMIZE)
     if args.passes is None:
         print(_coloured(print_spec(lowered)))
-    drawing = draw_mask(lowered, drawing_sizes(lowered, args.sq, skv), Path(program.source_name).name)
+    sizes = drawing_sizes(lowered, args.sq, skv, args.batch, args.head)
+    drawing = draw_mask(lowered, sizes, Path(program.source_name).name, batch=args.batch, head=args.head)
     for line in drawing.describe():
         print(line)
     if drawing.exact and args.sq <= 128 and skv <= 160:

@@ -37,14 +37,17 @@ def gqa_group(spec: Spec) -> int:
     return 1 if spec.gqa_group is None else int(evaluate_static(spec.gqa_group, Sizes()))
 
 
-def drawing_sizes(spec: Spec, sq: int, skv: int) -> Sizes:
-    """One batch and the fewest heads the spec accepts: one kv head and its query heads (gqa group)."""
-    return Sizes(B=1, H=gqa_group(spec), HKV=1, SQ=sq, SKV=skv)
+def drawing_sizes(spec: Spec, sq: int, skv: int, batch: int = 0, head: int = 0) -> Sizes:
+    """The fewest batches and heads that hold (batch, head): whole gqa groups of query heads (one kv head
+    per group)."""
+    group = gqa_group(spec)
+    kv_heads = head // group + 1
+    return Sizes(B=batch + 1, H=kv_heads * group, HKV=kv_heads, SQ=sq, SKV=skv)
 
 
 @dataclass(frozen=True)
 class Drawing:
-    """The picture of batch 0, head 0: mask[i, j] is the pair (i * q_step, j * kv_step)."""
+    """The picture of one batch and head: mask[i, j] is the pair (i * q_step, j * kv_step)."""
 
     mask: torch.Tensor  # bool [rows, cols]
     sizes: Sizes
@@ -52,6 +55,8 @@ class Drawing:
     q_step: int = 1
     kv_step: int = 1
     selection_left_out: bool = False  # a data-dependent selection the sampled picture cannot apply
+    batch: int = 0
+    head: int = 0
 
     @property
     def exact(self) -> bool:
@@ -60,7 +65,7 @@ class Drawing:
     def describe(self) -> list[str]:
         s, kept = self.sizes, int(self.mask.sum())
         heads = f" (of H={s.H}, HKV={s.HKV}: gqa group {s.H // s.HKV})" if s.H > 1 else ""
-        where = f"# mask for b=0, h=0{heads}, SQ={s.SQ}, SKV={s.SKV}"
+        where = f"# mask for b={self.batch}, h={self.head}{heads}, SQ={s.SQ}, SKV={s.SKV}"
         if self.exact and not self.selection_left_out:
             return [f"{where}: {kept} of {self.mask.numel()} pairs kept"]
         rows, cols = self.mask.shape
@@ -80,19 +85,21 @@ def _steps(step: int) -> str:
     return f"0, {step}, {2 * step}, ..."
 
 
-def draw_mask(spec: Spec, sizes: Sizes, source_name: str, seed: int = 0) -> Drawing:
-    """The picture of a lowered spec at these sizes, in bounded memory (see the module docstring)."""
+def draw_mask(spec: Spec, sizes: Sizes, source_name: str, seed: int = 0, batch: int = 0, head: int = 0) -> Drawing:
+    """The picture of a lowered spec at these sizes for one batch and (query) head, in bounded memory (see
+    the module docstring)."""
     from .api import build_module
 
     check_inputs(spec, sizes)
     q_step, kv_step = -(-sizes.SQ // MAX_SIDE), -(-sizes.SKV // MAX_SIDE)
-    if q_step == kv_step == 1 and sizes.SQ * sizes.SKV * sizes.H <= DENSE_PAIRS:
+    if q_step == kv_step == 1 and sizes.SQ * sizes.SKV * sizes.H * sizes.B <= DENSE_PAIRS:
         args = sample_arguments(spec, sizes, torch.float64, seed=seed)
-        return Drawing(dense_mask(build_module(spec, "reference", source_name), spec, sizes, args), sizes, args)
+        mask = dense_mask(build_module(spec, "reference", source_name), spec, sizes, args, batch, head)
+        return Drawing(mask, sizes, args, batch=batch, head=head)
     args = sample_inputs(spec, sizes, seed=seed)
     dynamic = spec.selection is not None and spec.selection.dynamic
-    mask = sampled_mask(spec, sizes, args, q_step, kv_step, source_name)
-    return Drawing(mask, sizes, args, q_step, kv_step, selection_left_out=dynamic)
+    mask = sampled_mask(spec, sizes, args, q_step, kv_step, source_name, batch, head)
+    return Drawing(mask, sizes, args, q_step, kv_step, selection_left_out=dynamic, batch=batch, head=head)
 
 
 def check_inputs(spec: Spec, sizes: Sizes) -> None:
@@ -113,8 +120,8 @@ def _extras(args: dict) -> dict:
     return {k: v for k, v in args.items() if k not in ("q", "k", "v")}
 
 
-def dense_mask(module, spec: Spec, sizes: Sizes, args: dict) -> torch.Tensor:
-    """[SQ, SKV] bool: the mask AND the selected blocks for batch 0, head 0, on sample arguments."""
+def dense_mask(module, spec: Spec, sizes: Sizes, args: dict, batch: int = 0, head: int = 0) -> torch.Tensor:
+    """[SQ, SKV] bool: the mask AND the selected blocks for one batch and head, on sample arguments."""
     kwargs = _extras(args)
     keep = module._token_mask(args["q"], args["k"], **kwargs)
     if spec.selection is not None:
@@ -122,31 +129,32 @@ def dense_mask(module, spec: Spec, sizes: Sizes, args: dict) -> torch.Tensor:
         keep = keep & _dense.expand_blocks(
             selection.block_mask, selection.q_block, selection.kv_block, sizes.SQ, sizes.SKV
         )
-    return keep[0, 0]
+    return keep[min(batch, keep.shape[0] - 1), min(head, keep.shape[1] - 1)]  # a mask that reads no b (h) broadcasts
 
 
-def sampled_mask(spec: Spec, sizes: Sizes, args: dict, q_step: int, kv_step: int, source_name: str) -> torch.Tensor:
-    """[ceil(SQ / q_step), ceil(SKV / kv_step)] bool: the mask (and a static block rule) of batch 0,
-    head 0 at the pairs (i * q_step, j * kv_step), computed by the reference code of `point_spec`."""
+def sampled_mask(spec: Spec, sizes: Sizes, args: dict, q_step: int, kv_step: int, source_name: str,
+                 batch: int = 0, head: int = 0) -> torch.Tensor:
+    """[ceil(SQ / q_step), ceil(SKV / kv_step)] bool: the mask (and a static block rule) of one batch and
+    head at the pairs (i * q_step, j * kv_step), computed by the reference code of `point_spec`."""
     from .api import build_module
 
-    module = build_module(point_spec(spec, sizes, q_step, kv_step), "reference", source_name)
+    module = build_module(point_spec(spec, sizes, q_step, kv_step, batch, head), "reference", source_name)
     rows, cols = -(-sizes.SQ // q_step), -(-sizes.SKV // kv_step)
     q = torch.zeros((1, 1, rows, sizes.D), dtype=torch.float64)  # a mask never reads q or k
     k = torch.zeros((1, 1, cols, sizes.D), dtype=torch.float64)
     return module._token_mask(q, k, **_extras(args))[0, 0]
 
 
-def point_spec(spec: Spec, sizes: Sizes, q_step: int, kv_step: int) -> Spec:
+def point_spec(spec: Spec, sizes: Sizes, q_step: int, kv_step: int, batch: int = 0, head: int = 0) -> Spec:
     """A spec whose mask at (0, 0, i, j) is the mask of the lowered `spec`, AND its static block rule,
-    at (b=0, h=0, q=i * q_step, kv=j * kv_step) of these sizes. Shape symbols become these sizes, so
+    at (b=batch, h=head, q=i * q_step, kv=j * kv_step) of these sizes. Shape symbols become these sizes, so
     inputs keep their full shapes while q and k hold one row per sample."""
     from .passes.fold import fold_expr
     from .verify import verify
 
     q = _scaled("q", q_step)
     kv = _scaled("kv", kv_step)
-    points = {("index_var", "b"): const(0), ("index_var", "h"): const(0), ("index_var", "q"): q, ("index_var", "kv"): kv}
+    points = {("index_var", "b"): const(batch), ("index_var", "h"): const(head), ("index_var", "q"): q, ("index_var", "kv"): kv}
     points.update({("shape", name): const(value) for name, value in sizes.symbols().items()})
     sel = spec.selection
     rule = sel is not None and not sel.dynamic

@@ -67,6 +67,25 @@ def test_show_huge_gqa_group_draws_head_zero(tmp_path, capsys):
     assert "every row keeps a key at these sizes: not checked" in out  # B x H x SQ rows over budget
 
 
+@pytest.mark.parametrize("sq", [12, 5000], ids=["dense", "sampled"])
+def test_show_draws_the_head_and_batch_asked_for(sq, capsys):
+    """--head / --batch: M14's first two heads keep a window of 8, the others the whole causal context;
+    the drawing says which head it shows, dense or sampled."""
+    path = REPO / "examples" / "m14_ls_heads.attn"
+    kept = {}
+    for head in (0, 3):
+        code, out, err = run(capsys, "show", path, "--sq", sq, "--head", head, "--batch", 1)
+        assert code == 0, err
+        line = next(l for l in out.splitlines() if l.startswith("# mask for"))
+        assert line.startswith(f"# mask for b=1, h={head}")
+        kept[head] = int(line.split(" of ")[-2].split()[-1])
+    assert kept[3] > kept[0]
+    if sq == 12:
+        assert kept == {0: 68, 3: 78}
+    code, _, err = run(capsys, "show", path, "--head", -1)
+    assert code == 2 and "--head and --batch" in err
+
+
 # ---------------------------------------------------------------- large drawings
 
 
