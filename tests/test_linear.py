@@ -470,3 +470,29 @@ def test_the_decay_gradient_at_zero_and_far_below_one(backward_calls):
     for value in (0.0, 2.0**-8):
         _agree(UNNORMALIZED, (q, k, v), {"lam": torch.full((4,), value, dtype=torch.float64)}, torch.float32, learnable_decay=True)
     assert len(backward_calls) == 2
+
+
+@pytest.mark.parametrize("source", [ELU, DECAYED, UNNORMALIZED], ids=["elu", "decayed", "unnormalized"])
+def test_a_query_without_keys_is_zero_whatever_it_holds(source, chunked_calls):
+    """With more queries than keys the first rows see no key: their output is 0 even where their q is NaN
+    or infinite (the dense form never multiplies it), and nothing of them reaches dk, dv or the decay
+    (found by attnspec fuzz: N17 with wild inputs)."""
+    q, k, v, inputs = _arguments(source, 40, 9)
+    given = {n: t.float().requires_grad_() for n, t in inputs.items()}
+    module, reference = attnspec.compile(source, "triton"), attnspec.compile(source, "reference")
+    poisoned, clean = q.float().clone(), q.float().clone()
+    poisoned[:, :, :31] = math.nan  # rows 0..30 see no key (31 + 9 - 40 = 0 is the first that does)
+    clean[:, :, :31] = 0.0
+    grads = []
+    for rows in (poisoned, clean):
+        leaves = [rows.clone().requires_grad_(), k.float().requires_grad_(), v.float().requires_grad_()]
+        out = module.attention(*leaves, **given)
+        exact = reference.attention(clean.double(), k, v, **{n: t.double() for n, t in inputs.items()})
+        torch.testing.assert_close(out.double(), exact, rtol=1e-5, atol=1e-5)
+        out.sum().backward()
+        grads.append([leaves[1].grad.clone(), leaves[2].grad.clone(), *(t.grad.clone() for t in given.values())])
+        for t in given.values():
+            t.grad = None
+    for poisoned_grad, clean_grad in zip(*grads):
+        assert torch.isfinite(poisoned_grad).all() and torch.equal(poisoned_grad, clean_grad)
+    assert len(chunked_calls) == 2

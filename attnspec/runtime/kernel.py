@@ -196,15 +196,15 @@ def feature_sum(x, in_f):
 @triton.jit
 def feature_mix(x, w, in_f, F, HALF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr):
     """sum(x[g] * w[g, f] for g) over a prologue tile: x [R, F] at the features (the summed ones), w the
-    [F, F] matrix (rows g, columns f); the padding rows and columns count as 0. On tensor cores: TF32
-    for a half-precision tensor (whose result rounds to fewer bits), three TF32 products (about float32's
-    precision) for a float32 one; on FMA units a float32 product holds the matrix in registers and spills."""
+    [F, F] matrix (rows g, columns f); the padding rows and columns count as 0. On tensor cores in TF32 for
+    a half-precision tensor (whose result rounds to fewer bits); in IEEE float32 for a float32 one (three
+    TF32 products would split an infinite entry into inf - inf = NaN)."""
     x = tl.where(in_f, x + tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.float32), 0.0)
     rows = tl.arange(0, BLOCK_F)[:, None]
     w = tl.where(rows < F, w + tl.zeros([BLOCK_F, BLOCK_F], dtype=tl.float32), 0.0)
     if HALF:
         return tl.dot(x, w, input_precision="tf32")
-    return tl.dot(x, w, input_precision="tf32x3")
+    return tl.dot(x, w, input_precision="ieee")
 
 
 @triton.jit

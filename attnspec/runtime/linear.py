@@ -208,7 +208,8 @@ def chunked_kernel(
                                      HAS_DECAY, False, PRECISION, BLOCK_D, BLOCK_DV)
     for i0 in range(0, SQ, BLOCK_M):
         queries = i0 + rows
-        q_tile = _tile(Q, queries, queries < SQ, feats, sqm, sqd, D)
+        # a query without keys (more queries than keys) is read as zeros: its row is 0 whatever q holds
+        q_tile = _tile(Q, queries, (queries < SQ) & (queries + offset >= 0), feats, sqm, sqd, D)
         num = tl.dot(q_tile, state, input_precision=PRECISION)
         den = tl.sum(q_tile * norm[None, :], 1)
         if CAUSAL:
@@ -325,7 +326,7 @@ def chunked_dq_kernel(
             behind = rows[:, None] - rows[None, :]
             raw = tl.dot(dn, tl.trans(v_tile), input_precision=PRECISION) + dz[:, None]  # dL/da_ij
             if DECAY_GRAD:
-                dl += _decay_grad(Q, queries, live_rows, feats, sqm, sqd, D, rows, behind, live, raw, dq, dn, dz,
+                dl += _decay_grad(Q, queries, live_rows & (keys >= 0), feats, sqm, sqd, D, rows, behind, live, raw, dq, dn, dz,
                                   aged, aged_norm, k_tile, log2_abs, sign, PRECISION)
                 aged, aged_norm = _age(aged, aged_norm, state, norm, k_tile, v_tile, BLOCK_M, BLOCK_M - 1 - rows, log2_abs, sign, PRECISION)
             grads = raw
@@ -399,7 +400,7 @@ def chunked_dkdv_kernel(
         i0 = (chunks - 1 - n) * BLOCK_M
         queries = i0 + rows
         live_rows = queries < SQ
-        q_tile = _tile(Q, queries, live_rows, feats, sqm, sqd, D)
+        q_tile = _tile(Q, queries, live_rows & (queries + offset >= 0), feats, sqm, sqd, D)  # rows without keys: zeros
         dn = _tile(DN, queries, live_rows, vfeats, snm, snd, DV)
         dz = tl.load(DZ + b * szb + h * szh + queries * szm, mask=live_rows & (block == 0), other=0.0)
         if CAUSAL:  # the keys t0 + c this chunk's rows reach last: their gradients are complete
