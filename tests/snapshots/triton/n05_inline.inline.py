@@ -445,7 +445,7 @@ def attention(q, k, v, *, selection=None, schedule=None, return_lse=False):
         _out = _out.to(q.dtype)
     else:
         _out, _lse, _vsum = _launch.with_schedule(KERNELS, q, k, v, _inputs, _params, selection, schedule, _grad, return_lse)
-    if _grad or _chunked:  # without gradients, the forward kernel applied the epilogue before its store
+    if _grad or _chunked:  # the chunks, and the tile kernels with gradients, leave the epilogue to this pass
         (_out,) = _prologue_rt.row_maps(_epilogue_kernels, _epilogue, _epilogue_backward, (_out, (_B, _H, _HKV, _SQ, _SKV, _D), _vsum, ))
     return _out
 
