@@ -54,9 +54,18 @@ def _parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="print the IR after passes and draw the mask")
     show.add_argument("file", metavar="FILE", help="an .attn file")
     show.add_argument("--spec", help="which spec of the file (needed when it has several)")
-    show.add_argument("--sq", type=int, default=32, help="query length for the drawing (default 32)")
-    show.add_argument("--skv", type=int, default=None, help="key length for the drawing (default: --sq)")
-    show.add_argument("--png", metavar="PATH", help="also write the mask as a PNG")
+    show.add_argument("--sq", type=int, default=None, help="query length for the drawing (default: the given inputs' SQ, else 32)")
+    show.add_argument("--skv", type=int, default=None, help="key length for the drawing (default: the given inputs' SKV, else --sq)")
+    show.add_argument(
+        "-I", "--input", action="append", default=[], metavar="NAME=VALUE",
+        help="draw with this value of an input or runtime param instead of a sample one: a number, true/false, "
+        "a comma list, a JSON array, or a .pt/.npy file; it broadcasts to the input's shape (repeatable)",
+    )
+    show.add_argument("--inputs", metavar="FILE", help="values of several inputs: a dict saved with torch.save (.pt), or an .npz")
+    show.add_argument(
+        "--png", metavar="PATH",
+        help="also write the picture: axes, block grid, tile classes and a title (PNG; .svg or .pdf by the suffix)",
+    )
     show.add_argument(
         "--passes", nargs="?", const="", metavar="P1,P2",
         help="print the IR after every pass (or after the passes named, in that order)",
@@ -238,18 +247,18 @@ def _coloured(text: str) -> str:
 def cmd_show(args) -> int:
     from .api import load_program, lower, pick_spec
     from .passes import OPTIMIZE
+    from .given import parse_given
     from .printer import print_spec
-    from .show import MAX_LENGTH, ascii_mask, band_report, draw_mask, drawing_sizes, flex_report, png_scale, tile_report, triton_report, write_png
+    from .show import MAX_LENGTH, analyse_tiles, ascii_mask, band_report, draw_mask, drawing_sizes, flex_report, tile_report, triton_report
 
-    skv = args.sq if args.skv is None else args.skv
-    if args.sq < 1 or skv < 1:
-        raise AttnError("--sq and --skv must be positive")
-    if args.sq > MAX_LENGTH or skv > MAX_LENGTH:
-        raise AttnError(f"--sq and --skv must be at most {MAX_LENGTH}")
+    for option, value in (("--sq", args.sq), ("--skv", args.skv)):
+        if value is not None and not 1 <= value <= MAX_LENGTH:
+            raise AttnError(f"{option} must be from 1 to {MAX_LENGTH}")
     if args.block < 1:
         raise AttnError("--block must be positive")
     if args.head < 0 or args.batch < 0 or args.head > 4096 or args.batch > 4096:
         raise AttnError("--head and --batch are indices from 0 to 4096")
+    given = parse_given(args.input, args.inputs)
     program = load_program(Path(args.file))
     spec = pick_spec(program, args.spec)
     consts = parse_consts(args.const)
@@ -257,13 +266,13 @@ def cmd_show(args) -> int:
         names = [n.strip() for n in args.passes.split(",") if n.strip()] or OPTIMIZE
         lower(spec, consts, trace=lambda name, s: print(_coloured(f"# after {name}\n{print_spec(s)}")), passes=names)
     lowered = lower(spec, consts, passes=OPTIMIZE)
+    sizes = drawing_sizes(lowered, args.sq, args.skv, args.batch, args.head, given)
     if args.passes is None:
         print(_coloured(print_spec(lowered)))
-    sizes = drawing_sizes(lowered, args.sq, skv, args.batch, args.head)
-    drawing = draw_mask(lowered, sizes, Path(program.source_name).name, batch=args.batch, head=args.head)
+    drawing = draw_mask(lowered, sizes, Path(program.source_name).name, batch=args.batch, head=args.head, given=given)
     for line in drawing.describe():
         print(line)
-    if drawing.exact and args.sq <= 128 and skv <= 160:
+    if drawing.exact and sizes.SQ <= 128 and sizes.SKV <= 160:
         sel = lowered.selection
         block = (sel.q_block.literal, sel.kv_block.literal) if sel is not None else None
         print(ascii_mask(drawing.mask, block))
@@ -271,18 +280,38 @@ def cmd_show(args) -> int:
         print(f"# (too large to draw in the terminal; the PNG shows it: {args.png})")
     else:
         print("# (too large to draw in the terminal; use --png)")
-    reports = band_report(lowered, drawing.sizes, drawing.args) + tile_report(lowered, drawing.sizes, args.block, drawing.args)
+    analysis = analyse_tiles(lowered, drawing.sizes, args.block, drawing.args)
+    reports = band_report(lowered, drawing.sizes, drawing.args) + tile_report(lowered, analysis, given=given)
     for line in reports + flex_report(lowered) + triton_report(lowered):
         print(line)
     if args.png:
-        scale = png_scale(drawing.mask)
-        try:
-            write_png(drawing.mask, args.png, scale)
-        except OSError as err:
-            raise AttnError(f"cannot write {args.png}: {err.strerror}") from None
-        rows, cols = drawing.mask.shape
-        print(f"# wrote {args.png} ({cols * scale} x {rows * scale} pixels: {scale} x {scale} per drawn pair)")
+        _write_picture(args.png, lowered, Path(program.source_name).name, drawing, analysis)
     return 0
+
+
+def _write_picture(path: str, spec, source_name: str, drawing, analysis) -> None:
+    """The annotated picture where matplotlib is installed, else the bare one (a pixel square per pair)."""
+    from .show import png_scale, write_png
+
+    sel = spec.selection
+    grid = (sel.q_block.literal, sel.kv_block.literal) if sel is not None else (analysis.q_block, analysis.kv_block)
+    try:
+        from .figure import title_of, write_figure
+    except ImportError:
+        pass
+    else:
+        picture = write_figure(drawing, analysis, grid, title_of(spec.name, source_name, drawing, analysis), path)
+        print(f"# wrote {path} ({picture.width} x {picture.height} pixels: pairs over their tile classes, "
+              f"{grid[0]}x{grid[1]} block grid)")
+        return
+    scale = png_scale(drawing.mask)
+    try:
+        write_png(drawing.mask, path, scale)
+    except OSError as err:
+        raise AttnError(f"cannot write {path}: {err.strerror}") from None
+    rows, cols = drawing.mask.shape
+    print(f"# wrote {path} ({cols * scale} x {rows * scale} pixels: {scale} x {scale} per drawn pair; "
+          "install attnspec[plot] for axes, block grid and tile classes)")
 
 
 def cmd_aot(args) -> int:

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from .diagnostics import AttnError
+from .given import Given, fits, given_sizes, given_values
 from .ir import Expr, Spec, const, inline_bindings, substitute, uses, walk
 from .runtime import dense as _dense
 from .sample import Sizes, evaluate_static, input_shapes, sample_arguments, sample_inputs
@@ -37,12 +38,11 @@ def gqa_group(spec: Spec) -> int:
     return 1 if spec.gqa_group is None else int(evaluate_static(spec.gqa_group, Sizes()))
 
 
-def drawing_sizes(spec: Spec, sq: int, skv: int, batch: int = 0, head: int = 0) -> Sizes:
-    """The fewest batches and heads that hold (batch, head): whole gqa groups of query heads (one kv head
-    per group)."""
-    group = gqa_group(spec)
-    kv_heads = head // group + 1
-    return Sizes(B=batch + 1, H=kv_heads * group, HKV=kv_heads, SQ=sq, SKV=skv)
+def drawing_sizes(spec: Spec, sq: int | None, skv: int | None, batch: int = 0, head: int = 0,
+                  given: dict[str, Given] | None = None) -> Sizes:
+    """The sizes asked for and those the given inputs fix; otherwise the fewest batches and heads that hold
+    (batch, head): whole gqa groups of query heads (one kv head per group)."""
+    return given_sizes(spec, given or {}, sq, skv, batch, head, gqa_group(spec))
 
 
 @dataclass(frozen=True)
@@ -85,18 +85,20 @@ def _steps(step: int) -> str:
     return f"0, {step}, {2 * step}, ..."
 
 
-def draw_mask(spec: Spec, sizes: Sizes, source_name: str, seed: int = 0, batch: int = 0, head: int = 0) -> Drawing:
+def draw_mask(spec: Spec, sizes: Sizes, source_name: str, seed: int = 0, batch: int = 0, head: int = 0,
+              given: dict[str, Given] | None = None) -> Drawing:
     """The picture of a lowered spec at these sizes for one batch and (query) head, in bounded memory (see
-    the module docstring)."""
+    the module docstring), on sample inputs and the values given in their place."""
     from .api import build_module
 
     check_inputs(spec, sizes)
+    values = given_values(spec, sizes, given or {}, input_shapes(spec, sizes))
     q_step, kv_step = -(-sizes.SQ // MAX_SIDE), -(-sizes.SKV // MAX_SIDE)
     if q_step == kv_step == 1 and sizes.SQ * sizes.SKV * sizes.H * sizes.B <= DENSE_PAIRS:
-        args = sample_arguments(spec, sizes, torch.float64, seed=seed)
+        args = {**sample_arguments(spec, sizes, torch.float64, seed=seed), **values}
         mask = dense_mask(build_module(spec, "reference", source_name), spec, sizes, args, batch, head)
         return Drawing(mask, sizes, args, batch=batch, head=head)
-    args = sample_inputs(spec, sizes, seed=seed)
+    args = {**sample_inputs(spec, sizes, seed=seed), **values}
     dynamic = spec.selection is not None and spec.selection.dynamic
     mask = sampled_mask(spec, sizes, args, q_step, kv_step, source_name, batch, head)
     return Drawing(mask, sizes, args, q_step, kv_step, selection_left_out=dynamic, batch=batch, head=head)
@@ -214,53 +216,82 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
 
-def tile_report(spec: Spec, sizes: Sizes, block: int, args: dict, large: int = 4096, large_block: int = 128) -> list[str]:
-    """What the tile analysis proves at the drawing's size (on its sample inputs) and at a realistic one."""
-    sel = spec.selection
-    big = replace(sizes, B=1, H=sizes.H if spec.gqa_group is not None else 4, HKV=1, SQ=large, SKV=large)
-    lines = [_tile_line(spec, sizes, block, args)]
-    try:
-        check_inputs(spec, big)
-        lines.append(_tile_line(spec, big, large_block, sample_inputs(spec, big)))
-    except AttnError as err:  # the inputs do not fit at the realistic size
-        lines.append(f"# tiles at SQ={large}, SKV={large}: not analysed ({err.message})")
-    if spec.arguments:
-        lines.append("# (inputs drawn at random: " + ", ".join(i.name for i in spec.arguments) + ")")
-    if sel is not None and sel.dynamic:
-        lines.append("# (data-dependent block selection is decided at run time, on top of these tiles)")
-    return lines
+@dataclass(frozen=True)
+class TileAnalysis:
+    """The tile classes at one size, or why they were not computed."""
+
+    size: Sizes
+    q_block: int
+    kv_block: int
+    tiles: object = None  # analysis.tiles.Tiles, None when skipped
+    coarser: str = ""  # why the tiles are coarser than asked
+    skipped: str = ""  # why there are no tiles
+
+    def line(self) -> str:
+        head = f"# tiles {self.q_block}x{self.kv_block} at SQ={self.size.SQ}, SKV={self.size.SKV}"
+        if self.tiles is None:
+            return f"{head}: not analysed ({self.skipped})"
+        d = self.tiles.density()
+        return (
+            f"{head}{self.coarser}: visited {d['visited']:.1%} (full {d['full']:.1%}, partial {d['partial']:.1%}); "
+            f"rows never fully masked: {'proved' if self.tiles.rows_never_empty() else 'not proved'}; "
+            f"visited tiles contiguous: {'yes' if self.tiles.contiguous() else 'no'}"
+        )
 
 
-def _tile_line(spec: Spec, size: Sizes, tile: int, args: dict) -> str:
-    """One report line; tiles coarser than asked when there would be more than MAX_TILES (x heads)."""
+def analyse_tiles(spec: Spec, size: Sizes, tile: int, args: dict) -> TileAnalysis:
+    """The tile analysis at one size and arguments; tiles coarser than asked when there would be more than
+    MAX_TILES (x heads), and none when an input the mask reads is too large to summarize."""
     from .analysis.tiles import classify_tiles
 
     sel = spec.selection
     fixed = sel is not None and not sel.dynamic  # a static block rule fixes the tile size
     bq, bk = (sel.q_block.literal, sel.kv_block.literal) if fixed else (tile, tile)
-    where, note = f"at SQ={size.SQ}, SKV={size.SKV}", ""
+    coarser = ""
     if bq < 1:
         raise AttnError("block sizes must be positive")
     while not fixed and _tile_count(spec, size, bq, bk) > MAX_TILES and bq < max(size.SQ, size.SKV):
         bq, bk = 2 * bq, 2 * bk
-        note = f" (tiles of {tile} would be more than {MAX_TILES})"
+        coarser = f" (tiles of {tile} would be more than {MAX_TILES})"
     if _tile_count(spec, size, bq, bk) > MAX_TILES:
-        return f"# tiles {bq}x{bk} {where}: not analysed ({_tile_count(spec, size, bq, bk)} tiles, more than {MAX_TILES})"
+        return TileAnalysis(size, bq, bk, skipped=f"{_tile_count(spec, size, bq, bk)} tiles, more than {MAX_TILES}")
     summarized = [i for i in spec.arguments if _reads(spec, i.name) and args[i.name].numel() > MAX_SUMMARY]
     if summarized:
         name = summarized[0].name
-        return f"# tiles {bq}x{bk} {where}: not analysed (input '{name}' has {args[name].numel()} elements, more than {MAX_SUMMARY})"
+        return TileAnalysis(size, bq, bk, skipped=f"input '{name}' has {args[name].numel()} elements, more than {MAX_SUMMARY}")
     tiles = classify_tiles(
         spec, bq, bk, size.symbols(),
         {p.name: args[p.name] for p in spec.runtime_params}, {i.name: args[i.name] for i in spec.arguments},
     )
-    d = tiles.density()
-    return (
-        f"# tiles {bq}x{bk} {where}{note}: visited {d['visited']:.1%} "
-        f"(full {d['full']:.1%}, partial {d['partial']:.1%}); rows never fully masked: "
-        f"{'proved' if tiles.rows_never_empty() else 'not proved'}; visited tiles contiguous: "
-        f"{'yes' if tiles.contiguous() else 'no'}"
-    )
+    return TileAnalysis(size, bq, bk, tiles, coarser)
+
+
+def tile_report(spec: Spec, drawn: TileAnalysis, large: int = 4096, large_block: int = 128,
+                given: dict[str, Given] | None = None) -> list[str]:
+    """What the tile analysis proves at the drawing's size (on its arguments) and at a realistic one (on
+    sample inputs, and the given values that still fit there)."""
+    sel, given, sizes = spec.selection, given or {}, drawn.size
+    big = replace(sizes, B=1, H=sizes.H if spec.gqa_group is not None else 4, HKV=1, SQ=large, SKV=large)
+    lines = [drawn.line()]
+    try:
+        check_inputs(spec, big)
+        shapes = input_shapes(spec, big)
+        kept = {n: g for n, g in given.items() if n not in shapes or fits(g, shapes[n])}
+        big_args = {**sample_inputs(spec, big), **given_values(spec, big, kept, shapes)}
+        lines.append(analyse_tiles(spec, big, large_block, big_args).line())
+        if len(kept) < len(given):
+            lines.append("# (at that size, drawn at random in place of the values given: "
+                         + ", ".join(n for n in given if n not in kept) + ")")
+    except AttnError as err:  # the inputs do not fit at the realistic size
+        lines.append(f"# tiles at SQ={large}, SKV={large}: not analysed ({err.message})")
+    drawn_names = [i.name for i in spec.arguments if i.name not in given] + [
+        p.name for p in spec.runtime_params if p.name not in given and p.default is None
+    ]
+    if drawn_names:
+        lines.append("# (inputs drawn at random: " + ", ".join(drawn_names) + (f"; given: {', '.join(given)})" if given else ")"))
+    if sel is not None and sel.dynamic:
+        lines.append("# (data-dependent block selection is decided at run time, on top of these tiles)")
+    return lines
 
 
 def _tile_count(spec: Spec, size: Sizes, bq: int, bk: int) -> int:

@@ -368,12 +368,52 @@ def read_png(data: bytes) -> tuple[int, int, list[list[int]]]:
 
 
 def test_show_png(tmp_path, capsys):
+    """The annotated picture: each drawn pair, sampled at its cell's centre, has the colour of its tile class,
+    darker when kept (causal at 8 x 12 with 4 x 4 tiles: full tiles below the diagonal, partial ones on it,
+    skipped ones above)."""
+    from attnspec.figure import PALETTE
+    from attnspec.runtime.tiles import EMPTY, FULL, PARTIAL
+
+    matplotlib_image = pytest.importorskip("matplotlib.image")
+    path = write(tmp_path, "causal.attn", CAUSAL)
+    png = tmp_path / "mask.png"
+    sq, skv = 8, 12
+    code, out, err = run(capsys, "show", path, "--sq", sq, "--skv", skv, "--block", 4, "--png", png)
+    assert code == 0, err
+    assert f"wrote {png}" in out and "4x4 block grid" in out
+    pixels = (matplotlib_image.imread(png)[..., :3] * 255).round().astype(int)
+    width, height = (int(n) for n in out.split(f"wrote {png} (")[1].split(" pixels")[0].split(" x "))
+    assert pixels.shape[:2] == (height, width)
+    expected = causal_mask(sq, skv)
+    shift = skv - sq
+    left, top, right, bottom = _cells_area(pixels)
+    for i in range(sq):
+        for j in range(skv):
+            tq, tk = i // 4, j // 4
+            lo, hi = tk * 4 - (tq * 4 + 3), tk * 4 + 3 - tq * 4  # kv - q over the tile
+            kind = FULL if hi <= shift else EMPTY if lo > shift else PARTIAL
+            x = int(left + (j + 0.5) * (right - left) / skv)
+            y = int(top + (i + 0.5) * (bottom - top) / sq)
+            assert tuple(pixels[y, x]) == PALETTE[kind][1 if expected[i][j] else 0], (i, j)
+
+
+def _cells_area(pixels) -> tuple[int, int, int, int]:
+    """The picture's cells: inside the axes' black frame (the darkest long line on each side)."""
+    dark = (pixels.sum(-1) < 60)
+    rows = [y for y in range(pixels.shape[0]) if dark[y].sum() > pixels.shape[1] // 3]
+    cols = [x for x in range(pixels.shape[1]) if dark[:, x].sum() > pixels.shape[0] // 3]
+    return cols[0] + 1, rows[0] + 1, cols[-1], rows[-1]
+
+
+def test_show_png_without_matplotlib_is_the_bare_picture(tmp_path, capsys, monkeypatch):
+    """Without the plot extra, a PNG of 4 x 4 pixels per pair, kept pairs black on white."""
+    monkeypatch.setitem(sys.modules, "attnspec.figure", None)  # its import fails as without matplotlib
     path = write(tmp_path, "causal.attn", CAUSAL)
     png = tmp_path / "mask.png"
     sq, skv = 8, 12
     code, out, err = run(capsys, "show", path, "--sq", sq, "--skv", skv, "--png", png)
     assert code == 0, err
-    assert f"wrote {png}" in out
+    assert f"wrote {png}" in out and "install attnspec[plot]" in out
     width, height, rows = read_png(png.read_bytes())
     assert (width, height) == (4 * skv, 4 * sq)
     expected = causal_mask(sq, skv)
