@@ -17,6 +17,7 @@ from attnspec.ir import LEAF_OPS, OTHER_ROW_OPS, WHOLE_ROW_OPS, Expr, RowMap, Sp
 from attnspec.passes.adjoint import ROW_SEED, SEED, row_map_adjoint, varies
 from attnspec.passes.symbolic import NotRepresentable, exact_key
 
+from .dense import row_values_read
 from .rowmap import dense_step
 from .triton import TritonRenderer
 
@@ -115,19 +116,70 @@ def prologue_kernel_plan(spec: Spec) -> list[dict]:
 def fused_q_prologue(spec: Spec) -> dict | None:
     """{code, rope} of the q prologue as the forward kernel applies it to its resident Q tile when no
     gradient is needed (the kernel-work model's choice in inference: the pass's round trip saved, the
-    same operations). None without a q prologue, or where per-row values of q need q after it anyway."""
+    same operations). None without a q prologue, or where per-row values of q that the kernel does not
+    compute itself (fused_q_values) are computed by passes, which need q after it."""
     step = next((s for s in spec.prologue if s.target == "q"), None)
-    if step is None or any(i.computed is not None and i.computed.target == "q" for i in spec.inputs):
+    if step is None or len(fused_q_values(spec)) < len(_row_values(spec, "q")):
         return None
     if any(n.op in WHOLE_ROW_OPS for n in walk(inline_bindings(step.value, spec))):
         return None  # a softmax over features or a matrix: the pass's [rows, features] tile, not the forward's
     return _fused(spec, step)
 
 
-def fused_epilogue(spec: Spec) -> dict | None:
+def fused_q_values(spec: Spec) -> list[dict]:
+    """{name, code, rope} of each per-row value of q that the scores read, as the forward kernel computes
+    it from its resident Q tile when no gradient is needed: once per query tile, the kernel-work model's
+    choice in inference (the same operations as its pass, whose launch and round trip through memory are
+    saved; the fused kernel reads `_v_<name>` where it would load the value, the epilogue too). A value
+    only the epilogue reads keeps its pass: computed there from the tile, N09's two spilled every fused
+    shape at D = 128 on sm_90a (76-668 bytes), and held across the key loop, more. A value reads its own
+    row only (the language keeps matrices, softmaxes over features and sums over rows to prologues).
+    Empty where the kernel cannot take the values from its tile: a per-row table among the values
+    (tensor code), a mask that reads them (the schedule is built from them on the host), a value read at
+    another row than its own."""
+    values = _row_values(spec, "q")
+    if not values or not row_value_kernel_plan(spec) or row_values_read(spec, spec.mask):
+        return []
+    names = {i.name for i in values}
+    scored = {b.value.value for b in spec.bindings if b.level == "row" and own_row_load(b.value, names)}
+    if not scored or not _read_at_own_rows(spec, scored):
+        return []
+    return [{**_fused(spec, i.computed), "name": i.name} for i in values if i.name in scored]
+
+
+def own_row_load(e: Expr, names: set[str]) -> bool:
+    """A load of one of these per-row values of q at its own row: `t[b, h, q]` (or `t[b, h, i]` in
+    the epilogue)."""
+    if e.op != "load" or e.value not in names or len(e.args) != 3:
+        return False
+    (b, h, row) = e.args
+    at_row = row.op == "row" or (row.op == "index_var" and row.value == "q")
+    return (b.op, b.value, h.op, h.value) == ("index_var", "b", "index_var", "h") and at_row
+
+
+def _read_at_own_rows(spec: Spec, names: set[str]) -> bool:
+    """Whether the forward kernel reads these values only through row bindings that load them at their
+    own rows, and the epilogue only at its rows: what the fused kernel can replace by its own."""
+    def loads(e: Expr | None) -> list[Expr]:
+        return [] if e is None else [n for n in walk(e) if n.op == "load" and n.value in names]
+
+    for b in spec.bindings:
+        found = loads(b.value)
+        if found and not (b.level == "row" and own_row_load(b.value, names)):
+            return False
+    norm = spec.normalize
+    roots = [spec.scale, spec.score, spec.mask, norm.weight, norm.denominator, norm.sink]
+    roots += [step.value for step in spec.prologue] + [i.computed.value for i in _row_values(spec)]
+    if any(loads(e) for e in roots):
+        return False
+    return spec.epilogue is None or all(own_row_load(n, names) for n in loads(spec.epilogue.value))
+
+
+def fused_epilogue(spec: Spec, values: set[str] = frozenset()) -> dict | None:
     """{code, rope} of the epilogue as the forward kernel applies it before its store when no gradient is
-    needed (in training the kernel stores the output the backward reads, and the epilogue's pass follows)."""
-    return None if spec.epilogue is None else _fused(spec, spec.epilogue)
+    needed (in training the kernel stores the output the backward reads, and the epilogue's pass follows),
+    reading the per-row values named in `values` as those the fused kernel computed (fused_q_values)."""
+    return None if spec.epilogue is None else _fused(spec, spec.epilogue, values)
 
 
 def epilogue_kernel_plan(spec: Spec) -> dict | None:
@@ -164,8 +216,9 @@ def backward_kernel_plan(spec: Spec) -> dict:
     return {"prologue": rows[:len(spec.prologue)], "row_values": rows[len(spec.prologue):], "epilogue": epilogue}
 
 
-def _row_values(spec: Spec) -> list:
-    return [i for i in spec.inputs if i.computed is not None]
+def _row_values(spec: Spec, target: str | None = None) -> list:
+    """The per-row values (of q or k where `target` says)."""
+    return [i for i in spec.inputs if i.computed is not None and target in (None, i.computed.target)]
 
 
 def _backward_steps(spec: Spec, steps: list) -> list:
@@ -250,13 +303,16 @@ def _site(spec: Spec, r: RowMapKernelRenderer, load: Expr, grad: Expr) -> dict:
     return {"input": name, "level": level, "code": r.render(grad), "offset": offset, "per_feature": per_feature}
 
 
-def _fused(spec: Spec, step: RowMap) -> dict:
-    """{code, rope, kept_partner, groups}: the statement's value as Triton code over a tile, whether it
-    pairs features, whether it reads sum_kept(v) at a rope partner (`_vsump`), and the group counts of
-    its softmaxes over features (the host checks that they divide the features)."""
+def _fused(spec: Spec, step: RowMap, values: set[str] = frozenset()) -> dict:
+    """{code, rope, kept_partner, groups}: the statement's value as Triton code over a tile (reading the
+    per-row values named in `values` as the forward kernel's `_v_<name>`), whether it pairs features,
+    whether it reads sum_kept(v) at a rope partner (`_vsump`), and the group counts of its softmaxes over
+    features (the host checks that they divide the features)."""
     value = inline_bindings(step.value, spec)
     ropes = [n for n in walk(value) if n.op == "rope"]
-    return {"code": RowMapKernelRenderer(spec).render(value), "rope": bool(ropes),
+    renderer = RowMapKernelRenderer(spec)
+    renderer.values = {name: f"_v_{name}" for name in values}
+    return {"code": renderer.render(value), "rope": bool(ropes),
             "kept_partner": _at_partners(ropes, lambda n: n.op == "kept_sum"),
             "groups": sorted({n.value for n in walk(value) if n.op == "feature_softmax" and n.value > 1})}
 

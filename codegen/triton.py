@@ -55,6 +55,7 @@ class TritonRenderer(ExprRenderer):
         super().__init__(spec)
         self.constants = {param: kernel_name for kernel_name, param in kernel_constants(spec)}
         self.tables = table_tiles(spec)
+        self.values: dict[str, str] = {}  # per-row values read as the fused forward kernel's variables
 
     def render_const(self, e: Expr) -> str:
         if e.name in self.constants:
@@ -85,6 +86,8 @@ class TritonRenderer(ExprRenderer):
 
     def render_load(self, e: Expr) -> str:
         name = e.value
+        if name in self.values:  # a per-row value of q the fused forward kernel computed (rowmap_triton.fused_q_values)
+            return self.values[name]
         table = self.tables.get(name)
         if table is not None and from_tile(table, e, self.spec):
             return gathered(table, self.render(e.args[3]))  # a pair's entry of a per-row table, from its tile
@@ -216,6 +219,8 @@ class TritonPlan(ModulePlan, BackwardPlan):
     table_tiles: list[str]  # the per-row tables the kernels read per pair from tiles (codegen/table_tiles.py)
     prologue_kernels: list[dict]  # each prologue statement as a kernel's code (codegen/rowmap_triton.py)
     fused_q: dict | None  # the q prologue in the forward kernel, without gradients (codegen/rowmap_triton.py)
+    fused_values: list[dict]  # the per-row values of q the forward kernel computes from its tile, without gradients
+    fused_row_bindings: dict[str, str]  # row bindings that load them, and what the fused kernel reads instead
     row_value_kernels: list[dict]  # each per-row value as a pass's code; empty: tensor code (a per-row table)
     rowmap_backward: dict  # the backward passes of the prologue, per-row values and epilogue (empty lists: autograd of the tensor code)
     epilogue_kernel: dict | None  # the epilogue as a pass over the output's rows, with gradients; None: tensor code
@@ -250,7 +255,8 @@ class TritonPlan(ModulePlan, BackwardPlan):
 
 def triton_plan(spec: Spec, source_name: str) -> TritonPlan:
     from .rowmap_triton import (backward_kernel_plan, epilogue_kernel_plan, fused_epilogue, fused_q_prologue,
-                                prologue_kernel_plan, row_value_kernel_plan)  # they render with TritonRenderer
+                                fused_q_values, own_row_load, prologue_kernel_plan,
+                                row_value_kernel_plan)  # they render with TritonRenderer
 
     r = TritonRenderer(spec)
     norm = spec.normalize
@@ -267,6 +273,9 @@ def triton_plan(spec: Spec, source_name: str) -> TritonPlan:
     module = module_plan(spec, source_name).fields()
     nonnegative_rule = _nonnegative_rule(spec)
     module["linear"] = _chunked_linear(spec, module["linear"], nonnegative_rule)
+    values = [] if module["linear"] else fused_q_values(spec)  # the chunks read the values' passes
+    value_names = {v["name"] for v in values}
+    read_by_rows = {b.symbol: f"_v_{b.value.value}" for b in spec.bindings if b.level == "row" and own_row_load(b.value, value_names)}
     return TritonPlan(
         **module,
         **backward_plan(spec, TritonRenderer).fields(),
@@ -278,10 +287,12 @@ def triton_plan(spec: Spec, source_name: str) -> TritonPlan:
         table_tiles=list(r.tables),
         prologue_kernels=prologue_kernel_plan(spec),
         fused_q=None if module["linear"] else fused_q_prologue(spec),  # the chunks read q after its prologue
+        fused_values=values,
+        fused_row_bindings=read_by_rows,
         row_value_kernels=row_value_kernel_plan(spec),
         rowmap_backward=backward_kernel_plan(spec),
         epilogue_kernel=epilogue_kernel_plan(spec),
-        fused_epilogue=fused_epilogue(spec),
+        fused_epilogue=fused_epilogue(spec, value_names),
         k_score=r.render(spec.score),
         k_weight=None if norm.weight is None else r.render(norm.weight),
         k_denominator=None if norm.denominator is None else r.render(norm.denominator),

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import attnspec
+from conftest import REPO
 
 FORMS = {
     "rope of an expression": """
@@ -304,18 +305,101 @@ def test_sum_kept_at_rope_partners_in_the_fused_epilogue():
     torch.testing.assert_close(out, expected.float(), rtol=1e-4, atol=1e-5)
 
 
-def test_a_per_query_value_keeps_the_q_pass():
-    module = attnspec.compile(QVALUE, "triton")
-    assert not module.KERNELS.fused_q and module.KERNELS.fused_epilogue
-    (q, k, v), _ = _tensors(D=16, DV=16)
+VALUES = """
+attention values {
+    input w: float32[H, D]
+    input gate: float32[B, H, SQ]
+    prologue q[i, f] = rope(q, 0.1 * float(i))
+    let t per q[i, f] = 1.0 + softplus(sum(q * w[h, f]))
+    let r per q[i, f] = norm(rope(q, 0.2 * float(i + f)))
+    let u per k = tanh(sum(k))
+    mask kv <= q + (SKV - SQ)
+    score = score * t + 0.5 * u - 0.1 * r
+    normalize softmax(sink = 0.3 * r)
+    epilogue out[i, f] = out * sigmoid(gate[b, h, i]) / (1.0 + t)
+}
+"""
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("source", [QVALUE, VALUES], ids=["qvalue", "values"])
+def test_without_gradients_the_forward_kernel_computes_the_values_of_q(monkeypatch, source, dtype):
+    """Per-row values of q (after a fused q prologue, rope inside, read by the score, a sink and the
+    epilogue) from the kernel's resident Q tile, once per query tile: no pass computes them; a value of
+    k keeps its pass. The result is the reference's; with gradients the passes run and agree."""
+    module = attnspec.compile(source, "triton")
+    assert module.KERNELS.fused_values and module.KERNELS.fused_q and module.KERNELS.fused_epilogue
+    (q, k, v), gen = _tensors(dtype=dtype, D=16, DV=16)
+    inputs = {"w": torch.randn(4, 16, generator=gen), "gate": torch.randn(2, 4, 19, generator=gen)} if "gate" in source else {}
+    skipped = []
+    kernels = module._row_value_kernels
+    monkeypatch.setattr(module, "_row_value_kernels", lambda *a, skip=(): skipped.append(skip) or kernels(*a, skip=skip))
     with torch.no_grad():
-        out = module.attention(q, k, v)
-    torch.testing.assert_close(out, attnspec.compile(QVALUE, "reference").attention(q, k, v).float(), rtol=1e-4, atol=1e-5)
+        out = module.attention(q, k, v, **inputs)
+    q_values = ("t",) if source == QVALUE else ("t", "r")
+    assert skipped == [q_values]  # u, a value of k, is still computed by its pass
+    expected = attnspec.compile(source, "reference").attention(q.double(), k.double(), v.double(),
+                                                               **{n: t.double() for n, t in inputs.items()})
+    tolerance = dict(rtol=1e-4, atol=2e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(out.double(), expected, **tolerance)
+    skipped.clear()
+    leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+    trained = module.attention(*leaves, **inputs)
+    assert skipped == [()]
+    same = dict(rtol=2e-5, atol=2e-6) if dtype == torch.float32 else tolerance  # bf16: q rounded after the prologue pass
+    torch.testing.assert_close(trained.detach(), out, **same)
+
+
+def test_values_the_kernel_cannot_take_from_its_tile_keep_their_passes():
+    """A mask that reads a value (the schedule is built from it on the host), a per-row table: no fused
+    values, and the q prologue then stays a pass too."""
+    from codegen.rowmap_triton import fused_q_prologue, fused_q_values
+
+    def lowered(source):
+        return attnspec.api.lower(attnspec.api.load_program(source).specs[0], {}, passes=attnspec.passes.OPTIMIZE)
+
+    assert [v["name"] for v in fused_q_values(lowered(VALUES))] == ["t", "r"]
+    masked = VALUES.replace("mask kv <= q + (SKV - SQ)", "mask kv <= q + (SKV - SQ) and t > 1.2")
+    tables = VALUES.replace("let r per q[i, f] = norm(rope(q, 0.2 * float(i + f)))",
+                            "let r[e: 4] per q[i, f] = sum(q * w[h, f]) * float(e)").replace("0.1 * r", "0.1 * r[0]")
+    tables = tables.replace("sink = 0.3 * r", "sink = 0.3 * t")
+    for source in (masked, tables):
+        spec = lowered(source)
+        assert fused_q_values(spec) == [] and fused_q_prologue(spec) is None, source
+    spec = lowered((REPO / "examples" / "n09_affine_scaled.attn").read_text())
+    assert fused_q_values(spec) == []  # values only its epilogue reads keep their passes
+
+
+MIXED = VALUES.replace("    epilogue out[i, f] = out * sigmoid(gate[b, h, i]) / (1.0 + t)",
+                       "    let e per q[i, f] = sigmoid(sum(q * w[h, f]))\n    epilogue out[i, f] = out * e / (1.0 + t)")
+
+
+def test_a_value_only_the_epilogue_reads_keeps_its_pass(monkeypatch):
+    """t and r, which the scores read, come from the kernel's tile; e, which only the epilogue reads, from
+    its pass (fused at the epilogue it spilled, see fused_q_values), and with it the q prologue's pass."""
+    from codegen.rowmap_triton import fused_q_values
+
+    spec = attnspec.api.lower(attnspec.api.load_program(MIXED).specs[0], {}, passes=attnspec.passes.OPTIMIZE)
+    assert [v["name"] for v in fused_q_values(spec)] == ["t", "r"]
+    module = attnspec.compile(MIXED, "triton")
+    assert module.KERNELS.fused_values and not module.KERNELS.fused_q
+    (q, k, v), gen = _tensors(D=16, DV=16)
+    inputs = {"w": torch.randn(4, 16, generator=gen), "gate": torch.randn(2, 4, 19, generator=gen)}
+    skipped = []
+    kernels = module._row_value_kernels
+    monkeypatch.setattr(module, "_row_value_kernels", lambda *a, skip=(): skipped.append(skip) or kernels(*a, skip=skip))
+    with torch.no_grad():
+        out = module.attention(q, k, v, **inputs)
+    assert skipped == [("t", "r")]
+    expected = attnspec.compile(MIXED, "reference").attention(q.double(), k.double(), v.double(),
+                                                              **{n: t.double() for n, t in inputs.items()})
+    torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=2e-5)
 
 
 def test_an_unfused_configuration_runs_the_q_pass_and_the_epilogue_after_the_kernel(monkeypatch):
     """On a GPU the autotuner also tries configurations that leave the q prologue to its pass and the
-    epilogue to tensor code (the fused kernel may not fit its registers): they compute the same."""
+    epilogue to tensor code (the fused kernel may not fit its registers): they compute the same. So
+    does one that leaves the values of q to their passes."""
     from dataclasses import replace
 
     from attnspec.runtime import triton as triton_runtime
@@ -335,4 +419,16 @@ def test_an_unfused_configuration_runs_the_q_pass_and_the_epilogue_after_the_ker
     with torch.no_grad():
         unfused = module.attention(q, k, v, **inputs)
     assert skipped == [("q",), ("k", "v")] and epilogues == [1]  # k's pass, then q's for the kernel
+    torch.testing.assert_close(unfused, fused, rtol=2e-5, atol=2e-6)
+    # the values of q: the kernel's, or their passes' after the q pass
+    module = attnspec.compile(VALUES, "triton")
+    inputs = {"w": torch.randn(4, 16, generator=gen), "gate": torch.randn(2, 4, 19, generator=gen)}
+    with torch.no_grad():
+        fused = module.attention(q, k, v, **inputs)
+    value_skips = []
+    kernels = module._row_value_kernels
+    monkeypatch.setattr(module, "_row_value_kernels", lambda *a, skip=(): value_skips.append(skip) or kernels(*a, skip=skip))
+    with torch.no_grad():
+        unfused = module.attention(q, k, v, **inputs)
+    assert value_skips == [("t", "r"), ("u",)]  # u's pass before the kernel, then t's and r's for it
     torch.testing.assert_close(unfused, fused, rtol=2e-5, atol=2e-6)

@@ -29,8 +29,10 @@ class Kernels:
     # (prologue_q ...), the per-row values (value_t ...) and the backward passes of both (..._bwd)
     row_passes: tuple[tuple[str, Callable], ...]
     fused_q: bool  # without gradients, the forward kernel can apply the q prologue to its Q tile
+    fused_values: bool  # without gradients, the forward kernel can compute the per-row values of q from its Q tile
     fused_epilogue: bool  # without gradients, the forward kernel can apply the epilogue before its store
     q_pass: Callable | None  # (q, k, v, inputs, params) -> q after its prologue, for an unfused configuration
+    values_pass: Callable | None  # (q, k, inputs, params) -> the inputs with the per-row values of q, likewise
     epilogue: Callable | None  # (out, vsum, q, k, inputs, params) -> out after the epilogue, likewise
     norm: str  # softmax | elementwise | rownorm
     closed_form: bool  # the forward and dQ kernels compute their key tiles (no block tables)
@@ -100,27 +102,28 @@ def forward(kernels: Kernels, q, k, v, inputs, params, schedule, return_lse, for
     vsum = _rt.output_buffer((B, H, SQ, v.shape[-1]) if kernels.kept_sum else (0,), torch.float32, q.device)
     scale = kernels.logit_scale(q, k, params)
     write_lse = return_lse and kernels.norm != "elementwise"
-    fusable = not for_backward and (kernels.fused_q or kernels.fused_epilogue)
+    fusable = not for_backward and (kernels.fused_q or kernels.fused_values or kernels.fused_epilogue)
 
     def run(config):
         tables = () if kernels.closed_form else schedule.tables(config.block_m, config.block_n).arguments()
         grid = (triton.cdiv(SQ, config.block_m), B * H)
-        unfused = fusable and not config.fused  # this configuration leaves them to the pass and the tensor code
+        unfused = fusable and not config.fused  # this configuration leaves them to the passes and the tensor code
         q_in = kernels.q_pass(q, k, v, inputs, params) if unfused and kernels.fused_q else q
+        inputs_in = kernels.values_pass(q_in, k, inputs, params) if unfused and kernels.fused_values else inputs
         described = _rt.descriptors(config.tma, (k, config.block_n, config.block_d), (v, config.block_n, config.block_dv))
         _rt.start(
             jit(kernels.forward), grid,
             q_in, k, v, out, lse, stats, *err, *((vsum,) if kernels.kept_sum else ()), *q.stride(), *k.stride(), *v.stride(), *out.stride(),
             *described, *tables,
-            *_input_arguments(kernels, inputs, params), B, H, HKV, SQ, SKV, D, v.shape[-1], scale,
+            *_input_arguments(kernels, inputs_in, params), B, H, HKV, SQ, SKV, D, v.shape[-1], scale,
             BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=config.block_d, BLOCK_DV=config.block_dv,
             IEEE=config.ieee, UPCAST=config.upcast, WRITE_LSE=write_lse,
-            WRITE_STATS=for_backward, PROLOGUE_Q=config.fused and kernels.fused_q,
+            WRITE_STATS=for_backward, PROLOGUE_Q=config.fused and (kernels.fused_q or kernels.fused_values),
             EPILOGUE=config.fused and kernels.fused_epilogue, EVEN=D == config.block_d and v.shape[-1] == config.block_dv,
             TMA=described[0] is not None, num_warps=config.num_warps, num_stages=config.num_stages,
         )
         if unfused and kernels.fused_epilogue and _rt.recording_launches() is None:
-            out.copy_(kernels.epilogue(out, vsum, q, k, inputs, params))
+            out.copy_(kernels.epilogue(out, vsum, q, k, inputs_in, params))
 
     _rt.launch(run, kernels.spec_name, q, v, kernels.kernel_tiles, (SQ, SKV), fusable=fusable)
     if err and bool(err[0].item()):  # the reference's check, made by the kernel (one host sync per call)

@@ -32,9 +32,12 @@ def row_pass(kernel, x: torch.Tensor, args: tuple) -> torch.Tensor:
     return y.to(x.dtype)
 
 
-def value_pass(kernel, x: torch.Tensor, args: tuple) -> torch.Tensor:
+def value_pass(kernel, x: torch.Tensor, args: tuple, skip: bool = False) -> torch.Tensor:
     """A per-row value of x [B, heads, rows, F]: one number per row ([B, heads, rows], float32) by one
-    launch of its kernel (args as for row_pass)."""
+    launch of its kernel (args as for row_pass). With `skip`, an empty tensor in its place: the forward
+    kernel computes the value itself (runtime/launch.py forward)."""
+    if skip:
+        return torch.empty((0, 0, 0), dtype=torch.float32, device=x.device)
     y = torch.empty(x.shape[:3], dtype=torch.float32, device=x.device)
     _launch_rows(kernel, x, (y,), args)
     return y
@@ -94,15 +97,16 @@ def _launch_rows(kernel, x: torch.Tensor, outputs: tuple, args: tuple, **constan
               BLOCK_M=block_m, BLOCK_F=block_f, num_warps=4, **constants)
 
 
-def row_maps(fused: Callable, dense: Callable, backward: Callable | None, tensors: tuple) -> tuple:
+def row_maps(fused: Callable, dense: Callable, backward: Callable | None, tensors: tuple, skip: tuple[str, ...] = ()) -> tuple:
     """Row maps of `tensors` (the prologue, the per-row values or the epilogue): `fused(*tensors)` (their
     kernels) where kernels run, differentiated by `backward` (their backward passes) or else through
     `dense(*tensors)` (the tensor code); the tensor code alone under torch.compile or where no kernel
-    runs (the attention then says why). Returns a tuple of results."""
+    runs (the attention then says why). Without gradients, the kernels leave out the results named in
+    `skip` (the forward kernel computes them). Returns a tuple of results."""
     if torch.compiler.is_compiling() or not _rt.kernels_run(tensors[0]):
         return _results(dense(*tensors))
     if not _needs_grad(tensors):
-        return fused(*tensors)
+        return fused(*tensors, skip=skip) if skip else fused(*tensors)
     return _RowMaps.apply(fused, dense, backward, *tensors)
 
 

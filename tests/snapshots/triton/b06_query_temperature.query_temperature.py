@@ -92,10 +92,11 @@ def _query_temperature_value_t(
     tl.store(_out, (_y + tl.zeros([BLOCK_M, 1], dtype=tl.float32)).to(_Y.dtype.element_ty), mask=_row < _ROWS)
 
 
-def _row_value_kernels(q, k, w):
-    """The per-row values in one pass each (t): what _row_values computes, in float32."""
+def _row_value_kernels(q, k, w, skip=()):
+    """The per-row values in one pass each (t): what _row_values computes, in float32.
+    Those named in `skip` are left empty (the forward kernel computes them from its tiles)."""
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, k, w)
-    t = _prologue_rt.value_pass(_query_temperature_value_t, q, (_B, _H, _HKV, _SQ, _SKV, _D, *_rt.input_arguments(w)))
+    t = _prologue_rt.value_pass(_query_temperature_value_t, q, (_B, _H, _HKV, _SQ, _SKV, _D, *_rt.input_arguments(w)), skip="t" in skip)
     return t,
 
 
@@ -335,7 +336,16 @@ def _query_temperature_forward(
     # Q through pointers even with TMA: once per program, and its copy costs the heaviest kernels registers
     _q_tile = _kernel.load_tile(_Q + _qbase, _offs_m, _offs_d, _sqm, _sqd, _SQ, _D, UPCAST)
     _t1 = (_SKV - _SQ)
-    _t0 = tl.load(t + _kernel.clamp(_b, 0, _t_n0 - 1) * _t_s0 + _kernel.clamp(_h, 0, _t_n1 - 1) * _t_s1 + _kernel.clamp(_q, 0, _t_n2 - 1) * _t_s2).to(tl.float32)
+    if PROLOGUE_Q:  # the per-row values of q from the resident tile, once per query tile (without gradients; passes before the kernel otherwise)
+        _x = _q_tile.to(tl.float32)  # the rows' vectors, as a prologue or the epilogue reads them
+        _row = _offs_m[:, None]
+        _f = _offs_d[None, :]
+        _in_f = _f < _D
+        _v_t = (1.0 + _kernel.softplus(_kernel.feature_sum((_x * tl.load(w + _kernel.clamp(_h, 0, _w_n0 - 1) * _w_s0 + _kernel.clamp(_f, 0, _w_n1 - 1) * _w_s1).to(tl.float32)), _in_f))) + tl.zeros([BLOCK_M, 1], dtype=tl.float32)
+    if PROLOGUE_Q:
+        _t0 = _v_t
+    else:
+        _t0 = tl.load(t + _kernel.clamp(_b, 0, _t_n0 - 1) * _t_s0 + _kernel.clamp(_h, 0, _t_n1 - 1) * _t_s1 + _kernel.clamp(_q, 0, _t_n2 - 1) * _t_s2).to(tl.float32)
     _t2 = (_q + _t1)
     _ctx = (_b, _h, w, _w_n0, _w_n1, _w_s0, _w_s1, t, _t_n0, _t_n1, _t_n2, _t_s0, _t_s1, _t_s2, _t1, _t0, _t2, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale)  # what the tile functions read of the spec's expressions
     _keys = (_K + _kbase, _V + _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV, _Kd, _Vd, _hkv)  # where the K and V tiles are
@@ -396,7 +406,7 @@ def attention(q, k, v, *, w, selection=None, schedule=None, return_lse=False):
     schedule: from build_schedule, to reuse the key-tile tables across calls (built here when None)."""
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, v, w)
     _grad = _rt.check_launch(SPEC_NAME, q, k, v, (w, ), BACKWARD_ERROR)
-    t, = _prologue_rt.row_maps(_row_value_kernels, _row_values, _row_values_backward, (q, k, w, ))
+    t, = _prologue_rt.row_maps(_row_value_kernels, _row_values, _row_values_backward, (q, k, w, ), skip=() if _grad else ("t", ))
     _inputs = (w, t, )
     _params = ()
     if schedule is None and selection is None:  # one custom operator: torch.compile traces it as one node
@@ -405,6 +415,15 @@ def attention(q, k, v, *, w, selection=None, schedule=None, return_lse=False):
     else:
         _out, _lse, _ = _launch.with_schedule(KERNELS, q, k, v, _inputs, _params, selection, schedule, _grad, return_lse)
     return (_out, _lse) if return_lse else _out
+
+
+def _values_pass(q, k, _inputs, _params):
+    """The kernel's inputs with the per-row values of q (t) computed by their passes, for a forward
+    kernel that does not compute them from its tile (from the kernel's arguments, q after its prologue)."""
+    w, t, = _inputs
+    _values = _row_value_kernels(q, k, w, skip=())
+    t = _values[0]
+    return (w, t,)
 
 
 def _logit_scale(q, k, _params):
@@ -558,8 +577,10 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     kept=None,
     row_passes=(("value_t", _query_temperature_value_t), ("value_t_bwd", _query_temperature_value_t_backward), ),
     fused_q=False,
+    fused_values=True,
     fused_epilogue=False,
     q_pass=None,
+    values_pass=_values_pass,
     epilogue=None,
     norm="softmax",
     closed_form=True,

@@ -127,11 +127,12 @@ def _affine_scaled_value_beta(
     tl.store(_out, (_y + tl.zeros([BLOCK_M, 1], dtype=tl.float32)).to(_Y.dtype.element_ty), mask=_row < _ROWS)
 
 
-def _row_value_kernels(q, k, w_alpha, w_beta):
-    """The per-row values in one pass each (alpha, beta): what _row_values computes, in float32."""
+def _row_value_kernels(q, k, w_alpha, w_beta, skip=()):
+    """The per-row values in one pass each (alpha, beta): what _row_values computes, in float32.
+    Those named in `skip` are left empty (the forward kernel computes them from its tiles)."""
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, k, w_alpha, w_beta)
-    alpha = _prologue_rt.value_pass(_affine_scaled_value_alpha, q, (_B, _H, _HKV, _SQ, _SKV, _D, *_rt.input_arguments(w_alpha)))
-    beta = _prologue_rt.value_pass(_affine_scaled_value_beta, q, (_B, _H, _HKV, _SQ, _SKV, _D, *_rt.input_arguments(w_beta)))
+    alpha = _prologue_rt.value_pass(_affine_scaled_value_alpha, q, (_B, _H, _HKV, _SQ, _SKV, _D, *_rt.input_arguments(w_alpha)), skip="alpha" in skip)
+    beta = _prologue_rt.value_pass(_affine_scaled_value_beta, q, (_B, _H, _HKV, _SQ, _SKV, _D, *_rt.input_arguments(w_beta)), skip="beta" in skip)
     return alpha, beta
 
 
@@ -789,8 +790,10 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     kept=_affine_scaled_backward_kept,
     row_passes=(("value_alpha", _affine_scaled_value_alpha), ("value_beta", _affine_scaled_value_beta), ("epilogue", _affine_scaled_epilogue), ("value_alpha_bwd", _affine_scaled_value_alpha_backward), ("value_beta_bwd", _affine_scaled_value_beta_backward), ("epilogue_bwd", _affine_scaled_epilogue_backward), ),
     fused_q=False,
+    fused_values=False,
     fused_epilogue=True,
     q_pass=None,
+    values_pass=None,
     epilogue=_epilogue_after,
     norm="softmax",
     closed_form=True,
