@@ -30,6 +30,9 @@ class RowMapKernelRenderer(TritonRenderer):
         super().__init__(spec)
         self.partner = partner
         self.tables = {}  # a prologue reads no per-row table
+        # (tile, width, target): the rows of `target` held as a resident tile of that width, whose
+        # sums against a vector the same for every row are tensor-core products (_kernel.row_dot)
+        self.tile: tuple[str, str, str] | None = None
         self.shared: dict[tuple, str] = {}  # the backward pass's shared terms by exact_key (_shared_terms)
         self.fixed: set[tuple] = set()  # those of them that are one number per row
 
@@ -71,7 +74,21 @@ class RowMapKernelRenderer(TritonRenderer):
         return "_vsump" if self.partner else "_vsum"
 
     def render_feature_sum(self, e: Expr) -> str:
+        weight = self._linear_weight(e.args[0])
+        if weight is not None:  # sum(x * w): a product on tensor cores
+            tile, width, _ = self.tile
+            return f"_kernel.row_dot({tile}, {self.render(weight)} + tl.zeros([1, {width}], dtype=tl.float32), _in_f)"
         return f"_kernel.feature_sum({self.render(e.args[0])}, _in_f)"
+
+    def _linear_weight(self, e: Expr) -> Expr | None:
+        """With a resident tile, w where e is `x * w` (or `w * x`), x the tile's row and w the same for
+        every row; else None."""
+        if self.tile is None or self.partner or e.op != "mul":
+            return None
+        for x, w in (e.args, e.args[::-1]):
+            if x.op == "vector" and x.value == self.tile[2] and not any(n.op in ("vector", "row", "kept_sum") for n in walk(w)):
+                return w
+        return None
 
     def render_feature_norm(self, e: Expr) -> str:
         x = self.render(e.args[0])
@@ -127,24 +144,26 @@ def fused_q_prologue(spec: Spec) -> dict | None:
 
 
 def fused_q_values(spec: Spec) -> list[dict]:
-    """{name, code, rope} of each per-row value of q that the scores read, as the forward kernel computes
-    it from its resident Q tile when no gradient is needed: once per query tile, the kernel-work model's
-    choice in inference (the same operations as its pass, whose launch and round trip through memory are
-    saved; the fused kernel reads `_v_<name>` where it would load the value, the epilogue too). A value
-    only the epilogue reads keeps its pass: computed there from the tile, N09's two spilled every fused
-    shape at D = 128 on sm_90a (76-668 bytes), and held across the key loop, more. A value reads its own
-    row only (the language keeps matrices, softmaxes over features and sums over rows to prologues).
-    Empty where the kernel cannot take the values from its tile: a per-row table among the values
-    (tensor code), a mask that reads them (the schedule is built from them on the host), a value read at
-    another row than its own."""
+    """{name, code, rope, late} of each per-row value of q as the forward kernel computes it from its
+    resident Q tile when no gradient is needed: once per query tile, the kernel-work model's choice in
+    inference (the same operations as its pass, whose launch and round trip through memory are saved;
+    the fused kernel reads `_v_<name>` where it would load the value). A value the scores read is
+    computed before the key loop; one only the epilogue reads (`late`) after it, not held across the
+    loop. Sums against a vector the same for every row (`sum(q * w[h, f])`) are tensor-core products on
+    the tile (_kernel.row_dot): as an [R, F] float32 copy of the tile, N09's two spilled every fused
+    shape at D = 128 on sm_90a. A value reads its own row only (the language keeps matrices, softmaxes
+    over features and sums over rows to prologues). Empty where the kernel cannot take the values from
+    its tile: a per-row table among them (tensor code), a mask that reads them (the schedule is built
+    from them on the host), a value read at another row than its own."""
     values = _row_values(spec, "q")
     if not values or not row_value_kernel_plan(spec) or row_values_read(spec, spec.mask):
         return []
     names = {i.name for i in values}
-    scored = {b.value.value for b in spec.bindings if b.level == "row" and own_row_load(b.value, names)}
-    if not scored or not _read_at_own_rows(spec, scored):
+    if not _read_at_own_rows(spec, names):
         return []
-    return [{**_fused(spec, i.computed), "name": i.name} for i in values if i.name in scored]
+    scored = {b.value.value for b in spec.bindings if b.level == "row" and own_row_load(b.value, names)}
+    return [{**_fused(spec, i.computed, tile=("_q_tile", "BLOCK_D")), "name": i.name, "late": i.name not in scored}
+            for i in values]
 
 
 def own_row_load(e: Expr, names: set[str]) -> bool:
@@ -303,15 +322,17 @@ def _site(spec: Spec, r: RowMapKernelRenderer, load: Expr, grad: Expr) -> dict:
     return {"input": name, "level": level, "code": r.render(grad), "offset": offset, "per_feature": per_feature}
 
 
-def _fused(spec: Spec, step: RowMap, values: set[str] = frozenset()) -> dict:
+def _fused(spec: Spec, step: RowMap, values: set[str] = frozenset(), tile: tuple[str, str] | None = None) -> dict:
     """{code, rope, kept_partner, groups}: the statement's value as Triton code over a tile (reading the
-    per-row values named in `values` as the forward kernel's `_v_<name>`), whether it pairs features,
-    whether it reads sum_kept(v) at a rope partner (`_vsump`), and the group counts of its softmaxes over
-    features (the host checks that they divide the features)."""
+    per-row values named in `values` as the forward kernel's `_v_<name>`; with `tile`, (name, width) of
+    the forward kernel's resident tile of the rows, sums against a vector as products on it), whether it
+    pairs features, whether it reads sum_kept(v) at a rope partner (`_vsump`), and the group counts of
+    its softmaxes over features (the host checks that they divide the features)."""
     value = inline_bindings(step.value, spec)
     ropes = [n for n in walk(value) if n.op == "rope"]
     renderer = RowMapKernelRenderer(spec)
     renderer.values = {name: f"_v_{name}" for name in values}
+    renderer.tile = None if tile is None else (*tile, step.target)
     return {"code": renderer.render(value), "rope": bool(ropes),
             "kept_partner": _at_partners(ropes, lambda n: n.op == "kept_sum"),
             "groups": sorted({n.value for n in walk(value) if n.op == "feature_softmax" and n.value > 1})}

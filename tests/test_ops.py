@@ -325,3 +325,45 @@ def test_the_kernels_softplus_keeps_small_values():
     ulp = torch.tensor(np.spacing(exact.abs().float().numpy())).double()
     assert float(((y.double() - exact).abs() / ulp).max()) <= 4
     assert bool((y[grid < -80] > 0).all())  # exp(x) down to float32's subnormals
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
+def test_the_kernels_row_dot_keeps_the_vector_in_float32(dtype):
+    """sum(x * w) per row of a half tile as a tensor-core product: w split into a part exact in the
+    tile's dtype and the rest keeps it to about 2^-16 (bf16) or 2^-22 (fp16) of itself, where w rounded
+    to bf16 alone would be 2^-9 off; features past the row's count (padding) do not count. On a GPU,
+    else in Triton's interpreter (which multiplies no bfloat16 tiles: the kernels upcast there)."""
+    import os
+
+    import triton
+
+    from attnspec.runtime import interpreter
+
+    device = "cuda" if torch.cuda.is_available() and not os.environ.get("TRITON_INTERPRET") else "cpu"
+    if device == "cpu" and not os.environ.get("TRITON_INTERPRET"):
+        pytest.skip("runs the helper in Triton's interpreter or on a GPU")
+    if device == "cpu" and dtype == torch.bfloat16:
+        pytest.skip("Triton's interpreter has no bfloat16 products (checked on a GPU)")
+    if device == "cpu":
+        interpreter.mend()
+
+    @triton.jit
+    def apply(x_ptr, w_ptr, y_ptr, F, R: tl.constexpr, BLOCK_F: tl.constexpr):
+        r = tl.arange(0, R)[:, None]
+        f = tl.arange(0, BLOCK_F)[None, :]
+        in_f = f < F
+        tile = tl.load(x_ptr + r * F + f, mask=in_f, other=0.0)
+        w = tl.load(w_ptr + f, mask=in_f, other=12345.0)  # garbage past the features: row_dot drops it
+        tl.store(y_ptr + r, kernel.row_dot(tile, w, in_f))
+
+    gen = torch.Generator().manual_seed(0)
+    rows, features = 32, 40
+    x = torch.randn(rows, features, generator=gen).to(dtype)
+    w = torch.randn(features, generator=gen) * 3.0
+    y = torch.empty(rows, 1, device=device)
+    apply[(1,)](x.to(device), w.to(device), y, features, R=rows, BLOCK_F=64)
+    exact = (x.double() * w.double()).sum(1, keepdim=True)
+    scale = (x.double().abs() * w.double().abs()).sum(1, keepdim=True)
+    y = y.cpu()
+    bound = {torch.bfloat16: 2.0**-15, torch.float16: 2.0**-20, torch.float32: 2.0**-21}[dtype]
+    assert float(((y.double() - exact).abs() / scale).max()) <= bound

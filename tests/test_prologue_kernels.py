@@ -18,7 +18,6 @@ import pytest
 import torch
 
 import attnspec
-from conftest import REPO
 
 FORMS = {
     "rope of an expression": """
@@ -366,23 +365,22 @@ def test_values_the_kernel_cannot_take_from_its_tile_keep_their_passes():
     for source in (masked, tables):
         spec = lowered(source)
         assert fused_q_values(spec) == [] and fused_q_prologue(spec) is None, source
-    spec = lowered((REPO / "examples" / "n09_affine_scaled.attn").read_text())
-    assert fused_q_values(spec) == []  # values only its epilogue reads keep their passes
 
 
 MIXED = VALUES.replace("    epilogue out[i, f] = out * sigmoid(gate[b, h, i]) / (1.0 + t)",
                        "    let e per q[i, f] = sigmoid(sum(q * w[h, f]))\n    epilogue out[i, f] = out * e / (1.0 + t)")
 
 
-def test_a_value_only_the_epilogue_reads_keeps_its_pass(monkeypatch):
-    """t and r, which the scores read, come from the kernel's tile; e, which only the epilogue reads, from
-    its pass (fused at the epilogue it spilled, see fused_q_values), and with it the q prologue's pass."""
+def test_a_value_only_the_epilogue_reads_is_computed_after_the_key_loop(monkeypatch):
+    """t and r, which the scores read, come from the kernel's tile before the key loop; e, which only the
+    epilogue reads, after it (not held across the loop); `sum(q * w[h, f])` is a product on the tile."""
     from codegen.rowmap_triton import fused_q_values
 
     spec = attnspec.api.lower(attnspec.api.load_program(MIXED).specs[0], {}, passes=attnspec.passes.OPTIMIZE)
-    assert [v["name"] for v in fused_q_values(spec)] == ["t", "r"]
+    assert [(v["name"], v["late"]) for v in fused_q_values(spec)] == [("t", False), ("r", False), ("e", True)]
+    assert [("row_dot" in v["code"]) for v in fused_q_values(spec)] == [True, False, True]
     module = attnspec.compile(MIXED, "triton")
-    assert module.KERNELS.fused_values and not module.KERNELS.fused_q
+    assert module.KERNELS.fused_values and module.KERNELS.fused_q
     (q, k, v), gen = _tensors(D=16, DV=16)
     inputs = {"w": torch.randn(4, 16, generator=gen), "gate": torch.randn(2, 4, 19, generator=gen)}
     skipped = []
@@ -390,7 +388,7 @@ def test_a_value_only_the_epilogue_reads_keeps_its_pass(monkeypatch):
     monkeypatch.setattr(module, "_row_value_kernels", lambda *a, skip=(): skipped.append(skip) or kernels(*a, skip=skip))
     with torch.no_grad():
         out = module.attention(q, k, v, **inputs)
-    assert skipped == [("t", "r")]
+    assert skipped == [("t", "r", "e")]
     expected = attnspec.compile(MIXED, "reference").attention(q.double(), k.double(), v.double(),
                                                               **{n: t.double() for n, t in inputs.items()})
     torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=2e-5)

@@ -194,6 +194,25 @@ def feature_sum(x, in_f):
 
 
 @triton.jit
+def row_dot(tile, w, in_f):
+    """sum(x * w) over the features of each row x of a resident tile ([R, F], the input's dtype or
+    float32) as one product on tensor cores, not an [R, F] float32 copy of the tile: w ([1, F] or a
+    number, float32) is split into a part exact in the tile's dtype and the rest, columns 0 and 1 of an
+    [F, 16] matrix, so the products are exact and summed in float32 (w kept to about 2^-16 of itself
+    in bf16, 2^-22 in fp16; a float32 tile is multiplied in IEEE float32). [R, 1] float32."""
+    w = tl.where(in_f, w, 0.0)
+    hi = w.to(tile.dtype).to(tl.float32)
+    lo = (w - hi).to(tile.dtype).to(tl.float32)
+    column = tl.arange(0, 16)[None, :]
+    matrix = tl.where(column == 0, tl.trans(hi), tl.where(column == 1, tl.trans(lo), 0.0)).to(tile.dtype)
+    if tile.dtype == tl.float32:
+        products = tl.dot(tile, matrix, input_precision="ieee")
+    else:
+        products = tl.dot(tile, matrix)
+    return tl.sum(products, 1)[:, None]
+
+
+@triton.jit
 def feature_mix(x, w, in_f, F, HALF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr):
     """sum(x[g] * w[g, f] for g) over a prologue tile: x [R, F] at the features (the summed ones), w the
     [F, F] matrix (rows g, columns f); the padding rows and columns count as 0. On tensor cores in TF32 for

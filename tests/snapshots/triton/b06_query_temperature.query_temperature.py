@@ -341,7 +341,8 @@ def _query_temperature_forward(
         _row = _offs_m[:, None]
         _f = _offs_d[None, :]
         _in_f = _f < _D
-        _v_t = (1.0 + _kernel.softplus(_kernel.feature_sum((_x * tl.load(w + _kernel.clamp(_h, 0, _w_n0 - 1) * _w_s0 + _kernel.clamp(_f, 0, _w_n1 - 1) * _w_s1).to(tl.float32)), _in_f))) + tl.zeros([BLOCK_M, 1], dtype=tl.float32)
+        _v_t = (1.0 + _kernel.softplus(_kernel.row_dot(_q_tile, tl.load(w + _kernel.clamp(_h, 0, _w_n0 - 1) * _w_s0 + _kernel.clamp(_f, 0, _w_n1 - 1) * _w_s1).to(tl.float32) + tl.zeros([1, BLOCK_D], dtype=tl.float32), _in_f))) + tl.zeros([BLOCK_M, 1], dtype=tl.float32)
+
     if PROLOGUE_Q:
         _t0 = _v_t
     else:

@@ -538,12 +538,20 @@ def _affine_scaled_forward(
     _out_ptrs = _Out + _b.to(tl.int64) * _sob + _h.to(tl.int64) * _soh + _offs_m[:, None] * _som + _offs_dv[None, :] * _sod
     _o, _undef = _kernel.normalized_rows(_m, _l, _acc, "softmax")
     if EPILOGUE:  # the epilogue before the store (without gradients; a pass after the kernel otherwise)
+        # the per-row values of q only the epilogue reads, from the Q tile (passes before the kernel otherwise)
+        _x = _q_tile.to(tl.float32)  # the rows' vectors, as a prologue or the epilogue reads them
+        _row = _offs_m[:, None]
+        _f = _offs_d[None, :]
+        _in_f = _f < _D
+        _v_alpha = (1.0 + _kernel.tanh(_kernel.row_dot(_q_tile, tl.load(w_alpha + _kernel.clamp(_h, 0, _w_alpha_n0 - 1) * _w_alpha_s0 + _kernel.clamp(_f, 0, _w_alpha_n1 - 1) * _w_alpha_s1).to(tl.float32) + tl.zeros([1, BLOCK_D], dtype=tl.float32), _in_f))) + tl.zeros([BLOCK_M, 1], dtype=tl.float32)
+        _v_beta = (0.25 * _kernel.tanh(_kernel.row_dot(_q_tile, tl.load(w_beta + _kernel.clamp(_h, 0, _w_beta_n0 - 1) * _w_beta_s0 + _kernel.clamp(_f, 0, _w_beta_n1 - 1) * _w_beta_s1).to(tl.float32) + tl.zeros([1, BLOCK_D], dtype=tl.float32), _in_f))) + tl.zeros([BLOCK_M, 1], dtype=tl.float32)
+
         _x = _o.to(tl.float32)  # the rows' vectors, as a prologue or the epilogue reads them
         _row = _offs_m[:, None]
         _f = _offs_dv[None, :]
         _in_f = _f < _DV
         _vsum = _accv
-        _o = ((tl.load(alpha + _kernel.clamp(_b, 0, _alpha_n0 - 1) * _alpha_s0 + _kernel.clamp(_h, 0, _alpha_n1 - 1) * _alpha_s1 + _kernel.clamp(_row, 0, _alpha_n2 - 1) * _alpha_s2).to(tl.float32) * _x) + (tl.load(beta + _kernel.clamp(_b, 0, _beta_n0 - 1) * _beta_s0 + _kernel.clamp(_h, 0, _beta_n1 - 1) * _beta_s1 + _kernel.clamp(_row, 0, _beta_n2 - 1) * _beta_s2).to(tl.float32) * _vsum)) + tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+        _o = ((_v_alpha * _x) + (_v_beta * _vsum)) + tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
     _kernel.store_rows(_o, _undef, _m, _l, _out_ptrs, _rows & (_offs_dv[None, :] < _DV), _Lse, _Stats, _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], _rows,
                        _sm_scale, "softmax", True, WRITE_LSE, WRITE_STATS,
                        STATS_LOG2=False)
@@ -579,7 +587,7 @@ def attention(q, k, v, *, w_alpha, w_beta, selection=None, schedule=None, return
     schedule: from build_schedule, to reuse the key-tile tables across calls (built here when None)."""
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, v, w_alpha, w_beta)
     _grad = _rt.check_launch(SPEC_NAME, q, k, v, (w_alpha, w_beta, ), BACKWARD_ERROR)
-    alpha, beta = _prologue_rt.row_maps(_row_value_kernels, _row_values, _row_values_backward, (q, k, w_alpha, w_beta, ))
+    alpha, beta = _prologue_rt.row_maps(_row_value_kernels, _row_values, _row_values_backward, (q, k, w_alpha, w_beta, ), skip=() if _grad else ("alpha", "beta", ))
     _inputs = (w_alpha, w_beta, alpha, beta, )
     _params = ()
     if schedule is None and selection is None:  # one custom operator: torch.compile traces it as one node
@@ -590,6 +598,16 @@ def attention(q, k, v, *, w_alpha, w_beta, selection=None, schedule=None, return
     if _grad:  # without gradients, the forward kernel applied the epilogue before its store
         (_out,) = _prologue_rt.row_maps(_epilogue_kernels, _epilogue, _epilogue_backward, (_out, (_B, _H, _HKV, _SQ, _SKV, _D), w_alpha, w_beta, alpha, beta, _vsum, ))
     return (_out, _lse) if return_lse else _out
+
+
+def _values_pass(q, k, _inputs, _params):
+    """The kernel's inputs with the per-row values of q (alpha, beta) computed by their passes, for a forward
+    kernel that does not compute them from its tile (from the kernel's arguments, q after its prologue)."""
+    w_alpha, w_beta, alpha, beta, = _inputs
+    _values = _row_value_kernels(q, k, w_alpha, w_beta, skip=())
+    alpha = _values[0]
+    beta = _values[1]
+    return (w_alpha, w_beta, alpha, beta,)
 
 
 def _epilogue_after(_out, _vsum, q, k, _inputs, _params):
@@ -790,10 +808,10 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     kept=_affine_scaled_backward_kept,
     row_passes=(("value_alpha", _affine_scaled_value_alpha), ("value_beta", _affine_scaled_value_beta), ("epilogue", _affine_scaled_epilogue), ("value_alpha_bwd", _affine_scaled_value_alpha_backward), ("value_beta_bwd", _affine_scaled_value_beta_backward), ("epilogue_bwd", _affine_scaled_epilogue_backward), ),
     fused_q=False,
-    fused_values=False,
+    fused_values=True,
     fused_epilogue=True,
     q_pass=None,
-    values_pass=None,
+    values_pass=_values_pass,
     epilogue=_epilogue_after,
     norm="softmax",
     closed_form=True,
