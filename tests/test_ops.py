@@ -359,11 +359,25 @@ def test_the_kernels_row_dot_keeps_the_vector_in_float32(dtype):
     gen = torch.Generator().manual_seed(0)
     rows, features = 32, 40
     x = torch.randn(rows, features, generator=gen).to(dtype)
-    w = torch.randn(features, generator=gen) * 3.0
-    y = torch.empty(rows, 1, device=device)
-    apply[(1,)](x.to(device), w.to(device), y, features, R=rows, BLOCK_F=64)
-    exact = (x.double() * w.double()).sum(1, keepdim=True)
-    scale = (x.double().abs() * w.double().abs()).sum(1, keepdim=True)
-    y = y.cpu()
     bound = {torch.bfloat16: 2.0**-15, torch.float16: 2.0**-20, torch.float32: 2.0**-21}[dtype]
-    assert float(((y.double() - exact).abs() / scale).max()) <= bound
+    for magnitude in (3.0, 1e6, 1e-30):  # fp16's range is 6e-8 .. 65504: w is scaled into it
+        w = torch.randn(features, generator=gen) * magnitude
+        y = _row_dot(apply, x, w, device)
+        exact = (x.double() * w.double()).sum(1, keepdim=True)
+        scale = (x.double().abs() * w.double().abs()).sum(1, keepdim=True)
+        assert float(((y.double() - exact).abs() / scale).max()) <= bound, magnitude
+    # infinities and NaN as the elementwise sum has them: -inf in w (a masked bias), NaN in w, inf in x
+    w = torch.randn(features, generator=gen)
+    w[3], w[7] = -math.inf, math.nan
+    x[5, 10] = math.inf
+    x[6, 3] = 0.0  # 0 * -inf
+    for weights in (w, torch.where(w.isnan(), 1.0, w)):
+        y = _row_dot(apply, x, weights, device).double()
+        exact = (x.double() * weights.double()).sum(1, keepdim=True)
+        assert torch.equal(y.isnan(), exact.isnan()) and torch.equal(y[exact.isinf()], exact[exact.isinf()])
+
+
+def _row_dot(apply, x, w, device):
+    y = torch.empty(x.shape[0], 1, device=device)
+    apply[(1,)](x.to(device), w.to(device), y, x.shape[1], R=x.shape[0], BLOCK_F=64)
+    return y.cpu()

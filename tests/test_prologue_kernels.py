@@ -430,3 +430,15 @@ def test_an_unfused_configuration_runs_the_q_pass_and_the_epilogue_after_the_ker
         unfused = module.attention(q, k, v, **inputs)
     assert value_skips == [("t", "r"), ("u",)]  # u's pass before the kernel, then t's and r's for it
     torch.testing.assert_close(unfused, fused, rtol=2e-5, atol=2e-6)
+
+
+def test_fused_values_of_wild_inputs_are_the_references(tmp_path):
+    """A learned vector with -inf entries (the fuzzer's wild inputs): the fused kernel's tensor-core sum
+    gave NaN where the elementwise one gives an infinity (found by attnspec fuzz on this spec)."""
+    from attnspec.testing import replay
+
+    path = tmp_path / "values.attn"
+    path.write_text(VALUES)
+    for seed in (0, 1, 2):
+        replay(path, f"target=triton,dtype=float32,B=1,H=1,HKV=1,SQ=1,SKV=1,D=16,DV=16,seed={seed},"
+                     "logits=normal,inputs=wild,trace=static", spec="values")

@@ -196,20 +196,32 @@ def feature_sum(x, in_f):
 @triton.jit
 def row_dot(tile, w, in_f):
     """sum(x * w) over the features of each row x of a resident tile ([R, F], the input's dtype or
-    float32) as one product on tensor cores, not an [R, F] float32 copy of the tile: w ([1, F] or a
-    number, float32) is split into a part exact in the tile's dtype and the rest, columns 0 and 1 of an
-    [F, 16] matrix, so the products are exact and summed in float32 (w kept to about 2^-16 of itself
-    in bf16, 2^-22 in fp16; a float32 tile is multiplied in IEEE float32). [R, 1] float32."""
+    float32) as one product on tensor cores, not an [R, F] float32 copy of the tile. w ([1, F] or a
+    number, float32) is scaled by a power of two to at most 1 in magnitude for fp16 (its range), then split
+    into a part exact in the tile's dtype and the rest, columns 0 and 1 of an [F, 16] matrix: the
+    products are exact and summed in float32, w kept to about 2^-16 of itself in bf16 and 2^-22 in
+    fp16 (a float32 tile is multiplied in IEEE float32). Infinities and NaN give what the elementwise
+    sum gives: an infinite or NaN w has no second part, and a row whose first column is not finite
+    keeps it alone (inf * 0 in the second would be NaN). [R, 1] float32."""
     w = tl.where(in_f, w, 0.0)
+    finite = tl.abs(w) < float("inf")
+    if tile.dtype == tl.float16:  # bfloat16 has float32's range
+        top = tl.max(tl.where(finite, tl.abs(w), 0.0), 1)[:, None]
+        scale = tl.where(top > 0.0, tl.exp2(tl.ceil(tl.log2(top))), 1.0)
+    else:
+        scale = tl.full([1, 1], 1.0, dtype=tl.float32)
+    w = w / scale
     hi = w.to(tile.dtype).to(tl.float32)
-    lo = (w - hi).to(tile.dtype).to(tl.float32)
+    lo = tl.where(finite, w - hi, 0.0).to(tile.dtype).to(tl.float32)
     column = tl.arange(0, 16)[None, :]
     matrix = tl.where(column == 0, tl.trans(hi), tl.where(column == 1, tl.trans(lo), 0.0)).to(tile.dtype)
     if tile.dtype == tl.float32:
         products = tl.dot(tile, matrix, input_precision="ieee")
     else:
         products = tl.dot(tile, matrix)
-    return tl.sum(products, 1)[:, None]
+    high = tl.sum(tl.where(column == 0, products, 0.0), 1)[:, None]
+    low = tl.sum(tl.where(column == 1, products, 0.0), 1)[:, None]
+    return tl.where(tl.abs(high) < float("inf"), high + low, high) * scale
 
 
 @triton.jit
