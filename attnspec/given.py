@@ -160,6 +160,8 @@ def given_sizes(spec: Spec, given: dict[str, Given], sq: int | None, skv: int | 
 
 
 def _fix(fixed: dict, symbol: str, n: int, origin: str, decl: Input) -> None:
+    if n < 1:
+        raise AttnError(f"{origin} gives {symbol}={n} (a dimension of '{decl.name}'): sizes are positive", decl.span)
     if symbol in fixed and fixed[symbol][0] != n:
         value, other = fixed[symbol]
         raise AttnError(

@@ -283,6 +283,7 @@ def test_show_given_values_reach_the_tile_report(tmp_path, capsys):
     (["-I", "sink=1,2"], "'sink' is a runtime int param: give one number, not [2]"),
     (["-I", "window=1,2", "--head", 2], "--head 2 is past the sizes of the given inputs (-I window=1,2 has 2)"),
     (["-I", "window=missing.pt"], "cannot read missing.pt: no such file"),
+    (["-I", "window=[]"], "-I window=[] gives H=0 (a dimension of 'window'): sizes are positive"),
 ])
 def test_show_refuses_bad_values_at_the_right_place(tmp_path, capsys, option, message):
     path = write(tmp_path, "hw.attn", HEAD_WINDOWS)
