@@ -247,6 +247,7 @@ def _coloured(text: str) -> str:
 def cmd_show(args) -> int:
     from .api import load_program, lower, pick_spec
     from .passes import OPTIMIZE
+    from .figure import picture_format
     from .given import parse_given
     from .printer import print_spec
     from .show import MAX_LENGTH, analyse_tiles, ascii_mask, band_report, draw_mask, drawing_sizes, flex_report, tile_report, triton_report
@@ -259,6 +260,8 @@ def cmd_show(args) -> int:
     if args.head < 0 or args.batch < 0 or args.head > 4096 or args.batch > 4096:
         raise AttnError("--head and --batch are indices from 0 to 4096")
     given = parse_given(args.input, args.inputs)
+    if args.png:
+        picture_format(args.png)  # a suffix it cannot write is refused before anything is drawn
     program = load_program(Path(args.file))
     spec = pick_spec(program, args.spec)
     consts = parse_consts(args.const)
@@ -291,15 +294,12 @@ def cmd_show(args) -> int:
 
 def _write_picture(path: str, spec, source_name: str, drawing, analysis) -> None:
     """The annotated picture where matplotlib is installed, else the bare one (a pixel square per pair)."""
+    from .figure import plotting, title_of, write_figure
     from .show import png_scale, write_png
 
     sel = spec.selection
     grid = (sel.q_block.literal, sel.kv_block.literal) if sel is not None else (analysis.q_block, analysis.kv_block)
-    try:
-        from .figure import title_of, write_figure
-    except ImportError:
-        pass
-    else:
+    if plotting():
         picture = write_figure(drawing, analysis, grid, title_of(spec.name, source_name, drawing, analysis), path)
         print(f"# wrote {path} ({picture.width} x {picture.height} pixels: pairs over their tile classes, "
               f"{grid[0]}x{grid[1]} block grid)")

@@ -96,7 +96,7 @@ def write_figure(drawing: Drawing, analysis: TileAnalysis | None, grid: tuple[in
     fig.legend(handles=_legend(cell_classes(drawing, analysis)), loc="lower center", ncol=5, fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=10, y=1 - 8 / fig_h, va="top")
     try:
-        fig.savefig(path, format=_format(path), dpi=dpi)
+        fig.savefig(path, format=picture_format(path), dpi=dpi)
     except OSError as err:
         raise AttnError(f"cannot write {path}: {err.strerror or err}") from None
     return Picture(fig_w, fig_h, (left, top, left + image_w, top + image_h))
@@ -146,9 +146,35 @@ def _rgb(colour: tuple[int, int, int]) -> tuple[float, float, float]:
     return tuple(c / 255 for c in colour)
 
 
-def _format(path: str | Path) -> str:
+def plotting() -> bool:
+    """Whether matplotlib (the plot extra) is there to draw the annotated picture."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("matplotlib.backends.backend_agg") is not None
+    except (ImportError, ValueError):  # a parent package missing, or set to None in sys.modules
+        return False
+
+
+def picture_format(path: str | Path) -> str:
+    """The picture's format from the path's suffix (png without one): what matplotlib writes, or PNG
+    alone without it (the bare picture); another suffix is refused before anything is drawn."""
+    if plotting():
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        known = FigureCanvasAgg.get_supported_filetypes()
+    else:
+        known = {"png": "Portable Network Graphics"}
     suffix = Path(path).suffix.lower().lstrip(".")
-    return suffix if suffix in ("svg", "pdf") else "png"
+    if suffix and suffix not in known:
+        others = [f".{k}" for k in sorted(known) if k not in ("png", "svg", "pdf")]
+        raise AttnError(
+            f"cannot write {path}: '.{suffix}' is not a picture format attnspec writes"
+            + ("" if len(known) > 1 else " without matplotlib"),
+            hint="use .png, .svg or .pdf" + (f" (or {', '.join(others)})" if others else "")
+            + ("" if len(known) > 1 else "; pip install 'attnspec[plot]' for the others"),
+        )
+    return suffix or "png"
 
 
 def title_of(spec_name: str, source_name: str, drawing: Drawing, analysis: TileAnalysis | None) -> str:

@@ -405,9 +405,33 @@ def _cells_area(pixels) -> tuple[int, int, int, int]:
     return cols[0] + 1, rows[0] + 1, cols[-1], rows[-1]
 
 
+def test_show_picture_format_follows_the_suffix(tmp_path, capsys, monkeypatch):
+    """.svg and .pdf are written as such; a suffix matplotlib does not write is refused before anything is
+    drawn; without matplotlib, only the bare PNG."""
+    pytest.importorskip("matplotlib")
+    path = write(tmp_path, "causal.attn", CAUSAL)
+    for suffix, magic in ((".svg", b"<?xml"), (".pdf", b"%PDF"), (".png", b"\x89PNG")):
+        picture = tmp_path / f"m{suffix}"
+        code, _, err = run(capsys, "show", path, "--sq", 8, "--png", picture)
+        assert code == 0, err
+        assert picture.read_bytes().startswith(magic)
+    code, out, err = run(capsys, "show", path, "--sq", 8, "--png", tmp_path / "m.xyz")
+    assert code == 2 and "'.xyz' is not a picture format attnspec writes" in err and "Traceback" not in err
+    assert not (tmp_path / "m.xyz").exists() and out == ""  # refused before anything is drawn
+    _without_matplotlib(monkeypatch)
+    code, out, err = run(capsys, "show", path, "--sq", 8, "--png", tmp_path / "m2.svg")
+    assert code == 2 and "without matplotlib" in err and "attnspec[plot]" in err and out == ""
+
+
+def _without_matplotlib(monkeypatch) -> None:
+    """Its imports fail, as where the plot extra is not installed."""
+    for name in ("matplotlib", "matplotlib.backends", "matplotlib.backends.backend_agg"):
+        monkeypatch.setitem(sys.modules, name, None)
+
+
 def test_show_png_without_matplotlib_is_the_bare_picture(tmp_path, capsys, monkeypatch):
     """Without the plot extra, a PNG of 4 x 4 pixels per pair, kept pairs black on white."""
-    monkeypatch.setitem(sys.modules, "attnspec.figure", None)  # its import fails as without matplotlib
+    _without_matplotlib(monkeypatch)
     path = write(tmp_path, "causal.attn", CAUSAL)
     png = tmp_path / "mask.png"
     sq, skv = 8, 12
