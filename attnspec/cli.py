@@ -300,8 +300,8 @@ def _write_picture(path: str, spec, source_name: str, drawing, analysis) -> None
     sel = spec.selection
     grid = (sel.q_block.literal, sel.kv_block.literal) if sel is not None else (analysis.q_block, analysis.kv_block)
     if plotting():
-        picture = write_figure(drawing, analysis, grid, title_of(spec.name, source_name, drawing, analysis), path)
-        print(f"# wrote {path} ({picture.width} x {picture.height} pixels: pairs over their tile classes, "
+        width, height = write_figure(drawing, analysis, grid, title_of(spec.name, source_name, drawing, analysis), path)
+        print(f"# wrote {path} ({width} x {height} pixels: pairs over their tile classes, "
               f"{grid[0]}x{grid[1]} block grid)")
         return
     scale = png_scale(drawing.mask)

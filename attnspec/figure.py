@@ -10,7 +10,6 @@ extra); without it `attnspec show` writes the bare picture (show.write_png).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -45,26 +44,18 @@ def cell_classes(drawing: Drawing, analysis: TileAnalysis | None) -> torch.Tenso
     return grid[q_tile][:, kv_tile]
 
 
-def cell_colours(drawing: Drawing, analysis: TileAnalysis | None) -> torch.Tensor:
-    """uint8 [rows, cols, 3]: each pair's colour, by its tile class and whether it is kept."""
+def cell_colours(mask: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """uint8 [rows, cols, 3]: each pair's colour, by its tile class (cell_classes) and whether it is kept."""
     background = torch.tensor([PALETTE[c][0] for c in sorted(PALETTE)], dtype=torch.uint8)
     kept = torch.tensor([PALETTE[c][1] for c in sorted(PALETTE)], dtype=torch.uint8)
-    classes = cell_classes(drawing, analysis).long()
-    return torch.where(drawing.mask[..., None], kept[classes], background[classes])
-
-
-@dataclass(frozen=True)
-class Picture:
-    """What write_figure wrote: its size and where the cells lie, in pixels from the top left."""
-
-    width: int
-    height: int
-    area: tuple[int, int, int, int]  # left, top, right, bottom of the cells
+    classes = classes.long()
+    return torch.where(mask[..., None], kept[classes], background[classes])
 
 
 def write_figure(drawing: Drawing, analysis: TileAnalysis | None, grid: tuple[int, int], title: str,
-                 path: str | Path) -> Picture:
-    """Write the annotated picture (PNG, or SVG / PDF by the suffix)."""
+                 path: str | Path) -> tuple[int, int]:
+    """Write the annotated picture (PNG, or another format by the suffix); returns its width and height
+    in pixels."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -81,7 +72,8 @@ def write_figure(drawing: Drawing, analysis: TileAnalysis | None, grid: tuple[in
     fig = Figure(figsize=(fig_w / dpi, fig_h / dpi), dpi=dpi)
     FigureCanvasAgg(fig)
     ax = fig.add_axes((left / fig_w, bottom / fig_h, image_w / fig_w, image_h / fig_h))
-    ax.imshow(cell_colours(drawing, analysis).numpy(), extent=(0, width, height, 0), interpolation="nearest",
+    classes = cell_classes(drawing, analysis)
+    ax.imshow(cell_colours(drawing.mask, classes).numpy(), extent=(0, width, height, 0), interpolation="nearest",
               aspect="auto")
     ax.set_xlim(0, width)
     ax.set_ylim(height, 0)
@@ -93,13 +85,13 @@ def write_figure(drawing: Drawing, analysis: TileAnalysis | None, grid: tuple[in
     ax.set_ylabel("query position q")
     if not grid_note:
         _draw_grid(ax, grid, width, height)
-    fig.legend(handles=_legend(cell_classes(drawing, analysis)), loc="lower center", ncol=5, fontsize=8, frameon=False)
+    fig.legend(handles=_legend(classes), loc="lower center", ncol=5, fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=10, y=1 - 8 / fig_h, va="top")
     try:
         fig.savefig(path, format=picture_format(path), dpi=dpi)
     except OSError as err:
         raise AttnError(f"cannot write {path}: {err.strerror or err}") from None
-    return Picture(fig_w, fig_h, (left, top, left + image_w, top + image_h))
+    return fig_w, fig_h
 
 
 def _legend(classes: torch.Tensor) -> list:

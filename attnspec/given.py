@@ -17,13 +17,12 @@ from pathlib import Path
 
 import torch
 
-from .builtins import DTYPES
+from .builtins import DTYPES, SHAPE_SYMBOLS
 from .diagnostics import AttnError
 from .ir import Input, Spec, uses
-from .sample import _TORCH_DTYPES, Sizes, evaluate_static
+from .sample import TORCH_DTYPES, Sizes, evaluate_static
 
 TENSOR_FILES = (".pt", ".pth", ".npy")  # a -I value naming a file
-_SYMBOLS = ("B", "H", "HKV", "SQ", "SKV", "D")
 
 
 @dataclass(frozen=True)
@@ -138,7 +137,7 @@ def given_sizes(spec: Spec, given: dict[str, Given], sq: int | None, skv: int | 
             continue  # a runtime param, or a value that cannot broadcast (given_values says why)
         full_rank = g.value.dim() == len(decl.shape)
         for dim, n in zip(decl.shape[len(decl.shape) - g.value.dim():], g.value.shape):  # aligned from the right
-            if dim.op == "shape" and dim.value in _SYMBOLS and (n != 1 or full_rank):
+            if dim.op == "shape" and dim.value in SHAPE_SYMBOLS and (n != 1 or full_rank):
                 _fix(fixed, dim.value, n, g.origin, decl)
     if "H" in fixed and "HKV" not in fixed and fixed["H"][0] % group == 0:
         fixed["HKV"] = (fixed["H"][0] // group, fixed["H"][1])
@@ -233,7 +232,7 @@ def _tensor(decl: Input, g: Given, shape: tuple[int, ...], sizes: Sizes, broadca
             f"shape {list(shape)}" + (f" at {at}" if at else ""),
             decl.span, hint="give a number, a value of the declared shape, or one that broadcasts to it",
         )
-    value = _checked(decl.name, DTYPES[decl.dtype], g, decl.span, decl.dtype).to(_TORCH_DTYPES[decl.dtype])
+    value = _checked(decl.name, DTYPES[decl.dtype], g, decl.span, decl.dtype).to(TORCH_DTYPES[decl.dtype])
     return value.broadcast_to(shape).contiguous() if broadcast else value
 
 
@@ -257,7 +256,7 @@ def _checked(name: str, kind: str, g: Given, span, dtype: str) -> torch.Tensor:
         raise AttnError(f"{g.origin}: '{name}' cannot be read from a {value.dtype} tensor", span)
     if kind == "int":
         real = value.to(torch.float64)
-        info = torch.iinfo(_TORCH_DTYPES.get(dtype, torch.int64))
+        info = torch.iinfo(TORCH_DTYPES.get(dtype, torch.int64))
         fraction = ~torch.isfinite(real) | (real != real.round())
         outside = (real < info.min) | (real > info.max)
         for bad, what in ((fraction, "is not an integer"), (outside, f"is outside {dtype}'s range, {info.min} to {info.max}")):

@@ -16,7 +16,7 @@ from .diagnostics import AttnError
 from .ir import Expr, Spec, const, substitute
 from .passes.fold import fold_expr
 
-_TORCH_DTYPES = {
+TORCH_DTYPES = {
     "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
     "float64": torch.float64, "int32": torch.int32, "int64": torch.int64, "bool": torch.bool,
 }
@@ -125,4 +125,4 @@ def _tensor(dtype: str, shape, gen, device):
         t = t.sort(dim=-1).values if t.dim() else t
     else:
         t = torch.rand(shape, generator=gen) > 0.5
-    return t.to(dtype=_TORCH_DTYPES[dtype], device=device)
+    return t.to(dtype=TORCH_DTYPES[dtype], device=device)

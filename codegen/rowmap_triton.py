@@ -161,9 +161,19 @@ def fused_q_values(spec: Spec) -> list[dict]:
     names = {i.name for i in values}
     if not _read_at_own_rows(spec, names):
         return []
-    scored = {b.value.value for b in spec.bindings if b.level == "row" and own_row_load(b.value, names)}
-    return [{**_fused(spec, i.computed, tile=("_q_tile", "BLOCK_D")), "name": i.name, "late": i.name not in scored}
+    scored = set(value_bindings(spec, names).values())
+    return [{**_fused(spec, i.computed, tile=("_q_tile", "BLOCK_D")), "name": i.name, "late": _fused_name(i.name) not in scored}
             for i in values]
+
+
+def value_bindings(spec: Spec, names: set[str]) -> dict[str, str]:
+    """{kernel temp: `_v_<name>`} of the row bindings that load one of these per-row values of q at its
+    own row: what the fused forward kernel reads from the values it computed instead."""
+    return {b.symbol: _fused_name(b.value.value) for b in spec.bindings if b.level == "row" and own_row_load(b.value, names)}
+
+
+def _fused_name(value: str) -> str:
+    return f"_v_{value}"
 
 
 def own_row_load(e: Expr, names: set[str]) -> bool:
@@ -331,7 +341,7 @@ def _fused(spec: Spec, step: RowMap, values: set[str] = frozenset(), tile: tuple
     value = inline_bindings(step.value, spec)
     ropes = [n for n in walk(value) if n.op == "rope"]
     renderer = RowMapKernelRenderer(spec)
-    renderer.values = {name: f"_v_{name}" for name in values}
+    renderer.values = {name: _fused_name(name) for name in values}
     renderer.tile = None if tile is None else (*tile, step.target)
     return {"code": renderer.render(value), "rope": bool(ropes),
             "kept_partner": _at_partners(ropes, lambda n: n.op == "kept_sum"),

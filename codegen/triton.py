@@ -255,8 +255,8 @@ class TritonPlan(ModulePlan, BackwardPlan):
 
 def triton_plan(spec: Spec, source_name: str) -> TritonPlan:
     from .rowmap_triton import (backward_kernel_plan, epilogue_kernel_plan, fused_epilogue, fused_q_prologue,
-                                fused_q_values, own_row_load, prologue_kernel_plan,
-                                row_value_kernel_plan)  # they render with TritonRenderer
+                                fused_q_values, prologue_kernel_plan, row_value_kernel_plan,
+                                value_bindings)  # they render with TritonRenderer
 
     r = TritonRenderer(spec)
     norm = spec.normalize
@@ -275,7 +275,6 @@ def triton_plan(spec: Spec, source_name: str) -> TritonPlan:
     module["linear"] = _chunked_linear(spec, module["linear"], nonnegative_rule)
     values = [] if module["linear"] else fused_q_values(spec)  # the chunks read the values' passes
     value_names = {v["name"] for v in values}
-    read_by_rows = {b.symbol: f"_v_{b.value.value}" for b in spec.bindings if b.level == "row" and own_row_load(b.value, value_names)}
     return TritonPlan(
         **module,
         **backward_plan(spec, TritonRenderer).fields(),
@@ -288,7 +287,7 @@ def triton_plan(spec: Spec, source_name: str) -> TritonPlan:
         prologue_kernels=prologue_kernel_plan(spec),
         fused_q=None if module["linear"] else fused_q_prologue(spec),  # the chunks read q after its prologue
         fused_values=values,
-        fused_row_bindings=read_by_rows,
+        fused_row_bindings=value_bindings(spec, value_names),
         row_value_kernels=row_value_kernel_plan(spec),
         rowmap_backward=backward_kernel_plan(spec),
         epilogue_kernel=epilogue_kernel_plan(spec),

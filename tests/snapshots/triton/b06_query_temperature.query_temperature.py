@@ -342,7 +342,6 @@ def _query_temperature_forward(
         _f = _offs_d[None, :]
         _in_f = _f < _D
         _v_t = (1.0 + _kernel.softplus(_kernel.row_dot(_q_tile, tl.load(w + _kernel.clamp(_h, 0, _w_n0 - 1) * _w_s0 + _kernel.clamp(_f, 0, _w_n1 - 1) * _w_s1).to(tl.float32) + tl.zeros([1, BLOCK_D], dtype=tl.float32), _in_f))) + tl.zeros([BLOCK_M, 1], dtype=tl.float32)
-
     if PROLOGUE_Q:
         _t0 = _v_t
     else:
@@ -422,8 +421,7 @@ def _values_pass(q, k, _inputs, _params):
     """The kernel's inputs with the per-row values of q (t) computed by their passes, for a forward
     kernel that does not compute them from its tile (from the kernel's arguments, q after its prologue)."""
     w, t, = _inputs
-    _values = _row_value_kernels(q, k, w, skip=())
-    t = _values[0]
+    t, = _row_value_kernels(q, k, w, skip=())
     return (w, t,)
 
 

@@ -545,7 +545,6 @@ def _affine_scaled_forward(
         _in_f = _f < _D
         _v_alpha = (1.0 + _kernel.tanh(_kernel.row_dot(_q_tile, tl.load(w_alpha + _kernel.clamp(_h, 0, _w_alpha_n0 - 1) * _w_alpha_s0 + _kernel.clamp(_f, 0, _w_alpha_n1 - 1) * _w_alpha_s1).to(tl.float32) + tl.zeros([1, BLOCK_D], dtype=tl.float32), _in_f))) + tl.zeros([BLOCK_M, 1], dtype=tl.float32)
         _v_beta = (0.25 * _kernel.tanh(_kernel.row_dot(_q_tile, tl.load(w_beta + _kernel.clamp(_h, 0, _w_beta_n0 - 1) * _w_beta_s0 + _kernel.clamp(_f, 0, _w_beta_n1 - 1) * _w_beta_s1).to(tl.float32) + tl.zeros([1, BLOCK_D], dtype=tl.float32), _in_f))) + tl.zeros([BLOCK_M, 1], dtype=tl.float32)
-
         _x = _o.to(tl.float32)  # the rows' vectors, as a prologue or the epilogue reads them
         _row = _offs_m[:, None]
         _f = _offs_dv[None, :]
@@ -604,9 +603,7 @@ def _values_pass(q, k, _inputs, _params):
     """The kernel's inputs with the per-row values of q (alpha, beta) computed by their passes, for a forward
     kernel that does not compute them from its tile (from the kernel's arguments, q after its prologue)."""
     w_alpha, w_beta, alpha, beta, = _inputs
-    _values = _row_value_kernels(q, k, w_alpha, w_beta, skip=())
-    alpha = _values[0]
-    beta = _values[1]
+    alpha, beta, = _row_value_kernels(q, k, w_alpha, w_beta, skip=())
     return (w_alpha, w_beta, alpha, beta,)
 
 
