@@ -41,6 +41,8 @@ def _rule(expr: Expr, types: list[str], spec: Spec) -> str:
         return types[0]
     if op == "first_half":  # passes/adjoint.py's: the feature is the first of its rope pair
         return "bool"
+    if op in ("feature_mix_t", "feature_outer", "feature_softmax_grad"):  # passes/adjoint.py's gradients
+        return "float"
     if op == "log_weight":  # made by the flex lowering (passes/flex.py), never written
         return "float"
     if op == "temp":

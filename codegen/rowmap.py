@@ -54,6 +54,18 @@ class RowMapRenderer(DenseRenderer):
         row, weight = e.args
         return f"_fn.feature_mix({self.render(row)}, {self.render(weight)}, {self._like()})"
 
+    def render_feature_mix_t(self, e: Expr) -> str:
+        grad, weight = e.args
+        return f"_fn.feature_mix_t({self.render(grad)}, {self.render(weight)}, {self._like()})"
+
+    def render_feature_outer(self, e: Expr) -> str:
+        row, grad = e.args
+        return f"_fn.feature_outer({self.render(row)}, {self.render(grad)}, {self._like()})"
+
+    def render_feature_softmax_grad(self, e: Expr) -> str:
+        y, grad = e.args
+        return f"_fn.feature_softmax_grad({self.render(y)}, {self.render(grad)}, {e.value}, {self._like()})"
+
     def render_feature_softmax(self, e: Expr) -> str:
         return f"_fn.feature_softmax({self.render(e.args[0])}, {e.value}, {self._like()})"
 

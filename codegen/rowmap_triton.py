@@ -22,6 +22,9 @@ from .rowmap import dense_step
 from .triton import TritonRenderer
 
 
+_HALF = "_X.dtype.element_ty != tl.float32"  # a matrix product in TF32 for a half-precision tensor
+
+
 class RowMapKernelRenderer(TritonRenderer):
     """A prologue statement's value as Triton code over the tile, at its own features or, with
     `partner`, at each feature's rope partner."""
@@ -99,10 +102,24 @@ class RowMapKernelRenderer(TritonRenderer):
 
     def render_feature_mix(self, e: Expr) -> str:
         row, weight = (self.render(a) for a in e.args)
-        return f"_kernel.feature_mix({row}, {weight}, _in_f, _F, _X.dtype.element_ty != tl.float32, BLOCK_M, BLOCK_F)"
+        return f"_kernel.feature_mix({row}, {weight}, _in_f, _F, {_HALF}, BLOCK_M, BLOCK_F)"
 
     def render_feature_softmax(self, e: Expr) -> str:
         return f"_kernel.feature_softmax({self.render(e.args[0])}, {e.value}, _f, _in_f, _F, BLOCK_M, BLOCK_F)"
+
+    # the gradients' operations (passes/adjoint.py), in the backward passes
+
+    def render_feature_mix_t(self, e: Expr) -> str:
+        grad, weight = (self.render(a) for a in e.args)
+        return f"_kernel.feature_mix_t({grad}, {weight}, _in_f, _F, {_HALF}, BLOCK_M, BLOCK_F)"
+
+    def render_feature_outer(self, e: Expr) -> str:
+        row, grad = (self.render(a) for a in e.args)
+        return f"_kernel.feature_outer({row}, {grad}, _in, {_HALF}, BLOCK_M, BLOCK_F)"
+
+    def render_feature_softmax_grad(self, e: Expr) -> str:
+        y, grad = (self.render(a) for a in e.args)
+        return f"_kernel.feature_softmax_grad({y}, {grad}, {e.value}, _f, _in_f, _F, BLOCK_M, BLOCK_F)"
 
     def render_partner(self, e: Expr) -> str:
         return self.at_partner().render(e.args[0])
@@ -234,15 +251,34 @@ def backward_kernel_plan(spec: Spec) -> dict:
     """The backward passes of the prologue, the per-row values and the epilogue: {prologue, row_values,
     epilogue}, each a list of {target, name, terms, code, kept_sum (the gradient of sum_kept(v), which
     the epilogue reads where reads_kept), row_seed, rope, partner_x, partner_dy, kept_partner, inputs,
-    params, sites} (sites: {input, level, code, offset, per_feature} per float load, the gradient of
-    its value and where it adds). An empty list: no passes, the module differentiates the tensor code.
-    The prologue and the per-row values have passes together or not at all (not where a row map has no
-    rule in passes/adjoint.py, or a per-row table keeps the values tensor code); the epilogue on its own."""
+    params, sites, matrices, sums, matrix_sites} (sites: {input, level, code, offset, per_feature} per
+    float load, the gradient of its value and where it adds; matrices: (name, code) of each matrix
+    sum(x[g] * w[g, f] for g) reads, computed once per program; sums: (name, code) of the products
+    x^T g a program sums over its tiles, the gradients of those matrices; matrix_sites: the sites of
+    the loads inside a matrix, on its [g, f] grid, from the sums). An empty list: no passes, the module
+    differentiates the tensor code.
+    The per-row values have passes together or not at all (not where one has no rule in
+    passes/adjoint.py, or a per-row table keeps the values tensor code); a prologue statement without
+    a rule is differentiated through its own tensor code beside the others' passes
+    (_prologue_backward_steps); the epilogue on its own."""
     values = _row_values(spec)
-    steps = [(step, step.target, False) for step in spec.prologue] + [(i.computed, i.name, True) for i in values]
-    rows = [] if any(i.computed.entry is not None for i in values) else _backward_steps(spec, steps)
+    tables = any(i.computed.entry is not None for i in values)
+    rows = [] if tables else _backward_steps(spec, [(i.computed, i.name, True) for i in values])
     epilogue = [] if spec.epilogue is None else _backward_steps(spec, [(spec.epilogue, "out", False)])
-    return {"prologue": rows[:len(spec.prologue)], "row_values": rows[len(spec.prologue):], "epilogue": epilogue}
+    return {"prologue": _prologue_backward_steps(spec), "row_values": rows, "epilogue": epilogue}
+
+
+def _prologue_backward_steps(spec: Spec) -> list:
+    """_backward_step of each prologue statement; a statement without a rule in passes/adjoint.py (one
+    that reads other rows: softmax_rows, sum_rows) is {target, name, dense: True}, differentiated on
+    its own through its tensor code, and where no statement has a rule, [] (all of it is)."""
+    steps = []
+    for step in spec.prologue:
+        try:
+            steps.append(_backward_step(spec, step, step.target, False))
+        except NotRepresentable:
+            steps.append({"target": step.target, "name": step.target, "dense": True})
+    return steps if any(not s.get("dense") for s in steps) else []
 
 
 def _row_values(spec: Spec, target: str | None = None) -> list:
@@ -270,15 +306,26 @@ def _has_rule(spec: Spec, step: RowMap) -> bool:
 def _backward_step(spec: Spec, step: RowMap, name: str, per_row: bool) -> dict:
     adjoint = row_map_adjoint(step, spec, per_row)
     r = RowMapKernelRenderer(spec)
+    # the program's matrices (sum(x[g] * w[g, f] for g)): computed once, before its rows
+    outers = _distinct(n for _, grad in adjoint.matrix for n in walk(grad) if n.op == "feature_outer")
     grads = [g for g in [adjoint.vector, adjoint.kept_sum] + [grad for _, grad in adjoint.loads] if g is not None]
-    terms = _shared_terms(grads)
-    r.shared = {exact_key(node): name for name, node in terms}
-    r.fixed = {exact_key(node) for _, node in terms if not varies(node)}
+    tiled = grads + [a for outer in outers for a in outer.args]  # what is evaluated on each tile of rows
+    weights = _distinct(n.args[1] for g in tiled for n in walk(g) if n.op in ("feature_mix", "feature_mix_t"))
+    matrices = [(f"_w{i}", RowMapKernelRenderer(spec).render(w)) for i, w in enumerate(weights)]
+    hoisted = {exact_key(w): n for (n, _), w in zip(matrices, weights)}
+    terms = _shared_terms(tiled, set(hoisted))
+    r.shared = {**hoisted, **{exact_key(node): name for name, node in terms}}
+    r.fixed = {exact_key(node) for _, node in terms if not varies(node)} | set(hoisted)
+    # the sums over the rows of the matrices' gradients (their accumulators), and the matrix loads' sites
+    sums = [(f"_m{i}", r.render(outer)) for i, outer in enumerate(outers)]
+    after = RowMapKernelRenderer(spec)
+    after.shared = {**hoisted, **{exact_key(o): n for (n, _), o in zip(sums, outers)}}
     # what is evaluated at rope partners: rope's first argument, and partner(e) (a rope angle's gradient)
-    ropes = [n for g in grads for n in walk(g) if n.op in ("rope", "partner")]
+    ropes = [n for g in tiled for n in walk(g) if n.op in ("rope", "partner")]
     return {
         **_reads(spec, step),
         "name": name,
+        "dense": False,
         "terms": [(name, r.render_term(node)) for name, node in terms],
         "code": None if adjoint.vector is None else r.render(adjoint.vector),
         "kept_sum": None if adjoint.kept_sum is None else r.render(adjoint.kept_sum),
@@ -288,7 +335,18 @@ def _backward_step(spec: Spec, step: RowMap, name: str, per_row: bool) -> dict:
         "partner_dy": _at_partners(ropes, lambda n: n.op == "vector" and n.value == SEED),
         "kept_partner": _at_partners(ropes, lambda n: n.op == "kept_sum"),
         "sites": [_site(spec, r, load, grad) for load, grad in adjoint.loads],
+        "matrices": matrices,
+        "sums": sums,
+        "matrix_sites": [{**_site(spec, after, load, grad), "level": "matrix"} for load, grad in adjoint.matrix],
     }
+
+
+def _distinct(nodes) -> list[Expr]:
+    """The nodes without repeats (equal by exact_key), in order."""
+    found: dict[tuple, Expr] = {}
+    for n in nodes:
+        found.setdefault(exact_key(n), n)
+    return list(found.values())
 
 
 def _at_partners(ropes: list[Expr], found) -> bool:
@@ -297,16 +355,26 @@ def _at_partners(ropes: list[Expr], found) -> bool:
     return any(found(n) for rope in ropes for n in walk(rope.args[0]))
 
 
-def _shared_terms(exprs: list[Expr]) -> list[tuple[str, Expr]]:
+def _shared_terms(exprs: list[Expr], named: set[tuple] = frozenset()) -> list[tuple[str, Expr]]:
     """(name, subexpression) of those that occur more than once among exprs, named `_r0, _r1, ...`,
-    each after those it contains: the derivative repeats the forward's terms."""
-    counts = Counter(exact_key(n) for e in exprs for n in walk(e) if n.op not in LEAF_OPS)
+    each after those it contains: the derivative repeats the forward's terms. The subexpressions whose
+    exact_key is in `named` (and what they contain) have names already."""
+    def nodes(e: Expr):
+        if exact_key(e) in named:
+            return
+        yield e
+        for arg in e.args:
+            yield from nodes(arg)
+
+    counts = Counter(exact_key(n) for e in exprs for n in nodes(e) if n.op not in LEAF_OPS)
     terms: dict[tuple, tuple[str, Expr]] = {}
 
     def visit(node: Expr) -> None:
+        key = exact_key(node)
+        if key in named:
+            return
         for arg in node.args:
             visit(arg)
-        key = exact_key(node)
         if node.op not in LEAF_OPS and counts[key] > 1 and key not in terms:
             terms[key] = (f"_r{len(terms)}", node)
 
@@ -333,11 +401,12 @@ def _site(spec: Spec, r: RowMapKernelRenderer, load: Expr, grad: Expr) -> dict:
 
 
 def _fused(spec: Spec, step: RowMap, values: set[str] = frozenset(), tile: tuple[str, str] | None = None) -> dict:
-    """{code, rope, kept_partner, groups}: the statement's value as Triton code over a tile (reading the
+    """{code, rope, kept_partner, groups, matrix}: the statement's value as Triton code over a tile (reading the
     per-row values named in `values` as the forward kernel's `_v_<name>`; with `tile`, (name, width) of
     the forward kernel's resident tile of the rows, sums against a vector as products on it), whether it
-    pairs features, whether it reads sum_kept(v) at a rope partner (`_vsump`), and the group counts of
-    its softmaxes over features (the host checks that they divide the features)."""
+    pairs features, whether it reads sum_kept(v) at a rope partner (`_vsump`), the group counts of
+    its softmaxes over features (the host checks that they divide the features), and whether it holds
+    a matrix (sum(x[g] * w[g, f] for g), launched on more warps)."""
     value = inline_bindings(step.value, spec)
     ropes = [n for n in walk(value) if n.op == "rope"]
     renderer = RowMapKernelRenderer(spec)
@@ -345,7 +414,8 @@ def _fused(spec: Spec, step: RowMap, values: set[str] = frozenset(), tile: tuple
     renderer.tile = None if tile is None else (*tile, step.target)
     return {"code": renderer.render(value), "rope": bool(ropes),
             "kept_partner": _at_partners(ropes, lambda n: n.op == "kept_sum"),
-            "groups": sorted({n.value for n in walk(value) if n.op == "feature_softmax" and n.value > 1})}
+            "groups": sorted({n.value for n in walk(value) if n.op == "feature_softmax" and n.value > 1}),
+            "matrix": any(n.op == "feature_mix" for n in walk(value))}
 
 
 def _kernel_step(spec: Spec, step: RowMap) -> dict:

@@ -109,6 +109,19 @@ INLINE = {
     "cosine": _spec("prologue q = q / max(norm(q), 1e-6)"),
     "rms": _spec("prologue q = q / sqrt(sum(q * q) + 1e-6)"),
     "masked_norm": _spec("prologue q = where(norm(q) > 0.0, q / norm(q), q)"),
+    # softmaxes over the features, whole and in groups, of a learnable gain
+    "softmax": _spec("input g: float32[H, D] learnable", "prologue q[i, f] = softmax(q * g[h, f]) * float(D)"),
+    "softmax_groups": _spec("input g: float32[HKV, D] learnable", "prologue k[j, f] = softmax(k * g[h, f], 2) + 0.5 * k"),
+    # the row times a learnable matrix per head; a function of the row inside, a gain outside
+    "matrix": _spec("input w: float32[H, D, D] learnable", "prologue q[i, f] = sum(q[g] * w[h, g, f] for g)"),
+    "matrix_functions": _spec("input w: float32[HKV, D, D] learnable", "input s: float32[HKV] learnable",
+                              "input c: float32[D] learnable",
+                              "prologue v[j, f] = tanh(sum((sigmoid(v[g]) + c[g]) * w[h, g, f] * s[h] for g)) * c[f]"),
+    # Hedgehog's map: [softmax(x W), softmax(-x W)] from the first half of the matrix's columns, read twice
+    "hedgehog": _spec("input w: float32[H, D, D] learnable",
+                      "prologue q[i, f] = softmax(where(f < D // 2, 1.0, -1.0) * sum(q[g] * w[h, g, f % (D // 2)] for g), 2)"),
+    # a matrix that reads no learnable input, beside a norm: only the row's gradient goes through it
+    "fixed_matrix": _spec("prologue k[j, f] = sum(exp(k[g]) * float((g + f) % 3) for g) / norm(k)"),
 }
 
 # an output gate and a norm of the output: the epilogue is a row map of out
@@ -210,14 +223,18 @@ class Dense:
             grads[self.step.target] = _dense.full(vector, self.shape, torch.float64, "cpu").clone()
         for load, grad in result.loads:
             self._scatter(grads[load.value], load, grad, tensors)
+        for load, grad in result.matrix:
+            self._scatter(grads[load.value], load, grad, tensors, matrix=True)
         return grads
 
-    def _scatter(self, into: torch.Tensor, load, grad, tensors) -> None:
+    def _scatter(self, into: torch.Tensor, load, grad, tensors, matrix: bool = False) -> None:
         """Add the gradient of a load's value, at every place the map reads it, at the load's indices
-        (each clamped into its dimension, as _fn.load reads it)."""
+        (each clamped into its dimension, as _fn.load reads it); with `matrix`, a load inside a matrix,
+        read at every (b, h, g, f)."""
         indices = [torch.as_tensor(self.evaluate(a, **tensors)).long() for a in load.args]
         # read at every (b, h, row); at every feature only where an index reads the feature
-        where = torch.broadcast_shapes(self.shape[:3] + (1,), *(i.shape for i in indices))
+        read = self.shape[:2] + (self.shape[3], self.shape[3]) if matrix else self.shape[:3] + (1,)
+        where = torch.broadcast_shapes(read, *(i.shape for i in indices))
         value = torch.as_tensor(self.evaluate(grad, **tensors), dtype=torch.float64)
         assert torch.broadcast_shapes(value.shape, where) == where, (
             f"the gradient of {load.value}[...] has shape {tuple(value.shape)}, its load is read on {tuple(where)}")

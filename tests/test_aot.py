@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from attnspec.api import load_program
-from attnspec.ir import OTHER_ROW_OPS, WHOLE_ROW_OPS, walk
+from attnspec.ir import OTHER_ROW_OPS, walk
 
 pytest.importorskip("triton")
 
@@ -56,17 +56,14 @@ def _reads(step, *ops) -> bool:
     return any(n.op in ops for n in walk(step.value))
 
 
-def _row_maps(spec, backward: bool = False) -> int:
-    """The passes over rows one direction of a spec takes (with gradients): one per prologue statement
-    (not softmax_rows, which reads every row: tensor code), per-row value (none for values beside a
-    per-row table: those stay tensor code) and epilogue. Backward, none for the prologue and the
-    values where a statement mixes features or rows (no rule in passes/adjoint.py: autograd of the
-    tensor code)."""
+def _row_maps(spec) -> int:
+    """The passes over rows a spec takes with gradients, and as many backward passes: one per prologue
+    statement (not softmax_rows or sum_rows, which read every row: tensor code, differentiated as
+    such), per-row value (none for values beside a per-row table: those stay tensor code) and
+    epilogue."""
     values = [i.computed for i in spec.inputs if i.computed is not None]
     tables = any(v.entry is not None for v in values)
     rows = [s for s in spec.prologue if not _reads(s, *OTHER_ROW_OPS)] + ([] if tables else values)
-    if backward and any(_reads(s, *WHOLE_ROW_OPS) for s in spec.prologue):
-        rows = []
     return len(rows) + (spec.epilogue is not None)
 
 
@@ -172,7 +169,7 @@ def test_the_passes_over_rows_compile_for_hopper_without_spills(prologues):
     backward pass of each (runtime/prologue.py): every example's compiles, at both head dims, and holds
     its tile in registers."""
     assert len(ROW_MAPS) >= 6 and prologues["rc"] == 0, prologues["table"]
-    passes = sum(_row_maps(spec) + _row_maps(spec, backward=True) for path in ROW_MAPS for spec in load_program(path).specs)
+    passes = sum(2 * _row_maps(spec) for path in ROW_MAPS for spec in load_program(path).specs)
     assert len(prologues["reports"]) == 2 * passes, prologues["table"]
     kinds = {r["kernel"] for r in prologues["reports"]}
     assert {"prologue_q", "prologue_k", "prologue_q_bwd", "value_t", "value_t_bwd", "epilogue", "epilogue_bwd"} <= kinds, kinds

@@ -169,9 +169,9 @@ attention a {
         torch.testing.assert_close(got.double(), exact, rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_a_row_map_without_a_backward_pass_differentiates_the_tensor_code(monkeypatch):
-    """Per-row tables stay tensor code (contractions, einsum's), and with them the prologue's backward:
-    the forward still runs the prologue's kernels, the backward recomputes the tensor code once."""
+def test_per_row_tables_differentiate_their_tensor_code_beside_the_prologue_passes(monkeypatch):
+    """Per-row tables stay tensor code (contractions, einsum's), and with them the per-row values,
+    forward and backward (autograd of that code); the prologue keeps its kernels both ways."""
     source = """
 attention a {
     input rel: float32[HKV, 5, D] learnable
@@ -180,18 +180,110 @@ attention a {
     score = score + t[clamp(kv - q + 2, 0, 4)]
 }"""
     module = attnspec.compile(source, "triton")
-    assert not hasattr(module, "_prologue_backward")
+    assert hasattr(module, "_prologue_backward") and not hasattr(module, "_row_values_backward")
     (q, k, v), gen = _tensors()
     rel = torch.randn(2, 5, 16, generator=gen)
-    dense, calls = module._prologue, []
-    monkeypatch.setattr(module, "_prologue", lambda *a: calls.append(1) or dense(*a))
+    calls = {"_prologue": [], "_row_values": []}
+    for name in calls:
+        dense = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, dense=dense, name=name: calls[name].append(1) or dense(*a))
     leaves = [x.clone().requires_grad_() for x in (q, k, v, rel)]
     mine = _gradients(source, "triton", leaves, ["rel"])
-    assert calls == [1]
+    assert calls == {"_prologue": [], "_row_values": [1]}  # the values: tensor code, autograd's graph
     ref = [x.detach().double().requires_grad_() for x in leaves]
     for name, got, exact in zip(["q", "k", "v", "rel"], mine, _gradients(source, "reference", ref, ["rel"])):
         # squared outputs of summed logits: gradients in the hundreds, float32 against float64
         torch.testing.assert_close(got.double(), exact, rtol=1e-4, atol=1e-6 * float(exact.abs().max()), msg=name)
+
+
+# ---------------------------------------------------------------- matrices and softmaxes over features
+
+# Hedgehog's map (a matrix per head read at f % (D / 2), grouped softmaxes), a matrix shared by every
+# head (its gradient summed over batches and heads) with a function of the row and a per-head gain
+# inside, v weighted by a softmax over its own features (DV != D)
+MATRICES = """
+attention m {
+    input wq: float32[H, D, D] learnable
+    input wk: float32[D, D] learnable
+    input c: float32[HKV] learnable
+    prologue q[i, f] = softmax(where(f < D // 2, 1.0, -1.0) * sum(q[g] * wq[h, g, f % (D // 2)] for g), 2)
+    prologue k[j, f] = sum(tanh(k[g]) * wk[g, f] * c[h] for g) + k
+    prologue v[j, f] = v * softmax(v * c[h]) * float(D)
+}"""
+
+
+def _matrix_inputs(dtype=torch.float32):
+    """Tensors of several tiles of rows each (a pass's tile holds 64 rows at D = 32), with SQ != SKV,
+    GQA and DV != D, and the inputs."""
+    gen = torch.Generator().manual_seed(5)
+    D = 32
+    tensors = [torch.randn(2, 4, 150, D, generator=gen), torch.randn(2, 2, 133, D, generator=gen),
+               torch.randn(2, 2, 133, 24, generator=gen), 0.2 * torch.randn(4, D, D, generator=gen),
+               0.2 * torch.randn(D, D, generator=gen), torch.randn(2, generator=gen)]
+    return [x.to(dtype) for x in tensors], ["wq", "wk", "c"]
+
+
+@pytest.mark.parametrize("programs", [1, None], ids=["one program walks every tile", "default"])
+def test_matrices_and_softmaxes_have_backward_passes(monkeypatch, programs):
+    """sum(x[g] * w[g, f] for g) and softmax(x, G) are differentiated by the generated passes (the tensor
+    code is never recomputed): the row's gradient through the matrix's transpose, the matrix's as sums
+    of outer products over each program's tiles, added up at the loads' offsets."""
+    from attnspec.runtime import prologue
+
+    if programs is not None:
+        monkeypatch.setattr(prologue, "MATRIX_PROGRAMS", programs)
+    module = attnspec.compile(MATRICES, "triton")
+    dense, calls = module._prologue, []
+    monkeypatch.setattr(module, "_prologue", lambda *a: calls.append(1) or dense(*a))
+    tensors, names = _matrix_inputs()
+    leaves = [x.clone().requires_grad_() for x in tensors]
+    mine = _gradients(MATRICES, "triton", leaves, names)
+    assert not calls
+    ref = [x.detach().double().requires_grad_() for x in tensors]
+    for name, got, exact in zip(["q", "k", "v", *names], mine, _gradients(MATRICES, "reference", ref, names)):
+        torch.testing.assert_close(got.double(), exact, rtol=1e-4, atol=1e-5 * float(exact.abs().max()), msg=name)
+
+
+def test_matrix_passes_in_bfloat16_follow_float32():
+    """bf16 tensors: the matrices' products in TF32 (the interpreter computes them in float32), the
+    results rounded to bf16 once, as the float32 gradients rounded."""
+    tensors, names = _matrix_inputs()
+    exact = _gradients(MATRICES, "triton", [x.clone().requires_grad_() for x in tensors], names)
+    half = _gradients(MATRICES, "triton", [x.to(torch.bfloat16).requires_grad_() for x in tensors], names)
+    for name, got, want in zip(["q", "k", "v", *names], half, exact):
+        assert got.dtype == torch.bfloat16
+        torch.testing.assert_close(got.float(), want, rtol=3e-2, atol=3e-2 * float(want.abs().max()), msg=name)
+
+
+# softmax_rows reads every row of k: that statement is tensor code, forward and backward; q's and v's
+# statements keep their passes both ways, and the inputs sum what both give them
+ROWS_BESIDE = """
+attention a {
+    input g: float32[H, D] learnable
+    input t: float32[HKV] learnable
+    prologue q[i, f] = softmax(q * g[h, f])
+    prologue k = softmax_rows(k * t[h])
+    prologue v = v * t[h]
+    normalize linear(normalized = false)
+}"""
+
+
+def test_a_statement_that_reads_other_rows_is_differentiated_alone(monkeypatch):
+    from attnspec.runtime import prologue
+
+    module = attnspec.compile(ROWS_BESIDE, "triton")
+    names = [n for n, _ in module.KERNELS.row_passes]
+    assert "prologue_q_bwd" in names and "prologue_v_bwd" in names and "prologue_k_bwd" not in names
+    recomputed, real = [], prologue.tensor_code_backward
+    monkeypatch.setattr(prologue, "tensor_code_backward", lambda dense, index, *a: recomputed.append(index) or real(dense, index, *a))
+    (q, k, v), gen = _tensors()
+    inputs = [torch.randn(4, 16, generator=gen), torch.rand(2, generator=gen) + 0.5]
+    leaves = [x.clone().requires_grad_() for x in (q, k, v, *inputs)]
+    mine = _gradients(ROWS_BESIDE, "triton", leaves, ["g", "t"])
+    assert recomputed == [1]  # k's statement alone
+    ref = [x.detach().double().requires_grad_() for x in leaves]
+    for name, got, exact in zip(["q", "k", "v", "g", "t"], mine, _gradients(ROWS_BESIDE, "reference", ref, ["g", "t"])):
+        torch.testing.assert_close(got.double(), exact, rtol=1e-4, atol=1e-5 * float(exact.abs().max()), msg=name)
 
 
 # ---------------------------------------------------------------- fused into the forward kernel

@@ -14,11 +14,18 @@ The walk goes from the result down to the leaves, one node at a time:
   row of zeros has the reference's gradient (NaN through sqrt at 0, unless masked above it);
 - `rope(a, angle)` is a rotation per feature pair: its transpose, `rope(g, -angle)`, carries g to a;
 - a per-row quantity (a reduction, an input not indexed by the feature) read inside a vector
-  expression gathers its gradient from every feature: `sum(g * partial)`.
+  expression gathers its gradient from every feature: `sum(g * partial)`;
+- `softmax(a, G)` hands a `feature_softmax_grad(y, g)`, y (g - the sum of g y over each group) with y
+  the softmax itself, to a;
+- `sum(x[g] * w[g, f] for g)`, the row times a matrix: the row gets `feature_mix_t(g, w)`, the product
+  of g with the matrix's transpose, and the matrix `feature_outer(x, g)`, the sum over the rows of a
+  program of the outer products x[g] g[f]: a gradient on the matrix's [g, f] grid, which the walk
+  carries down the matrix's expression to its loads (`Adjoint.matrix`), not gathered over the features
+  (each (g, f) is its own value; the pass adds them up at the loads' offsets).
 
 The epilogue's `sum_kept(v)` is a leaf too, whose gradient (`Adjoint.kept_sum`) the attention's
 backward takes on. NotRepresentable is raised for what has no rule here (a per-row table, the sum of a
-number that does not vary over the features): the caller then
+number that does not vary over the features, a softmax or a sum over the rows): the caller then
 differentiates the dense tensor code instead.
 """
 
@@ -36,6 +43,8 @@ from .symbolic import NotRepresentable, exact_key
 SEED = "_seed"  # Expr("vector", value=SEED): the result's gradient at the feature
 ROW_SEED = "_seed_row"  # the same for a result that is one number per row (a per-row value)
 _REDUCTIONS = ("feature_sum", "feature_norm")
+# the gradients' own operations over a row's features (their dense forms in runtime/functions.py)
+ADJOINT_ROW_OPS = ("feature_mix_t", "feature_softmax_grad")
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,9 @@ class Adjoint:
     vector: Expr | None
     loads: tuple[tuple[Expr, Expr], ...]
     kept_sum: Expr | None = None  # the epilogue's: to sum_kept(v), a vector over the features
+    # per float load inside a matrix (sum(x[g] * w[g, f] for g)), its gradient on the matrix's [g, f]
+    # grid (g as `feature_in`), summed over a program's rows by the `feature_outer` it holds
+    matrix: tuple[tuple[Expr, Expr], ...] = ()
 
 
 def row_map_adjoint(step: RowMap, spec: Spec, per_row: bool = False) -> Adjoint:
@@ -60,15 +72,18 @@ def row_map_adjoint(step: RowMap, spec: Spec, per_row: bool = False) -> Adjoint:
     expr = _expanded(inline_bindings(step.value, spec))
     walker.push(expr, Expr("vector", value=ROW_SEED if per_row else SEED, span=expr.span))
     vector = _total(walker.found.get(("vector", step.target)))
-    loads = tuple((walker.leaves[key], _total(parts)) for key, parts in walker.found.items() if key[0] == "load")
-    return Adjoint(vector, loads, _total(walker.found.get(("kept_sum",))))
+
+    def at(kind: str) -> tuple:
+        return tuple((walker.leaves[key], _total(parts)) for key, parts in walker.found.items() if key[0] == kind)
+
+    return Adjoint(vector, at("load"), _total(walker.found.get(("kept_sum",))), at("matrix"))
 
 
 def varies(e: Expr) -> bool:
     """Whether e differs between the features of one row (outside a reduction over them)."""
     if e.op in _REDUCTIONS or (e.op == "vector" and e.value == ROW_SEED):
         return False
-    if e.op in ("vector", "feature", "rope", "kept_sum", "partner", "first_half") + WHOLE_ROW_OPS:
+    if e.op in ("vector", "feature", "rope", "kept_sum", "partner", "first_half") + WHOLE_ROW_OPS + ADJOINT_ROW_OPS:
         return True
     return any(varies(a) for a in e.args)
 
@@ -79,6 +94,7 @@ class _Walker:
         self.found: dict[tuple, list[Expr]] = {}
         self.leaves: dict[tuple, Expr] = {}
         self._depends: dict[tuple, bool] = {}
+        self.in_matrix = False  # walking a matrix's expression: gradients on its [g, f] grid
 
     def is_variable(self, e: Expr) -> bool:
         if e.op == "vector":
@@ -98,16 +114,33 @@ class _Walker:
         if not self.depends(e):
             return
         if self.is_variable(e):
-            key = ("vector", e.value) if e.op == "vector" else ("kept_sum",) if e.op == "kept_sum" else ("load", exact_key(e))
+            load = "matrix" if self.in_matrix else "load"
+            key = ("vector", e.value) if e.op == "vector" else ("kept_sum",) if e.op == "kept_sum" else (load, exact_key(e))
             self.leaves.setdefault(key, e)
             self.found.setdefault(key, []).append(grad)
             return
         method = getattr(self, f"_{e.op}", None)
+        if self.in_matrix and (method is not None or e.op in WHOLE_ROW_OPS):
+            raise NotRepresentable(f"no derivative of '{e.op}' inside a matrix")
         if method is not None:
             return method(e, grad)
-        if e.op in ("entry", "pool", "score"):
+        if e.op in ("entry", "pool", "score") + WHOLE_ROW_OPS:
             raise NotRepresentable(f"no row-map derivative for '{e.op}'")
         self._elementwise(e, grad)
+
+    def _feature_softmax(self, e: Expr, grad: Expr) -> None:
+        (arg,) = e.args
+        self.push(arg, Expr("feature_softmax_grad", (e, grad), e.value, e.span))
+
+    def _feature_mix(self, e: Expr, grad: Expr) -> None:
+        row, weight = e.args
+        self.push(row, Expr("feature_mix_t", (grad, weight), e.value, e.span))
+        if self.depends(weight):
+            self.in_matrix = True
+            try:
+                self.push(weight, Expr("feature_outer", (row, grad), e.value, e.span))
+            finally:
+                self.in_matrix = False
 
     def _feature_sum(self, e: Expr, grad: Expr) -> None:
         (arg,) = e.args
@@ -142,7 +175,9 @@ class _Walker:
             except AttnError as error:
                 raise NotRepresentable(error.message) from None
             partial = substitute(partial, lambda n: back.get(n.value) if n.op == "vector" else None)
-            self.push(arg, _gathered(_mul(grad, partial), arg, e.span))
+            # on a matrix's grid each (g, f) is its own value: nothing is gathered over the features
+            product = _mul(grad, partial)
+            self.push(arg, product if self.in_matrix else _gathered(product, arg, e.span))
 
 
 def _expanded(e: Expr) -> Expr:

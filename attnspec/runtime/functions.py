@@ -151,11 +151,39 @@ def feature_norm(x, vector: torch.Tensor) -> torch.Tensor:
 def feature_mix(x, weight, vector: torch.Tensor) -> torch.Tensor:
     """sum(x[g] * w[g, f] for g) in a prologue: x on the grid of `vector`'s rows ([..., D], over g), the
     matrix w on [..., D, D] (over g, then f; broadcast over batches and heads), as one matmul."""
-    features = vector.shape[-1]
     x = torch.broadcast_to(torch.as_tensor(x, dtype=vector.dtype, device=vector.device), vector.shape)
+    return torch.matmul(x, _matrix(weight, vector))
+
+
+def _matrix(weight, vector: torch.Tensor) -> torch.Tensor:
+    """A matrix over (g, f) of a row map of `vector` as a [..., D, D] tensor (broadcast over batches and heads)."""
+    features = vector.shape[-1]
     weight = torch.as_tensor(weight, dtype=vector.dtype, device=vector.device)
     weight = weight.reshape((1,) * max(0, 2 - weight.dim()) + tuple(weight.shape))
-    return torch.matmul(x, weight.expand(*weight.shape[:-2], features, features))
+    return weight.expand(*weight.shape[:-2], features, features)
+
+
+def feature_mix_t(grad, weight, vector: torch.Tensor) -> torch.Tensor:
+    """The gradient of the row in sum(x[g] * w[g, f] for g) from `grad`, that of the result: sum over f
+    of grad[f] w[g, f], at g (passes/adjoint.py)."""
+    grad = torch.broadcast_to(torch.as_tensor(grad, dtype=vector.dtype, device=vector.device), vector.shape)
+    return torch.matmul(grad, _matrix(weight, vector).mT)
+
+
+def feature_outer(x, grad, vector: torch.Tensor) -> torch.Tensor:
+    """The gradient of the matrix in sum(x[g] * w[g, f] for g) from `grad`: sum over the rows of x[g]
+    grad[f], [..., D (g), D (f)] (passes/adjoint.py)."""
+    x, grad = (torch.broadcast_to(torch.as_tensor(t, dtype=vector.dtype, device=vector.device), vector.shape) for t in (x, grad))
+    return torch.matmul(x.mT, grad)
+
+
+def feature_softmax_grad(y, grad, groups: int, vector: torch.Tensor) -> torch.Tensor:
+    """The gradient of x in y = softmax(x, groups) from `grad`, that of y: y (grad - the sum of grad y over
+    the feature's group) (passes/adjoint.py)."""
+    features = vector.shape[-1]
+    y, grad = (torch.broadcast_to(torch.as_tensor(t, dtype=vector.dtype, device=vector.device), vector.shape) for t in (y, grad))
+    grouped = (grad * y).reshape(*y.shape[:-1], groups, features // groups)
+    return y * (grad - grouped.sum(-1, keepdim=True).expand_as(grouped).reshape(y.shape))
 
 
 def check_groups(features: int, groups: int) -> int:

@@ -239,6 +239,39 @@ def feature_mix(x, w, in_f, F, HALF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_
 
 
 @triton.jit
+def feature_mix_t(g, w, in_f, F, HALF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr):
+    """The gradient of the row in sum(x[g] * w[g, f] for g) from g, that of the result ([R, F] at the
+    features f): sum over f of g[f] w[gi, f] at each gi, the product with the matrix's transpose."""
+    return feature_mix(g, tl.trans(w + tl.zeros([BLOCK_F, BLOCK_F], dtype=tl.float32)), in_f, F, HALF, BLOCK_M, BLOCK_F)
+
+
+@triton.jit
+def feature_outer(x, g, inside, HALF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr):
+    """The gradient of the matrix in sum(x[g] * w[g, f] for g) from a tile's rows: the sum over the rows
+    of x[g] g[f], [F (g), F (f)], the padding (outside `inside`) as 0. In TF32 for a half-precision
+    tensor, in IEEE float32 for a float32 one, as feature_mix."""
+    x = tl.where(inside, x + tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.float32), 0.0)
+    g = tl.where(inside, g + tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.float32), 0.0)
+    if HALF:
+        return tl.dot(tl.trans(x), g, input_precision="tf32")
+    return tl.dot(tl.trans(x), g, input_precision="ieee")
+
+
+@triton.jit
+def feature_softmax_grad(y, g, GROUPS: tl.constexpr, f, in_f, F, BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr):
+    """The gradient of x in y = softmax(x, GROUPS) from g, that of y: y (g - the sum of g y over the
+    feature's group)."""
+    y = y + tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.float32)
+    gy = tl.where(in_f, y * g, 0.0)
+    group = f // (F // GROUPS)
+    total = tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.float32)
+    for k in tl.static_range(GROUPS):
+        inside = group == k
+        total = tl.where(inside, tl.sum(tl.where(inside, gy, 0.0), 1)[:, None], total)
+    return y * (g - total)
+
+
+@triton.jit
 def feature_softmax(x, GROUPS: tl.constexpr, f, in_f, F, BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr):
     """softmax(x, GROUPS) over a prologue tile's features: within each group of F / GROUPS consecutive
     ones, exp(x - its max) over their sum (NaN for a group of -inf, as torch's softmax)."""

@@ -5,7 +5,8 @@ statement or per-row value, and autograd through the passes.
 The kernels compute the forward. The backward runs the generated backward passes (passes/adjoint.py:
 each turns the gradient of a result into those of its row and of the float inputs it reads); where a
 row map has no such pass, it differentiates the module's tensor code of the same row maps (which the
-reference and flex targets run), recomputed from the saved inputs. Under torch.compile the tensor code
+reference and flex targets run), recomputed from the saved inputs: a prologue statement alone
+(tensor_code_backward), or the row maps together (_RowMaps) where none has a pass. Under torch.compile the tensor code
 runs instead: Inductor fuses it by itself, and a Triton launch would break the graph.
 """
 
@@ -22,13 +23,20 @@ from . import triton as _rt
 from .launch import jit
 
 VALUES_PER_PROGRAM = 2048  # rows x features of a program's tile: 16 values a thread on 4 warps
+# programs of a backward pass that sums a matrix's gradient (over all batches and heads, at least one
+# per (batch, head)): two per multiprocessor of the largest GPUs, each with an [F, F] float32 partial sum
+MATRIX_PROGRAMS = 264
+# warps of a pass that holds an [F, F] float32 matrix (and in its backward, the matrix's gradient): on
+# 4 warps, Hedgehog's backward passes spilled 240 bytes at D = 128 on sm_90a, on 8 none (docs/triton.md)
+MATRIX_WARPS = 8
 
 
-def row_pass(kernel, x: torch.Tensor, args: tuple) -> torch.Tensor:
+def row_pass(kernel, x: torch.Tensor, args: tuple, matrix: bool = False) -> torch.Tensor:
     """x [B, heads, rows, F] replaced by one launch of a prologue kernel (args: the shape symbols, then
-    the inputs and params it reads); the result is contiguous, in x's dtype."""
+    the inputs and params it reads; `matrix`: the kernel holds an [F, F] matrix); the result is
+    contiguous, in x's dtype."""
     y = torch.empty(x.shape, dtype=_stored(x.dtype), device=x.device)
-    _launch_rows(kernel, x, (y,), args)
+    _launch_rows(kernel, x, (y,), args, matrix=matrix)
     return y.to(x.dtype)
 
 
@@ -44,21 +52,40 @@ def value_pass(kernel, x: torch.Tensor, args: tuple, skip: bool = False) -> torc
 
 
 def row_pass_backward(kernel, x: torch.Tensor, dy: torch.Tensor, args: tuple, levels: tuple[str, ...], sites: bool,
-                      kept: bool = False):
+                      kept: bool = False, matrix: bool = False):
     """One launch of a row map's backward pass: the gradient of x ([B, heads, rows, F], x's dtype) from
     dy, that of the map's result, and with `sites`, per float load of an input (its level: where the
     kernel sums it, see rowmap_backward.py.jinja), the (partial sums, offsets) add_sites adds; with
-    `kept` (an epilogue that reads sum_kept(v)), also the gradient of that sum (float32)."""
+    `kept` (an epilogue that reads sum_kept(v)), also the gradient of that sum (float32); `matrix`: the
+    kernel holds an [F, F] matrix."""
     batch, heads, rows, features = x.shape
     block_m, block_f = _blocks(features)
-    programs = triton.cdiv(rows, block_m) * batch * heads
+    tiles = triton.cdiv(rows, block_m)
+    # a load inside a matrix: each program sums its tiles' products into one [F, F] slot, so fewer
+    # programs, each walking several tiles, keep those partial sums small
+    walkers = min(tiles, triton.cdiv(MATRIX_PROGRAMS, batch * heads)) if "matrix" in levels else tiles
     slots = {"program": 1, "row": block_m, "feature": block_f, "element": block_m * block_f}
-    parts = [(torch.zeros(programs * slots[level] if sites else 1, dtype=torch.float32, device=x.device),
-              torch.zeros(programs * slots[level] if sites else 1, dtype=torch.int64, device=x.device)) for level in levels]
+    sizes = [walkers * block_f * block_f if level == "matrix" else tiles * slots[level] for level in levels]
+    parts = [(torch.zeros(size * batch * heads if sites else 1, dtype=torch.float32, device=x.device),
+              torch.zeros(size * batch * heads if sites else 1, dtype=torch.int64, device=x.device)) for size in sizes]
     dx = torch.empty(x.shape, dtype=_stored(x.dtype), device=x.device)
     dkept = (torch.empty(x.shape, dtype=torch.float32, device=x.device),) if kept else ()
-    _launch_rows(kernel, x, (dy.contiguous(), dx), args + tuple(t for part in parts for t in part) + dkept, SITES=sites)
+    _launch_rows(kernel, x, (dy.contiguous(), dx), args + tuple(t for part in parts for t in part) + dkept,
+                 programs=walkers, matrix=matrix, SITES=sites)
     return (dx.to(x.dtype), (parts if sites else [])) + dkept
+
+
+def tensor_code_backward(dense: Callable, index: int, tensors: tuple, grad: torch.Tensor, needs: tuple) -> tuple:
+    """The gradients of `tensors` (those `needs` marks; None for the others) from `grad`, that of the
+    index-th result of `dense(*tensors)` (the tensor code), by autograd, the tensor code recomputed:
+    a prologue statement without a backward pass among statements with one."""
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_(need) if isinstance(t, torch.Tensor) else t for t, need in zip(tensors, needs)]
+        result = _results(dense(*leaves))[index]
+        wanted = [t for t in leaves if isinstance(t, torch.Tensor) and t.requires_grad]
+        found = torch.autograd.grad(result, wanted, grad, allow_unused=True) if result.requires_grad else [None] * len(wanted)
+    by_leaf = dict(zip(map(id, wanted), found))
+    return tuple(by_leaf.get(id(t)) for t in leaves)
 
 
 def add_sites(grads: dict, sites: tuple, parts: list) -> None:
@@ -86,15 +113,18 @@ def _blocks(features: int) -> tuple[int, int]:
     return max(16, VALUES_PER_PROGRAM // block_f), block_f  # 16 rows at least: tl.dot (a matrix over features)
 
 
-def _launch_rows(kernel, x: torch.Tensor, outputs: tuple, args: tuple, **constants) -> None:
-    """One program per BLOCK_M rows of one (batch, head) of x, with all the features."""
+def _launch_rows(kernel, x: torch.Tensor, outputs: tuple, args: tuple, programs: int | None = None,
+                 matrix: bool = False, **constants) -> None:
+    """One program per BLOCK_M rows of one (batch, head) of x, with all the features (or `programs`
+    programs per (batch, head), each walking every programs-th tile of rows); MATRIX_WARPS warps for a
+    kernel that holds an [F, F] matrix."""
     batch, heads, rows, features = x.shape
     if x.numel() == 0:
         return
     block_m, block_f = _blocks(features)
-    grid = (triton.cdiv(rows, block_m), batch * heads)
+    grid = (programs or triton.cdiv(rows, block_m), batch * heads)
     _rt.start(jit(kernel), grid, x, *outputs, *x.stride(), heads, rows, features, *args,
-              BLOCK_M=block_m, BLOCK_F=block_f, num_warps=4, **constants)
+              BLOCK_M=block_m, BLOCK_F=block_f, num_warps=MATRIX_WARPS if matrix else 4, **constants)
 
 
 def row_maps(fused: Callable, dense: Callable, backward: Callable | None, tensors: tuple, skip: tuple[str, ...] = ()) -> tuple:

@@ -275,6 +275,16 @@ def _mixed(draw, env: Env, target: str) -> str:
             f" for g) / sqrt(float(D))")
 
 
+def _projection(draw, env: Env, target: str) -> list[str]:
+    """The row times a learnable matrix per head (its own input), maybe under a softmax over the features
+    (Hedgehog's feature map); q and k only (v's features need not number D)."""
+    name, heads = f"proj_{target}", "H" if target == "q" else "HKV"
+    value = f"sum({target}[g] * {name}[h, g, {FEATURE_INDEX}] for g) / sqrt(float(D))"
+    if draw(st.booleans()):
+        value = f"softmax({value})"
+    return [f"input {name}: float32[{heads}, D, D] learnable", f"prologue {target}[{ROW_INDEX}, {FEATURE_INDEX}] = {value}"]
+
+
 def _softmax(draw, env: Env, target: str) -> str:
     view = env.view(ROW_MAP)
     return f"prologue {target} = softmax({target} * {_float_knob(draw, env, view, 0.25, 2.0).wrapped()})"
@@ -284,7 +294,8 @@ def _softmax_rows(draw, env: Env, target: str) -> str:
     return f"prologue {target} = softmax_rows({target})"
 
 
-PROLOGUE_TEMPLATES = ((3, _rope), (2, _unit), (1, _rms), (2, _affine), (1, _mixed), (1, _softmax), (1, _softmax_rows))
+PROLOGUE_TEMPLATES = ((3, _rope), (2, _unit), (1, _rms), (2, _affine), (1, _mixed), (1, _softmax), (1, _softmax_rows),
+                      (1, _projection))
 
 
 def _prologues(draw, env: Env, vectors_pooled: bool) -> list[str]:
@@ -293,8 +304,10 @@ def _prologues(draw, env: Env, vectors_pooled: bool) -> list[str]:
     for target in ("q", "k", "v"):
         if not _chance(draw, 12) or (vectors_pooled and target != "v"):
             continue
-        templates = PROLOGUE_TEMPLATES[1:] if target == "v" else PROLOGUE_TEMPLATES  # rope pairs D features
-        lines.append(_pick(draw, *templates)(draw, env, target))
+        # rope pairs D features, a projection is D x D
+        templates = PROLOGUE_TEMPLATES[1:-1] if target == "v" else PROLOGUE_TEMPLATES
+        found = _pick(draw, *templates)(draw, env, target)
+        lines += [found] if isinstance(found, str) else found  # a template may declare its input
     return lines
 
 

@@ -81,9 +81,9 @@ def _query_temperature_value_t(
     """t, one number per row of q: a [BLOCK_M, BLOCK_F] tile of one (batch, head) per program."""
     _bh = tl.program_id(1)
     _b, _h = _bh // _HEADS, _bh % _HEADS
-    _row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     _f = tl.arange(0, BLOCK_F)[None, :]
     _in_f = _f < _F
+    _row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     _in = (_row < _ROWS) & _in_f
     _base = _X + _b.to(tl.int64) * _sb + _h.to(tl.int64) * _sh + _row.to(tl.int64) * _sr
     _x = tl.load(_base + _f * _sf, mask=_in, other=0.0).to(tl.float32)
@@ -109,9 +109,10 @@ def _query_temperature_value_t_backward(
     """The gradient of q, of w from that of t: a [BLOCK_M, BLOCK_F] tile of one (batch, head) per program."""
     _bh = tl.program_id(1)
     _b, _h = _bh // _HEADS, _bh % _HEADS
-    _row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     _f = tl.arange(0, BLOCK_F)[None, :]
     _in_f = _f < _F
+    _blk = tl.program_id(0)
+    _row = (_blk * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     _in = (_row < _ROWS) & _in_f
     _base = _X + _b.to(tl.int64) * _sb + _h.to(tl.int64) * _sh + _row.to(tl.int64) * _sr
     _x = tl.load(_base + _f * _sf, mask=_in, other=0.0).to(tl.float32)
@@ -125,7 +126,7 @@ def _query_temperature_value_t_backward(
     _dx = (_r4 * _r0)
     tl.store(_DX + _at * _F + _f, (_dx + tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.float32)).to(_DX.dtype.element_ty), mask=_in)
     if SITES:
-        _slot = _bh.to(tl.int64) * tl.num_programs(0) + tl.program_id(0)
+        _slot = _bh.to(tl.int64) * tl.cdiv(_ROWS, BLOCK_M) + _blk
         _c = tl.where(_in, (_r4 * _x) + tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.float32), 0.0)  # w
         _o = ((_kernel.clamp(_h, 0, _w_n0 - 1)) * _w_n1 + _kernel.clamp(_f, 0, _w_n1 - 1)) + tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.int64)
         _slots = _slot * BLOCK_F + tl.arange(0, BLOCK_F)

@@ -96,9 +96,9 @@ def _rope_gated_prologue_q(
     """q replaced row by row: a [BLOCK_M, BLOCK_F] tile of one (batch, head) per program."""
     _bh = tl.program_id(1)
     _b, _h = _bh // _HEADS, _bh % _HEADS
-    _row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     _f = tl.arange(0, BLOCK_F)[None, :]
     _in_f = _f < _F
+    _row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     _in = (_row < _ROWS) & _in_f
     _base = _X + _b.to(tl.int64) * _sb + _h.to(tl.int64) * _sh + _row.to(tl.int64) * _sr
     _x = tl.load(_base + _f * _sf, mask=_in, other=0.0).to(tl.float32)
@@ -118,9 +118,9 @@ def _rope_gated_prologue_k(
     """k replaced row by row: a [BLOCK_M, BLOCK_F] tile of one (batch, head) per program."""
     _bh = tl.program_id(1)
     _b, _h = _bh // _HEADS, _bh % _HEADS
-    _row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     _f = tl.arange(0, BLOCK_F)[None, :]
     _in_f = _f < _F
+    _row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     _in = (_row < _ROWS) & _in_f
     _base = _X + _b.to(tl.int64) * _sb + _h.to(tl.int64) * _sh + _row.to(tl.int64) * _sr
     _x = tl.load(_base + _f * _sf, mask=_in, other=0.0).to(tl.float32)
@@ -153,9 +153,9 @@ def _rope_gated_epilogue(
     """out replaced row by row after the normalization: a [BLOCK_M, BLOCK_F] tile of one (batch, head) per program."""
     _bh = tl.program_id(1)
     _b, _h = _bh // _HEADS, _bh % _HEADS
-    _row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     _f = tl.arange(0, BLOCK_F)[None, :]
     _in_f = _f < _F
+    _row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     _in = (_row < _ROWS) & _in_f
     _base = _X + _b.to(tl.int64) * _sb + _h.to(tl.int64) * _sh + _row.to(tl.int64) * _sr
     _x = tl.load(_base + _f * _sf, mask=_in, other=0.0).to(tl.float32)
@@ -179,9 +179,10 @@ def _rope_gated_prologue_q_backward(
     """The gradient of q before its statement from that of its result: a [BLOCK_M, BLOCK_F] tile of one (batch, head) per program."""
     _bh = tl.program_id(1)
     _b, _h = _bh // _HEADS, _bh % _HEADS
-    _row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     _f = tl.arange(0, BLOCK_F)[None, :]
     _in_f = _f < _F
+    _blk = tl.program_id(0)
+    _row = (_blk * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     _in = (_row < _ROWS) & _in_f
     _base = _X + _b.to(tl.int64) * _sb + _h.to(tl.int64) * _sh + _row.to(tl.int64) * _sr
     _x = tl.load(_base + _f * _sf, mask=_in, other=0.0).to(tl.float32)
@@ -203,9 +204,10 @@ def _rope_gated_prologue_k_backward(
     """The gradient of k before its statement from that of its result: a [BLOCK_M, BLOCK_F] tile of one (batch, head) per program."""
     _bh = tl.program_id(1)
     _b, _h = _bh // _HEADS, _bh % _HEADS
-    _row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     _f = tl.arange(0, BLOCK_F)[None, :]
     _in_f = _f < _F
+    _blk = tl.program_id(0)
+    _row = (_blk * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     _in = (_row < _ROWS) & _in_f
     _base = _X + _b.to(tl.int64) * _sb + _h.to(tl.int64) * _sh + _row.to(tl.int64) * _sr
     _x = tl.load(_base + _f * _sf, mask=_in, other=0.0).to(tl.float32)
@@ -227,9 +229,10 @@ def _rope_gated_epilogue_backward(
     """The gradient of out before its statement, of gate from that of its result: a [BLOCK_M, BLOCK_F] tile of one (batch, head) per program."""
     _bh = tl.program_id(1)
     _b, _h = _bh // _HEADS, _bh % _HEADS
-    _row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     _f = tl.arange(0, BLOCK_F)[None, :]
     _in_f = _f < _F
+    _blk = tl.program_id(0)
+    _row = (_blk * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     _in = (_row < _ROWS) & _in_f
     _base = _X + _b.to(tl.int64) * _sb + _h.to(tl.int64) * _sh + _row.to(tl.int64) * _sr
     _x = tl.load(_base + _f * _sf, mask=_in, other=0.0).to(tl.float32)
@@ -240,7 +243,7 @@ def _rope_gated_epilogue_backward(
     _dx = (_dy * _r1)
     tl.store(_DX + _at * _F + _f, (_dx + tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.float32)).to(_DX.dtype.element_ty), mask=_in)
     if SITES:
-        _slot = _bh.to(tl.int64) * tl.num_programs(0) + tl.program_id(0)
+        _slot = _bh.to(tl.int64) * tl.cdiv(_ROWS, BLOCK_M) + _blk
         _c = tl.where(_row < _ROWS, (_kernel.feature_sum((_dy * _x), _in_f) * ((1.0 - _r1) * _r1)) + tl.zeros([BLOCK_M, 1], dtype=tl.float32), 0.0)  # gate
         _o = (((_kernel.clamp(_b, 0, _gate_n0 - 1)) * _gate_n1 + _kernel.clamp(_h, 0, _gate_n1 - 1)) * _gate_n2 + _kernel.clamp(_row, 0, _gate_n2 - 1)) + tl.zeros([BLOCK_M, 1], dtype=tl.int64)
         _slots = _slot * BLOCK_M + tl.arange(0, BLOCK_M)

@@ -92,9 +92,9 @@ def _inline_prologue_q(
     """q replaced row by row: a [BLOCK_M, BLOCK_F] tile of one (batch, head) per program."""
     _bh = tl.program_id(1)
     _b, _h = _bh // _HEADS, _bh % _HEADS
-    _row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     _f = tl.arange(0, BLOCK_F)[None, :]
     _in_f = _f < _F
+    _row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     _in = (_row < _ROWS) & _in_f
     _base = _X + _b.to(tl.int64) * _sb + _h.to(tl.int64) * _sh + _row.to(tl.int64) * _sr
     _x = tl.load(_base + _f * _sf, mask=_in, other=0.0).to(tl.float32)
@@ -125,9 +125,9 @@ def _inline_epilogue(
     """out replaced row by row after the normalization: a [BLOCK_M, BLOCK_F] tile of one (batch, head) per program."""
     _bh = tl.program_id(1)
     _b, _h = _bh // _HEADS, _bh % _HEADS
-    _row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     _f = tl.arange(0, BLOCK_F)[None, :]
     _in_f = _f < _F
+    _row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     _in = (_row < _ROWS) & _in_f
     _base = _X + _b.to(tl.int64) * _sb + _h.to(tl.int64) * _sh + _row.to(tl.int64) * _sr
     _x = tl.load(_base + _f * _sf, mask=_in, other=0.0).to(tl.float32)
@@ -145,6 +145,28 @@ def _epilogue_kernels(out, _sizes, _vsum):
 
 
 @_launch.kernel
+def _inline_prologue_q_backward(
+    _X, _DY, _DX, _sb, _sh, _sr, _sf, _HEADS, _ROWS, _F, _B, _H, _HKV, _SQ, _SKV, _D,
+
+    BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, SITES: tl.constexpr,
+):
+    """The gradient of q before its statement from that of its result: a [BLOCK_M, BLOCK_F] tile of one (batch, head) per program."""
+    _bh = tl.program_id(1)
+    _b, _h = _bh // _HEADS, _bh % _HEADS
+    _f = tl.arange(0, BLOCK_F)[None, :]
+    _in_f = _f < _F
+    _blk = tl.program_id(0)
+    _row = (_blk * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
+    _in = (_row < _ROWS) & _in_f
+    _base = _X + _b.to(tl.int64) * _sb + _h.to(tl.int64) * _sh + _row.to(tl.int64) * _sr
+    _x = tl.load(_base + _f * _sf, mask=_in, other=0.0).to(tl.float32)
+    _at = _bh.to(tl.int64) * _ROWS + _row.to(tl.int64)
+    _dy = tl.load(_DY + _at * _F + _f, mask=_in, other=0.0).to(tl.float32)
+    _dx = (_dy * tl.where(_kernel.truth((_x > 0.0)), 1.0, 0.0))
+    tl.store(_DX + _at * _F + _f, (_dx + tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.float32)).to(_DX.dtype.element_ty), mask=_in)
+
+
+@_launch.kernel
 def _inline_epilogue_backward(
     _X, _DY, _DX, _sb, _sh, _sr, _sf, _HEADS, _ROWS, _F, _B, _H, _HKV, _SQ, _SKV, _D, _VS, _DVS,
 
@@ -153,9 +175,10 @@ def _inline_epilogue_backward(
     """The gradient of out before its statement, of sum_kept(v) from that of its result: a [BLOCK_M, BLOCK_F] tile of one (batch, head) per program."""
     _bh = tl.program_id(1)
     _b, _h = _bh // _HEADS, _bh % _HEADS
-    _row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     _f = tl.arange(0, BLOCK_F)[None, :]
     _in_f = _f < _F
+    _blk = tl.program_id(0)
+    _row = (_blk * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     _in = (_row < _ROWS) & _in_f
     _base = _X + _b.to(tl.int64) * _sb + _h.to(tl.int64) * _sh + _row.to(tl.int64) * _sr
     _x = tl.load(_base + _f * _sf, mask=_in, other=0.0).to(tl.float32)
@@ -166,6 +189,27 @@ def _inline_epilogue_backward(
     _dx = _dy
     tl.store(_DX + _at * _F + _f, (_dx + tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.float32)).to(_DX.dtype.element_ty), mask=_in)
     tl.store(_DVS + _at * _F + _f, (_dy * (_kernel.as_float(1.0) / _kernel.as_float(_SKV))) + tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.float32), mask=_in)
+
+
+def _prologue_backward(_tensors, _grads, _wanted):
+    """The gradients of q, k, v and the inputs from those of q, k, by the backward
+    passes (k's statement: its tensor code) (_wanted: whether each of the tensors needs its gradient)."""
+    q, k, v = _tensors
+    _wanted = dict(zip(("q", "k", "v", ), _wanted))
+    _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, v)
+    _d = dict(zip(("q", "k", "v", ), _grads))
+    _inputs = {}  # the inputs' gradients, by name
+    _grad = _d["q"]  # of q after its statement
+    if _grad is not None:
+        _dx, _parts = _prologue_rt.row_pass_backward(
+            _inline_prologue_q_backward, q, _grad, (_B, _H, _HKV, _SQ, _SKV, _D),
+            (), False)
+        _d["q"] = _dx
+    _grad = _d["k"]  # of k after its statement
+    if _grad is not None:  # the statement reads other rows: autograd of its tensor code, recomputed
+        _found = _prologue_rt.tensor_code_backward(_prologue, 1, _tensors, _grad, tuple(_wanted.values()))
+        _d["k"] = _found[1]
+    return tuple(_d.values()) + tuple(_inputs.get(n) for n in ())
 
 
 def _epilogue_backward(_tensors, _grads, _wanted):
@@ -432,7 +476,7 @@ def attention(q, k, v, *, selection=None, schedule=None, return_lse=False):
         raise ValueError(f"{SPEC_NAME}: elementwise normalization has no denominator, so there is no lse")
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, v)
     _grad = _rt.check_launch(SPEC_NAME, q, k, v, (), BACKWARD_ERROR)
-    q, k, v = _prologue_rt.prologue(_prologue_kernels, _prologue, q, k, v, (), backward=None)
+    q, k, v = _prologue_rt.prologue(_prologue_kernels, _prologue, q, k, v, (), backward=_prologue_backward)
     _inputs = ()
     _params = ()
     _decay = None
@@ -624,7 +668,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     dq=_inline_backward_dq,
     dkdv=_inline_backward_dkdv,
     kept=_inline_backward_kept,
-    row_passes=(("prologue_q", _inline_prologue_q), ("epilogue", _inline_epilogue), ("epilogue_bwd", _inline_epilogue_backward), ),
+    row_passes=(("prologue_q", _inline_prologue_q), ("epilogue", _inline_epilogue), ("prologue_q_bwd", _inline_prologue_q_backward), ("epilogue_bwd", _inline_epilogue_backward), ),
     fused_q=False,
     fused_values=False,
     fused_epilogue=True,

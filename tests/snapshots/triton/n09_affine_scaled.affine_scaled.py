@@ -97,9 +97,9 @@ def _affine_scaled_value_alpha(
     """alpha, one number per row of q: a [BLOCK_M, BLOCK_F] tile of one (batch, head) per program."""
     _bh = tl.program_id(1)
     _b, _h = _bh // _HEADS, _bh % _HEADS
-    _row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     _f = tl.arange(0, BLOCK_F)[None, :]
     _in_f = _f < _F
+    _row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     _in = (_row < _ROWS) & _in_f
     _base = _X + _b.to(tl.int64) * _sb + _h.to(tl.int64) * _sh + _row.to(tl.int64) * _sr
     _x = tl.load(_base + _f * _sf, mask=_in, other=0.0).to(tl.float32)
@@ -116,9 +116,9 @@ def _affine_scaled_value_beta(
     """beta, one number per row of q: a [BLOCK_M, BLOCK_F] tile of one (batch, head) per program."""
     _bh = tl.program_id(1)
     _b, _h = _bh // _HEADS, _bh % _HEADS
-    _row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     _f = tl.arange(0, BLOCK_F)[None, :]
     _in_f = _f < _F
+    _row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     _in = (_row < _ROWS) & _in_f
     _base = _X + _b.to(tl.int64) * _sb + _h.to(tl.int64) * _sh + _row.to(tl.int64) * _sr
     _x = tl.load(_base + _f * _sf, mask=_in, other=0.0).to(tl.float32)
@@ -144,9 +144,9 @@ def _affine_scaled_epilogue(
     """out replaced row by row after the normalization: a [BLOCK_M, BLOCK_F] tile of one (batch, head) per program."""
     _bh = tl.program_id(1)
     _b, _h = _bh // _HEADS, _bh % _HEADS
-    _row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     _f = tl.arange(0, BLOCK_F)[None, :]
     _in_f = _f < _F
+    _row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     _in = (_row < _ROWS) & _in_f
     _base = _X + _b.to(tl.int64) * _sb + _h.to(tl.int64) * _sh + _row.to(tl.int64) * _sr
     _x = tl.load(_base + _f * _sf, mask=_in, other=0.0).to(tl.float32)
@@ -172,9 +172,10 @@ def _affine_scaled_value_alpha_backward(
     """The gradient of q, of w_alpha from that of alpha: a [BLOCK_M, BLOCK_F] tile of one (batch, head) per program."""
     _bh = tl.program_id(1)
     _b, _h = _bh // _HEADS, _bh % _HEADS
-    _row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     _f = tl.arange(0, BLOCK_F)[None, :]
     _in_f = _f < _F
+    _blk = tl.program_id(0)
+    _row = (_blk * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     _in = (_row < _ROWS) & _in_f
     _base = _X + _b.to(tl.int64) * _sb + _h.to(tl.int64) * _sh + _row.to(tl.int64) * _sr
     _x = tl.load(_base + _f * _sf, mask=_in, other=0.0).to(tl.float32)
@@ -190,7 +191,7 @@ def _affine_scaled_value_alpha_backward(
     _dx = (_r6 * _r0)
     tl.store(_DX + _at * _F + _f, (_dx + tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.float32)).to(_DX.dtype.element_ty), mask=_in)
     if SITES:
-        _slot = _bh.to(tl.int64) * tl.num_programs(0) + tl.program_id(0)
+        _slot = _bh.to(tl.int64) * tl.cdiv(_ROWS, BLOCK_M) + _blk
         _c = tl.where(_in, (_r6 * _x) + tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.float32), 0.0)  # w_alpha
         _o = ((_kernel.clamp(_h, 0, _w_alpha_n0 - 1)) * _w_alpha_n1 + _kernel.clamp(_f, 0, _w_alpha_n1 - 1)) + tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.int64)
         _slots = _slot * BLOCK_F + tl.arange(0, BLOCK_F)
@@ -207,9 +208,10 @@ def _affine_scaled_value_beta_backward(
     """The gradient of q, of w_beta from that of beta: a [BLOCK_M, BLOCK_F] tile of one (batch, head) per program."""
     _bh = tl.program_id(1)
     _b, _h = _bh // _HEADS, _bh % _HEADS
-    _row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     _f = tl.arange(0, BLOCK_F)[None, :]
     _in_f = _f < _F
+    _blk = tl.program_id(0)
+    _row = (_blk * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     _in = (_row < _ROWS) & _in_f
     _base = _X + _b.to(tl.int64) * _sb + _h.to(tl.int64) * _sh + _row.to(tl.int64) * _sr
     _x = tl.load(_base + _f * _sf, mask=_in, other=0.0).to(tl.float32)
@@ -226,7 +228,7 @@ def _affine_scaled_value_beta_backward(
     _dx = (_r7 * _r1)
     tl.store(_DX + _at * _F + _f, (_dx + tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.float32)).to(_DX.dtype.element_ty), mask=_in)
     if SITES:
-        _slot = _bh.to(tl.int64) * tl.num_programs(0) + tl.program_id(0)
+        _slot = _bh.to(tl.int64) * tl.cdiv(_ROWS, BLOCK_M) + _blk
         _c = tl.where(_in, (_r7 * _x) + tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.float32), 0.0)  # w_beta
         _o = ((_kernel.clamp(_h, 0, _w_beta_n0 - 1)) * _w_beta_n1 + _kernel.clamp(_f, 0, _w_beta_n1 - 1)) + tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.int64)
         _slots = _slot * BLOCK_F + tl.arange(0, BLOCK_F)
@@ -243,9 +245,10 @@ def _affine_scaled_epilogue_backward(
     """The gradient of out before its statement, of alpha, of beta, of sum_kept(v) from that of its result: a [BLOCK_M, BLOCK_F] tile of one (batch, head) per program."""
     _bh = tl.program_id(1)
     _b, _h = _bh // _HEADS, _bh % _HEADS
-    _row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     _f = tl.arange(0, BLOCK_F)[None, :]
     _in_f = _f < _F
+    _blk = tl.program_id(0)
+    _row = (_blk * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     _in = (_row < _ROWS) & _in_f
     _base = _X + _b.to(tl.int64) * _sb + _h.to(tl.int64) * _sh + _row.to(tl.int64) * _sr
     _x = tl.load(_base + _f * _sf, mask=_in, other=0.0).to(tl.float32)
@@ -257,7 +260,7 @@ def _affine_scaled_epilogue_backward(
     tl.store(_DX + _at * _F + _f, (_dx + tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.float32)).to(_DX.dtype.element_ty), mask=_in)
     tl.store(_DVS + _at * _F + _f, (_dy * tl.load(beta + _kernel.clamp(_b, 0, _beta_n0 - 1) * _beta_s0 + _kernel.clamp(_h, 0, _beta_n1 - 1) * _beta_s1 + _kernel.clamp(_row, 0, _beta_n2 - 1) * _beta_s2).to(tl.float32)) + tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.float32), mask=_in)
     if SITES:
-        _slot = _bh.to(tl.int64) * tl.num_programs(0) + tl.program_id(0)
+        _slot = _bh.to(tl.int64) * tl.cdiv(_ROWS, BLOCK_M) + _blk
         _c = tl.where(_row < _ROWS, _kernel.feature_sum((_dy * _x), _in_f) + tl.zeros([BLOCK_M, 1], dtype=tl.float32), 0.0)  # alpha
         _o = (((_kernel.clamp(_b, 0, _alpha_n0 - 1)) * _alpha_n1 + _kernel.clamp(_h, 0, _alpha_n1 - 1)) * _alpha_n2 + _kernel.clamp(_row, 0, _alpha_n2 - 1)) + tl.zeros([BLOCK_M, 1], dtype=tl.int64)
         _slots = _slot * BLOCK_M + tl.arange(0, BLOCK_M)

@@ -83,9 +83,9 @@ def _linear_elu_prologue_q(
     """q replaced row by row: a [BLOCK_M, BLOCK_F] tile of one (batch, head) per program."""
     _bh = tl.program_id(1)
     _b, _h = _bh // _HEADS, _bh % _HEADS
-    _row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     _f = tl.arange(0, BLOCK_F)[None, :]
     _in_f = _f < _F
+    _row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     _in = (_row < _ROWS) & _in_f
     _base = _X + _b.to(tl.int64) * _sb + _h.to(tl.int64) * _sh + _row.to(tl.int64) * _sr
     _x = tl.load(_base + _f * _sf, mask=_in, other=0.0).to(tl.float32)
@@ -102,9 +102,9 @@ def _linear_elu_prologue_k(
     """k replaced row by row: a [BLOCK_M, BLOCK_F] tile of one (batch, head) per program."""
     _bh = tl.program_id(1)
     _b, _h = _bh // _HEADS, _bh % _HEADS
-    _row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     _f = tl.arange(0, BLOCK_F)[None, :]
     _in_f = _f < _F
+    _row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     _in = (_row < _ROWS) & _in_f
     _base = _X + _b.to(tl.int64) * _sb + _h.to(tl.int64) * _sh + _row.to(tl.int64) * _sr
     _x = tl.load(_base + _f * _sf, mask=_in, other=0.0).to(tl.float32)
@@ -133,9 +133,10 @@ def _linear_elu_prologue_q_backward(
     """The gradient of q before its statement from that of its result: a [BLOCK_M, BLOCK_F] tile of one (batch, head) per program."""
     _bh = tl.program_id(1)
     _b, _h = _bh // _HEADS, _bh % _HEADS
-    _row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     _f = tl.arange(0, BLOCK_F)[None, :]
     _in_f = _f < _F
+    _blk = tl.program_id(0)
+    _row = (_blk * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     _in = (_row < _ROWS) & _in_f
     _base = _X + _b.to(tl.int64) * _sb + _h.to(tl.int64) * _sh + _row.to(tl.int64) * _sr
     _x = tl.load(_base + _f * _sf, mask=_in, other=0.0).to(tl.float32)
@@ -154,9 +155,10 @@ def _linear_elu_prologue_k_backward(
     """The gradient of k before its statement from that of its result: a [BLOCK_M, BLOCK_F] tile of one (batch, head) per program."""
     _bh = tl.program_id(1)
     _b, _h = _bh // _HEADS, _bh % _HEADS
-    _row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     _f = tl.arange(0, BLOCK_F)[None, :]
     _in_f = _f < _F
+    _blk = tl.program_id(0)
+    _row = (_blk * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     _in = (_row < _ROWS) & _in_f
     _base = _X + _b.to(tl.int64) * _sb + _h.to(tl.int64) * _sh + _row.to(tl.int64) * _sr
     _x = tl.load(_base + _f * _sf, mask=_in, other=0.0).to(tl.float32)

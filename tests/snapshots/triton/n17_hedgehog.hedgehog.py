@@ -85,9 +85,9 @@ def _hedgehog_prologue_q(
     """q replaced row by row: a [BLOCK_M, BLOCK_F] tile of one (batch, head) per program."""
     _bh = tl.program_id(1)
     _b, _h = _bh // _HEADS, _bh % _HEADS
-    _row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     _f = tl.arange(0, BLOCK_F)[None, :]
     _in_f = _f < _F
+    _row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     _in = (_row < _ROWS) & _in_f
     _base = _X + _b.to(tl.int64) * _sb + _h.to(tl.int64) * _sh + _row.to(tl.int64) * _sr
     _x = tl.load(_base + _f * _sf, mask=_in, other=0.0).to(tl.float32)
@@ -104,9 +104,9 @@ def _hedgehog_prologue_k(
     """k replaced row by row: a [BLOCK_M, BLOCK_F] tile of one (batch, head) per program."""
     _bh = tl.program_id(1)
     _b, _h = _bh // _HEADS, _bh % _HEADS
-    _row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     _f = tl.arange(0, BLOCK_F)[None, :]
     _in_f = _f < _F
+    _row = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     _in = (_row < _ROWS) & _in_f
     _base = _X + _b.to(tl.int64) * _sb + _h.to(tl.int64) * _sh + _row.to(tl.int64) * _sr
     _x = tl.load(_base + _f * _sf, mask=_in, other=0.0).to(tl.float32)
@@ -121,11 +121,118 @@ def _prologue_kernels(q, k, v, wq, wk, skip=()):
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, v, wq, wk)
     _fn.check_groups(q.shape[-1], 2)
     if "q" not in skip:
-        q = _prologue_rt.row_pass(_hedgehog_prologue_q, q, (_B, _H, _HKV, _SQ, _SKV, _D, *_rt.input_arguments(wq)))
+        q = _prologue_rt.row_pass(_hedgehog_prologue_q, q, (_B, _H, _HKV, _SQ, _SKV, _D, *_rt.input_arguments(wq)), matrix=True)
     _fn.check_groups(k.shape[-1], 2)
     if "k" not in skip:
-        k = _prologue_rt.row_pass(_hedgehog_prologue_k, k, (_B, _H, _HKV, _SQ, _SKV, _D, *_rt.input_arguments(wk)))
+        k = _prologue_rt.row_pass(_hedgehog_prologue_k, k, (_B, _H, _HKV, _SQ, _SKV, _D, *_rt.input_arguments(wk)), matrix=True)
     return q, k, v
+
+
+@_launch.kernel
+def _hedgehog_prologue_q_backward(
+    _X, _DY, _DX, _sb, _sh, _sr, _sf, _HEADS, _ROWS, _F, _B, _H, _HKV, _SQ, _SKV, _D, wq, _wq_n0, _wq_n1, _wq_n2, _wq_s0, _wq_s1, _wq_s2, _g0, _o0,
+
+    BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, SITES: tl.constexpr,
+):
+    """The gradient of q before its statement, of wq from that of its result: each program walks [BLOCK_M, BLOCK_F] tiles of one (batch, head), every num_programs(0)-th, and sums its matrices' gradients over them."""
+    _bh = tl.program_id(1)
+    _b, _h = _bh // _HEADS, _bh % _HEADS
+    _f = tl.arange(0, BLOCK_F)[None, :]
+    _in_f = _f < _F
+    _w0 = tl.load(wq + _kernel.clamp(_h, 0, _wq_n0 - 1) * _wq_s0 + _kernel.clamp(tl.arange(0, BLOCK_F)[:, None], 0, _wq_n1 - 1) * _wq_s1 + _kernel.clamp(_kernel.floormod_or_zero(_f, (_D // 2)), 0, _wq_n2 - 1) * _wq_s2).to(tl.float32)  # a matrix over (g, f)
+    _m0 = tl.zeros([BLOCK_F, BLOCK_F], dtype=tl.float32)
+    for _blk in range(tl.program_id(0), tl.cdiv(_ROWS, BLOCK_M), tl.num_programs(0)):
+        _row = (_blk * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
+        _in = (_row < _ROWS) & _in_f
+        _base = _X + _b.to(tl.int64) * _sb + _h.to(tl.int64) * _sh + _row.to(tl.int64) * _sr
+        _x = tl.load(_base + _f * _sf, mask=_in, other=0.0).to(tl.float32)
+        _at = _bh.to(tl.int64) * _ROWS + _row.to(tl.int64)
+        _dy = tl.load(_DY + _at * _F + _f, mask=_in, other=0.0).to(tl.float32)
+        _r0 = (_D // 2)
+        _r1 = (_f < _r0)
+        _r2 = tl.where(_r1, 1.0, -1.0)
+        _r3 = _kernel.feature_mix(_x, _w0, _in_f, _F, _X.dtype.element_ty != tl.float32, BLOCK_M, BLOCK_F)
+        _r4 = (_r2 * _r3)
+        _r5 = _kernel.feature_softmax(_r4, 2, _f, _in_f, _F, BLOCK_M, BLOCK_F)
+        _r6 = _kernel.feature_softmax_grad(_r5, _dy, 2, _f, _in_f, _F, BLOCK_M, BLOCK_F)
+        _r7 = (_r6 * _r2)
+        _dx = _kernel.feature_mix_t(_r7, _w0, _in_f, _F, _X.dtype.element_ty != tl.float32, BLOCK_M, BLOCK_F)
+        tl.store(_DX + _at * _F + _f, (_dx + tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.float32)).to(_DX.dtype.element_ty), mask=_in)
+        if SITES:
+            _m0 += _kernel.feature_outer(_x, _r7, _in, _X.dtype.element_ty != tl.float32, BLOCK_M, BLOCK_F)
+    if SITES:
+        _slot = _bh.to(tl.int64) * tl.num_programs(0) + tl.program_id(0)
+        _slots = _slot * BLOCK_F * BLOCK_F + tl.arange(0, BLOCK_F)[:, None] * BLOCK_F + _f
+        _inside = (tl.arange(0, BLOCK_F)[:, None] < _F) & _in_f
+        _c = tl.where(_inside, _m0 + tl.zeros([BLOCK_F, BLOCK_F], dtype=tl.float32), 0.0)  # wq
+        tl.store(_g0 + _slots, _c)
+        tl.store(_o0 + _slots, (((_kernel.clamp(_h, 0, _wq_n0 - 1)) * _wq_n1 + _kernel.clamp(tl.arange(0, BLOCK_F)[:, None], 0, _wq_n1 - 1)) * _wq_n2 + _kernel.clamp(_kernel.floormod_or_zero(_f, (_D // 2)), 0, _wq_n2 - 1)) + tl.zeros([BLOCK_F, BLOCK_F], dtype=tl.int64))
+
+
+@_launch.kernel
+def _hedgehog_prologue_k_backward(
+    _X, _DY, _DX, _sb, _sh, _sr, _sf, _HEADS, _ROWS, _F, _B, _H, _HKV, _SQ, _SKV, _D, wk, _wk_n0, _wk_n1, _wk_n2, _wk_s0, _wk_s1, _wk_s2, _g0, _o0,
+
+    BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, SITES: tl.constexpr,
+):
+    """The gradient of k before its statement, of wk from that of its result: each program walks [BLOCK_M, BLOCK_F] tiles of one (batch, head), every num_programs(0)-th, and sums its matrices' gradients over them."""
+    _bh = tl.program_id(1)
+    _b, _h = _bh // _HEADS, _bh % _HEADS
+    _f = tl.arange(0, BLOCK_F)[None, :]
+    _in_f = _f < _F
+    _w0 = tl.load(wk + _kernel.clamp(_h, 0, _wk_n0 - 1) * _wk_s0 + _kernel.clamp(tl.arange(0, BLOCK_F)[:, None], 0, _wk_n1 - 1) * _wk_s1 + _kernel.clamp(_kernel.floormod_or_zero(_f, (_D // 2)), 0, _wk_n2 - 1) * _wk_s2).to(tl.float32)  # a matrix over (g, f)
+    _m0 = tl.zeros([BLOCK_F, BLOCK_F], dtype=tl.float32)
+    for _blk in range(tl.program_id(0), tl.cdiv(_ROWS, BLOCK_M), tl.num_programs(0)):
+        _row = (_blk * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
+        _in = (_row < _ROWS) & _in_f
+        _base = _X + _b.to(tl.int64) * _sb + _h.to(tl.int64) * _sh + _row.to(tl.int64) * _sr
+        _x = tl.load(_base + _f * _sf, mask=_in, other=0.0).to(tl.float32)
+        _at = _bh.to(tl.int64) * _ROWS + _row.to(tl.int64)
+        _dy = tl.load(_DY + _at * _F + _f, mask=_in, other=0.0).to(tl.float32)
+        _r0 = (_D // 2)
+        _r1 = (_f < _r0)
+        _r2 = tl.where(_r1, 1.0, -1.0)
+        _r3 = _kernel.feature_mix(_x, _w0, _in_f, _F, _X.dtype.element_ty != tl.float32, BLOCK_M, BLOCK_F)
+        _r4 = (_r2 * _r3)
+        _r5 = _kernel.feature_softmax(_r4, 2, _f, _in_f, _F, BLOCK_M, BLOCK_F)
+        _r6 = _kernel.feature_softmax_grad(_r5, _dy, 2, _f, _in_f, _F, BLOCK_M, BLOCK_F)
+        _r7 = (_r6 * _r2)
+        _dx = _kernel.feature_mix_t(_r7, _w0, _in_f, _F, _X.dtype.element_ty != tl.float32, BLOCK_M, BLOCK_F)
+        tl.store(_DX + _at * _F + _f, (_dx + tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.float32)).to(_DX.dtype.element_ty), mask=_in)
+        if SITES:
+            _m0 += _kernel.feature_outer(_x, _r7, _in, _X.dtype.element_ty != tl.float32, BLOCK_M, BLOCK_F)
+    if SITES:
+        _slot = _bh.to(tl.int64) * tl.num_programs(0) + tl.program_id(0)
+        _slots = _slot * BLOCK_F * BLOCK_F + tl.arange(0, BLOCK_F)[:, None] * BLOCK_F + _f
+        _inside = (tl.arange(0, BLOCK_F)[:, None] < _F) & _in_f
+        _c = tl.where(_inside, _m0 + tl.zeros([BLOCK_F, BLOCK_F], dtype=tl.float32), 0.0)  # wk
+        tl.store(_g0 + _slots, _c)
+        tl.store(_o0 + _slots, (((_kernel.clamp(_h, 0, _wk_n0 - 1)) * _wk_n1 + _kernel.clamp(tl.arange(0, BLOCK_F)[:, None], 0, _wk_n1 - 1)) * _wk_n2 + _kernel.clamp(_kernel.floormod_or_zero(_f, (_D // 2)), 0, _wk_n2 - 1)) + tl.zeros([BLOCK_F, BLOCK_F], dtype=tl.int64))
+
+
+def _prologue_backward(_tensors, _grads, _wanted):
+    """The gradients of q, k, v and the inputs from those of q, k, by the backward
+    passes (_wanted: whether each of the tensors needs its gradient)."""
+    q, k, v, wq, wk = _tensors
+    _wanted = dict(zip(("q", "k", "v", "wq", "wk", ), _wanted))
+    _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, v, wq, wk)
+    _d = dict(zip(("q", "k", "v", ), _grads))
+    _inputs = {}  # the inputs' gradients, by name
+    _grad = _d["q"]  # of q after its statement
+    if _grad is not None:
+        _dx, _parts = _prologue_rt.row_pass_backward(
+            _hedgehog_prologue_q_backward, q, _grad, (_B, _H, _HKV, _SQ, _SKV, _D, *_rt.input_arguments(wq)),
+            ("matrix", ), any(_wanted[n] for n in ("wq",)), matrix=True)
+        _d["q"] = _dx
+        _prologue_rt.add_sites(_inputs, (("wq", wq), ), _parts)
+    _grad = _d["k"]  # of k after its statement
+    if _grad is not None:
+        _dx, _parts = _prologue_rt.row_pass_backward(
+            _hedgehog_prologue_k_backward, k, _grad, (_B, _H, _HKV, _SQ, _SKV, _D, *_rt.input_arguments(wk)),
+            ("matrix", ), any(_wanted[n] for n in ("wk",)), matrix=True)
+        _d["k"] = _dx
+        _prologue_rt.add_sites(_inputs, (("wk", wk), ), _parts)
+    return tuple(_d.values()) + tuple(_inputs.get(n) for n in ("wq", "wk", ))
 
 
 # ---------------------------------------------------------------- the tile schedule
@@ -363,7 +470,7 @@ def attention(q, k, v, *, wq, wk, selection=None, schedule=None, return_lse=Fals
     schedule: from build_schedule, to reuse the key-tile tables across calls (built here when None)."""
     _B, _H, _HKV, _SQ, _SKV, _D = _shapes(q, k, v, wq, wk)
     _grad = _rt.check_launch(SPEC_NAME, q, k, v, (wq, wk, ), BACKWARD_ERROR)
-    q, k, v = _prologue_rt.prologue(_prologue_kernels, _prologue, q, k, v, (wq, wk, ), backward=None)
+    q, k, v = _prologue_rt.prologue(_prologue_kernels, _prologue, q, k, v, (wq, wk, ), backward=_prologue_backward)
     _inputs = (wq, wk, )
     _params = ()
     _decay = None
@@ -516,7 +623,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     dq=_hedgehog_backward_dq,
     dkdv=_hedgehog_backward_dkdv,
     kept=None,
-    row_passes=(("prologue_q", _hedgehog_prologue_q), ("prologue_k", _hedgehog_prologue_k), ),
+    row_passes=(("prologue_q", _hedgehog_prologue_q), ("prologue_k", _hedgehog_prologue_k), ("prologue_q_bwd", _hedgehog_prologue_q_backward), ("prologue_k_bwd", _hedgehog_prologue_k_backward), ),
     fused_q=False,
     fused_values=False,
     fused_epilogue=False,
