@@ -314,7 +314,7 @@ def make_cell(cfg: Config, name: str, n: int, d: int, gen: torch.Generator, hand
     q, k, val = (torch.randn(shape, generator=gen, device=cfg.device, dtype=cfg.dtype) for _ in range(3))
     selection = None
     token_mask = v.mask_mod if name not in GENERATED_FLEX else generated_mod(v.module, "mask_mod", n)
-    if cell.triton.KERNEL_TILES is not None:  # a block selection: computed once, handed to both
+    if cell.triton.SELECTION_BLOCKS is not None:  # a block selection: computed once, handed to both
         selection = v.module.select(q, k)
         check_selection(cell.triton, selection, q, k)
         token_mask = with_selection(token_mask, selection)

@@ -41,7 +41,6 @@ from .table_tiles import from_tile, gathered, table_tiles, tile_binding
 from .tiles import TileRenderer
 from .triton_backward import BackwardPlan, backward_plan
 
-MIN_DOT = 16  # tl.dot needs tiles of at least 16 along each dimension
 MAX_BANDS = 4  # more bands than this walk the same tiles too often: a block table is used instead
 
 
@@ -191,20 +190,13 @@ def generate(spec: Spec, source_name: str = "<string>") -> str:
 
 
 def selection_tiles(spec: Spec) -> tuple[int, int] | None:
-    """A data-dependent selection's blocks, which the kernel's tiles divide (powers of two, >= 16):
-    a block is walked as one or several tiles, so tiles up to the block are possible."""
+    """A data-dependent selection's (query, key) blocks, of any size: the kernels' tiles are their own
+    (runtime/triton.py selected_tiles), and a tile that holds parts of several blocks looks each pair's
+    block up (_kernel.selected_pairs)."""
     sel = spec.selection
     if sel is None or not sel.dynamic:
         return None
-    blocks = (sel.q_block.literal, sel.kv_block.literal)
-    if any(n < MIN_DOT or n & (n - 1) for n in blocks):
-        raise AttnError(
-            f"the triton target walks a selection's blocks as kernel tiles that divide them, so blocks "
-            f"must be powers of two >= {MIN_DOT}; this selection uses {blocks[0]} x {blocks[1]}",
-            sel.span,
-            hint="select blocks(q = 16, kv = 16) or larger powers of two, or compile with --target flex or reference",
-        )
-    return blocks
+    return sel.q_block.literal, sel.kv_block.literal
 
 
 @dataclass(frozen=True)
@@ -397,12 +389,15 @@ def kernel_constants(spec: Spec) -> list[tuple[str, str]]:
 def _context(spec: Spec, *levels: list[tuple[str, str]]) -> str:
     """What the tile functions receive from their kernel (as one tuple) to compute the spec's
     expressions: the program's batch and head, inputs (pointer, sizes, strides), runtime params, the
-    bindings of the given levels (program, then row), the shape symbols and the scale."""
+    bindings of the given levels (program, then row), a data-dependent selection per block (pointer,
+    strides), the shape symbols and the scale."""
     names = ["_b", "_h"]
     for decl in spec.inputs:
         rank = range(len(decl.shape))
         names += [decl.name] + [f"_{decl.name}_n{d}" for d in rank] + [f"_{decl.name}_s{d}" for d in rank]
     names += [p.name for p in spec.runtime_params] + [t for bindings in levels for t, _ in bindings]
+    if selection_tiles(spec) is not None:  # the selection per block, where a tile across blocks looks its pairs up
+        names += ["_Sel", "_ssb", "_ssh", "_ssq"]
     return ", ".join(names + ["_B", "_H", "_HKV", "_SQ", "_SKV", "_D", "_sm_scale"])
 
 

@@ -157,8 +157,8 @@ def test_forward_compiles_for_hopper_on_tensor_cores_without_spills(forward, ste
         twin = (name, r["head_dim"]) in FIRST_SPILLS
         assert r["candidate"] == (1 if twin else 0) and r["tma"] != twin, where
         assert r["spill_stores"] == 0 and r["shared"] <= r["shared_limit"] and r["fits"], where
-        # wgmma needs 64-row tiles: a selection's blocks narrower than that run on mma.sync
-        assert r["mma"] == ("wgmma" if r["block_m"] >= 64 else "mma.sync") and r["mma_count"] >= 2, where
+        # every default tile has 64 rows or more (a selection's blocks do not narrow it): wgmma
+        assert r["block_m"] >= 64 and r["mma"] == "wgmma" and r["mma_count"] >= 2, where
         assert r["instructions"] > r["special"], where
         # every normalization takes an exponential or a reciprocal, but the score itself as the weight
         assert r["special"] > 0 or name in PLAIN_WEIGHTS, where

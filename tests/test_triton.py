@@ -25,7 +25,6 @@ import torch
 import attnspec
 from attnspec.api import build_module, load_program, lower
 from attnspec.codegen import passes_for
-from attnspec.diagnostics import AttnError
 from attnspec.runtime import triton as triton_runtime
 from attnspec.sample import Sizes, sample_arguments
 from test_flex import EXAMPLES, F64, assert_agrees, cast, find_spec, fits, is_elementwise, spec_cases, without_v
@@ -224,16 +223,48 @@ def test_cpu_tensors_outside_the_interpreter_are_refused(monkeypatch):
             kernel.attention(**args)
 
 
-def test_selection_blocks_the_kernel_cannot_tile_are_refused():
-    source = (
-        "attention small_blocks {\n    mask kv <= q\n"
-        "    select blocks(q = 16, kv = 8) top(2) by dot(mean(q), mean(k))\n}\n"
-    )
-    with pytest.raises(AttnError) as info:
-        attnspec.compile(source, "triton")
-    text = info.value.render()
-    assert "powers of two >= 16" in text and "--target flex or reference" in text
-    assert text.startswith("<string>:3:5: error:")
+# blocks that do not nest with the interpreter's 64 x 64 tiles (24 x 40: tiles hold parts of several
+# blocks, and blocks of several tiles) and blocks smaller than any tile (8 x 16), per head, GQA-shared
+ODD_BLOCKS = """
+attention odd_blocks {
+    gqa group = 2
+    mask kv <= q + (SKV - SQ)
+    select blocks(q = QB, kv = KB) top(2) by dot(mean(q), mean(k)) causal per kv_head always kv_block == 0
+}
+"""
+
+
+@pytest.mark.parametrize("blocks", [(24, 40), (8, 16), (16, 16), (128, 8)], ids=lambda b: f"{b[0]}x{b[1]}")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_selection_blocks_of_any_size_run_on_the_kernels_tiles(blocks, dtype):
+    """A selection's blocks need not nest with the kernel's tiles: a tile that holds parts of several
+    blocks is walked as a partial tile whose pairs are looked up in the selection, forward and
+    backward, on shapes whose lengths are not multiples of either."""
+    source = ODD_BLOCKS.replace("QB", str(blocks[0])).replace("KB", str(blocks[1]))
+    program = load_program(source)
+    spec = lower(program.specs[0], passes=passes_for("reference"))
+    reference = build_module(spec, "reference", "odd_blocks.attn")
+    kernel = build_module(lower(program.specs[0], passes=passes_for("triton")), "triton", "odd_blocks.attn")
+    assert kernel.SELECTION_BLOCKS == blocks
+    for seed, sizes in enumerate([Sizes(B=1, H=4, HKV=2, SQ=150, SKV=201, D=16, DV=8), Sizes(B=2, H=2, HKV=1, SQ=70, SKV=45, D=16, DV=16)]):
+        args64 = sample_arguments(spec, sizes, F64, seed=seed)
+        got, low_ref, ref64 = run_both(reference, kernel, spec, args64, dtype)
+        assert_agrees(got, low_ref, ref64, f"odd_blocks {blocks} {dtype} {sizes}")
+
+
+def test_selection_blocks_of_any_size_have_the_reference_gradients():
+    source = ODD_BLOCKS.replace("QB", "24").replace("KB", "40")
+    reference, kernel = attnspec.compile(source, "reference"), attnspec.compile(source, "triton")
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = torch.randn(1, 4, 150, 16, generator=gen), torch.randn(1, 2, 201, 16, generator=gen), torch.randn(1, 2, 201, 8, generator=gen)
+    selection = reference.select(q.double(), k.double())
+    grads = []
+    for module, dtype in [(kernel, torch.float32), (reference, torch.float64)]:
+        leaves = [x.detach().to(dtype).requires_grad_() for x in (q, k, v)]
+        module.attention(*leaves, selection=selection).square().sum().backward()
+        grads.append([x.grad.double() for x in leaves])
+    for name, got, exact in zip("qkv", *grads):
+        torch.testing.assert_close(got, exact, rtol=1e-4, atol=1e-5 * float(exact.abs().max()), msg=name)
 
 
 def test_kernel_config_follows_the_head_dims():
@@ -241,8 +272,6 @@ def test_kernel_config_follows_the_head_dims():
     v = torch.empty(1, 1, 4, 100)
     config = triton_runtime.kernel_config(q, v)
     assert (config.block_d, config.block_dv) == (64, 128)
-    bounded = triton_runtime.kernel_config(q, v, (16, 32))
-    assert (bounded.block_m, bounded.block_n) == (16, 32)  # tiles divide a selection's 16 x 32 blocks
 
 
 LARGE_BLOCKS = """
@@ -261,19 +290,38 @@ def test_selection_blocks_larger_than_the_tiles_are_walked_tile_by_tile(dtype):
     reference = build_module(spec, "reference", "large_blocks.attn")
     kernel = build_module(lower(load_program(LARGE_BLOCKS).specs[0], passes=passes_for("triton")), "triton", "large_blocks.attn")
     args64 = sample_arguments(spec, Sizes(B=1, H=2, HKV=1, SQ=300, SKV=700, D=16, DV=8), F64)
-    config = triton_runtime.kernel_config(args64["q"], args64["v"], kernel.KERNEL_TILES)
-    assert (config.block_m, config.block_n) == (64, 64) and kernel.KERNEL_TILES == (128, 256)
+    config = triton_runtime.kernel_config(args64["q"], args64["v"])
+    assert (config.block_m, config.block_n) == (64, 64) and kernel.SELECTION_BLOCKS == (128, 256)
     got, low_ref, ref64 = run_both(reference, kernel, spec, args64, dtype)
     assert_agrees(got, low_ref, ref64, f"large_blocks {dtype}")
 
 
 def test_selected_blocks_become_selected_tiles():
+    """Tiles inside one block (2 x 4 in 4 x 8 blocks) are kept or dropped whole; tiles across blocks
+    (8 x 4 over 4 x 8 blocks; 4 x 4 over 6 x 2 blocks, which do not nest) are kept where any of
+    their pairs' blocks is, whole where all are; cells past the lengths count for neither."""
     selected = torch.tensor([[[[True, False], [False, True]]]])
-    tiles = triton_runtime.selected_tiles(selected, (4, 8), (2, 4), (7, 13))
-    expected = torch.tensor([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1]], dtype=torch.bool)[:4, :4]
-    assert torch.equal(tiles[0, 0], expected)
-    with pytest.raises(ValueError, match="do not divide"):
-        triton_runtime.selected_tiles(selected, (4, 8), (8, 4), (7, 13))
+    kept, whole = triton_runtime.selected_tiles(selected, (4, 8), (2, 4), (7, 13))
+    expected = torch.tensor([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1]], dtype=torch.bool)
+    assert torch.equal(kept[0, 0], expected) and torch.equal(whole[0, 0], expected)
+    kept, whole = triton_runtime.selected_tiles(selected, (4, 8), (8, 4), (7, 13))
+    assert torch.equal(kept[0, 0], torch.tensor([[True, True, True, True]]))
+    assert not whole.any()
+    # rows 0-3 of block row 0 only: SQ = 3 leaves block row 1 outside the lengths
+    kept, whole = triton_runtime.selected_tiles(selected, (4, 8), (8, 4), (3, 13))
+    assert torch.equal(kept[0, 0], torch.tensor([[True, True, False, False]]))
+    assert torch.equal(whole[0, 0], torch.tensor([[True, True, False, False]]))
+    # 6 x 2 blocks under 4 x 4 tiles: against a per-pair computation
+    blocks = torch.rand(1, 1, 3, 5, generator=torch.Generator().manual_seed(0)) < 0.5
+    pairs = blocks.repeat_interleave(6, 2).repeat_interleave(2, 3)[:, :, :14, :9]
+    padded = torch.zeros(1, 1, 16, 12, dtype=torch.bool)
+    padded[:, :, :14, :9] = pairs
+    inside = torch.zeros(16, 12, dtype=torch.bool)
+    inside[:14, :9] = True
+    kept, whole = triton_runtime.selected_tiles(blocks, (6, 2), (4, 4), (14, 9))
+    tiles = padded.view(1, 1, 4, 4, 3, 4)
+    assert torch.equal(kept, tiles.any(5).any(3))
+    assert torch.equal(whole, (padded | ~inside).view(1, 1, 4, 4, 3, 4).all(5).all(3))
 
 
 def test_the_backward_tries_smaller_tiles_on_a_gpu(monkeypatch):
@@ -286,6 +334,22 @@ def test_the_backward_tries_smaller_tiles_on_a_gpu(monkeypatch):
     assert backward != forward
     assert max(c.block_m * c.block_n for c in backward) < max(c.block_m * c.block_n for c in forward)
     assert all(c.num_stages <= 2 for c in backward)
+
+
+def test_small_selection_blocks_add_tiles_inside_them_as_later_candidates(monkeypatch):
+    """On a GPU the default tiles stay wide (wgmma; tiles across blocks look pairs up); blocks smaller
+    than them bring their own tiles as the last candidates, for the autotuner to time; blocks that hold
+    whole tiles, or that tl.dot cannot take as tiles, bring none."""
+    from types import SimpleNamespace
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    q = SimpleNamespace(shape=(1, 1, 4, 64), dtype=torch.bfloat16, device=SimpleNamespace(type="cuda"))
+    plain = triton_runtime.candidate_configs(q, q)
+    small = triton_runtime.candidate_configs(q, q, blocks=(16, 16))
+    assert small[:len(plain)] == plain and (small[0].block_m, small[0].block_n) == (128, 64)
+    assert {(c.block_m, c.block_n, c.num_warps) for c in small[len(plain):]} == {(16, 16, 4)}
+    for blocks in [(128, 512), (24, 40), (8, 16)]:
+        assert triton_runtime.candidate_configs(q, q, blocks=blocks) == plain, blocks
 
 
 # ------------------------------------------------------------------ the schedule: closed-form bands or a table
@@ -352,16 +416,16 @@ def test_launch_keeps_the_fastest_configuration_per_problem(monkeypatch):
         fn()
         return costs[launched[-1].block_m]
 
-    monkeypatch.setattr(triton_runtime, "candidate_configs", lambda q, v, tiles, backward=False, *options: configs)
+    monkeypatch.setattr(triton_runtime, "candidate_configs", lambda q, v, backward=False, *options: configs)
     monkeypatch.setattr(triton.testing, "do_bench", fake_bench)
     monkeypatch.setattr(triton_runtime, "_TUNED", {})
     q = torch.empty(1, 1, 100, 64)
-    triton_runtime.launch(run, "spec", q, q, None, (100, 130))
+    triton_runtime.launch(run, "spec", q, q, (100, 130))
     assert launched[-1].block_m == 64 and len(timed) == 3
-    triton_runtime.launch(run, "spec", q, q, None, (120, 150))  # the same length bucket: no timing
+    triton_runtime.launch(run, "spec", q, q, (120, 150))  # the same length bucket: no timing
     assert launched[-1].block_m == 64 and len(timed) == 3
     monkeypatch.setenv("ATTNSPEC_AUTOTUNE", "0")
-    triton_runtime.launch(run, "spec", q, q, None, (1000, 1000))
+    triton_runtime.launch(run, "spec", q, q, (1000, 1000))
     assert launched[-1].block_m == 128 and len(timed) == 3
     assert all(c.block_m != 16 for c in launched)
 

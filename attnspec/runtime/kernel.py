@@ -294,6 +294,15 @@ def rope_pair(x, xp, angle, first):
 
 
 @triton.jit
+def selected_pairs(sel, q, kv, row_stride, SQ, SKV, QB: tl.constexpr, KB: tl.constexpr):
+    """Whether a data-dependent selection keeps each pair (q [R, 1], kv [1, C]): its block's entry in
+    `sel` (int8 per (query block, key block) of QB x KB, rows of blocks `row_stride` apart), read where
+    a kernel tile holds parts of several blocks; False outside the lengths."""
+    inside = (q < SQ) & (kv < SKV)
+    return tl.load(sel + (q // QB).to(tl.int64) * row_stride + kv // KB, mask=inside, other=0) != 0
+
+
+@triton.jit
 def load_tile(base, rows, cols, row_stride, col_stride, n_rows, n_cols, UPCAST: tl.constexpr):
     """The [len(rows), len(cols)] tile of a strided matrix at `base`, 0 outside [n_rows, n_cols): every
     Q, K, V and dO tile of the kernels (K^T and V^T by swapping the axes); float32 with UPCAST."""

@@ -38,8 +38,8 @@ class Kernels:
     closed_form: bool  # the forward and dQ kernels compute their key tiles (no block tables)
     check_nonnegative: str | None  # the rule a negative denominator term breaks, where the kernel checks it
     kept_sum: bool  # the epilogue reads sum_kept(v): the forward kernel also returns it, the kept kernel takes its gradient
-    kernel_tiles: tuple[int, int] | None  # a data-dependent selection's blocks, which kernel tiles divide
     table_tiles: bool  # the kernels pick per-pair entries of per-row tables from tiles: narrower backward tiles
+    selection_blocks: tuple[int, int] | None  # a data-dependent selection's blocks: their tiles are candidates too
     logit_scale: Callable  # (q, k, params) -> the scale
     input_names: tuple[str, ...]  # the spec's inputs, in kernel-argument order
     computed_inputs: tuple[str, ...]  # those the module computes (per-row values): not build_schedule's
@@ -125,7 +125,7 @@ def forward(kernels: Kernels, q, k, v, inputs, params, schedule, return_lse, for
         if unfused and kernels.fused_epilogue and _rt.recording_launches() is None:
             out.copy_(kernels.epilogue(out, vsum, q, k, inputs_in, params))
 
-    _rt.launch(run, kernels.spec_name, q, v, kernels.kernel_tiles, (SQ, SKV), fusable=fusable)
+    _rt.launch(run, kernels.spec_name, q, v, (SQ, SKV), fusable=fusable, blocks=kernels.selection_blocks)
     if err and bool(err[0].item()):  # the reference's check, made by the kernel (one host sync per call)
         raise ValueError(f"{kernels.spec_name}: {kernels.check_nonnegative} on kept pairs, but f was negative")
     return out.to(q.dtype), lse, vsum, ((out, stats) if for_backward else None)
@@ -207,7 +207,7 @@ def backward(kernels: Kernels, q, k, v, out, stats, dout, dlse, dvsum, inputs, p
             _rt.start(jit(kernels.kept), (triton.cdiv(SKV, bn), B * HKV), *gvsum, *dkdv_args, **meta)
         _rt.add_partials([grads[name] for name in kernels.site_inputs], parts)
 
-    _rt.launch(run, kernels.spec_name + " backward", q, v, kernels.kernel_tiles, (SQ, SKV), backward=True,
+    _rt.launch(run, kernels.spec_name + " backward", q, v, (SQ, SKV), backward=True, blocks=kernels.selection_blocks,
                narrow=kernels.table_tiles)
     return (
         gq.to(q.dtype), gk.to(k.dtype), gv.to(v.dtype),

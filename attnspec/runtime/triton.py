@@ -234,9 +234,9 @@ def _packed_strides(t: torch.Tensor) -> list[int]:
     return strides
 
 
-def kernel_config(q, v, tiles=None) -> Config:
+def kernel_config(q, v) -> Config:
     """The default tile sizes and launch options for these head dims (the first candidate)."""
-    return candidate_configs(q, v, tiles)[0]
+    return candidate_configs(q, v)[0]
 
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) tried on a GPU, per padded head dim; the first is the default.
@@ -266,9 +266,13 @@ _GPU_BACKWARD_CANDIDATES = {
 _GPU_BACKWARD_NARROW = {64: (), 128: ((64, 16, 4, 2), (128, 16, 8, 2)), 256: ()}
 
 
-def candidate_configs(q, v, tiles=None, backward: bool = False, narrow: bool = False, fusable: bool = False) -> list[Config]:
+def candidate_configs(q, v, backward: bool = False, narrow: bool = False, fusable: bool = False,
+                      blocks: tuple[int, int] | None = None) -> list[Config]:
     """The configurations worth trying: on a GPU a small space per head dim, elsewhere the one
-    configuration the interpreter runs; tiles no larger than a selection's blocks (`tiles`); with
+    configuration the interpreter runs. A selection's blocks take any tiles (Schedule); on a GPU, blocks
+    smaller than a candidate's tiles (`blocks`) also bring that candidate clipped to them, last: tiles
+    that hold one block each, with no pair of a dropped block, on narrower products (mma.sync below 64
+    rows), which the autotuner times against the wider tiles that look pairs up; with
     `narrow` (per-pair table reads), the backward's narrow key tiles first. With `fusable` (a forward
     without gradients whose kernel can apply the q prologue and the epilogue) each shape also comes
     fused, after the unfused ones on a GPU (the fused kernel holds the rows' vectors and their
@@ -287,8 +291,8 @@ def candidate_configs(q, v, tiles=None, backward: bool = False, narrow: bool = F
         shapes = (_GPU_BACKWARD_CANDIDATES if backward else _GPU_CANDIDATES)[min(width, 256)]
         if backward and narrow:
             shapes = tuple(dict.fromkeys(_GPU_BACKWARD_NARROW[min(width, 256)] + shapes))
-    if tiles is not None:  # a selection's blocks: kernel tiles divide them (a block is walked tile by tile)
-        shapes = tuple(dict.fromkeys(_clipped(shape, tiles) for shape in shapes))
+        if blocks is not None:
+            shapes = tuple(dict.fromkeys(shapes + tuple(_within(shape, blocks) for shape in shapes)))
     configs = [Config(m, n, block_d, block_dv, warps, stages, ieee, upcast) for m, n, warps, stages in shapes]
     if fusable:
         fused = [replace(c, fused=True) for c in configs]
@@ -300,10 +304,13 @@ def candidate_configs(q, v, tiles=None, backward: bool = False, narrow: bool = F
     return [version for c in configs for version in (replace(c, tma=True), c)]  # each shape: descriptors, then pointers
 
 
-def _clipped(shape, blocks):
-    """A candidate's tiles clipped to a selection's blocks; tiles narrower than a warpgroup's 64 rows
-    run on mma.sync with 4 warps at most."""
+def _within(shape, blocks):
+    """A candidate's tiles clipped to a selection's blocks (where those are powers of two of 16 or more:
+    tl.dot's smallest tiles), so that each tile lies inside one block; tiles narrower than a
+    warpgroup's 64 rows run on mma.sync, with 4 warps at most."""
     m, n, warps, stages = shape
+    if any(b < 16 or b & (b - 1) for b in blocks):
+        return shape
     m, n = min(m, blocks[0]), min(n, blocks[1])
     return m, n, (warps if m >= 64 else min(warps, 4)), stages
 
@@ -316,23 +323,23 @@ def autotuning() -> bool:
     return os.environ.get("ATTNSPEC_AUTOTUNE", "1") != "0"
 
 
-def launch(run, name: str, q, v, tiles, lengths, backward: bool = False, narrow: bool = False,
-           fusable: bool = False) -> None:
+def launch(run, name: str, q, v, lengths, backward: bool = False, narrow: bool = False,
+           fusable: bool = False, blocks: tuple[int, int] | None = None) -> None:
     """Call run(config) once with the best configuration for this problem: on CUDA the candidates are
     timed on the first call of each (spec, dtype, head dims, length bucket) and the fastest is kept
     for the process (the first, with ATTNSPEC_AUTOTUNE=0). Candidates whose compiled kernels spill or
     exceed the GPU's shared memory are not tried (`fits`), unless none fits. `backward`: the backward
     kernels' candidates (each run recomputes every gradient, so timing runs are harmless); `narrow`:
     the kernels read per-pair entries of per-row tables; `fusable`: the forward kernel may apply the q
-    prologue and the epilogue (candidate_configs)."""
-    configs = candidate_configs(q, v, tiles, backward, narrow, fusable)
+    prologue and the epilogue; `blocks`: a data-dependent selection's (candidate_configs)."""
+    configs = candidate_configs(q, v, backward, narrow, fusable, blocks)
     if _RECORDING[0] is not None:
         _record(run, configs)
         return
     if len(configs) == 1:
         run(configs[0])
         return
-    key = (name, q.dtype, q.shape[-1], v.shape[-1], tiles, *(_next_power_of_two(n) for n in lengths))
+    key = (name, q.dtype, q.shape[-1], v.shape[-1], blocks, *(_next_power_of_two(n) for n in lengths))
     if key not in _TUNED:
         _TUNED[key] = _chosen(run, configs, q.device)
     run(_TUNED[key])
@@ -421,16 +428,22 @@ class Tables:
     part_num: torch.Tensor
     part_idx: torch.Tensor
 
+    # a data-dependent selection per block (int8 [B, H, NQB, NKB], contiguous), which a kernel tile
+    # that holds parts of several blocks looks its pairs up in
+    selected: torch.Tensor | None = None
+
     def arguments(self) -> tuple:
-        return (self.full_num, self.full_idx, self.part_num, self.part_idx,
-                *_broadcast_strides(self.full_num), *_broadcast_strides(self.full_idx)[:3])
+        found = (self.full_num, self.full_idx, self.part_num, self.part_idx,
+                 *_broadcast_strides(self.full_num), *_broadcast_strides(self.full_idx)[:3])
+        return found if self.selected is None else found + (self.selected, *self.selected.stride()[:3])
 
 
-def schedule(classes: torch.Tensor, selected=None, device=None) -> Tables:
+def schedule(classes: torch.Tensor, selected=None, device=None, per_block=None) -> Tables:
     """Block tables from tile classes [B|1, H|1, NQB, NKB]; a selection (bool [B, H, NQB, NKB] at the
-    kernel's tiles) drops every tile it does not keep."""
+    kernel's tiles) drops every tile it does not keep; `per_block`: the selection the kernels look
+    pairs up in (Tables.selected)."""
     part_num, part_idx, full_num, full_idx = class_lists(classes, selected)
-    return Tables(*(t.contiguous().to(device) for t in (full_num, full_idx, part_num, part_idx)))
+    return Tables(*(t.contiguous().to(device) for t in (full_num, full_idx, part_num, part_idx)), per_block)
 
 
 class Schedule:
@@ -442,6 +455,7 @@ class Schedule:
         self.classify, self.selected, self.problem, self.device = classify, selected, tuple(problem), device
         self.closed_form = closed_form
         self.blocks = blocks  # the selection's (query, key) block sizes: `selected` is per block
+        self.per_block = None if selected is None else selected.to(device=device, dtype=torch.int8).contiguous()
         self._tables: dict[tuple[int, int, bool], Tables] = {}
 
     def tables(self, block_m: int, block_n: int) -> Tables:
@@ -457,12 +471,13 @@ class Schedule:
             classes, selected = _last_tile_partial(self.classify(block_m, block_n), self.problem[3], block_n), self.selected
             if transposed:  # likewise the last query tile for the dK/dV kernel, which sums over rows
                 classes = _last_tile_partial(classes, self.problem[2], block_m, axis=-2)
-            if selected is not None:
-                selected = selected_tiles(selected, self.blocks, (block_m, block_n), self.problem[2:])
+            if selected is not None:  # a tile that holds kept and dropped pairs: partial (the kernel looks them up)
+                selected, whole = selected_tiles(selected, self.blocks, (block_m, block_n), self.problem[2:])
+                classes = torch.where(whole.to(classes.device) | (classes != FULL), classes, PARTIAL)
             if transposed:
                 classes = classes.transpose(-1, -2)
                 selected = None if selected is None else selected.transpose(-1, -2)
-            self._tables[key] = schedule(classes, selected, self.device)
+            self._tables[key] = schedule(classes, selected, self.device, self.per_block)
         return self._tables[key]
 
 
@@ -478,14 +493,22 @@ def _last_tile_partial(classes: torch.Tensor, length: int, block: int, axis: int
     return classes
 
 
-def selected_tiles(selected: torch.Tensor, blocks, tiles, lengths) -> torch.Tensor:
-    """A selection per block (bool [B, H, NQB, NKB]) as a selection per kernel tile, for tiles that
-    divide the blocks: a tile is kept with the block it lies in."""
+def selected_tiles(selected: torch.Tensor, blocks, tiles, lengths) -> tuple[torch.Tensor, torch.Tensor]:
+    """A selection per block (bool [B, H, NQB, NKB]) per kernel tile of any size: (kept, whole), bool
+    [B, H, NQT, NKT], whether the selection keeps some of the tile's pairs inside the lengths, and
+    all of them. Blocks and tiles meet on a grid of their greatest common divisors; a tile inside one
+    block is kept or dropped whole, one across several blocks may be kept in part (the kernel then
+    looks each pair's block up)."""
     (qb, kb), (bm, bn), (sq, skv) = blocks, tiles, lengths
-    if qb % bm or kb % bn:
-        raise ValueError(f"kernel tiles {bm}x{bn} do not divide the selection's blocks {qb}x{kb}")
-    per_tile = selected.repeat_interleave(qb // bm, 2).repeat_interleave(kb // bn, 3)
-    return per_tile[:, :, : -(-sq // bm), : -(-skv // bn)]
+    (gq, gk), (nqt, nkt) = (math.gcd(qb, bm), math.gcd(kb, bn)), (-(-sq // bm), -(-skv // bn))
+    rows, cols = nqt * (bm // gq), nkt * (bn // gk)
+    cells = selected.repeat_interleave(qb // gq, 2).repeat_interleave(kb // gk, 3)[:, :, :rows, :cols]
+    cells = torch.nn.functional.pad(cells.to(torch.uint8), (0, cols - cells.shape[-1], 0, rows - cells.shape[-2])).bool()
+    inside = (torch.arange(rows, device=cells.device) * gq < sq)[:, None] & (torch.arange(cols, device=cells.device) * gk < skv)[None, :]
+    shape = (*cells.shape[:2], nqt, bm // gq, nkt, bn // gk)
+    kept = (cells & inside).view(shape).any(5).any(3)
+    whole = (cells | ~inside).view(shape).all(5).all(3)
+    return kept, whole
 
 
 def check_schedule(name: str, sched, problem, device) -> None:

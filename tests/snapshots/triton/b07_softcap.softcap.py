@@ -35,7 +35,7 @@ BACKWARD_ERROR = None  # why there is no backward kernel, or None
 SITE_INPUTS = ()  # the input of each summed gradient site (per program, row or column)
 SITE_KERNELS = ()  # (kernel, level) of each summed site
 SCHEDULE = "bands"  # key tiles in closed form from the mask's bands, or a block table
-KERNEL_TILES = None  # a selection's blocks: kernel tiles divide them
+SELECTION_BLOCKS = None  # a data-dependent selection's (query, key) blocks
 
 
 BlockSelection = _dense.BlockSelection  # what select() returns and attention(selection=...) takes
@@ -281,7 +281,7 @@ def build_schedule(q, k, *, selection=None):
     _selected = None if selection is None else selection.block_mask
     return _rt.Schedule(
         _classify, _selected, (_B, _H, _SQ, _SKV), q.device,
-        closed_form=True, blocks=KERNEL_TILES,
+        closed_form=True, blocks=SELECTION_BLOCKS,
     )
 
 
@@ -448,8 +448,8 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     closed_form=True,
     check_nonnegative=None,
     kept_sum=False,
-    kernel_tiles=KERNEL_TILES,
     table_tiles=False,
+    selection_blocks=SELECTION_BLOCKS,
     logit_scale=_logit_scale,
     input_names=(),
     schedule_reads_values=False,

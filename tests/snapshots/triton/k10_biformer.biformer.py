@@ -38,7 +38,7 @@ BACKWARD_ERROR = None  # why there is no backward kernel, or None
 SITE_INPUTS = ()  # the input of each summed gradient site (per program, row or column)
 SITE_KERNELS = ()  # (kernel, level) of each summed site
 SCHEDULE = "table"  # key tiles in closed form from the mask's bands, or a block table
-KERNEL_TILES = (32, 16)  # a selection's blocks: kernel tiles divide them
+SELECTION_BLOCKS = (32, 16)  # a data-dependent selection's (query, key) blocks
 
 
 BlockSelection = _dense.BlockSelection  # what select() returns and attention(selection=...) takes
@@ -113,12 +113,16 @@ def _biformer_scores(_qk, _q, _kv, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.cons
     """The kept pairs of a tile (inside the lengths, and in a partial tile kept by the mask), the score
     before its mod (_x = scale * q.k) and after it (_s), and the per-pair bindings.
     Without BOUNDS (a full tile, inside SKV, whose rows past SQ are never stored) every pair is kept."""
-    _b, _h, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale = _ctx
+    _b, _h, _Sel, _ssb, _ssh, _ssq, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale = _ctx
     _zero = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     if BOUNDS:
         _keep = (_kv < _SKV) & (_q < _SQ)
     else:
         _keep = tl.full([1, 1], True, tl.int1)  # every pair: the selects on it fold away
+    if MASKED:
+        if (32 % BLOCK_M != 0) or (16 % BLOCK_N != 0):  # a tile across the selection's blocks
+            _keep = _keep & _kernel.selected_pairs(_Sel + _b.to(tl.int64) * _ssb + _h.to(tl.int64) * _ssh, _q, _kv, _ssq,
+                                                   _SQ, _SKV, 32, 16)
     _s = _qk * _sm_scale
     _x = _s  # the score before its mod: where the mod's derivative is taken
     return _keep, _s, _x
@@ -130,7 +134,7 @@ def _biformer_forward_tile(
     EVEN: tl.constexpr, TMA: tl.constexpr,
 ):
     """Key tile _j: its scores, then the online softmax update of the running max _m, sum _l and output _acc."""
-    _b, _h, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale = _ctx
+    _b, _h, _Sel, _ssb, _ssh, _ssq, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale = _ctx
     _Kb, _Vb, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV, _Kd, _Vd, _hkv = _keys
     _offs_n = _j * BLOCK_N + tl.arange(0, BLOCK_N)
     _kv = _offs_n[None, :]
@@ -160,7 +164,7 @@ def _biformer_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _ctx, BLOCK_M
     input site's contribution _c<n> (with, for a per-pair site, the offsets _o<n> it adds into).
     Without BOUNDS (a full tile whose pairs past the lengths only reach gradients that are never
     stored) every pair is kept."""
-    _b, _h, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale = _ctx
+    _b, _h, _Sel, _ssb, _ssh, _ssq, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale = _ctx
     _keep, _s, _x = _biformer_scores(_qk, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED, BOUNDS)
     _p = tl.where(_keep, tl.exp2((_s - _mrow) * 1.4426950408889634) * _inv_l, 0.0)
     _ds = _p * (_dp - _delta)
@@ -175,7 +179,7 @@ def _biformer_dq_tile(
 ):
     """Key tile _j of the dQ kernel: dQ += dX . K, the per-program and per-row sites' sums, the per-pair
     sites' atomic adds."""
-    _b, _h, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale = _ctx
+    _b, _h, _Sel, _ssb, _ssh, _ssq, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale = _ctx
     _Kb, _Vb, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV, _Kd, _Vd, _hkv = _keys
     _offs_n = _j * BLOCK_N + tl.arange(0, BLOCK_N)
     _kv = _offs_n[None, :]
@@ -204,7 +208,7 @@ def _biformer_dkdv_tile(
     """Query tile _pid_m of the dK/dV kernel: dV += P^T . dO, dK += dX^T . Q, the per-column sites' sums.
     Q and dO come through pointers even where the kernel has descriptors: on sm_90a their copies,
     pipelined across query tiles, cost 30-70 more registers at D = 128 and spill (docs/triton.md)."""
-    _b, _h, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale = _ctx
+    _b, _h, _Sel, _ssb, _ssh, _ssq, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale = _ctx
     _Qb, _sqm, _sqd, _DO, _Stats, _Delta, _pid_bh, _offs_d, _offs_dv, _DV = _queries
     _offs_m = _pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     _q = _offs_m[:, None]
@@ -236,7 +240,7 @@ def _biformer_forward(
     _Q, _K, _V, _Out, _Lse, _Stats,
     _sqb, _sqh, _sqm, _sqd, _skb, _skh, _skn, _skd, _svb, _svh, _svn, _svd, _sob, _soh, _som, _sod,
     _Kd, _Vd,
-    _FullNum, _FullIdx, _PartNum, _PartIdx, _stb, _sth, _stq, _sib, _sih, _siq,
+    _FullNum, _FullIdx, _PartNum, _PartIdx, _stb, _sth, _stq, _sib, _sih, _siq, _Sel, _ssb, _ssh, _ssq,
     _B, _H, _HKV, _SQ, _SKV, _D, _DV, _sm_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr, WRITE_LSE: tl.constexpr, WRITE_STATS: tl.constexpr,
@@ -258,7 +262,7 @@ def _biformer_forward(
     _qk_scale = _sm_scale * 1.4426950408889634
     # Q through pointers even with TMA: once per program, and its copy costs the heaviest kernels registers
     _q_tile = _kernel.load_tile(_Q + _qbase, _offs_m, _offs_d, _sqm, _sqd, _SQ, _D, UPCAST)
-    _ctx = (_b, _h, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale)  # what the tile functions read of the spec's expressions
+    _ctx = (_b, _h, _Sel, _ssb, _ssh, _ssq, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale)  # what the tile functions read of the spec's expressions
     _keys = (_K + _kbase, _V + _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV, _Kd, _Vd, _hkv)  # where the K and V tiles are
     _m = tl.full([BLOCK_M, 1], -float("inf"), dtype=tl.float32)
     _l = tl.zeros([BLOCK_M, 1], dtype=tl.float32)
@@ -300,7 +304,7 @@ def build_schedule(q, k, *, selection=None):
     _selected = None if selection is None else selection.block_mask
     return _rt.Schedule(
         _classify, _selected, (_B, _H, _SQ, _SKV), q.device,
-        closed_form=False, blocks=KERNEL_TILES,
+        closed_form=False, blocks=SELECTION_BLOCKS,
     )
 
 
@@ -337,7 +341,7 @@ def _logit_scale(q, k, _params):
 def _biformer_backward_dq(
     _Q, _K, _V, _DO, _Stats, _Delta, _GQ,
     _sqb, _sqh, _sqm, _sqd, _skb, _skh, _skn, _skd, _svb, _svh, _svn, _svd, _Qd, _Kd, _Vd, _DOd,
-    _FullNum, _FullIdx, _PartNum, _PartIdx, _stb, _sth, _stq, _sib, _sih, _siq,
+    _FullNum, _FullIdx, _PartNum, _PartIdx, _stb, _sth, _stq, _sib, _sih, _siq, _Sel, _ssb, _ssh, _ssq,
     _B, _H, _HKV, _SQ, _SKV, _D, _DV, _sm_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr, EVEN: tl.constexpr, TMA: tl.constexpr,
@@ -372,7 +376,7 @@ def _biformer_backward_dq(
     else:
         _do = _kernel.load_tile(_DO + _pid_bh.to(tl.int64) * _SQ * _DV, _offs_m, _offs_dv, _DV, 1, _SQ, _DV, UPCAST)
 
-    _ctx = (_b, _h, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale)
+    _ctx = (_b, _h, _Sel, _ssb, _ssh, _ssq, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale)
     _keys = (_K + _kbase, _V + _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV, _Kd, _Vd, _hkv)
     _dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     _tnum = _b * _stb + _h * _sth + _pid_m * _stq
@@ -395,7 +399,7 @@ def _biformer_backward_dq(
 def _biformer_backward_dkdv(
     _Q, _K, _V, _DO, _Stats, _Delta, _GK, _GV,
     _sqb, _sqh, _sqm, _sqd, _skb, _skh, _skn, _skd, _svb, _svh, _svn, _svd, _Qd, _Kd, _Vd, _DOd,
-    _FullNumT, _FullIdxT, _PartNumT, _PartIdxT, _stb, _sth, _stq, _sib, _sih, _siq,
+    _FullNumT, _FullIdxT, _PartNumT, _PartIdxT, _stb, _sth, _stq, _sib, _sih, _siq, _Sel, _ssb, _ssh, _ssq,
     _B, _H, _HKV, _SQ, _SKV, _D, _DV, _sm_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr, EVEN: tl.constexpr, TMA: tl.constexpr,
@@ -425,7 +429,7 @@ def _biformer_backward_dkdv(
         _h = _hkv * _group + _g
         _pid_bh = _b * _H + _h
         _qbase = _b.to(tl.int64) * _sqb + _h.to(tl.int64) * _sqh
-        _ctx = (_b, _h, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale)
+        _ctx = (_b, _h, _Sel, _ssb, _ssh, _ssq, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale)
         _queries = (_Q + _qbase, _sqm, _sqd, _DO, _Stats, _Delta, _pid_bh, _offs_d, _offs_dv, _DV)
         _tnum = _b * _stb + _h * _sth + _pid_n * _stq
         _tidx = _b * _sib + _h * _sih + _pid_n * _siq
@@ -463,8 +467,8 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     closed_form=False,
     check_nonnegative=None,
     kept_sum=False,
-    kernel_tiles=KERNEL_TILES,
     table_tiles=False,
+    selection_blocks=SELECTION_BLOCKS,
     logit_scale=_logit_scale,
     input_names=(),
     schedule_reads_values=False,
