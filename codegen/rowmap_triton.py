@@ -22,7 +22,7 @@ from .rowmap import dense_step
 from .triton import TritonRenderer
 
 
-_HALF = "_X.dtype.element_ty != tl.float32"  # a matrix product in TF32 for a half-precision tensor
+_TF32 = "TF32"  # the constexpr of a pass that holds a matrix: its products in TF32 (runtime/prologue.py)
 
 
 class RowMapKernelRenderer(TritonRenderer):
@@ -102,7 +102,7 @@ class RowMapKernelRenderer(TritonRenderer):
 
     def render_feature_mix(self, e: Expr) -> str:
         row, weight = (self.render(a) for a in e.args)
-        return f"_kernel.feature_mix({row}, {weight}, _in_f, _F, {_HALF}, BLOCK_M, BLOCK_F)"
+        return f"_kernel.feature_mix({row}, {weight}, _in_f, _F, {_TF32}, BLOCK_M, BLOCK_F)"
 
     def render_feature_softmax(self, e: Expr) -> str:
         return f"_kernel.feature_softmax({self.render(e.args[0])}, {e.value}, _f, _in_f, _F, BLOCK_M, BLOCK_F)"
@@ -111,11 +111,11 @@ class RowMapKernelRenderer(TritonRenderer):
 
     def render_feature_mix_t(self, e: Expr) -> str:
         grad, weight = (self.render(a) for a in e.args)
-        return f"_kernel.feature_mix_t({grad}, {weight}, _in_f, _F, {_HALF}, BLOCK_M, BLOCK_F)"
+        return f"_kernel.feature_mix_t({grad}, {weight}, _in_f, _F, {_TF32}, BLOCK_M, BLOCK_F)"
 
     def render_feature_outer(self, e: Expr) -> str:
         row, grad = (self.render(a) for a in e.args)
-        return f"_kernel.feature_outer({row}, {grad}, _in, {_HALF}, BLOCK_M, BLOCK_F)"
+        return f"_kernel.feature_outer({row}, {grad}, _in, {_TF32}, BLOCK_M, BLOCK_F)"
 
     def render_feature_softmax_grad(self, e: Expr) -> str:
         y, grad = (self.render(a) for a in e.args)

@@ -255,6 +255,32 @@ def test_matrix_passes_in_bfloat16_follow_float32():
         torch.testing.assert_close(got.float(), want, rtol=3e-2, atol=3e-2 * float(want.abs().max()), msg=name)
 
 
+@pytest.mark.parametrize("precision, dtype, tf32", [("highest", torch.float32, False), ("high", torch.float32, True),
+                                                    ("highest", torch.bfloat16, True)])
+def test_matrix_products_follow_torch_float32_precision(monkeypatch, precision, dtype, tf32):
+    """A pass that holds a matrix multiplies in TF32 for half types and, for float32, exactly where
+    torch's own float32 matmuls do (torch.set_float32_matmul_precision), forward and backward; in IEEE
+    float32 otherwise."""
+    from attnspec.runtime import prologue
+
+    launched, start = [], prologue._rt.start
+    def recorded(kernel, *args, **kw):
+        if "_prologue_" in getattr(kernel, "__name__", getattr(getattr(kernel, "fn", None), "__name__", "")):
+            launched.append(kw.get("TF32"))
+        return start(kernel, *args, **kw)
+
+    monkeypatch.setattr(prologue._rt, "start", recorded)
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        tensors, names = _matrix_inputs(dtype)
+        _gradients(MATRICES, "triton", [x.clone().requires_grad_() for x in tensors], names)
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    # q's and k's passes hold a matrix, forward and backward; v's holds none
+    assert sorted(launched, key=str) == sorted([tf32] * 4 + [None] * 2, key=str), launched
+
+
 # softmax_rows reads every row of k: that statement is tensor code, forward and backward; q's and v's
 # statements keep their passes both ways, and the inputs sum what both give them
 ROWS_BESIDE = """

@@ -225,34 +225,35 @@ def row_dot(tile, w, in_f):
 
 
 @triton.jit
-def feature_mix(x, w, in_f, F, HALF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr):
+def feature_mix(x, w, in_f, F, TF32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr):
     """sum(x[g] * w[g, f] for g) over a prologue tile: x [R, F] at the features (the summed ones), w the
-    [F, F] matrix (rows g, columns f); the padding rows and columns count as 0. On tensor cores in TF32 for
-    a half-precision tensor (whose result rounds to fewer bits); in IEEE float32 for a float32 one (three
-    TF32 products would split an infinite entry into inf - inf = NaN)."""
+    [F, F] matrix (rows g, columns f); the padding rows and columns count as 0. With TF32 (a half-precision
+    tensor, whose result rounds to fewer bits, or float32 where torch's own matmuls use TF32) on tensor
+    cores in TF32; else in IEEE float32 (three TF32 products would split an infinite entry into
+    inf - inf = NaN)."""
     x = tl.where(in_f, x + tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.float32), 0.0)
     rows = tl.arange(0, BLOCK_F)[:, None]
     w = tl.where(rows < F, w + tl.zeros([BLOCK_F, BLOCK_F], dtype=tl.float32), 0.0)
-    if HALF:
+    if TF32:
         return tl.dot(x, w, input_precision="tf32")
     return tl.dot(x, w, input_precision="ieee")
 
 
 @triton.jit
-def feature_mix_t(g, w, in_f, F, HALF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr):
+def feature_mix_t(g, w, in_f, F, TF32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr):
     """The gradient of the row in sum(x[g] * w[g, f] for g) from g, that of the result ([R, F] at the
     features f): sum over f of g[f] w[gi, f] at each gi, the product with the matrix's transpose."""
-    return feature_mix(g, tl.trans(w + tl.zeros([BLOCK_F, BLOCK_F], dtype=tl.float32)), in_f, F, HALF, BLOCK_M, BLOCK_F)
+    return feature_mix(g, tl.trans(w + tl.zeros([BLOCK_F, BLOCK_F], dtype=tl.float32)), in_f, F, TF32, BLOCK_M, BLOCK_F)
 
 
 @triton.jit
-def feature_outer(x, g, inside, HALF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr):
+def feature_outer(x, g, inside, TF32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr):
     """The gradient of the matrix in sum(x[g] * w[g, f] for g) from a tile's rows: the sum over the rows
-    of x[g] g[f], [F (g), F (f)], the padding (outside `inside`) as 0. In TF32 for a half-precision
-    tensor, in IEEE float32 for a float32 one, as feature_mix."""
+    of x[g] g[f], [F (g), F (f)], the padding (outside `inside`) as 0; in TF32 or IEEE float32 as
+    feature_mix."""
     x = tl.where(inside, x + tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.float32), 0.0)
     g = tl.where(inside, g + tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.float32), 0.0)
-    if HALF:
+    if TF32:
         return tl.dot(tl.trans(x), g, input_precision="tf32")
     return tl.dot(tl.trans(x), g, input_precision="ieee")
 

@@ -117,12 +117,14 @@ def _launch_rows(kernel, x: torch.Tensor, outputs: tuple, args: tuple, programs:
                  matrix: bool = False, **constants) -> None:
     """One program per BLOCK_M rows of one (batch, head) of x, with all the features (or `programs`
     programs per (batch, head), each walking every programs-th tile of rows); MATRIX_WARPS warps for a
-    kernel that holds an [F, F] matrix."""
+    kernel that holds an [F, F] matrix, whose TF32 constexpr says how it multiplies."""
     batch, heads, rows, features = x.shape
     if x.numel() == 0:
         return
     block_m, block_f = _blocks(features)
     grid = (programs or triton.cdiv(rows, block_m), batch * heads)
+    if matrix:  # its products in TF32 where torch's own would be (half types; float32 as torch says)
+        constants["TF32"] = x.dtype != torch.float32 or _rt.tf32_products()
     _rt.start(jit(kernel), grid, x, *outputs, *x.stride(), heads, rows, features, *args,
               BLOCK_M=block_m, BLOCK_F=block_f, num_warps=MATRIX_WARPS if matrix else 4, **constants)
 

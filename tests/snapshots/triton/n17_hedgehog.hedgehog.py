@@ -80,7 +80,7 @@ def _prologue(q, k, v, wq, wk):
 @_launch.kernel
 def _hedgehog_prologue_q(
     _X, _Y, _sb, _sh, _sr, _sf, _HEADS, _ROWS, _F, _B, _H, _HKV, _SQ, _SKV, _D, wq, _wq_n0, _wq_n1, _wq_n2, _wq_s0, _wq_s1, _wq_s2,
-    BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, TF32: tl.constexpr,
 ):
     """q replaced row by row: a [BLOCK_M, BLOCK_F] tile of one (batch, head) per program."""
     _bh = tl.program_id(1)
@@ -91,7 +91,7 @@ def _hedgehog_prologue_q(
     _in = (_row < _ROWS) & _in_f
     _base = _X + _b.to(tl.int64) * _sb + _h.to(tl.int64) * _sh + _row.to(tl.int64) * _sr
     _x = tl.load(_base + _f * _sf, mask=_in, other=0.0).to(tl.float32)
-    _y = _kernel.feature_softmax((tl.where((_f < (_D // 2)), 1.0, -1.0) * _kernel.feature_mix(_x, tl.load(wq + _kernel.clamp(_h, 0, _wq_n0 - 1) * _wq_s0 + _kernel.clamp(tl.arange(0, BLOCK_F)[:, None], 0, _wq_n1 - 1) * _wq_s1 + _kernel.clamp(_kernel.floormod_or_zero(_f, (_D // 2)), 0, _wq_n2 - 1) * _wq_s2).to(tl.float32), _in_f, _F, _X.dtype.element_ty != tl.float32, BLOCK_M, BLOCK_F)), 2, _f, _in_f, _F, BLOCK_M, BLOCK_F)
+    _y = _kernel.feature_softmax((tl.where((_f < (_D // 2)), 1.0, -1.0) * _kernel.feature_mix(_x, tl.load(wq + _kernel.clamp(_h, 0, _wq_n0 - 1) * _wq_s0 + _kernel.clamp(tl.arange(0, BLOCK_F)[:, None], 0, _wq_n1 - 1) * _wq_s1 + _kernel.clamp(_kernel.floormod_or_zero(_f, (_D // 2)), 0, _wq_n2 - 1) * _wq_s2).to(tl.float32), _in_f, _F, TF32, BLOCK_M, BLOCK_F)), 2, _f, _in_f, _F, BLOCK_M, BLOCK_F)
     _out = _Y + (_bh.to(tl.int64) * _ROWS + _row.to(tl.int64)) * _F + _f
     tl.store(_out, (_y + tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.float32)).to(_Y.dtype.element_ty), mask=_in)
 
@@ -99,7 +99,7 @@ def _hedgehog_prologue_q(
 @_launch.kernel
 def _hedgehog_prologue_k(
     _X, _Y, _sb, _sh, _sr, _sf, _HEADS, _ROWS, _F, _B, _H, _HKV, _SQ, _SKV, _D, wk, _wk_n0, _wk_n1, _wk_n2, _wk_s0, _wk_s1, _wk_s2,
-    BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, TF32: tl.constexpr,
 ):
     """k replaced row by row: a [BLOCK_M, BLOCK_F] tile of one (batch, head) per program."""
     _bh = tl.program_id(1)
@@ -110,7 +110,7 @@ def _hedgehog_prologue_k(
     _in = (_row < _ROWS) & _in_f
     _base = _X + _b.to(tl.int64) * _sb + _h.to(tl.int64) * _sh + _row.to(tl.int64) * _sr
     _x = tl.load(_base + _f * _sf, mask=_in, other=0.0).to(tl.float32)
-    _y = _kernel.feature_softmax((tl.where((_f < (_D // 2)), 1.0, -1.0) * _kernel.feature_mix(_x, tl.load(wk + _kernel.clamp(_h, 0, _wk_n0 - 1) * _wk_s0 + _kernel.clamp(tl.arange(0, BLOCK_F)[:, None], 0, _wk_n1 - 1) * _wk_s1 + _kernel.clamp(_kernel.floormod_or_zero(_f, (_D // 2)), 0, _wk_n2 - 1) * _wk_s2).to(tl.float32), _in_f, _F, _X.dtype.element_ty != tl.float32, BLOCK_M, BLOCK_F)), 2, _f, _in_f, _F, BLOCK_M, BLOCK_F)
+    _y = _kernel.feature_softmax((tl.where((_f < (_D // 2)), 1.0, -1.0) * _kernel.feature_mix(_x, tl.load(wk + _kernel.clamp(_h, 0, _wk_n0 - 1) * _wk_s0 + _kernel.clamp(tl.arange(0, BLOCK_F)[:, None], 0, _wk_n1 - 1) * _wk_s1 + _kernel.clamp(_kernel.floormod_or_zero(_f, (_D // 2)), 0, _wk_n2 - 1) * _wk_s2).to(tl.float32), _in_f, _F, TF32, BLOCK_M, BLOCK_F)), 2, _f, _in_f, _F, BLOCK_M, BLOCK_F)
     _out = _Y + (_bh.to(tl.int64) * _ROWS + _row.to(tl.int64)) * _F + _f
     tl.store(_out, (_y + tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.float32)).to(_Y.dtype.element_ty), mask=_in)
 
@@ -132,7 +132,7 @@ def _prologue_kernels(q, k, v, wq, wk, skip=()):
 def _hedgehog_prologue_q_backward(
     _X, _DY, _DX, _sb, _sh, _sr, _sf, _HEADS, _ROWS, _F, _B, _H, _HKV, _SQ, _SKV, _D, wq, _wq_n0, _wq_n1, _wq_n2, _wq_s0, _wq_s1, _wq_s2, _g0, _o0,
 
-    BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, SITES: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, SITES: tl.constexpr, TF32: tl.constexpr,
 ):
     """The gradient of q before its statement, of wq from that of its result: each program walks [BLOCK_M, BLOCK_F] tiles of one (batch, head), every num_programs(0)-th, and sums its matrices' gradients over them."""
     _bh = tl.program_id(1)
@@ -151,15 +151,15 @@ def _hedgehog_prologue_q_backward(
         _r0 = (_D // 2)
         _r1 = (_f < _r0)
         _r2 = tl.where(_r1, 1.0, -1.0)
-        _r3 = _kernel.feature_mix(_x, _w0, _in_f, _F, _X.dtype.element_ty != tl.float32, BLOCK_M, BLOCK_F)
+        _r3 = _kernel.feature_mix(_x, _w0, _in_f, _F, TF32, BLOCK_M, BLOCK_F)
         _r4 = (_r2 * _r3)
         _r5 = _kernel.feature_softmax(_r4, 2, _f, _in_f, _F, BLOCK_M, BLOCK_F)
         _r6 = _kernel.feature_softmax_grad(_r5, _dy, 2, _f, _in_f, _F, BLOCK_M, BLOCK_F)
         _r7 = (_r6 * _r2)
-        _dx = _kernel.feature_mix_t(_r7, _w0, _in_f, _F, _X.dtype.element_ty != tl.float32, BLOCK_M, BLOCK_F)
+        _dx = _kernel.feature_mix_t(_r7, _w0, _in_f, _F, TF32, BLOCK_M, BLOCK_F)
         tl.store(_DX + _at * _F + _f, (_dx + tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.float32)).to(_DX.dtype.element_ty), mask=_in)
         if SITES:
-            _m0 += _kernel.feature_outer(_x, _r7, _in, _X.dtype.element_ty != tl.float32, BLOCK_M, BLOCK_F)
+            _m0 += _kernel.feature_outer(_x, _r7, _in, TF32, BLOCK_M, BLOCK_F)
     if SITES:
         _slot = _bh.to(tl.int64) * tl.num_programs(0) + tl.program_id(0)
         _slots = _slot * BLOCK_F * BLOCK_F + tl.arange(0, BLOCK_F)[:, None] * BLOCK_F + _f
@@ -173,7 +173,7 @@ def _hedgehog_prologue_q_backward(
 def _hedgehog_prologue_k_backward(
     _X, _DY, _DX, _sb, _sh, _sr, _sf, _HEADS, _ROWS, _F, _B, _H, _HKV, _SQ, _SKV, _D, wk, _wk_n0, _wk_n1, _wk_n2, _wk_s0, _wk_s1, _wk_s2, _g0, _o0,
 
-    BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, SITES: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, SITES: tl.constexpr, TF32: tl.constexpr,
 ):
     """The gradient of k before its statement, of wk from that of its result: each program walks [BLOCK_M, BLOCK_F] tiles of one (batch, head), every num_programs(0)-th, and sums its matrices' gradients over them."""
     _bh = tl.program_id(1)
@@ -192,15 +192,15 @@ def _hedgehog_prologue_k_backward(
         _r0 = (_D // 2)
         _r1 = (_f < _r0)
         _r2 = tl.where(_r1, 1.0, -1.0)
-        _r3 = _kernel.feature_mix(_x, _w0, _in_f, _F, _X.dtype.element_ty != tl.float32, BLOCK_M, BLOCK_F)
+        _r3 = _kernel.feature_mix(_x, _w0, _in_f, _F, TF32, BLOCK_M, BLOCK_F)
         _r4 = (_r2 * _r3)
         _r5 = _kernel.feature_softmax(_r4, 2, _f, _in_f, _F, BLOCK_M, BLOCK_F)
         _r6 = _kernel.feature_softmax_grad(_r5, _dy, 2, _f, _in_f, _F, BLOCK_M, BLOCK_F)
         _r7 = (_r6 * _r2)
-        _dx = _kernel.feature_mix_t(_r7, _w0, _in_f, _F, _X.dtype.element_ty != tl.float32, BLOCK_M, BLOCK_F)
+        _dx = _kernel.feature_mix_t(_r7, _w0, _in_f, _F, TF32, BLOCK_M, BLOCK_F)
         tl.store(_DX + _at * _F + _f, (_dx + tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.float32)).to(_DX.dtype.element_ty), mask=_in)
         if SITES:
-            _m0 += _kernel.feature_outer(_x, _r7, _in, _X.dtype.element_ty != tl.float32, BLOCK_M, BLOCK_F)
+            _m0 += _kernel.feature_outer(_x, _r7, _in, TF32, BLOCK_M, BLOCK_F)
     if SITES:
         _slot = _bh.to(tl.int64) * tl.num_programs(0) + tl.program_id(0)
         _slots = _slot * BLOCK_F * BLOCK_F + tl.arange(0, BLOCK_F)[:, None] * BLOCK_F + _f
