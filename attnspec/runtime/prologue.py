@@ -24,7 +24,8 @@ from .launch import jit
 
 VALUES_PER_PROGRAM = 2048  # rows x features of a program's tile: 16 values a thread on 4 warps
 # programs of a backward pass that sums a matrix's gradient (over all batches and heads, at least one
-# per (batch, head)): two per multiprocessor of the largest GPUs, each with an [F, F] float32 partial sum
+# per (batch, head)), each with an [F, F] float32 partial sum: two per multiprocessor of the GPU (this
+# many where there is none: the largest GPUs' 132 multiprocessors)
 MATRIX_PROGRAMS = 264
 # warps of a pass that holds an [F, F] float32 matrix (and in its backward, the matrix's gradient): on
 # 4 warps, Hedgehog's backward passes spilled 240 bytes at D = 128 on sm_90a, on 8 none (docs/triton.md)
@@ -63,7 +64,7 @@ def row_pass_backward(kernel, x: torch.Tensor, dy: torch.Tensor, args: tuple, le
     tiles = triton.cdiv(rows, block_m)
     # a load inside a matrix: each program sums its tiles' products into one [F, F] slot, so fewer
     # programs, each walking several tiles, keep those partial sums small
-    walkers = min(tiles, triton.cdiv(MATRIX_PROGRAMS, batch * heads)) if "matrix" in levels else tiles
+    walkers = min(tiles, triton.cdiv(_matrix_programs(x.device), batch * heads)) if "matrix" in levels else tiles
     slots = {"program": 1, "row": block_m, "feature": block_f, "element": block_m * block_f}
     sizes = [walkers * block_f * block_f if level == "matrix" else tiles * slots[level] for level in levels]
     parts = [(torch.zeros(size * batch * heads if sites else 1, dtype=torch.float32, device=x.device),
@@ -95,6 +96,12 @@ def add_sites(grads: dict, sites: tuple, parts: list) -> None:
         if name not in grads:
             grads[name] = torch.zeros(tensor.shape, dtype=torch.float32, device=tensor.device)
         _rt.add_partials([grads[name]], [part])
+
+
+def _matrix_programs(device: torch.device) -> int:
+    if device.type == "cuda":
+        return 2 * torch.cuda.get_device_properties(device).multi_processor_count
+    return MATRIX_PROGRAMS
 
 
 def summed(grad: torch.Tensor | None, more: torch.Tensor) -> torch.Tensor:
