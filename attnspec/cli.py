@@ -250,7 +250,8 @@ def cmd_show(args) -> int:
     from .figure import picture_format
     from .given import parse_given
     from .printer import print_spec
-    from .show import MAX_LENGTH, analyse_tiles, ascii_mask, band_report, draw_mask, drawing_sizes, flex_report, tile_report, triton_report
+    from .show import (MAX_LENGTH, analyse_tiles, ascii_mask, band_report, draw_mask, drawing_sizes, flex_report, row_map_report,
+                       tile_report, triton_report)
 
     for option, value in (("--sq", args.sq), ("--skv", args.skv)):
         if value is not None and not 1 <= value <= MAX_LENGTH:
@@ -285,7 +286,7 @@ def cmd_show(args) -> int:
         print("# (too large to draw in the terminal; use --png)")
     analysis = analyse_tiles(lowered, drawing.sizes, args.block, drawing.args)
     reports = band_report(lowered, drawing.sizes, drawing.args) + tile_report(lowered, analysis, given=given)
-    for line in reports + flex_report(lowered) + triton_report(lowered):
+    for line in reports + flex_report(lowered) + triton_report(lowered) + row_map_report(lowered):
         print(line)
     if args.png:
         _write_picture(args.png, lowered, Path(program.source_name).name, drawing, analysis)

@@ -368,3 +368,33 @@ def triton_report(spec: Spec) -> list[str]:
         return [f"# triton target: key tiles in closed form in the kernel ({what} per row, no table)"]
     source = f"the tile analysis and the selection's {blocks[0]}x{blocks[1]} blocks" if blocks else "the tile analysis"
     return [f"# triton target: key tiles from a block table of {source} (built at the call, or once by build_schedule)"]
+
+
+def row_map_report(spec: Spec) -> list[str]:
+    """How the triton target runs the prologue, the per-row values and the epilogue, each way: a
+    generated pass over the rows, or the module's tensor code (and autograd of it)."""
+    from .codegen import rowmap_triton as plans
+
+    backward = plans.backward_kernel_plan(spec)
+    with_pass = {s["target"] for s in backward["prologue"] if not s["dense"]}
+    inference = " (or, without gradients, in the forward kernel)"
+    parts = []
+    for step in plans.prologue_kernel_plan(spec):
+        if step["dense"]:
+            parts.append(f"prologue {step['target']}: tensor code both ways (it reads other rows)")
+            continue
+        fused = inference if step["target"] == "q" and plans.fused_q_prologue(spec) else ""
+        back = "a backward pass" if step["target"] in with_pass else "autograd of its tensor code"
+        parts.append(f"prologue {step['target']}: a pass{fused}, {back}")
+    values = [i.name for i in spec.inputs if i.computed is not None]
+    if values and not plans.row_value_kernel_plan(spec):
+        parts.append(f"per-row {', '.join(values)}: tensor code both ways (a per-row table among them)")
+    elif values:
+        fused = {v["name"] for v in plans.fused_q_values(spec)}
+        back = "backward passes" if backward["row_values"] else "autograd of their tensor code"
+        where = f" (or, without gradients, in the forward kernel: {', '.join(sorted(fused))})" if fused else ""
+        parts.append(f"per-row {', '.join(values)}: passes{where}, {back}")
+    if spec.epilogue is not None:
+        fused = inference if plans.fused_epilogue(spec) else ""
+        parts.append(f"epilogue: a pass{fused}, a backward pass" if plans.epilogue_kernel_plan(spec) else "epilogue: tensor code both ways")
+    return [f"# triton target: {part}" for part in parts]

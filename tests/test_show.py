@@ -319,3 +319,24 @@ def test_show_refuses_files_that_are_not_plain_tensors(tmp_path, capsys):
     torch.save(torch.ones(2), tmp_path / "t.pt")
     code, _, err = run(capsys, "show", path, "--inputs", tmp_path / "t.pt")
     assert code == 2 and "holds a Tensor, not a dict of named values" in err
+
+
+# ---------------------------------------------------------------- how the triton target runs the row maps
+
+
+@pytest.mark.parametrize("example, lines", [
+    ("n17_hedgehog", ["prologue q: a pass, a backward pass", "prologue k: a pass, a backward pass"]),
+    ("n05_inline", ["prologue q: a pass (or, without gradients, in the forward kernel), a backward pass",
+                    "prologue k: tensor code both ways (it reads other rows)",
+                    "epilogue: a pass (or, without gradients, in the forward kernel), a backward pass"]),
+    ("n09_affine_scaled", ["per-row alpha, beta: passes (or, without gradients, in the forward kernel: alpha, beta), backward passes",
+                           "epilogue: a pass (or, without gradients, in the forward kernel), a backward pass"]),
+    ("s02_deberta", ["per-row c2p, p2c: tensor code both ways (a per-row table among them)"]),
+    ("b01_causal", []),
+])
+def test_show_says_how_the_triton_target_runs_the_row_maps(example, lines, capsys):
+    code, out, err = run(capsys, "show", REPO / "examples" / f"{example}.attn", "--sq", 4)
+    assert code == 0, err
+    found = [line.removeprefix("# triton target: ") for line in out.splitlines()
+             if line.startswith("# triton target: ") and "key tiles" not in line]
+    assert found == lines
