@@ -98,11 +98,6 @@ class _SpecBuilder:
         _computed_reads(spec)
         for step in spec.prologue + ((spec.epilogue,) if spec.epilogue else ()):
             infer(step.value, spec)
-            if step.target in ("q", "k") and spec.selection is not None and spec.selection.dynamic:
-                raise AttnError(
-                    f"a prologue of {step.target} with a data-dependent block selection is not supported yet",
-                    step.span, "the block scores would have to read the vectors after the prologue",
-                )
         return spec
 
     def param_decl(self, tree: Tree) -> None:

@@ -110,6 +110,7 @@ class SelectionPlan:
     causal: bool
     scope: str  # head | kv_head
     always: str | None  # blocks always visited
+    after_prologue: bool  # a data-dependent score of a spec with a q or k prologue: it reads them after it
 
 
 @dataclass(frozen=True)
@@ -247,6 +248,7 @@ def _selection_plan(sel, r: DenseRenderer) -> SelectionPlan:
         causal=sel.causal,
         scope=sel.scope,
         always=_optional(r, sel.always),
+        after_prologue=sel.dynamic and any(step.target in ("q", "k") for step in r.spec.prologue),
     )
 
 

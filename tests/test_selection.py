@@ -522,3 +522,66 @@ def test_block_sizes_from_shape_symbols_are_rejected_or_work():
         return
     q, k, v = rand_qkv(B=1, H=1, SQ=8, SKV=8)
     assert mod.select(q, k).block_mask.shape == (1, 1, 2, 2)
+
+
+# ------------------------------------------------------------------ scores after the prologue
+
+ROPE_SELECT = """
+attention rope_select {
+    input g: float32[HKV, D] learnable
+    prologue q[i, f] = rope(q, 0.3 * float(i) * float(f + 1))
+    prologue k[j, f] = rope(k * g[h, f], 0.3 * float(j) * float(f + 1))
+    prologue v = v * 2.0
+    mask kv <= q + (SKV - SQ)
+    select blocks(q = 4, kv = 3) top(2) by dot(mean(q), max(k)) causal per kv_head always kv_block == 0
+}
+"""
+
+
+def _rotated(x, scale=0.3):
+    """rope as docs/language.md defines it, by loops over feature pairs: pair (f, f + D/2) turns by the
+    angle at f."""
+    out = x.clone()
+    half = x.shape[-1] // 2
+    for row in range(x.shape[2]):
+        for f in range(half):
+            a = scale * row * (f + 1)
+            c, s = math.cos(a), math.sin(a)
+            out[:, :, row, f] = x[:, :, row, f] * c - x[:, :, row, f + half] * s
+            out[:, :, row, f + half] = x[:, :, row, f + half] * c + x[:, :, row, f] * s
+    return out
+
+
+def test_block_scores_read_q_and_k_after_their_prologue():
+    """A data-dependent selection pools q and k after their prologue statements: select(q, k) takes them
+    as attention() does and applies the statements itself."""
+    mod = attnspec.compile(ROPE_SELECT)
+    q, k, v = rand_qkv(B=1, H=4, HKV=2, SQ=10, SKV=13, D=4, seed=9)
+    g = torch.randn(2, 4, generator=torch.Generator().manual_seed(1), dtype=F64)
+    pq, pk = _rotated(q), _rotated(k * g[None, :, None, :])
+    keep = torch.ones(1, 4, 10, 13, dtype=torch.bool).tril(13 - 10)
+    want = expected_selection(dot_scores(pq, pk, 4, 3, "mean", "max"), keep, 4, 3, "top", 2, causal=True,
+                              scope="kv_head", always=lambda b, h, i, j: j == 0, HKV=2)
+    assert torch.equal(mod.select(q, k, g=g).block_mask, want)
+    # attention() selects from the same vectors: passing that selection changes nothing
+    out = mod.attention(q, k, v, g=g)
+    assert torch.equal(out, mod.attention(q, k, v, g=g, selection=mod.select(q, k, g=g)))
+
+
+@pytest.mark.parametrize("target", ["flex", "triton"])
+def test_every_target_selects_after_the_prologue(target, monkeypatch):
+    """flex and triton select from q and k as attention() takes them (build_block_mask, build_schedule),
+    so they attend over the reference's blocks, forward and backward."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    source = ROPE_SELECT.replace("blocks(q = 4, kv = 3)", "blocks(q = 16, kv = 32)")
+    reference, module = attnspec.compile(source, "reference"), attnspec.compile(source, target)
+    gen = torch.Generator().manual_seed(4)
+    q, k, v = torch.randn(1, 4, 70, 16, generator=gen), torch.randn(1, 2, 90, 16, generator=gen), torch.randn(1, 2, 90, 8, generator=gen)
+    g = torch.rand(2, 16, generator=gen) + 0.5
+    grads = []
+    for mod, dtype in [(module, torch.float32), (reference, F64)]:
+        leaves = [x.detach().to(dtype).requires_grad_() for x in (q, k, v, g)]
+        mod.attention(*leaves[:3], g=leaves[3]).square().sum().backward()
+        grads.append([x.grad.double() for x in leaves])
+    for name, got, exact in zip(["q", "k", "v", "g"], *grads):
+        torch.testing.assert_close(got, exact, rtol=1e-4, atol=1e-5 * float(exact.abs().max()), msg=name)

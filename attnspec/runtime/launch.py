@@ -40,6 +40,7 @@ class Kernels:
     kept_sum: bool  # the epilogue reads sum_kept(v): the forward kernel also returns it, the kept kernel takes its gradient
     table_tiles: bool  # the kernels pick per-pair entries of per-row tables from tiles: narrower backward tiles
     selection_blocks: tuple[int, int] | None  # a data-dependent selection's blocks: their tiles are candidates too
+    selects_after_prologue: bool  # build_schedule's selection reads q and k after the prologue (_prologued)
     logit_scale: Callable  # (q, k, params) -> the scale
     input_names: tuple[str, ...]  # the spec's inputs, in kernel-argument order
     computed_inputs: tuple[str, ...]  # those the module computes (per-row values): not build_schedule's
@@ -260,11 +261,14 @@ def _typed(kernels: Kernels, params: list[float]) -> tuple:
 
 
 def _schedule(kernels: Kernels, q, k, inputs, params, selection=None):
-    """The module's build_schedule, called with the inputs and params by name."""
+    """The module's build_schedule, called with the inputs and params by name, and q and k after the
+    prologue (with the per-row values computed from them)."""
     named = dict(zip(kernels.input_names + kernels.param_names, tuple(inputs) + tuple(params)))
     computed = tuple(named.pop(name) for name in kernels.computed_inputs)  # from q and k after the prologue
     if kernels.schedule_reads_values:
-        return kernels.build_schedule(q, k, **named, selection=selection, _row_values=computed)
+        named["_row_values"] = computed
+    if kernels.selects_after_prologue:  # q and k come after the prologue already
+        named["_prologued"] = True
     return kernels.build_schedule(q, k, **named, selection=selection)
 
 

@@ -124,8 +124,7 @@ def _body(draw, env: Env) -> list[str]:
         _normalize(draw, env),
         _select(draw, env),
     ]
-    pooled = bool(singles[3]) and " by " in singles[3]  # a data-dependent selection pools q and k
-    prologues, epilogue = _prologues(draw, env, pooled), _epilogue(draw, env)
+    prologues, epilogue = _prologues(draw, env), _epilogue(draw, env)
     return prologues + masks + mods + [s for s in singles + [epilogue] if s]
 
 

@@ -298,11 +298,11 @@ PROLOGUE_TEMPLATES = ((3, _rope), (2, _unit), (1, _rms), (2, _affine), (1, _mixe
                       (1, _projection))
 
 
-def _prologues(draw, env: Env, vectors_pooled: bool) -> list[str]:
-    """Zero to three prologues; none of q or k where a data-dependent selection pools them."""
+def _prologues(draw, env: Env) -> list[str]:
+    """Zero to three prologues (a data-dependent selection pools q and k after theirs)."""
     lines = []
     for target in ("q", "k", "v"):
-        if not _chance(draw, 12) or (vectors_pooled and target != "v"):
+        if not _chance(draw, 12):
             continue
         # rope pairs D features, a projection is D x D
         templates = PROLOGUE_TEMPLATES[1:-1] if target == "v" else PROLOGUE_TEMPLATES

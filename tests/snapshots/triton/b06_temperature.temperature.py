@@ -455,6 +455,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     kept_sum=False,
     table_tiles=False,
     selection_blocks=SELECTION_BLOCKS,
+    selects_after_prologue=False,
     logit_scale=_logit_scale,
     input_names=(),
     schedule_reads_values=False,

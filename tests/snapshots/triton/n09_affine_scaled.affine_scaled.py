@@ -819,6 +819,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     kept_sum=True,
     table_tiles=False,
     selection_blocks=SELECTION_BLOCKS,
+    selects_after_prologue=False,
     logit_scale=_logit_scale,
     input_names=("w_alpha", "w_beta", "alpha", "beta", ),
     schedule_reads_values=False,
