@@ -347,13 +347,21 @@ class _ExprBuilder:
         return Expr("feature_softmax", (self.build(arg_trees[0]),), groups, span)
 
     def _is_pooling(self, name: str, arg_trees) -> bool:
-        """mean(...) always pools; max and min with one argument pool q or k, or anything in a select score."""
+        """mean(...) always pools; max and min with one argument pool q, k or a per-row value, or anything
+        in a select score."""
         if name not in bi.POOL_REDUCTIONS:
             return False
-        return name == "mean" or (len(arg_trees) == 1 and (self.pool or _pool_operand(arg_trees[0])))
+        return name == "mean" or (len(arg_trees) == 1 and (self.pool or self._poolable(arg_trees[0])))
+
+    def _poolable(self, tree) -> bool:
+        """q, k, or a per-row value (`let t per q`: one number per row): what a block score pools."""
+        if _pool_operand(tree):
+            return True
+        decl = self.spec.inputs.get(str(tree.children[0])) if isinstance(tree, Tree) and tree.data == "name" else None
+        return decl is not None and decl.computed is not None and not is_row_table(decl)
 
     def _pool(self, reduction: str, arg_trees, span):
-        if len(arg_trees) != 1 or not _pool_operand(arg_trees[0]):
+        if len(arg_trees) != 1 or not self._poolable(arg_trees[0]):
             raise self._bad_pool(reduction, arg_trees, span)
         operand = str(arg_trees[0].children[0])
         if not self.pool:
@@ -365,14 +373,15 @@ class _ExprBuilder:
         return Expr("pool", value=(reduction, operand), span=span)
 
     def _bad_pool(self, reduction: str, arg_trees, span) -> AttnError:
-        """mean(...) and one-argument max/min pool a tensor, but only the bare q or k."""
+        """mean(...) and one-argument max/min pool a tensor, but only the bare q or k (or a per-row value)."""
         where = self.spec.span_of(arg_trees[0]) if len(arg_trees) == 1 else span
-        hint = f"write {reduction}(q) or {reduction}(k), then compute on the vectors: dot(2 * {reduction}(q), {reduction}(k))"
+        hint = (f"write {reduction}(q) or {reduction}(k), then compute on the vectors: dot(2 * {reduction}(q), {reduction}(k));"
+                f" or pool a per-row value: let t per k = norm(k), then {reduction}(t)")
         if reduction != "mean":
             hint += f"; {reduction}(a, b) with two arguments is the number function"
         if not self.pool:
             hint = "pooling exists only in a select score: select blocks(q = 64, kv = 64) top(k) by dot(mean(q), mean(k))"
-        return AttnError(f"{reduction}(...) pools only the bare tensor q or k", where, hint)
+        return AttnError(f"{reduction}(...) pools only the bare tensor q or k, or a per-row value", where, hint)
 
     def _binop(self, tree, span):
         left, op_tok, right = tree.children

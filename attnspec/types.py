@@ -33,8 +33,8 @@ def _rule(expr: Expr, types: list[str], spec: Spec) -> str:
         return "float"
     if op == "param":
         return spec.param(expr.value).type
-    if op == "pool":
-        return "vec"
+    if op == "pool":  # a pooled q or k is a vector; a pooled per-row value, a number per block
+        return "vec" if expr.value[1] in bi.POOL_OPERANDS else "float"
     if op in ("vector", "row", "feature", "entry", "feature_in", "feature_sum", "feature_norm", "rope", "kept_sum") + WHOLE_ROW_OPS:
         return _prologue_op(expr, types)
     if op == "partner":  # passes/adjoint.py's: a value at the feature's rope partner

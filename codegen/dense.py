@@ -106,7 +106,7 @@ class SelectionPlan:
     keep: str | None  # the static rule
     amount: str | None  # k, the threshold or the share
     score: str | None  # the block score
-    pools: list[dict]  # {reduction, operand} of every pooled q or k the score reads
+    pools: list[dict]  # {reduction, operand, of} of every pooled q, k or per-row value (of q or k) the score reads
     causal: bool
     scope: str  # head | kv_head
     always: str | None  # blocks always visited
@@ -244,12 +244,17 @@ def _selection_plan(sel, r: DenseRenderer) -> SelectionPlan:
         keep=_optional(r, sel.keep),
         amount=_optional(r, sel.amount),
         score=_optional(r, sel.score),
-        pools=[{"reduction": red, "operand": operand} for red, operand in pools],
+        pools=[{"reduction": red, "operand": operand, "of": _pooled_rows(r.spec, operand)} for red, operand in pools],
         causal=sel.causal,
         scope=sel.scope,
         always=_optional(r, sel.always),
         after_prologue=sel.dynamic and any(step.target in ("q", "k") for step in r.spec.prologue),
     )
+
+
+def _pooled_rows(spec: Spec, operand: str) -> str:
+    """Whose rows a pooled operand has: q or k itself, or a per-row value's tensor."""
+    return operand if operand in ("q", "k") else spec.input(operand).computed.target
 
 
 def _safe_comment(text: str) -> str:

@@ -363,7 +363,7 @@ def test_pooling_an_expression_says_pool_the_bare_tensor(score, reduction, caret
     text = f"attention s {{\n    select blocks(q = 16, kv = 16) top(2) by {score}\n}}\n"
     head, line, carets, hint = _error_for(text).split("\n")
     col = line.rindex(caret) - 4 + 1
-    assert head == f"<string>:2:{col}: error: {reduction}(...) pools only the bare tensor q or k"
+    assert head == f"<string>:2:{col}: error: {reduction}(...) pools only the bare tensor q or k, or a per-row value"
     assert carets == "    " + " " * (col - 1) + "^" * len(caret)
     assert hint.startswith(f"hint: write {reduction}(q) or {reduction}(k), then compute on the vectors")
 
@@ -375,7 +375,7 @@ def test_one_argument_max_outside_a_select_score_is_still_an_arity_error():
 
 def test_mean_of_an_expression_outside_a_select_score_points_at_select():
     lines = _error_for("attention s {\n    score = mean(score)\n}\n").split("\n")
-    assert lines[0] == "<string>:2:18: error: mean(...) pools only the bare tensor q or k"
+    assert lines[0] == "<string>:2:18: error: mean(...) pools only the bare tensor q or k, or a per-row value"
     assert lines[3].startswith("hint: pooling exists only in a select score")
 
 

@@ -109,7 +109,7 @@ COVERAGE = {
     "per scope": r" per (head|kv_head)",
     "separate denominator": r"normalize rownorm\(.*, den = ",
     "per-row value": r"^\s*let \w+ per (q|k)\b",
-    "prologue under a selection": r"(?s)^\s*prologue (q|k)\b.*^\s*select blocks\(.*\) (top|threshold|share)\(.* by ",
+    "pooled per-row value": r"^\s*select blocks\(.*\) .* by .*(mean|max|min)\((warmth|gain_row|focus)\d+\)",
     "learnable matrix": r"^\s*prologue (q|k)\[r, f\] = (softmax\()?sum\((q|k)\[g\] \* proj_",
     "sum_kept in the epilogue": r"^\s*epilogue .*sum_kept\(v\)",
     "per-row value in a mask": r"^\s*mask .* and (warmth|gain_row|focus)\d+ >= ",  # ROW_VALUE_NAMES

@@ -585,3 +585,62 @@ def test_every_target_selects_after_the_prologue(target, monkeypatch):
         grads.append([x.grad.double() for x in leaves])
     for name, got, exact in zip(["q", "k", "v", "g"], *grads):
         torch.testing.assert_close(got, exact, rtol=1e-4, atol=1e-5 * float(exact.abs().max()), msg=name)
+
+
+# ------------------------------------------------------------------ pooled per-row values
+
+VALUE_SELECT = """
+attention value_select {
+    input g: float32[HKV, D] learnable
+    prologue k[j, f] = rope(k * g[h, f], 0.3 * float(j) * float(f + 1))
+    let kn per k = norm(k)
+    let qs per q[i, f] = sum(q) / float(D)
+    mask kv <= q + (SKV - SQ)
+    select blocks(q = 4, kv = 3) top(2) by dot(mean(q), mean(k)) + mean(kn) - 0.5 * max(qs) + min(kn) causal
+    score = score + 0.1 * kn
+}
+"""
+
+
+def test_block_scores_pool_per_row_values():
+    """mean(t), max(t), min(t) of a per-row value pool its numbers per block (over the valid rows), from
+    q and k after the prologue, beside the pooled vectors."""
+    mod = attnspec.compile(VALUE_SELECT)
+    q, k, v = rand_qkv(B=2, H=2, HKV=1, SQ=10, SKV=14, D=4, seed=11)
+    g = torch.randn(1, 4, generator=torch.Generator().manual_seed(2), dtype=F64)
+    pk = _rotated(k * g[None, :, None, :])
+    kn, qs = pk.norm(dim=-1, keepdim=True), q.sum(-1, keepdim=True) / 4
+    scores = (dot_scores(q, pk, 4, 3) + pool_ref(kn, 3, "mean").transpose(-1, -2) - 0.5 * pool_ref(qs, 4, "max")
+              + pool_ref(kn, 3, "min").transpose(-1, -2))
+    keep = torch.ones(2, 2, 10, 14, dtype=torch.bool).tril(14 - 10)
+    want = expected_selection(scores, keep, 4, 3, "top", 2, causal=True)
+    assert torch.equal(mod.select(q, k, g=g).block_mask, want)
+
+
+@pytest.mark.parametrize("target", ["flex", "triton"])
+def test_every_target_selects_by_pooled_values(target, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    source = VALUE_SELECT.replace("blocks(q = 4, kv = 3)", "blocks(q = 16, kv = 32)")
+    reference, module = attnspec.compile(source, "reference"), attnspec.compile(source, target)
+    gen = torch.Generator().manual_seed(6)
+    q, k, v = torch.randn(1, 4, 70, 16, generator=gen), torch.randn(1, 2, 90, 16, generator=gen), torch.randn(1, 2, 90, 8, generator=gen)
+    g = torch.rand(2, 16, generator=gen) + 0.5
+    assert torch.equal(module.select(q, k, g=g).block_mask, reference.select(q.double(), k.double(), g=g.double()).block_mask)
+    grads = []
+    for mod, dtype in [(module, torch.float32), (reference, F64)]:
+        leaves = [x.detach().to(dtype).requires_grad_() for x in (q, k, v, g)]
+        mod.attention(*leaves[:3], g=leaves[3]).square().sum().backward()
+        grads.append([x.grad.double() for x in leaves])
+    for name, got, exact in zip(["q", "k", "v", "g"], *grads):
+        torch.testing.assert_close(got, exact, rtol=1e-4, atol=1e-5 * float(exact.abs().max()), msg=name)
+
+
+@pytest.mark.parametrize("line, message", [
+    ("select blocks(q = 4, kv = 4) top(1) by mean(t)", "pools only the bare tensor q or k"),  # a table
+    ("score = score + mean(kn)", "pools a whole block; it is only allowed in a select score"),
+])
+def test_pooling_a_table_or_outside_a_block_score_is_refused(line, message):
+    source = ("attention p {\n    let kn per k = norm(k)\n    let t[r: 3] per k[j, f] = sum(k) * float(r)\n"
+              f"    {line}\n    score = score + t[0] + kn\n}}\n")
+    with pytest.raises(attnspec.AttnError, match=message):
+        attnspec.compile(source)

@@ -534,3 +534,27 @@ def test_head_dims_up_to_256(d, dv):
     args64 = sample_arguments(spec, Sizes(B=1, H=2, HKV=1, SQ=70, SKV=90, D=d, DV=dv), F64, seed=d + dv)
     for dtype in DTYPES:
         assert_agrees(*run_both(reference, kernel, spec, args64, dtype), f"D={d} DV={dv} {dtype}")
+
+
+def test_weights_that_ignore_the_score_leave_q_and_k_without_gradient():
+    """Weights that never read the score (a constant elementwise weight): the output does not depend
+    on q and k, whose gradients are None as autograd gives them on the reference, not zeros (found
+    by fuzzing); v and a learnable gate still get theirs."""
+    source = """
+attention constant_weights {
+    input gate: float32[H] learnable
+    mask kv <= q + (SKV - SQ)
+    normalize elementwise(0.25)
+    epilogue out = out * sigmoid(gate[h])
+}"""
+    gen = torch.Generator().manual_seed(0)
+    q, k, v, gate = torch.randn(1, 2, 9, 16, generator=gen), torch.randn(1, 2, 9, 16, generator=gen), torch.randn(1, 2, 9, 8, generator=gen), torch.randn(2, generator=gen)
+    found = {}
+    for target, dtype in [("triton", torch.float32), ("reference", torch.float64)]:
+        leaves = [x.detach().to(dtype).requires_grad_() for x in (q, k, v, gate)]
+        attnspec.compile(source, target).attention(*leaves[:3], gate=leaves[3]).square().sum().backward()
+        found[target] = [x.grad for x in leaves]
+    assert found["reference"][0] is None and found["reference"][1] is None
+    assert found["triton"][0] is None and found["triton"][1] is None
+    for got, exact in zip(found["triton"][2:], found["reference"][2:]):
+        torch.testing.assert_close(got.double(), exact, rtol=1e-5, atol=1e-6)

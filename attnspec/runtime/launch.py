@@ -39,6 +39,7 @@ class Kernels:
     check_nonnegative: str | None  # the rule a negative denominator term breaks, where the kernel checks it
     kept_sum: bool  # the epilogue reads sum_kept(v): the forward kernel also returns it, the kept kernel takes its gradient
     table_tiles: bool  # the kernels pick per-pair entries of per-row tables from tiles: narrower backward tiles
+    scores_read: bool  # the weights read the score: else q and k get no gradient through it (None, as autograd gives)
     selection_blocks: tuple[int, int] | None  # a data-dependent selection's blocks: their tiles are candidates too
     selects_after_prologue: bool  # build_schedule's selection reads q and k after the prologue (_prologued)
     logit_scale: Callable  # (q, k, params) -> the scale
@@ -210,8 +211,9 @@ def backward(kernels: Kernels, q, k, v, out, stats, dout, dlse, dvsum, inputs, p
 
     _rt.launch(run, kernels.spec_name + " backward", q, v, (SQ, SKV), backward=True, blocks=kernels.selection_blocks,
                narrow=kernels.table_tiles)
+    scored = kernels.scores_read  # else the output does not depend on q and k through the score
     return (
-        gq.to(q.dtype), gk.to(k.dtype), gv.to(v.dtype),
+        gq.to(q.dtype) if scored else None, gk.to(k.dtype) if scored else None, gv.to(v.dtype),
         *(_rt.input_gradient(grads[name], t) if name in grads else None for name, t in by_name.items()),
     )
 
@@ -307,7 +309,8 @@ def _register(kernels: Kernels, name: str) -> Callable:
     @backward_op.register_fake
     def _(q, k, v, out, stats, dout, dlse, dvsum, inputs, params):
         grads = {n: t for n, t in zip(kernels.input_names, inputs) if n in kernels.grad_inputs}
-        return [torch.empty_like(q), torch.empty_like(k), torch.empty_like(v),
+        scored = kernels.scores_read  # else no gradient of q and k: an empty tensor stands for None
+        return [torch.empty_like(q) if scored else q.new_empty(0), torch.empty_like(k) if scored else q.new_empty(0), torch.empty_like(v),
                 *(torch.empty_like(t) if n in grads else q.new_empty(0) for n, t in zip(kernels.input_names, inputs))]
 
     def setup_context(ctx, inputs, output):
@@ -322,6 +325,8 @@ def _register(kernels: Kernels, name: str) -> Callable:
             dlse = None
         grads = backward_op(q, k, v, out, stats, dout.to(q.dtype), dlse, dvsum if kernels.kept_sum else None, tensors, ctx.params)
         dq, dk, dv, *dinputs = grads
+        if not kernels.scores_read:
+            dq = dk = None
         named = [g if n in kernels.grad_inputs else None for n, g in zip(kernels.input_names, dinputs)]
         return dq, dk, dv, named, (None if ctx.params else []), None  # the structure of the arguments' tree
 

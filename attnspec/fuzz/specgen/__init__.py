@@ -125,7 +125,8 @@ def _body(draw, env: Env) -> list[str]:
         _select(draw, env),
     ]
     prologues, epilogue = _prologues(draw, env), _epilogue(draw, env)
-    return prologues + masks + mods + [s for s in singles + [epilogue] if s]
+    lines = [s for s in singles + [epilogue] if s]
+    return prologues + masks + mods + [line for s in lines for line in ([s] if isinstance(s, str) else s)]
 
 
 def _render(draw, lines: list[str]) -> str:

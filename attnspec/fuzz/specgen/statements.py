@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from .declarations import _divisor_knob, _float_knob, _int_knob
+from .declarations import ROW_VALUE_NAMES, _divisor_knob, _float_knob, _int_knob
 from .terms import (
     AMOUNT,
     BLOCK_RULE,
@@ -393,6 +393,21 @@ def _block_score(draw, env: Env) -> str:
     return score.text
 
 
+def _pooled_value(draw, env: Env) -> tuple[list[str], str]:
+    """(lines, term): a per-row value pooled per block, `+ 0.5 * mean(t)`, of a value the spec has, or of
+    one declared here (its `let` line), or nothing."""
+    values = [t.text for t in env.floats if "row_value" in t.needs]
+    if not _chance(draw, 40):
+        return [], ""
+    lines = []
+    if not values or _chance(draw, 30):
+        target = draw(st.sampled_from(("q", "k")))
+        name = env.fresh(draw(st.sampled_from(ROW_VALUE_NAMES)))
+        lines.append(f"let {name} per {target} = tanh(norm({target}) / sqrt(float(D)))")
+        values = [name]
+    return lines, f" + 0.5 * {draw(st.sampled_from(('mean', 'max', 'min')))}({draw(st.sampled_from(values))})"
+
+
 def _amount(draw, env: Env, criterion: str) -> str:
     """k of top(k), t of threshold(t), p of share(p): in range when known at compile time."""
     if criterion == "top":
@@ -417,10 +432,11 @@ def _static_select(draw, env: Env) -> str:
     return f"select {_blocks(draw, env)} keep {_block_rule(draw, env)}"
 
 
-def _dynamic_select(draw, env: Env) -> str:
+def _dynamic_select(draw, env: Env) -> list[str]:
     criterion = _pick(draw, (3, "top"), (1, "threshold"), (1, "share"))
-    head = f"select {_blocks(draw, env)} {criterion}({_amount(draw, env, criterion)}) by {_block_score(draw, env)}"
-    return " ".join([head] + _options(draw, env))
+    lets, pooled = _pooled_value(draw, env)
+    head = f"select {_blocks(draw, env)} {criterion}({_amount(draw, env, criterion)}) by {_block_score(draw, env)}{pooled}"
+    return lets + [" ".join([head] + _options(draw, env))]
 
 
 def _blocks(draw, env: Env) -> str:
@@ -428,8 +444,9 @@ def _blocks(draw, env: Env) -> str:
     return f"blocks(kv = {kv}, q = {q})" if _chance(draw, 10) else f"blocks(q = {q}, kv = {kv})"
 
 
-def _select(draw, env: Env) -> str | None:
-    """No selection, a static one, or a data-dependent one (not where a mask reads a per-row value)."""
+def _select(draw, env: Env) -> str | list[str] | None:
+    """No selection, a static one, or a data-dependent one (not where a mask reads a per-row value;
+    with the let of a per-row value its score pools, where it declares one)."""
     dynamic = (lambda: _static_select(draw, env)) if env.masks_read_values else (lambda: _dynamic_select(draw, env))
     return _pick(draw, (4, lambda: None), (3, lambda: _static_select(draw, env)), (4, dynamic))()
 

@@ -456,6 +456,7 @@ KERNELS = _launch.Kernels(  # what the host code in attnspec/runtime/launch.py l
     check_nonnegative=None,
     kept_sum=False,
     table_tiles=False,
+    scores_read=True,
     selection_blocks=SELECTION_BLOCKS,
     selects_after_prologue=False,
     logit_scale=_logit_scale,
