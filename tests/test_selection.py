@@ -568,16 +568,14 @@ def test_block_scores_read_q_and_k_after_their_prologue():
     assert torch.equal(out, mod.attention(q, k, v, g=g, selection=mod.select(q, k, g=g)))
 
 
-@pytest.mark.parametrize("target", ["flex", "triton"])
-def test_every_target_selects_after_the_prologue(target, monkeypatch):
-    """flex and triton select from q and k as attention() takes them (build_block_mask, build_schedule),
-    so they attend over the reference's blocks, forward and backward."""
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    source = ROPE_SELECT.replace("blocks(q = 4, kv = 3)", "blocks(q = 16, kv = 32)")
+def _gradients_match_the_reference(source: str, target: str, seed: int) -> None:
+    """The target's selection, and its gradients of a loss of the output (q, k, v and the gain g),
+    against the float64 reference's, from q and k as attention() takes them (H = 4, HKV = 2, D = 16)."""
     reference, module = attnspec.compile(source, "reference"), attnspec.compile(source, target)
-    gen = torch.Generator().manual_seed(4)
+    gen = torch.Generator().manual_seed(seed)
     q, k, v = torch.randn(1, 4, 70, 16, generator=gen), torch.randn(1, 2, 90, 16, generator=gen), torch.randn(1, 2, 90, 8, generator=gen)
     g = torch.rand(2, 16, generator=gen) + 0.5
+    assert torch.equal(module.select(q, k, g=g).block_mask, reference.select(q.double(), k.double(), g=g.double()).block_mask)
     grads = []
     for mod, dtype in [(module, torch.float32), (reference, F64)]:
         leaves = [x.detach().to(dtype).requires_grad_() for x in (q, k, v, g)]
@@ -585,6 +583,14 @@ def test_every_target_selects_after_the_prologue(target, monkeypatch):
         grads.append([x.grad.double() for x in leaves])
     for name, got, exact in zip(["q", "k", "v", "g"], *grads):
         torch.testing.assert_close(got, exact, rtol=1e-4, atol=1e-5 * float(exact.abs().max()), msg=name)
+
+
+@pytest.mark.parametrize("target", ["flex", "triton"])
+def test_every_target_selects_after_the_prologue(target, monkeypatch):
+    """flex and triton select from q and k as attention() takes them (build_block_mask, build_schedule),
+    so they attend over the reference's blocks, forward and backward."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    _gradients_match_the_reference(ROPE_SELECT.replace("blocks(q = 4, kv = 3)", "blocks(q = 16, kv = 32)"), target, 4)
 
 
 # ------------------------------------------------------------------ pooled per-row values
@@ -620,19 +626,7 @@ def test_block_scores_pool_per_row_values():
 @pytest.mark.parametrize("target", ["flex", "triton"])
 def test_every_target_selects_by_pooled_values(target, monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    source = VALUE_SELECT.replace("blocks(q = 4, kv = 3)", "blocks(q = 16, kv = 32)")
-    reference, module = attnspec.compile(source, "reference"), attnspec.compile(source, target)
-    gen = torch.Generator().manual_seed(6)
-    q, k, v = torch.randn(1, 4, 70, 16, generator=gen), torch.randn(1, 2, 90, 16, generator=gen), torch.randn(1, 2, 90, 8, generator=gen)
-    g = torch.rand(2, 16, generator=gen) + 0.5
-    assert torch.equal(module.select(q, k, g=g).block_mask, reference.select(q.double(), k.double(), g=g.double()).block_mask)
-    grads = []
-    for mod, dtype in [(module, torch.float32), (reference, F64)]:
-        leaves = [x.detach().to(dtype).requires_grad_() for x in (q, k, v, g)]
-        mod.attention(*leaves[:3], g=leaves[3]).square().sum().backward()
-        grads.append([x.grad.double() for x in leaves])
-    for name, got, exact in zip(["q", "k", "v", "g"], *grads):
-        torch.testing.assert_close(got, exact, rtol=1e-4, atol=1e-5 * float(exact.abs().max()), msg=name)
+    _gradients_match_the_reference(VALUE_SELECT.replace("blocks(q = 4, kv = 3)", "blocks(q = 16, kv = 32)"), target, 6)
 
 
 @pytest.mark.parametrize("line, message", [
