@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from attnspec import __version__
 from attnspec.analysis.linear import linear_form
 from attnspec.analysis.sign import nonzero
-from attnspec.builtins import DTYPES
+from attnspec.builtins import DTYPES, POOL_OPERANDS
 from attnspec.ir import Expr, Spec, inline_bindings, walk
 from attnspec.types import infer
 
@@ -106,7 +106,7 @@ class SelectionPlan:
     keep: str | None  # the static rule
     amount: str | None  # k, the threshold or the share
     score: str | None  # the block score
-    pools: list[dict]  # {reduction, operand, of} of every pooled q, k or per-row value (of q or k) the score reads
+    pools: list[dict]  # {reduction, operand, of, vector} of every pooled q or k (vector) or per-row value (of q or k) the score reads
     causal: bool
     scope: str  # head | kv_head
     always: str | None  # blocks always visited
@@ -244,7 +244,7 @@ def _selection_plan(sel, r: DenseRenderer) -> SelectionPlan:
         keep=_optional(r, sel.keep),
         amount=_optional(r, sel.amount),
         score=_optional(r, sel.score),
-        pools=[{"reduction": red, "operand": operand, "of": _pooled_rows(r.spec, operand)} for red, operand in pools],
+        pools=[_pool_plan(r.spec, red, operand) for red, operand in pools],
         causal=sel.causal,
         scope=sel.scope,
         always=_optional(r, sel.always),
@@ -252,9 +252,12 @@ def _selection_plan(sel, r: DenseRenderer) -> SelectionPlan:
     )
 
 
-def _pooled_rows(spec: Spec, operand: str) -> str:
-    """Whose rows a pooled operand has: q or k itself, or a per-row value's tensor."""
-    return operand if operand in ("q", "k") else spec.input(operand).computed.target
+def _pool_plan(spec: Spec, reduction: str, operand: str) -> dict:
+    """{reduction, operand, of, vector}: a pooled q or k (a vector per block), or a per-row value of q or
+    k (`of`: whose rows it pools)."""
+    vector = operand in POOL_OPERANDS
+    of = operand if vector else spec.input(operand).computed.target
+    return {"reduction": reduction, "operand": operand, "of": of, "vector": vector}
 
 
 def _safe_comment(text: str) -> str:

@@ -27,7 +27,7 @@ from attnspec.analysis.bands import key_bands
 from attnspec.analysis.sign import nonnegative, nonzero, positive
 from attnspec.builtins import DTYPES, GENERATED_NAMES
 from attnspec.diagnostics import AttnError
-from attnspec.ir import Expr, Spec, const, inline_bindings, level_of, uses, walk
+from attnspec.ir import Expr, Spec, const, inline_bindings, level_of, uses
 from attnspec.ops import OPS
 from attnspec.passes.flex import token_mask
 from attnspec.passes.symbolic import NotRepresentable, SymbolTable, to_sympy
@@ -207,7 +207,7 @@ class TritonPlan(ModulePlan, BackwardPlan):
     ctx: str  # what the tile functions receive to compute the spec's expressions (see _context)
     ctx_outer: str  # ctx without the row-level bindings (the dK/dV tile computes them per query tile)
     scores_out: str  # what the scores function returns, in order
-    selection_tiles: tuple[int, int] | None  # a data-dependent selection's blocks, which kernel tiles divide
+    selection_tiles: tuple[int, int] | None  # a data-dependent selection's blocks (a tile across several looks its pairs up)
     table_tiles: list[str]  # the per-row tables the kernels read per pair from tiles (codegen/table_tiles.py)
     scores_read: bool  # the weights read the score: q and k have gradients through it (else None, as autograd has)
     prologue_kernels: list[dict]  # each prologue statement as a kernel's code (codegen/rowmap_triton.py)
@@ -277,7 +277,7 @@ def triton_plan(spec: Spec, source_name: str) -> TritonPlan:
                              + [t for t, _ in per_pair]),
         selection_tiles=selection_tiles(spec),
         table_tiles=list(r.tables),
-        scores_read=norm.kind == "softmax" or any(n.op == "score" for e in (norm.weight, norm.denominator) if e is not None for n in walk(e)),
+        scores_read=norm.kind == "softmax" or uses(norm.weight, "score") or uses(norm.denominator, "score"),
         prologue_kernels=prologue_kernel_plan(spec),
         fused_q=None if module["linear"] else fused_q_prologue(spec),  # the chunks read q after its prologue
         fused_values=values,

@@ -301,7 +301,11 @@ def test_a_statement_that_reads_other_rows_is_differentiated_alone(monkeypatch):
     names = [n for n, _ in module.KERNELS.row_passes]
     assert "prologue_q_bwd" in names and "prologue_v_bwd" in names and "prologue_k_bwd" not in names
     recomputed, real = [], prologue.tensor_code_backward
-    monkeypatch.setattr(prologue, "tensor_code_backward", lambda dense, index, *a: recomputed.append(index) or real(dense, index, *a))
+    def recording(dense, tensors, grads, needs):  # which statement's result it differentiates
+        recomputed.extend(i for i, g in enumerate(grads) if g is not None)
+        return real(dense, tensors, grads, needs)
+
+    monkeypatch.setattr(prologue, "tensor_code_backward", recording)
     (q, k, v), gen = _tensors()
     inputs = [torch.randn(4, 16, generator=gen), torch.rand(2, generator=gen) + 0.5]
     leaves = [x.clone().requires_grad_() for x in (q, k, v, *inputs)]

@@ -5,8 +5,8 @@ statement or per-row value, and autograd through the passes.
 The kernels compute the forward. The backward runs the generated backward passes (passes/adjoint.py:
 each turns the gradient of a result into those of its row and of the float inputs it reads); where a
 row map has no such pass, it differentiates the module's tensor code of the same row maps (which the
-reference and flex targets run), recomputed from the saved inputs: a prologue statement alone
-(tensor_code_backward), or the row maps together (_RowMaps) where none has a pass. Under torch.compile the tensor code
+reference and flex targets run), recomputed from the saved inputs (tensor_code_backward): a prologue statement alone, or the row maps
+together where none has a pass. Under torch.compile the tensor code
 runs instead: Inductor fuses it by itself, and a Triton launch would break the graph.
 """
 
@@ -76,15 +76,17 @@ def row_pass_backward(kernel, x: torch.Tensor, dy: torch.Tensor, args: tuple, le
     return (dx.to(x.dtype), (parts if sites else [])) + dkept
 
 
-def tensor_code_backward(dense: Callable, index: int, tensors: tuple, grad: torch.Tensor, needs: tuple) -> tuple:
-    """The gradients of `tensors` (those `needs` marks; None for the others) from `grad`, that of the
-    index-th result of `dense(*tensors)` (the tensor code), by autograd, the tensor code recomputed:
-    a prologue statement without a backward pass among statements with one."""
+def tensor_code_backward(dense: Callable, tensors: tuple, grads: tuple, needs: tuple) -> tuple:
+    """The gradients of `tensors` (those `needs` marks; None for the others) from `grads`, those of the
+    results of `dense(*tensors)` (the tensor code; None for a result without one), by autograd, the
+    tensor code recomputed: the row maps where none has a backward pass, or a prologue statement
+    without one among statements with one (its result's gradient alone)."""
     with torch.enable_grad():
         leaves = [t.detach().requires_grad_(need) if isinstance(t, torch.Tensor) else t for t, need in zip(tensors, needs)]
-        result = _results(dense(*leaves))[index]
+        outputs = _results(dense(*leaves))
         wanted = [t for t in leaves if isinstance(t, torch.Tensor) and t.requires_grad]
-        found = torch.autograd.grad(result, wanted, grad, allow_unused=True) if result.requires_grad else [None] * len(wanted)
+        pairs = [(o, g) for o, g in zip(outputs, grads) if g is not None and o.requires_grad]
+        found = torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True) if pairs else [None] * len(wanted)
     by_leaf = dict(zip(map(id, wanted), found))
     return tuple(by_leaf.get(id(t)) for t in leaves)
 
@@ -176,19 +178,12 @@ class _RowMaps(torch.autograd.Function):
     def backward(ctx, *grads):
         saved = iter(ctx.saved_tensors)
         tensors = [next(saved) if plain is None else plain for plain in ctx.plain]
+        needs = ctx.needs_input_grad[3:]
         if ctx.backward is not None:
-            needs = ctx.needs_input_grad[3:]
             found = ctx.backward(tuple(tensors), grads, needs)
             return (None, None, None, *(g.to(t.dtype) if need and g is not None else None
                                         for g, t, need in zip(found, tensors, needs)))
-        with torch.enable_grad():
-            leaves = [t.detach().requires_grad_(t.requires_grad) if isinstance(t, torch.Tensor) else t for t in tensors]
-            outputs = _results(ctx.dense(*leaves))
-            wanted = [t for t in leaves if isinstance(t, torch.Tensor) and t.requires_grad]
-            pairs = [(o, g) for o, g in zip(outputs, grads) if g is not None and o.requires_grad]
-            found = torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True)
-        by_leaf = dict(zip(map(id, wanted), found))
-        return (None, None, None, *(by_leaf.get(id(t)) for t in leaves))
+        return (None, None, None, *tensor_code_backward(ctx.dense, tuple(tensors), grads, needs))
 
 
 def _results(found) -> tuple:

@@ -151,7 +151,6 @@ def _seer_threshold_scores(_qk, _q, _kv, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: t
         _keep = tl.full([1, 1], True, tl.int1)  # every pair: the selects on it fold away
     if MASKED:
         _keep = _keep & ((_kv <= _t1))
-    if MASKED:
         if (16 % BLOCK_M != 0) or (16 % BLOCK_N != 0):  # a tile across the selection's blocks
             _keep = _keep & _kernel.selected_pairs(_Sel + _b.to(tl.int64) * _ssb + _h.to(tl.int64) * _ssh, _q, _kv, _ssq,
                                                    _SQ, _SKV, 16, 16)

@@ -207,7 +207,7 @@ def _prologue_backward(_tensors, _grads, _wanted):
         _d["q"] = _dx
     _grad = _d["k"]  # of k after its statement
     if _grad is not None:  # the statement reads other rows: autograd of its tensor code, recomputed
-        _found = _prologue_rt.tensor_code_backward(_prologue, 1, _tensors, _grad, tuple(_wanted.values()))
+        _found = _prologue_rt.tensor_code_backward(_prologue, _tensors, (None, _grad, None), tuple(_wanted.values()))
         _d["k"] = _found[1]
     return tuple(_d.values()) + tuple(_inputs.get(n) for n in ())
 
