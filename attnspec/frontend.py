@@ -456,21 +456,16 @@ def _decay_factor(decay: Expr, span: Span) -> Expr:
 
 
 def _computed_reads(spec: Spec) -> None:
-    """Per-row values are read by the score mod, the sink, the weight and the mask; not (yet) by a block
-    selection, nor by the mask of a spec whose data-dependent selection finds its eligible blocks from
-    the mask before the vectors are known."""
+    """Per-row values are read by the score mod, the sink, the weight and the mask, and pooled by a
+    block score (mean(t), ...); a block selection does not read them pair by pair."""
     computed = {i.name for i in spec.inputs if i.computed is not None}
-    places = []
-    if spec.selection is not None:
-        places += [("a block selection", e) for e in spec_exprs(spec.selection)]
-        if spec.selection.dynamic:
-            places.append(("the mask of a spec with a data-dependent block selection", spec.mask))
-    for what, expr in places:
+    for expr in [] if spec.selection is None else spec_exprs(spec.selection):
         for node in walk(expr) if expr is not None else ():
             if node.op == "load" and node.value in computed:
-                raise AttnError(f"the per-row value '{node.value}' cannot be read in {what} yet", node.span,
-                                "use it in a score mod, a sink, a normalization weight or the mask of a spec "
-                                "without a data-dependent selection")
+                name = node.value
+                raise AttnError(f"a block selection reads blocks, not rows: the per-row value '{name}' must be pooled",
+                                node.span, f"pool it per block in a block score: mean({name}), max({name}) or "
+                                f"min({name}); or read it in a score mod, a sink, a weight or the mask")
 
 
 def _article(word: str) -> str:

@@ -47,6 +47,26 @@ def _attnspec_cache_dir(tmp_path_factory):
         os.environ["ATTNSPEC_CACHE_DIR"] = previous
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _draws_independent_of_loaded_modules():
+    """Hypothesis also draws constants it finds in the source of the local modules loaded so far, so
+    even derandomized examples would depend on which tests ran before (and on the modules they
+    compiled). Under the repeatable profile that pool stays empty: every run of a test draws the same."""
+    try:
+        from hypothesis.internal.conjecture import providers
+        from hypothesis.internal.constants_ast import Constants
+    except ImportError:  # pragma: no cover - a Hypothesis without the pool
+        providers = None
+    if os.environ.get("HYPOTHESIS_PROFILE", "repeatable") != "repeatable" or not hasattr(providers, "_get_local_constants"):
+        yield
+        return
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(providers, "_get_local_constants", Constants)
+        providers.CONSTANTS_CACHE.cache.clear()
+        yield
+    providers.CONSTANTS_CACHE.cache.clear()
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Small tensors: intra-op threads only add overhead, and spin badly when another process holds a

@@ -629,6 +629,47 @@ def test_every_target_selects_by_pooled_values(target, monkeypatch):
     _gradients_match_the_reference(VALUE_SELECT.replace("blocks(q = 4, kv = 3)", "blocks(q = 16, kv = 32)"), target, 6)
 
 
+# ------------------------------------------------------------------ masks that read per-row values
+
+MASK_VALUE_SELECT = """
+attention mask_value_select {
+    input g: float32[HKV, D] learnable
+    prologue k[j, f] = rope(k * g[h, f], 0.3 * float(j) * float(f + 1))
+    let kn per k = norm(k)
+    let qs per q[i, f] = sum(q) / float(D)
+    mask kv <= q + (SKV - SQ) and kn > 1.6 and qs > -0.6
+    select blocks(q = 4, kv = 3) top(2) by dot(mean(q), mean(k)) per kv_head
+    score = score + 0.1 * kn
+}
+"""
+
+
+def test_a_mask_reading_per_row_values_decides_which_blocks_are_eligible():
+    """Beside a data-dependent selection, a mask may read per-row values: select(q, k) computes them from
+    q and k after the prologue, and a block whose pairs the values drop is not eligible (per kv head:
+    unless another head of the group keeps a pair there)."""
+    mod = attnspec.compile(MASK_VALUE_SELECT)
+    q, k, v = rand_qkv(B=2, H=4, HKV=2, SQ=10, SKV=14, D=4, seed=3)
+    g = torch.randn(2, 4, generator=torch.Generator().manual_seed(5), dtype=F64)
+    pk = _rotated(k * g[None, :, None, :])
+    kn, qs = pk.norm(dim=-1).repeat_interleave(2, dim=1), q.sum(-1) / 4
+    keep = torch.ones(2, 4, 10, 14, dtype=torch.bool).tril(14 - 10) & (kn[:, :, None, :] > 1.6) & (qs[..., None] > -0.6)
+    want = expected_selection(dot_scores(q, pk, 4, 3), keep, 4, 3, "top", 2, scope="kv_head", HKV=2)
+    assert torch.equal(mod.select(q, k, g=g).block_mask, want)
+    causal_only = expected_selection(dot_scores(q, pk, 4, 3), torch.ones_like(keep).tril(14 - 10), 4, 3, "top", 2,
+                                     scope="kv_head", HKV=2)
+    assert not torch.equal(want, causal_only)  # the values change which blocks are chosen
+    out = mod.attention(q, k, v, g=g)
+    assert torch.equal(out, mod.attention(q, k, v, g=g, selection=mod.select(q, k, g=g)))
+
+
+@pytest.mark.parametrize("target", ["flex", "triton"])
+def test_every_target_selects_beside_a_mask_of_per_row_values(target, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    source = MASK_VALUE_SELECT.replace("blocks(q = 4, kv = 3)", "blocks(q = 16, kv = 32)").replace("kn > 1.6", "kn > 3.6")
+    _gradients_match_the_reference(source, target, 8)
+
+
 @pytest.mark.parametrize("line, message", [
     ("select blocks(q = 4, kv = 4) top(1) by mean(t)", "pools only the bare tensor q or k"),  # a table
     ("score = score + mean(kn)", "pools a whole block; it is only allowed in a select score"),

@@ -11,8 +11,8 @@ What a drawn spec covers:
 - `let` bindings: 2D grids (`let (qy, qx) = (q // W, q % W)`), int, bool and float lets, tuples,
   and lets of the score, each used only where its free variables are allowed;
 - masks (zero to three `mask` statements): causal, windows, prefixes, chunks, dilation, sink tokens,
-  documents, 2D neighborhoods, token pruning by a per-row value (where no data-dependent selection is
-  drawn), and random boolean expressions over the integer terms in scope;
+  documents, 2D neighborhoods, token pruning by a per-row value, and random boolean expressions over
+  the integer terms in scope;
 - score mods (zero to three `score =` statements): biases, slopes, soft-caps, temperatures, length
   scaling, `where` gates, and now and then a random (wild) float expression of the score;
 - prologues of q, k and v (RoPE, unit norm, RMS norm with a gain, affine maps) and an output epilogue

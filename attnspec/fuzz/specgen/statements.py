@@ -112,7 +112,6 @@ def _row_value_mask(draw, env: Env) -> str:
     values = [t.text for t in env.floats if "row_value" in t.needs]
     if not values:
         return _causal(draw, env)
-    env.masks_read_values = True
     return f"{_causal(draw, env)} and {draw(st.sampled_from(values))} >= {_float_literal(draw, -1.0, 1.0).text}"
 
 
@@ -295,7 +294,7 @@ def _softmax_rows(draw, env: Env, target: str) -> str:
 
 
 PROLOGUE_TEMPLATES = ((3, _rope), (2, _unit), (1, _rms), (2, _affine), (1, _mixed), (1, _softmax), (1, _softmax_rows),
-                      (1, _projection))
+                      (2, _projection))
 
 
 def _prologues(draw, env: Env) -> list[str]:
@@ -445,10 +444,9 @@ def _blocks(draw, env: Env) -> str:
 
 
 def _select(draw, env: Env) -> str | list[str] | None:
-    """No selection, a static one, or a data-dependent one (not where a mask reads a per-row value;
-    with the let of a per-row value its score pools, where it declares one)."""
-    dynamic = (lambda: _static_select(draw, env)) if env.masks_read_values else (lambda: _dynamic_select(draw, env))
-    return _pick(draw, (4, lambda: None), (3, lambda: _static_select(draw, env)), (4, dynamic))()
+    """No selection, a static one, or a data-dependent one (with the let of a per-row value its score
+    pools, where it declares one)."""
+    return _pick(draw, (4, lambda: None), (3, lambda: _static_select(draw, env)), (4, lambda: _dynamic_select(draw, env)))()
 
 
 # ------------------------------------------------------------------ flaws (deliberately invalid specs)

@@ -24,8 +24,7 @@ WILD_INTS = (2**31, 2**31 - 1, 2**32, 2**53 + 1, 2**62, 2**63 - 1)
 # "shape" (shape symbols) or "pool" (pooled vectors).
 TOKEN = frozenset({"b", "h", "q", "kv", "load", "runtime", "shape"})
 MASK = TOKEN
-# "row_value": a per-row value (`let t per q = ...`), which selections cannot read, nor the masks of
-# a spec with a data-dependent selection (Env.masks_read_values)
+# "row_value": a per-row value (`let t per q = ...`), which selections read only pooled (_pooled_value)
 SCORE_MOD = TOKEN | {"score", "score_let", "row_value"}
 WEIGHT = TOKEN | {"score", "row_value"}
 SINK = frozenset({"b", "h", "q", "load", "runtime", "shape", "row_value"})
@@ -92,7 +91,6 @@ class Env:
     int_knobs: list = field(default_factory=list)  # (Term, default or None, runtime) of int params
     float_knobs: list = field(default_factory=list)
     grids: list = field(default_factory=list)  # ((qy, qx), (ky, kx)) Terms of 2D coordinates
-    masks_read_values: bool = False  # a mask reads a per-row value: no data-dependent selection then
     counter: int = 0
 
     def fresh(self, stem: str) -> str:
