@@ -53,7 +53,7 @@ class KernelReport:
     head_dim: int
     candidate: int  # the autotuner's order: 0 is tried first (the report's default: the first that fits)
     block_m: int
-    block_n: int
+    block_n: int | None  # None: a kernel over chunks of rows only (linear attention's)
     num_warps: int
     num_stages: int
     error: str | None = None  # the compiler's message when it failed
@@ -310,7 +310,8 @@ def render_table(reports: list[KernelReport]) -> str:
               f"{'spill':>6} {'smem KiB':>9}  {'mma':<13} {'tma':<3} {'ptx':>6} {'sfu':>5}  result")
     lines = [header, "-" * len(header)]
     for r in reports:
-        tile, ws = f"{r.block_m}x{r.block_n}", f"{r.num_warps}/{r.num_stages}"
+        tile = f"{r.block_m}" if r.block_n is None else f"{r.block_m}x{r.block_n}"
+        ws = f"{r.num_warps}/{r.num_stages}"
         head = f"{r.spec[:16]:<16} {r.kernel:<15} {r.arch:<7} {r.dtype:<5} {r.head_dim:>4} {r.candidate:>4} {tile:>8} {ws:>4}"
         if r.error is not None:
             lines.append(f"{head}  {'':>4} {'':>6} {'':>9}  {'':<13} {'':<3} {'':>6} {'':>5}  error: {r.error}")
