@@ -167,8 +167,26 @@ attention signed_decay {
 }
 """
 
-STATE_FORMS = [ELU, DECAYED, UNNORMALIZED, NONCAUSAL, HAND_WRITTEN, SIGNED_DECAY]
-STATE_IDS = ["elu", "decayed", "unnormalized", "noncausal", "hand_written", "signed_decay"]
+# a decay in both directions (no mask): the causal pass and a second one over the mirrored sequence
+BOTH_WAYS = """
+attention both_ways {
+    input lam: float32[H]
+    prologue q = elu(q) + 1.0
+    prologue k = elu(k) + 1.0
+    normalize linear(decay = sigmoid(lam[h]))
+}
+"""
+
+BOTH_WAYS_SIGNED = """
+attention both_ways_signed {
+    input lam: float32[H]
+    scale = 0.5
+    normalize elementwise(score * (lam[h] - 0.25) ** float(abs(q + SKV - SQ - kv)))
+}
+"""
+
+STATE_FORMS = [ELU, DECAYED, UNNORMALIZED, NONCAUSAL, HAND_WRITTEN, SIGNED_DECAY, BOTH_WAYS, BOTH_WAYS_SIGNED]
+STATE_IDS = ["elu", "decayed", "unnormalized", "noncausal", "hand_written", "signed_decay", "both_ways", "both_ways_signed"]
 
 
 def _linear_form(source):
@@ -181,6 +199,7 @@ def _linear_form(source):
 @pytest.mark.parametrize("source, normalized, causal, decay", [
     (ELU, True, True, False), (DECAYED, True, True, True), (UNNORMALIZED, False, True, True),
     (NONCAUSAL, True, False, False), (HAND_WRITTEN, True, True, True), (SIGNED_DECAY, False, True, True),
+    (BOTH_WAYS, True, False, True), (BOTH_WAYS_SIGNED, False, False, True),
 ], ids=STATE_IDS)
 def test_the_linear_form_is_recognized_in_the_ir(source, normalized, causal, decay):
     form = _linear_form(source)
@@ -191,10 +210,9 @@ def test_the_linear_form_is_recognized_in_the_ir(source, normalized, causal, dec
     ELU.replace("normalize linear", "normalize softmax"),
     ELU.replace("mask kv <= q + (SKV - SQ)", "mask kv <= q + (SKV - SQ) and kv + 8 > q + (SKV - SQ)"),  # a window
     ELU.replace("mask kv <= q + (SKV - SQ)", "mask kv <= q"),  # start-aligned: not the state's order
-    NONCAUSAL.replace("normalize linear", "normalize linear(decay = 0.5)"),  # a decay both ways
     HAND_WRITTEN.replace("abs(kv - (q - SQ + SKV))", "abs(kv - q)"),  # another distance
     ELU.replace("normalize linear", "score = score + 1.0\n    normalize linear"),  # a score mod
-], ids=["softmax", "window", "start_aligned", "two_sided_decay", "other_distance", "score_mod"])
+], ids=["softmax", "window", "start_aligned", "other_distance", "score_mod"])
 def test_other_weights_and_masks_have_no_linear_form(source):
     assert _linear_form(source) is None
 
@@ -365,7 +383,7 @@ def test_the_chunked_backward_agrees_with_the_reference(source, SQ, SKV, H, HKV,
     assert chunked_calls and backward_calls
 
 
-@pytest.mark.parametrize("source", [ELU, DECAYED, NONCAUSAL], ids=["elu", "decayed", "noncausal"])
+@pytest.mark.parametrize("source", [ELU, DECAYED, NONCAUSAL, BOTH_WAYS], ids=["elu", "decayed", "noncausal", "both_ways"])
 def test_the_lse_gradient_reaches_the_chunked_backward(source, backward_calls):
     """A loss that reads the lse (log of the row sum) as well as the output."""
     q, k, v, inputs = _arguments(source, 37, 45, seed=2)
@@ -464,12 +482,15 @@ def test_a_learnable_decay_gets_its_gradient_from_the_chunks(source, SQ, SKV, H,
     assert backward_calls
 
 
-def test_the_decay_gradient_at_zero_and_far_below_one(backward_calls):
-    """decay 0 (only the diagonal: its derivative is the next pair's product) and Lightning's 2^-8."""
-    q, k, v, _ = _arguments(UNNORMALIZED, 37, 45)
+@pytest.mark.parametrize("both_ways", [False, True], ids=["causal", "both_ways"])
+def test_the_decay_gradient_at_zero_and_far_below_one(both_ways, backward_calls):
+    """decay 0 (only the diagonal: its derivative is the next pair's product, on each side where the
+    decay reaches both ways) and Lightning's 2^-8 (past the last key, and before the first)."""
+    source = UNNORMALIZED.replace("    mask kv <= q + (SKV - SQ)\n", "") if both_ways else UNNORMALIZED
+    q, k, v, _ = _arguments(source, 37, 45)
     for value in (0.0, 2.0**-8):
-        _agree(UNNORMALIZED, (q, k, v), {"lam": torch.full((4,), value, dtype=torch.float64)}, torch.float32, learnable_decay=True)
-    assert len(backward_calls) == 2
+        _agree(source, (q, k, v), {"lam": torch.full((4,), value, dtype=torch.float64)}, torch.float32, learnable_decay=True)
+    assert len(backward_calls) == (4 if both_ways else 2)  # both ways: the causal and the mirrored pass
 
 
 @pytest.mark.parametrize("source", [ELU, DECAYED, UNNORMALIZED], ids=["elu", "decayed", "unnormalized"])

@@ -9,7 +9,8 @@ over keys factors through a state: for the causal form
     S_t = l * S_{t-1} + k_t^T v_t,   z_t = l * z_{t-1} + k_t,   o_i = scale * q_i S_t / (scale * q_i . z_t)
 
 at t = i + SKV - SQ: O(N d^2) where the score matrix costs O(N^2 d). Without a mask and without a
-decay it is one state over every key. `linear_form` recognizes that structure in the IR itself, so a
+decay it is one state over every key; without a mask and with a decay (in both directions) it is the
+causal form plus the same over the reversed sequence for the keys after the query (runtime/linear.py). `linear_form` recognizes that structure in the IR itself, so a
 hand-written `rownorm(score * l ** float(abs(q + SKV - SQ - kv)))` gets the same forms as the sugar.
 """
 
@@ -33,7 +34,7 @@ class LinearForm:
 
     decay: Expr | None  # per (b, h): reads b, h, inputs, params and shapes; None: no decay (1)
     normalized: bool  # over the row's sum of the weights (rownorm) or not (elementwise)
-    causal: bool  # keys up to i + SKV - SQ; False: every key
+    causal: bool  # keys up to i + SKV - SQ; False: every key (a decay then reaches both ways)
 
 
 def linear_form(spec: Spec) -> LinearForm | None:
@@ -47,8 +48,8 @@ def linear_form(spec: Spec) -> LinearForm | None:
     if decay is False:
         return None
     causal = _causal(spec)
-    if causal is None or (decay is not None and not causal):
-        return None  # a decay in both directions, or another mask: the score matrix
+    if causal is None:
+        return None  # another mask: the score matrix
     return LinearForm(decay, norm.kind == "rownorm", causal)
 
 

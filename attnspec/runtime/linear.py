@@ -1,10 +1,15 @@
 """Linear attention through a state carried along the keys (analysis/linear.py, language.md section 3).
 
 For a spec whose weights are w_ij = scale * (q_i . k_j) * decay^|d_ij| (d_ij = i + SKV - SQ - j) under
-a causal mask, or scale * (q_i . k_j) over every key, the rows need no score matrix:
+a causal mask, or over every key, the rows need no score matrix:
 
     S_t = decay * S_{t-1} + k_t^T v_t,  z_t = decay * z_{t-1} + k_t,
     o_i = scale * q_i S_t / (scale * q_i . z_t)   (t = i + SKV - SQ; without the division where not normalized)
+
+Over every key without a decay, one state of all of them serves every query. With a decay in both
+directions the keys after each query's edge are a second causal pass over the mirrored sequence
+(`mirror`): its key j > i + SKV - SQ lies j - (i + SKV - SQ) - 1 positions behind its query, so that
+pass's sums times decay are the later keys' part, added to the causal pass's (`both_ways`).
 
 - `recurrent`: that recurrence one key at a time in torch (float64 where the inputs are), the
   reference module's `recurrent()`, O(N d dv);
@@ -36,15 +41,23 @@ from .tracing import tracing
 
 def recurrent(q, k, v, decay, scale: float, *, causal: bool, normalized: bool):
     """(out [B, H, SQ, DV], den [B, H, SQ]) in q's dtype, one key at a time. q [B, H, SQ, D] and k
-    [B, HKV, SKV, D] after their prologues, v [B, HKV, SKV, DV], decay [B, H] (or None: 1; only with
-    causal). GQA: query head h reads kv head h // (H // HKV)."""
+    [B, HKV, SKV, D] after their prologues, v [B, HKV, SKV, DV], decay [B, H] (or None: 1; without
+    causal, a decay in both directions). GQA: query head h reads kv head h // (H // HKV)."""
+    if not causal and decay is not None:  # the keys up to each query's edge, then those after it
+        return both_ways(_scan, q, k, v, decay, scale, normalized)
+    return _finish(*_scan(q, k, v, decay, scale, causal=causal), normalized)
+
+
+def _scan(q, k, v, decay, scale: float, *, causal: bool = True):
+    """(num, den) of the recurrence without the division, one key at a time; not causal: one state of
+    every key (no decay)."""
     B, H, SQ, D = q.shape
     HKV, SKV, DV = k.shape[1], k.shape[2], v.shape[-1]
     k, v = k.repeat_interleave(H // HKV, 1), v.repeat_interleave(H // HKV, 1)
     if not causal:  # one state over every key
         num = scale * torch.einsum("bhid,bhde->bhie", q, torch.einsum("bhjd,bhje->bhde", k, v))
         den = scale * torch.einsum("bhid,bhd->bhi", q, k.sum(2))
-        return _finish(num, den, normalized)
+        return num, den
     lam = None if decay is None else decay.to(q.dtype)[:, :, None]
     state = q.new_zeros(B, H, D, DV)
     norm = q.new_zeros(B, H, D)
@@ -59,7 +72,42 @@ def recurrent(q, k, v, decay, scale: float, *, causal: bool, normalized: bool):
         if i >= 0:  # query i sees the keys up to t
             num[:, :, i] = scale * torch.einsum("bhd,bhde->bhe", q[:, :, i], state)
             den[:, :, i] = scale * (q[:, :, i] * norm).sum(-1)
-    return _finish(num, den, normalized)
+    return num, den
+
+
+# ---------------------------------------------------------------- a decay in both directions
+
+
+def mirror(x, rows: int, first: int = 0):
+    """x [B, heads, S, F] with its rows reversed, at rows first .. first + S - 1 of a zero tensor of
+    `rows` rows (where a later pass reads it, mirror(..)[:, :, first:first + S].flip(2) is x again)."""
+    out = x.new_zeros(*x.shape[:2], rows, x.shape[-1])
+    out[:, :, first:first + x.shape[2]] = x.flip(2)
+    return out
+
+
+def mirrored_rows(q, k) -> int:
+    """The rows of the mirrored pass: the SKV keys after an empty first row, and at least the SQ queries."""
+    return max(k.shape[2] + 1, q.shape[2])
+
+
+def later_keys(pass_, q, k, v, decay, scale: float):
+    """(num, den) of the keys after each query's edge, without the division and without one factor
+    decay: a causal pass over the mirrored sequence, with no offset (query i at row SQ - 1 - i, key j at
+    row SKV - j: it sees the keys j > i + SKV - SQ, each one key nearer than it is). pass_ is _scan or
+    _chunked_sums."""
+    rows, SQ = mirrored_rows(q, k), q.shape[2]
+    num, den = pass_(mirror(q, rows), mirror(k, rows, 1), mirror(v, rows, 1), decay, scale)
+    return num[:, :, :SQ].flip(2), den[:, :, :SQ].flip(2)
+
+
+def both_ways(pass_, q, k, v, decay, scale: float, normalized: bool, later=None):
+    """(out, den) of w_ij = scale (q_i . k_j) decay^|d_ij| over every key: the causal pass plus decay
+    times the later keys' (`later`: those, where the caller has them)."""
+    num, den = pass_(q, k, v, decay, scale)
+    later_num, later_den = later_keys(pass_, q, k, v, decay, scale) if later is None else later
+    lam = decay.to(num.dtype)
+    return _finish(num + lam[:, :, None, None] * later_num, den + lam[:, :, None] * later_den, normalized)
 
 
 def _finish(num, den, normalized: bool):
@@ -440,6 +488,17 @@ def chunked_dkdv_kernel(
                    state, norm, factor, live, D, DV, feats, vfeats, PRECISION)
 
 
+def seeds(out, den, dout, dlse, normalized: bool):
+    """(dn [B, H, SQ, DV], dz [B, H, SQ]) float32: dL/dw_ij = dn_i . v_j + dz_i (above)."""
+    dout = dout.float()
+    if not normalized:
+        return dout.contiguous(), torch.zeros(den.shape, dtype=torch.float32, device=den.device)
+    positive = (den > 0) & torch.isfinite(den)
+    inv = 1.0 / torch.where(positive, den, 1.0)
+    dz = -(dout * out).sum(-1) if dlse is None else dlse.float() - (dout * out).sum(-1)
+    return (dout * inv[..., None]).contiguous(), torch.where(positive, dz * inv, 0.0).contiguous()
+
+
 def chunked_backward(q, k, v, decay, scale: float, out, den, dout, dlse, *, causal: bool, normalized: bool,
                      decay_grad: bool = False):
     """(dq, dk, dv, ddecay) in float32 from the chunked backward kernels; out and den are the forward's
@@ -447,16 +506,7 @@ def chunked_backward(q, k, v, decay, scale: float, out, den, dout, dlse, *, caus
     `decay_grad` (the dq kernel then also carries the keys' age-weighted state), else None."""
     B, H, SQ, D = q.shape
     HKV, SKV, DV = k.shape[1], k.shape[2], v.shape[-1]
-    dout = dout.float()
-    if normalized:
-        positive = (den > 0) & torch.isfinite(den)
-        inv = 1.0 / torch.where(positive, den, 1.0)
-        dz = -(dout * out).sum(-1) if dlse is None else dlse.float() - (dout * out).sum(-1)
-        dz = torch.where(positive, dz * inv, 0.0)
-        dn = dout * inv[..., None]
-    else:
-        dz, dn = torch.zeros(B, H, SQ, dtype=torch.float32, device=q.device), dout
-    dn, dz = dn.contiguous(), dz.contiguous()
+    dn, dz = seeds(out, den, dout, dlse, normalized)
     blocks, meta = _meta(q, D, DV)
     lam = _decay_argument(decay, q)
     flags = dict(HAS_DECAY=decay is not None, CAUSAL=causal, **meta)
@@ -500,10 +550,63 @@ class _Chunked(torch.autograd.Function):
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), ddecay, None, None, None
 
 
+def _chunked_sums(q, k, v, decay, scale: float):
+    """(num, den) float32 of the causal form from the chunked kernel, without the division."""
+    return chunked(q, k, v, decay, scale, causal=True, normalized=False)
+
+
+class _BothWays(torch.autograd.Function):
+    """A decay in both directions as one autograd operation: the causal and the mirrored chunked passes
+    forward; backward, the chunked backward of each (the mirrored pass's output gradients times the
+    decay) and the decay's own share, sum_i dn_i . later_num_i + dz_i later_den_i."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, decay, scale, normalized):
+        later = later_keys(_chunked_sums, q, k, v, decay, scale)
+        out, den = both_ways(_chunked_sums, q, k, v, decay, scale, normalized, later)
+        ctx.save_for_backward(q, k, v, decay, out, den, *later)
+        ctx.form = (scale, normalized)
+        row_lse = lse(den)
+        if not normalized:
+            ctx.mark_non_differentiable(row_lse)
+        return out.to(q.dtype), row_lse
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout, dlse):
+        q, k, v, decay, out, den, later_num, later_den = ctx.saved_tensors
+        scale, normalized = ctx.form
+        dlse = dlse if normalized else None
+        grad_decay = ctx.needs_input_grad[3]
+        dq, dk, dv, ddecay = chunked_backward(q, k, v, decay, scale, out, den, dout, dlse, causal=True,
+                                              normalized=normalized, decay_grad=grad_decay)
+        rows, SQ, SKV = mirrored_rows(q, k), q.shape[2], k.shape[2]
+        lam = decay.float()
+        dout_m = mirror(dout.float() * lam[:, :, None, None], rows)
+        dlse_m = None if dlse is None else mirror((dlse.float() * lam[:, :, None])[..., None], rows)[..., 0]
+        mq, mk, mv, mdecay = chunked_backward(
+            mirror(q, rows), mirror(k, rows, 1), mirror(v, rows, 1), decay, scale, mirror(out, rows),
+            mirror(den[..., None], rows)[..., 0], dout_m, dlse_m, causal=True, normalized=normalized, decay_grad=grad_decay)
+        dq += mq[:, :, :SQ].flip(2)
+        dk += mk[:, :, 1:SKV + 1].flip(2)
+        dv += mv[:, :, 1:SKV + 1].flip(2)
+        if grad_decay:
+            dn, dz = seeds(out, den, dout, dlse, normalized)
+            ddecay = ddecay + mdecay + (dn * later_num).sum((2, 3)) + (dz * later_den).sum(2)
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), ddecay, None, None
+
+
 def attention(q, k, v, decay, scale: float, *, causal: bool, normalized: bool):
     """(out [B, H, SQ, DV] in q's dtype, lse [B, H, SQ] float32) from the chunked kernels, differentiable
-    with respect to q, k, v and the decay ([B, H] float32 or None). q, k after their prologues."""
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, decay)):
+    with respect to q, k, v and the decay ([B, H] float32 or None). q, k after their prologues; a decay
+    without causal is one in both directions."""
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, decay))
+    if not causal and decay is not None:
+        if grad:
+            return _BothWays.apply(q, k, v, decay, scale, normalized)
+        out, den = both_ways(_chunked_sums, q, k, v, decay, scale, normalized)
+        return out.to(q.dtype), lse(den)
+    if grad:
         return _Chunked.apply(q, k, v, decay, scale, causal, normalized)
     out, den = chunked(q, k, v, decay, scale, causal=causal, normalized=normalized)
     return out.to(q.dtype), lse(den)
