@@ -1,5 +1,5 @@
 """Linear attention on a GPU: the triton target's chunked kernels against its own quadratic tile kernels
-and against SDPA's causal softmax attention (FlashAttention), as the sequence grows.
+and against SDPA's softmax attention (FlashAttention; causal where the spec is), as the sequence grows.
 
 For a spec with a linear form (analysis/linear.py; `lightning`, examples/n18_lightning.attn, by default)
 the triton module runs the chunked kernels of runtime/linear.py, forward and backward, in O(N D DV);
@@ -34,8 +34,9 @@ from attnspec.sample import Sizes, sample_arguments  # noqa: E402
 from common import fmt_time, interleaved, ratio, versions  # noqa: E402
 
 
-def _calls(module, args: dict, sdpa_args: tuple, backward: bool) -> dict:
-    """The timed calls: chunked, tile (quadratic) and SDPA, forward or forward + backward."""
+def _calls(module, args: dict, sdpa_args: tuple, backward: bool, causal: bool) -> dict:
+    """The timed calls: chunked, tile (quadratic) and SDPA (causal where the spec is), forward or
+    forward + backward."""
     def ours(tiles: bool):
         def call():
             if tiles:
@@ -48,7 +49,7 @@ def _calls(module, args: dict, sdpa_args: tuple, backward: bool) -> dict:
         return call
 
     def sdpa():
-        out = torch.nn.functional.scaled_dot_product_attention(*sdpa_args, is_causal=True)
+        out = torch.nn.functional.scaled_dot_product_attention(*sdpa_args, is_causal=causal)
         if backward:
             out.float().sum().backward()
 
@@ -72,7 +73,9 @@ def main() -> None:
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     spec = load_program(Path(args.example)).specs[0]
     module = attnspec.compile(Path(args.example).read_text(), "triton")
-    print(f"`{spec.name}` ({Path(args.example).name}), B=1, H={args.heads}, {str(dtype).split('.')[-1]}, causal. {versions(device)}\n")
+    causal = spec.mask is not None  # a linear form's mask keeps the keys up to the query; without one, every key
+    shape = "causal" if causal else "every key"
+    print(f"`{spec.name}` ({Path(args.example).name}), B=1, H={args.heads}, {str(dtype).split('.')[-1]}, {shape}. {versions(device)}\n")
     print("| D | N | fwd chunks | fwd tiles | fwd SDPA | tiles / chunks | SDPA / chunks | fwd+bwd chunks | fwd+bwd tiles | fwd+bwd SDPA | SDPA / chunks | max diff |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for d in args.dims:
@@ -87,9 +90,9 @@ def main() -> None:
             diff = float((chunked.float() - tiled.float()).abs().max())
             sdpa_args = tuple(inputs[x] for x in "qkv")
             with torch.no_grad():
-                forward = interleaved(_calls(module, inputs, sdpa_args, False), device, args.reps)
+                forward = interleaved(_calls(module, inputs, sdpa_args, False, causal), device, args.reps)
             leaves = {name: (t.detach().requires_grad_() if t.is_floating_point() else t) for name, t in inputs.items()}
-            both = interleaved(_calls(module, leaves, tuple(leaves[x] for x in "qkv"), True), device, args.reps)
+            both = interleaved(_calls(module, leaves, tuple(leaves[x] for x in "qkv"), True, causal), device, args.reps)
             print(f"| {d} | {n} | {fmt_time(forward['chunks'])} | {fmt_time(forward['tiles'])} | {fmt_time(forward['sdpa'])} | "
                   f"{ratio(forward['tiles'], forward['chunks'])} | {ratio(forward['sdpa'], forward['chunks'])} | "
                   f"{fmt_time(both['chunks'])} | {fmt_time(both['tiles'])} | {fmt_time(both['sdpa'])} | "
