@@ -18,6 +18,9 @@ from .ir import WHOLE_ROW_OPS, Expr, Input, Normalize, Param, Program, RowMap, S
 from .parser import parse_tree
 from .types import infer
 
+# the words of a data-dependent selection's options, as a message names them
+_SELECTION_OPTIONS = {"opt_causal": "causal", "opt_global": "global", "opt_scope": "per", "opt_always": "always"}
+
 
 def parse_program(text: str, name: str = "<string>") -> Program:
     """Parse .attn text into an (unverified) Program."""
@@ -275,24 +278,30 @@ class _SpecBuilder:
             raise AttnError(f"missing block size '{missing[0]}'", span_of(self.source, tree), "use blocks(q = 64, kv = 64)")
         return sizes
 
+    def _selection_option(self, opt: Tree, criterion: str) -> tuple[str, object]:
+        """(Selection field, value) of one option after the block score."""
+        if opt.data == "opt_scope":
+            scope = str(opt.children[0])
+            if scope not in bi.SELECTION_SCOPES:
+                raise self._unknown(opt.children[0], "selection scope", bi.SELECTION_SCOPES)
+            return "scope", scope
+        if opt.data == "opt_always":
+            return "always", self.expr(opt.children[0])
+        if opt.data == "opt_global" and criterion == "threshold":
+            raise AttnError("'global' changes nothing for threshold(t), which keeps each block on its own score",
+                            span_of(self.source, opt), "rank every block pair of a head together with top(k) or share(p)")
+        return ("causal" if opt.data == "opt_causal" else "ranked_globally"), True
+
     def _dynamic_selection(self, sizes, rule: Tree, span: Span) -> Selection:
         crit_tok, amount, score, *opts = rule.children
         if str(crit_tok) not in bi.SELECTION_CRITERIA:
             raise self._unknown(crit_tok, "selection criterion", bi.SELECTION_CRITERIA)
         fields: dict[str, object] = {}
         for opt in opts:
-            key = {"opt_causal": "causal", "opt_scope": "scope", "opt_always": "always"}[opt.data]
+            key, value = self._selection_option(opt, str(crit_tok))
             if key in fields:
-                raise AttnError(f"'{key}' given twice", span_of(self.source, opt))
-            if key == "causal":
-                fields[key] = True
-            elif key == "scope":
-                scope = str(opt.children[0])
-                if scope not in bi.SELECTION_SCOPES:
-                    raise self._unknown(opt.children[0], "selection scope", bi.SELECTION_SCOPES)
-                fields[key] = scope
-            else:
-                fields[key] = self.expr(opt.children[0])
+                raise AttnError(f"'{_SELECTION_OPTIONS[opt.data]}' given twice", span_of(self.source, opt))
+            fields[key] = value
         return Selection(
             sizes["q"], sizes["kv"], str(crit_tok), amount=self.expr(amount),
             score=self.expr(score, pool=True), span=span, **fields,

@@ -148,6 +148,7 @@ class Selection:
     score: Expr | None = None  # block score
     causal: bool = False
     scope: str = "head"  # "head" | "kv_head"
+    ranked_globally: bool = False  # `global`: every (query block, key block) pair of a head ranked together
     always: Expr | None = None
     span: Span = _span
 

@@ -78,6 +78,7 @@ def _selection(s: Selection) -> str:
         return f"{head} keep {expr_text(s.keep)}"
     text = f"{head} {s.rule}({expr_text(s.amount)}) by {expr_text(s.score)}"
     text += " causal" if s.causal else ""
+    text += " global" if s.ranked_globally else ""
     text += f" per {s.scope}"
     return text + (f" always {expr_text(s.always)}" if s.always is not None else "")
 

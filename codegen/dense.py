@@ -109,6 +109,7 @@ class SelectionPlan:
     pools: list[dict]  # {reduction, operand, of, vector} of every pooled q or k (vector) or per-row value (of q or k) the score reads
     causal: bool
     scope: str  # head | kv_head
+    ranked_globally: bool  # every (query block, key block) pair of a head ranked together (`global`)
     always: str | None  # blocks always visited
     after_prologue: bool  # a data-dependent score of a spec with a q or k prologue: it reads them after it
 
@@ -247,6 +248,7 @@ def _selection_plan(sel, r: DenseRenderer) -> SelectionPlan:
         pools=[_pool_plan(r.spec, red, operand) for red, operand in pools],
         causal=sel.causal,
         scope=sel.scope,
+        ranked_globally=sel.ranked_globally,
         always=_optional(r, sel.always),
         after_prologue=sel.dynamic and any(step.target in ("q", "k") for step in r.spec.prologue),
     )

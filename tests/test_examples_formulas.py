@@ -165,8 +165,10 @@ def choose(scores, candidates, criterion, value):
     return chosen
 
 
-def select_blocks(q, k, keep, *, bq, bk, score, criterion, value, causal=False, per_kv_head=False, always=None):
-    """Token-level keep AND (the pair's key block is selected for its query block)."""
+def select_blocks(q, k, keep, *, bq, bk, score, criterion, value, causal=False, per_kv_head=False, always=None,
+                  whole_head=False):
+    """Token-level keep AND (the pair's key block is selected for its query block); whole_head: the
+    criterion ranks every (I, J) of a head together (`global`)."""
     B, H, SQ, _ = q.shape
     HKV, SKV = k.shape[1], k.shape[2]
     nq, nk = -(-SQ // bq), -(-SKV // bk)
@@ -179,17 +181,21 @@ def select_blocks(q, k, keep, *, bq, bk, score, criterion, value, causal=False, 
         block_score = block_score.expand(B, HKV, G, nq, nk).reshape(B, H, nq, nk)
     keep = keep.expand(B, H, SQ, SKV)
     selected = torch.zeros(B, H, nq, nk, dtype=torch.bool)
+
+    def eligible(b, h, I, J):
+        has_pair = keep[b, h, I * bq : (I + 1) * bq, J * bk : (J + 1) * bk].any().item()
+        return has_pair and (not causal or J * bk <= min((I + 1) * bq, SQ) - 1 + (SKV - SQ))
+
     for b in range(B):
         for h in range(H):
+            if whole_head:  # candidate I * nk + J, scores in that order
+                candidates = [I * nk + J for I in range(nq) for J in range(nk) if eligible(b, h, I, J)]
+                for c in choose(block_score[b, h].flatten().tolist(), candidates, criterion, value):
+                    selected[b, h, c // nk, c % nk] = True
+                continue
             for I in range(nq):
-                candidates = []
-                for J in range(nk):
-                    has_pair = keep[b, h, I * bq : (I + 1) * bq, J * bk : (J + 1) * bk].any().item()
-                    causal_ok = J * bk <= min((I + 1) * bq, SQ) - 1 + (SKV - SQ)
-                    if has_pair and (causal_ok or not causal):
-                        candidates.append(J)
-                scores = block_score[b, h, I].tolist()
-                for J in choose(scores, candidates, criterion, value):
+                candidates = [J for J in range(nk) if eligible(b, h, I, J)]
+                for J in choose(block_score[b, h, I].tolist(), candidates, criterion, value):
                     selected[b, h, I, J] = True
     if always is not None:
         bb = torch.arange(B).view(B, 1, 1, 1)
@@ -599,6 +605,17 @@ def f_nabla(q, k, v, p=0.7):
     return softmax_attn(s, keep, v)
 
 
+def f_vmoba(q, k, v, tau=0.25):
+    s = logits(q, k)
+    keep = select_blocks(
+        q, k, torch.ones_like(s, dtype=torch.bool), bq=16, bk=16,
+        score=lambda qp, kp, D: dot(qp["mean"], kp["mean"]) / math.sqrt(D),
+        criterion="share", value=tau, whole_head=True,
+        always=lambda b, h, I, J: I == J,
+    )
+    return softmax_attn(s, keep, v)
+
+
 def f_biformer(q, k, v, topk=3):
     s = logits(q, k)
     keep = select_blocks(
@@ -884,6 +901,10 @@ REGISTRY: dict[str, Example] = {
         Case("sq<skv", SQ=37, SKV=80), Case("sq>skv", SQ=80, SKV=37), MQA,
         Case("top1", SQ=63, SKV=63, consts={"topk": 1}),
         Case("ties", SQ=64, SKV=64, tweak=identical_key_blocks),
+    ]),
+    "K03": Example("k03_vmoba.attn", f_vmoba, [
+        Case("self", SQ=100, SKV=100, D=8, DV=8), Case("sq<skv", SQ=37, SKV=80), Case("sq>skv", SQ=100, SKV=70), MQA,
+        Case("tau0.6", SQ=63, SKV=63, consts={"tau": 0.6}), Case("ties", SQ=64, SKV=64, tweak=identical_key_blocks),
     ]),
     "K05": Example("k05_seer_threshold.attn", f_seer_threshold, [
         Case("self", SQ=100, SKV=100, D=8, DV=8), Case("t", SQ=63, SKV=63, runtime={"t": 0.1}),

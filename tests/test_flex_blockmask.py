@@ -50,6 +50,7 @@ PATHS = {
     ("b10_rope_gated", "rope_gated"): ("tile analysis", (128, 128)),
     ("k01_nsa_select", "nsa_select"): ("tile analysis", (16, 16)),
     ("k02_moba", "moba"): ("tile analysis", (16, 16)),
+    ("k03_vmoba", "vmoba"): ("no mask", (16, 16)),
     ("k05_seer_threshold", "seer_threshold"): ("tile analysis", (16, 16)),
     ("k08_nabla", "nabla"): ("no mask", (16, 16)),
     ("k10_biformer", "biformer"): ("no mask", (32, 16)),
@@ -209,7 +210,8 @@ SELECTING = [(stem, name) for stem, name in example_specs() if hasattr(pair(stem
 
 
 def test_the_selecting_examples_are_all_here():
-    assert {stem for stem, _ in SELECTING} == {"k01_nsa_select", "k02_moba", "k05_seer_threshold", "k08_nabla", "k10_biformer"}
+    assert {stem for stem, _ in SELECTING} == {"k01_nsa_select", "k02_moba", "k03_vmoba", "k05_seer_threshold", "k08_nabla",
+                                              "k10_biformer"}
 
 
 @pytest.mark.parametrize("stem, name", SELECTING, ids=lambda x: str(x))

@@ -55,8 +55,10 @@ def dot_scores(q, k, bq, bk, q_how="mean", k_how="mean"):
     return s
 
 
-def expected_selection(scores, keep, bq, bk, rule, amount, *, causal=False, scope="head", always=None, HKV=None):
-    """The selected blocks [B, H, NQB, NKB] bool, computed block by block."""
+def expected_selection(scores, keep, bq, bk, rule, amount, *, causal=False, scope="head", always=None, HKV=None,
+                       ranked_globally=False):
+    """The selected blocks [B, H, NQB, NKB] bool, computed block by block (ranked per query block, or
+    every pair of a head together where ranked_globally)."""
     B, H, SQ, SKV = keep.shape
     NQB, NKB = nblocks(SQ, bq), nblocks(SKV, bk)
     eligible = torch.zeros(B, H, NQB, NKB, dtype=torch.bool)
@@ -80,6 +82,12 @@ def expected_selection(scores, keep, bq, bk, rule, amount, *, causal=False, scop
     chosen = torch.zeros(B, H, NQB, NKB, dtype=torch.bool)
     for b in range(B):
         for h in range(H):
+            if ranked_globally:  # pair (i, j) is candidate i * NKB + j: ties go to the lower query block, then key block
+                cands = [i * NKB + j for i in range(NQB) for j in range(NKB) if eligible[b, h, i, j]]
+                row = [float(scores[b, h, i, j]) for i in range(NQB) for j in range(NKB)]
+                for c in _choose(rule, amount, cands, row):
+                    chosen[b, h, c // NKB, c % NKB] = True
+                continue
             for i in range(NQB):
                 cands = [j for j in range(NKB) if eligible[b, h, i, j]]
                 row = [float(scores[b, h, i, j]) for j in range(NKB)]
@@ -629,6 +637,51 @@ def test_every_target_selects_by_pooled_values(target, monkeypatch):
     _gradients_match_the_reference(VALUE_SELECT.replace("blocks(q = 4, kv = 3)", "blocks(q = 16, kv = 32)"), target, 6)
 
 
+# ------------------------------------------------------------------ ranked over the whole head (global)
+
+
+@pytest.mark.parametrize("rule, amount", [("top", 4), ("top", 1), ("share", 0.5), ("share", 0.9)])
+@pytest.mark.parametrize("scope", ["head", "kv_head"])
+def test_global_ranks_every_block_pair_of_a_head_together(rule, amount, scope):
+    """`global` (VMoBA's global selection): the k best (query block, key block) pairs of each head, or
+    the smallest set of them whose softmax share over the whole head reaches p, instead of per query
+    block; eligibility, the causal filter, the kv-head scope and always as without it."""
+    source = ("attention g {\n    mask kv <= q + (SKV - SQ)\n"
+              f"    select blocks(q = 4, kv = 3) {rule}({amount}) by dot(mean(q), max(k)) causal global per {scope} "
+              "always q_block == 0 and kv_block == 0\n}\n")
+    mod = attnspec.compile(source)
+    q, k, v = rand_qkv(B=2, H=4, HKV=2, SQ=13, SKV=17, D=4, seed=5)
+    keep = torch.ones(2, 4, 13, 17, dtype=torch.bool).tril(17 - 13)
+    want = expected_selection(dot_scores(q, k, 4, 3, "mean", "max"), keep, 4, 3, rule, amount, causal=True, scope=scope,
+                              always=lambda b, h, i, j: i == 0 and j == 0, HKV=2, ranked_globally=True)
+    got = mod.select(q, k).block_mask
+    assert torch.equal(got, want)
+    if rule == "top":  # at most k pairs per head, besides always
+        assert int(got[..., 1:, :].sum((-1, -2)).max()) <= amount
+    per_block = attnspec.compile(source.replace(" global", ""))
+    assert not torch.equal(per_block.select(q, k).block_mask, got)  # not the per-query-block choice
+
+
+def test_global_top_leaves_query_blocks_without_keys_empty_rows():
+    """A query block none of whose pairs ranks in the head's top k attends to nothing: its rows are empty
+    (0 under softmax), unless `always` gives it a block."""
+    mod = attnspec.compile("attention g {\n    select blocks(q = 4, kv = 4) top(1) by dot(mean(q), mean(k)) global\n}\n")
+    q, k, v = rand_qkv(B=1, H=1, SQ=12, SKV=12, D=4, seed=2)
+    blocks = mod.select(q, k).block_mask
+    assert int(blocks.sum()) == 1
+    out = mod.attention(q, k, v)
+    empty = ~blocks[0, 0].any(-1)
+    rows = empty.repeat_interleave(4)[:12]
+    assert torch.equal(out[0, 0, rows], torch.zeros_like(out[0, 0, rows]))
+
+
+@pytest.mark.parametrize("target", ["flex", "triton"])
+def test_every_target_attends_over_the_global_choice(target, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    _gradients_match_the_reference(ROPE_SELECT.replace("blocks(q = 4, kv = 3) top(2)", "blocks(q = 16, kv = 32) top(5)")
+                                   .replace(" causal per kv_head", " causal global per kv_head"), target, 5)
+
+
 # ------------------------------------------------------------------ masks that read per-row values
 
 MASK_VALUE_SELECT = """
@@ -668,6 +721,13 @@ def test_every_target_selects_beside_a_mask_of_per_row_values(target, monkeypatc
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     source = MASK_VALUE_SELECT.replace("blocks(q = 4, kv = 3)", "blocks(q = 16, kv = 32)").replace("kn > 1.6", "kn > 3.6")
     _gradients_match_the_reference(source, target, 8)
+
+
+def test_global_is_refused_where_it_changes_nothing():
+    with pytest.raises(attnspec.AttnError, match="'global' changes nothing for threshold"):
+        attnspec.compile("attention g {\n    select blocks(q = 4, kv = 4) threshold(0.5) by dot(mean(q), mean(k)) global\n}\n")
+    with pytest.raises(attnspec.AttnError, match="'global' given twice"):
+        attnspec.compile("attention g {\n    select blocks(q = 4, kv = 4) top(2) by dot(mean(q), mean(k)) global global\n}\n")
 
 
 @pytest.mark.parametrize("line, message", [

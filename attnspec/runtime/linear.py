@@ -527,6 +527,14 @@ def chunked_backward(q, k, v, decay, scale: float, out, den, dout, dlse, *, caus
     return dq.sum(0) * scale, dk * scale, dv.view(B, HKV, group, SKV, DV).sum(2) * scale, ddecay
 
 
+def _results(ctx, q, out, den, normalized: bool):
+    """(out in q's dtype, lse) of a chunked autograd operation: the lse has a gradient only where normalized."""
+    row_lse = lse(den)
+    if not normalized:
+        ctx.mark_non_differentiable(row_lse)
+    return out.to(q.dtype), row_lse
+
+
 class _Chunked(torch.autograd.Function):
     """The chunked forward as one autograd operation; its backward runs the chunked dq and dk/dv kernels."""
 
@@ -535,10 +543,7 @@ class _Chunked(torch.autograd.Function):
         out, den = chunked(q, k, v, decay, scale, causal=causal, normalized=normalized)
         ctx.save_for_backward(q, k, v, decay, out, den)
         ctx.form = (scale, causal, normalized)
-        row_lse = lse(den)
-        if not normalized:
-            ctx.mark_non_differentiable(row_lse)
-        return out.to(q.dtype), row_lse
+        return _results(ctx, q, out, den, normalized)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -566,10 +571,7 @@ class _BothWays(torch.autograd.Function):
         out, den = both_ways(_chunked_sums, q, k, v, decay, scale, normalized, later)
         ctx.save_for_backward(q, k, v, decay, out, den, *later)
         ctx.form = (scale, normalized)
-        row_lse = lse(den)
-        if not normalized:
-            ctx.mark_non_differentiable(row_lse)
-        return out.to(q.dtype), row_lse
+        return _results(ctx, q, out, den, normalized)
 
     @staticmethod
     @torch.autograd.function.once_differentiable

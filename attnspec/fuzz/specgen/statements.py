@@ -416,10 +416,12 @@ def _amount(draw, env: Env, criterion: str) -> str:
     return _float_knob(draw, env, env.view(AMOUNT), lo, hi).text
 
 
-def _options(draw, env: Env) -> list[str]:
+def _options(draw, env: Env, criterion: str) -> list[str]:
     options = []
     if _chance(draw, 50):
         options.append("causal")
+    if criterion != "threshold" and _chance(draw, 25):  # global changes nothing for a threshold
+        options.append("global")
     if _chance(draw, 40):
         options.append(f"per {_pick(draw, (1, 'head'), (2, 'kv_head'))}")
     if _chance(draw, 40):
@@ -435,7 +437,7 @@ def _dynamic_select(draw, env: Env) -> list[str]:
     criterion = _pick(draw, (3, "top"), (1, "threshold"), (1, "share"))
     lets, pooled = _pooled_value(draw, env)
     head = f"select {_blocks(draw, env)} {criterion}({_amount(draw, env, criterion)}) by {_block_score(draw, env)}{pooled}"
-    return lets + [" ".join([head] + _options(draw, env))]
+    return lets + [" ".join([head] + _options(draw, env, criterion))]
 
 
 def _blocks(draw, env: Env) -> str:
