@@ -184,6 +184,23 @@ def test_fp16_forward_uses_wgmma_without_spills(half):
         assert r["dtype"] == "fp16" and r["error"] is None and r["fits"] and r["mma"] == "wgmma", r
 
 
+IEEE = ["b01_causal", "b04_alibi", "m02_natten2d"]
+
+
+@pytest.fixture(scope="module")
+def ieee(tmp_path_factory):
+    return _aot(tmp_path_factory, "ieee", [ROOT / "examples" / f"{stem}.attn" for stem in IEEE], "--dtype", "fp32", "--backward")
+
+
+def test_ieee_float32_runs_on_fma_without_spills(ieee):
+    """float32 under torch's default "highest" precision: products on FMA units (no TF32), and the
+    kernels' own candidates (small tiles on many warps) fit where the half-type ones spilled 1.6-82 KB."""
+    assert ieee["rc"] == 0 and len(ieee["reports"]) == 3 * 2 * len(IEEE), ieee["table"]
+    for r in ieee["reports"]:
+        assert r["dtype"] == "fp32" and r["error"] is None and r["mma"] == "fma", r
+        assert r["spill_stores"] == 0 and r["fits"], r
+
+
 # DeBERTa's narrow 64 x 16 backward tiles at D = 128 sit at 254-255 registers: with descriptors they
 # spill, so that shape runs on pointers (its twin)
 BACKWARD_TWINS = {("deberta", 128)}

@@ -246,7 +246,7 @@ def kernel_config(q, v) -> Config:
 _GPU_CANDIDATES = {
     64: ((128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 3), (128, 128, 8, 2)),
     128: ((128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 4, 3), (128, 128, 8, 2), (64, 32, 4, 2)),
-    256: ((128, 64, 8, 2), (64, 32, 4, 2), (64, 64, 4, 2), (32, 64, 4, 2)),  # also float32 at D = 128
+    256: ((128, 64, 8, 2), (64, 32, 4, 2), (64, 64, 4, 2), (32, 64, 4, 2)),  # also TF32 float32 at D = 128
 }
 
 
@@ -264,6 +264,22 @@ _GPU_BACKWARD_CANDIDATES = {
 # holds more per pair: at D = 128, DeBERTa's two tables spill 124-140 bytes in the backward's 64 x 32
 # tiles on 4 warps, and 64 x 16 on 4 warps or 128 x 16 on 8 do not; those come first for such a spec.
 _GPU_BACKWARD_NARROW = {64: (), 128: ((64, 16, 4, 2), (128, 16, 8, 2)), 256: ()}
+
+
+# IEEE float32 (torch's "highest" precision) multiplies on FMA units, and Triton's FMA products hold the
+# whole contraction of each thread's rows and columns in registers: every candidate above spills there
+# (1.6-82 KB at D = 64 and 128, B01, sm_90a). Small tiles on many warps do not (`attnspec aot --dtype
+# fp32`, B01, B04, B07, M02, S02 forward; B01, B04, M02 backward): per padded head dim,
+_GPU_IEEE_CANDIDATES = {
+    64: ((64, 64, 16, 2), (32, 64, 8, 2), (64, 32, 8, 2), (32, 32, 4, 2)),
+    128: ((64, 64, 16, 2), (32, 64, 8, 2), (32, 16, 4, 2)),
+    256: ((32, 32, 16, 1), (32, 16, 8, 1), (16, 32, 8, 1)),
+}
+_GPU_IEEE_BACKWARD_CANDIDATES = {
+    64: ((32, 32, 16, 1), (32, 16, 8, 1), (16, 32, 8, 1)),
+    128: ((32, 16, 8, 1), (16, 32, 8, 1), (32, 32, 16, 1)),  # each spills 44-56 bytes in one of B04, M02's dK/dV
+    256: ((32, 32, 16, 1), (32, 16, 8, 1)),
+}
 
 
 def candidate_configs(q, v, backward: bool = False, narrow: bool = False, fusable: bool = False,
@@ -286,11 +302,8 @@ def candidate_configs(q, v, backward: bool = False, narrow: bool = False, fusabl
     ieee = upcast or (q.dtype == torch.float32 and not tf32_products())
     if not _on_gpu(q):
         shapes = ((64, 64, 4, 1),)
-    else:  # by bytes per row: float32 takes the candidates of a half type with twice the head dim
-        width = max(64, block_d, block_dv) * (2 if q.dtype == torch.float32 else 1)
-        shapes = (_GPU_BACKWARD_CANDIDATES if backward else _GPU_CANDIDATES)[min(width, 256)]
-        if backward and narrow:
-            shapes = tuple(dict.fromkeys(_GPU_BACKWARD_NARROW[min(width, 256)] + shapes))
+    else:
+        shapes = _gpu_shapes(q, max(64, block_d, block_dv), ieee, backward, narrow)
         if blocks is not None:
             shapes = tuple(dict.fromkeys(shapes + tuple(_within(shape, blocks) for shape in shapes)))
     configs = [Config(m, n, block_d, block_dv, warps, stages, ieee, upcast) for m, n, warps, stages in shapes]
@@ -302,6 +315,17 @@ def candidate_configs(q, v, backward: bool = False, narrow: bool = False, fusabl
     if not _on_gpu(q):
         return [replace(c, tma=True) for c in configs]
     return [version for c in configs for version in (replace(c, tma=True), c)]  # each shape: descriptors, then pointers
+
+
+def _gpu_shapes(q, width: int, ieee: bool, backward: bool, narrow: bool) -> tuple:
+    """The (BLOCK_M, BLOCK_N, warps, stages) tried on a GPU for this padded head dim (`width`)."""
+    if ieee:
+        return (_GPU_IEEE_BACKWARD_CANDIDATES if backward else _GPU_IEEE_CANDIDATES)[min(width, 256)]
+    width = min(width * (2 if q.dtype == torch.float32 else 1), 256)  # by bytes per row: TF32 as a half type of twice the dim
+    shapes = (_GPU_BACKWARD_CANDIDATES if backward else _GPU_CANDIDATES)[width]
+    if backward and narrow:
+        shapes = tuple(dict.fromkeys(_GPU_BACKWARD_NARROW[width] + shapes))
+    return shapes
 
 
 def _within(shape, blocks):
