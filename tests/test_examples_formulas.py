@@ -345,6 +345,21 @@ def f_rope_gated(q, k, v, gate, base=10000.0):
     return Result(gated, result.lse, result.empty)
 
 
+def f_sample_attention(q, k, v, stripe, window_percent=8):
+    _, _, i, j = grid(q, k)
+    SKV = k.shape[2]
+    edge = i + (SKV - q.shape[2])
+    window = -(-SKV * window_percent // 100)
+    return softmax_attn(logits(q, k), (j <= edge) & ((edge - j < window) | stripe[:, :, None, :]), v)
+
+
+def f_moh(q, k, v, route):
+    _, _, i, j = grid(q, k)
+    g = route.to(F64)
+    routed = softmax_attn(logits(q, k), (j <= i + (k.shape[2] - q.shape[2])) & (g[..., None] > 0), v)
+    return Result(routed.out * g.unsqueeze(-1), routed.lse, routed.empty)
+
+
 def f_rope2d(q, k, v, W=8, base=100.0):
     D = q.shape[-1]
     inv_freq = 1.0 / base ** (torch.arange(0, D // 2, 2, dtype=F64) / (D // 2))  # D/4 frequencies per axis
@@ -719,6 +734,21 @@ def gate_inputs(case, gen):
     return {"gate": randn(gen, case.B, case.H, case.SQ) * 3}
 
 
+def stripe_inputs(case, gen):
+    """SampleAttention's kept key columns: about one in eight, per batch and head."""
+    return {"stripe": torch.rand(case.B, case.H, case.SKV, generator=gen) < 0.125}
+
+
+def route_inputs(case, gen):
+    """MoH's routing weights: the first head shared (weight 0.5), the others routed to by a top-2 softmax
+    over their router logits (weights summing to 0.5, 0 for the heads a token skips)."""
+    logits = randn(gen, case.B, case.H - 1, case.SQ)
+    top = logits.topk(min(2, case.H - 1), dim=1).indices
+    chosen = torch.full_like(logits, float("-inf")).scatter(1, top, logits.gather(1, top))
+    routed = 0.5 * torch.softmax(chosen, dim=1)
+    return {"route": torch.cat([torch.full((case.B, 1, case.SQ), 0.5), routed], 1).float()}
+
+
 def temperature_inputs(case, gen):
     return {"tau": torch.rand(case.H, generator=gen, dtype=F64) + 0.005}  # some below the 0.01 floor
 
@@ -890,6 +920,14 @@ REGISTRY: dict[str, Example] = {
     "N15": Example("n15_efficient.attn", f_efficient, STANDARD + [Case("decode", SQ=1, SKV=40)], lse=False),
     "N17": Example("n17_hedgehog.attn", f_hedgehog, STANDARD + [Case("decode", SQ=1, SKV=40)], hedgehog_inputs),
     "N18": Example("n18_lightning.attn", f_lightning, STANDARD + [Case("decode", SQ=1, SKV=40)], lse=False),
+    "K12": Example("k12_sample_attention.attn", f_sample_attention, [
+        SELF, SQ_LT, MQA, Case("sq>skv", SQ=63, SKV=29, empty_rows=True), Case("decode", SQ=1, SKV=40),
+        Case("window 30%", SQ=50, SKV=50, consts={"window_percent": 30}),
+    ], stripe_inputs),
+    "O03": Example("o03_moh.attn", f_moh, [
+        Case("self", empty_rows=True), Case("sq<skv", SQ=21, SKV=50, empty_rows=True), Case("decode", SQ=1, SKV=40),
+        Case("mqa", H=4, HKV=1, SQ=63, SKV=63, empty_rows=True),
+    ], route_inputs),
     "K01": Example("k01_nsa_select.attn", f_nsa_select, [
         Case("self", SQ=100, SKV=100, D=8, DV=8),
         Case("mqa", H=4, HKV=1, SQ=63, SKV=63),
