@@ -353,6 +353,12 @@ def f_sample_attention(q, k, v, stripe, window_percent=8):
     return softmax_attn(logits(q, k), (j <= edge) & ((edge - j < window) | stripe[:, :, None, :]), v)
 
 
+def f_mosa(q, k, v, pos_q, pos_kv, weight):
+    keep = pos_kv.long()[:, :, None, :] <= pos_q.long()[:, :, :, None]
+    routed = softmax_attn(logits(q, k), keep, v)
+    return Result(routed.out * weight.to(F64).unsqueeze(-1), routed.lse, routed.empty)
+
+
 def f_moh(q, k, v, route):
     _, _, i, j = grid(q, k)
     g = route.to(F64)
@@ -739,6 +745,20 @@ def stripe_inputs(case, gen):
     return {"stripe": torch.rand(case.B, case.H, case.SKV, generator=gen) < 0.125}
 
 
+def expert_choice_inputs(case, gen):
+    """MoSA: each head's chosen tokens of a sequence of 3 * SKV, in their original order (the keys; the
+    queries are the last SQ of them, or, with more queries than keys, other tokens whose earliest ones
+    precede every key), and each query's router weight sigmoid(x . w_r)."""
+    def chosen(n, start=0):
+        return torch.stack([torch.randperm(3 * max(case.SQ, case.SKV), generator=gen)[:n].sort().values
+                            for _ in range(case.B * case.H)]).view(case.B, case.H, n) + start
+
+    pos_kv = chosen(case.SKV, 5)
+    pos_q = pos_kv[:, :, case.SKV - case.SQ:] if case.SQ <= case.SKV else chosen(case.SQ)
+    return {"pos_q": pos_q.to(torch.int32).contiguous(), "pos_kv": pos_kv.to(torch.int32),
+            "weight": torch.sigmoid(randn(gen, case.B, case.H, case.SQ))}
+
+
 def route_inputs(case, gen):
     """MoH's routing weights: the first head shared (weight 0.5), the others routed to by a top-2 softmax
     over their router logits (weights summing to 0.5, 0 for the heads a token skips)."""
@@ -924,6 +944,9 @@ REGISTRY: dict[str, Example] = {
         SELF, SQ_LT, MQA, Case("sq>skv", SQ=63, SKV=29, empty_rows=True), Case("decode", SQ=1, SKV=40),
         Case("window 30%", SQ=50, SKV=50, consts={"window_percent": 30}),
     ], stripe_inputs),
+    "K14": Example("k14_mosa.attn", f_mosa, [
+        SELF, SQ_LT, MQA, Case("sq>skv", SQ=63, SKV=29, empty_rows=True), Case("decode", SQ=1, SKV=40),
+    ], expert_choice_inputs),
     "O03": Example("o03_moh.attn", f_moh, [
         Case("self", empty_rows=True), Case("sq<skv", SQ=21, SKV=50, empty_rows=True), Case("decode", SQ=1, SKV=40),
         Case("mqa", H=4, HKV=1, SQ=63, SKV=63, empty_rows=True),
