@@ -357,7 +357,7 @@ def test_small_selection_blocks_add_tiles_inside_them_as_later_candidates(monkey
 BANDS = {
     "b01_causal", "b02_sliding_window", "b04_alibi", "b05_streaming_sink", "b06_query_temperature", "b06_temperature", "b07_softcap",
     "b09_gqa", "b10_rope", "b10_rope2d", "b10_rope_gated", "m01_prefix_lm", "m14_ls_heads", "m16_sinklora", "m18_block_causal", "n01_sigmoid",
-    "n01_softpick", "n02_relu2_rownorm", "n02_relu_kept_length", "n02_relu_length", "n09_affine_scaled", "n14_cosine_signed", "n05_inline", "n14_linear_elu", "n15_efficient", "n17_hedgehog", "n18_lightning", "s02_deberta", "s02_log_buckets", "s02_rel_bias_clipped", "s02_rel_table",
+    "n01_softpick", "n02_relu2_rownorm", "n02_relu_kept_length", "n02_relu_length", "n09_affine_scaled", "o03_moh", "n14_cosine_signed", "n05_inline", "n14_linear_elu", "n15_efficient", "n17_hedgehog", "n18_lightning", "s02_deberta", "s02_log_buckets", "s02_rel_bias_clipped", "s02_rel_table",
 }
 
 
