@@ -179,6 +179,28 @@ def test_found_gradient_cases_pass(stem, case):
     assert outcome.status == OK, outcome.detail
 
 
+# found by the generated specs: a separate denominator's derivative at pairs past the lengths, where
+# the mod `(kv / score) * score` is 0 / 0 = NaN, reached dq as 0 * NaN; those pairs now give 0
+FOUND_SPEC = """
+attention gen_spec {
+    input proj_k: float32[HKV, D, D] learnable
+    prologue k[r, f] = softmax(sum(k[g] * proj_k[h, g, f] for g) / sqrt(float(D)))
+    mask kv <= q or (q < 4 and kv < 4)
+    score = score + ((float(min(kv, kv)) / score) * score)
+    normalize rownorm(where(D >= H, abs(SQ), tanh(float(pow2(clamp(b, -2, 20))))), den = abs(exp(score) - 1.0))
+}
+"""
+
+
+def test_a_found_denominator_derivative_case_passes():
+    from attnspec.fuzz.cases import parse_case
+
+    spec = load_program(FOUND_SPEC).specs[0]
+    case = "target=triton,dtype=float16,B=2,H=3,HKV=3,SQ=1,SKV=33,D=32,DV=128,seed=1659,logits=huge,inputs=typical,trace=static,grad=1"
+    outcome = run_case(subject_of(spec, "found.attn"), parse_case(case))
+    assert outcome.status == OK, outcome.detail
+
+
 def test_random_specs_differentiate_like_the_reference(tmp_path):
     """CI's share of `attnspec fuzz --generate N --grad`: random specs (every normalization, learnable
     inputs of every kind, selections) through the backward kernels."""
