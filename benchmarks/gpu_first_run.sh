@@ -10,10 +10,10 @@
 # up to the last stage that ran even when a later one times out. Exit status: 0 when every stage passed.
 #
 #   stage 0  the machine and versions                                                  10 s
-#   stage 1  forward correctness, 9 variants x bf16/fp16/fp32, no autotune, tiles
+#   stage 1  forward correctness, 10 variants x bf16/fp16/fp32, no autotune, tiles
 #            through tensor descriptors (TMA, the default on Hopper)                    170 s
 #   stage 1p the same for 3 variants in bf16 on the pointer path (ATTNSPEC_TMA=0)        50 s
-#   stage 2  gradients of b01 and m02 (q, k, v, the relative-position table)           90 s
+#   stage 2  gradients of b01, m02 and n18 (q, k, v, the relative-position table)         90 s
 #   stage 3  speed, autotuned: causal, natten2d and causal RoPE (B10) at 4k and 16k,
 #            D = 64 and 128, against compiled FlexAttention and SDPA                   160 s
 #   stage 4  linear attention (N18): the chunked kernels against the tile kernels and SDPA
@@ -82,13 +82,13 @@ write_results
 
 # b10_rope_gated: the prologue passes and, without gradients, the forward kernel's fused q prologue and
 # epilogue; s02_deberta: per-row tables picked per pair with tl.gather
-VARIANTS="b01_causal or b03_document or b04_alibi or b07_softcap or m02_natten2d or n01_sigmoid or k02_moba or b10_rope_gated or s02_deberta"
+VARIANTS="b01_causal or b03_document or b04_alibi or b07_softcap or m02_natten2d or n01_sigmoid or k02_moba or b10_rope_gated or s02_deberta or n18_lightning"
 stage stage1 170 env ATTNSPEC_AUTOTUNE=0 $PY -m pytest tests/test_triton_gpu.py -q -p no:cacheprovider \
     -k "test_example_on_gpu and ($VARIANTS)"
 stage stage1p 50 env ATTNSPEC_AUTOTUNE=0 ATTNSPEC_TMA=0 $PY -m pytest tests/test_triton_gpu.py -q -p no:cacheprovider \
     -k "test_example_on_gpu and bfloat16 and (b01_causal or m02_natten2d or k02_moba)"
 stage stage2 90 env ATTNSPEC_AUTOTUNE=0 $PY -m pytest tests/test_triton_gpu.py -q -p no:cacheprovider \
-    -k "test_example_gradients_on_gpu and (b01_causal or m02_natten2d)"
+    -k "test_example_gradients_on_gpu and (b01_causal or m02_natten2d or n18_lightning)"
 stage stage3 160 $PY benchmarks/triton_attention.py --only b01_causal,m02_natten2d,b10_rope --sizes 4096,16384 \
     --dims 64,128 --reps 10 --max-minutes 2.4
 stage stage4 60 env ATTNSPEC_AUTOTUNE=0 $PY benchmarks/linear_gpu.py --lengths 4096 16384 65536 --dims 64 --reps 5

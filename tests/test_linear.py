@@ -13,9 +13,12 @@ import warnings
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 import attnspec
 from attnspec.diagnostics import AttnError
+from attnspec.runtime import linear
 
 ELU = """
 attention elu_features {
@@ -241,8 +244,6 @@ def test_the_reference_recurrence_is_its_dense_form(source, SQ, SKV, H, HKV):
 @pytest.fixture
 def chunked_calls(monkeypatch):
     """The calls of the chunked kernel's launcher, counted."""
-    from attnspec.runtime import linear
-
     calls, original = [], linear.chunked
 
     def counted(*args, **kwargs):
@@ -326,8 +327,6 @@ def test_a_decay_of_zero_keeps_only_the_diagonal(chunked_calls):
 @pytest.fixture
 def backward_calls(monkeypatch):
     """The calls of the chunked backward's launcher, counted."""
-    from attnspec.runtime import linear
-
     calls, original = [], linear.chunked_backward
 
     def counted(*args, **kwargs):
@@ -391,16 +390,68 @@ def test_the_lse_gradient_reaches_the_chunked_backward(source, backward_calls):
     assert backward_calls
 
 
-def test_wide_and_padded_features_split_the_value_blocks(backward_calls):
+def test_wide_and_padded_features_split_the_value_blocks(backward_calls, launches):
     """D = 40 pads to 64 features; DV = 80 takes two blocks of 64 value features, whose dq and dk
-    partials add up (the row-sum terms in the first block only)."""
+    partials add up (the row-sum terms in the first block only); dK/dV takes three blocks of 16 key
+    features (the last padded), whose dv partials add up, and so does dQ where the decay learns (its
+    gradient's partials add up)."""
     gen = torch.Generator().manual_seed(7)
     q, k = torch.randn(1, 2, 41, 40, generator=gen, dtype=torch.float64), torch.randn(1, 2, 50, 40, generator=gen, dtype=torch.float64)
     v = torch.randn(1, 2, 50, 80, generator=gen, dtype=torch.float64)
     lam = 0.5 + 0.5 * torch.rand(2, generator=gen, dtype=torch.float64)
     for source, inputs in ((ELU, {}), (DECAYED, {"lam": lam})):
-        _agree(source, (q, k, v), inputs, torch.float32, lse=True)
+        _agree(source, (q, k, v), inputs, torch.float32, lse=True, learnable_decay=bool(inputs))
     assert len(backward_calls) == 2
+    grids = {name: {grid for n, grid, _ in launches if n == name} for name in (linear.chunked_dkdv_kernel.__name__, linear.chunked_dq_kernel.__name__)}
+    assert grids == {linear.chunked_dkdv_kernel.__name__: {(2, 2, 3)}, linear.chunked_dq_kernel.__name__: {(2, 2, 1), (2, 2, 3)}}
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """(kernel name, grid, meta) of every launch through the runtime's `start`."""
+    from attnspec.runtime import triton as _rt
+
+    seen, original = [], _rt.start
+
+    def recorded(kernel, grid, *args, **meta):
+        seen.append((getattr(kernel, "__name__", getattr(getattr(kernel, "fn", None), "__name__", "")), tuple(grid), meta))
+        return original(kernel, grid, *args, **meta)
+
+    monkeypatch.setattr(_rt, "start", recorded)
+    return seen
+
+
+def test_bf16_inputs_take_bf16_products_only_without_gradients(launches):
+    """Without gradients, bf16 inputs take bf16 products (emulated in the interpreter); with them, the
+    forward and both backward kernels take float32 operands (`_float32_precision`)."""
+    q, k, v, inputs = _arguments(DECAYED, 40, 40)
+    module = attnspec.compile(DECAYED, "triton")
+    low = [x.to(torch.bfloat16) for x in (q, k, v)]
+    names = [linear.chunked_kernel.__name__, linear.chunked_dq_kernel.__name__, linear.chunked_dkdv_kernel.__name__]
+    module.attention(*low, lam=inputs["lam"].float())
+    assert [(n, m["PRECISION"]) for n, _, m in launches if n in names] == [(names[0], "bf16-emulated")]
+    launches.clear()
+    leaves = [x.clone().requires_grad_() for x in low]
+    module.attention(*leaves, lam=inputs["lam"].float()).float().sum().backward()
+    assert [(n, m["PRECISION"]) for n, _, m in launches if n in names] == [(n, "tf32") for n in names]
+
+
+@triton.jit
+def _bf16_rounded_kernel(X, Y, N: tl.constexpr):
+    i = tl.arange(0, N)
+    tl.store(Y + i, linear._bf16_rounded(tl.load(X + i)))
+
+
+def test_the_emulated_bf16_operands_round_as_torch_does():
+    """`_bf16_rounded` (the interpreter's bf16 products) rounds to nearest, ties to even, as torch's
+    float32 -> bfloat16 conversion: ties both ways, the largest float32, subnormals, infinities, NaN."""
+    linear.jit(linear.chunked_kernel)  # the module's @kernel functions become triton functions
+    ties = torch.tensor([0x3F808000, 0x3F818000, 0x3F807FFF, 0x3F808001], dtype=torch.int32).view(torch.float32)
+    special = torch.tensor([3.4028235e38, -3.4028235e38, 1e-40, -1e-44, 0.0, -0.0, math.inf, -math.inf, math.nan])
+    x = torch.cat([ties, special, torch.randn(256 - 13, generator=torch.Generator().manual_seed(0)) * 1e3])
+    y = torch.empty_like(x)
+    _bf16_rounded_kernel[(1,)](x, y, N=256)
+    torch.testing.assert_close(y, x.bfloat16().float(), rtol=0, atol=0, equal_nan=True)
 
 
 LEARNED_FEATURES = """

@@ -15,10 +15,12 @@ pass's sums times decay are the later keys' part, added to the causal pass's (`b
   reference module's `recurrent()`, O(N d dv);
 - `chunked`: the Triton kernel (`attnspec aot` reports it as `linear`) that computes it a chunk of C rows at a time: inside a chunk the C x C
   weights as a small matrix, the keys before it through the state, which then takes the chunk's keys
-  (one program per batch, head and block of value features, the chunks in order).
+  (one program per batch, head and block of value features, the chunks in order; bf16 products for
+  bf16 inputs without gradients, `_dot`).
 - `attention`: `chunked` as one autograd operation, whose backward runs two more chunked kernels
   (`chunked_backward`): dq with the forward's state (and the decay's gradient, from an age-weighted
-  state, where it needs one), dk and dv with a state of the queries carried backwards along the rows.
+  state, where it needs one), dk and dv with a state of the queries carried backwards along the rows
+  (both on float32 operands; dk/dv, and dq with the age-weighted state, per block of 16 features).
 
 Both return (out, den): den is the row's sum of weights (the rownorm denominator), and a row whose
 sum is NaN or infinite (a NaN or infinite weight) is undefined: NaN, as in the dense form.
@@ -27,6 +29,7 @@ sum is NaN or infinite (a NaN or infinite weight) is undefined: NaN, as in the d
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 
 import torch
@@ -168,9 +171,35 @@ def _power(log2_abs, sign, n):
 
 @kernel
 def _tile(base, index, live, columns, row_stride, column_stride, width):
-    """Rows `index` (where live, else zeros) and columns `columns` (< width) of a [rows, width] tensor, in float32."""
+    """Rows `index` (where live, else zeros) and columns `columns` (< width) of a [rows, width] tensor, in
+    its own type (arithmetic with a float32 value gives float32; `_dot` casts its operands)."""
     mask = live[:, None] & (columns[None, :] < width)
-    return tl.load(base + index[:, None] * row_stride + columns[None, :] * column_stride, mask=mask, other=0.0).to(tl.float32)
+    return tl.load(base + index[:, None] * row_stride + columns[None, :] * column_stride, mask=mask, other=0.0)
+
+
+@kernel
+def _dot(a, b, PRECISION: tl.constexpr):
+    """a @ b in float32. PRECISION "bf16": bfloat16 operands on the tensor cores, as the tile kernels'
+    p @ v (the float32 state and weights rounded to the inputs' type, which has float32's range);
+    "bf16-emulated": the same operands rounded to bfloat16 (to nearest, even) and multiplied in float32,
+    where Triton's interpreter runs the kernels (it has no bfloat16 products); "tf32" or "ieee":
+    float32 operands (float32 and float16 inputs, where a float16 state could overflow)."""
+    if PRECISION == "bf16":
+        product = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
+    elif PRECISION == "bf16-emulated":
+        product = tl.dot(_bf16_rounded(a), _bf16_rounded(b), input_precision="ieee")
+    else:
+        product = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=PRECISION)
+    return product
+
+
+@kernel
+def _bf16_rounded(x):
+    """float32 x rounded to the nearest bfloat16 (ties to even), in float32; NaN stays NaN."""
+    x = x.to(tl.float32)
+    bits = x.to(tl.uint32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return tl.where(x == x, bits.to(tl.float32, bitcast=True), x)
 
 
 @kernel
@@ -182,8 +211,8 @@ def _absorb(state, norm, k_tile, v_tile, length, ahead, log2_abs, sign, HAS_DECA
         state, norm = state * carried[:, None], norm * carried
         # keys past the chunk's end are zero rows, but decay^(negative) may overflow (0 * inf)
         k_tile = k_tile * _power(log2_abs, sign, tl.maximum(ahead, 0).to(tl.float32))[:, None]
-    state = state + tl.dot(tl.trans(k_tile), v_tile, input_precision=PRECISION)
-    norm = norm + tl.sum(k_tile, 0)
+    state = state + _dot(tl.trans(k_tile), v_tile, PRECISION)
+    norm = norm + tl.sum(k_tile.to(tl.float32), 0)
     return state, norm
 
 
@@ -206,7 +235,7 @@ def _age(aged, aged_norm, state, norm, k_tile, v_tile, length, ahead, log2_abs, 
     aged_norm = (aged_norm + length * norm) * carried
     ahead = tl.maximum(ahead, 0).to(tl.float32)
     weighted = k_tile * (ahead * _power(log2_abs, sign, ahead))[:, None]
-    aged += tl.dot(tl.trans(weighted), v_tile, input_precision=PRECISION)
+    aged += _dot(tl.trans(weighted), v_tile, PRECISION)
     aged_norm += tl.sum(weighted, 0)
     return aged, aged_norm
 
@@ -258,7 +287,7 @@ def chunked_kernel(
         queries = i0 + rows
         # a query without keys (more queries than keys) is read as zeros: its row is 0 whatever q holds
         q_tile = _tile(Q, queries, (queries < SQ) & (queries + offset >= 0), feats, sqm, sqd, D)
-        num = tl.dot(q_tile, state, input_precision=PRECISION)
+        num = _dot(q_tile, state, PRECISION)
         den = tl.sum(q_tile * norm[None, :], 1)
         if CAUSAL:
             t0 = i0 + offset  # the chunk's first query sees the keys up to t0; the state holds those before t0
@@ -267,13 +296,13 @@ def chunked_kernel(
             k_tile = _tile(K, keys, live, feats, skn, skd, D)
             v_tile = _tile(V, keys, live, vfeats, svn, svd, DV)
             behind = rows[:, None] - rows[None, :]  # d_ij = (t0 + i) - (t0 + j)
-            weights = tl.dot(q_tile, tl.trans(k_tile), input_precision=PRECISION)
+            weights = _dot(q_tile, tl.trans(k_tile), PRECISION)
             if HAS_DECAY:
                 carried = _power(log2_abs, sign, (rows + 1).to(tl.float32))  # the state's keys are i + 1 .. behind
                 num, den = num * carried[:, None], den * carried
                 weights = weights * _power(log2_abs, sign, tl.maximum(behind, 0).to(tl.float32))
             weights = tl.where((behind >= 0) & live[None, :], weights, 0.0)
-            num += tl.dot(weights, v_tile, input_precision=PRECISION)
+            num += _dot(weights, v_tile, PRECISION)
             den += tl.sum(weights, 1)
             state, norm = _absorb(state, norm, k_tile, v_tile, BLOCK_M, BLOCK_M - 1 - rows, log2_abs, sign, HAS_DECAY, PRECISION)
         num, den = num * scale, den * scale
@@ -289,30 +318,54 @@ def chunked_kernel(
 
 
 CHUNK = 32
+# Blocks of features in the backward (sm_90a, float32 operands): dK/dV's of key features, where 32
+# and 64 spilled 28 to 76 bytes at D = 64 and 128 and 16 spills nothing; dQ's of query features where
+# it also carries the age-weighted state (the decay's gradient: 16 took bf16's spills from 176 and 704
+# bytes to 48, 32 to 104), else every feature in one block (no spills)
+KEY_FEATURES = 16
+FEATURES_WITH_AGES = 16
 
 
-def _meta(q, D: int, DV: int):
-    """The chunked kernels' launch parameters: (grid's value blocks, meta)."""
+def _meta(q, D: int, DV: int, for_backward: bool = False):
+    """The chunked kernels' launch parameters: (grid's value blocks, meta); float32 products for a
+    backward and the forward before it (`_float32_precision`)."""
     block_d = max(16, triton.next_power_of_2(D))
     block_dv = min(64, max(16, triton.next_power_of_2(DV)))
-    exact = q.dtype == torch.float32 and not _rt.tf32_products()
-    meta = dict(PRECISION="ieee" if exact else "tf32", BLOCK_M=CHUNK, num_warps=8, num_stages=1,
+    meta = dict(PRECISION=_float32_precision(q) if for_backward else _precision(q), BLOCK_M=CHUNK, num_warps=8, num_stages=1,
                 BLOCK_D=block_d, BLOCK_DV=block_dv)
     return triton.cdiv(DV, block_dv), meta
+
+
+def _precision(q) -> str:
+    """The products' operands (`_dot`) of a forward without gradients: the inputs' bfloat16 (emulated in
+    the interpreter), else float32 ones."""
+    if q.dtype == torch.bfloat16:
+        return "bf16-emulated" if _rt.interpreting() else "bf16"
+    return _float32_precision(q)
+
+
+def _float32_precision(q) -> str:
+    """Float32 operands: IEEE where the inputs are float32 and torch does not allow TF32, else TF32 (on
+    float16 inputs too). The backward and the forward it follows take these whatever the inputs:
+    dL/da_ij = dn_i . v_j + dz_i, with dz_i = -dn_i . o_i, cancels where a row's sum of weights is small
+    (dn_i = dO_i / z_i is then large), so an error of o or of a product's operand grows by 1 / z_i;
+    bfloat16 operands gave errors up to 12 times the accuracy rule's there (emulated)."""
+    return "ieee" if q.dtype == torch.float32 and not _rt.tf32_products() else "tf32"
 
 
 def _decay_argument(decay, q):
     return torch.zeros(1, dtype=torch.float32, device=q.device) if decay is None else decay.detach().to(torch.float32).contiguous()
 
 
-def chunked(q, k, v, decay, scale: float, *, causal: bool, normalized: bool):
+def chunked(q, k, v, decay, scale: float, *, causal: bool, normalized: bool, for_backward: bool = False):
     """(out [B, H, SQ, DV] float32, den [B, H, SQ] float32) from the chunked kernel. q, k after their
-    prologues (float32, bfloat16 or float16), decay [B, H] float32 or None (only with causal)."""
+    prologues (float32, bfloat16 or float16), decay [B, H] float32 or None (only with causal);
+    for_backward: float32 products (`_meta`)."""
     B, H, SQ, D = q.shape
     HKV, SKV, DV = k.shape[1], k.shape[2], v.shape[-1]
     out = torch.empty(B, H, SQ, DV, dtype=torch.float32, device=q.device)
     den = torch.empty(B, H, SQ, dtype=torch.float32, device=q.device)
-    blocks, meta = _meta(q, D, DV)
+    blocks, meta = _meta(q, D, DV, for_backward)
     _rt.start(
         jit(chunked_kernel), (B * H, blocks), q, k, v, out, den, _decay_argument(decay, q),
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *den.stride(),
@@ -333,7 +386,9 @@ def chunked(q, k, v, decay, scale: float, *, causal: bool, normalized: bool):
 #     dv_j = scale sum_i decay^d_ij (q_i . k_j) dn_i              carried from the last row backwards, read by v_j and k_j
 #
 # Each kernel takes one block of value features (dz only in the first), so dq and dk are sums of
-# partials over the blocks; dk and dv are per query head, summed over a GQA group on the host.
+# partials over the blocks; dk/dv also takes one block of key features (the state R is [BLOCK_D,
+# BLOCK_DV]; at D = 128 a whole row of them spills), so dv is a sum of partials over those blocks, as
+# q_i . k_j is. dk and dv are per query head, summed over a GQA group on the host.
 
 
 @kernel
@@ -347,9 +402,9 @@ def chunked_dq_kernel(
     bh = tl.program_id(0)
     b, h = bh // H, bh % H
     hk = h // (H // HKV)
-    block = tl.program_id(1)
-    dv0 = block * BLOCK_DV
-    rows, feats, vfeats = tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_D), dv0 + tl.arange(0, BLOCK_DV)
+    block, part = tl.program_id(1), tl.program_id(2)  # a block of value features, one of query features
+    dv0, d0 = block * BLOCK_DV, part * BLOCK_D
+    rows, feats, vfeats = tl.arange(0, BLOCK_M), d0 + tl.arange(0, BLOCK_D), dv0 + tl.arange(0, BLOCK_DV)
     Q += b * sqb + h * sqh
     K += b * skb + hk * skh
     V += b * svb + hk * svh
@@ -364,7 +419,7 @@ def chunked_dq_kernel(
         live_rows = queries < SQ
         dn = _tile(DN, queries, live_rows, vfeats, snm, snd, DV)
         dz = tl.load(DZ + b * szb + h * szh + queries * szm, mask=live_rows & (block == 0), other=0.0)
-        dq = tl.dot(dn, tl.trans(state), input_precision=PRECISION) + dz[:, None] * norm[None, :]
+        dq = _dot(dn, tl.trans(state), PRECISION) + dz[:, None] * norm[None, :]
         if CAUSAL:
             t0 = i0 + offset
             keys = t0 + rows
@@ -372,7 +427,7 @@ def chunked_dq_kernel(
             k_tile = _tile(K, keys, live, feats, skn, skd, D)
             v_tile = _tile(V, keys, live, vfeats, svn, svd, DV)
             behind = rows[:, None] - rows[None, :]
-            raw = tl.dot(dn, tl.trans(v_tile), input_precision=PRECISION) + dz[:, None]  # dL/da_ij
+            raw = _dot(dn, tl.trans(v_tile), PRECISION) + dz[:, None]  # dL/da_ij
             if DECAY_GRAD:
                 dl += _decay_grad(Q, queries, live_rows & (keys >= 0), feats, sqm, sqd, D, rows, behind, live, raw, dq, dn, dz,
                                   aged, aged_norm, k_tile, log2_abs, sign, PRECISION)
@@ -382,12 +437,12 @@ def chunked_dq_kernel(
                 dq = dq * _power(log2_abs, sign, (rows + 1).to(tl.float32))[:, None]
                 grads = grads * _power(log2_abs, sign, tl.maximum(behind, 0).to(tl.float32))
             grads = tl.where((behind >= 0) & live[None, :], grads, 0.0)
-            dq += tl.dot(grads, k_tile, input_precision=PRECISION)
+            dq += _dot(grads, k_tile, PRECISION)
             state, norm = _absorb(state, norm, k_tile, v_tile, BLOCK_M, BLOCK_M - 1 - rows, log2_abs, sign, HAS_DECAY, PRECISION)
         tl.store(DQ + block * sgp + b * sgb + h * sgh + queries[:, None] * sgm + feats[None, :] * sgd, dq,
                  mask=live_rows[:, None] & (feats[None, :] < D))
     if DECAY_GRAD:
-        tl.store(DL + block * tl.num_programs(0) + bh + tl.arange(0, 1), dl)
+        tl.store(DL + (block * tl.num_programs(2) + part) * tl.num_programs(0) + bh + tl.arange(0, 1), dl)
 
 
 @kernel
@@ -398,11 +453,11 @@ def _decay_grad(Q, queries, live_rows, feats, sqm, sqd, D, rows, behind, live, r
     row r (`across` is dn S^T + dz z, S' the age-weighted state); for the chunk's own, each pair's."""
     q_tile = _tile(Q, queries, live_rows, feats, sqm, sqd, D)
     r = rows.to(tl.float32)
-    older = tl.dot(dn, tl.trans(aged), input_precision=PRECISION) + dz[:, None] * aged_norm[None, :]
+    older = _dot(dn, tl.trans(aged), PRECISION) + dz[:, None] * aged_norm[None, :]
     before = tl.sum(q_tile * ((r + 1.0)[:, None] * across + older), 1) * _power(log2_abs, sign, r)
     steps = behind.to(tl.float32)
     slope = steps * _power(log2_abs, sign, tl.maximum(steps - 1.0, 0.0))  # d decay^d / d decay
-    pairs = tl.dot(q_tile, tl.trans(k_tile), input_precision=PRECISION) * raw * slope
+    pairs = _dot(q_tile, tl.trans(k_tile), PRECISION) * raw * slope
     pairs = tl.where((behind >= 1) & live[None, :] & live_rows[:, None], pairs, 0.0)
     return tl.sum(before, 0) + tl.sum(tl.sum(pairs, 1), 0)
 
@@ -411,8 +466,8 @@ def _decay_grad(Q, queries, live_rows, feats, sqm, sqd, D, rows, behind, live, r
 def _key_grads(dk_ptrs, dv_ptrs, k_tile, v_tile, dk, dv, state, norm, factor, live, D, DV, feats, vfeats, PRECISION: tl.constexpr):
     """Stores dk and dv of a tile of keys: those from the queries' state (times factor per key) added
     to the given ones (from the queries of the keys' own chunk)."""
-    dk += (tl.dot(v_tile, tl.trans(state), input_precision=PRECISION) + norm[None, :]) * factor[:, None]
-    dv += tl.dot(k_tile, state, input_precision=PRECISION) * factor[:, None]
+    dk += (_dot(v_tile, tl.trans(state), PRECISION) + norm[None, :]) * factor[:, None]
+    dv += _dot(k_tile, state, PRECISION) * factor[:, None]
     tl.store(dk_ptrs, dk, mask=live[:, None] & (feats[None, :] < D))
     tl.store(dv_ptrs, dv, mask=live[:, None] & (vfeats[None, :] < DV))
 
@@ -421,7 +476,7 @@ def _key_grads(dk_ptrs, dv_ptrs, k_tile, v_tile, dk, dv, state, norm, factor, li
 def chunked_dkdv_kernel(
     Q, K, V, DN, DZ, DK, DVout, Decay,
     sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, snb, snh, snm, snd, szb, szh, szm,
-    sgp, sgb, sgh, sgn, sgd, swb, swh, swn, swd,
+    sgp, sgb, sgh, sgn, sgd, swp, swb, swh, swn, swd,
     H, HKV, SQ, SKV, D, DV,
     HAS_DECAY: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
@@ -429,15 +484,15 @@ def chunked_dkdv_kernel(
     bh = tl.program_id(0)
     b, h = bh // H, bh % H
     hk = h // (H // HKV)
-    block = tl.program_id(1)
-    dv0 = block * BLOCK_DV
-    rows, feats, vfeats = tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_D), dv0 + tl.arange(0, BLOCK_DV)
+    block, part = tl.program_id(1), tl.program_id(2)  # a block of value features, one of key features
+    dv0, d0 = block * BLOCK_DV, part * BLOCK_D
+    rows, feats, vfeats = tl.arange(0, BLOCK_M), d0 + tl.arange(0, BLOCK_D), dv0 + tl.arange(0, BLOCK_DV)
     Q += b * sqb + h * sqh
     K += b * skb + hk * skh
     V += b * svb + hk * svh
     DN += b * snb + h * snh
     DK += block * sgp + b * sgb + h * sgh
-    DVout += b * swb + h * swh
+    DVout += part * swp + b * swb + h * swh
     log2_abs, sign = _decay(Decay, b * H + h, HAS_DECAY)
     # R and r of the queries after the current chunk, decayed to the key just after the chunk's last
     state = tl.zeros((BLOCK_D, BLOCK_DV), tl.float32)
@@ -461,10 +516,10 @@ def chunked_dkdv_kernel(
             within = tl.where((behind >= 0) & live_rows[None, :], 1.0, 0.0)
             if HAS_DECAY:
                 within = within * _power(log2_abs, sign, tl.maximum(behind, 0).to(tl.float32))
-            grads = (tl.dot(v_tile, tl.trans(dn), input_precision=PRECISION) + dz[None, :]) * within
-            products = tl.dot(k_tile, tl.trans(q_tile), input_precision=PRECISION) * within
-            dk = tl.dot(grads, q_tile, input_precision=PRECISION)
-            dv = tl.dot(products, dn, input_precision=PRECISION)
+            grads = (_dot(v_tile, tl.trans(dn), PRECISION) + dz[None, :]) * within
+            products = _dot(k_tile, tl.trans(q_tile), PRECISION) * within
+            dk = _dot(grads, q_tile, PRECISION)
+            dv = _dot(products, dn, PRECISION)
             factor = _power(log2_abs, sign, (BLOCK_M - rows).to(tl.float32)) if HAS_DECAY else tl.full((BLOCK_M,), 1.0, tl.float32)
             _key_grads(DK + keys[:, None] * sgn + feats[None, :] * sgd, DVout + keys[:, None] * swn + vfeats[None, :] * swd,
                        k_tile, v_tile, dk, dv, state, norm, factor, live, D, DV, feats, vfeats, PRECISION)
@@ -473,7 +528,7 @@ def chunked_dkdv_kernel(
             carried = _power(log2_abs, sign, tl.zeros((1,), tl.float32) + BLOCK_M)
             state, norm = state * carried[:, None], norm * carried
             q_tile = q_tile * _power(log2_abs, sign, rows.to(tl.float32))[:, None]
-        state += tl.dot(tl.trans(q_tile), dn, input_precision=PRECISION)
+        state += _dot(tl.trans(q_tile), dn, PRECISION)
         norm += tl.sum(q_tile * dz[:, None], 0)
     # the keys every query sees (causal with SKV > SQ: the first SKV - SQ; without a mask: all of them),
     # decay^(offset - j) from the first query's edge
@@ -499,6 +554,13 @@ def seeds(out, den, dout, dlse, normalized: bool):
     return (dout * inv[..., None]).contiguous(), torch.where(positive, dz * inv, 0.0).contiguous()
 
 
+def _split_features(flags: dict, D: int, widest):
+    """(flags, blocks): a kernel's blocks of D features, each at most `widest` wide (None: one block)."""
+    if widest is None or widest >= flags["BLOCK_D"]:
+        return flags, 1
+    return dict(flags, BLOCK_D=widest), triton.cdiv(D, widest)
+
+
 def chunked_backward(q, k, v, decay, scale: float, out, den, dout, dlse, *, causal: bool, normalized: bool,
                      decay_grad: bool = False):
     """(dq, dk, dv, ddecay) in float32 from the chunked backward kernels; out and den are the forward's
@@ -507,24 +569,26 @@ def chunked_backward(q, k, v, decay, scale: float, out, den, dout, dlse, *, caus
     B, H, SQ, D = q.shape
     HKV, SKV, DV = k.shape[1], k.shape[2], v.shape[-1]
     dn, dz = seeds(out, den, dout, dlse, normalized)
-    blocks, meta = _meta(q, D, DV)
+    blocks, meta = _meta(q, D, DV, for_backward=True)
     lam = _decay_argument(decay, q)
     flags = dict(HAS_DECAY=decay is not None, CAUSAL=causal, **meta)
     dq = torch.empty(blocks, B, H, SQ, D, dtype=torch.float32, device=q.device)
     dk = torch.empty(blocks, B, H, SKV, D, dtype=torch.float32, device=q.device)
-    dv = torch.empty(B, H, SKV, DV, dtype=torch.float32, device=q.device)
-    grid = (B * H, blocks)
-    dl = torch.zeros(blocks, B * H, dtype=torch.float32, device=q.device)
-    _rt.start(jit(chunked_dq_kernel), grid, q, k, v, dn, dz, dq, dl, lam,
+    decay_grad = decay_grad and decay is not None
+    query_flags, query_parts = _split_features(flags, D, FEATURES_WITH_AGES if decay_grad else None)
+    key_flags, parts = _split_features(flags, D, KEY_FEATURES)
+    dv = torch.empty(parts, B, H, SKV, DV, dtype=torch.float32, device=q.device)
+    dl = torch.zeros(blocks * query_parts, B * H, dtype=torch.float32, device=q.device)
+    _rt.start(jit(chunked_dq_kernel), (B * H, blocks, query_parts), q, k, v, dn, dz, dq, dl, lam,
               *q.stride(), *k.stride(), *v.stride(), *dn.stride(), *dz.stride(), *dq.stride(), H, HKV, SQ, SKV, D, DV,
-              DECAY_GRAD=decay_grad and decay is not None, **flags)
-    _rt.start(jit(chunked_dkdv_kernel), grid, q, k, v, dn, dz, dk, dv, lam,
+              DECAY_GRAD=decay_grad, **query_flags)
+    _rt.start(jit(chunked_dkdv_kernel), (B * H, blocks, parts), q, k, v, dn, dz, dk, dv, lam,
               *q.stride(), *k.stride(), *v.stride(), *dn.stride(), *dz.stride(), *dk.stride(), *dv.stride(),
-              H, HKV, SQ, SKV, D, DV, **flags)
+              H, HKV, SQ, SKV, D, DV, **key_flags)
     group = H // HKV
     dk = dk.sum(0).view(B, HKV, group, SKV, D).sum(2)
-    ddecay = dl.sum(0).view(B, H) * scale if decay_grad and decay is not None else None
-    return dq.sum(0) * scale, dk * scale, dv.view(B, HKV, group, SKV, DV).sum(2) * scale, ddecay
+    ddecay = dl.sum(0).view(B, H) * scale if decay_grad else None
+    return dq.sum(0) * scale, dk * scale, dv.sum(0).view(B, HKV, group, SKV, DV).sum(2) * scale, ddecay
 
 
 def _results(ctx, q, out, den, normalized: bool):
@@ -540,7 +604,7 @@ class _Chunked(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, decay, scale, causal, normalized):
-        out, den = chunked(q, k, v, decay, scale, causal=causal, normalized=normalized)
+        out, den = chunked(q, k, v, decay, scale, causal=causal, normalized=normalized, for_backward=True)
         ctx.save_for_backward(q, k, v, decay, out, den)
         ctx.form = (scale, causal, normalized)
         return _results(ctx, q, out, den, normalized)
@@ -555,9 +619,9 @@ class _Chunked(torch.autograd.Function):
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), ddecay, None, None, None
 
 
-def _chunked_sums(q, k, v, decay, scale: float):
+def _chunked_sums(q, k, v, decay, scale: float, for_backward: bool = False):
     """(num, den) float32 of the causal form from the chunked kernel, without the division."""
-    return chunked(q, k, v, decay, scale, causal=True, normalized=False)
+    return chunked(q, k, v, decay, scale, causal=True, normalized=False, for_backward=for_backward)
 
 
 class _BothWays(torch.autograd.Function):
@@ -567,8 +631,9 @@ class _BothWays(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, decay, scale, normalized):
-        later = later_keys(_chunked_sums, q, k, v, decay, scale)
-        out, den = both_ways(_chunked_sums, q, k, v, decay, scale, normalized, later)
+        sums = functools.partial(_chunked_sums, for_backward=True)
+        later = later_keys(sums, q, k, v, decay, scale)
+        out, den = both_ways(sums, q, k, v, decay, scale, normalized, later)
         ctx.save_for_backward(q, k, v, decay, out, den, *later)
         ctx.form = (scale, normalized)
         return _results(ctx, q, out, den, normalized)
