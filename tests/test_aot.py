@@ -242,9 +242,9 @@ def test_the_chunked_linear_kernels_compile_for_hopper(linear):
 
 
 def test_the_linear_forward_without_gradients_takes_bf16_products(tmp_path_factory):
-    """Without gradients the chunked forward multiplies bf16 operands (runtime/linear.py `_dot`): fewer
-    registers than with the float32 operands a backward needs (N18: 174 and 254 at D = 64 and 128,
-    against 254 and 255)."""
+    """Without gradients the chunked forward takes bf16 operands for q k^T and k^T v (runtime/linear.py
+    `_dot`): fewer registers than with the float32 operands a backward needs (N18: 214 and 250 at D = 64
+    and 128, against 254 and 255; N14: 164 and 240)."""
     report = _aot(tmp_path_factory, "linear_inference", LINEAR, "--kernel", "linear")
     assert report["rc"] == 0, report["table"]
     for path in LINEAR:
@@ -253,7 +253,7 @@ def test_the_linear_forward_without_gradients_takes_bf16_products(tmp_path_facto
             assert sorted((r["kernel"], r["head_dim"]) for r in reports) == [("linear", 64), ("linear", 128)], report["table"]
             for r in reports:
                 assert r["error"] is None and r["mma"] == "wgmma" and r["spill_stores"] == 0, r
-                assert r["head_dim"] == 128 or r["registers"] < 200, r
+                assert r["registers"] < 254 if r["head_dim"] == 64 else r["registers"] <= 250, r
 
 
 def test_the_command_fails_on_a_kernel_that_does_not_compile(forward):

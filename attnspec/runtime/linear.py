@@ -15,8 +15,8 @@ pass's sums times decay are the later keys' part, added to the causal pass's (`b
   reference module's `recurrent()`, O(N d dv);
 - `chunked`: the Triton kernel (`attnspec aot` reports it as `linear`) that computes it a chunk of C rows at a time: inside a chunk the C x C
   weights as a small matrix, the keys before it through the state, which then takes the chunk's keys
-  (one program per batch, head and block of value features, the chunks in order; bf16 products for
-  bf16 inputs without gradients, `_dot`).
+  (one program per batch, head and block of value features, the chunks in order; without gradients, bf16
+  inputs take bf16 operands in q k^T and k^T v, `_dot`).
 - `attention`: `chunked` as one autograd operation, whose backward runs two more chunked kernels
   (`chunked_backward`): dq with the forward's state (and the decay's gradient, from an age-weighted
   state, where it needs one), dk and dv with a state of the queries carried backwards along the rows
@@ -268,7 +268,7 @@ def chunked_kernel(
     Q, K, V, Out, Den, Decay,
     sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, som, sod, sdb, sdh, sdm,
     H, HKV, SQ, SKV, D, DV, scale,
-    HAS_DECAY: tl.constexpr, CAUSAL: tl.constexpr, NORMALIZED: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_DECAY: tl.constexpr, CAUSAL: tl.constexpr, NORMALIZED: tl.constexpr, PRECISION: tl.constexpr, FLOAT32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
     bh = tl.program_id(0)
@@ -287,7 +287,7 @@ def chunked_kernel(
         queries = i0 + rows
         # a query without keys (more queries than keys) is read as zeros: its row is 0 whatever q holds
         q_tile = _tile(Q, queries, (queries < SQ) & (queries + offset >= 0), feats, sqm, sqd, D)
-        num = _dot(q_tile, state, PRECISION)
+        num = _dot(q_tile, state, FLOAT32)  # float32 operands where a rounded operand errs as much as the sum
         den = tl.sum(q_tile * norm[None, :], 1)
         if CAUSAL:
             t0 = i0 + offset  # the chunk's first query sees the keys up to t0; the state holds those before t0
@@ -302,7 +302,7 @@ def chunked_kernel(
                 num, den = num * carried[:, None], den * carried
                 weights = weights * _power(log2_abs, sign, tl.maximum(behind, 0).to(tl.float32))
             weights = tl.where((behind >= 0) & live[None, :], weights, 0.0)
-            num += _dot(weights, v_tile, PRECISION)
+            num += _dot(weights, v_tile, FLOAT32)
             den += tl.sum(weights, 1)
             state, norm = _absorb(state, norm, k_tile, v_tile, BLOCK_M, BLOCK_M - 1 - rows, log2_abs, sign, HAS_DECAY, PRECISION)
         num, den = num * scale, den * scale
@@ -337,8 +337,10 @@ def _meta(q, D: int, DV: int, for_backward: bool = False):
 
 
 def _precision(q) -> str:
-    """The products' operands (`_dot`) of a forward without gradients: the inputs' bfloat16 (emulated in
-    the interpreter), else float32 ones."""
+    """The operands (`_dot`) of a forward's products of the inputs (q k^T, k^T v) without gradients: the
+    inputs' bfloat16 (emulated in the interpreter), else float32 ones. Its products with float32 sums
+    (q S, w v) take `_float32_precision` (FLOAT32): bfloat16 weights missed the accuracy rule by up to 3
+    times on unnormalized ones."""
     if q.dtype == torch.bfloat16:
         return "bf16-emulated" if _rt.interpreting() else "bf16"
     return _float32_precision(q)
@@ -369,7 +371,8 @@ def chunked(q, k, v, decay, scale: float, *, causal: bool, normalized: bool, for
     _rt.start(
         jit(chunked_kernel), (B * H, blocks), q, k, v, out, den, _decay_argument(decay, q),
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *den.stride(),
-        H, HKV, SQ, SKV, D, DV, float(scale), HAS_DECAY=decay is not None, CAUSAL=causal, NORMALIZED=normalized, **meta,
+        H, HKV, SQ, SKV, D, DV, float(scale), HAS_DECAY=decay is not None, CAUSAL=causal, NORMALIZED=normalized,
+        FLOAT32=_float32_precision(q), **meta,
     )
     return out, den
 
