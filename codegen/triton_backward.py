@@ -117,8 +117,9 @@ def _differentiated(spec: Spec, r, raw) -> dict:
 
 def _rendered(e: Expr, r) -> dict:
     """A derivative as code (broadcast against the tile where it does not vary per pair), and whether
-    it is the constant 1 (then nothing multiplies)."""
-    return {"code": r.render(e), "one": e.op == "const" and e.literal == 1.0}
+    it is the constant 1 (then nothing multiplies) or 0 (then its term is left out)."""
+    constant = e.literal if e.op == "const" else None
+    return {"code": r.render(e), "one": constant == 1.0, "zero": constant == 0.0}
 
 
 def _site(spec: Spec, r, root: str, expr: Expr, load: Expr) -> dict:

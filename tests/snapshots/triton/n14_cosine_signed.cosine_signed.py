@@ -308,9 +308,7 @@ def _cosine_signed_grad_pairs(_qk, _dp, _den, _delta, _q, _kv, _ctx, BLOCK_M: tl
     _p = tl.where(_keep, _w / _den, 0.0)
     # w = g / sum f: d loss / d g = dO.v / den, d loss / d f = -Delta / den (Delta = dO.o - dlse)
     _gw = tl.where(_keep, _dp / _den, 0.0)
-    _gd = tl.where(_keep, -_delta / _den, 0.0)
-    # the derivatives outside the kept pairs may be inf or NaN (a mod of a pair past the lengths): 0 there
-    _ds = tl.where(_keep, _gw + _gd * (0.0), 0.0)
+    _ds = _gw
     _dx = _ds
     return _keep, _p, _dx
 
