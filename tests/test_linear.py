@@ -13,8 +13,6 @@ import warnings
 
 import pytest
 import torch
-import triton
-import triton.language as tl
 
 import attnspec
 from attnspec.diagnostics import AttnError
@@ -434,24 +432,6 @@ def test_bf16_inputs_take_bf16_products_only_without_gradients(launches):
     leaves = [x.clone().requires_grad_() for x in low]
     module.attention(*leaves, lam=inputs["lam"].float()).float().sum().backward()
     assert [(n, m["PRECISION"]) for n, _, m in launches if n in names] == [(n, "tf32") for n in names]
-
-
-@triton.jit
-def _bf16_rounded_kernel(X, Y, N: tl.constexpr):
-    i = tl.arange(0, N)
-    tl.store(Y + i, linear._bf16_rounded(tl.load(X + i)))
-
-
-def test_the_emulated_bf16_operands_round_as_torch_does():
-    """`_bf16_rounded` (the interpreter's bf16 products) rounds to nearest, ties to even, as torch's
-    float32 -> bfloat16 conversion: ties both ways, the largest float32, subnormals, infinities, NaN."""
-    linear.jit(linear.chunked_kernel)  # the module's @kernel functions become triton functions
-    ties = torch.tensor([0x3F808000, 0x3F818000, 0x3F807FFF, 0x3F808001], dtype=torch.int32).view(torch.float32)
-    special = torch.tensor([3.4028235e38, -3.4028235e38, 1e-40, -1e-44, 0.0, -0.0, math.inf, -math.inf, math.nan])
-    x = torch.cat([ties, special, torch.randn(256 - 13, generator=torch.Generator().manual_seed(0)) * 1e3])
-    y = torch.empty_like(x)
-    _bf16_rounded_kernel[(1,)](x, y, N=256)
-    torch.testing.assert_close(y, x.bfloat16().float(), rtol=0, atol=0, equal_nan=True)
 
 
 LEARNED_FEATURES = """

@@ -21,11 +21,13 @@ from dataclasses import replace
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 import attnspec
 from attnspec.api import build_module, load_program, lower
 from attnspec.codegen import passes_for
-from attnspec.runtime import triton as triton_runtime
+from attnspec.runtime import kernel as _kernel, triton as triton_runtime
 from attnspec.sample import Sizes, sample_arguments
 from test_flex import EXAMPLES, F64, assert_agrees, cast, find_spec, fits, is_elementwise, spec_cases, without_v
 
@@ -148,6 +150,34 @@ def test_kernel_helpers_keep_the_language_semantics(dtype):
     spec = lower(load_program(SEMANTICS).specs[0])
     args64 = sample_arguments(spec, Sizes(B=1, H=2, HKV=1, SQ=70, SKV=90, D=16, DV=8), F64)
     assert_agrees(*run_both(reference, kernel, spec, args64, dtype), f"semantics {dtype}")
+
+
+@triton.jit
+def _rounded_kernel(X, Y, N: tl.constexpr, BITS: tl.constexpr):
+    i = tl.arange(0, N)
+    tl.store(Y + i, _kernel.rounded(tl.load(X + i), BITS))
+
+
+@pytest.mark.parametrize("dtype, bits", [(torch.bfloat16, 16), (torch.float16, 13)], ids=["bf16", "fp16"])
+def test_the_interpreters_rounding_is_the_gpus_cast(dtype, bits):
+    """`kernel.rounded` (what the interpreter's float32 tiles take for the GPU's cast to a half type,
+    runtime/triton.py upcasts) rounds to nearest, ties to even, as torch's cast does: ties both ways,
+    the largest float32 (bf16), subnormal float32s, infinities, NaN, and random values in the type's
+    normal range (fp16's range and subnormals are not emulated)."""
+    ties = torch.tensor([0x3F808000, 0x3F818000, 0x3F807FFF, 0x3F808001, 0x3F801000, 0x3F803000], dtype=torch.int32).view(torch.float32)
+    special = torch.tensor([1e-40, -1e-44, 0.0, -0.0, math.inf, -math.inf, math.nan])
+    if dtype == torch.bfloat16:
+        special = torch.cat([special, torch.tensor([3.4028235e38, -3.4028235e38, 1e30, -7e-30])])
+    drawn = torch.randn(256, generator=torch.Generator().manual_seed(0)) * 100
+    x = torch.cat([ties, special, drawn])[:256]
+    y = torch.empty_like(x)
+    _rounded_kernel[(1,)](x, y, N=256, BITS=bits)
+    expected = x.to(dtype).float()
+    normal = (x.abs() >= torch.finfo(dtype).tiny) | (x == 0) | ~torch.isfinite(x)
+    if dtype == torch.float16:  # float32 subnormals stay (not float16's flush), NaN and inf as they are
+        expected = torch.where(normal, expected, y)
+    torch.testing.assert_close(y, expected, rtol=0, atol=0, equal_nan=True)
+    assert not torch.equal(y[:6], x[:6])  # the ties moved
 
 
 # the forward keeps these softmaxes in log2 units, log2(e) folded into the mod (codegen/triton.py

@@ -350,6 +350,19 @@ def load_described(desc, b, h, first, UPCAST: tl.constexpr, TRANSPOSE: tl.conste
 
 
 @triton.jit
+def rounded(x, BITS: tl.constexpr):
+    """float32 x rounded to BITS fewer mantissa bits (to nearest, ties to even), in float32: where the
+    interpreter computes half tiles in float32, what the GPU's cast to the half type rounds (16:
+    bfloat16, exactly; 13: float16's mantissa, but not its range nor its subnormals). NaN stays NaN."""
+    x = x.to(tl.float32)
+    bits = x.to(tl.uint32, bitcast=True)
+    HALF: tl.constexpr = (1 << (BITS - 1)) - 1
+    KEPT: tl.constexpr = 0xFFFFFFFF ^ ((1 << BITS) - 1)
+    bits = (bits + HALF + ((bits >> BITS) & 1)) & KEPT
+    return tl.where(x == x, bits.to(tl.float32, bitcast=True), x)
+
+
+@triton.jit
 def mma(a, b, acc, IEEE: tl.constexpr):
     """a @ b (+ acc): float32 products in full precision with IEEE (no TF32)."""
     if IEEE:

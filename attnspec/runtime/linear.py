@@ -36,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import triton as _rt
+from . import kernel as _kernel, triton as _rt
 from .launch import jit, kernel
 from .dense import log_denominator
 from .tracing import tracing
@@ -187,19 +187,10 @@ def _dot(a, b, PRECISION: tl.constexpr):
     if PRECISION == "bf16":
         product = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
     elif PRECISION == "bf16-emulated":
-        product = tl.dot(_bf16_rounded(a), _bf16_rounded(b), input_precision="ieee")
+        product = tl.dot(_kernel.rounded(a, 16), _kernel.rounded(b, 16), input_precision="ieee")
     else:
         product = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=PRECISION)
     return product
-
-
-@kernel
-def _bf16_rounded(x):
-    """float32 x rounded to the nearest bfloat16 (ties to even), in float32; NaN stays NaN."""
-    x = x.to(tl.float32)
-    bits = x.to(tl.uint32, bitcast=True)
-    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-    return tl.where(x == x, bits.to(tl.float32, bitcast=True), x)
 
 
 @kernel
