@@ -160,8 +160,8 @@ def _rounded_kernel(X, Y, N: tl.constexpr, BITS: tl.constexpr):
 
 @pytest.mark.parametrize("dtype, bits", [(torch.bfloat16, 16), (torch.float16, 13)], ids=["bf16", "fp16"])
 def test_the_interpreters_rounding_is_the_gpus_cast(dtype, bits):
-    """`kernel.rounded` (what the interpreter's float32 tiles take for the GPU's cast to a half type,
-    runtime/triton.py upcasts) rounds to nearest, ties to even, as torch's cast does: ties both ways,
+    """`kernel.rounded` (what the interpreter's float32 products take for the GPU's cast to a half
+    type) rounds to nearest, ties to even, as torch's cast does: ties both ways,
     the largest float32 (bf16), subnormal float32s, infinities, NaN, and random values in the type's
     normal range (fp16's range and subnormals are not emulated)."""
     ties = torch.tensor([0x3F808000, 0x3F818000, 0x3F807FFF, 0x3F808001, 0x3F801000, 0x3F803000], dtype=torch.int32).view(torch.float32)

@@ -352,8 +352,9 @@ def load_described(desc, b, h, first, UPCAST: tl.constexpr, TRANSPOSE: tl.conste
 @triton.jit
 def rounded(x, BITS: tl.constexpr):
     """float32 x rounded to BITS fewer mantissa bits (to nearest, ties to even), in float32: where the
-    interpreter computes half tiles in float32, what the GPU's cast to the half type rounds (16:
-    bfloat16, exactly; 13: float16's mantissa, but not its range nor its subnormals). NaN stays NaN."""
+    interpreter multiplies in float32, what the GPU's cast to a half type rounds (16: bfloat16, exactly;
+    13: float16's mantissa, but not its range nor its subnormals). NaN stays NaN. The chunked linear
+    kernels' bf16 operands use it (runtime/linear.py `_dot`)."""
     x = x.to(tl.float32)
     bits = x.to(tl.uint32, bitcast=True)
     HALF: tl.constexpr = (1 << (BITS - 1)) - 1

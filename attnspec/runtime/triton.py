@@ -25,14 +25,9 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-_DROPPED_BITS = {torch.bfloat16: 16, torch.float16: 13}  # float32's 23 mantissa bits against 7 and 10
-
-
-def upcasts(q) -> int:
-    """Whether half tiles compute in float32 (in the interpreter, which has no half-precision products):
-    0 where they do not, else how many of float32's mantissa bits q's type lacks (16 for bfloat16, 13
-    for float16), so that a kernel rounds what the GPU would round to it (kernel.rounded)."""
-    return _DROPPED_BITS.get(q.dtype, 0) if interpreting() else 0
+def upcasts(q) -> bool:
+    """Whether half tiles compute in float32: in the interpreter, which has no half-precision products."""
+    return interpreting() and q.dtype != torch.float32
 
 
 @dataclass(frozen=True)
@@ -158,7 +153,7 @@ class Config:
     num_warps: int
     num_stages: int
     ieee: bool  # float32 products without TF32 (unless torch allows TF32, see tf32_products)
-    upcast: int  # half tiles computed in float32 (the interpreter): the mantissa bits the half type drops (upcasts)
+    upcast: bool  # half tiles computed in float32 (the interpreter, which has no half-precision products)
     fused: bool = False  # the forward kernel applies the q prologue and the epilogue (runtime/launch.py forward)
     tma: bool = False  # K, V (and the dQ kernel's Q, dO) tiles through tensor descriptors (Hopper's copy engine)
 
