@@ -3,8 +3,15 @@
 The interpreter labels a comparison's result with its operands' type rather than int1, so a scalar
 comparison of floats (`float(SKV - SQ) * t == 0.0`) becomes a float32 block when it is broadcast,
 and `|` / `&` with a block of booleans then fails in NumPy. Compiled kernels are not affected (the
-GPU compiler types comparisons as i1). Comparisons are relabelled as int1 here: an idempotent,
-guarded patch of the interpreter's builder, applied when a generated triton module is loaded.
+GPU compiler types comparisons as i1). Comparisons are relabelled as int1 here.
+
+Its float32 products are NumPy's matmul, whose BLAS kernel (chosen per CPU) sums in its own order,
+and differently for a transposed operand: the backward's recomputed scores then differed from the
+forward's by an ulp on some CPUs, which the kernels' exactness (a row with one key has weight 1)
+cannot absorb. Float32 products are computed in float64 and rounded once here, the same on every CPU.
+
+Both are idempotent, guarded patches of the interpreter's builder, applied when a generated triton
+module is loaded.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ def mend() -> None:
     for name in dir(builder):
         if name.startswith(("create_icmp", "create_fcmp")):
             setattr(builder, name, _as_int1(getattr(builder, name), interpreter.TensorHandle, tl.int1, np.bool_))
+    builder.create_dot = _rounded_once(builder.create_dot, interpreter.TensorHandle, np)
     setattr(builder, _MENDED, True)
 
 
@@ -37,3 +45,14 @@ def _as_int1(compare, handle, int1, bool_):
         return handle(out.data.astype(bool_), int1)
 
     return relabelled
+
+
+def _rounded_once(dot, handle, np):
+    @functools.wraps(dot)
+    def product(self, a, b, d, input_precision, max_num_imprecise_acc):
+        if not (a.data.dtype == b.data.dtype == d.data.dtype == np.float32):
+            return dot(self, a, b, d, input_precision, max_num_imprecise_acc)
+        exact = np.matmul(a.data.astype(np.float64), b.data.astype(np.float64)).astype(np.float32)
+        return handle(exact + d.data, d.dtype.scalar)
+
+    return product

@@ -169,7 +169,10 @@ def backward(kernels: Kernels, q, k, v, out, stats, dout, dlse, dvsum, inputs, p
     if kernels.norm == "elementwise":
         delta = stats  # unused: no denominator
     else:
-        delta = (do.float() * out.float()).sum(-1)
+        # in the interpreter, summed in float64 and rounded once, as its dP = dO . v is
+        # (runtime/interpreter.py): dP - Delta is then exactly 0 where a row's weights are one-hot
+        wide = torch.float64 if _rt.interpreting() else torch.float32
+        delta = (do.to(wide) * out.to(wide)).sum(-1).float()
         if dlse is not None:
             delta = delta - dlse.float()
         delta = delta.contiguous()
