@@ -179,11 +179,11 @@ def _tile(base, index, live, columns, row_stride, column_stride, width):
 
 @kernel
 def _dot(a, b, PRECISION: tl.constexpr):
-    """a @ b in float32. PRECISION "bf16": bfloat16 operands on the tensor cores, as the tile kernels'
-    p @ v (the float32 state and weights rounded to the inputs' type, which has float32's range);
-    "bf16-emulated": the same operands rounded to bfloat16 (to nearest, even) and multiplied in float32,
-    where Triton's interpreter runs the kernels (it has no bfloat16 products); "tf32" or "ieee":
-    float32 operands (float32 and float16 inputs, where a float16 state could overflow)."""
+    """a @ b in float32. PRECISION "bf16": bfloat16 operands on the tensor cores (a float32 operand, such
+    as the decayed keys, rounded to bfloat16, which has float32's range; `_precision` says which
+    products); "bf16-emulated": the same operands rounded to bfloat16 (to nearest, even) and multiplied
+    in float32, where Triton's interpreter runs the kernels (it has no bfloat16 products); "tf32" or
+    "ieee": float32 operands."""
     if PRECISION == "bf16":
         product = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
     elif PRECISION == "bf16-emulated":
