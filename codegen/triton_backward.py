@@ -52,6 +52,7 @@ class BackwardPlan(Plan):
     col_site_bindings: list[tuple[str, str]]  # column bindings the per-column sites index with
     dq_full_bounds: bool  # an input's gradient sums the dQ kernel's pairs: its full tiles keep the length bounds
     dkdv_full_bounds: bool  # the same for the dK/dV kernel (per-column sites)
+    split_dv: bool  # a learnable input of v's prologue sums dV: dV's weights in two half operands (docs/triton.md)
     backward_error_literal: str  # module constants: BACKWARD_ERROR, SITE_INPUTS, SITE_KERNELS
     site_inputs: str
     site_kernels: str
@@ -76,10 +77,19 @@ def backward_plan(spec: Spec, renderer_class) -> BackwardPlan:
         col_site_bindings=_col_site_bindings(spec, sites, renderer_class(spec)),
         dq_full_bounds=any(s["kernel"] == "dq" for s in pairs),
         dkdv_full_bounds=any(s["kernel"] == "dkdv" for s in sites),
+        split_dv=_v_prologue_learns(spec),
         backward_error_literal=repr(parts["backward_error"]),
         site_inputs=repr(tuple(s["input"] for s in summed)),
         site_kernels=repr(tuple((s["kernel"], s["level"]) for s in summed)),
     )
+
+
+def _v_prologue_learns(spec: Spec) -> bool:
+    """Whether v's prologue reads a learnable input: its gradient sums dV . dv'/da over every key and
+    feature, where dV's bf16 weights err by 2^-9 each (5 times the bf16 reference's error in a
+    per-head gain of v: tests/test_row_maps.py)."""
+    read = {n.value for m in spec.prologue if m.target == "v" for n in walk(m.value) if n.op == "load"}
+    return any(i.learnable for i in spec.inputs if i.name in read)
 
 
 def _col_site_bindings(spec: Spec, sites: list[dict], r) -> list[tuple[str, str]]:

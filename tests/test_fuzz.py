@@ -116,6 +116,22 @@ def test_a_correct_target_passes_on_every_dtype():
         assert [v.what for v in outcome.verdicts] == ["out", "lse"]
 
 
+def test_the_rule_allows_half_an_ulp_of_the_type_but_not_more():
+    """The accuracy rule's atol holds half an ulp of the largest value in the reference's dtype (times
+    the fudge): a bf16 result an ulp of its largest value away passes where the reference's own error
+    is a fraction of that, 2.5 ulps fail, and float32 keeps its 1e-5."""
+    from attnspec.fuzz.accuracy import check, rounding_floor
+
+    ref64 = torch.tensor([3.0, -0.5, 1.0 / 3.0], dtype=torch.float64)
+    low = ref64.to(torch.bfloat16)
+    assert rounding_floor(low, ref64) == 2.0**-8 * 2  # half an ulp of 3.0 in bf16
+    assert rounding_floor(ref64.float(), ref64) == 2.0**-24 * 2 and rounding_floor(low, torch.zeros(3)) == 0.0
+    ulp = 2.0**-6  # of 3.0 in bf16
+    assert check(ref64 + ulp, low, ref64, "out").ok
+    assert not check(ref64 + 2.5 * ulp, low, ref64, "out").ok
+    assert not check(ref64.float() + 1e-4, ref64.float(), ref64, "out").ok
+
+
 @pytest.mark.parametrize("how, words", [("value", "out: FAIL"), ("nan", "NaN at (0, 0, 0, 0)"),
                                         ("dtype", "expected torch.float32"), ("raise", "IndexError: tile index")])
 def test_a_wrong_target_fails_and_says_why(how, words):

@@ -180,6 +180,35 @@ def test_the_interpreters_rounding_is_the_gpus_cast(dtype, bits):
     assert not torch.equal(y[:6], x[:6])  # the ties moved
 
 
+@triton.jit
+def _product_kernel(P, V, Out, N: tl.constexpr, BITS: tl.constexpr, SPLIT: tl.constexpr):
+    i, j = tl.arange(0, N), tl.arange(0, N)
+    p, v = tl.load(P + i[:, None] * N + j[None, :]), tl.load(V + i[:, None] * N + j[None, :])
+    acc = tl.zeros([N, N], dtype=tl.float32)
+    if SPLIT:
+        acc = _kernel.mma_split(p, v, acc, True, BITS)
+    else:
+        acc = _kernel.mma(_kernel.operand(p, v, BITS), v, acc, True)
+    tl.store(Out + i[:, None] * N + j[None, :], acc)
+
+
+def test_weights_in_two_half_operands_are_near_float32():
+    """`kernel.mma_split` (the forward's weights when a backward sums dS over rows) multiplies float32
+    weights by a bf16 tile within float32's rounding of the sum, where one bf16 operand errs by the
+    weights' bf16 rounding; in the interpreter both emulate the GPU's casts (`kernel.operand`)."""
+    gen = torch.Generator().manual_seed(4)
+    p = torch.rand(32, 32, generator=gen)
+    v = torch.randn(32, 32, generator=gen).to(torch.bfloat16).float()
+    exact = p.double() @ v.double()
+    errors = {}
+    for split in (False, True):
+        out = torch.empty(32, 32)
+        _product_kernel[(1,)](p, v, out, N=32, BITS=16, SPLIT=split)
+        errors[split] = float((out.double() - exact).abs().max() / exact.abs().max())
+    assert errors[False] > 2.0**-11, errors  # the weights rounded to bf16, as the GPU's cast rounds them
+    assert errors[True] < 2.0**-17, errors
+
+
 # the forward keeps these softmaxes in log2 units, log2(e) folded into the mod (codegen/triton.py
 # _log2_score): a sink with a non-affine mod, a scale that may be negative, a mod that does not read the
 # score, a quotient whose numerator takes log2(e), a param's factor; rows without keys included

@@ -131,6 +131,23 @@ def test_input_gradients_are_summed_where_the_indices_allow(decl, score, sites):
     assert module.SITE_KERNELS == sites
 
 
+@pytest.mark.parametrize(
+    "body, dv",
+    [
+        ("input r: float32[B, SQ] learnable\n score = score + r[b, q]", False),
+        ("mask kv <= q", False),
+        ("input a: float32[HKV] learnable\n prologue v = v * a[h]", True),
+    ],
+    ids=["per_row", "no_input", "v_prologue"],
+)
+def test_weights_stay_near_float32_where_the_backward_needs_them(body, dv):
+    """The forward run for a backward multiplies its weights in two half operands, so that Delta =
+    rowsum(dO * out) matches the weights the backward recomputes; where v's prologue reads a learnable
+    input, dV's weights too (docs/triton.md, "Precision and the interpreter")."""
+    source = attnspec.compile_source(f"attention m {{\n {body}\n}}", "triton")
+    assert "SPLIT=WRITE_STATS" in source and ("mma_split(tl.trans(_p)" in source) == dv
+
+
 def test_gradients_are_the_same_on_every_run():
     module = attnspec.compile(f"attention m {{\n {SCORE_MODS['read_twice'][0]}\n mask kv <= q\n score = score * 2.0 + pos[q] - pos[kv]\n}}", "triton")
     gen = torch.Generator().manual_seed(0)

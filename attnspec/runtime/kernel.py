@@ -373,6 +373,31 @@ def mma(a, b, acc, IEEE: tl.constexpr):
 
 
 @triton.jit
+def operand(x, like, UPCAST: tl.constexpr):
+    """float32 x as an operand of a product with the tile `like`: cast to its type on a GPU (the weights
+    and dS enter the tensor cores in the half type, as in FlashAttention); in the interpreter, whose
+    half tiles are float32 (UPCAST: the mantissa bits the half type drops), rounded as that cast rounds,
+    so that the CPU tests hold the GPU's rounding to the accuracy rule."""
+    if UPCAST:
+        return rounded(x, UPCAST)
+    else:
+        return x.to(like.dtype)
+
+
+@triton.jit
+def mma_split(p, v, acc, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    """acc + p @ v, float32 p in two operands of v's half type: its rounding and what the rounding
+    dropped (relative error 2^-16 in bfloat16 rather than 2^-8), at twice the products. One product
+    where v is float32 (nothing is dropped)."""
+    if UPCAST or v.dtype != tl.float32:
+        high = operand(p, v, UPCAST)
+        acc = mma(operand(p - high.to(tl.float32), v, UPCAST), v, acc, IEEE)
+        return mma(high, v, acc, IEEE)
+    else:
+        return mma(p, v, acc, IEEE)
+
+
+@triton.jit
 def band_tiles(lo, hi, rows, SKV, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """The key tiles of one band of a query tile: row q keeps keys lo(q) <= kv <= hi(q) (per row,
     [BLOCK_M, 1]; rows: the rows inside the length). Returns (start, fs, fe, end): tiles [start, end)

@@ -25,9 +25,14 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def upcasts(q) -> bool:
-    """Whether half tiles compute in float32: in the interpreter, which has no half-precision products."""
-    return interpreting() and q.dtype != torch.float32
+_DROPPED_BITS = {torch.bfloat16: 16, torch.float16: 13}  # float32's 23 mantissa bits against 7 and 10
+
+
+def upcasts(q) -> int:
+    """Whether half tiles compute in float32 (in the interpreter, which has no half-precision products):
+    0 where they do not, else how many of float32's mantissa bits q's type lacks, so that the kernels
+    round what the GPU casts to that type as the cast would (kernel.operand)."""
+    return _DROPPED_BITS.get(q.dtype, 0) if interpreting() else 0
 
 
 @dataclass(frozen=True)
@@ -153,7 +158,7 @@ class Config:
     num_warps: int
     num_stages: int
     ieee: bool  # float32 products without TF32 (unless torch allows TF32, see tf32_products)
-    upcast: bool  # half tiles computed in float32 (the interpreter, which has no half-precision products)
+    upcast: int  # half tiles computed in float32 (the interpreter): the mantissa bits the half type drops (upcasts)
     fused: bool = False  # the forward kernel applies the q prologue and the epilogue (runtime/launch.py forward)
     tma: bool = False  # K, V (and the dQ kernel's Q, dO) tiles through tensor descriptors (Hopper's copy engine)
 
@@ -299,7 +304,7 @@ def candidate_configs(q, v, backward: bool = False, narrow: bool = False, fusabl
     d, dv = q.shape[-1], v.shape[-1]
     block_d, block_dv = max(16, _next_power_of_two(d)), max(16, _next_power_of_two(dv))
     upcast = upcasts(q)
-    ieee = upcast or (q.dtype == torch.float32 and not tf32_products())
+    ieee = bool(upcast) or (q.dtype == torch.float32 and not tf32_products())
     if not _on_gpu(q):
         shapes = ((64, 64, 4, 1),)
     else:

@@ -100,7 +100,7 @@ def _log_buckets_scores(_qk, _q, _kv, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.c
 @_launch.kernel
 def _log_buckets_forward_tile(
     _j, _m, _l, _acc, _q_tile, _keys, _q, _ctx, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, MASKED: tl.constexpr, BOUNDS: tl.constexpr,
-    EVEN: tl.constexpr, TMA: tl.constexpr,
+    EVEN: tl.constexpr, TMA: tl.constexpr, SPLIT: tl.constexpr,
 ):
     """Key tile _j: its scores, then the online softmax update of the running max _m, sum _l and output _acc."""
     _b, _h, table, _table_n0, _table_n1, _table_s0, _table_s1, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale = _ctx
@@ -120,9 +120,10 @@ def _log_buckets_forward_tile(
     if BOUNDS:  # a partial tile, or a full one whose rows past SQ matter
         _t = tl.where(_keep, _t, -float("inf"))
     _m, _l, _acc, _p = _kernel.softmax_update(_t, _m, _l, _acc, 1.0)
-    if not UPCAST:  # the weights enter the second product in v's dtype, as in FlashAttention
-        _p = _p.to(_v.dtype)
-    _acc = _kernel.mma(_p, _v, _acc, IEEE)
+    if SPLIT:  # for a backward: the weights in two operands of v's type, so that its Delta = rowsum(dO * out) matches the weights it recomputes
+        _acc = _kernel.mma_split(_p, _v, _acc, IEEE, UPCAST)
+    else:  # the weights enter the second product in v's type, as in FlashAttention
+        _acc = _kernel.mma(_kernel.operand(_p, _v, UPCAST), _v, _acc, IEEE)
     return _m, _l, _acc
 
 
@@ -169,9 +170,7 @@ def _log_buckets_dq_tile(
     _keep, _p, _dx, _c0, _o0 = _log_buckets_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _ctx, _d_table_s0, _d_table_s1, BLOCK_M, BLOCK_N, MASKED,
                                            BOUNDS=True)
     tl.atomic_add(_d_table + _o0, _c0, mask=_keep)
-    if not UPCAST:
-        _dx = _dx.to(_q_tile.dtype)
-    _dq = _kernel.mma(_dx, tl.trans(_kT), _dq, IEEE)
+    _dq = _kernel.mma(_kernel.operand(_dx, _q_tile, UPCAST), tl.trans(_kT), _dq, IEEE)
     return _dq
 
 
@@ -201,11 +200,8 @@ def _log_buckets_dkdv_tile(
     # only dK and dV rows that are not stored, unless an input's gradient sums over columns
     _keep, _p, _dx, _c0, _o0 = _log_buckets_grad_pairs(_qk, _dp, _mrow, _inv_l, _delta, _q, _kv, _ctx, _d_table_s0, _d_table_s1, BLOCK_M, BLOCK_N, MASKED,
                                            BOUNDS=MASKED)
-    if not UPCAST:
-        _p = _p.to(_q_tile.dtype)
-        _dx = _dx.to(_q_tile.dtype)
-    _dv = _kernel.mma(tl.trans(_p), _do, _dv, IEEE)
-    _dk = _kernel.mma(tl.trans(_dx), _q_tile, _dk, IEEE)
+    _dv = _kernel.mma(tl.trans(_kernel.operand(_p, _q_tile, UPCAST)), _do, _dv, IEEE)
+    _dk = _kernel.mma(tl.trans(_kernel.operand(_dx, _q_tile, UPCAST)), _q_tile, _dk, IEEE)
     return _dk, _dv
 
 
@@ -246,17 +242,17 @@ def _log_buckets_forward(
     for _j in range(_start0, _fs0):
         _m, _l, _acc = _log_buckets_forward_tile(
             _j, _m, _l, _acc, _q_tile, _keys, _q, _ctx, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True,
-            BOUNDS=True, EVEN=EVEN, TMA=TMA)
+            BOUNDS=True, EVEN=EVEN, TMA=TMA, SPLIT=WRITE_STATS)
     # band 0: full key tiles
     for _j in range(_fs0, _fe0):
         _m, _l, _acc = _log_buckets_forward_tile(
             _j, _m, _l, _acc, _q_tile, _keys, _q, _ctx, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False,
-            BOUNDS=False, EVEN=EVEN, TMA=TMA)
+            BOUNDS=False, EVEN=EVEN, TMA=TMA, SPLIT=WRITE_STATS)
     # band 0: partial key tiles
     for _j in range(_fe0, _end0):
         _m, _l, _acc = _log_buckets_forward_tile(
             _j, _m, _l, _acc, _q_tile, _keys, _q, _ctx, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True,
-            BOUNDS=True, EVEN=EVEN, TMA=TMA)
+            BOUNDS=True, EVEN=EVEN, TMA=TMA, SPLIT=WRITE_STATS)
     _out_ptrs = _Out + _b.to(tl.int64) * _sob + _h.to(tl.int64) * _soh + _offs_m[:, None] * _som + _offs_dv[None, :] * _sod
     _o, _undef = _kernel.normalized_rows(_m, _l, _acc, "softmax")
     _kernel.store_rows(_o, _undef, _m, _l, _out_ptrs, _rows & (_offs_dv[None, :] < _DV), _Lse, _Stats, _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], _rows,
