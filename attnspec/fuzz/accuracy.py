@@ -12,9 +12,10 @@ atol also holds half an ulp of the largest value in the reference's own dtype (`
 times fudge: what storing a value of that size in the dtype may cost, as FlashAttention's tests add
 to their gradients' bound. The GPU's kernels round their weights and dS to the half type before the
 second products, where the reference rounds at other steps; with that rounding emulated on the CPU
-(runtime/kernel.py `operand`), FlashAttention-style gradients missed the bare 2 x err(reference) in
-about one random bf16 case in ten, by up to 1.9 times, on cases whose reference happened to land
-within a fraction of an ulp.
+(runtime/kernel.py `operand`), outputs and gradients missed the bare 2 x err(reference) in 2 of 84
+random bf16 cases, by up to 1.15 times (one in ten, by up to 1.9 times, before the forward's weights
+for a backward took two operands), where the reference happened to land within a fraction of an ulp
+(docs/triton.md, "Precision and the interpreter").
 """
 
 from __future__ import annotations
