@@ -64,7 +64,7 @@ GENERATED_NAMES = {
     "FLEX_BLOCK", "BLOCK_MASK_PATH", "NORMALIZATION_IDENTITY", "BlockMask",
     # the triton target's modules, kernel arguments and constants
     "triton", "tl", "BLOCK_M", "BLOCK_N", "BLOCK_D", "BLOCK_DV", "IEEE", "WRITE_LSE",
-    "NORMALIZATION", "SELECTION_BLOCKS", "UPCAST", "WRITE_STATS", "MASKED",
+    "NORMALIZATION", "SELECTION_BLOCKS", "UPCAST", "WRITE_STATS", "MASKED", "SPLIT",
 }
 LANGUAGE_NAMES = (
     set(INDEX_VARS)

@@ -41,6 +41,10 @@ computes the same function; the float inputs' gradients: max |diff| against flex
         [--reps 20] [--only b01_causal,...] [--max-seconds 10] [--max-mib N] [--max-minutes M] [--write]
     python benchmarks/triton_backward.py --smoke [--only b01_causal,...]
 
+The triton forward that runs for the backward multiplies its weights in two half operands (docs/triton.md,
+"Precision and the interpreter"); `ATTNSPEC_SPLIT_WEIGHTS=0` before the command times FlashAttention's one
+operand instead (without --write: the rows would merge with the default's).
+
 Needs a CUDA GPU, attnspec importable (installed, or the repository root on PYTHONPATH) and its
 dependencies; without CUDA it exits, except with --smoke. --write updates the "## Triton backward"
 section of benchmarks/RESULTS.md (between its markers; appended at the end of the file the first time),

@@ -145,7 +145,22 @@ def test_weights_stay_near_float32_where_the_backward_needs_them(body, dv):
     rowsum(dO * out) matches the weights the backward recomputes; where v's prologue reads a learnable
     input, dV's weights too (docs/triton.md, "Precision and the interpreter")."""
     source = attnspec.compile_source(f"attention m {{\n {body}\n}}", "triton")
-    assert "SPLIT=WRITE_STATS" in source and ("mma_split(tl.trans(_p)" in source) == dv
+    assert "_kernel.mma_split(_p, _v, _acc" in source and ("mma_split(tl.trans(_p)" in source) == dv
+
+
+def test_one_half_operand_for_the_weights_misses_a_per_row_bias_gradient(monkeypatch):
+    """What the two operands are for: with the forward's weights in one bf16 operand (FlashAttention's
+    forward, ATTNSPEC_SPLIT_WEIGHTS=0), the backward's Delta misses the weights it recomputes, and a
+    per-row bias's gradient (dlse alone: its terms cancel over the row) misses the rule by two orders
+    of magnitude in the interpreter, which rounds as the GPU does; with them it passes."""
+    decl, score = SCORE_MODS["per_row"]
+    subject = subject_of(f"attention m {{\n {decl}\n mask kv <= q + 5\n score = {score}\n}}")
+    case = Case("triton", "bfloat16", Sizes(B=2, H=2, HKV=1, SQ=40, SKV=40, D=16, DV=8), seed=1, grad=True)
+    assert run_case(subject, case).status == OK
+    monkeypatch.setenv("ATTNSPEC_SPLIT_WEIGHTS", "0")
+    outcome = run_case(subject, case)
+    verdict = next(v for v in outcome.verdicts if v.what == "drowb")
+    assert outcome.status != OK and verdict.error > 30 * verdict.allowed, outcome.detail
 
 
 def test_gradients_are_the_same_on_every_run():

@@ -120,7 +120,7 @@ def forward(kernels: Kernels, q, k, v, inputs, params, schedule, return_lse, for
             *_input_arguments(kernels, inputs_in, params), B, H, HKV, SQ, SKV, D, v.shape[-1], scale,
             BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=config.block_d, BLOCK_DV=config.block_dv,
             IEEE=config.ieee, UPCAST=config.upcast, WRITE_LSE=write_lse,
-            WRITE_STATS=for_backward, PROLOGUE_Q=config.fused and (kernels.fused_q or kernels.fused_values),
+            WRITE_STATS=for_backward, SPLIT=for_backward and _rt.split_weights(), PROLOGUE_Q=config.fused and (kernels.fused_q or kernels.fused_values),
             EPILOGUE=config.fused and kernels.fused_epilogue, EVEN=D == config.block_d and v.shape[-1] == config.block_dv,
             TMA=described[0] is not None, num_warps=config.num_warps, num_stages=config.num_stages,
         )

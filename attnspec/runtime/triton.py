@@ -166,6 +166,14 @@ class Config:
 # ---------------------------------------------------------------- tensor descriptors (TMA)
 
 
+def split_weights() -> bool:
+    """ATTNSPEC_SPLIT_WEIGHTS: "1" (the default), the forward run for a backward multiplies its weights
+    in two half operands (kernel.mma_split), so that the backward's Delta = rowsum(dO * out) matches the
+    weights it recomputes; "0", in one, as FlashAttention does: one product fewer per key tile, and the
+    gradients that sum dS over pairs carry the forward's rounding (docs/triton.md)."""
+    return os.environ.get("ATTNSPEC_SPLIT_WEIGHTS", "1") != "0"
+
+
 def tma_mode() -> str:
     """ATTNSPEC_TMA: "auto" (the default: tensor descriptors on GPUs with the copy engine, compute
     capability 9 and up), "0" (never), "1" (wherever the tensors allow, the interpreter included)."""

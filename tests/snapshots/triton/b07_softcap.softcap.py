@@ -213,7 +213,7 @@ def _softcap_forward(
     _Kd, _Vd,
     _B, _H, _HKV, _SQ, _SKV, _D, _DV, _sm_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    IEEE: tl.constexpr, UPCAST: tl.constexpr, WRITE_LSE: tl.constexpr, WRITE_STATS: tl.constexpr,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr, WRITE_LSE: tl.constexpr, WRITE_STATS: tl.constexpr, SPLIT: tl.constexpr,
     PROLOGUE_Q: tl.constexpr, EPILOGUE: tl.constexpr, EVEN: tl.constexpr, TMA: tl.constexpr,
 ):
     _pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # the last query tiles, the longest rows, start first
@@ -242,17 +242,17 @@ def _softcap_forward(
     for _j in range(_start0, _fs0):
         _m, _l, _acc = _softcap_forward_tile(
             _j, _m, _l, _acc, _q_tile, _keys, _q, _ctx, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True,
-            BOUNDS=True, EVEN=EVEN, TMA=TMA, SPLIT=WRITE_STATS)
+            BOUNDS=True, EVEN=EVEN, TMA=TMA, SPLIT=SPLIT)
     # band 0: full key tiles
     for _j in range(_fs0, _fe0):
         _m, _l, _acc = _softcap_forward_tile(
             _j, _m, _l, _acc, _q_tile, _keys, _q, _ctx, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False,
-            BOUNDS=False, EVEN=EVEN, TMA=TMA, SPLIT=WRITE_STATS)
+            BOUNDS=False, EVEN=EVEN, TMA=TMA, SPLIT=SPLIT)
     # band 0: partial key tiles
     for _j in range(_fe0, _end0):
         _m, _l, _acc = _softcap_forward_tile(
             _j, _m, _l, _acc, _q_tile, _keys, _q, _ctx, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True,
-            BOUNDS=True, EVEN=EVEN, TMA=TMA, SPLIT=WRITE_STATS)
+            BOUNDS=True, EVEN=EVEN, TMA=TMA, SPLIT=SPLIT)
     _out_ptrs = _Out + _b.to(tl.int64) * _sob + _h.to(tl.int64) * _soh + _offs_m[:, None] * _som + _offs_dv[None, :] * _sod
     _o, _undef = _kernel.normalized_rows(_m, _l, _acc, "softmax")
     _kernel.store_rows(_o, _undef, _m, _l, _out_ptrs, _rows & (_offs_dv[None, :] < _DV), _Lse, _Stats, _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], _rows,

@@ -272,7 +272,7 @@ def _moba_forward(
     _FullNum, _FullIdx, _PartNum, _PartIdx, _stb, _sth, _stq, _sib, _sih, _siq, _Sel, _ssb, _ssh, _ssq,
     _B, _H, _HKV, _SQ, _SKV, _D, _DV, _sm_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    IEEE: tl.constexpr, UPCAST: tl.constexpr, WRITE_LSE: tl.constexpr, WRITE_STATS: tl.constexpr,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr, WRITE_LSE: tl.constexpr, WRITE_STATS: tl.constexpr, SPLIT: tl.constexpr,
     PROLOGUE_Q: tl.constexpr, EPILOGUE: tl.constexpr, EVEN: tl.constexpr, TMA: tl.constexpr,
 ):
     _pid_m = tl.program_id(0)
@@ -304,12 +304,12 @@ def _moba_forward(
     for _i in range(0, tl.load(_FullNum + _tnum)):
         _m, _l, _acc = _moba_forward_tile(
             tl.load(_FullIdx + _tidx + _i), _m, _l, _acc, _q_tile, _keys, _q, _ctx, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=False,
-            BOUNDS=False, EVEN=EVEN, TMA=TMA, SPLIT=WRITE_STATS)
+            BOUNDS=False, EVEN=EVEN, TMA=TMA, SPLIT=SPLIT)
     # partial key tiles: the mask decides per pair
     for _i in range(0, tl.load(_PartNum + _tnum)):
         _m, _l, _acc = _moba_forward_tile(
             tl.load(_PartIdx + _tidx + _i), _m, _l, _acc, _q_tile, _keys, _q, _ctx, _qk_scale, BLOCK_M, BLOCK_N, IEEE, UPCAST, MASKED=True,
-            BOUNDS=True, EVEN=EVEN, TMA=TMA, SPLIT=WRITE_STATS)
+            BOUNDS=True, EVEN=EVEN, TMA=TMA, SPLIT=SPLIT)
     _out_ptrs = _Out + _b.to(tl.int64) * _sob + _h.to(tl.int64) * _soh + _offs_m[:, None] * _som + _offs_dv[None, :] * _sod
     _o, _undef = _kernel.normalized_rows(_m, _l, _acc, "softmax")
     _kernel.store_rows(_o, _undef, _m, _l, _out_ptrs, _rows & (_offs_dv[None, :] < _DV), _Lse, _Stats, _pid_bh.to(tl.int64) * _SQ + _offs_m[:, None], _rows,
