@@ -220,25 +220,40 @@ def test_backward_of_learnable_examples_compiles_without_spills(backward, path):
 LINEAR = sorted(path for path in EXAMPLES if path.stem in ("n14_linear_elu", "n18_lightning"))
 
 
+# a decay that learns: the dq kernel then also carries the keys' age-weighted state (its gradient)
+LEARNED_DECAY = """attention learned_decay {
+    input lam: float32[H] learnable
+    prologue q = relu(q)
+    prologue k = relu(k)
+    mask kv <= q + (SKV - SQ)
+    normalize linear(decay = sigmoid(lam[h]))
+}
+"""
+
+
 @pytest.fixture(scope="module")
 def linear(tmp_path_factory):
-    return _aot(tmp_path_factory, "linear", LINEAR, "--backward", "--kernel", "linear")
+    learned = tmp_path_factory.mktemp("learned") / "learned_decay.attn"
+    learned.write_text(LEARNED_DECAY)
+    return _aot(tmp_path_factory, "linear", [*LINEAR, learned], "--backward", "--kernel", "linear")
 
 
 def test_the_chunked_linear_kernels_compile_for_hopper(linear):
     """normalize linear's chunked forward, dq and dk/dv kernels (runtime/linear.py), bf16, at both head
     dims, on tensor cores (wgmma, and mma.sync for dk/dv's blocks of 16 key features), without spills:
-    before those blocks, dk/dv spilled 40 bytes at D = 64 and 484 at D = 128 (docs/triton.md)."""
+    before those blocks, dk/dv spilled 40 bytes at D = 64 and 484 at D = 128 (docs/triton.md); dq with a
+    decay that learns (mma.sync: blocks of 16 query and 32 value features) 48 bytes before its blocks of
+    32 value features."""
     assert linear["rc"] == 0 and len(LINEAR) == 2, linear["table"]
-    for path in LINEAR:
-        for spec in load_program(path).specs:
-            reports = _of(linear, spec.name)
-            assert sorted((r["kernel"], r["head_dim"]) for r in reports) == [
-                (kind, d) for kind in ("linear", "linear_dkdv", "linear_dq") for d in (64, 128)], linear["table"]
-            for r in reports:
-                tensor_cores = ("mma.sync", "wgmma") if r["kernel"] == "linear_dkdv" else ("wgmma",)
-                assert r["error"] is None and r["mma"] in tensor_cores and r["arch"] == "sm_90a", r
-                assert r["spill_stores"] == 0 and r["fits"], r
+    for spec in [s for path in LINEAR for s in load_program(path).specs] + list(load_program(LEARNED_DECAY).specs):
+        reports = _of(linear, spec.name)
+        assert sorted((r["kernel"], r["head_dim"]) for r in reports) == [
+            (kind, d) for kind in ("linear", "linear_dkdv", "linear_dq") for d in (64, 128)], linear["table"]
+        for r in reports:
+            narrow = r["kernel"] == "linear_dkdv" or (r["kernel"] == "linear_dq" and spec.name == "learned_decay")
+            tensor_cores = ("mma.sync", "wgmma") if narrow else ("wgmma",)
+            assert r["error"] is None and r["mma"] in tensor_cores and r["arch"] == "sm_90a", r
+            assert r["spill_stores"] == 0 and r["fits"], r
 
 
 def test_the_linear_forward_without_gradients_takes_bf16_products(tmp_path_factory):

@@ -391,8 +391,8 @@ def test_the_lse_gradient_reaches_the_chunked_backward(source, backward_calls):
 def test_wide_and_padded_features_split_the_value_blocks(backward_calls, launches):
     """D = 40 pads to 64 features; DV = 80 takes two blocks of 64 value features, whose dq and dk
     partials add up (the row-sum terms in the first block only); dK/dV takes three blocks of 16 key
-    features (the last padded), whose dv partials add up, and so does dQ where the decay learns (its
-    gradient's partials add up)."""
+    features (the last padded), whose dv partials add up, and so does dQ where the decay learns, with
+    three blocks of 32 value features (its gradient's partials add up)."""
     gen = torch.Generator().manual_seed(7)
     q, k = torch.randn(1, 2, 41, 40, generator=gen, dtype=torch.float64), torch.randn(1, 2, 50, 40, generator=gen, dtype=torch.float64)
     v = torch.randn(1, 2, 50, 80, generator=gen, dtype=torch.float64)
@@ -401,7 +401,7 @@ def test_wide_and_padded_features_split_the_value_blocks(backward_calls, launche
         _agree(source, (q, k, v), inputs, torch.float32, lse=True, learnable_decay=bool(inputs))
     assert len(backward_calls) == 2
     grids = {name: {grid for n, grid, _ in launches if n == name} for name in (linear.chunked_dkdv_kernel.__name__, linear.chunked_dq_kernel.__name__)}
-    assert grids == {linear.chunked_dkdv_kernel.__name__: {(2, 2, 3)}, linear.chunked_dq_kernel.__name__: {(2, 2, 1), (2, 2, 3)}}
+    assert grids == {linear.chunked_dkdv_kernel.__name__: {(2, 2, 3)}, linear.chunked_dq_kernel.__name__: {(2, 2, 1), (2, 3, 3)}}
 
 
 @pytest.fixture

@@ -312,9 +312,11 @@ CHUNK = 32
 # Blocks of features in the backward (sm_90a, float32 operands): dK/dV's of key features, where 32
 # and 64 spilled 28 to 76 bytes at D = 64 and 128 and 16 spills nothing; dQ's of query features where
 # it also carries the age-weighted state (the decay's gradient: 16 took bf16's spills from 176 and 704
-# bytes to 48, 32 to 104), else every feature in one block (no spills)
+# bytes to 48, 32 to 104), else every feature in one block (no spills); that dQ also takes blocks of 32
+# value features (64 left 48 bytes of spills in bf16 and fp16; 32: none, 254 registers)
 KEY_FEATURES = 16
 FEATURES_WITH_AGES = 16
+VALUES_WITH_AGES = 32
 
 
 def _meta(q, D: int, DV: int, for_backward: bool = False):
@@ -566,14 +568,17 @@ def chunked_backward(q, k, v, decay, scale: float, out, den, dout, dlse, *, caus
     blocks, meta = _meta(q, D, DV, for_backward=True)
     lam = _decay_argument(decay, q)
     flags = dict(HAS_DECAY=decay is not None, CAUSAL=causal, **meta)
-    dq = torch.empty(blocks, B, H, SQ, D, dtype=torch.float32, device=q.device)
     dk = torch.empty(blocks, B, H, SKV, D, dtype=torch.float32, device=q.device)
     decay_grad = decay_grad and decay is not None
     query_flags, query_parts = _split_features(flags, D, FEATURES_WITH_AGES if decay_grad else None)
+    query_blocks = blocks
+    if decay_grad and VALUES_WITH_AGES < meta["BLOCK_DV"]:
+        query_flags, query_blocks = dict(query_flags, BLOCK_DV=VALUES_WITH_AGES), triton.cdiv(DV, VALUES_WITH_AGES)
     key_flags, parts = _split_features(flags, D, KEY_FEATURES)
     dv = torch.empty(parts, B, H, SKV, DV, dtype=torch.float32, device=q.device)
-    dl = torch.zeros(blocks * query_parts, B * H, dtype=torch.float32, device=q.device)
-    _rt.start(jit(chunked_dq_kernel), (B * H, blocks, query_parts), q, k, v, dn, dz, dq, dl, lam,
+    dq = torch.empty(query_blocks, B, H, SQ, D, dtype=torch.float32, device=q.device)
+    dl = torch.zeros(query_blocks * query_parts, B * H, dtype=torch.float32, device=q.device)
+    _rt.start(jit(chunked_dq_kernel), (B * H, query_blocks, query_parts), q, k, v, dn, dz, dq, dl, lam,
               *q.stride(), *k.stride(), *v.stride(), *dn.stride(), *dz.stride(), *dq.stride(), H, HKV, SQ, SKV, D, DV,
               DECAY_GRAD=decay_grad, **query_flags)
     _rt.start(jit(chunked_dkdv_kernel), (B * H, blocks, parts), q, k, v, dn, dz, dk, dv, lam,
