@@ -163,15 +163,15 @@ class Config:
     tma: bool = False  # K, V (and the dQ kernel's Q, dO) tiles through tensor descriptors (Hopper's copy engine)
 
 
-# ---------------------------------------------------------------- tensor descriptors (TMA)
-
-
 def split_weights() -> bool:
     """ATTNSPEC_SPLIT_WEIGHTS: "1" (the default), the forward run for a backward multiplies its weights
     in two half operands (kernel.mma_split), so that the backward's Delta = rowsum(dO * out) matches the
     weights it recomputes; "0", in one, as FlashAttention does: one product fewer per key tile, and the
     gradients that sum dS over pairs carry the forward's rounding (docs/triton.md)."""
     return os.environ.get("ATTNSPEC_SPLIT_WEIGHTS", "1") != "0"
+
+
+# ---------------------------------------------------------------- tensor descriptors (TMA)
 
 
 def tma_mode() -> str:
