@@ -374,10 +374,7 @@ def _rope2d_forward(
         _fp = tl.where(_f < _HALF, _f + _HALF, _f - _HALF)  # each feature's rope partner
         _xp = tl.gather(_x, _fp + tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.int32), 1)
         _y = tl.where(_in_f, _kernel.rope_pair(_x, _xp, tl.where((_f < _HALF), (tl.where((_f < (_D // 4)), _kernel.as_float((_row // 8)), _kernel.as_float((_row % 8))) * _kernel.powf(BASE, (_kernel.as_float((-4.0 * _kernel.as_float(_kernel.floormod_or_zero(_f, (_D // 4))))) / _kernel.as_float(_D)))), (tl.where((_fp < (_D // 4)), _kernel.as_float((_row // 8)), _kernel.as_float((_row % 8))) * _kernel.powf(BASE, (_kernel.as_float((-4.0 * _kernel.as_float(_kernel.floormod_or_zero(_fp, (_D // 4))))) / _kernel.as_float(_D))))), (_f < _HALF)), 0.0)
-        if UPCAST:
-            _q_tile = _y
-        else:
-            _q_tile = _y.to(_Q.dtype.element_ty)  # rounded as the pass would store it
+        _q_tile = _kernel.operand(_y, _q_tile, UPCAST)  # rounded to q's type, as the pass would store it
     _ctx = (_b, _h, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale)  # what the tile functions read of the spec's expressions
     _keys = (_K + _kbase, _V + _vbase, _skn, _skd, _svn, _svd, _offs_d, _offs_dv, _DV, _Kd, _Vd, _hkv)  # where the K and V tiles are
     _m = tl.full([BLOCK_M, 1], -float("inf"), dtype=tl.float32)

@@ -468,10 +468,7 @@ def _rope_gated_forward(
         _fp = tl.where(_f < _HALF, _f + _HALF, _f - _HALF)  # each feature's rope partner
         _xp = tl.gather(_x, _fp + tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.int32), 1)
         _y = tl.where(_in_f, _kernel.rope_pair(_x, _xp, tl.where((_f < _HALF), (_kernel.as_float(((_row + _SKV) - _SQ)) * _kernel.powf(BASE, (_kernel.as_float((-2.0 * _kernel.as_float(_f))) / _kernel.as_float(_D)))), (_kernel.as_float(((_row + _SKV) - _SQ)) * _kernel.powf(BASE, (_kernel.as_float((-2.0 * _kernel.as_float(_fp))) / _kernel.as_float(_D))))), (_f < _HALF)), 0.0)
-        if UPCAST:
-            _q_tile = _y
-        else:
-            _q_tile = _y.to(_Q.dtype.element_ty)  # rounded as the pass would store it
+        _q_tile = _kernel.operand(_y, _q_tile, UPCAST)  # rounded to q's type, as the pass would store it
     _t0 = (_SKV - _SQ)
     _t1 = (_q + _t0)
     _ctx = (_b, _h, gate, _gate_n0, _gate_n1, _gate_n2, _gate_s0, _gate_s1, _gate_s2, _t0, _t1, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale)  # what the tile functions read of the spec's expressions

@@ -423,10 +423,7 @@ def _swin_v2_cosine_forward(
         _f = _offs_d[None, :]
         _in_f = _f < _D
         _y = tl.where(_in_f, (_kernel.as_float(_x) / _kernel.maximum(tl.sqrt(_kernel.feature_sum(_x * _x, _in_f)), 1e-06)), 0.0)
-        if UPCAST:
-            _q_tile = _y
-        else:
-            _q_tile = _y.to(_Q.dtype.element_ty)  # rounded as the pass would store it
+        _q_tile = _kernel.operand(_y, _q_tile, UPCAST)  # rounded to q's type, as the pass would store it
     _t0 = _kernel.maximum(tl.load(tau + _kernel.clamp(_h, 0, _tau_n0 - 1) * _tau_s0).to(tl.float32), 0.01)
     _t1 = ((_q // 8) // 4)
     _t3 = ((_q % 8) // 4)

@@ -472,8 +472,11 @@ def _affine_scaled_kept_tile(_pid_m, _dv, _GVS, _V, _pid_bh, _offs_dv, _DV, _kv,
     _qk = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)  # the scores are not needed, only the kept pairs
     _keep, _s, _x = _affine_scaled_scores(_qk, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED, True)
     _gvs = _kernel.load_tile(_GVS + _pid_bh.to(tl.int64) * _SQ * _DV, _offs_m, _offs_dv, _DV, 1, _SQ, _DV, True)
-    _dtype = tl.float32 if UPCAST else _V.dtype.element_ty
-    return _kernel.mma(tl.trans(_keep.to(_dtype)), _gvs.to(_dtype), _dv, IEEE)
+    if UPCAST:  # the interpreter's float32 tiles: rounded as the GPU's cast to v's type rounds
+        _gvs = _kernel.rounded(_gvs, UPCAST)
+    else:
+        _gvs = _gvs.to(_V.dtype.element_ty)
+    return _kernel.mma(tl.trans(_keep.to(_gvs.dtype)), _gvs, _dv, IEEE)
 
 
 

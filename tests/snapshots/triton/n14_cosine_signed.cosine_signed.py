@@ -403,10 +403,7 @@ def _cosine_signed_forward(
         _f = _offs_d[None, :]
         _in_f = _f < _D
         _y = tl.where(_in_f, (_kernel.as_float(_x) / _kernel.maximum(tl.sqrt(_kernel.feature_sum(_x * _x, _in_f)), 1e-06)), 0.0)
-        if UPCAST:
-            _q_tile = _y
-        else:
-            _q_tile = _y.to(_Q.dtype.element_ty)  # rounded as the pass would store it
+        _q_tile = _kernel.operand(_y, _q_tile, UPCAST)  # rounded to q's type, as the pass would store it
     _t0 = (_SKV - _SQ)
     _t1 = (_q + _t0)
     _ctx = (_b, _h, _t0, _t1, _B, _H, _HKV, _SQ, _SKV, _D, _sm_scale)  # what the tile functions read of the spec's expressions
