@@ -161,23 +161,26 @@ def _rounded_kernel(X, Y, N: tl.constexpr, BITS: tl.constexpr):
 @pytest.mark.parametrize("dtype, bits", [(torch.bfloat16, 16), (torch.float16, 13)], ids=["bf16", "fp16"])
 def test_the_interpreters_rounding_is_the_gpus_cast(dtype, bits):
     """`kernel.rounded` (what the interpreter's float32 products take for the GPU's cast to a half
-    type) rounds to nearest, ties to even, as torch's cast does: ties both ways,
-    the largest float32 (bf16), subnormal float32s, infinities, NaN, and random values in the type's
-    normal range (fp16's range and subnormals are not emulated)."""
+    type) rounds to nearest, ties to even, as torch's cast does: ties both ways, the type's largest
+    value and what rounds past it (bf16: float32's largest; fp16: 65504, and 65520, the first value
+    that rounds to infinity), subnormals (float32's; fp16's, spaced 2^-24, ties included, and what
+    underflows to 0), infinities, NaN, and random values over twenty decades."""
     ties = torch.tensor([0x3F808000, 0x3F818000, 0x3F807FFF, 0x3F808001, 0x3F801000, 0x3F803000], dtype=torch.int32).view(torch.float32)
     special = torch.tensor([1e-40, -1e-44, 0.0, -0.0, math.inf, -math.inf, math.nan])
     if dtype == torch.bfloat16:
         special = torch.cat([special, torch.tensor([3.4028235e38, -3.4028235e38, 1e30, -7e-30])])
-    drawn = torch.randn(256, generator=torch.Generator().manual_seed(0)) * 100
-    x = torch.cat([ties, special, drawn])[:256]
+    else:
+        special = torch.cat([special, torch.tensor([65504.0, -65504.0, 65519.0, 65520.0, -65520.0, 1e6, 2.0**-14,
+                                                    2.0**-14 * (1 - 2.0**-12), 2.0**-24, 2.0**-25, -3 * 2.0**-25, 5 * 2.0**-25, 2.0**-26])])
+    gen = torch.Generator().manual_seed(0)
+    drawn = torch.randn(512, generator=gen) * 10.0 ** torch.randint(-10, 10, (512,), generator=gen).float()
+    x = torch.cat([ties, special, drawn])[:512]
     y = torch.empty_like(x)
-    _rounded_kernel[(1,)](x, y, N=256, BITS=bits)
-    expected = x.to(dtype).float()
-    normal = (x.abs() >= torch.finfo(dtype).tiny) | (x == 0) | ~torch.isfinite(x)
-    if dtype == torch.float16:  # float32 subnormals stay (not float16's flush), NaN and inf as they are
-        expected = torch.where(normal, expected, y)
-    torch.testing.assert_close(y, expected, rtol=0, atol=0, equal_nan=True)
+    _rounded_kernel[(1,)](x, y, N=512, BITS=bits)
+    torch.testing.assert_close(y, x.to(dtype).float(), rtol=0, atol=0, equal_nan=True)
     assert not torch.equal(y[:6], x[:6])  # the ties moved
+    if dtype == torch.float16:
+        assert torch.isinf(y[x.abs() >= 65520]).all() and (y[(x.abs() < 2.0**-25) & (x != 0)] == 0).all()
 
 
 @triton.jit

@@ -352,15 +352,21 @@ def load_described(desc, b, h, first, UPCAST: tl.constexpr, TRANSPOSE: tl.conste
 @triton.jit
 def rounded(x, BITS: tl.constexpr):
     """float32 x rounded to BITS fewer mantissa bits (to nearest, ties to even), in float32: where the
-    interpreter multiplies in float32, what the GPU's cast to a half type rounds (16: bfloat16, exactly;
-    13: float16's mantissa, but not its range nor its subnormals). NaN stays NaN. The chunked linear
-    kernels' bf16 operands use it (runtime/linear.py `_dot`)."""
+    interpreter multiplies in float32, what the GPU's cast to a half type rounds (16: bfloat16, which
+    has float32's range; 13: float16, its range too: past 65504 to infinity, below 2^-14 to its
+    subnormals' spacing 2^-24). NaN stays NaN. The chunked linear kernels' bf16 operands use it
+    (runtime/linear.py `_dot`)."""
     x = x.to(tl.float32)
     bits = x.to(tl.uint32, bitcast=True)
     HALF: tl.constexpr = (1 << (BITS - 1)) - 1
     KEPT: tl.constexpr = 0xFFFFFFFF ^ ((1 << BITS) - 1)
     bits = (bits + HALF + ((bits >> BITS) & 1)) & KEPT
-    return tl.where(x == x, bits.to(tl.float32, bitcast=True), x)
+    y = bits.to(tl.float32, bitcast=True)
+    if BITS == 13:
+        # float32's ulp in [0.5, 1) is 2^-24: adding 0.75 rounds a subnormal once, ties to even
+        y = tl.where(tl.abs(x) < 6.103515625e-05, (x + 0.75) - 0.75, y)
+        y = tl.where(tl.abs(y) > 65504.0, tl.where(x > 0, float("inf"), -float("inf")), y)
+    return tl.where(x == x, y, x)
 
 
 @triton.jit
@@ -395,6 +401,40 @@ def mma_split(p, v, acc, IEEE: tl.constexpr, UPCAST: tl.constexpr):
         return mma(high, v, acc, IEEE)
     else:
         return mma(p, v, acc, IEEE)
+
+
+@triton.jit
+def row_scales(a):
+    """Per row of float32 a, a power of two r that brings the row's largest |a| into [0.5, 1), and 1 / r
+    (both [rows, 1], exact): 1 for a row whose largest is 0, subnormal, past 2^125, inf or NaN."""
+    top = tl.max(tl.abs(a), 1)[:, None]
+    e = (top.to(tl.uint32, bitcast=True) >> 23) & 0xFF  # the biased exponent of the row's largest
+    ok = (e > 0) & (e < 253)
+    r = tl.where(ok, ((253 - e) << 23).to(tl.float32, bitcast=True), 1.0)
+    inv = tl.where(ok, ((e + 1) << 23).to(tl.float32, bitcast=True), 1.0)
+    return r, inv
+
+
+@triton.jit
+def mma_scaled(a, b, acc, IEEE: tl.constexpr, UPCAST: tl.constexpr, SPLIT: tl.constexpr = False):
+    """acc + a @ b, float32 a of any magnitude (the weights of elementwise and rownorm forms, and their
+    gradients) as an operand of b's type (in two with SPLIT, as mma_split). float16's normal numbers
+    span 6e-5 to 65504: there each row of a is scaled by the power of two that brings its largest |a|
+    into [0.5, 1) before the cast, and the product's row back after it (row_scales; both exact), so
+    every row keeps float16's relative precision where a weight of 1e-6 would lose it to the
+    subnormals and one of 1e5 overflow, as a softmax's weights (<= 1) keep it. bfloat16 has float32's
+    range: a enters as it is."""
+    if UPCAST == 13 or (not UPCAST and b.dtype == tl.float16):
+        r, inv = row_scales(a)
+        if SPLIT:
+            part = mma_split(a * r, b, None, IEEE, UPCAST)
+        else:
+            part = mma(operand(a * r, b, UPCAST), b, None, IEEE)
+        return acc + part * inv
+    elif SPLIT:
+        return mma_split(a, b, acc, IEEE, UPCAST)
+    else:
+        return mma(operand(a, b, UPCAST), b, acc, IEEE)
 
 
 @triton.jit

@@ -297,10 +297,9 @@ def _hedgehog_forward_tile(
     if BOUNDS:
         _p = tl.where(_keep, _p, 0.0)
     _l = _l + tl.sum(_p, 1)[:, None]  # elementwise: only to tell a non-finite weight (an undefined row)
-    if SPLIT:  # for a backward: the weights in two operands of v's type, so that its Delta = rowsum(dO * out) matches the weights it recomputes
-        _acc = _kernel.mma_split(_p, _v, _acc, IEEE, UPCAST)
-    else:  # the weights enter the second product in v's type, as in FlashAttention
-        _acc = _kernel.mma(_kernel.operand(_p, _v, UPCAST), _v, _acc, IEEE)
+    # weights of any size enter the second product in v's type, each row scaled into float16's range
+    # there (kernel.mma_scaled); for a backward in two operands, so that its Delta matches them
+    _acc = _kernel.mma_scaled(_p, _v, _acc, IEEE, UPCAST, SPLIT)
     return _m, _l, _acc
 
 
@@ -343,7 +342,7 @@ def _hedgehog_dq_tile(
     # input's gradient sums over rows
     _keep, _p, _dx = _hedgehog_grad_pairs(_qk, _dp, _den, _delta, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED,
                                            BOUNDS=MASKED)
-    _dq = _kernel.mma(_kernel.operand(_dx, _q_tile, UPCAST), tl.trans(_kT), _dq, IEEE)
+    _dq = _kernel.mma_scaled(_dx, tl.trans(_kT), _dq, IEEE, UPCAST)  # dX of any size: rows scaled in float16
     return _dq
 
 
@@ -373,8 +372,10 @@ def _hedgehog_dkdv_tile(
     # only dK and dV rows that are not stored, unless an input's gradient sums over columns
     _keep, _p, _dx = _hedgehog_grad_pairs(_qk, _dp, _den, _delta, _q, _kv, _ctx, BLOCK_M, BLOCK_N, MASKED,
                                            BOUNDS=MASKED)
-    _dv = _kernel.mma(tl.trans(_kernel.operand(_p, _q_tile, UPCAST)), _do, _dv, IEEE)
-    _dk = _kernel.mma(tl.trans(_kernel.operand(_dx, _q_tile, UPCAST)), _q_tile, _dk, IEEE)
+    # weights and dX of any size: each key's column scaled into float16's range there (kernel.mma_scaled);
+    # with a v prologue's learnable input, dV's weights in two operands (near float32)
+    _dv = _kernel.mma_scaled(tl.trans(_p), _do, _dv, IEEE, UPCAST, False)
+    _dk = _kernel.mma_scaled(tl.trans(_dx), _q_tile, _dk, IEEE, UPCAST)
     return _dk, _dv
 
 
