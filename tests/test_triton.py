@@ -184,6 +184,42 @@ def test_the_interpreters_rounding_is_the_gpus_cast(dtype, bits):
 
 
 @triton.jit
+def _tf32_kernel(A, B, Out, N: tl.constexpr, HOW: tl.constexpr):
+    i, j = tl.arange(0, N), tl.arange(0, N)
+    a, b = tl.load(A + i[:, None] * N + j[None, :]), tl.load(B + i[:, None] * N + j[None, :])
+    if HOW == 0:
+        c = tl.dot(a, b, input_precision="ieee")
+    elif HOW == 1:
+        c = tl.dot(a, b)  # Triton's default for float32: TF32
+    else:
+        c = _kernel.matrix_product(a, b, HOW)
+    tl.store(Out + i[:, None] * N + j[None, :], c)
+
+
+def test_tf32_products_read_their_operands_as_the_tensor_cores_do():
+    """In the interpreter a TF32 product ignores its float32 operands' lower 13 mantissa bits, as the
+    GPU's tensor cores do (runtime/interpreter.py); IEEE stays exact. kernel.matrix_product's rounded
+    operands (2) err by half of that, its three products (3) about as float32."""
+    from attnspec.runtime import interpreter
+
+    interpreter.mend()  # as loading a generated module does
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(16, 16, generator=gen), torch.randn(16, 16, generator=gen)
+    exact = a.double() @ b.double()
+    truncated = (a.view(torch.int32) & -8192).view(torch.float32).double() @ (b.view(torch.int32) & -8192).view(torch.float32).double()
+    got = {}
+    for how in (0, 1, 2, 3):
+        out = torch.empty(16, 16)
+        _tf32_kernel[(1,)](a, b, out, N=16, HOW=how)
+        got[how] = (out.double() - exact).abs().max().item()
+        if how == 1:
+            torch.testing.assert_close(out.double(), truncated, rtol=0, atol=1e-5)
+    scale = (a.abs().double() @ b.abs().double()).max().item()
+    assert got[0] < 1e-6 * scale and got[3] < 1e-6 * scale
+    assert 2.0**-14 * scale < got[1] < 2.0**-9 * scale and got[2] < got[1] / 1.5
+
+
+@triton.jit
 def _product_kernel(P, V, Out, N: tl.constexpr, BITS: tl.constexpr, SPLIT: tl.constexpr):
     i, j = tl.arange(0, N), tl.arange(0, N)
     p, v = tl.load(P + i[:, None] * N + j[None, :]), tl.load(V + i[:, None] * N + j[None, :])

@@ -225,18 +225,55 @@ def row_dot(tile, w, in_f):
 
 
 @triton.jit
+def tf32_parts(x):
+    """float32 x = hi + lo: hi what a TF32 product reads of x (its lower 13 mantissa bits cleared), lo
+    the rest (0 where x is not finite, so that an infinite entry stays inf rather than inf - inf)."""
+    hi = (x.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
+    hi = tl.where(x == x, hi, x)
+    return hi, tl.where(tl.abs(x) < float("inf"), x - hi, 0.0)
+
+
+@triton.jit
+def tf32_rounded(x):
+    """float32 x rounded to TF32's 10 mantissa bits (to nearest, ties away from zero, as cvt.rna), so
+    that a TF32 product reads it whole: 2^-11 relative, where the tensor cores' own reading of a float32
+    operand (its lower 13 bits ignored) errs by up to 2^-10. Infinities and NaN stay."""
+    bits = x.to(tl.uint32, bitcast=True)
+    rounded = ((bits + 0x1000) & 0xFFFFE000).to(tl.float32, bitcast=True)
+    return tl.where(tl.abs(x) < float("inf"), rounded, x)
+
+
+@triton.jit
+def matrix_product(a, b, TF32: tl.constexpr):
+    """a @ b in float32 for the matrix passes, as runtime/prologue.py `_launch_rows` chooses: TF32 = 0,
+    IEEE float32 on FMA units (float32 tensors where torch's matmuls are IEEE); 1, one TF32 product
+    (float32 where torch's use TF32, as theirs); 3, three TF32 products on the operands' hi and lo
+    parts, about float32's precision on the tensor cores (half types: the reference multiplies in
+    float32 before it rounds, and one TF32 product, 2^-10 off, moved a bf16 result by an ulp where it
+    lay within that of a rounding boundary: a quarter of them)."""
+    if TF32 == 2:
+        return tl.dot(tf32_rounded(a), tf32_rounded(b), input_precision="tf32")
+    elif TF32 == 3:
+        a_hi, a_lo = tf32_parts(a)
+        b_hi, b_lo = tf32_parts(b)
+        part = tl.dot(a_lo, b_hi, input_precision="tf32")
+        part = tl.dot(a_hi, b_lo, part, input_precision="tf32")
+        return tl.dot(a_hi, b_hi, part, input_precision="tf32")
+    elif TF32 == 1:
+        return tl.dot(a, b, input_precision="tf32")
+    else:
+        return tl.dot(a, b, input_precision="ieee")
+
+
+@triton.jit
 def feature_mix(x, w, in_f, F, TF32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr):
     """sum(x[g] * w[g, f] for g) over a prologue tile: x [R, F] at the features (the summed ones), w the
-    [F, F] matrix (rows g, columns f); the padding rows and columns count as 0. With TF32 (a half-precision
-    tensor, whose result rounds to fewer bits, or float32 where torch's own matmuls use TF32) on tensor
-    cores in TF32; else in IEEE float32 (three TF32 products would split an infinite entry into
-    inf - inf = NaN)."""
+    [F, F] matrix (rows g, columns f); the padding rows and columns count as 0. Multiplied as
+    matrix_product says (TF32)."""
     x = tl.where(in_f, x + tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.float32), 0.0)
     rows = tl.arange(0, BLOCK_F)[:, None]
     w = tl.where(rows < F, w + tl.zeros([BLOCK_F, BLOCK_F], dtype=tl.float32), 0.0)
-    if TF32:
-        return tl.dot(x, w, input_precision="tf32")
-    return tl.dot(x, w, input_precision="ieee")
+    return matrix_product(x, w, TF32)
 
 
 @triton.jit
@@ -249,13 +286,10 @@ def feature_mix_t(g, w, in_f, F, TF32: tl.constexpr, BLOCK_M: tl.constexpr, BLOC
 @triton.jit
 def feature_outer(x, g, inside, TF32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr):
     """The gradient of the matrix in sum(x[g] * w[g, f] for g) from a tile's rows: the sum over the rows
-    of x[g] g[f], [F (g), F (f)], the padding (outside `inside`) as 0; in TF32 or IEEE float32 as
-    feature_mix."""
+    of x[g] g[f], [F (g), F (f)], the padding (outside `inside`) as 0; multiplied as feature_mix."""
     x = tl.where(inside, x + tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.float32), 0.0)
     g = tl.where(inside, g + tl.zeros([BLOCK_M, BLOCK_F], dtype=tl.float32), 0.0)
-    if TF32:
-        return tl.dot(tl.trans(x), g, input_precision="tf32")
-    return tl.dot(tl.trans(x), g, input_precision="ieee")
+    return matrix_product(tl.trans(x), g, TF32)
 
 
 @triton.jit

@@ -183,8 +183,11 @@ def _dot(a, b, PRECISION: tl.constexpr):
     as the decayed keys, rounded to bfloat16, which has float32's range; `_precision` says which
     products); "bf16-emulated": the same operands rounded to bfloat16 (to nearest, even) and multiplied
     in float32, where Triton's interpreter runs the kernels (it has no bfloat16 products); "tf32" or
-    "ieee": float32 operands."""
-    if PRECISION == "bf16":
+    "ieee": float32 operands; "tf32-rounded": float32 operands rounded to TF32's precision to nearest
+    (kernel.tf32_rounded: 2^-11, where a TF32 product's own reading errs by up to 2^-10)."""
+    if PRECISION == "tf32-rounded":
+        product = _kernel.matrix_product(a.to(tl.float32), b.to(tl.float32), 2)
+    elif PRECISION == "bf16":
         product = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
     elif PRECISION == "bf16-emulated":
         product = tl.dot(_kernel.rounded(a, 16), _kernel.rounded(b, 16), input_precision="ieee")
@@ -324,7 +327,7 @@ def _meta(q, D: int, DV: int, for_backward: bool = False):
     backward and the forward before it (`_float32_precision`)."""
     block_d = max(16, triton.next_power_of_2(D))
     block_dv = min(64, max(16, triton.next_power_of_2(DV)))
-    meta = dict(PRECISION=_float32_precision(q) if for_backward else _precision(q), BLOCK_M=CHUNK, num_warps=8, num_stages=1,
+    meta = dict(PRECISION=_float32_precision(q, for_backward) if for_backward else _precision(q), BLOCK_M=CHUNK, num_warps=8, num_stages=1,
                 BLOCK_D=block_d, BLOCK_DV=block_dv)
     return triton.cdiv(DV, block_dv), meta
 
@@ -339,13 +342,19 @@ def _precision(q) -> str:
     return _float32_precision(q)
 
 
-def _float32_precision(q) -> str:
+def _float32_precision(q, for_backward: bool = False) -> str:
     """Float32 operands: IEEE where the inputs are float32 and torch does not allow TF32, else TF32 (on
-    float16 inputs too). The backward and the forward it follows take these whatever the inputs:
-    dL/da_ij = dn_i . v_j + dz_i, with dz_i = -dn_i . o_i, cancels where a row's sum of weights is small
-    (dn_i = dO_i / z_i is then large), so an error of o or of a product's operand grows by 1 / z_i;
-    bfloat16 operands gave errors up to 12 times the accuracy rule's there (emulated)."""
-    return "ieee" if q.dtype == torch.float32 and not _rt.tf32_products() else "tf32"
+    half inputs too); for a backward of float16 inputs, and the forward it follows, TF32 on operands
+    rounded to nearest ("tf32-rounded"). The backward and the forward it follows take these whatever
+    the inputs: dL/da_ij = dn_i . v_j + dz_i, with dz_i = -dn_i . o_i, cancels where a row's sum of
+    weights is small (dn_i = dO_i / z_i is then large), so an error of o or of a product's operand
+    grows by 1 / z_i; bfloat16 operands gave errors up to 12 times the accuracy rule's there
+    (emulated). TF32 operands as the tensor cores read them (truncated: 2^-10, emulated) stay within
+    bfloat16's rule but not float16's, whose gradients round to 2^-11: N17's dq missed it by 3.6 times
+    at SQ = SKV = 1. Three TF32 products (near float32) spilled 470 to 1560 bytes in the three kernels."""
+    if q.dtype == torch.float32:
+        return "tf32" if _rt.tf32_products() else "ieee"
+    return "tf32-rounded" if for_backward and q.dtype == torch.float16 else "tf32"
 
 
 def _decay_argument(decay, q):
@@ -365,7 +374,7 @@ def chunked(q, k, v, decay, scale: float, *, causal: bool, normalized: bool, for
         jit(chunked_kernel), (B * H, blocks), q, k, v, out, den, _decay_argument(decay, q),
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *den.stride(),
         H, HKV, SQ, SKV, D, DV, float(scale), HAS_DECAY=decay is not None, CAUSAL=causal, NORMALIZED=normalized,
-        FLOAT32=_float32_precision(q), **meta,
+        FLOAT32=_float32_precision(q, for_backward), **meta,
     )
     return out, den
 

@@ -72,7 +72,7 @@ def row_pass_backward(kernel, x: torch.Tensor, dy: torch.Tensor, args: tuple, le
     dx = torch.empty(x.shape, dtype=_stored(x.dtype), device=x.device)
     dkept = (torch.empty(x.shape, dtype=torch.float32, device=x.device),) if kept else ()
     _launch_rows(kernel, x, (dy.contiguous(), dx), args + tuple(t for part in parts for t in part) + dkept,
-                 programs=walkers, matrix=matrix, SITES=sites)
+                 programs=walkers, matrix=matrix, backward=True, SITES=sites)
     return (dx.to(x.dtype), (parts if sites else [])) + dkept
 
 
@@ -122,18 +122,30 @@ def _blocks(features: int) -> tuple[int, int]:
     return max(16, VALUES_PER_PROGRAM // block_f), block_f  # 16 rows at least: tl.dot (a matrix over features)
 
 
+def _matrix_products(dtype: torch.dtype, features: int, backward: bool) -> int:
+    """How a pass multiplies by its matrix (kernel.matrix_product's TF32): float32 as torch's own
+    matmuls (1: TF32 where torch allows it, 0: IEEE); half types, whose reference multiplies in float32
+    before it rounds, in three TF32 products (3, near float32: one truncated TF32 product moved N17's
+    bf16 feature maps by an ulp often enough that its lse missed the rule by 1.7 times), except the
+    backward passes of more than 64 features, in one TF32 product on operands rounded to nearest (2:
+    2^-11; three products held 304 KiB of shared memory at D = 128, past Hopper's 227)."""
+    if dtype == torch.float32:
+        return int(_rt.tf32_products())
+    return 2 if backward and features > 64 else 3
+
+
 def _launch_rows(kernel, x: torch.Tensor, outputs: tuple, args: tuple, programs: int | None = None,
-                 matrix: bool = False, **constants) -> None:
+                 matrix: bool = False, backward: bool = False, **constants) -> None:
     """One program per BLOCK_M rows of one (batch, head) of x, with all the features (or `programs`
     programs per (batch, head), each walking every programs-th tile of rows); MATRIX_WARPS warps for a
-    kernel that holds an [F, F] matrix, whose TF32 constexpr says how it multiplies."""
+    kernel that holds an [F, F] matrix, whose TF32 constexpr says how it multiplies (_matrix_products)."""
     batch, heads, rows, features = x.shape
     if x.numel() == 0:
         return
     block_m, block_f = _blocks(features)
     grid = (programs or triton.cdiv(rows, block_m), batch * heads)
-    if matrix:  # its products in TF32 where torch's own would be (half types; float32 as torch says)
-        constants["TF32"] = x.dtype != torch.float32 or _rt.tf32_products()
+    if matrix:
+        constants["TF32"] = _matrix_products(x.dtype, features, backward)
     _rt.start(jit(kernel), grid, x, *outputs, *x.stride(), heads, rows, features, *args,
               BLOCK_M=block_m, BLOCK_F=block_f, num_warps=MATRIX_WARPS if matrix else 4, **constants)
 
