@@ -245,12 +245,14 @@ def tf32_rounded(x):
 
 @triton.jit
 def matrix_product(a, b, TF32: tl.constexpr):
-    """a @ b in float32 for the matrix passes, as runtime/prologue.py `_launch_rows` chooses: TF32 = 0,
-    IEEE float32 on FMA units (float32 tensors where torch's matmuls are IEEE); 1, one TF32 product
-    (float32 where torch's use TF32, as theirs); 3, three TF32 products on the operands' hi and lo
-    parts, about float32's precision on the tensor cores (half types: the reference multiplies in
-    float32 before it rounds, and one TF32 product, 2^-10 off, moved a bf16 result by an ulp where it
-    lay within that of a rounding boundary: a quarter of them)."""
+    """a @ b in float32, as the matrix passes (runtime/prologue.py `_matrix_products`) and the chunked
+    linear kernels (runtime/linear.py `_dot`) choose: TF32 = 0, IEEE float32 on FMA units (float32
+    tensors where torch's matmuls are IEEE); 1, one TF32 product (float32 where torch's use TF32, as
+    theirs); 2, one TF32 product on operands rounded to nearest (tf32_rounded: 2^-11, where the tensor
+    cores' own reading errs by up to 2^-10); 3, three TF32 products on the operands' hi and lo parts,
+    about float32's precision on the tensor cores (half types: the reference multiplies in float32
+    before it rounds, and one TF32 product, 2^-10 off, moved a bf16 result by an ulp where it lay
+    within that of a rounding boundary: a quarter of them)."""
     if TF32 == 2:
         return tl.dot(tf32_rounded(a), tf32_rounded(b), input_precision="tf32")
     elif TF32 == 3:
